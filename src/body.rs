@@ -1,0 +1,101 @@
+//! The body type of every request and response that crosses remora.
+//!
+//! Proxied bodies stream through untouched (`Incoming`); bodies remora writes itself are
+//! small and whole (`Full`). An enum rather than a boxed trait object keeps the hot path
+//! free of a per-request allocation.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+/// Any error a body can fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project! {
+    /// A request or response body as remora forwards or produces it.
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        /// A peer's body, streamed. `first` holds a frame already read ahead (to check a
+        /// chunked body's framing before anything reaches the upstream).
+        Streamed {
+            first: Option<Frame<Bytes>>,
+            #[pin]
+            body: Incoming,
+        },
+        /// A body remora wrote itself.
+        Full { data: Option<Bytes> },
+    }
+}
+
+impl ProxyBody {
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self::Full { data: None }
+    }
+
+    /// A complete body.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        Self::Full {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+
+    /// A peer's body, streamed as it arrives.
+    pub fn streamed(body: Incoming) -> Self {
+        Self::Streamed { first: None, body }
+    }
+
+    /// A peer's body of which `first` was already read.
+    pub fn streamed_after(first: Frame<Bytes>, body: Incoming) -> Self {
+        Self::Streamed {
+            first: Some(first),
+            body,
+        }
+    }
+}
+
+impl Default for ProxyBody {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            ProxyBodyProj::Streamed { first, body } => {
+                if let Some(frame) = first.take() {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                body.poll_frame(cx).map_err(Into::into)
+            }
+            ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Streamed { first, body } => first.is_none() && body.is_end_stream(),
+            Self::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Streamed { first: None, body } => body.size_hint(),
+            Self::Streamed { .. } => SizeHint::default(),
+            Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The YAML schema as serde types.
+//!
+//! Every struct denies unknown fields so that a typo is an error with a location, never a
+//! silently ignored option. Defaults live here, next to the field they belong to, and
+//! `config/reference.yaml` documents each of them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of the local service this sidecar stands beside (used in logs and metrics).
+    #[serde(default = "default_service_name")]
+    pub service: String,
+    /// Admin listener: health, readiness, metrics, effective config.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Traffic from other services' sidecars to the local app.
+    #[serde(default)]
+    pub inbound: Option<InboundConfig>,
+    /// The shared outbound listener that routes the local app's calls by Host / :authority.
+    #[serde(default)]
+    pub outbound: Option<OutboundConfig>,
+    /// Named upstream services the local app may call. Nothing else is reachable.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// Limits that protect every listener from hostile or broken clients.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Upstream connection behaviour shared by every service.
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+/// The inbound direction: other sidecars -> local app.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Address the inbound listener binds.
+    #[serde(default = "default_inbound_listen")]
+    pub listen: SocketAddr,
+    /// Address of the local app (normally `127.0.0.1:<app port>`).
+    pub app: SocketAddr,
+    /// Protocol spoken to the local app.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+/// The shared outbound listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Address the shared outbound listener binds.
+    #[serde(default = "default_outbound_listen")]
+    pub listen: SocketAddr,
+}
+
+/// One upstream service.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// A dedicated outbound port for this service: everything arriving there goes to it.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Host names (without port) that route to this service on the shared outbound port.
+    /// The service's own name always matches.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// When set, only these path prefixes route to this service on the shared port.
+    /// The longest matching prefix among services sharing a host wins.
+    #[serde(default)]
+    pub path_prefixes: Vec<String>,
+    /// Protocol spoken to the upstream: `http1`, `http2`, or `auto` (the caller's).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Static endpoint list (`host:port`), used until a discovery backend is configured.
+    #[serde(default)]
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// Protocol toward an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// Whatever the caller spoke.
+    #[default]
+    Auto,
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c).
+    Http2,
+}
+
+/// Per-listener protections.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Maximum open connections per listener; further connections are closed at accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send a complete HTTP/1 request head (slowloris protection).
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted, in bytes; beyond it the answer is 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Maximum concurrent HTTP/2 streams per client connection.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+}
+
+/// Upstream connection pool settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Time allowed to establish a TCP connection to an endpoint.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Idle pooled connections are closed after this long.
+    #[serde(default = "default_pool_idle_timeout", with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per endpoint.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle_per_endpoint: usize,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Level filter (`info`, `remora=debug,hyper=warn`); `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `plain` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+fn default_service_name() -> String {
+    "app".to_string()
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15000))
+}
+fn default_inbound_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15006))
+}
+fn default_outbound_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15001))
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_concurrent_streams() -> u32 {
+    1024
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_pool_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_pool_max_idle() -> usize {
+    256
+}
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            header_read_timeout: default_header_read_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_concurrent_streams: default_max_concurrent_streams(),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: default_connect_timeout(),
+            pool_idle_timeout: default_pool_idle_timeout(),
+            pool_max_idle_per_endpoint: default_pool_max_idle(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The one error type of the request path and its mapping to what a caller sees.
+//!
+//! Every response remora makes itself (rather than relaying the upstream's) comes from
+//! [`ProxyError::to_response`]: an HTTP status for plain HTTP callers, a trailers-only
+//! gRPC status for gRPC callers, and always `x-remora-error: <reason>`.
+
+use std::time::Duration;
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// Header naming why remora answered instead of the upstream.
+pub const ERROR_HEADER: &str = "x-remora-error";
+
+/// Why a request did not get an upstream's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No configured service matches the request's destination.
+    #[error("no service is configured for destination {0:?}")]
+    UnknownDestination(String),
+    /// The service has no endpoint that can take the request.
+    #[error("service {0}: no healthy endpoint")]
+    NoHealthyEndpoint(String),
+    /// The TCP connection to the endpoint failed.
+    #[error("endpoint {endpoint}: connect failed: {source}")]
+    Connect {
+        /// The endpoint that refused.
+        endpoint: String,
+        /// What the connector said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The upstream broke the exchange after the connection was made.
+    #[error("endpoint {endpoint}: {source}")]
+    Upstream {
+        /// The endpoint that failed.
+        endpoint: String,
+        /// What hyper said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The request was malformed.
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+    /// The request did not complete in time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The sidecar is draining and takes no new work.
+    #[error("sidecar is shutting down")]
+    Draining,
+}
+
+impl ProxyError {
+    /// A short machine-readable reason for `x-remora-error` and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownDestination(_) => "unknown-destination",
+            Self::NoHealthyEndpoint(_) => "no-healthy-endpoint",
+            Self::Connect { .. } => "connect-failure",
+            Self::Upstream { .. } => "upstream-reset",
+            Self::BadRequest(_) => "bad-request",
+            Self::Timeout(_) => "timeout",
+            Self::Draining => "draining",
+        }
+    }
+
+    /// The HTTP status a plain HTTP caller gets.
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Self::UnknownDestination(_) => StatusCode::NOT_FOUND,
+            Self::NoHealthyEndpoint(_) | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The gRPC status code a gRPC caller gets.
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self {
+            Self::UnknownDestination(_) => tonic::Code::Unimplemented,
+            Self::NoHealthyEndpoint(_)
+            | Self::Draining
+            | Self::Connect { .. }
+            | Self::Upstream { .. } => tonic::Code::Unavailable,
+            Self::BadRequest(_) => tonic::Code::Internal,
+            Self::Timeout(_) => tonic::Code::DeadlineExceeded,
+        }
+    }
+
+    /// The response remora sends in the upstream's place.
+    pub fn to_response(&self, grpc: bool) -> Response<ProxyBody> {
+        let reason = HeaderValue::from_static(self.reason());
+        let message = self.to_string();
+        if grpc {
+            let mut response = Response::new(ProxyBody::empty());
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert("grpc-status", HeaderValue::from(self.grpc_code() as i32));
+            if let Ok(value) = HeaderValue::from_str(&percent_encode_grpc_message(&message)) {
+                headers.insert("grpc-message", value);
+            }
+            headers.insert(ERROR_HEADER, reason);
+            return response;
+        }
+        let mut response = Response::new(ProxyBody::full(format!("{message}\n")));
+        *response.status_mut() = self.http_status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(ERROR_HEADER, reason);
+        response
+    }
+}
+
+/// Percent-encodes a `grpc-message` value as the gRPC HTTP/2 spec requires.
+fn percent_encode_grpc_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_errors_are_trailers_only_with_status() {
+        let response = ProxyError::UnknownDestination("x".into()).to_response(true);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["grpc-status"], "12");
+        assert_eq!(response.headers()[ERROR_HEADER], "unknown-destination");
+    }
+
+    #[test]
+    fn http_errors_carry_status_and_reason() {
+        let response = ProxyError::Timeout(Duration::from_secs(1)).to_response(false);
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(response.headers()[ERROR_HEADER], "timeout");
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(percent_encode_grpc_message("a%b\n"), "a%25b%0A");
+    }
+}
