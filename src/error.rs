@@ -23,7 +23,7 @@ pub enum ProxyError {
     #[error("service {0}: no healthy endpoint")]
     NoHealthyEndpoint(String),
     /// The TCP connection to the endpoint failed.
-    #[error("endpoint {endpoint}: connect failed: {source}")]
+    #[error("endpoint {endpoint}: connect failed: {}", chain(source.as_ref()))]
     Connect {
         /// The endpoint that refused.
         endpoint: String,
@@ -32,7 +32,7 @@ pub enum ProxyError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The upstream broke the exchange after the connection was made.
-    #[error("endpoint {endpoint}: {source}")]
+    #[error("endpoint {endpoint}: {}", chain(source.as_ref()))]
     Upstream {
         /// The endpoint that failed.
         endpoint: String,
@@ -117,6 +117,21 @@ impl ProxyError {
         headers.insert(ERROR_HEADER, reason);
         response
     }
+}
+
+/// An error and its sources, `outer: inner: innermost`, skipping repeated messages.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let message = inner.to_string();
+        if !out.ends_with(&message) {
+            out.push_str(": ");
+            out.push_str(&message);
+        }
+        source = inner.source();
+    }
+    out
 }
 
 /// Percent-encodes a `grpc-message` value as the gRPC HTTP/2 spec requires.

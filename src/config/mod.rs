@@ -1,5 +1,6 @@
 //! Configuration: the YAML schema, loading with located errors, validation, hot reload.
 
+pub mod reload;
 mod schema;
 
 pub use schema::*;
@@ -21,4 +22,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Parses and validates configuration text; `origin` names it in errors.
 pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
     serde_saphyr::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))
+}
+
+/// The effective config as YAML, for the admin listener.
+pub fn to_yaml(config: &Config) -> String {
+    serde_saphyr::to_string(config).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
 }

@@ -1,0 +1,118 @@
+//! The admin listener: liveness, readiness, metrics, the effective config, endpoints.
+//!
+//! It is plain HTTP/1.1 on its own port, separate from traffic, and keeps answering while
+//! the proxy listeners drain so that orchestrators see `/ready` turn false.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::body::ProxyBody;
+use crate::sidecar::Shared;
+
+/// Serves the admin endpoints on `tcp` until the task is aborted.
+pub async fn serve(tcp: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, _) = match tcp.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let response = respond(&shared, &request);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<ProxyBody> {
+    if request.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "admin endpoints take GET\n");
+    }
+    match request.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" if shared.draining.load(Ordering::SeqCst) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        }
+        "/ready" => text(StatusCode::OK, "ready\n"),
+        "/metrics" => with_type(
+            StatusCode::OK,
+            shared.metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        "/config" => with_type(
+            StatusCode::OK,
+            crate::config::to_yaml(&shared.state.load().config),
+            "application/yaml",
+        ),
+        "/endpoints" => with_type(StatusCode::OK, endpoints_json(shared), "application/json"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "admin endpoints: /live /ready /metrics /config /endpoints\n",
+        ),
+    }
+}
+
+#[derive(Serialize)]
+struct ServiceEndpoints {
+    service: String,
+    endpoints: Vec<EndpointView>,
+}
+
+#[derive(Serialize)]
+struct EndpointView {
+    address: String,
+    in_flight: usize,
+}
+
+fn endpoints_json(shared: &Shared) -> String {
+    let state = shared.state.load();
+    let mut services: Vec<ServiceEndpoints> = state
+        .inbound
+        .iter()
+        .chain(state.routes.services())
+        .map(|target| ServiceEndpoints {
+            service: target.name.to_string(),
+            endpoints: target
+                .endpoints
+                .snapshot()
+                .iter()
+                .map(|e| EndpointView {
+                    address: e.addr.to_string(),
+                    in_flight: e.in_flight.load(Ordering::Relaxed),
+                })
+                .collect(),
+        })
+        .collect();
+    services.sort_by(|a, b| a.service.cmp(&b.service));
+    serde_json::to_string_pretty(&services).unwrap_or_else(|_| "[]".into())
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    with_type(status, body.to_string(), "text/plain; charset=utf-8")
+}
+
+fn with_type(status: StatusCode, body: String, content_type: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

@@ -1,0 +1,105 @@
+//! Hot reload: on a change to the config file or on SIGHUP, load it again and swap it in.
+//!
+//! A config that fails to load or validate is refused with its location in the log and
+//! the old config keeps serving. The file's directory is watched (not the file), so
+//! editors that write a new file and rename it, and symlink swaps, are seen too.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::sidecar::SidecarHandle;
+
+/// Events closer together than this are one reload.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Reloads `path` into `sidecar` on every change and SIGHUP, until the task is dropped.
+pub async fn watch(path: PathBuf, sidecar: SidecarHandle) {
+    // The message says whether the reload is forced (SIGHUP) or a file event.
+    let (tx, mut rx) = mpsc::channel::<bool>(4);
+    let watcher = file_watcher(&path, tx.clone());
+    if let Err(error) = &watcher {
+        tracing::warn!(path = %path.display(), %error, "cannot watch the config file; reload with SIGHUP");
+    }
+    spawn_sighup(tx);
+    let mut last = std::fs::read(&path).ok();
+    while let Some(mut forced) = rx.recv().await {
+        tokio::time::sleep(DEBOUNCE).await;
+        while let Ok(more) = rx.try_recv() {
+            forced |= more;
+        }
+        let text = std::fs::read(&path).ok();
+        // File events also fire for writes that change nothing, and twice per save.
+        if !forced && text.is_some() && text == last {
+            continue;
+        }
+        last = text;
+        reload_once(&path, &sidecar).await;
+    }
+    drop(watcher);
+}
+
+/// Loads `path` and applies it, or logs why not and keeps the old config.
+pub async fn reload_once(path: &Path, sidecar: &SidecarHandle) -> bool {
+    match super::load(path) {
+        Ok(config) => {
+            sidecar.reload(config).await;
+            true
+        }
+        Err(error) => {
+            sidecar.reload_refused();
+            tracing::error!("config reload refused, the previous config keeps serving:\n{error}");
+            false
+        }
+    }
+}
+
+fn file_watcher(
+    path: &Path,
+    tx: mpsc::Sender<bool>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let name = path.file_name().map(|n| n.to_os_string());
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        let ours = event
+            .paths
+            .iter()
+            .any(|p| p.file_name().map(|n| n.to_os_string()) == name);
+        if ours {
+            // A full channel already holds a pending reload.
+            let _ = tx.try_send(false);
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+#[cfg(unix)]
+fn spawn_sighup(tx: mpsc::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP");
+        return;
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config");
+            // SIGHUP always reloads, even if the file looks unchanged.
+            if tx.send(true).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn spawn_sighup(_tx: mpsc::Sender<bool>) {}

@@ -1,0 +1,185 @@
+//! The Prometheus registry and the metrics the request path records.
+//!
+//! Label values are cheap to build on the hot path: a direction enum, the service name as
+//! a shared `Arc<str>`, the status code as a number.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Which way a request travels through the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From another service's sidecar to the local app.
+    Inbound,
+    /// From the local app to another service.
+    Outbound,
+}
+
+impl Direction {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// A service name as a label value, shared rather than copied per request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceLabel(pub Arc<str>);
+
+impl EncodeLabelValue for ServiceLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+/// Labels of the request counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Inbound or outbound.
+    pub direction: Direction,
+    /// The service the request was for (`unknown` when no route matched).
+    pub service: ServiceLabel,
+    /// The HTTP status sent to the caller.
+    pub status: u16,
+}
+
+/// Labels of the latency histogram.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// Inbound or outbound.
+    pub direction: Direction,
+    /// The service the request was for.
+    pub service: ServiceLabel,
+}
+
+/// Labels naming a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `inbound`, `outbound`, `service:<name>`.
+    pub listener: String,
+}
+
+/// Labels of config reload outcomes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `failed`.
+    pub result: &'static str,
+}
+
+/// Every metric remora exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<ServiceLabels, Histogram>,
+    /// Connections open per listener.
+    pub connections: Family<ListenerLabels, Gauge>,
+    /// Connections refused at accept because the listener was at its cap.
+    pub connections_rejected: Family<ListenerLabels, Counter>,
+    /// Configuration reloads by outcome.
+    pub reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("remora");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by direction, service and status",
+            requests.clone(),
+        );
+        let duration = Family::<ServiceLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response headers, by direction and service",
+            duration.clone(),
+        );
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Client connections open, by listener",
+            connections.clone(),
+        );
+        let connections_rejected = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_rejected",
+            "Connections closed at accept because the listener was at max_connections",
+            connections_rejected.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result",
+            reloads.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            connections,
+            connections_rejected,
+            reloads,
+        }
+    }
+
+    /// Records one answered request.
+    pub fn record_request(
+        &self,
+        direction: Direction,
+        service: &Arc<str>,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let service = ServiceLabel(service.clone());
+        self.duration
+            .get_or_create(&ServiceLabels {
+                direction,
+                service: service.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction,
+                service,
+                status,
+            })
+            .inc();
+    }
+
+    /// The registry in Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+            let _ = writeln!(out, "# metrics encoding failed");
+        }
+        out
+    }
+}

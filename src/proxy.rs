@@ -1,0 +1,266 @@
+//! The request path: route a request, forward it to one endpoint, relay the answer.
+//!
+//! One [`ProxyService`] serves one client connection. Per request it loads the current
+//! [`State`] snapshot (a lock-free `ArcSwap` read), so a config reload applies to the next
+//! request while in-flight ones finish on the snapshot they started with.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::metrics::Direction;
+use crate::route::Target;
+use crate::sidecar::{Shared, State};
+use crate::upstream::{requested_upgrade, set_forwarded, strip_hop_by_hop};
+
+/// What decides the destination of the requests a listener accepts.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// The inbound listener: always the local app.
+    Inbound,
+    /// The shared outbound listener: Host / `:authority` and path.
+    SharedOutbound,
+    /// A service's dedicated outbound port.
+    Service(Arc<str>),
+}
+
+impl Entry {
+    fn direction(&self) -> Direction {
+        match self {
+            Self::Inbound => Direction::Inbound,
+            Self::SharedOutbound | Self::Service(_) => Direction::Outbound,
+        }
+    }
+}
+
+/// The hyper service of one client connection.
+#[derive(Clone)]
+pub struct ProxyService {
+    shared: Arc<Shared>,
+    entry: Entry,
+    peer: SocketAddr,
+}
+
+impl ProxyService {
+    /// The service for a connection from `peer` accepted by a listener of kind `entry`.
+    pub fn new(shared: Arc<Shared>, entry: Entry, peer: SocketAddr) -> Self {
+        Self {
+            shared,
+            entry,
+            peer,
+        }
+    }
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(request).await) })
+    }
+}
+
+/// The metrics label of requests that matched no service.
+fn unknown_service() -> Arc<str> {
+    Arc::from("unknown")
+}
+
+impl ProxyService {
+    async fn handle(self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let state = self.shared.state.load_full();
+        let grpc = is_grpc(&request);
+        let direction = self.entry.direction();
+        let target = match route(&state, &self.entry, &request) {
+            Ok(target) => target,
+            Err(error) => {
+                let response = error.to_response(grpc);
+                let service = unknown_service();
+                self.shared.metrics.record_request(
+                    direction,
+                    &service,
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
+                tracing::debug!(peer = %self.peer, %error, "refused");
+                return response;
+            }
+        };
+        let response = match forward(&state, &target, request, self.peer).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(service = %target.name, peer = %self.peer, %error, "request failed");
+                error.to_response(grpc)
+            }
+        };
+        self.shared.metrics.record_request(
+            direction,
+            &target.name,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+        response
+    }
+}
+
+/// Whether the caller speaks gRPC (its errors must be gRPC statuses).
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn route<B>(state: &State, entry: &Entry, request: &Request<B>) -> Result<Arc<Target>, ProxyError> {
+    let found = match entry {
+        Entry::Inbound => state.inbound.clone().ok_or_else(|| "inbound app".to_string()),
+        Entry::Service(name) => state
+            .routes
+            .service(name)
+            .cloned()
+            .ok_or_else(|| name.to_string()),
+        Entry::SharedOutbound => state.routes.route(request).cloned(),
+    };
+    found.map_err(ProxyError::UnknownDestination)
+}
+
+/// Sends `request` to one of `target`'s endpoints and returns its answer.
+async fn forward(
+    state: &State,
+    target: &Target,
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let endpoint = target
+        .endpoints
+        .pick()
+        .ok_or_else(|| ProxyError::NoHealthyEndpoint(target.name.to_string()))?;
+
+    let caller_version = request.version();
+    let upgrade = (caller_version == Version::HTTP_11)
+        .then(|| requested_upgrade(request.headers()))
+        .flatten();
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+    let chunked = caller_version < Version::HTTP_2 && is_chunked(request.headers());
+
+    let (mut parts, body) = request.into_parts();
+    let body = if chunked {
+        read_first_chunk(body).await?
+    } else {
+        ProxyBody::streamed(body)
+    };
+
+    let (client, version) = state.clients.select(target.protocol, caller_version);
+    if parts.headers.get(header::HOST).is_none() {
+        if let Some(authority) = parts.uri.authority() {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    // remora answers `Expect: 100-continue` itself when it reads the body.
+    parts.headers.remove(header::EXPECT);
+    set_forwarded(&mut parts.headers, peer.ip());
+    if let Some(protocol) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+    }
+    parts.uri = upstream_uri(&endpoint.authority, &parts.uri)?;
+    parts.version = version;
+
+    endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+    let result = client.request(Request::from_parts(parts, body)).await;
+    endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+    let mut response = result.map_err(|error| {
+        let endpoint = endpoint.addr.to_string();
+        if error.is_connect() {
+            ProxyError::Connect {
+                endpoint,
+                source: error.into(),
+            }
+        } else {
+            ProxyError::Upstream {
+                endpoint,
+                source: error.into(),
+            }
+        }
+    })?;
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            return Ok(response.map(|_| ProxyBody::empty()));
+        }
+    }
+    strip_hop_by_hop(response.headers_mut());
+    Ok(response.map(ProxyBody::streamed))
+}
+
+/// Whether an HTTP/1 request body is chunked.
+fn is_chunked(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .any(|v| v.as_bytes().windows(7).any(|w| w.eq_ignore_ascii_case(b"chunked")))
+}
+
+/// Reads the first frame of a chunked body so that broken framing is refused (400)
+/// before anything reaches the upstream.
+async fn read_first_chunk(mut body: Incoming) -> Result<ProxyBody, ProxyError> {
+    match body.frame().await {
+        Some(Ok(frame)) => Ok(ProxyBody::streamed_after(frame, body)),
+        Some(Err(error)) => Err(ProxyError::BadRequest(format!("request body: {error}"))),
+        None => Ok(ProxyBody::streamed(body)),
+    }
+}
+
+/// `http://<endpoint>/<original path and query>`.
+fn upstream_uri(authority: &http::uri::Authority, original: &Uri) -> Result<Uri, ProxyError> {
+    let path = original
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))
+}
+
+/// Copies bytes both ways between an upgraded client and upstream connection.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%error, "upgraded connection ended");
+    }
+}

@@ -1,0 +1,189 @@
+//! Request -> service: which configured service a request is for.
+//!
+//! Inbound traffic always goes to the local app. Outbound traffic arrives either on a
+//! service's dedicated port (the port decides) or on the shared outbound port, where the
+//! `Host` / `:authority` name (port stripped, case-folded) and the longest matching path
+//! prefix decide. Anything else is refused: remora is never an open proxy.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::Request;
+
+use crate::balance::EndpointSet;
+use crate::config::UpstreamProtocol;
+
+/// A service as the request path sees it: where to send and how.
+#[derive(Debug)]
+pub struct Target {
+    /// The service's configured name (also its metrics label).
+    pub name: Arc<str>,
+    /// Protocol toward its endpoints.
+    pub protocol: UpstreamProtocol,
+    /// Its endpoints, kept current by discovery.
+    pub endpoints: Arc<EndpointSet>,
+}
+
+/// One path prefix of one host on the shared outbound port.
+#[derive(Debug)]
+struct PrefixRoute {
+    /// Path prefix; empty matches every path.
+    prefix: String,
+    target: Arc<Target>,
+}
+
+/// Routing for the shared outbound port and the dedicated service ports.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// Host name -> prefixes, longest first.
+    hosts: HashMap<String, Vec<PrefixRoute>>,
+    /// Service name -> target, for dedicated ports.
+    services: HashMap<Arc<str>, Arc<Target>>,
+}
+
+impl RouteTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `target`, reachable by its name and `hosts`, limited to `prefixes` when any.
+    pub fn insert(&mut self, target: Arc<Target>, hosts: &[String], prefixes: &[String]) {
+        let names = std::iter::once(target.name.to_string()).chain(hosts.iter().cloned());
+        for host in names {
+            let routes = self.hosts.entry(host.to_ascii_lowercase()).or_default();
+            if prefixes.is_empty() {
+                routes.push(PrefixRoute {
+                    prefix: String::new(),
+                    target: target.clone(),
+                });
+            }
+            for prefix in prefixes {
+                routes.push(PrefixRoute {
+                    prefix: prefix.trim_end_matches('/').to_string(),
+                    target: target.clone(),
+                });
+            }
+            routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        }
+        self.services.insert(target.name.clone(), target);
+    }
+
+    /// The service configured under `name`.
+    pub fn service(&self, name: &str) -> Option<&Arc<Target>> {
+        self.services.get(name)
+    }
+
+    /// Every service, for the admin listener.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Target>> {
+        self.services.values()
+    }
+
+    /// The service for a request on the shared outbound port.
+    pub fn route<B>(&self, request: &Request<B>) -> Result<&Arc<Target>, String> {
+        let Some(host) = destination_host(request) else {
+            return Err(String::new());
+        };
+        let path = request.uri().path();
+        let routes = match self.hosts.get(host) {
+            Some(routes) => routes,
+            None if host.bytes().any(|b| b.is_ascii_uppercase()) => {
+                match self.hosts.get(&host.to_ascii_lowercase()) {
+                    Some(routes) => routes,
+                    None => return Err(host.to_string()),
+                }
+            }
+            None => return Err(host.to_string()),
+        };
+        routes
+            .iter()
+            .find(|route| prefix_matches(&route.prefix, path))
+            .map(|route| &route.target)
+            .ok_or_else(|| format!("{host}{path}"))
+    }
+}
+
+/// The host a request names, without port: `:authority` for HTTP/2, `Host` for HTTP/1.
+fn destination_host<B>(request: &Request<B>) -> Option<&str> {
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => request.headers().get(http::header::HOST)?.to_str().ok()?,
+    };
+    Some(strip_port(authority))
+}
+
+/// `orders:80` -> `orders`, `[::1]:80` -> `[::1]`.
+fn strip_port(authority: &str) -> &str {
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    match authority.rfind(':') {
+        Some(colon) if !authority[colon..].contains(']') => &authority[..colon],
+        _ => authority,
+    }
+}
+
+/// Segment-aware prefix match: `/api` matches `/api` and `/api/x`, not `/apiary`.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix.is_empty() {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(name: &str) -> Arc<Target> {
+        Arc::new(Target {
+            name: name.into(),
+            protocol: UpstreamProtocol::Auto,
+            endpoints: Arc::new(EndpointSet::new()),
+        })
+    }
+
+    fn request(host: &str, path: &str) -> Request<()> {
+        Request::builder()
+            .uri(path)
+            .header("host", host)
+            .body(())
+            .unwrap()
+    }
+
+    fn routed(table: &RouteTable, host: &str, path: &str) -> Option<String> {
+        table
+            .route(&request(host, path))
+            .ok()
+            .map(|t| t.name.to_string())
+    }
+
+    #[test]
+    fn routes_by_name_alias_and_port_case_insensitively() {
+        let mut table = RouteTable::new();
+        table.insert(target("orders"), &["orders.internal".into()], &[]);
+        assert_eq!(routed(&table, "orders", "/x").as_deref(), Some("orders"));
+        assert_eq!(routed(&table, "orders:80", "/").as_deref(), Some("orders"));
+        assert_eq!(routed(&table, "Orders.Internal", "/").as_deref(), Some("orders"));
+        assert_eq!(routed(&table, "payments", "/"), None);
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_prefixes_respect_segments() {
+        let mut table = RouteTable::new();
+        table.insert(target("api"), &["gw".into()], &["/".into()]);
+        table.insert(target("users"), &["gw".into()], &["/users".into()]);
+        assert_eq!(routed(&table, "gw", "/users/7").as_deref(), Some("users"));
+        assert_eq!(routed(&table, "gw", "/users").as_deref(), Some("users"));
+        assert_eq!(routed(&table, "gw", "/usersx").as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn strips_ports_but_not_ipv6_brackets() {
+        assert_eq!(strip_port("a:1"), "a");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+        assert_eq!(strip_port("a"), "a");
+    }
+}

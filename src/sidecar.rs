@@ -1,0 +1,341 @@
+//! One running sidecar: its listeners, its current state, reload and shutdown.
+//!
+//! [`State`] is everything a request needs that a config change can alter (routes,
+//! endpoints, clients, server limits). It is built whole from a [`Config`] and swapped
+//! atomically; listeners and the admin server are bound once at start.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures_util::StreamExt;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::balance::EndpointSet;
+use crate::config::{Config, UpstreamProtocol};
+use crate::discovery::{Registry, StaticRegistry};
+use crate::listener::{self, ProxyListener};
+use crate::metrics::{Metrics, ReloadLabels};
+use crate::proxy::Entry;
+use crate::route::{RouteTable, Target};
+use crate::upstream::UpstreamClients;
+
+/// What every connection of the sidecar shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The current state; replaced whole on reload.
+    pub state: ArcSwap<State>,
+    /// Every metric.
+    pub metrics: Metrics,
+    /// True once shutdown began: `/ready` answers 503.
+    pub draining: AtomicBool,
+}
+
+/// What a request needs, built from one config.
+#[derive(Debug)]
+pub struct State {
+    /// The config this state was built from.
+    pub config: Arc<Config>,
+    /// Outbound routing.
+    pub routes: RouteTable,
+    /// The local app, when an inbound listener is configured.
+    pub inbound: Option<Arc<Target>>,
+    /// Pooled upstream clients.
+    pub clients: UpstreamClients,
+    /// HTTP server settings for new client connections.
+    pub server: auto::Builder<TokioExecutor>,
+    /// Discovery pumps feeding this state's endpoint sets; they stop with the state.
+    _discovery: Vec<AbortOnDrop>,
+}
+
+/// Aborts a task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl State {
+    /// Builds routes, endpoint sets and clients for `config`.
+    pub async fn build(config: Config) -> State {
+        let mut registry = StaticRegistry::new();
+        for (name, service) in &config.services {
+            registry.insert(name, &service.endpoints);
+        }
+        if let Some(inbound) = &config.inbound {
+            registry.insert(INBOUND_APP, &[inbound.app]);
+        }
+        let mut discovery = Vec::new();
+        let mut routes = RouteTable::new();
+        for (name, service) in &config.services {
+            let (target, pump) = watch_target(&registry, name, service.protocol).await;
+            discovery.push(pump);
+            routes.insert(target, &service.hosts, &service.path_prefixes);
+        }
+        let mut inbound = None;
+        if let Some(config) = &config.inbound {
+            let (target, pump) = watch_target(&registry, INBOUND_APP, config.protocol).await;
+            discovery.push(pump);
+            inbound = Some(target);
+        }
+        State {
+            clients: UpstreamClients::new(&config.upstream),
+            server: listener::server_builder(&config.limits),
+            config: Arc::new(config),
+            routes,
+            inbound,
+            _discovery: discovery,
+        }
+    }
+}
+
+/// The name under which the local app is known to discovery and metrics.
+const INBOUND_APP: &str = "inbound";
+
+/// How long to wait for a registry's first snapshot before serving without it.
+const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
+
+/// A target for `name` whose endpoints follow `registry`, and the task that feeds it.
+async fn watch_target(
+    registry: &dyn Registry,
+    name: &str,
+    protocol: UpstreamProtocol,
+) -> (Arc<Target>, AbortOnDrop) {
+    let endpoints = Arc::new(EndpointSet::new());
+    let mut snapshots = registry.watch(name);
+    if let Ok(Some(Ok(first))) = tokio::time::timeout(FIRST_SNAPSHOT_WAIT, snapshots.next()).await
+    {
+        endpoints.update(&first);
+    }
+    let feed = endpoints.clone();
+    let service = name.to_string();
+    let pump = tokio::spawn(async move {
+        while let Some(snapshot) = snapshots.next().await {
+            match snapshot {
+                Ok(instances) => feed.update(&instances),
+                Err(error) => {
+                    tracing::warn!(%service, %error, "discovery failed; keeping the last endpoints")
+                }
+            }
+        }
+    });
+    let target = Arc::new(Target {
+        name: Arc::from(name),
+        protocol,
+        endpoints,
+    });
+    (target, AbortOnDrop(pump.abort_handle()))
+}
+
+/// Addresses the sidecar's listeners are bound to (port 0 in the config is resolved).
+#[derive(Debug, Clone, Default)]
+pub struct BoundAddrs {
+    /// The admin listener.
+    pub admin: Option<SocketAddr>,
+    /// The inbound listener.
+    pub inbound: Option<SocketAddr>,
+    /// The shared outbound listener.
+    pub outbound: Option<SocketAddr>,
+    /// Dedicated service ports, by service name.
+    pub services: Vec<(String, SocketAddr)>,
+}
+
+impl BoundAddrs {
+    /// The dedicated port of `service`.
+    pub fn service(&self, service: &str) -> Option<SocketAddr> {
+        self.services
+            .iter()
+            .find(|(name, _)| name == service)
+            .map(|(_, addr)| *addr)
+    }
+}
+
+/// A failure to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: String,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    shared: Arc<Shared>,
+    addrs: BoundAddrs,
+    shutdown: watch::Sender<bool>,
+    listeners: JoinSet<()>,
+    admin: tokio::task::JoinHandle<()>,
+}
+
+/// A cheap handle for reloading and inspecting a running sidecar.
+#[derive(Clone, Debug)]
+pub struct SidecarHandle {
+    shared: Arc<Shared>,
+}
+
+async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: what.to_string(),
+            addr,
+            source,
+        })
+}
+
+impl Sidecar {
+    /// Binds every listener of `config` and starts serving.
+    pub async fn start(config: Config) -> Result<Sidecar, StartError> {
+        let mut proxies = Vec::new();
+        let mut addrs = BoundAddrs::default();
+        if let Some(inbound) = &config.inbound {
+            let tcp = bind("inbound", inbound.listen).await?;
+            addrs.inbound = tcp.local_addr().ok();
+            proxies.push(ProxyListener {
+                label: "inbound".into(),
+                entry: Entry::Inbound,
+                tcp,
+            });
+        }
+        if let Some(outbound) = &config.outbound {
+            let tcp = bind("outbound", outbound.listen).await?;
+            addrs.outbound = tcp.local_addr().ok();
+            proxies.push(ProxyListener {
+                label: "outbound".into(),
+                entry: Entry::SharedOutbound,
+                tcp,
+            });
+        }
+        for (name, service) in &config.services {
+            let Some(listen) = service.listen else {
+                continue;
+            };
+            let label = format!("service:{name}");
+            let tcp = bind(&label, listen).await?;
+            if let Ok(addr) = tcp.local_addr() {
+                addrs.services.push((name.clone(), addr));
+            }
+            proxies.push(ProxyListener {
+                label,
+                entry: Entry::Service(Arc::from(name.as_str())),
+                tcp,
+            });
+        }
+        let admin_tcp = bind("admin", config.admin.listen).await?;
+        addrs.admin = admin_tcp.local_addr().ok();
+
+        let shared = Arc::new(Shared {
+            state: ArcSwap::from_pointee(State::build(config).await),
+            metrics: Metrics::new(),
+            draining: AtomicBool::new(false),
+        });
+        let (shutdown, _) = watch::channel(false);
+        let mut listeners = JoinSet::new();
+        for proxy in proxies {
+            listeners.spawn(listener::serve(proxy, shared.clone(), shutdown.subscribe()));
+        }
+        let admin = tokio::spawn(crate::admin::serve(admin_tcp, shared.clone()));
+        tracing::info!(?addrs, "remora started");
+        Ok(Sidecar {
+            shared,
+            addrs,
+            shutdown,
+            listeners,
+            admin,
+        })
+    }
+
+    /// Where the listeners are bound.
+    pub fn addrs(&self) -> &BoundAddrs {
+        &self.addrs
+    }
+
+    /// A handle for reloading the config.
+    pub fn handle(&self) -> SidecarHandle {
+        SidecarHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish within `drain_timeout`, and stops.
+    pub async fn shutdown(mut self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        tracing::info!("shutting down: draining connections");
+        let _ = self.shutdown.send(true);
+        while self.listeners.join_next().await.is_some() {}
+        self.admin.abort();
+        tracing::info!("stopped");
+    }
+}
+
+impl SidecarHandle {
+    /// Applies `config` to new requests; in-flight requests finish on the old one.
+    /// Listener addresses are bound at start: a change to them is logged, not applied.
+    pub async fn reload(&self, config: Config) {
+        let current = self.shared.state.load_full();
+        warn_about_listener_changes(&current.config, &config);
+        let state = State::build(config).await;
+        self.shared.state.store(Arc::new(state));
+        self.shared
+            .metrics
+            .reloads
+            .get_or_create(&ReloadLabels { result: "ok" })
+            .inc();
+        tracing::info!("configuration reloaded");
+    }
+
+    /// Counts a reload that was refused.
+    pub fn reload_refused(&self) {
+        self.shared
+            .metrics
+            .reloads
+            .get_or_create(&ReloadLabels { result: "failed" })
+            .inc();
+    }
+
+    /// The config currently serving.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.state.load().config.clone()
+    }
+}
+
+fn warn_about_listener_changes(old: &Config, new: &Config) {
+    let listeners = |c: &Config| {
+        let mut all = vec![("admin".to_string(), Some(c.admin.listen))];
+        all.push(("inbound".into(), c.inbound.as_ref().map(|i| i.listen)));
+        all.push(("outbound".into(), c.outbound.as_ref().map(|o| o.listen)));
+        for (name, service) in &c.services {
+            all.push((format!("service:{name}"), service.listen));
+        }
+        all
+    };
+    let before = listeners(old);
+    for (what, addr) in listeners(new) {
+        let was = before.iter().find(|(w, _)| *w == what).and_then(|(_, a)| *a);
+        if was != addr {
+            tracing::warn!(
+                listener = %what,
+                was = ?was,
+                now = ?addr,
+                "listener addresses are bound at start; restart remora to apply this change",
+            );
+        }
+    }
+}

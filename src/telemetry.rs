@@ -1,0 +1,20 @@
+//! Logging: a `tracing` subscriber, plain or JSON, filtered by the config or `RUST_LOG`.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global subscriber. `RUST_LOG`, when set, overrides `config.level`.
+/// Calling it twice is harmless (the second call does nothing).
+pub fn init_logging(config: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.format {
+        LogFormat::Plain => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

@@ -1,0 +1,178 @@
+//! Pooled connections to upstream endpoints and the header hygiene of a forwarded hop.
+//!
+//! Two hyper clients share every endpoint: one speaking HTTP/1.1 (a pool of keep-alive
+//! connections per endpoint), one speaking HTTP/2 with prior knowledge (one multiplexed
+//! connection per endpoint). A service's `protocol` decides which one a request takes.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::ProxyBody;
+use crate::config::{UpstreamConfig, UpstreamProtocol};
+
+/// A pooled hyper client.
+pub type HttpClient = Client<HttpConnector, ProxyBody>;
+
+/// The clients every service's requests go through.
+#[derive(Clone, Debug)]
+pub struct UpstreamClients {
+    http1: HttpClient,
+    http2: HttpClient,
+}
+
+impl UpstreamClients {
+    /// Clients with `config`'s connect timeout and pool limits.
+    pub fn new(config: &UpstreamConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_endpoint);
+        let http1 = builder.build(connector.clone());
+        builder
+            .http2_only(true)
+            .http2_adaptive_window(true)
+            .http2_keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keep_alive_while_idle(false);
+        let http2 = builder.build(connector);
+        Self { http1, http2 }
+    }
+
+    /// The client and request version for `protocol`, given what the caller spoke.
+    pub fn select(&self, protocol: UpstreamProtocol, caller: Version) -> (&HttpClient, Version) {
+        let use_http2 = match protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Auto => caller == Version::HTTP_2,
+        };
+        if use_http2 {
+            (&self.http2, Version::HTTP_2)
+        } else {
+            (&self.http1, Version::HTTP_11)
+        }
+    }
+}
+
+/// Headers that describe one connection and must not be forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, those the `Connection` header names among them.
+/// `TE: trailers` survives (gRPC needs it); any other `TE` is dropped.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(te) = headers.get(header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` + `Upgrade`).
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Appends the caller's address to `x-forwarded-for` and sets `x-forwarded-proto`.
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr) {
+    static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {client}"),
+        None => client.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(&XFF, value);
+    }
+    if !headers.contains_key(&XFP) {
+        headers.insert(&XFP, HeaderValue::from_static("http"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "close, x-secret".parse().unwrap());
+        headers.insert("x-secret", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        headers.insert(header::TE, "trailers".parse().unwrap());
+        headers.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["te", "x-kept"]);
+    }
+
+    #[test]
+    fn drops_te_other_than_trailers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::TE, "gzip".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        set_forwarded(&mut headers, "127.0.0.1".parse().unwrap());
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn detects_upgrade_requests() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        headers.insert(header::UPGRADE, "websocket".parse().unwrap());
+        assert_eq!(requested_upgrade(&headers).unwrap(), "websocket");
+        headers.remove(header::CONNECTION);
+        assert!(requested_upgrade(&headers).is_none());
+    }
+}
