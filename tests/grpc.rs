@@ -1,0 +1,232 @@
+//! gRPC through the proxy: the four call kinds, status and trailers passed through,
+//! 4 MiB messages, long-lived streams, and gRPC-shaped errors from remora itself.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use remora::echo::echo_client::EchoClient;
+use remora::echo::echo_server::{Echo, EchoServer};
+use remora::echo::{EchoReply, EchoRequest};
+
+const BIG: usize = 8 * 1024 * 1024;
+
+struct EchoService;
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
+
+fn reply(message: String, payload: Vec<u8>) -> EchoReply {
+    EchoReply {
+        message,
+        payload,
+        instance: "test".into(),
+    }
+}
+
+#[tonic::async_trait]
+impl Echo for EchoService {
+    async fn unary(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        let request = request.into_inner();
+        if request.message == "fail" {
+            let mut status = Status::not_found("no such thing: café");
+            status
+                .metadata_mut()
+                .insert("x-reason", "missing".parse().unwrap());
+            return Err(status);
+        }
+        Ok(Response::new(reply(request.message, request.payload)))
+    }
+
+    type ServerStreamStream = ReplyStream;
+
+    async fn server_stream(
+        &self,
+        request: Request<EchoRequest>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let count: usize = request.into_inner().message.parse().unwrap_or(3);
+        let replies = (0..count).map(|i| Ok(reply(i.to_string(), Vec::new())));
+        Ok(Response::new(Box::pin(futures_util::stream::iter(replies))))
+    }
+
+    async fn client_stream(
+        &self,
+        request: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<EchoReply>, Status> {
+        let mut stream = request.into_inner();
+        let mut joined = Vec::new();
+        while let Some(message) = stream.next().await {
+            joined.push(message?.message);
+        }
+        Ok(Response::new(reply(joined.join(","), Vec::new())))
+    }
+
+    type BidiStream = ReplyStream;
+
+    async fn bidi(
+        &self,
+        request: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let stream = request.into_inner();
+        let replies = stream.map(|m| m.map(|m| reply(format!("re:{}", m.message), m.payload)));
+        Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+async fn grpc_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = EchoServer::new(EchoService)
+        .max_decoding_message_size(BIG)
+        .max_encoding_message_size(BIG);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+async fn client(addr: SocketAddr) -> EchoClient<tonic::transport::Channel> {
+    EchoClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+        .max_decoding_message_size(BIG)
+        .max_encoding_message_size(BIG)
+}
+
+async fn through_proxy() -> (remora::Sidecar, EchoClient<tonic::transport::Channel>) {
+    let upstream = grpc_upstream().await;
+    let proxy = support::outbound_to(&[upstream], "http2").await;
+    let svc = proxy.addrs().service("svc").unwrap();
+    let client = client(svc).await;
+    (proxy, client)
+}
+
+fn request(message: &str) -> EchoRequest {
+    EchoRequest {
+        message: message.into(),
+        payload: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn unary() {
+    let (_proxy, mut client) = through_proxy().await;
+    let reply = client.unary(request("hi")).await.unwrap().into_inner();
+    assert_eq!(reply.message, "hi");
+}
+
+#[tokio::test]
+async fn server_streaming() {
+    let (_proxy, mut client) = through_proxy().await;
+    let stream = client.server_stream(request("50")).await.unwrap().into_inner();
+    let messages: Vec<String> = stream.map(|r| r.unwrap().message).collect().await;
+    assert_eq!(messages.len(), 50);
+    assert_eq!(messages[49], "49");
+}
+
+#[tokio::test]
+async fn client_streaming() {
+    let (_proxy, mut client) = through_proxy().await;
+    let outgoing = futures_util::stream::iter(["a", "b", "c"].map(request));
+    let reply = client.client_stream(outgoing).await.unwrap().into_inner();
+    assert_eq!(reply.message, "a,b,c");
+}
+
+#[tokio::test]
+async fn bidi_streaming_is_interactive_and_long_lived() {
+    let (_proxy, mut client) = through_proxy().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut replies = client
+        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // Each reply arrives before the next message is sent: nothing is buffered whole.
+    for i in 0..5 {
+        tx.send(request(&i.to_string())).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), replies.next())
+            .await
+            .expect("reply in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.message, format!("re:{i}"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    drop(tx);
+    assert!(replies.next().await.is_none());
+}
+
+#[tokio::test]
+async fn four_mebibyte_messages_both_ways() {
+    let (_proxy, mut client) = through_proxy().await;
+    let payload: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let reply = client
+        .unary(EchoRequest {
+            message: "big".into(),
+            payload: payload.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.payload.len(), payload.len());
+    assert!(reply.payload == payload);
+}
+
+#[tokio::test]
+async fn status_message_and_trailers_pass_through() {
+    let (_proxy, mut client) = through_proxy().await;
+    let status = client.unary(request("fail")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(status.message(), "no such thing: café");
+    assert_eq!(status.metadata().get("x-reason").unwrap(), "missing");
+    assert!(status.metadata().get("x-remora-error").is_none());
+}
+
+#[tokio::test]
+async fn grpc_works_through_auto_protocol_too() {
+    let upstream = grpc_upstream().await;
+    let proxy = support::outbound_to(&[upstream], "auto").await;
+    let mut client = client(proxy.addrs().service("svc").unwrap()).await;
+    assert_eq!(
+        client.unary(request("x")).await.unwrap().into_inner().message,
+        "x"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_upstream_is_grpc_unavailable() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = support::outbound_to(&[dead], "http2").await;
+    let mut client = client(proxy.addrs().service("svc").unwrap()).await;
+    let status = client.unary(request("x")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        status.metadata().get("x-remora-error").unwrap(),
+        "connect-failure"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_grpc_destination_is_unimplemented() {
+    let upstream = grpc_upstream().await;
+    let proxy = support::outbound_to(&[upstream], "http2").await;
+    let shared = proxy.addrs().outbound.unwrap();
+    // Connecting by address, the :authority names no configured service.
+    let mut client = client(shared).await;
+    let status = client.unary(request("x")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    assert_eq!(
+        status.metadata().get("x-remora-error").unwrap(),
+        "unknown-destination"
+    );
+}

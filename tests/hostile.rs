@@ -1,0 +1,222 @@
+//! Hostile and broken clients: request smuggling shapes, oversized heads, slowloris and
+//! connection floods. Each malformed request is refused with 400 (431 for oversized heads)
+//! and the app behind the proxy sees nothing.
+
+mod support;
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use support::*;
+
+/// A sidecar in front of a recording upstream, with tight limits for these tests.
+async fn guarded() -> (remora::Sidecar, std::net::SocketAddr, Log) {
+    guarded_with("max_connections: 4, header_read_timeout: 300ms, max_header_bytes: 8192").await
+}
+
+async fn guarded_with(limits: &str) -> (remora::Sidecar, std::net::SocketAddr, Log) {
+    let (upstream, log) = recording("app").await;
+    let proxy = sidecar(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         inbound: {{ listen: 127.0.0.1:0, app: {upstream} }}\n\
+         limits: {{ {limits} }}\n"
+    ))
+    .await;
+    let inbound = proxy.addrs().inbound.unwrap();
+    (proxy, inbound, log)
+}
+
+async fn refused(request: &[u8], expected: u16) {
+    let (_proxy, inbound, log) = guarded().await;
+    let response = raw(inbound, request).await;
+    assert_eq!(
+        status_of(&response),
+        expected,
+        "request {:?} got {response:?}",
+        String::from_utf8_lossy(request)
+    );
+    // Let anything that was forwarded land before asserting nothing was.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(log.len(), 0, "the app saw {:?}", log.all());
+    // And the proxy still serves well-formed requests.
+    let ok = raw(inbound, b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status_of(&ok), 200, "{ok}");
+}
+
+/// Both framings: hyper follows RFC 9112 section 6.3 (Transfer-Encoding wins, the
+/// Content-Length is dropped, the connection is closed after the response). remora
+/// re-frames the body for the upstream, so the app sees exactly one request with one
+/// framing and nothing smuggled behind it, in either header order.
+async fn both_framings_cannot_smuggle(request: &[u8]) {
+    let (_proxy, inbound, log) = guarded().await;
+    let response = raw(inbound, request).await;
+    assert!(
+        response.contains("connection: close"),
+        "the connection must close after an ambiguous request: {response}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let seen = log.all();
+    assert_eq!(seen.len(), 1, "the smuggled request reached the app: {seen:?}");
+    assert_eq!(seen[0].path, "/");
+    assert!(!seen[0].headers.contains_key("content-length"));
+    assert!(seen[0].body.is_empty());
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_cannot_smuggle() {
+    both_framings_cannot_smuggle(
+        b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn transfer_encoding_before_content_length_cannot_smuggle() {
+    both_framings_cannot_smuggle(
+        b"POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn conflicting_content_lengths_are_refused() {
+    refused(
+        b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nhello",
+        400,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_content_length_list_is_refused() {
+    refused(
+        b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 5, 3\r\n\r\nhello",
+        400,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_bad_chunk_size_is_refused() {
+    refused(
+        b"POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        400,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_overflowing_chunk_size_is_refused() {
+    refused(
+        b"POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        400,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_chunk_size_line_ended_by_bare_lf_is_refused() {
+    refused(
+        b"POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+        400,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn transfer_encoding_other_than_chunked_last_is_refused() {
+    refused(
+        b"POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked, identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        400,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn obsolete_line_folding_is_refused() {
+    refused(
+        b"GET / HTTP/1.1\r\nHost: app\r\nX-Folded: a\r\n b\r\n\r\n",
+        400,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_space_before_the_header_colon_is_refused() {
+    refused(
+        b"POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        400,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn garbage_is_refused() {
+    refused(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", 400).await;
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let mut request = b"GET / HTTP/1.1\r\nHost: app\r\n".to_vec();
+    for i in 0..40 {
+        request.extend_from_slice(format!("x-filler-{i}: {}\r\n", "a".repeat(400)).as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    refused(&request, 431).await;
+}
+
+#[tokio::test]
+async fn a_slow_header_is_cut_off() {
+    let (_proxy, inbound, log) = guarded().await;
+    let mut stream = TcpStream::connect(inbound).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: a").await.unwrap();
+    // header_read_timeout is 300ms: the proxy closes (maybe with a 408) well before 5s.
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        read_all(&mut stream, Duration::from_secs(10)),
+    )
+    .await;
+    let response = closed.expect("the slow connection was closed");
+    assert!(
+        response.is_empty() || status_of(&response) == 408,
+        "{response}"
+    );
+    assert_eq!(log.len(), 0);
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_at_once() {
+    // Idle keep-alive connections count against the cap; hyper's header read timeout also
+    // bounds keep-alive idleness, so it is long here.
+    let (proxy, inbound, _log) = guarded_with("max_connections: 4, header_read_timeout: 10s").await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(inbound).await.unwrap();
+        // A complete request per connection proves each was accepted and is counted.
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        let response = read_all(&mut stream, Duration::from_millis(300)).await;
+        assert_eq!(status_of(&response), 200);
+        held.push(stream);
+    }
+    let mut extra = TcpStream::connect(inbound).await.unwrap();
+    let _ = extra.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await;
+    let response = read_all(&mut extra, Duration::from_secs(2)).await;
+    assert!(response.is_empty(), "the fifth connection was served: {response}");
+
+    let admin = proxy.addrs().admin.unwrap();
+    let (_, _, metrics) = get(&format!("http://{admin}/metrics")).await;
+    assert!(
+        metrics.contains("remora_connections_rejected_total{listener=\"inbound\"} 1"),
+        "{metrics}"
+    );
+
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ok = raw(inbound, b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status_of(&ok), 200, "capacity returns when connections close: {ok}");
+}

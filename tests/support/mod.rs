@@ -1,0 +1,273 @@
+//! Shared pieces of the scenario tests: programmable upstreams, a sidecar started from
+//! YAML on ephemeral ports, and raw-socket clients for what well-behaved clients never send.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Any body a test upstream answers with.
+pub type TestBody = http_body_util::combinators::BoxBody<Bytes, remora::body::BoxError>;
+
+/// A whole body.
+pub fn full(data: impl Into<Bytes>) -> TestBody {
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A body of frames sent later through the returned sender.
+pub fn channel_body() -> (
+    tokio::sync::mpsc::Sender<Result<hyper::body::Frame<Bytes>, remora::body::BoxError>>,
+    TestBody,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    (tx, body.boxed())
+}
+
+/// What an upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// Every request an upstream received, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<Seen>>>);
+
+impl Log {
+    pub fn all(&self) -> Vec<Seen> {
+        self.0.lock().unwrap().clone()
+    }
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    fn push(&self, seen: Seen) {
+        self.0.lock().unwrap().push(seen);
+    }
+}
+
+/// An HTTP/1.1 + h2c server on an ephemeral port whose answers `handler` makes.
+pub async fn serve<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(request).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream that records each request (body read whole) and answers 200 with
+/// `echo:<path>` and an `x-upstream: <name>` header.
+pub async fn recording(name: &'static str) -> (SocketAddr, Log) {
+    let log = Log::default();
+    let seen = log.clone();
+    let addr = serve(move |request: Request<Incoming>| {
+        let seen = seen.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let path = parts.uri.path().to_string();
+            seen.push(Seen {
+                method: parts.method.to_string(),
+                path: path.clone(),
+                version: parts.version,
+                headers: parts.headers,
+                body,
+            });
+            Response::builder()
+                .header("x-upstream", name)
+                .body(full(format!("echo:{path}")))
+                .unwrap()
+        }
+    })
+    .await;
+    (addr, log)
+}
+
+/// Starts a sidecar from YAML (listeners should use port 0).
+pub async fn sidecar(yaml: &str) -> remora::Sidecar {
+    let config = remora::config::parse("test.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
+    remora::Sidecar::start(config).await.unwrap()
+}
+
+/// A sidecar whose service `svc` (dedicated port and shared outbound) goes to `upstreams`.
+pub async fn outbound_to(upstreams: &[SocketAddr], protocol: &str) -> remora::Sidecar {
+    let endpoints: Vec<String> = upstreams.iter().map(|a| a.to_string()).collect();
+    sidecar(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         outbound: {{ listen: 127.0.0.1:0 }}\n\
+         services:\n  svc:\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    endpoints: [{}]\n",
+        endpoints.join(", ")
+    ))
+    .await
+}
+
+/// A pooled HTTP/1.1 client.
+pub fn http1_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An h2c (prior knowledge) client.
+pub fn http2_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// GET `url` and return (status, headers, body as text).
+pub async fn get(url: &str) -> (http::StatusCode, http::HeaderMap, String) {
+    let response = http1_client().get(url.parse().unwrap()).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Writes `request` on a fresh connection and reads until the peer closes or goes quiet.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    read_all(&mut stream, Duration::from_secs(2)).await
+}
+
+/// Reads until EOF, or until nothing arrives for `quiet`.
+pub async fn read_all(stream: &mut TcpStream, quiet: Duration) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(quiet, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status line's code of a raw response.
+pub fn status_of(raw: &str) -> u16 {
+    raw.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A free loopback port (bound then released; the test binds it again at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `remora` binary running as a child process, killed when dropped.
+pub struct Process {
+    pub child: std::process::Child,
+    pub stderr: std::path::PathBuf,
+}
+
+impl Process {
+    /// Starts `remora run -c <config>` with stderr captured to a file beside the config,
+    /// and waits until `admin` answers `/live`.
+    pub async fn run(config: &std::path::Path, admin: SocketAddr) -> Process {
+        let stderr = config.with_extension("stderr");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_remora"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let process = Process { child, stderr };
+        for _ in 0..100 {
+            if TcpStream::connect(admin).await.is_ok() {
+                return process;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("remora did not start: {}", process.log());
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, ...).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits for it to exit, up to `limit`.
+    pub async fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "remora did not exit: {}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 50 ms until it is true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
