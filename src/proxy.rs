@@ -148,6 +148,10 @@ async fn forward(
     mut request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    if request.method() == http::Method::CONNECT {
+        // remora routes requests to configured services; it never opens raw tunnels.
+        return Err(ProxyError::BadRequest("CONNECT is not supported".into()));
+    }
     let endpoint = target
         .endpoints
         .pick()

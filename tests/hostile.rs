@@ -153,6 +153,15 @@ async fn a_space_before_the_header_colon_is_refused() {
 }
 
 #[tokio::test]
+async fn connect_tunnels_are_refused() {
+    refused(
+        b"CONNECT app:443 HTTP/1.1\r\nHost: app:443\r\n\r\n",
+        400,
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn garbage_is_refused() {
     refused(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", 400).await;
 }
