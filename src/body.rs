@@ -95,7 +95,9 @@ impl Body for ProxyBody {
         match self {
             Self::Streamed { first: None, body } => body.size_hint(),
             Self::Streamed { .. } => SizeHint::default(),
-            Self::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Self::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

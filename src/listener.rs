@@ -60,7 +60,11 @@ pub async fn serve(
         listener: listener.label.clone(),
     };
     let open = shared.metrics.connections.get_or_create(&labels).clone();
-    let rejected = shared.metrics.connections_rejected.get_or_create(&labels).clone();
+    let rejected = shared
+        .metrics
+        .connections_rejected
+        .get_or_create(&labels)
+        .clone();
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {

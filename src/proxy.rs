@@ -130,7 +130,10 @@ fn is_grpc<B>(request: &Request<B>) -> bool {
 
 fn route<B>(state: &State, entry: &Entry, request: &Request<B>) -> Result<Arc<Target>, ProxyError> {
     let found = match entry {
-        Entry::Inbound => state.inbound.clone().ok_or_else(|| "inbound app".to_string()),
+        Entry::Inbound => state
+            .inbound
+            .clone()
+            .ok_or_else(|| "inbound app".to_string()),
         Entry::Service(name) => state
             .routes
             .service(name)
@@ -223,10 +226,11 @@ async fn forward(
 
 /// Whether an HTTP/1 request body is chunked.
 fn is_chunked(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .any(|v| v.as_bytes().windows(7).any(|w| w.eq_ignore_ascii_case(b"chunked")))
+    headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
+        v.as_bytes()
+            .windows(7)
+            .any(|w| w.eq_ignore_ascii_case(b"chunked"))
+    })
 }
 
 /// Reads the first frame of a chunked body so that broken framing is refused (400)

@@ -64,7 +64,7 @@ impl RouteTable {
                     target: target.clone(),
                 });
             }
-            routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
         }
         self.services.insert(target.name.clone(), target);
     }
@@ -114,7 +114,9 @@ fn destination_host<B>(request: &Request<B>) -> Option<&str> {
 
 /// `orders:80` -> `orders`, `[::1]:80` -> `[::1]`.
 fn strip_port(authority: &str) -> &str {
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     match authority.rfind(':') {
         Some(colon) if !authority[colon..].contains(']') => &authority[..colon],
         _ => authority,
@@ -165,7 +167,10 @@ mod tests {
         table.insert(target("orders"), &["orders.internal".into()], &[]);
         assert_eq!(routed(&table, "orders", "/x").as_deref(), Some("orders"));
         assert_eq!(routed(&table, "orders:80", "/").as_deref(), Some("orders"));
-        assert_eq!(routed(&table, "Orders.Internal", "/").as_deref(), Some("orders"));
+        assert_eq!(
+            routed(&table, "Orders.Internal", "/").as_deref(),
+            Some("orders")
+        );
         assert_eq!(routed(&table, "payments", "/"), None);
     }
 

@@ -112,8 +112,7 @@ async fn watch_target(
 ) -> (Arc<Target>, AbortOnDrop) {
     let endpoints = Arc::new(EndpointSet::new());
     let mut snapshots = registry.watch(name);
-    if let Ok(Some(Ok(first))) = tokio::time::timeout(FIRST_SNAPSHOT_WAIT, snapshots.next()).await
-    {
+    if let Ok(Some(Ok(first))) = tokio::time::timeout(FIRST_SNAPSHOT_WAIT, snapshots.next()).await {
         endpoints.update(&first);
     }
     let feed = endpoints.clone();
@@ -328,7 +327,10 @@ fn warn_about_listener_changes(old: &Config, new: &Config) {
     };
     let before = listeners(old);
     for (what, addr) in listeners(new) {
-        let was = before.iter().find(|(w, _)| *w == what).and_then(|(_, a)| *a);
+        let was = before
+            .iter()
+            .find(|(w, _)| *w == what)
+            .and_then(|(_, a)| *a);
         if was != addr {
             tracing::warn!(
                 listener = %what,

@@ -125,7 +125,11 @@ async fn unary() {
 #[tokio::test]
 async fn server_streaming() {
     let (_proxy, mut client) = through_proxy().await;
-    let stream = client.server_stream(request("50")).await.unwrap().into_inner();
+    let stream = client
+        .server_stream(request("50"))
+        .await
+        .unwrap()
+        .into_inner();
     let messages: Vec<String> = stream.map(|r| r.unwrap().message).collect().await;
     assert_eq!(messages.len(), 50);
     assert_eq!(messages[49], "49");
@@ -195,7 +199,12 @@ async fn grpc_works_through_auto_protocol_too() {
     let proxy = support::outbound_to(&[upstream], "auto").await;
     let mut client = client(proxy.addrs().service("svc").unwrap()).await;
     assert_eq!(
-        client.unary(request("x")).await.unwrap().into_inner().message,
+        client
+            .unary(request("x"))
+            .await
+            .unwrap()
+            .into_inner()
+            .message,
         "x"
     );
 }

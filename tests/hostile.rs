@@ -41,7 +41,11 @@ async fn refused(request: &[u8], expected: u16) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(log.len(), 0, "the app saw {:?}", log.all());
     // And the proxy still serves well-formed requests.
-    let ok = raw(inbound, b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n").await;
+    let ok = raw(
+        inbound,
+        b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(status_of(&ok), 200, "{ok}");
 }
 
@@ -58,7 +62,11 @@ async fn both_framings_cannot_smuggle(request: &[u8]) {
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     let seen = log.all();
-    assert_eq!(seen.len(), 1, "the smuggled request reached the app: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        1,
+        "the smuggled request reached the app: {seen:?}"
+    );
     assert_eq!(seen[0].path, "/");
     assert!(!seen[0].headers.contains_key("content-length"));
     assert!(seen[0].body.is_empty());
@@ -154,16 +162,16 @@ async fn a_space_before_the_header_colon_is_refused() {
 
 #[tokio::test]
 async fn connect_tunnels_are_refused() {
-    refused(
-        b"CONNECT app:443 HTTP/1.1\r\nHost: app:443\r\n\r\n",
-        400,
-    )
-    .await;
+    refused(b"CONNECT app:443 HTTP/1.1\r\nHost: app:443\r\n\r\n", 400).await;
 }
 
 #[tokio::test]
 async fn garbage_is_refused() {
-    refused(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", 400).await;
+    refused(
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",
+        400,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -180,7 +188,10 @@ async fn oversized_headers_get_431() {
 async fn a_slow_header_is_cut_off() {
     let (_proxy, inbound, log) = guarded().await;
     let mut stream = TcpStream::connect(inbound).await.unwrap();
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: a").await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a")
+        .await
+        .unwrap();
     // header_read_timeout is 300ms: the proxy closes (maybe with a 408) well before 5s.
     let closed = tokio::time::timeout(
         Duration::from_secs(5),
@@ -213,9 +224,14 @@ async fn connections_over_the_cap_are_closed_at_once() {
         held.push(stream);
     }
     let mut extra = TcpStream::connect(inbound).await.unwrap();
-    let _ = extra.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await;
+    let _ = extra
+        .write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await;
     let response = read_all(&mut extra, Duration::from_secs(2)).await;
-    assert!(response.is_empty(), "the fifth connection was served: {response}");
+    assert!(
+        response.is_empty(),
+        "the fifth connection was served: {response}"
+    );
 
     let admin = proxy.addrs().admin.unwrap();
     let (_, _, metrics) = get(&format!("http://{admin}/metrics")).await;
@@ -226,6 +242,14 @@ async fn connections_over_the_cap_are_closed_at_once() {
 
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let ok = raw(inbound, b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n").await;
-    assert_eq!(status_of(&ok), 200, "capacity returns when connections close: {ok}");
+    let ok = raw(
+        inbound,
+        b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        status_of(&ok),
+        200,
+        "capacity returns when connections close: {ok}"
+    );
 }

@@ -38,7 +38,10 @@ async fn routes_by_dedicated_port_and_by_host_on_the_shared_port() {
 
     let seen = log.all();
     assert_eq!(seen.len(), 2);
-    assert_eq!(seen[1].headers["host"], "svc:80", "the caller's Host is kept");
+    assert_eq!(
+        seen[1].headers["host"], "svc:80",
+        "the caller's Host is kept"
+    );
     assert_eq!(seen[0].headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen[0].headers["x-forwarded-proto"], "http");
 }
@@ -52,7 +55,10 @@ async fn unknown_destination_is_refused_with_404_and_never_proxied() {
         let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         let response = raw(shared, request.as_bytes()).await;
         assert_eq!(status_of(&response), 404, "{response}");
-        assert!(response.contains("x-remora-error: unknown-destination"), "{response}");
+        assert!(
+            response.contains("x-remora-error: unknown-destination"),
+            "{response}"
+        );
     }
     let response = raw(shared, b"GET / HTTP/1.0\r\n\r\n").await;
     assert_eq!(status_of(&response), 404, "no Host at all: {response}");
@@ -89,10 +95,8 @@ async fn chunked_request_body_streams_to_the_upstream() {
     let request = Request::post(format!("http://{svc}/upload"))
         .body(body)
         .unwrap();
-    let client = hyper_util::client::legacy::Client::builder(
-        hyper_util::rt::TokioExecutor::new(),
-    )
-    .build_http();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
     let sending = tokio::spawn(async move {
         let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
         for _ in 0..32 {
@@ -121,7 +125,9 @@ async fn response_body_streams_without_being_buffered_whole() {
                     .unwrap();
                 // The second chunk waits for the client to have seen the first.
                 let _ = release.wait_for(|go| *go).await;
-                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"second")))).await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"second"))))
+                    .await;
             });
             Response::new(body)
         }
@@ -156,9 +162,7 @@ async fn keep_alive_connections_are_reused_and_upstream_connections_pooled() {
             counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|_r: Request<Incoming>| async {
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
-                        "ok",
-                    ))))
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("ok"))))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -179,7 +183,11 @@ async fn keep_alive_connections_are_reused_and_upstream_connections_pooled() {
         assert_eq!(status_of(&response), 200, "{response}");
         assert!(response.ends_with("ok"), "{response}");
     }
-    assert_eq!(connections.load(Ordering::SeqCst), 1, "one pooled upstream connection");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "one pooled upstream connection"
+    );
 }
 
 #[tokio::test]
@@ -228,7 +236,10 @@ async fn response_trailers_reach_an_http1_client_that_accepts_them() {
     )
     .await;
     assert_eq!(status_of(&response), 200, "{response}");
-    assert!(response.to_ascii_lowercase().contains("x-checksum: abc123"), "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("x-checksum: abc123"),
+        "{response}"
+    );
 }
 
 #[tokio::test]

@@ -45,7 +45,10 @@ async fn file_changes_apply_and_broken_files_are_refused() {
 
     std::fs::write(&path, config(admin, port, b)).unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || async { served_by(port).await == "b" }).await,
+        eventually(Duration::from_secs(5), || async {
+            served_by(port).await == "b"
+        })
+        .await,
         "the edited endpoint was not applied: {}",
         process.log()
     );
@@ -57,13 +60,19 @@ async fn file_changes_apply_and_broken_files_are_refused() {
     )
     .unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || async { reloads(admin, "failed").await == 1 }).await,
+        eventually(Duration::from_secs(5), || async {
+            reloads(admin, "failed").await == 1
+        })
+        .await,
         "the broken config was not noticed: {}",
         process.log()
     );
     let log = process.log();
     assert!(log.contains("config reload refused"), "{log}");
-    assert!(log.contains("remora.yaml:5:"), "the error names file and line: {log}");
+    assert!(
+        log.contains("remora.yaml:5:"),
+        "the error names file and line: {log}"
+    );
     for _ in 0..5 {
         assert_eq!(served_by(port).await, "b");
     }
@@ -80,7 +89,10 @@ async fn sighup_reloads_the_file() {
     assert_eq!(reloads(admin, "ok").await, 0);
     process.signal("HUP");
     assert!(
-        eventually(Duration::from_secs(5), || async { reloads(admin, "ok").await == 1 }).await,
+        eventually(Duration::from_secs(5), || async {
+            reloads(admin, "ok").await == 1
+        })
+        .await,
         "SIGHUP did not reload: {}",
         process.log()
     );

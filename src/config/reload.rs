@@ -56,10 +56,7 @@ pub async fn reload_once(path: &Path, sidecar: &SidecarHandle) -> bool {
     }
 }
 
-fn file_watcher(
-    path: &Path,
-    tx: mpsc::Sender<bool>,
-) -> notify::Result<notify::RecommendedWatcher> {
+fn file_watcher(path: &Path, tx: mpsc::Sender<bool>) -> notify::Result<notify::RecommendedWatcher> {
     let name = path.file_name().map(|n| n.to_os_string());
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),

@@ -23,7 +23,9 @@ pub type TestBody = http_body_util::combinators::BoxBody<Bytes, remora::body::Bo
 
 /// A whole body.
 pub fn full(data: impl Into<Bytes>) -> TestBody {
-    Full::new(data.into()).map_err(|never| match never {}).boxed()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A body of frames sent later through the returned sender.
@@ -99,7 +101,11 @@ pub async fn recording(name: &'static str) -> (SocketAddr, Log) {
         let seen = seen.clone();
         async move {
             let (parts, body) = request.into_parts();
-            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             let path = parts.uri.path().to_string();
             seen.push(Seen {
                 method: parts.method.to_string(),
@@ -153,7 +159,11 @@ pub async fn get(url: &str) -> (http::StatusCode, http::HeaderMap, String) {
     let response = http1_client().get(url.parse().unwrap()).await.unwrap();
     let (parts, body) = response.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 /// Writes `request` on a fresh connection and reads until the peer closes or goes quiet.
@@ -243,7 +253,11 @@ impl Process {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(tokio::time::Instant::now() < deadline, "remora did not exit: {}", self.log());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "remora did not exit: {}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
