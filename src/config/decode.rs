@@ -117,11 +117,15 @@ fn translate(text: &str, error: &serde_saphyr::Error, path: FieldPath) -> Decode
                 format!("missing required field `{field}`"),
             )
         }
-        E::InvalidScalar { ty, .. } => (
-            DiagnosticKind::InvalidValue,
-            path,
-            format!("expected {}", describe_type(ty)),
-        ),
+        E::InvalidScalar { ty, .. } => {
+            let found = offset.map(|o| scalar_text(&text[o..])).unwrap_or_default();
+            let message = if found.is_empty() {
+                format!("expected {}", describe_type(ty))
+            } else {
+                format!("expected {}, found `{found}`", describe_type(ty))
+            };
+            (DiagnosticKind::InvalidValue, path, message)
+        }
         E::Budget { .. }
         | E::AliasReplayLimitExceeded { .. }
         | E::AliasExpansionLimitExceeded { .. }
@@ -205,6 +209,18 @@ fn unknown(what: &str, found: &str, expected: &[&str]) -> String {
     }
 }
 
+/// The plain scalar at the start of `rest` (up to the end of line, a comment or a flow
+/// indicator), for quoting in a message.
+fn scalar_text(rest: &str) -> String {
+    let line = rest.lines().next().unwrap_or_default();
+    let end = [" #", ",", "]", "}"]
+        .iter()
+        .filter_map(|stop| line.find(stop))
+        .min()
+        .unwrap_or(line.len());
+    line[..end].trim().chars().take(80).collect()
+}
+
 /// A Rust scalar type name as an operator would say it.
 fn describe_type(ty: &str) -> &'static str {
     match ty {
@@ -250,7 +266,7 @@ mod tests {
         let e = fail("limits:\n  max_connections: lots\n");
         assert_eq!(e.kind, DiagnosticKind::InvalidValue);
         assert_eq!(e.path.to_string(), "limits.max_connections");
-        assert_eq!(e.message, "expected a non-negative integer");
+        assert_eq!(e.message, "expected a non-negative integer, found `lots`");
     }
 
     #[test]
