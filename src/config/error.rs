@@ -160,7 +160,8 @@ pub enum ConfigError {
     TooLarge {
         /// The file or origin name.
         origin: String,
-        /// Its size in bytes (after substitution, when substitution made it too large).
+        /// Its size in bytes: after substitution when substitution made it too large, and a
+        /// lower bound for a file (reading stops just past the limit).
         size: u64,
         /// The limit in bytes.
         limit: usize,
