@@ -1,30 +1,194 @@
 //! Configuration: the YAML schema, loading with located errors, validation, hot reload.
+//!
+//! Loading runs one pipeline, each stage in its own file:
+//!
+//! 1. `env`: `${VAR}` / `${VAR:-default}` substitution in the text, with a map back
+//!    to the text as written;
+//! 2. `decode`: YAML to [`Config`] with serde-saphyr under an input budget, tracking
+//!    the field path of a failure;
+//! 3. `validate`: normalisation (host names) and the semantic checks serde cannot
+//!    express, located through `locate`'s path -> position index.
+//!
+//! Every failure is a [`Diagnostic`] naming file, line:column (in the text as
+//! written), field path and problem, followed by the offending line with a caret.
+//!
+//! Reload: [`load`] has no side effects and returns owned, `Send` errors, so a reload
+//! task can call it on every change and keep the running configuration whenever it
+//! fails. Listener addresses are fixed at start-up; comparing old and new is the
+//! reloader's business.
 
+mod decode;
+mod env;
+mod error;
+mod locate;
 pub mod reload;
+mod scalar;
 mod schema;
+mod source;
+mod validate;
 
+pub use env::EnvLookup;
+pub use error::{ConfigError, Diagnostic, DiagnosticKind, FieldPath, PathSegment};
 pub use schema::*;
+pub use source::Position;
+pub use validate::MIN_HEADER_BYTES;
 
+use std::io::Read;
 use std::path::Path;
 
-/// A configuration that could not be loaded; its message names file, line, column and field.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(String);
+use locate::NodeIndex;
 
-/// Reads, substitutes, parses and validates the file at `path`.
+/// Largest configuration accepted, in bytes, before and after substitution.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// Reads, substitutes (from the process environment), parses and validates `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-    parse(&path.display().to_string(), &text)
+    let origin = path.display().to_string();
+    let read_error = |source| ConfigError::Read {
+        origin: origin.clone(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut text = String::new();
+    // Reads one byte past the limit, to tell "at the limit" from "over it".
+    let limit = u64::try_from(MAX_CONFIG_BYTES).unwrap_or(u64::MAX);
+    file.take(limit + 1)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    parse(&origin, &text)
 }
 
-/// Parses and validates configuration text; `origin` names it in errors.
+/// Parses and validates configuration text, substituting from the process environment;
+/// `origin` names the text in errors (normally the file name).
 pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
-    serde_saphyr::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))
+    parse_with_env(origin, text, &|name| std::env::var(name).ok())
 }
 
-/// The effective config as YAML, for the admin listener.
-pub fn to_yaml(config: &Config) -> String {
-    serde_saphyr::to_string(config).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+/// Like [`parse`], with `${VAR}` values looked up through `env` instead of the process
+/// environment (for tests, or a caller that layers its own variables).
+///
+/// Positions in errors refer to `text` as written. A position on a line after a
+/// substitution is exact; a column after a substitution on the same line is mapped back
+/// too, and a position inside a substituted value points at its `${`.
+pub fn parse_with_env(origin: &str, text: &str, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+    check_size(origin, text)?;
+    let substituted = env::substitute(text, env).map_err(|errors| {
+        ConfigError::Invalid(environment_diagnostics(origin, text, env, &errors))
+    })?;
+    check_size(origin, &substituted.text)?;
+    let located = |offset: Option<usize>| offset.map(|o| substituted.offsets.to_original(o));
+
+    let mut config = decode::decode(&substituted.text).map_err(|e| {
+        ConfigError::Invalid(vec![diagnostic(
+            origin,
+            text,
+            located(e.offset),
+            e.path,
+            e.kind,
+            e.message,
+        )])
+    })?;
+
+    validate::normalize(&mut config);
+    let issues = validate::validate(&config);
+    if issues.is_empty() {
+        return Ok(config);
+    }
+    let index = NodeIndex::build(&substituted.text);
+    let mut diagnostics: Vec<Diagnostic> = issues
+        .into_iter()
+        .map(|issue| {
+            let offset = if issue.at_key {
+                index.key_offset(&issue.path)
+            } else {
+                index.offset(&issue.path)
+            };
+            diagnostic(
+                origin,
+                text,
+                located(offset),
+                issue.path,
+                DiagnosticKind::Semantic,
+                issue.message,
+            )
+        })
+        .collect();
+    diagnostics.sort_by_key(|d| d.position);
+    Err(ConfigError::Invalid(diagnostics))
 }
+
+/// Renders the effective configuration as YAML (for the admin `/config` endpoint);
+/// the result parses back to an equal [`Config`].
+pub fn to_yaml(config: &Config) -> String {
+    // NOTE: every schema type serializes to plain maps, sequences and strings, so this
+    // cannot fail in practice; if it ever does, the admin page says so instead of
+    // taking the process down.
+    serde_saphyr::to_string(config)
+        .unwrap_or_else(|e| format!("# the configuration could not be rendered: {e}\n"))
+}
+
+fn check_size(origin: &str, text: &str) -> Result<(), ConfigError> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            origin: origin.to_string(),
+            size: u64::try_from(text.len()).unwrap_or(u64::MAX),
+            limit: MAX_CONFIG_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// One diagnostic per failed `${...}`, each with the field it sits in when the rest of
+/// the document (with a placeholder in its place) lets us tell.
+fn environment_diagnostics(
+    origin: &str,
+    text: &str,
+    env: EnvLookup<'_>,
+    errors: &[env::EnvError],
+) -> Vec<Diagnostic> {
+    let (placeholder, _) = env::substitute_lossy(text, env, "placeholder");
+    let index = NodeIndex::build(&placeholder.text);
+    errors
+        .iter()
+        .map(|error| {
+            let path = substituted_offset(&placeholder.offsets, error.offset)
+                .and_then(|offset| index.path_at(offset))
+                .unwrap_or_default();
+            diagnostic(
+                origin,
+                text,
+                Some(error.offset),
+                path,
+                DiagnosticKind::Environment,
+                error.to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The offset in substituted text where the reference at `original` ended up.
+fn substituted_offset(offsets: &env::OffsetMap, original: usize) -> Option<usize> {
+    offsets.to_output(original)
+}
+
+fn diagnostic(
+    origin: &str,
+    text: &str,
+    offset: Option<usize>,
+    path: FieldPath,
+    kind: DiagnosticKind,
+    message: String,
+) -> Diagnostic {
+    let position = offset.map(|offset| source::position_of(text, offset));
+    Diagnostic {
+        origin: origin.to_string(),
+        position,
+        path,
+        kind,
+        message,
+        snippet: position
+            .map(|p| source::snippet(text, p))
+            .unwrap_or_default(),
+    }
+}
+

@@ -36,7 +36,7 @@ pub struct Config {
     #[serde(default)]
     pub upstream: UpstreamConfig,
     /// How long in-flight requests may take to finish after SIGTERM.
-    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    #[serde(default = "default_drain_timeout", with = "super::scalar::duration")]
     pub drain_timeout: Duration,
     /// Logging.
     #[serde(default)]
@@ -48,7 +48,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address of the admin listener.
-    #[serde(default = "default_admin_listen")]
+    #[serde(default = "default_admin_listen", with = "super::scalar::socket_addr")]
     pub listen: SocketAddr,
 }
 
@@ -57,9 +57,13 @@ pub struct AdminConfig {
 #[serde(deny_unknown_fields)]
 pub struct InboundConfig {
     /// Address the inbound listener binds.
-    #[serde(default = "default_inbound_listen")]
+    #[serde(
+        default = "default_inbound_listen",
+        with = "super::scalar::socket_addr"
+    )]
     pub listen: SocketAddr,
     /// Address of the local app (normally `127.0.0.1:<app port>`).
+    #[serde(with = "super::scalar::socket_addr")]
     pub app: SocketAddr,
     /// Protocol spoken to the local app.
     #[serde(default)]
@@ -71,7 +75,10 @@ pub struct InboundConfig {
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
     /// Address the shared outbound listener binds.
-    #[serde(default = "default_outbound_listen")]
+    #[serde(
+        default = "default_outbound_listen",
+        with = "super::scalar::socket_addr"
+    )]
     pub listen: SocketAddr,
 }
 
@@ -80,7 +87,7 @@ pub struct OutboundConfig {
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// A dedicated outbound port for this service: everything arriving there goes to it.
-    #[serde(default)]
+    #[serde(default, with = "super::scalar::opt_socket_addr")]
     pub listen: Option<SocketAddr>,
     /// Host names (without port) that route to this service on the shared outbound port.
     /// The service's own name always matches.
@@ -94,7 +101,7 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     /// Static endpoint list (`host:port`), used until a discovery backend is configured.
-    #[serde(default)]
+    #[serde(default, with = "super::scalar::socket_addrs")]
     pub endpoints: Vec<SocketAddr>,
 }
 
@@ -119,7 +126,10 @@ pub struct LimitsConfig {
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Time a client has to send a complete HTTP/1 request head (slowloris protection).
-    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_header_read_timeout",
+        with = "super::scalar::duration"
+    )]
     pub header_read_timeout: Duration,
     /// Largest request head accepted, in bytes; beyond it the answer is 431.
     #[serde(default = "default_max_header_bytes")]
@@ -134,10 +144,13 @@ pub struct LimitsConfig {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Time allowed to establish a TCP connection to an endpoint.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(default = "default_connect_timeout", with = "super::scalar::duration")]
     pub connect_timeout: Duration,
     /// Idle pooled connections are closed after this long.
-    #[serde(default = "default_pool_idle_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_pool_idle_timeout",
+        with = "super::scalar::duration"
+    )]
     pub pool_idle_timeout: Duration,
     /// Idle connections kept per endpoint.
     #[serde(default = "default_pool_max_idle")]
