@@ -39,7 +39,7 @@ async fn websocket_session_through_a_dedicated_port() {
     let proxy = support::outbound_to(&[upstream], "http1").await;
     let svc = proxy.addrs().service("svc").unwrap();
     let stream = TcpStream::connect(svc).await.unwrap();
-    let (mut socket, response) = tokio_tungstenite::client_async(format!("ws://svc/chat"), stream)
+    let (mut socket, response) = tokio_tungstenite::client_async("ws://svc/chat", stream)
         .await
         .unwrap();
     assert_eq!(response.status(), 101);

@@ -191,4 +191,3 @@ fn diagnostic(
             .unwrap_or_default(),
     }
 }
-
