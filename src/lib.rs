@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod error;
 pub mod listener;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod route;
 pub mod sidecar;

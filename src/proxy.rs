@@ -8,15 +8,14 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use tower::ServiceExt;
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
@@ -103,7 +102,7 @@ impl ProxyService {
                 return response;
             }
         };
-        let response = match forward(&state, &target, request, self.peer).await {
+        let response = match forward(&target, request, self.peer).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::warn!(service = %target.name, peer = %self.peer, %error, "request failed");
@@ -144,27 +143,20 @@ fn route<B>(state: &State, entry: &Entry, request: &Request<B>) -> Result<Arc<Ta
     found.map_err(ProxyError::UnknownDestination)
 }
 
-/// Sends `request` to one of `target`'s endpoints and returns its answer.
+/// Cleans `request` for its hop and sends it through `target`'s stack.
 async fn forward(
-    state: &State,
     target: &Target,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if request.method() == http::Method::CONNECT {
         // remora routes requests to configured services; it never opens raw tunnels.
         return Err(ProxyError::BadRequest("CONNECT is not supported".into()));
     }
-    let endpoint = target
-        .endpoints
-        .pick()
-        .ok_or_else(|| ProxyError::NoHealthyEndpoint(target.name.to_string()))?;
-
     let caller_version = request.version();
     let upgrade = (caller_version == Version::HTTP_11)
         .then(|| requested_upgrade(request.headers()))
         .flatten();
-    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
     let chunked = caller_version < Version::HTTP_2 && is_chunked(request.headers());
 
     let (mut parts, body) = request.into_parts();
@@ -173,8 +165,6 @@ async fn forward(
     } else {
         ProxyBody::streamed(body)
     };
-
-    let (client, version) = state.clients.select(target.protocol, caller_version);
     if parts.headers.get(header::HOST).is_none() {
         if let Some(authority) = parts.uri.authority() {
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
@@ -186,42 +176,17 @@ async fn forward(
     // remora answers `Expect: 100-continue` itself when it reads the body.
     parts.headers.remove(header::EXPECT);
     set_forwarded(&mut parts.headers, peer.ip());
-    if let Some(protocol) = &upgrade {
+    if let Some(protocol) = upgrade {
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, protocol.clone());
+        parts.headers.insert(header::UPGRADE, protocol);
     }
-    parts.uri = upstream_uri(&endpoint.authority, &parts.uri)?;
-    parts.version = version;
-
-    endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-    let result = client.request(Request::from_parts(parts, body)).await;
-    endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-    let mut response = result.map_err(|error| {
-        let endpoint = endpoint.addr.to_string();
-        if error.is_connect() {
-            ProxyError::Connect {
-                endpoint,
-                source: error.into(),
-            }
-        } else {
-            ProxyError::Upstream {
-                endpoint,
-                source: error.into(),
-            }
-        }
-    })?;
-
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
-            return Ok(response.map(|_| ProxyBody::empty()));
-        }
-    }
-    strip_hop_by_hop(response.headers_mut());
-    Ok(response.map(ProxyBody::streamed))
+    target
+        .stack
+        .clone()
+        .oneshot(Request::from_parts(parts, body))
+        .await
 }
 
 /// Whether an HTTP/1 request body is chunked.
@@ -240,35 +205,5 @@ async fn read_first_chunk(mut body: Incoming) -> Result<ProxyBody, ProxyError> {
         Some(Ok(frame)) => Ok(ProxyBody::streamed_after(frame, body)),
         Some(Err(error)) => Err(ProxyError::BadRequest(format!("request body: {error}"))),
         None => Ok(ProxyBody::streamed(body)),
-    }
-}
-
-/// `http://<endpoint>/<original path and query>`.
-fn upstream_uri(authority: &http::uri::Authority, original: &Uri) -> Result<Uri, ProxyError> {
-    let path = original
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme("http")
-        .authority(authority.clone())
-        .path_and_query(path)
-        .build()
-        .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))
-}
-
-/// Copies bytes both ways between an upgraded client and upstream connection.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(error) => {
-            tracing::debug!(%error, "upgrade failed");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(%error, "upgraded connection ended");
     }
 }

@@ -11,17 +11,25 @@ use std::sync::Arc;
 use http::Request;
 
 use crate::balance::EndpointSet;
-use crate::config::UpstreamProtocol;
+use crate::policy::ServiceStack;
 
 /// A service as the request path sees it: where to send and how.
-#[derive(Debug)]
 pub struct Target {
     /// The service's configured name (also its metrics label).
     pub name: Arc<str>,
-    /// Protocol toward its endpoints.
-    pub protocol: UpstreamProtocol,
     /// Its endpoints, kept current by discovery.
     pub endpoints: Arc<EndpointSet>,
+    /// The middleware stack every request to it passes through.
+    pub stack: ServiceStack,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("name", &self.name)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One path prefix of one host on the shared outbound port.
@@ -139,10 +147,18 @@ mod tests {
     use super::*;
 
     fn target(name: &str) -> Arc<Target> {
+        let endpoints = Arc::new(EndpointSet::new());
+        let clients = crate::upstream::UpstreamClients::new(&Default::default());
+        let stack = crate::policy::build(
+            name.into(),
+            endpoints.clone(),
+            crate::config::UpstreamProtocol::Auto,
+            clients,
+        );
         Arc::new(Target {
             name: name.into(),
-            protocol: UpstreamProtocol::Auto,
-            endpoints: Arc::new(EndpointSet::new()),
+            endpoints,
+            stack,
         })
     }
 

@@ -46,8 +46,6 @@ pub struct State {
     pub routes: RouteTable,
     /// The local app, when an inbound listener is configured.
     pub inbound: Option<Arc<Target>>,
-    /// Pooled upstream clients.
-    pub clients: UpstreamClients,
     /// HTTP server settings for new client connections.
     pub server: auto::Builder<TokioExecutor>,
     /// Discovery pumps feeding this state's endpoint sets; they stop with the state.
@@ -76,19 +74,20 @@ impl State {
         }
         let mut discovery = Vec::new();
         let mut routes = RouteTable::new();
+        let clients = UpstreamClients::new(&config.upstream);
         for (name, service) in &config.services {
-            let (target, pump) = watch_target(&registry, name, service.protocol).await;
+            let (target, pump) = watch_target(&registry, name, service.protocol, &clients).await;
             discovery.push(pump);
             routes.insert(target, &service.hosts, &service.path_prefixes);
         }
         let mut inbound = None;
         if let Some(config) = &config.inbound {
-            let (target, pump) = watch_target(&registry, INBOUND_APP, config.protocol).await;
+            let (target, pump) =
+                watch_target(&registry, INBOUND_APP, config.protocol, &clients).await;
             discovery.push(pump);
             inbound = Some(target);
         }
         State {
-            clients: UpstreamClients::new(&config.upstream),
             server: listener::server_builder(&config.limits),
             config: Arc::new(config),
             routes,
@@ -109,6 +108,7 @@ async fn watch_target(
     registry: &dyn Registry,
     name: &str,
     protocol: UpstreamProtocol,
+    clients: &UpstreamClients,
 ) -> (Arc<Target>, AbortOnDrop) {
     let endpoints = Arc::new(EndpointSet::new());
     let mut snapshots = registry.watch(name);
@@ -127,10 +127,12 @@ async fn watch_target(
             }
         }
     });
+    let name: Arc<str> = Arc::from(name);
+    let stack = crate::policy::build(name.clone(), endpoints.clone(), protocol, clients.clone());
     let target = Arc::new(Target {
-        name: Arc::from(name),
-        protocol,
+        name,
         endpoints,
+        stack,
     });
     (target, AbortOnDrop(pump.abort_handle()))
 }

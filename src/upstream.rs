@@ -1,10 +1,19 @@
-//! Pooled connections to upstream endpoints and the header hygiene of a forwarded hop.
+//! Pooled connections to upstream endpoints, the [`Forward`] service at the bottom of
+//! every stack, and the header hygiene of a forwarded hop.
 //!
 //! Two hyper clients share every endpoint: one speaking HTTP/1.1 (a pool of keep-alive
 //! connections per endpoint), one speaking HTTP/2 with prior knowledge (one multiplexed
 //! connection per endpoint). A service's `protocol` decides which one a request takes.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
@@ -12,8 +21,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::balance::EndpointSet;
 use crate::body::ProxyBody;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
+use crate::error::ProxyError;
 
 /// A pooled hyper client.
 pub type HttpClient = Client<HttpConnector, ProxyBody>;
@@ -61,6 +72,125 @@ impl UpstreamClients {
         } else {
             (&self.http1, Version::HTTP_11)
         }
+    }
+}
+
+/// The innermost service of a target's stack: one attempt, to one endpoint.
+///
+/// It picks an endpoint, points the request at it, sends it over the pooled client and
+/// relays the answer; an accepted upgrade (101) is spliced into a byte tunnel. The
+/// request arrives with its headers already cleaned by the proxy.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    /// The service's name, for errors.
+    service: Arc<str>,
+    /// Where to send.
+    endpoints: Arc<EndpointSet>,
+    /// Protocol toward the endpoints.
+    protocol: UpstreamProtocol,
+    /// The pooled clients.
+    clients: UpstreamClients,
+}
+
+impl Forward {
+    /// A forwarder to `endpoints` over `clients`.
+    pub fn new(
+        service: Arc<str>,
+        endpoints: Arc<EndpointSet>,
+        protocol: UpstreamProtocol,
+        clients: UpstreamClients,
+    ) -> Self {
+        Self {
+            service,
+            endpoints,
+            protocol,
+            clients,
+        }
+    }
+}
+
+impl tower::Service<Request<ProxyBody>> for Forward {
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<ProxyBody>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let endpoint = this
+                .endpoints
+                .pick()
+                .ok_or_else(|| ProxyError::NoHealthyEndpoint(this.service.to_string()))?;
+            let client_upgrade = request
+                .headers()
+                .contains_key(header::UPGRADE)
+                .then(|| hyper::upgrade::on(&mut request));
+            let (client, version) = this.clients.select(this.protocol, request.version());
+            *request.uri_mut() = upstream_uri(&endpoint.authority, request.uri())?;
+            *request.version_mut() = version;
+
+            endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+            let result = client.request(request).await;
+            endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let mut response = result.map_err(|error| {
+                let endpoint = endpoint.addr.to_string();
+                if error.is_connect() {
+                    ProxyError::Connect {
+                        endpoint,
+                        source: error.into(),
+                    }
+                } else {
+                    ProxyError::Upstream {
+                        endpoint,
+                        source: error.into(),
+                    }
+                }
+            })?;
+
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(client_upgrade) = client_upgrade {
+                    let upstream_upgrade = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                    return Ok(response.map(|_| ProxyBody::empty()));
+                }
+            }
+            strip_hop_by_hop(response.headers_mut());
+            Ok(response.map(ProxyBody::streamed))
+        })
+    }
+}
+
+/// `http://<endpoint>/<original path and query>`.
+fn upstream_uri(authority: &http::uri::Authority, original: &Uri) -> Result<Uri, ProxyError> {
+    let path = original
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))
+}
+
+/// Copies bytes both ways between an upgraded client and upstream connection.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%error, "upgraded connection ended");
     }
 }
 
