@@ -49,6 +49,21 @@ pub enum ProxyError {
     /// The sidecar is draining and takes no new work.
     #[error("sidecar is shutting down")]
     Draining,
+    /// A rate limit refused the call; the limiter says when a call would pass.
+    #[error("rate limited: retry after {retry_after:?}")]
+    RateLimited {
+        /// The limiter's real wait time until the next call would be admitted.
+        retry_after: Duration,
+    },
+    /// The service's concurrency cap is reached; the call is shed, not queued.
+    #[error("service {0}: too many requests in flight")]
+    Overloaded(String),
+    /// The service's circuit breaker is open.
+    #[error("service {0}: circuit breaker open")]
+    BreakerOpen(String),
+    /// A configured fault aborted the call.
+    #[error("fault injected: status {0}")]
+    FaultInjected(StatusCode),
 }
 
 impl ProxyError {
@@ -62,6 +77,10 @@ impl ProxyError {
             Self::BadRequest(_) => "bad-request",
             Self::Timeout(_) => "timeout",
             Self::Draining => "draining",
+            Self::RateLimited { .. } => "rate-limited",
+            Self::Overloaded(_) => "overloaded",
+            Self::BreakerOpen(_) => "breaker-open",
+            Self::FaultInjected(_) => "fault-injected",
         }
     }
 
@@ -69,7 +88,12 @@ impl ProxyError {
     pub fn http_status(&self) -> StatusCode {
         match self {
             Self::UnknownDestination(_) => StatusCode::NOT_FOUND,
-            Self::NoHealthyEndpoint(_) | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHealthyEndpoint(_)
+            | Self::Draining
+            | Self::Overloaded(_)
+            | Self::BreakerOpen(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::FaultInjected(status) => *status,
             Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -82,8 +106,12 @@ impl ProxyError {
             Self::UnknownDestination(_) => tonic::Code::Unimplemented,
             Self::NoHealthyEndpoint(_)
             | Self::Draining
+            | Self::Overloaded(_)
+            | Self::BreakerOpen(_)
             | Self::Connect { .. }
             | Self::Upstream { .. } => tonic::Code::Unavailable,
+            Self::RateLimited { .. } => tonic::Code::ResourceExhausted,
+            Self::FaultInjected(status) => grpc_code_for_http(*status),
             Self::BadRequest(_) => tonic::Code::Internal,
             Self::Timeout(_) => tonic::Code::DeadlineExceeded,
         }
@@ -115,7 +143,28 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         headers.insert(ERROR_HEADER, reason);
+        if let Self::RateLimited { retry_after } = self {
+            headers.insert(header::RETRY_AFTER, retry_after_seconds(*retry_after));
+        }
         response
+    }
+}
+
+/// `Retry-After` in whole seconds, rounded up so that a client waiting that long passes.
+fn retry_after_seconds(wait: Duration) -> HeaderValue {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HeaderValue::from(seconds.max(1))
+}
+
+/// The gRPC code conventionally matching an HTTP status (the gRPC HTTP mapping).
+pub fn grpc_code_for_http(status: StatusCode) -> tonic::Code {
+    match status.as_u16() {
+        400 => tonic::Code::Internal,
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        404 => tonic::Code::Unimplemented,
+        429 | 502 | 503 | 504 => tonic::Code::Unavailable,
+        _ => tonic::Code::Unknown,
     }
 }
 
@@ -164,6 +213,17 @@ mod tests {
         let response = ProxyError::Timeout(Duration::from_secs(1)).to_response(false);
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(response.headers()[ERROR_HEADER], "timeout");
+    }
+
+    #[test]
+    fn rate_limited_says_when_to_retry_rounded_up() {
+        let error = ProxyError::RateLimited {
+            retry_after: Duration::from_millis(1200),
+        };
+        let response = error.to_response(false);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(error.to_response(true).headers()["grpc-status"], "8");
     }
 
     #[test]
