@@ -1,5 +1,7 @@
 //! `remora demo`: example services, their sidecars and a load generator in one process.
 
+pub mod apps;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
