@@ -1,6 +1,8 @@
 //! `remora demo`: example services, their sidecars and a load generator in one process.
 
 pub mod apps;
+pub mod stats;
+pub mod table;
 
 use std::process::ExitCode;
 use std::time::Duration;
