@@ -131,12 +131,21 @@ pub enum DemoError {
         #[source]
         source: std::io::Error,
     },
-    /// A sidecar's config could not be built.
+    /// The schema's defaults could not be decoded.
+    #[error("default config of the {name} sidecar: {source}")]
+    Defaults {
+        /// The sidecar.
+        name: String,
+        /// Why.
+        #[source]
+        source: Box<serde_saphyr::Error>,
+    },
+    /// A sidecar's config is not valid.
     #[error("config of the {name} sidecar: {source}")]
     Config {
         /// The sidecar.
         name: String,
-        /// Why.
+        /// What is wrong, located in its YAML rendering.
         #[source]
         source: ConfigError,
     },

@@ -242,7 +242,7 @@ async fn start_instances(spec: &ServiceSpec) -> Result<Vec<Instance>, DemoError>
             app: app.addr,
             protocol: protocol_of(spec.kind),
         });
-        let sidecar = Sidecar::start(config)
+        let sidecar = Sidecar::start(validated(&config)?)
             .await
             .map_err(|source| DemoError::Sidecar { name, source })?;
         instances.push(Instance { app, sidecar });
@@ -280,18 +280,30 @@ fn frontend_config(specs: &[ServiceSpec], started: &[Vec<Instance>]) -> Result<C
     Ok(config)
 }
 
-/// A config with every default, named `name`, its admin port on loopback.
+/// A config with every default, named `name`, its admin port on loopback; the caller
+/// adds listeners and services, then [`validated`] checks the result.
 fn base_config(name: &str) -> Result<Config, DemoError> {
-    // NOTE: parsed from an empty document rather than written as a struct literal, so the
-    // demo keeps building as the schema grows fields (each has a default).
-    let mut config = config::parse("remora demo", "{}").map_err(|source| DemoError::Config {
-        name: name.to_string(),
-        source,
-    })?;
+    // NOTE: `Config` has no `Default`; decoding an empty document gives every field its
+    // schema default, so the demo keeps building as the schema grows. It skips
+    // validation: an empty config proxies nothing, so [`validated`] checks the final one.
+    let mut config: Config =
+        serde_saphyr::from_str("{}").map_err(|source| DemoError::Defaults {
+            name: name.to_string(),
+            source: Box::new(source),
+        })?;
     config.service = name.to_string();
     config.admin.listen = loopback_any_port();
     config.drain_timeout = DRAIN_TIMEOUT;
     Ok(config)
+}
+
+/// `config` after the same checks a YAML file gets (through its YAML rendering).
+fn validated(config: &Config) -> Result<Config, DemoError> {
+    let origin = format!("remora demo ({})", config.service);
+    config::parse(&origin, &config::to_yaml(config)).map_err(|source| DemoError::Config {
+        name: config.service.clone(),
+        source,
+    })
 }
 
 fn loopback_any_port() -> SocketAddr {
