@@ -227,7 +227,7 @@ pub async fn run_with<W: Write>(
 
     let load = LoadGenerator::start(targets, options.load);
     let mut monitor = Monitor::new(&stats, table::columns());
-    let stop_reason = watch(&options, &banner, &mut monitor, out).await;
+    let stop_reason = show_tables(&options, &banner, &mut monitor, out).await;
     let elapsed = monitor.elapsed();
 
     let _ = writeln!(
@@ -268,7 +268,7 @@ pub async fn run_with<W: Write>(
 }
 
 /// Prints a table every refresh until the demo should stop, and says why it stops.
-async fn watch<W: Write>(
+async fn show_tables<W: Write>(
     options: &DemoOptions,
     banner: &str,
     monitor: &mut Monitor,
