@@ -1,0 +1,318 @@
+//! The demo's processes-in-a-process: each example service's instances, an inbound
+//! sidecar in front of each instance, and one `frontend` sidecar whose outbound side
+//! reaches them all.
+//!
+//! ```text
+//! load generator ──> frontend sidecar ──┬─ outbound (Host: catalog) ──> catalog-N sidecar ──> catalog-N app
+//!                                       └─ inventory port (h2) ───────> inventory-N sidecar ──> inventory-N app
+//! ```
+//!
+//! HTTP services are reached on the frontend's shared outbound port by `Host`; gRPC
+//! services each get a dedicated port, as a gRPC client addressing a plain `host:port`
+//! would use. Every listener binds `127.0.0.1:0`, so the demo never collides with
+//! anything already running.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use super::apps::{AppInstance, AppKind, Faults};
+use super::load::{Caller, GrpcCaller, HttpCaller};
+use super::DemoError;
+use crate::config::{self, Config, InboundConfig, OutboundConfig, ServiceConfig, UpstreamProtocol};
+use crate::Sidecar;
+
+/// The frontend sidecar's service name: the load generator is its local app.
+pub const FRONTEND: &str = "frontend";
+
+/// How long each sidecar may drain at the end. Short: the load has already stopped.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An example service as the demo should start it.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// Its name: the frontend routes to it by this name, instances are `<name>-<n>`.
+    pub name: String,
+    /// What its instances speak.
+    pub kind: AppKind,
+    /// How many instances (each with its own inbound sidecar).
+    pub instances: usize,
+    /// The faults every instance starts with.
+    pub faults: Faults,
+}
+
+/// `catalog` (HTTP, two instances) and `inventory` (gRPC, two instances), each a little
+/// slow and now and then failing, so that the table has something to show.
+pub fn default_services() -> Vec<ServiceSpec> {
+    vec![
+        ServiceSpec {
+            name: "catalog".to_string(),
+            kind: AppKind::Http,
+            instances: 2,
+            faults: Faults {
+                latency: Duration::from_millis(2),
+                jitter: Duration::from_millis(6),
+                error_rate: 0.01,
+            },
+        },
+        ServiceSpec {
+            name: "inventory".to_string(),
+            kind: AppKind::Grpc,
+            instances: 2,
+            faults: Faults {
+                latency: Duration::from_millis(1),
+                jitter: Duration::from_millis(3),
+                error_rate: 0.005,
+            },
+        },
+    ]
+}
+
+/// One instance: the app and the sidecar in front of it.
+pub struct Instance {
+    /// The example app.
+    pub app: AppInstance,
+    /// Its inbound sidecar.
+    pub sidecar: Sidecar,
+}
+
+/// One started service.
+pub struct RunningService {
+    /// What was asked for.
+    pub spec: ServiceSpec,
+    /// Its instances, in order (`<name>-1` first).
+    pub instances: Vec<Instance>,
+    /// Where the frontend sidecar takes calls for it (shared outbound or dedicated port).
+    pub entry: SocketAddr,
+}
+
+impl RunningService {
+    /// How the load generator calls it through the frontend sidecar.
+    pub fn caller(&self) -> Result<Arc<dyn Caller>, DemoError> {
+        let invalid = |reason: String| DemoError::Caller {
+            service: self.spec.name.clone(),
+            reason,
+        };
+        Ok(match self.spec.kind {
+            AppKind::Http => Arc::new(
+                HttpCaller::new(self.entry, &self.spec.name).map_err(|e| invalid(e.to_string()))?,
+            ),
+            AppKind::Grpc => {
+                Arc::new(GrpcCaller::new(self.entry).map_err(|e| invalid(e.to_string()))?)
+            }
+        })
+    }
+}
+
+/// Everything the demo started, ready to be called through `frontend`.
+pub struct Topology {
+    /// The sidecar the load generator calls through.
+    pub frontend: Sidecar,
+    /// The example services, in the order they were asked for.
+    pub services: Vec<RunningService>,
+}
+
+impl Topology {
+    /// Starts every instance of `specs` behind its sidecar, then the frontend sidecar.
+    pub async fn start(specs: &[ServiceSpec]) -> Result<Topology, DemoError> {
+        let mut started = Vec::new();
+        for spec in specs {
+            started.push(start_instances(spec).await?);
+        }
+        let frontend_config = frontend_config(specs, &started)?;
+        let frontend =
+            Sidecar::start(frontend_config)
+                .await
+                .map_err(|source| DemoError::Sidecar {
+                    name: FRONTEND.to_string(),
+                    source,
+                })?;
+        let mut services = Vec::new();
+        for (spec, instances) in specs.iter().zip(started) {
+            let addrs = frontend.addrs();
+            let entry = match spec.kind {
+                AppKind::Http => addrs.outbound,
+                AppKind::Grpc => addrs.service(&spec.name),
+            };
+            let entry = entry.ok_or_else(|| DemoError::Caller {
+                service: spec.name.clone(),
+                reason: "the frontend sidecar has no listener for it".to_string(),
+            })?;
+            services.push(RunningService {
+                spec: spec.clone(),
+                instances,
+                entry,
+            });
+        }
+        Ok(Topology { frontend, services })
+    }
+
+    /// Every sidecar's listeners and where to read its metrics, and a call to try.
+    pub fn describe(&self) -> String {
+        let mut lines: Vec<(String, String, String)> = Vec::new();
+        let admin = |sidecar: &Sidecar| match sidecar.addrs().admin {
+            Some(addr) => format!("http://{addr}/metrics"),
+            None => "-".to_string(),
+        };
+        let addr = |addr: Option<SocketAddr>| addr.map_or("-".to_string(), |a| a.to_string());
+        let mut listeners = vec![format!("outbound {}", addr(self.frontend.addrs().outbound))];
+        for (name, port) in &self.frontend.addrs().services {
+            listeners.push(format!("{name} {port}"));
+        }
+        lines.push((
+            FRONTEND.to_string(),
+            listeners.join(", "),
+            admin(&self.frontend),
+        ));
+        for service in &self.services {
+            for instance in &service.instances {
+                lines.push((
+                    instance.app.name.to_string(),
+                    format!(
+                        "inbound {} -> app {}",
+                        addr(instance.sidecar.addrs().inbound),
+                        instance.app.addr
+                    ),
+                    admin(&instance.sidecar),
+                ));
+            }
+        }
+        let name_width = lines.iter().map(|l| l.0.len()).max().unwrap_or(0);
+        let listen_width = lines.iter().map(|l| l.1.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<name_width$}  {:<listen_width$}  metrics",
+            "sidecar", "listeners"
+        );
+        for (name, listeners, metrics) in &lines {
+            let _ = writeln!(
+                out,
+                "{name:<name_width$}  {listeners:<listen_width$}  {metrics}"
+            );
+        }
+        for service in &self.services {
+            let _ = match service.spec.kind {
+                AppKind::Http => writeln!(
+                    out,
+                    "try: curl -H 'Host: {}' http://{}/items/7",
+                    service.spec.name, service.entry
+                ),
+                AppKind::Grpc => writeln!(
+                    out,
+                    "try: grpcurl -plaintext -import-path proto -proto echo.proto {} remora.echo.v1.Echo/Unary",
+                    service.entry
+                ),
+            };
+        }
+        out
+    }
+
+    /// Drains the frontend, then the instances' sidecars, then stops the apps.
+    pub async fn shutdown(self) {
+        self.frontend.shutdown().await;
+        let (sidecars, apps): (Vec<_>, Vec<_>) = self
+            .services
+            .into_iter()
+            .flat_map(|service| service.instances)
+            .map(|instance| (instance.sidecar, instance.app))
+            .unzip();
+        join_all(sidecars.into_iter().map(Sidecar::shutdown)).await;
+        join_all(apps.into_iter().map(AppInstance::shutdown)).await;
+    }
+}
+
+/// Starts `spec.instances` apps, each behind an inbound sidecar.
+async fn start_instances(spec: &ServiceSpec) -> Result<Vec<Instance>, DemoError> {
+    let mut instances = Vec::new();
+    for n in 1..=spec.instances {
+        let name = format!("{}-{n}", spec.name);
+        let app = AppInstance::start(spec.kind, &name, spec.faults.clone())
+            .await
+            .map_err(|source| DemoError::App {
+                name: name.clone(),
+                source,
+            })?;
+        let mut config = base_config(&name)?;
+        config.inbound = Some(InboundConfig {
+            listen: loopback_any_port(),
+            app: app.addr,
+            protocol: protocol_of(spec.kind),
+        });
+        let sidecar = Sidecar::start(validated(&config)?)
+            .await
+            .map_err(|source| DemoError::Sidecar { name, source })?;
+        instances.push(Instance { app, sidecar });
+    }
+    Ok(instances)
+}
+
+/// The frontend: HTTP services by `Host` on the shared outbound port, gRPC services on
+/// dedicated ports, each with its instances' inbound sidecars as static endpoints.
+fn frontend_config(specs: &[ServiceSpec], started: &[Vec<Instance>]) -> Result<Config, DemoError> {
+    let mut config = base_config(FRONTEND)?;
+    config.outbound = Some(OutboundConfig {
+        listen: loopback_any_port(),
+    });
+    for (spec, instances) in specs.iter().zip(started) {
+        let endpoints = instances
+            .iter()
+            .filter_map(|instance| instance.sidecar.addrs().inbound)
+            .collect();
+        let listen = match spec.kind {
+            AppKind::Http => None,
+            AppKind::Grpc => Some(loopback_any_port()),
+        };
+        config.services.insert(
+            spec.name.clone(),
+            ServiceConfig {
+                listen,
+                hosts: Vec::new(),
+                path_prefixes: Vec::new(),
+                protocol: protocol_of(spec.kind),
+                endpoints,
+            },
+        );
+    }
+    Ok(config)
+}
+
+/// A config with every default, named `name`, its admin port on loopback; the caller
+/// adds listeners and services, then [`validated`] checks the result.
+fn base_config(name: &str) -> Result<Config, DemoError> {
+    // NOTE: `Config` has no `Default`; decoding an empty document gives every field its
+    // schema default, so the demo keeps building as the schema grows. It skips
+    // validation: an empty config proxies nothing, so [`validated`] checks the final one.
+    let mut config: Config =
+        serde_saphyr::from_str("{}").map_err(|source| DemoError::Defaults {
+            name: name.to_string(),
+            source: Box::new(source),
+        })?;
+    config.service = name.to_string();
+    config.admin.listen = loopback_any_port();
+    config.drain_timeout = DRAIN_TIMEOUT;
+    Ok(config)
+}
+
+/// `config` after the same checks a YAML file gets (through its YAML rendering).
+fn validated(config: &Config) -> Result<Config, DemoError> {
+    let origin = format!("remora demo ({})", config.service);
+    config::parse(&origin, &config::to_yaml(config)).map_err(|source| DemoError::Config {
+        name: config.service.clone(),
+        source,
+    })
+}
+
+fn loopback_any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn protocol_of(kind: AppKind) -> UpstreamProtocol {
+    match kind {
+        AppKind::Http => UpstreamProtocol::Http1,
+        AppKind::Grpc => UpstreamProtocol::Http2,
+    }
+}
