@@ -24,6 +24,10 @@ use crate::route::Target;
 use crate::sidecar::{Shared, State};
 use crate::upstream::{requested_upgrade, set_forwarded, strip_hop_by_hop};
 
+/// Request extension: the address of the client connection (rate-limit keys use it).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
 /// What decides the destination of the requests a listener accepts.
 #[derive(Debug, Clone)]
 pub enum Entry {
@@ -176,6 +180,7 @@ async fn forward(
     // remora answers `Expect: 100-continue` itself when it reads the body.
     parts.headers.remove(header::EXPECT);
     set_forwarded(&mut parts.headers, peer.ip());
+    parts.extensions.insert(ClientAddr(peer));
     if let Some(protocol) = upgrade {
         parts
             .headers

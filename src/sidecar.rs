@@ -31,8 +31,8 @@ use crate::upstream::UpstreamClients;
 pub struct Shared {
     /// The current state; replaced whole on reload.
     pub state: ArcSwap<State>,
-    /// Every metric.
-    pub metrics: Metrics,
+    /// Every metric; stacks hold clones of the policy metrics inside.
+    pub metrics: Arc<Metrics>,
     /// True once shutdown began: `/ready` answers 503.
     pub draining: AtomicBool,
 }
@@ -244,7 +244,7 @@ impl Sidecar {
 
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(State::build(config).await),
-            metrics: Metrics::new(),
+            metrics: Arc::new(Metrics::new()),
             draining: AtomicBool::new(false),
         });
         let (shutdown, _) = watch::channel(false);

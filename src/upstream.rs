@@ -6,11 +6,12 @@
 //! connection per endpoint). A service's `protocol` decides which one a request takes.
 
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
@@ -21,7 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::balance::EndpointSet;
+use crate::balance::{Endpoint, EndpointSet};
 use crate::body::ProxyBody;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::error::ProxyError;
@@ -75,6 +76,28 @@ impl UpstreamClients {
     }
 }
 
+/// Request extension: endpoints this request should not go to if another is ready (set
+/// by retry with the endpoints earlier attempts failed on).
+#[derive(Debug, Clone, Default)]
+pub struct AvoidEndpoints(pub Vec<SocketAddr>);
+
+/// Response extension: the endpoint that answered.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointUsed(pub SocketAddr);
+
+/// Sees the outcome of every attempt on an endpoint (endpoint circuit breakers, outlier
+/// ejection and latency tracking implement it). Called on the request path: it must
+/// not block.
+pub trait EndpointObserver: Send + Sync + 'static {
+    /// One attempt on `endpoint` ended with `result` (at response headers) after `elapsed`.
+    fn observe(
+        &self,
+        endpoint: &Endpoint,
+        result: &Result<Response<ProxyBody>, ProxyError>,
+        elapsed: Duration,
+    );
+}
+
 /// The innermost service of a target's stack: one attempt, to one endpoint.
 ///
 /// It picks an endpoint, points the request at it, sends it over the pooled client and
@@ -90,6 +113,14 @@ pub struct Forward {
     protocol: UpstreamProtocol,
     /// The pooled clients.
     clients: UpstreamClients,
+    /// Told of every attempt's outcome.
+    observers: Arc<[Arc<dyn EndpointObserver>]>,
+}
+
+impl std::fmt::Debug for dyn EndpointObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EndpointObserver")
+    }
 }
 
 impl Forward {
@@ -105,7 +136,14 @@ impl Forward {
             endpoints,
             protocol,
             clients,
+            observers: Arc::from(Vec::new()),
         }
+    }
+
+    /// Adds observers told of every attempt's outcome.
+    pub fn with_observers(mut self, observers: Vec<Arc<dyn EndpointObserver>>) -> Self {
+        self.observers = Arc::from(observers);
+        self
     }
 }
 
@@ -121,10 +159,11 @@ impl tower::Service<Request<ProxyBody>> for Forward {
     fn call(&mut self, mut request: Request<ProxyBody>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let endpoint = this
-                .endpoints
-                .pick()
-                .ok_or_else(|| ProxyError::NoHealthyEndpoint(this.service.to_string()))?;
+            let endpoint = match request.extensions().get::<AvoidEndpoints>() {
+                Some(AvoidEndpoints(avoid)) => this.endpoints.pick_excluding(avoid),
+                None => this.endpoints.pick(),
+            }
+            .ok_or_else(|| ProxyError::NoHealthyEndpoint(this.service.to_string()))?;
             let client_upgrade = request
                 .headers()
                 .contains_key(header::UPGRADE)
@@ -133,23 +172,33 @@ impl tower::Service<Request<ProxyBody>> for Forward {
             *request.uri_mut() = upstream_uri(&endpoint.authority, request.uri())?;
             *request.version_mut() = version;
 
+            let started = Instant::now();
             endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
             let result = client.request(request).await;
             endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-            let mut response = result.map_err(|error| {
-                let endpoint = endpoint.addr.to_string();
-                if error.is_connect() {
-                    ProxyError::Connect {
-                        endpoint,
-                        source: error.into(),
+            let result = result
+                .map(|response| response.map(ProxyBody::streamed))
+                .map_err(|error| {
+                    let endpoint = endpoint.addr.to_string();
+                    if error.is_connect() {
+                        ProxyError::Connect {
+                            endpoint,
+                            source: error.into(),
+                        }
+                    } else {
+                        ProxyError::Upstream {
+                            endpoint,
+                            source: error.into(),
+                        }
                     }
-                } else {
-                    ProxyError::Upstream {
-                        endpoint,
-                        source: error.into(),
-                    }
-                }
-            })?;
+                });
+            for observer in this.observers.iter() {
+                observer.observe(&endpoint, &result, started.elapsed());
+            }
+            let mut response = result?;
+            response
+                .extensions_mut()
+                .insert(EndpointUsed(endpoint.addr));
 
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(client_upgrade) = client_upgrade {
@@ -159,7 +208,7 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                 }
             }
             strip_hop_by_hop(response.headers_mut());
-            Ok(response.map(ProxyBody::streamed))
+            Ok(response)
         })
     }
 }

@@ -2,10 +2,15 @@
 //!
 //! An [`EndpointSet`] holds the current snapshot of a service's endpoints behind an
 //! `ArcSwap`: discovery replaces it whole, requests read it without a lock. Picking is
-//! round-robin for now; the P2C peak-EWMA picker replaces it with the balancing work.
+//! round-robin over the endpoints that are ready; the P2C peak-EWMA picker replaces it
+//! with the balancing work.
+//!
+//! Readiness is a set of flags on each [`Endpoint`], each owned by one mechanism (active
+//! health checks, outlier ejection, the endpoint circuit breaker). An endpoint is picked
+//! only when no mechanism holds it out.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -22,6 +27,28 @@ pub struct Endpoint {
     pub authority: Authority,
     /// Requests sent and not yet answered.
     pub in_flight: AtomicUsize,
+    /// Why the endpoint is held out of balancing, if it is.
+    pub readiness: Readiness,
+}
+
+/// Flags that hold an endpoint out of balancing; each is set and cleared by its owner.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// Set by active health checks after `unhealthy_threshold` failed probes.
+    pub unhealthy: AtomicBool,
+    /// Set by passive outlier ejection while the endpoint is ejected.
+    pub ejected: AtomicBool,
+    /// Set by the endpoint's circuit breaker while it is open.
+    pub breaker_open: AtomicBool,
+}
+
+impl Readiness {
+    /// Whether nothing holds the endpoint out.
+    pub fn is_ready(&self) -> bool {
+        !self.unhealthy.load(Ordering::Relaxed)
+            && !self.ejected.load(Ordering::Relaxed)
+            && !self.breaker_open.load(Ordering::Relaxed)
+    }
 }
 
 impl Endpoint {
@@ -33,7 +60,13 @@ impl Endpoint {
             addr,
             authority,
             in_flight: AtomicUsize::new(0),
+            readiness: Readiness::default(),
         }
+    }
+
+    /// Whether the balancer may pick it.
+    pub fn is_ready(&self) -> bool {
+        self.readiness.is_ready()
     }
 }
 
@@ -71,14 +104,33 @@ impl EndpointSet {
         self.endpoints.load_full()
     }
 
-    /// Picks the next endpoint round-robin, or `None` when the set is empty.
+    /// Picks the next ready endpoint round-robin, or `None` when none is ready.
     pub fn pick(&self) -> Option<Arc<Endpoint>> {
+        self.pick_excluding(&[])
+    }
+
+    /// Like [`pick`](Self::pick), but prefers endpoints not in `avoid` (a retry goes
+    /// elsewhere than the attempt that failed); falls back to them when nothing else is
+    /// ready.
+    pub fn pick_excluding(&self, avoid: &[SocketAddr]) -> Option<Arc<Endpoint>> {
         let endpoints = self.endpoints.load();
-        if endpoints.is_empty() {
+        let count = endpoints.len();
+        if count == 0 {
             return None;
         }
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
-        Some(endpoints[index].clone())
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut fallback = None;
+        for offset in 0..count {
+            let endpoint = &endpoints[(start + offset) % count];
+            if !endpoint.is_ready() {
+                continue;
+            }
+            if !avoid.contains(&endpoint.addr) {
+                return Some(endpoint.clone());
+            }
+            fallback.get_or_insert_with(|| endpoint.clone());
+        }
+        fallback
     }
 }
 
@@ -100,6 +152,29 @@ mod tests {
             counts[usize::from(port) - 1] += 1;
         }
         assert_eq!(counts, [100, 100, 100]);
+    }
+
+    #[test]
+    fn endpoints_held_out_are_skipped_and_avoidance_is_a_preference() {
+        let set = EndpointSet::new();
+        set.update(&[instance(1), instance(2)]);
+        let first = set.snapshot()[0].clone();
+        first.readiness.ejected.store(true, Ordering::Relaxed);
+        for _ in 0..4 {
+            assert_eq!(set.pick().unwrap().addr.port(), 2);
+        }
+        first.readiness.ejected.store(false, Ordering::Relaxed);
+        let two = SocketAddr::from(([127, 0, 0, 1], 2));
+        for _ in 0..4 {
+            assert_eq!(set.pick_excluding(&[two]).unwrap().addr.port(), 1);
+        }
+        first.readiness.breaker_open.store(true, Ordering::Relaxed);
+        assert_eq!(set.pick_excluding(&[two]).unwrap().addr.port(), 2);
+        set.snapshot()[1]
+            .readiness
+            .unhealthy
+            .store(true, Ordering::Relaxed);
+        assert!(set.pick().is_none());
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! [`Forward`](crate::upstream::Forward); resilience policies wrap it in the order
 //! DESIGN.md gives (rate limit, fallback, timeout, retry, breaker, balancer).
 
+pub mod outcome;
+
 use std::sync::Arc;
 
 use http::{Request, Response};

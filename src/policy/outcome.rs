@@ -1,0 +1,135 @@
+//! What happened to a call, as the policies that react to failure see it.
+//!
+//! Retry, the circuit breakers and outlier ejection all ask the same question of a
+//! result ("was this a failure of kind X?"), so the classification lives here once.
+//! A gRPC status is read from the response headers: trailers-only answers (how servers
+//! and remora send immediate errors) carry it there; a status that arrives only in the
+//! trailers of a streamed body is not seen by these policies.
+
+use http::{Response, StatusCode};
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+
+/// The kinds of failure a policy can be configured to react to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Conditions {
+    /// The TCP connection to the endpoint failed.
+    pub connect_failure: bool,
+    /// The upstream reset or broke the exchange after connecting.
+    pub reset: bool,
+    /// The call (or one try) timed out.
+    pub timeout: bool,
+    /// 502, 503 or 504 from the upstream.
+    pub gateway_error: bool,
+    /// Any 5xx from the upstream.
+    pub server_error: bool,
+    /// These exact HTTP statuses.
+    pub statuses: Vec<StatusCode>,
+    /// These gRPC status codes (from `grpc-status` in the response headers).
+    pub grpc_codes: Vec<tonic::Code>,
+}
+
+impl Conditions {
+    /// Whether `result` is a failure these conditions name.
+    pub fn matches(&self, result: &Result<Response<ProxyBody>, ProxyError>) -> bool {
+        match result {
+            Ok(response) => self.matches_response(response),
+            Err(error) => self.matches_error(error),
+        }
+    }
+
+    /// Whether an upstream's response is a failure these conditions name.
+    pub fn matches_response<B>(&self, response: &Response<B>) -> bool {
+        let status = response.status();
+        if (self.server_error && status.is_server_error())
+            || (self.gateway_error && matches!(status.as_u16(), 502..=504))
+            || self.statuses.contains(&status)
+        {
+            return true;
+        }
+        if self.grpc_codes.is_empty() {
+            return false;
+        }
+        grpc_status(response).is_some_and(|code| self.grpc_codes.contains(&code))
+    }
+
+    /// Whether an error remora met is a failure these conditions name.
+    pub fn matches_error(&self, error: &ProxyError) -> bool {
+        match error {
+            ProxyError::Connect { .. } => self.connect_failure,
+            ProxyError::Upstream { .. } => self.reset,
+            ProxyError::Timeout(_) => self.timeout,
+            // What remora decided itself (no endpoint, open breaker, rate limit...) is
+            // not an upstream failure; policies that care match the error kind directly.
+            _ => false,
+        }
+    }
+}
+
+/// The `grpc-status` of a response's headers, when present and valid.
+pub fn grpc_status<B>(response: &Response<B>) -> Option<tonic::Code> {
+    let value = response.headers().get("grpc-status")?;
+    let code: i32 = value.to_str().ok()?.parse().ok()?;
+    Some(tonic::Code::from_i32(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16, grpc: Option<&str>) -> Result<Response<ProxyBody>, ProxyError> {
+        let mut response = Response::new(ProxyBody::empty());
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        if let Some(code) = grpc {
+            response
+                .headers_mut()
+                .insert("grpc-status", code.parse().unwrap());
+        }
+        Ok(response)
+    }
+
+    #[test]
+    fn statuses_and_classes() {
+        let gateway = Conditions {
+            gateway_error: true,
+            ..Default::default()
+        };
+        assert!(gateway.matches(&response(503, None)));
+        assert!(!gateway.matches(&response(500, None)));
+        let server = Conditions {
+            server_error: true,
+            statuses: vec![StatusCode::CONFLICT],
+            ..Default::default()
+        };
+        assert!(server.matches(&response(500, None)));
+        assert!(server.matches(&response(409, None)));
+        assert!(!server.matches(&response(404, None)));
+    }
+
+    #[test]
+    fn grpc_codes_from_headers() {
+        let unavailable = Conditions {
+            grpc_codes: vec![tonic::Code::Unavailable],
+            ..Default::default()
+        };
+        assert!(unavailable.matches(&response(200, Some("14"))));
+        assert!(!unavailable.matches(&response(200, Some("0"))));
+        assert!(!unavailable.matches(&response(200, None)));
+    }
+
+    #[test]
+    fn errors_by_kind() {
+        let connect = Conditions {
+            connect_failure: true,
+            ..Default::default()
+        };
+        let refused = ProxyError::Connect {
+            endpoint: "x".into(),
+            source: "refused".into(),
+        };
+        assert!(connect.matches(&Err(refused)));
+        assert!(!connect.matches(&Err(ProxyError::Timeout(Default::default()))));
+        assert!(!connect.matches(&Err(ProxyError::BreakerOpen("s".into()))));
+    }
+}
