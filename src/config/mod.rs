@@ -21,14 +21,17 @@ mod decode;
 mod env;
 mod error;
 mod locate;
+mod policies;
 pub mod reload;
 mod scalar;
 mod schema;
 mod source;
 mod validate;
+mod validate_policies;
 
 pub use env::EnvLookup;
 pub use error::{ConfigError, Diagnostic, DiagnosticKind, FieldPath, PathSegment};
+pub use policies::*;
 pub use schema::*;
 pub use source::Position;
 pub use validate::MIN_HEADER_BYTES;

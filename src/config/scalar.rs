@@ -122,6 +122,30 @@ pub(crate) mod duration {
     }
 }
 
+/// `Option<Duration>` fields, written as humantime text.
+pub(crate) mod opt_duration {
+    use super::*;
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) => parse_duration(&text).map(Some).map_err(D::Error::custom),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn serialize<S: Serializer>(
+        duration: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match duration {
+            Some(duration) => s.collect_str(&humantime::format_duration(*duration)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

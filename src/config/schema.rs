@@ -26,6 +26,9 @@ pub struct Config {
     /// The shared outbound listener that routes the local app's calls by Host / :authority.
     #[serde(default)]
     pub outbound: Option<OutboundConfig>,
+    /// Named resilience policies that services, routes and `inbound` reference.
+    #[serde(default)]
+    pub policies: super::PoliciesConfig,
     /// Named upstream services the local app may call. Nothing else is reachable.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
@@ -68,6 +71,21 @@ pub struct InboundConfig {
     /// Protocol spoken to the local app.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// Overall time limit of a call to the app: a `policies.timeouts` name or a duration.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// A `policies.rate_limits` name applied to callers.
+    #[serde(default)]
+    pub rate_limit: Option<String>,
+    /// Most calls in flight to the app; excess calls are shed at once with 503.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+    /// A `policies.fallbacks` name.
+    #[serde(default)]
+    pub fallback: Option<String>,
+    /// A `policies.faults` name.
+    #[serde(default)]
+    pub fault: Option<String>,
 }
 
 /// The shared outbound listener.
@@ -83,7 +101,7 @@ pub struct OutboundConfig {
 }
 
 /// One upstream service.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// A dedicated outbound port for this service: everything arriving there goes to it.
@@ -103,6 +121,34 @@ pub struct ServiceConfig {
     /// Static endpoint list (`host:port`), used until a discovery backend is configured.
     #[serde(default, with = "super::scalar::socket_addrs")]
     pub endpoints: Vec<SocketAddr>,
+    /// Overall time limit of a call: a `policies.timeouts` name or a duration (`2s`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// A `policies.retries` name.
+    #[serde(default)]
+    pub retry: Option<String>,
+    /// A `policies.breakers` name for the service's circuit breaker.
+    #[serde(default)]
+    pub breaker: Option<String>,
+    /// A `policies.breakers` name for one breaker per endpoint (an open one takes its
+    /// endpoint out of balancing instead of failing calls).
+    #[serde(default)]
+    pub endpoint_breaker: Option<String>,
+    /// A `policies.rate_limits` name.
+    #[serde(default)]
+    pub rate_limit: Option<String>,
+    /// Most calls in flight to the service; excess calls are shed at once with 503.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+    /// A `policies.fallbacks` name.
+    #[serde(default)]
+    pub fallback: Option<String>,
+    /// A `policies.faults` name.
+    #[serde(default)]
+    pub fault: Option<String>,
+    /// Path prefixes or gRPC methods with policies of their own; the first match wins.
+    #[serde(default)]
+    pub routes: Vec<super::RouteConfig>,
 }
 
 /// Protocol toward an upstream.

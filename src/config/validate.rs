@@ -26,7 +26,7 @@ pub(crate) struct Issue {
 }
 
 impl Issue {
-    fn at(path: FieldPath, message: impl Into<String>) -> Self {
+    pub(crate) fn at(path: FieldPath, message: impl Into<String>) -> Self {
         Self {
             path,
             at_key: false,
@@ -72,6 +72,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Issue> {
     check_routes(config, &mut issues);
     check_limits(config, &mut issues);
     check_log(config, &mut issues);
+    super::validate_policies::check(config, &mut issues);
     issues
 }
 
@@ -336,11 +337,8 @@ mod tests {
 
     fn service(endpoints: &[&str]) -> ServiceConfig {
         ServiceConfig {
-            listen: None,
-            hosts: Vec::new(),
-            path_prefixes: Vec::new(),
-            protocol: UpstreamProtocol::Auto,
             endpoints: endpoints.iter().map(|e| addr(e)).collect(),
+            ..ServiceConfig::default()
         }
     }
 
@@ -351,6 +349,11 @@ mod tests {
             listen: addr("0.0.0.0:15006"),
             app: addr("127.0.0.1:8080"),
             protocol: UpstreamProtocol::Auto,
+            timeout: None,
+            rate_limit: None,
+            max_in_flight: None,
+            fallback: None,
+            fault: None,
         });
         config.outbound = Some(OutboundConfig {
             listen: addr("127.0.0.1:15001"),

@@ -241,6 +241,11 @@ async fn start_instances(spec: &ServiceSpec) -> Result<Vec<Instance>, DemoError>
             listen: loopback_any_port(),
             app: app.addr,
             protocol: protocol_of(spec.kind),
+            timeout: None,
+            rate_limit: None,
+            max_in_flight: None,
+            fallback: None,
+            fault: None,
         });
         let sidecar = Sidecar::start(validated(&config)?)
             .await
@@ -270,10 +275,9 @@ fn frontend_config(specs: &[ServiceSpec], started: &[Vec<Instance>]) -> Result<C
             spec.name.clone(),
             ServiceConfig {
                 listen,
-                hosts: Vec::new(),
-                path_prefixes: Vec::new(),
                 protocol: protocol_of(spec.kind),
                 endpoints,
+                ..ServiceConfig::default()
             },
         );
     }
