@@ -35,7 +35,9 @@ pub fn server_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .adaptive_window(true)
+        // Fixed windows: see the note on the upstream clients' windows.
+        .initial_stream_window_size(1024 * 1024)
+        .initial_connection_window_size(4 * 1024 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     builder
 }

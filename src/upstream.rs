@@ -52,9 +52,16 @@ impl UpstreamClients {
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_endpoint);
         let http1 = builder.build(connector.clone());
+        // NOTE: fixed, large windows rather than the adaptive window. Besides flow
+        // control, h2 budgets small unread DATA frames per connection at half the
+        // connection window; with hundreds of gRPC streams multiplexed on one upstream
+        // connection, each holding one small unread message, a small window makes h2
+        // tear the connection down ("too_many_data_frames"). Windows are credit, not
+        // memory: nothing is allocated until a peer sends.
         builder
             .http2_only(true)
-            .http2_adaptive_window(true)
+            .http2_initial_stream_window_size(1024 * 1024)
+            .http2_initial_connection_window_size(16 * 1024 * 1024)
             .http2_keep_alive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keep_alive_while_idle(false);
         let http2 = builder.build(connector);

@@ -184,6 +184,25 @@ async fn four_mebibyte_messages_both_ways() {
 }
 
 #[tokio::test]
+async fn a_thousand_concurrent_small_calls_share_one_upstream_connection() {
+    // Hundreds of streams each holding a small unread message must not trip h2's
+    // small-DATA-frame budget on the upstream connection.
+    let (_proxy, client) = through_proxy().await;
+    let calls = (0..1000).map(|i| {
+        let mut client = client.clone();
+        async move { client.unary(request(&i.to_string())).await }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
+
+#[tokio::test]
 async fn status_message_and_trailers_pass_through() {
     let (_proxy, mut client) = through_proxy().await;
     let status = client.unary(request("fail")).await.unwrap_err();
