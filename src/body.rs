@@ -1,14 +1,17 @@
 //! The body type of every request and response that crosses remora.
 //!
 //! Proxied bodies stream through untouched (`Incoming`); bodies remora writes itself are
-//! small and whole (`Full`). An enum rather than a boxed trait object keeps the hot path
-//! free of a per-request allocation.
+//! small and whole (`Full`, or `Trailed` when it ends in trailers). An enum rather than a
+//! boxed trait object keeps the hot path free of a per-request allocation; only a policy
+//! that must watch or replay a body's frames pays for `Boxed`, and only where it applies.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
@@ -28,6 +31,18 @@ pin_project! {
         },
         /// A body remora wrote itself.
         Full { data: Option<Bytes> },
+        /// A body remora wrote itself that ends in trailers (a gRPC message and its
+        /// status): one data frame, then the trailers frame.
+        Trailed {
+            data: Option<Bytes>,
+            trailers: Option<HeaderMap>,
+        },
+        /// A body a policy wraps to watch or replay its frames (one allocation, paid
+        /// only by the requests that policy applies to).
+        Boxed {
+            #[pin]
+            body: BoxBody<Bytes, BoxError>,
+        },
     }
 }
 
@@ -42,6 +57,25 @@ impl ProxyBody {
         let data: Bytes = data.into();
         Self::Full {
             data: (!data.is_empty()).then_some(data),
+        }
+    }
+
+    /// A data frame (skipped when empty), then `trailers`.
+    pub fn with_trailers(data: impl Into<Bytes>, trailers: HeaderMap) -> Self {
+        let data: Bytes = data.into();
+        Self::Trailed {
+            data: (!data.is_empty()).then_some(data),
+            trailers: Some(trailers),
+        }
+    }
+
+    /// Any body, boxed.
+    pub fn boxed<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static,
+    {
+        Self::Boxed {
+            body: BoxBody::new(body),
         }
     }
 
@@ -81,6 +115,13 @@ impl Body for ProxyBody {
                 body.poll_frame(cx).map_err(Into::into)
             }
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBodyProj::Trailed { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
+            ProxyBodyProj::Boxed { body } => body.poll_frame(cx),
         }
     }
 
@@ -88,6 +129,8 @@ impl Body for ProxyBody {
         match self {
             Self::Streamed { first, body } => first.is_none() && body.is_end_stream(),
             Self::Full { data } => data.is_none(),
+            Self::Trailed { data, trailers } => data.is_none() && trailers.is_none(),
+            Self::Boxed { body } => body.is_end_stream(),
         }
     }
 
@@ -98,6 +141,10 @@ impl Body for ProxyBody {
             Self::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            Self::Trailed { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Self::Boxed { body } => body.size_hint(),
         }
     }
 }

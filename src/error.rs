@@ -184,7 +184,7 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Percent-encodes a `grpc-message` value as the gRPC HTTP/2 spec requires.
-fn percent_encode_grpc_message(message: &str) -> String {
+pub fn percent_encode_grpc_message(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     for byte in message.bytes() {
         if (0x20..0x7f).contains(&byte) && byte != b'%' {

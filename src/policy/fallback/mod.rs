@@ -1,0 +1,514 @@
+//! Fallback (degrade): a default answer instead of a failure.
+//!
+//! The layer sits above the overall timeout, retries and the breaker, and below the
+//! rate limit, so it sees the final outcome of a call. When that outcome is one of the
+//! configured [`Triggers`], the caller gets the configured [`FallbackAction`] instead:
+//! a static answer, the answer of an alternate (degraded) service, or the last good
+//! answer to the same GET. Every such answer carries `x-remora-fallback: <trigger>`;
+//! any other outcome, `Err` included, passes through unchanged.
+//!
+//! `RateLimited` reaches this layer only where a limiter sits below it (the outbound
+//! limiter sits above by design, so its refusals are never degraded; an integrator can
+//! place one below, or an inbound stack can use it).
+
+mod replay;
+mod respond;
+mod stale;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use http_body::Body;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::metrics::ServiceLabel;
+use crate::policy::outcome::grpc_status;
+use crate::policy::ServiceStack;
+
+pub use respond::{GrpcReply, StaticResponse};
+pub use stale::StaleCache;
+
+/// Header naming the trigger a fallback answer replaced.
+pub const FALLBACK_HEADER: &str = "x-remora-fallback";
+
+/// A fallback configuration that makes no sense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FallbackConfigError(String);
+
+/// An outcome a fallback can be configured to replace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// The service's circuit breaker is open.
+    BreakerOpen,
+    /// The call timed out.
+    Timeout,
+    /// A rate limit below this layer refused the call.
+    RateLimited,
+    /// No endpoint could take the call.
+    NoEndpoint,
+    /// The service's concurrency cap shed the call.
+    Overloaded,
+    /// The connection to the endpoint failed.
+    ConnectFailure,
+    /// The upstream answered with a 5xx status.
+    Upstream5xx,
+    /// The upstream broke the exchange after connecting.
+    UpstreamReset,
+    /// The upstream answered with one of these `grpc-status` codes in its headers.
+    GrpcCodes(Vec<tonic::Code>),
+}
+
+impl Trigger {
+    /// The kind of outcome, as named in the header and metrics.
+    pub fn kind(&self) -> TriggerKind {
+        match self {
+            Self::BreakerOpen => TriggerKind::BreakerOpen,
+            Self::Timeout => TriggerKind::Timeout,
+            Self::RateLimited => TriggerKind::RateLimited,
+            Self::NoEndpoint => TriggerKind::NoEndpoint,
+            Self::Overloaded => TriggerKind::Overloaded,
+            Self::ConnectFailure => TriggerKind::ConnectFailure,
+            Self::Upstream5xx => TriggerKind::Upstream5xx,
+            Self::UpstreamReset => TriggerKind::UpstreamReset,
+            Self::GrpcCodes(_) => TriggerKind::GrpcStatus,
+        }
+    }
+}
+
+/// The kind of a [`Trigger`], without its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TriggerKind {
+    /// See [`Trigger::BreakerOpen`].
+    BreakerOpen,
+    /// See [`Trigger::Timeout`].
+    Timeout,
+    /// See [`Trigger::RateLimited`].
+    RateLimited,
+    /// See [`Trigger::NoEndpoint`].
+    NoEndpoint,
+    /// See [`Trigger::Overloaded`].
+    Overloaded,
+    /// See [`Trigger::ConnectFailure`].
+    ConnectFailure,
+    /// See [`Trigger::Upstream5xx`].
+    Upstream5xx,
+    /// See [`Trigger::UpstreamReset`].
+    UpstreamReset,
+    /// See [`Trigger::GrpcCodes`].
+    GrpcStatus,
+}
+
+impl TriggerKind {
+    /// The stable name in `x-remora-fallback` and the `trigger` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BreakerOpen => "breaker_open",
+            Self::Timeout => "timeout",
+            Self::RateLimited => "rate_limited",
+            Self::NoEndpoint => "no_endpoint",
+            Self::Overloaded => "overloaded",
+            Self::ConnectFailure => "connect_failure",
+            Self::Upstream5xx => "upstream_5xx",
+            Self::UpstreamReset => "upstream_reset",
+            Self::GrpcStatus => "grpc_status",
+        }
+    }
+
+    fn bit(self) -> u16 {
+        1 << self as u16
+    }
+}
+
+/// The set of outcomes a fallback replaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Triggers {
+    /// One bit per [`TriggerKind`].
+    kinds: u16,
+    /// The codes of every `GrpcCodes` trigger.
+    grpc_codes: Vec<tonic::Code>,
+}
+
+impl FromIterator<Trigger> for Triggers {
+    fn from_iter<I: IntoIterator<Item = Trigger>>(triggers: I) -> Self {
+        let mut set = Self::default();
+        for trigger in triggers {
+            set.kinds |= trigger.kind().bit();
+            if let Trigger::GrpcCodes(codes) = trigger {
+                set.grpc_codes.extend(codes);
+            }
+        }
+        set
+    }
+}
+
+impl Triggers {
+    /// Whether the set holds `kind`.
+    pub fn contains(&self, kind: TriggerKind) -> bool {
+        self.kinds & kind.bit() != 0
+    }
+
+    /// The trigger `result` fires, if it is in the set.
+    pub fn classify(
+        &self,
+        result: &Result<Response<ProxyBody>, ProxyError>,
+    ) -> Option<TriggerKind> {
+        let kind = match result {
+            Err(error) => match error {
+                ProxyError::BreakerOpen(_) => TriggerKind::BreakerOpen,
+                ProxyError::Timeout(_) => TriggerKind::Timeout,
+                ProxyError::RateLimited { .. } => TriggerKind::RateLimited,
+                ProxyError::NoHealthyEndpoint(_) => TriggerKind::NoEndpoint,
+                ProxyError::Overloaded(_) => TriggerKind::Overloaded,
+                ProxyError::Connect { .. } => TriggerKind::ConnectFailure,
+                ProxyError::Upstream { .. } => TriggerKind::UpstreamReset,
+                _ => return None,
+            },
+            Ok(response) if response.status().is_server_error() => TriggerKind::Upstream5xx,
+            Ok(response) => {
+                if self.grpc_codes.is_empty() {
+                    return None;
+                }
+                let code = grpc_status(response)?;
+                if !self.grpc_codes.contains(&code) {
+                    return None;
+                }
+                TriggerKind::GrpcStatus
+            }
+        };
+        self.contains(kind).then_some(kind)
+    }
+}
+
+/// What the caller gets when a trigger fires.
+#[derive(Debug, Clone)]
+pub enum FallbackAction {
+    /// A fixed answer.
+    Respond(StaticResponse),
+    /// The answer of an alternate (degraded) service's stack, when the request body
+    /// can be sent again (see `replay`: at most 64 KiB of it was read).
+    Forward(ServiceStack),
+    /// For GET, the last good answer to the same target, while fresh enough.
+    Stale(StaleCache),
+}
+
+impl FallbackAction {
+    /// The `action` metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Respond(_) => "respond",
+            Self::Forward(_) => "forward",
+            Self::Stale(_) => "stale",
+        }
+    }
+}
+
+/// A service's (or route's) fallback: on these triggers, this action.
+#[derive(Debug, Clone)]
+pub struct FallbackConfig {
+    on: Triggers,
+    action: FallbackAction,
+}
+
+impl FallbackConfig {
+    /// A fallback taking `action` on the outcomes in `on`.
+    pub fn try_new(on: Triggers, action: FallbackAction) -> Result<Self, FallbackConfigError> {
+        if on.kinds == 0 {
+            return Err(FallbackConfigError(
+                "fallback needs at least one trigger".into(),
+            ));
+        }
+        if on.contains(TriggerKind::GrpcStatus) && on.grpc_codes.is_empty() {
+            return Err(FallbackConfigError(
+                "fallback trigger grpc_status needs at least one gRPC code".into(),
+            ));
+        }
+        if on.grpc_codes.contains(&tonic::Code::Ok) {
+            return Err(FallbackConfigError(
+                "fallback trigger grpc_status cannot include OK (code 0): it is success".into(),
+            ));
+        }
+        Ok(Self { on, action })
+    }
+}
+
+/// Labels of served fallbacks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// The service whose call was replaced.
+    pub service: ServiceLabel,
+    /// Which trigger fired ([`TriggerKind::as_str`]).
+    pub trigger: &'static str,
+    /// `respond`, `forward` or `stale`.
+    pub action: &'static str,
+}
+
+/// Labels of triggers that found no fallback to serve.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UnservedLabels {
+    /// The service whose call failed.
+    pub service: ServiceLabel,
+    /// `forward` or `stale`.
+    pub action: &'static str,
+}
+
+/// Fallback metrics.
+#[derive(Debug, Clone, Default)]
+pub struct FallbackMetrics {
+    /// Fallback answers served, by service, trigger and action.
+    served: Family<FallbackLabels, Counter>,
+    /// Triggers that could not be served: a stale miss (nothing fresh cached), a body
+    /// that could not be replayed, or an alternate that failed too.
+    unserved: Family<UnservedLabels, Counter>,
+}
+
+impl FallbackMetrics {
+    /// Registers the fallback metrics in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "fallbacks",
+            "Fallback answers served in place of a failed call, by service, trigger and action",
+            metrics.served.clone(),
+        );
+        registry.register(
+            "fallback_unserved",
+            "Fallback triggers that had nothing to serve (stale miss, body not replayable, \
+             alternate failed), by service and action",
+            metrics.unserved.clone(),
+        );
+        metrics
+    }
+}
+
+/// Applies a [`FallbackConfig`] to a service's stack.
+#[derive(Debug, Clone)]
+pub struct FallbackLayer {
+    policy: Arc<Policy>,
+}
+
+/// What every clone of the service shares.
+#[derive(Debug)]
+struct Policy {
+    service: ServiceLabel,
+    config: FallbackConfig,
+    metrics: FallbackMetrics,
+}
+
+impl FallbackLayer {
+    /// The fallback of `service`.
+    pub fn new(service: Arc<str>, config: FallbackConfig, metrics: FallbackMetrics) -> Self {
+        Self {
+            policy: Arc::new(Policy {
+                service: ServiceLabel(service),
+                config,
+                metrics,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for FallbackLayer {
+    type Service = Fallback<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Fallback {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// The fallback service: calls `inner`, replaces the outcomes its policy names.
+#[derive(Debug, Clone)]
+pub struct Fallback<S> {
+    inner: S,
+    policy: Arc<Policy>,
+}
+
+/// What a request needs kept for its fallback, decided before the call.
+// NOTE: one per call, moved once into the already boxed future: boxing `Alternate`
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    Respond {
+        grpc: bool,
+    },
+    Forward(Alternate),
+    /// The cache key; `None` for requests whose answers are not cached (not GET, or
+    /// carrying credentials): those pass through.
+    Stale(Option<String>),
+}
+
+/// The request again, for the alternate service.
+struct Alternate {
+    parts: http::request::Parts,
+    /// `None`: the request had no body.
+    replay: Option<replay::Replay>,
+}
+
+impl Alternate {
+    fn request(self) -> Option<Request<ProxyBody>> {
+        let body = match self.replay {
+            None => ProxyBody::empty(),
+            Some(replay) => replay.body()?,
+        };
+        Some(Request::from_parts(self.parts, body))
+    }
+}
+
+impl<S> Service<Request<ProxyBody>> for Fallback<S>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
+        let (request, prepared) = prepare(&self.policy.config.action, request);
+        let outcome = self.inner.call(request);
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let result = outcome.await;
+            policy.settle(result, prepared).await
+        })
+    }
+}
+
+fn prepare(action: &FallbackAction, request: Request<ProxyBody>) -> (Request<ProxyBody>, Prepared) {
+    match action {
+        FallbackAction::Respond(_) => {
+            let grpc = is_grpc(&request);
+            (request, Prepared::Respond { grpc })
+        }
+        FallbackAction::Stale(_) => {
+            let key = stale::cache_key(&request);
+            (request, Prepared::Stale(key))
+        }
+        FallbackAction::Forward(_) => {
+            let (parts, body) = request.into_parts();
+            let copy = parts.clone();
+            let (body, replay) = if body.is_end_stream() {
+                (body, None)
+            } else {
+                let (body, replay) = replay::tee(body);
+                (body, Some(replay))
+            };
+            let alternate = Alternate {
+                parts: copy,
+                replay,
+            };
+            (
+                Request::from_parts(parts, body),
+                Prepared::Forward(alternate),
+            )
+        }
+    }
+}
+
+impl Policy {
+    /// The caller's answer, given the call's outcome.
+    async fn settle(
+        &self,
+        result: Result<Response<ProxyBody>, ProxyError>,
+        prepared: Prepared,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let trigger = self.config.on.classify(&result);
+        match (&self.config.action, prepared) {
+            (FallbackAction::Respond(reply), Prepared::Respond { grpc }) => {
+                let Some(trigger) = trigger else {
+                    return result;
+                };
+                Ok(self.served(trigger, reply.to_response(grpc)))
+            }
+            (FallbackAction::Stale(cache), Prepared::Stale(Some(key))) => {
+                let Some(trigger) = trigger else {
+                    return result.map(|response| cache.record(key, response));
+                };
+                match cache.lookup(&key) {
+                    Some(response) => Ok(self.served(trigger, response)),
+                    None => self.unserved(result),
+                }
+            }
+            (FallbackAction::Forward(stack), Prepared::Forward(alternate)) => {
+                let Some(trigger) = trigger else {
+                    return result;
+                };
+                // The primary's outcome is in: its request, and the body, are released.
+                let Some(request) = alternate.request() else {
+                    return self.unserved(result);
+                };
+                match stack.clone().oneshot(request).await {
+                    Ok(response) => Ok(self.served(trigger, response)),
+                    Err(_) => self.unserved(result),
+                }
+            }
+            _ => result,
+        }
+    }
+
+    /// Marks and counts a fallback answer.
+    fn served(
+        &self,
+        trigger: TriggerKind,
+        mut response: Response<ProxyBody>,
+    ) -> Response<ProxyBody> {
+        response
+            .headers_mut()
+            .insert(FALLBACK_HEADER, HeaderValue::from_static(trigger.as_str()));
+        self.metrics
+            .served
+            .get_or_create(&FallbackLabels {
+                service: self.service.clone(),
+                trigger: trigger.as_str(),
+                action: self.config.action.as_str(),
+            })
+            .inc();
+        response
+    }
+
+    /// Counts a trigger with nothing to serve; the caller gets the original outcome.
+    fn unserved(
+        &self,
+        result: Result<Response<ProxyBody>, ProxyError>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        self.metrics
+            .unserved
+            .get_or_create(&UnservedLabels {
+                service: self.service.clone(),
+                action: self.config.action.as_str(),
+            })
+            .inc();
+        result
+    }
+}
+
+/// Whether the caller speaks gRPC.
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+#[cfg(test)]
+mod tests;

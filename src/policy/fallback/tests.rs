@@ -1,0 +1,549 @@
+//! The fallback layer driven by programmed inner services.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::BodyExt;
+use tower::util::BoxCloneSyncService;
+use tower::{service_fn, Layer, ServiceExt};
+
+use super::*;
+
+type Outcome = Result<Response<ProxyBody>, ProxyError>;
+
+fn status(code: u16) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full("upstream"));
+    *response.status_mut() = StatusCode::from_u16(code).unwrap();
+    response
+}
+
+fn grpc_answer(code: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::empty());
+    response
+        .headers_mut()
+        .insert("grpc-status", HeaderValue::from_static(code));
+    response
+}
+
+fn upstream_error() -> ProxyError {
+    ProxyError::Upstream {
+        endpoint: "10.0.0.1:80".into(),
+        source: "reset".into(),
+    }
+}
+
+/// Every trigger, and an outcome that fires it.
+fn firing_outcomes() -> Vec<(Trigger, fn() -> Outcome)> {
+    vec![
+        (Trigger::BreakerOpen, || {
+            Err(ProxyError::BreakerOpen("s".into()))
+        }),
+        (Trigger::Timeout, || {
+            Err(ProxyError::Timeout(Duration::from_secs(1)))
+        }),
+        (Trigger::RateLimited, || {
+            Err(ProxyError::RateLimited {
+                retry_after: Duration::from_secs(1),
+            })
+        }),
+        (Trigger::NoEndpoint, || {
+            Err(ProxyError::NoHealthyEndpoint("s".into()))
+        }),
+        (Trigger::Overloaded, || {
+            Err(ProxyError::Overloaded("s".into()))
+        }),
+        (Trigger::ConnectFailure, || {
+            Err(ProxyError::Connect {
+                endpoint: "10.0.0.1:80".into(),
+                source: "refused".into(),
+            })
+        }),
+        (Trigger::Upstream5xx, || Ok(status(503))),
+        (Trigger::UpstreamReset, || Err(upstream_error())),
+        (Trigger::GrpcCodes(vec![tonic::Code::Unavailable]), || {
+            Ok(grpc_answer("14"))
+        }),
+    ]
+}
+
+fn degraded() -> StaticResponse {
+    StaticResponse::try_new(
+        StatusCode::OK,
+        HeaderMap::new(),
+        Bytes::from_static(b"degraded"),
+        None,
+    )
+    .unwrap()
+}
+
+fn layer(on: Vec<Trigger>, action: FallbackAction) -> (FallbackLayer, FallbackMetrics) {
+    let metrics = FallbackMetrics::register(&mut Registry::default());
+    let config = FallbackConfig::try_new(on.into_iter().collect(), action).unwrap();
+    (
+        FallbackLayer::new(Arc::from("svc"), config, metrics.clone()),
+        metrics,
+    )
+}
+
+fn served(metrics: &FallbackMetrics, trigger: &'static str, action: &'static str) -> u64 {
+    metrics
+        .served
+        .get_or_create(&FallbackLabels {
+            service: ServiceLabel(Arc::from("svc")),
+            trigger,
+            action,
+        })
+        .get()
+}
+
+fn unserved(metrics: &FallbackMetrics, action: &'static str) -> u64 {
+    metrics
+        .unserved
+        .get_or_create(&UnservedLabels {
+            service: ServiceLabel(Arc::from("svc")),
+            action,
+        })
+        .get()
+}
+
+/// An inner service answering every call with `outcome()`.
+fn answering(
+    outcome: fn() -> Outcome,
+) -> impl Service<
+    Request<ProxyBody>,
+    Response = Response<ProxyBody>,
+    Error = ProxyError,
+    Future = impl Future<Output = Outcome> + Send,
+> + Clone
+       + Send
+       + 'static {
+    service_fn(move |_request: Request<ProxyBody>| async move { outcome() })
+}
+
+fn get(path: &str) -> Request<ProxyBody> {
+    Request::get(path)
+        .header(header::HOST, "svc")
+        .body(ProxyBody::empty())
+        .unwrap()
+}
+
+/// The error of an outcome that must have failed.
+fn expect_err(result: Outcome) -> ProxyError {
+    match result {
+        Ok(response) => panic!("expected an error, got {}", response.status()),
+        Err(error) => error,
+    }
+}
+
+async fn body_of(response: Response<ProxyBody>) -> Bytes {
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+#[tokio::test]
+async fn each_trigger_serves_the_fallback_with_its_name() {
+    for (trigger, outcome) in firing_outcomes() {
+        let kind = trigger.kind();
+        let (layer, metrics) = layer(vec![trigger], FallbackAction::Respond(degraded()));
+        let response = layer
+            .layer(answering(outcome))
+            .oneshot(get("/"))
+            .await
+            .unwrap_or_else(|error| panic!("{kind:?} was not replaced: {error}"));
+        assert_eq!(response.status(), StatusCode::OK, "{kind:?}");
+        assert_eq!(response.headers()[FALLBACK_HEADER], kind.as_str());
+        assert_eq!(body_of(response).await, "degraded");
+        assert_eq!(served(&metrics, kind.as_str(), "respond"), 1, "{kind:?}");
+    }
+}
+
+#[tokio::test]
+async fn outcomes_not_listed_pass_through() {
+    let (layer, metrics) = layer(vec![Trigger::Timeout], FallbackAction::Respond(degraded()));
+    for (trigger, outcome) in firing_outcomes() {
+        if trigger.kind() == TriggerKind::Timeout {
+            continue;
+        }
+        let result = layer.layer(answering(outcome)).oneshot(get("/")).await;
+        match (outcome(), result) {
+            (Err(expected), Err(got)) => assert_eq!(got.reason(), expected.reason()),
+            (Ok(expected), Ok(got)) => {
+                assert_eq!(got.status(), expected.status());
+                assert!(!got.headers().contains_key(FALLBACK_HEADER));
+            }
+            (expected, got) => panic!(
+                "{:?} became {:?}",
+                expected.map(|r| r.status()),
+                got.map(|r| r.status())
+            ),
+        }
+    }
+    let ok = layer
+        .layer(answering(|| Ok(status(200))))
+        .oneshot(get("/"))
+        .await
+        .unwrap();
+    assert_eq!(body_of(ok).await, "upstream");
+    assert_eq!(served(&metrics, "timeout", "respond"), 0);
+}
+
+#[tokio::test]
+async fn grpc_codes_not_listed_pass_through() {
+    let (layer, _) = layer(
+        vec![Trigger::GrpcCodes(vec![tonic::Code::Unavailable])],
+        FallbackAction::Respond(degraded()),
+    );
+    let response = layer
+        .layer(answering(|| Ok(grpc_answer("5"))))
+        .oneshot(get("/"))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["grpc-status"], "5");
+    assert!(!response.headers().contains_key(FALLBACK_HEADER));
+}
+
+#[test]
+fn nonsense_configs_are_refused() {
+    let respond = || FallbackAction::Respond(degraded());
+    let error = FallbackConfig::try_new(Triggers::default(), respond()).unwrap_err();
+    assert!(
+        error.to_string().contains("at least one trigger"),
+        "{error}"
+    );
+    let no_codes = [Trigger::GrpcCodes(vec![])].into_iter().collect();
+    assert!(FallbackConfig::try_new(no_codes, respond()).is_err());
+    let ok_code = [Trigger::GrpcCodes(vec![tonic::Code::Ok])]
+        .into_iter()
+        .collect();
+    assert!(FallbackConfig::try_new(ok_code, respond()).is_err());
+}
+
+fn grpc_request() -> Request<ProxyBody> {
+    Request::post("/pkg.Svc/Get")
+        .header(header::CONTENT_TYPE, "application/grpc+proto")
+        .body(ProxyBody::full(vec![0u8, 0, 0, 0, 0]))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn grpc_callers_get_a_trailers_only_status() {
+    let reply = StaticResponse::try_new(
+        StatusCode::OK,
+        HeaderMap::new(),
+        Bytes::from_static(b"degraded"),
+        Some(GrpcReply::Status {
+            code: tonic::Code::Unavailable,
+            message: "degraded: 100%".into(),
+        }),
+    )
+    .unwrap();
+    let (layer, _) = layer(vec![Trigger::BreakerOpen], FallbackAction::Respond(reply));
+    let response = layer
+        .layer(answering(|| Err(ProxyError::BreakerOpen("s".into()))))
+        .oneshot(grpc_request())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/grpc");
+    assert_eq!(response.headers()["grpc-status"], "14");
+    assert_eq!(response.headers()["grpc-message"], "degraded: 100%25");
+    assert_eq!(response.headers()[FALLBACK_HEADER], "breaker_open");
+    assert!(response.body().is_end_stream(), "trailers-only has no body");
+}
+
+#[tokio::test]
+async fn grpc_callers_get_a_framed_message_then_status_ok() {
+    let message = Bytes::from_static(b"\x08\x2a"); // field 1 = 42
+    let reply = StaticResponse::try_new(
+        StatusCode::OK,
+        HeaderMap::new(),
+        Bytes::new(),
+        Some(GrpcReply::Message(message.clone())),
+    )
+    .unwrap();
+    let (layer, _) = layer(vec![Trigger::Timeout], FallbackAction::Respond(reply));
+    let response = layer
+        .layer(answering(|| {
+            Err(ProxyError::Timeout(Duration::from_secs(1)))
+        }))
+        .oneshot(grpc_request())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/grpc");
+    assert!(!response.headers().contains_key("grpc-status"));
+    assert_eq!(response.headers()[FALLBACK_HEADER], "timeout");
+
+    let collected = response.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    let mut frame = collected.to_bytes();
+    assert_eq!(frame.get_u8(), 0, "not compressed");
+    let length = frame.get_u32() as usize;
+    assert_eq!(length, message.len());
+    assert_eq!(frame, message);
+}
+
+/// What the alternate service saw.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    method: Method,
+    path: String,
+    body: Bytes,
+}
+
+/// An alternate stack that records its requests and answers 200 "alternate".
+fn alternate() -> (ServiceStack, Arc<Mutex<Vec<Seen>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let stack = BoxCloneSyncService::new(service_fn(move |request: Request<ProxyBody>| {
+        let log = log.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            log.lock().unwrap().push(Seen {
+                method: parts.method,
+                path: parts.uri.to_string(),
+                body,
+            });
+            Ok::<_, ProxyError>(Response::new(ProxyBody::full("alternate")))
+        }
+    }));
+    (stack, seen)
+}
+
+/// A primary that reads the whole request body, then fails with a reset.
+fn reading_then_resetting(
+    reads: Arc<AtomicUsize>,
+) -> impl Service<
+    Request<ProxyBody>,
+    Response = Response<ProxyBody>,
+    Error = ProxyError,
+    Future = impl Future<Output = Outcome> + Send,
+> + Clone
+       + Send
+       + 'static {
+    service_fn(move |request: Request<ProxyBody>| {
+        let reads = reads.clone();
+        async move {
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            reads.fetch_add(body.len(), Ordering::SeqCst);
+            Err(upstream_error())
+        }
+    })
+}
+
+fn post(body: impl Into<Bytes>) -> Request<ProxyBody> {
+    Request::post("/orders?x=1")
+        .body(ProxyBody::full(body.into()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn forward_sends_the_same_request_to_the_alternate() {
+    let (stack, seen) = alternate();
+    let (layer, metrics) = layer(vec![Trigger::UpstreamReset], FallbackAction::Forward(stack));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let response = layer
+        .layer(reading_then_resetting(reads.clone()))
+        .oneshot(post("payload"))
+        .await
+        .unwrap();
+    assert_eq!(reads.load(Ordering::SeqCst), 7, "the primary read the body");
+    assert_eq!(response.headers()[FALLBACK_HEADER], "upstream_reset");
+    assert_eq!(body_of(response).await, "alternate");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![Seen {
+            method: Method::POST,
+            path: "/orders?x=1".into(),
+            body: Bytes::from_static(b"payload"),
+        }]
+    );
+    assert_eq!(served(&metrics, "upstream_reset", "forward"), 1);
+}
+
+#[tokio::test]
+async fn forward_of_a_get_on_5xx() {
+    let (stack, seen) = alternate();
+    let (layer, _) = layer(vec![Trigger::Upstream5xx], FallbackAction::Forward(stack));
+    let response = layer
+        .layer(answering(|| Ok(status(502))))
+        .oneshot(get("/items"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[FALLBACK_HEADER], "upstream_5xx");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (seen[0].method.clone(), seen[0].path.as_str()),
+        (Method::GET, "/items")
+    );
+    assert!(seen[0].body.is_empty());
+}
+
+#[tokio::test]
+async fn a_large_body_read_by_the_primary_is_not_forwarded() {
+    let (stack, seen) = alternate();
+    let (layer, metrics) = layer(vec![Trigger::UpstreamReset], FallbackAction::Forward(stack));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let error = expect_err(
+        layer
+            .layer(reading_then_resetting(reads.clone()))
+            .oneshot(post(vec![b'x'; 100 * 1024]))
+            .await,
+    );
+    assert_eq!(error.reason(), "upstream-reset", "the original outcome");
+    assert_eq!(reads.load(Ordering::SeqCst), 100 * 1024);
+    assert!(seen.lock().unwrap().is_empty(), "alternate was called");
+    assert_eq!(unserved(&metrics, "forward"), 1);
+}
+
+#[tokio::test]
+async fn a_large_body_the_primary_never_read_is_forwarded_whole() {
+    let (stack, seen) = alternate();
+    let (layer, _) = layer(vec![Trigger::BreakerOpen], FallbackAction::Forward(stack));
+    let response = layer
+        .layer(answering(|| Err(ProxyError::BreakerOpen("s".into()))))
+        .oneshot(post(vec![b'x'; 100 * 1024]))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()[FALLBACK_HEADER], "breaker_open");
+    assert_eq!(seen.lock().unwrap()[0].body.len(), 100 * 1024);
+}
+
+#[tokio::test]
+async fn a_failing_alternate_leaves_the_original_outcome() {
+    let failing: ServiceStack = BoxCloneSyncService::new(answering(|| {
+        Err(ProxyError::NoHealthyEndpoint("alt".into()))
+    }));
+    let (layer, metrics) = layer(vec![Trigger::Timeout], FallbackAction::Forward(failing));
+    let error = expect_err(
+        layer
+            .layer(answering(|| {
+                Err(ProxyError::Timeout(Duration::from_secs(1)))
+            }))
+            .oneshot(get("/"))
+            .await,
+    );
+    assert_eq!(error.reason(), "timeout");
+    assert_eq!(unserved(&metrics, "forward"), 1);
+}
+
+/// A primary that succeeds with `body` until `failing` is set, then times out.
+fn flaky(
+    failing: Arc<AtomicUsize>,
+    body: &'static [u8],
+) -> impl Service<
+    Request<ProxyBody>,
+    Response = Response<ProxyBody>,
+    Error = ProxyError,
+    Future = impl Future<Output = Outcome> + Send,
+> + Clone
+       + Send
+       + 'static {
+    service_fn(move |_request: Request<ProxyBody>| {
+        let failing = failing.load(Ordering::SeqCst) != 0;
+        async move {
+            if failing {
+                return Err(ProxyError::Timeout(Duration::from_secs(1)));
+            }
+            let mut response = Response::new(ProxyBody::full(body));
+            response
+                .headers_mut()
+                .insert("x-version", HeaderValue::from_static("v1"));
+            Ok(response)
+        }
+    })
+}
+
+fn stale_layer(
+    max_entries: usize,
+    max_body_bytes: usize,
+) -> (FallbackLayer, FallbackMetrics, StaleCache) {
+    let cache = StaleCache::try_new(max_entries, max_body_bytes, Duration::from_secs(30)).unwrap();
+    let (layer, metrics) = layer(vec![Trigger::Timeout], FallbackAction::Stale(cache.clone()));
+    (layer, metrics, cache)
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_serves_the_last_good_answer_while_fresh() {
+    let (layer, metrics, cache) = stale_layer(8, 1024);
+    let failing = Arc::new(AtomicUsize::new(0));
+    let service = layer.layer(flaky(failing.clone(), b"catalog"));
+
+    let response = service.clone().oneshot(get("/items?page=1")).await.unwrap();
+    assert!(cache.is_empty(), "stored before its body was sent");
+    assert_eq!(body_of(response).await, "catalog");
+    assert_eq!(cache.len(), 1);
+
+    failing.store(1, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let response = service.clone().oneshot(get("/items?page=1")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[FALLBACK_HEADER], "timeout");
+    assert_eq!(response.headers()["x-version"], "v1");
+    assert_eq!(response.headers()[header::AGE], "10");
+    assert_eq!(body_of(response).await, "catalog");
+    assert_eq!(served(&metrics, "timeout", "stale"), 1);
+
+    let other = expect_err(service.clone().oneshot(get("/items?page=2")).await);
+    assert_eq!(
+        other.reason(),
+        "timeout",
+        "a miss keeps the original outcome"
+    );
+    assert_eq!(unserved(&metrics, "stale"), 1);
+
+    tokio::time::advance(Duration::from_secs(21)).await;
+    let expired = expect_err(service.clone().oneshot(get("/items?page=1")).await);
+    assert_eq!(expired.reason(), "timeout", "an expired answer was served");
+    assert_eq!(unserved(&metrics, "stale"), 2);
+    assert!(cache.is_empty(), "the expired answer is dropped");
+}
+
+#[tokio::test]
+async fn stale_does_not_keep_oversized_answers() {
+    let (layer, metrics, cache) = stale_layer(8, 4);
+    let failing = Arc::new(AtomicUsize::new(0));
+    let service = layer.layer(flaky(failing.clone(), b"too large"));
+    let response = service.clone().oneshot(get("/big")).await.unwrap();
+    assert_eq!(body_of(response).await, "too large", "still sent whole");
+    assert!(cache.is_empty());
+
+    failing.store(1, Ordering::SeqCst);
+    let error = expect_err(service.oneshot(get("/big")).await);
+    assert_eq!(error.reason(), "timeout");
+    assert_eq!(unserved(&metrics, "stale"), 1);
+}
+
+#[tokio::test]
+async fn stale_keeps_at_most_max_entries() {
+    let (layer, _, cache) = stale_layer(3, 1024);
+    let service = layer.layer(flaky(Arc::new(AtomicUsize::new(0)), b"x"));
+    for page in 0..10 {
+        let response = service
+            .clone()
+            .oneshot(get(&format!("/p/{page}")))
+            .await
+            .unwrap();
+        body_of(response).await;
+    }
+    assert_eq!(cache.len(), 3);
+}
+
+#[tokio::test]
+async fn stale_ignores_other_methods() {
+    let (layer, metrics, cache) = stale_layer(8, 1024);
+    let failing = Arc::new(AtomicUsize::new(0));
+    let service = layer.layer(flaky(failing.clone(), b"created"));
+    let response = service.clone().oneshot(post("a")).await.unwrap();
+    body_of(response).await;
+    assert!(cache.is_empty(), "a POST answer was recorded");
+    failing.store(1, Ordering::SeqCst);
+    let error = expect_err(service.oneshot(post("a")).await);
+    assert_eq!(error.reason(), "timeout");
+    assert_eq!(unserved(&metrics, "stale"), 0, "a POST is not a stale miss");
+}
