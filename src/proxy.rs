@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -80,6 +81,51 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     }
 }
 
+/// Failed requests logged per second at most; the rest are counted in metrics only.
+static FAILURE_LOG: LogBudget = LogBudget::new(10);
+
+/// A per-second budget of log lines, so an outage does not turn into a log flood.
+struct LogBudget {
+    per_second: u64,
+    /// The second (since the Unix epoch) the count belongs to.
+    second: AtomicU64,
+    /// Lines admitted in that second.
+    admitted: AtomicU64,
+    /// Lines refused since the last admitted one.
+    suppressed: AtomicU64,
+}
+
+impl LogBudget {
+    const fn new(per_second: u64) -> Self {
+        Self {
+            per_second,
+            second: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines suppressed before this one)` when a line may be logged now.
+    fn admit(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.admit_at(now)
+    }
+
+    fn admit_at(&self, now: u64) -> Option<u64> {
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.admitted.store(0, Ordering::Relaxed);
+        }
+        if self.admitted.fetch_add(1, Ordering::Relaxed) < self.per_second {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 /// The metrics label of requests that matched no service.
 fn unknown_service() -> Arc<str> {
     Arc::from("unknown")
@@ -109,7 +155,15 @@ impl ProxyService {
         let response = match forward(&target, request, self.peer).await {
             Ok(response) => response,
             Err(error) => {
-                tracing::warn!(service = %target.name, peer = %self.peer, %error, "request failed");
+                if let Some(suppressed) = FAILURE_LOG.admit() {
+                    tracing::warn!(
+                        service = %target.name,
+                        peer = %self.peer,
+                        %error,
+                        suppressed,
+                        "request failed",
+                    );
+                }
                 error.to_response(grpc)
             }
         };
@@ -210,5 +264,22 @@ async fn read_first_chunk(mut body: Incoming) -> Result<ProxyBody, ProxyError> {
         Some(Ok(frame)) => Ok(ProxyBody::streamed_after(frame, body)),
         Some(Err(error)) => Err(ProxyError::BadRequest(format!("request body: {error}"))),
         None => Ok(ProxyBody::streamed(body)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_budget_admits_its_share_per_second_and_reports_what_it_suppressed() {
+        let budget = LogBudget::new(2);
+        assert_eq!(budget.admit_at(100), Some(0));
+        assert_eq!(budget.admit_at(100), Some(0));
+        assert_eq!(budget.admit_at(100), None);
+        assert_eq!(budget.admit_at(100), None);
+        assert_eq!(budget.admit_at(101), Some(2));
+        assert_eq!(budget.admit_at(101), Some(0));
+        assert_eq!(budget.admit_at(101), None);
     }
 }
