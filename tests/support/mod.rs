@@ -285,3 +285,69 @@ where
     }
     false
 }
+
+/// A sidecar with `policies` (YAML under `policies:`, indented by 2) whose service `svc`
+/// (dedicated port) goes to `upstreams` with `extra` service fields (indented by 4).
+pub async fn with_policies(policies: &str, extra: &str, upstreams: &[SocketAddr]) -> remora::Sidecar {
+    let endpoints: Vec<String> = upstreams.iter().map(|a| a.to_string()).collect();
+    sidecar(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         policies:\n{policies}\n\
+         services:\n  svc:\n    listen: 127.0.0.1:0\n    endpoints: [{}]\n{extra}\n",
+        endpoints.join(", ")
+    ))
+    .await
+}
+
+/// An upstream that answers with `status(n)` for its n-th request (0-based) and records
+/// every request it saw.
+pub async fn scripted<F>(status: F) -> (SocketAddr, Log)
+where
+    F: Fn(usize) -> u16 + Send + Sync + Clone + 'static,
+{
+    let log = Log::default();
+    let seen = log.clone();
+    let addr = serve(move |request: Request<Incoming>| {
+        let seen = seen.clone();
+        let status = status.clone();
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let n = seen.len();
+            seen.push(Seen {
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_string(),
+                version: parts.version,
+                headers: parts.headers,
+                body,
+            });
+            Response::builder()
+                .status(status(n))
+                .body(full(format!("answer {n}")))
+                .unwrap()
+        }
+    })
+    .await;
+    (addr, log)
+}
+
+/// Sends `method` to `url` with `body`; returns status, headers and body text.
+pub async fn send(method: &str, url: &str, body: Vec<u8>) -> (http::StatusCode, http::HeaderMap, String) {
+    let request = Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = http1_client().request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The value of one sample line of the sidecar's `/metrics`, 0 when absent.
+pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let (_, _, text) = get(&format!("http://{admin}/metrics")).await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
