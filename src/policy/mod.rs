@@ -5,7 +5,11 @@
 //! [`Forward`](crate::upstream::Forward); resilience policies wrap it in the order
 //! DESIGN.md gives (rate limit, fallback, timeout, retry, breaker, balancer).
 
+pub mod backoff;
+pub mod budget;
 pub mod outcome;
+pub mod retry;
+pub mod timeout;
 
 use std::sync::Arc;
 
