@@ -28,6 +28,12 @@ pin_project! {
         },
         /// A body remora wrote itself.
         Full { data: Option<Bytes> },
+        /// A frame already read from a body (retry's bounded read-ahead), then the rest
+        /// of that body. Boxed because the rest is itself a `ProxyBody`.
+        Prefixed {
+            first: Option<Frame<Bytes>>,
+            rest: Box<ProxyBody>,
+        },
     }
 }
 
@@ -57,6 +63,14 @@ impl ProxyBody {
             body,
         }
     }
+
+    /// `first` (a frame already read from `rest`), then the rest of that body.
+    pub fn prefixed(first: Frame<Bytes>, rest: ProxyBody) -> Self {
+        Self::Prefixed {
+            first: Some(first),
+            rest: Box::new(rest),
+        }
+    }
 }
 
 impl Default for ProxyBody {
@@ -81,6 +95,12 @@ impl Body for ProxyBody {
                 body.poll_frame(cx).map_err(Into::into)
             }
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBodyProj::Prefixed { first, rest } => {
+                if let Some(frame) = first.take() {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Pin::new(rest.as_mut()).poll_frame(cx)
+            }
         }
     }
 
@@ -88,6 +108,7 @@ impl Body for ProxyBody {
         match self {
             Self::Streamed { first, body } => first.is_none() && body.is_end_stream(),
             Self::Full { data } => data.is_none(),
+            Self::Prefixed { first, rest } => first.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -97,6 +118,19 @@ impl Body for ProxyBody {
             Self::Streamed { .. } => SizeHint::default(),
             Self::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Self::Prefixed { first, rest } => {
+                let ahead = first
+                    .as_ref()
+                    .and_then(Frame::data_ref)
+                    .map_or(0, |d| d.len() as u64);
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + ahead);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + ahead);
+                }
+                hint
             }
         }
     }
