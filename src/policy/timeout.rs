@@ -443,7 +443,7 @@ mod tests {
         request
             .headers_mut()
             .insert(&GRPC_TIMEOUT, HeaderValue::from_static("200m"));
-        let result = layer.layer(inner.clone()).oneshot(request).await;
+        let result = layer.layer(inner).oneshot(request).await;
         assert!(matches!(result, Err(ProxyError::Timeout(d)) if d == 200 * MS));
 
         // A larger grpc-timeout loses to the configured bound, which is propagated.
