@@ -43,6 +43,12 @@ pin_project! {
             #[pin]
             body: BoxBody<Bytes, BoxError>,
         },
+        /// A frame already read from a body (retry's bounded read-ahead), then the rest
+        /// of that body. Boxed because the rest is itself a `ProxyBody`.
+        Prefixed {
+            first: Option<Frame<Bytes>>,
+            rest: Box<ProxyBody>,
+        },
     }
 }
 
@@ -91,6 +97,14 @@ impl ProxyBody {
             body,
         }
     }
+
+    /// `first` (a frame already read from `rest`), then the rest of that body.
+    pub fn prefixed(first: Frame<Bytes>, rest: ProxyBody) -> Self {
+        Self::Prefixed {
+            first: Some(first),
+            rest: Box::new(rest),
+        }
+    }
 }
 
 impl Default for ProxyBody {
@@ -122,6 +136,12 @@ impl Body for ProxyBody {
                     .map(Ok),
             ),
             ProxyBodyProj::Boxed { body } => body.poll_frame(cx),
+            ProxyBodyProj::Prefixed { first, rest } => {
+                if let Some(frame) = first.take() {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Pin::new(rest.as_mut()).poll_frame(cx)
+            }
         }
     }
 
@@ -131,6 +151,7 @@ impl Body for ProxyBody {
             Self::Full { data } => data.is_none(),
             Self::Trailed { data, trailers } => data.is_none() && trailers.is_none(),
             Self::Boxed { body } => body.is_end_stream(),
+            Self::Prefixed { first, rest } => first.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -145,6 +166,19 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Self::Boxed { body } => body.size_hint(),
+            Self::Prefixed { first, rest } => {
+                let ahead = first
+                    .as_ref()
+                    .and_then(Frame::data_ref)
+                    .map_or(0, |d| d.len() as u64);
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + ahead);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + ahead);
+                }
+                hint
+            }
         }
     }
 }

@@ -6,7 +6,11 @@
 //! DESIGN.md gives (rate limit, fallback, timeout, retry, breaker, balancer).
 
 pub mod fallback;
+pub mod backoff;
+pub mod budget;
 pub mod outcome;
+pub mod retry;
+pub mod timeout;
 
 use std::sync::Arc;
 

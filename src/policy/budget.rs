@@ -1,0 +1,196 @@
+//! The retry budget: retries may add at most a fraction of the recent load.
+//!
+//! Every call deposits, every retry withdraws. Over a sliding window, retries are allowed
+//! while `withdrawals < ratio × deposits + min_per_second × window`. The floor lets a
+//! service with little traffic still retry; the ratio stops a failing upstream from being
+//! hit by a retry storm (each call retried `max_attempts − 1` times under load).
+//!
+//! One budget is shared by every clone of a service's retry layer (`Arc`).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Buckets per window: the window slides in steps of a tenth of its length.
+const BUCKETS: usize = 10;
+
+/// A rejected budget configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid retry budget: {0}")]
+pub struct InvalidBudget(&'static str);
+
+/// Retries allowed per recent requests, shared per service.
+#[derive(Debug)]
+pub struct RetryBudget {
+    /// Retries allowed per deposited request; finite, `>= 0`.
+    ratio: f64,
+    /// Retries always allowed per window, whatever the load (`min_per_second × window`).
+    floor: f64,
+    /// Length of one bucket (a tenth of the window); non-zero.
+    bucket: Duration,
+    /// Time zero of the bucket numbering.
+    origin: Instant,
+    /// Held for a few arithmetic operations, never across an await.
+    buckets: Mutex<[Bucket; BUCKETS]>,
+}
+
+/// Deposits and withdrawals during one bucket's span of time.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    /// Which span (bucket number since `origin`) the counts belong to.
+    tick: u64,
+    deposits: u64,
+    withdrawals: u64,
+}
+
+impl RetryBudget {
+    /// A budget allowing `ratio` retries per request plus `min_per_second` retries per
+    /// second, counted over the last `window`.
+    pub fn try_new(
+        ratio: f64,
+        min_per_second: u32,
+        window: Duration,
+    ) -> Result<Self, InvalidBudget> {
+        if !ratio.is_finite() || ratio < 0.0 {
+            return Err(InvalidBudget("ratio must be a non-negative number"));
+        }
+        if ratio > 1000.0 {
+            return Err(InvalidBudget("ratio must be at most 1000"));
+        }
+        if window < Duration::from_millis(100) || window > Duration::from_secs(3600) {
+            return Err(InvalidBudget("window must be between 100ms and 1h"));
+        }
+        Ok(Self {
+            ratio,
+            floor: f64::from(min_per_second) * window.as_secs_f64(),
+            bucket: window / BUCKETS as u32,
+            origin: Instant::now(),
+            buckets: Mutex::new([Bucket::default(); BUCKETS]),
+        })
+    }
+
+    /// Counts a request: each one earns `ratio` retries for the length of the window.
+    pub fn deposit(&self) {
+        self.with_current(|current, _| current.deposits += 1);
+    }
+
+    /// Takes one retry from the budget; `false` when the budget is spent.
+    pub fn try_withdraw(&self) -> bool {
+        self.with_current(|current, (deposits, withdrawals)| {
+            let allowed = self.ratio * deposits as f64 + self.floor;
+            if (withdrawals as f64) + 1.0 > allowed {
+                return false;
+            }
+            current.withdrawals += 1;
+            true
+        })
+    }
+
+    /// Runs `f` on the current bucket with the window's (deposits, withdrawals) totals,
+    /// after clearing buckets that slid out of the window.
+    fn with_current<T>(&self, f: impl FnOnce(&mut Bucket, (u64, u64)) -> T) -> T {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        // Read under the lock, so ticks seen by successive holders never go backwards.
+        let elapsed = Instant::now().saturating_duration_since(self.origin);
+        let tick = (elapsed.as_nanos() / self.bucket.as_nanos()) as u64;
+        let mut totals = (0, 0);
+        for bucket in buckets.iter_mut() {
+            if tick.saturating_sub(bucket.tick) >= BUCKETS as u64 {
+                *bucket = Bucket::default();
+            }
+            totals.0 += bucket.deposits;
+            totals.1 += bucket.withdrawals;
+        }
+        let current = &mut buckets[(tick % BUCKETS as u64) as usize];
+        if current.tick != tick {
+            // Stale by whole window or more: cleared above; adopt it for this tick.
+            *current = Bucket {
+                tick,
+                ..Bucket::default()
+            };
+        }
+        f(current, totals)
+    }
+}
+
+impl Default for RetryBudget {
+    /// 20% of requests, plus 10 retries per second, over 10 s (linkerd's defaults).
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            floor: 100.0,
+            bucket: Duration::from_secs(1),
+            origin: Instant::now(),
+            buckets: Mutex::new([Bucket::default(); BUCKETS]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn withdraw_all(budget: &RetryBudget) -> usize {
+        std::iter::from_fn(|| budget.try_withdraw().then_some(()))
+            .take(10_000)
+            .count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn allows_ratio_of_requests_plus_floor_and_no_more() {
+        // Floor: 1/s over 10 s = 10 retries; ratio 0.5 of 40 requests = 20 more.
+        let budget = RetryBudget::try_new(0.5, 1, Duration::from_secs(10)).unwrap();
+        for _ in 0..40 {
+            budget.deposit();
+        }
+        assert_eq!(withdraw_all(&budget), 30);
+        assert!(!budget.try_withdraw());
+        budget.deposit();
+        budget.deposit();
+        assert!(budget.try_withdraw());
+        assert!(!budget.try_withdraw());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refills_as_the_window_slides() {
+        let budget = RetryBudget::try_new(1.0, 0, Duration::from_secs(10)).unwrap();
+        for _ in 0..5 {
+            budget.deposit();
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for _ in 0..3 {
+            budget.deposit();
+        }
+        assert_eq!(withdraw_all(&budget), 8);
+        // 5 s later the first five deposits slide out, and the withdrawals made with
+        // them are still in the window (they were made at 5 s): 3 - 8 < 0.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!budget.try_withdraw());
+        // Once the withdrawals at 5 s slide out too, nothing is left in the window.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!budget.try_withdraw());
+        budget.deposit();
+        budget.deposit();
+        assert_eq!(withdraw_all(&budget), 2);
+        // A whole idle window later, everything has expired.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(!budget.try_withdraw());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn floor_alone_allows_min_per_second_times_window() {
+        let budget = RetryBudget::try_new(0.2, 2, Duration::from_secs(10)).unwrap();
+        assert_eq!(withdraw_all(&budget), 20);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(withdraw_all(&budget), 20);
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        let err = |r, w| RetryBudget::try_new(r, 1, w).unwrap_err().to_string();
+        assert!(err(-0.1, Duration::from_secs(10)).contains("ratio"));
+        assert!(err(f64::NAN, Duration::from_secs(10)).contains("ratio"));
+        assert!(err(0.2, Duration::ZERO).contains("window"));
+    }
+}

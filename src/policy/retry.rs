@@ -1,0 +1,1205 @@
+//! Retries failed attempts of a call, within a budget, after a backoff.
+//!
+//! Sits below the overall timeout and above the service breaker and the balancer: each
+//! attempt goes through the balancer again, asking it to avoid the endpoints that already
+//! failed ([`AvoidEndpoints`]). A call is retried only when
+//! - its method is idempotent (or the config allows any method),
+//! - its body can be replayed: it is empty or fits `max_replay_bytes` (read ahead and
+//!   kept as `Bytes`; a larger body is sent once, untouched after the bytes read ahead),
+//! - the result is a failure the config's [`Conditions`] name,
+//! - attempts remain, the server did not refuse (`grpc-retry-pushback-ms` negative or
+//!   malformed), the call's [`Deadline`] leaves time for the wait, and the shared
+//!   [`RetryBudget`] allows it.
+//!
+//! Decisions are made when response headers arrive; a response is never retried once its
+//! body is being relayed. So a streaming gRPC call is retried only before its response
+//! headers arrived, by construction.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
+use http_body::{Body as _, Frame};
+use http_body_util::BodyExt as _;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt as _};
+
+use super::backoff::Backoff;
+use super::budget::RetryBudget;
+use super::outcome::Conditions;
+use super::timeout::{set_grpc_timeout, Deadline, TimeoutKind, TimeoutMetrics};
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::metrics::ServiceLabel;
+use crate::upstream::{AvoidEndpoints, EndpointUsed};
+
+/// Header telling the upstream which attempt (1-based) of the call this is.
+pub static ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-remora-attempt");
+
+/// gRPC server pushback (the gRPC retry design, A6): milliseconds to wait before
+/// retrying; negative or malformed means "do not retry".
+static GRPC_PUSHBACK: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
+
+/// A rejected retry configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid retry config: {0}")]
+pub struct InvalidRetryConfig(&'static str);
+
+/// When and how a service's calls are retried. Built by [`RetryConfig::try_new`] and
+/// its `with_*` methods, which validate; the request path trusts it.
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    /// Attempts in total, the first included; `>= 1`.
+    max_attempts: u32,
+    /// The results that are retried.
+    conditions: Conditions,
+    /// Bound on each attempt (`ProxyError::Timeout`, a `timeout` condition); non-zero.
+    per_try_timeout: Option<Duration>,
+    /// Wait between attempts; also caps a server's `Retry-After` / pushback.
+    backoff: Backoff,
+    /// Shared by every clone of the layer built from this config.
+    budget: Arc<RetryBudget>,
+    /// Whether POST, PATCH, CONNECT (and unknown methods) are retried too.
+    retry_non_idempotent: bool,
+    /// Largest request body kept for replay; `<= MAX_REPLAY_LIMIT`.
+    max_replay_bytes: usize,
+}
+
+/// Upper bound on `max_replay_bytes`: replay buffers are per request, in memory.
+const MAX_REPLAY_LIMIT: usize = 16 * 1024 * 1024;
+
+impl RetryConfig {
+    /// Default bound on a replayable request body.
+    pub const DEFAULT_MAX_REPLAY_BYTES: usize = 64 * 1024;
+
+    /// Up to `max_attempts` attempts (the first included) of idempotent calls whose
+    /// result matches `conditions`; no per-try timeout, 64 KiB replay bound.
+    pub fn try_new(
+        max_attempts: u32,
+        conditions: Conditions,
+        backoff: Backoff,
+        budget: Arc<RetryBudget>,
+    ) -> Result<Self, InvalidRetryConfig> {
+        if max_attempts == 0 {
+            return Err(InvalidRetryConfig(
+                "max_attempts must be at least 1 (it counts the first attempt)",
+            ));
+        }
+        if max_attempts > 100 {
+            return Err(InvalidRetryConfig("max_attempts must be at most 100"));
+        }
+        Ok(Self {
+            max_attempts,
+            conditions,
+            per_try_timeout: None,
+            backoff,
+            budget,
+            retry_non_idempotent: false,
+            max_replay_bytes: Self::DEFAULT_MAX_REPLAY_BYTES,
+        })
+    }
+
+    /// Bounds each attempt by `timeout`.
+    pub fn with_per_try_timeout(
+        mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Self, InvalidRetryConfig> {
+        if timeout.is_some_and(|t| t.is_zero()) {
+            return Err(InvalidRetryConfig("per_try_timeout must be non-zero"));
+        }
+        self.per_try_timeout = timeout;
+        Ok(self)
+    }
+
+    /// Retries every method, not only GET, HEAD, OPTIONS, PUT, DELETE and TRACE.
+    pub fn with_retry_non_idempotent(mut self, retry: bool) -> Self {
+        self.retry_non_idempotent = retry;
+        self
+    }
+
+    /// Keeps request bodies of up to `bytes` for replay.
+    pub fn with_max_replay_bytes(mut self, bytes: usize) -> Result<Self, InvalidRetryConfig> {
+        if bytes > MAX_REPLAY_LIMIT {
+            return Err(InvalidRetryConfig(
+                "max_replay_bytes must be at most 16 MiB",
+            ));
+        }
+        self.max_replay_bytes = bytes;
+        Ok(self)
+    }
+}
+
+/// First attempt or retry, as a label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttemptKind {
+    /// The call's first attempt.
+    First,
+    /// Any later attempt.
+    Retry,
+}
+
+impl EncodeLabelValue for AttemptKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        encoder.write_str(match self {
+            Self::First => "first",
+            Self::Retry => "retry",
+        })
+    }
+}
+
+/// Labels of the attempt counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AttemptLabels {
+    /// The service called.
+    pub service: ServiceLabel,
+    /// First attempt or retry.
+    pub attempt: AttemptKind,
+}
+
+/// Labels of the per-service retry counters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// The service called.
+    pub service: ServiceLabel,
+}
+
+/// Retry's counters.
+#[derive(Debug, Clone, Default)]
+pub struct RetryMetrics {
+    /// `remora_retry_attempts_total{service, attempt}`: attempts sent.
+    attempts: Family<AttemptLabels, Counter>,
+    /// `remora_retries_total{service}`: decisions to retry.
+    retries: Family<RetryLabels, Counter>,
+    /// `remora_retry_budget_exhausted_total{service}`: retries refused by the budget.
+    budget_exhausted: Family<RetryLabels, Counter>,
+    /// `remora_retry_not_replayable_total{service}`: retries given up for the body.
+    not_replayable: Family<RetryLabels, Counter>,
+}
+
+impl RetryMetrics {
+    /// Registers retry's counters.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "retry_attempts",
+            "Attempts sent upstream, by service and whether first or retry",
+            metrics.attempts.clone(),
+        );
+        registry.register(
+            "retries",
+            "Failed attempts that were retried",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "retry_budget_exhausted",
+            "Failed attempts not retried because the retry budget was spent",
+            metrics.budget_exhausted.clone(),
+        );
+        registry.register(
+            "retry_not_replayable",
+            "Failed attempts not retried because the request body could not be replayed",
+            metrics.not_replayable.clone(),
+        );
+        metrics
+    }
+
+    fn count(family: &Family<RetryLabels, Counter>, service: &Arc<str>) {
+        family
+            .get_or_create(&RetryLabels {
+                service: ServiceLabel(service.clone()),
+            })
+            .inc();
+    }
+}
+
+/// Retries a service's failed attempts.
+#[derive(Debug, Clone)]
+pub struct RetryLayer {
+    shared: Arc<Shared>,
+}
+
+/// What every clone of the layer and its services share.
+#[derive(Debug)]
+struct Shared {
+    config: RetryConfig,
+    service: Arc<str>,
+    metrics: RetryMetrics,
+    /// Counts per-try timeouts when set.
+    timeout_metrics: Option<TimeoutMetrics>,
+    /// Whether the budget last refused a retry (to log transitions once).
+    exhausted: AtomicBool,
+}
+
+impl RetryLayer {
+    /// A layer retrying `service`'s calls per `config`.
+    pub fn new(config: RetryConfig, service: Arc<str>, metrics: RetryMetrics) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                service,
+                metrics,
+                timeout_metrics: None,
+                exhausted: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Counts per-try timeouts as `remora_timeouts_total{kind="per_try"}`.
+    pub fn with_timeout_metrics(self, metrics: TimeoutMetrics) -> Self {
+        let shared = &self.shared;
+        Self {
+            shared: Arc::new(Shared {
+                config: shared.config.clone(),
+                service: shared.service.clone(),
+                metrics: shared.metrics.clone(),
+                timeout_metrics: Some(metrics),
+                exhausted: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service [`RetryLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+/// The response future of [`Retry`].
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
+
+impl<S> Service<Request<ProxyBody>> for Retry<S>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ProxyBody>) -> ResponseFuture {
+        // The ready service takes the call; the clone left behind is made ready again.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(self.shared.clone().run(inner, request))
+    }
+}
+
+impl Shared {
+    /// One call: the first attempt and any retries.
+    async fn run<S>(
+        self: Arc<Self>,
+        mut inner: S,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
+    {
+        self.config.budget.deposit();
+        if self.config.max_attempts == 1 || !self.method_retryable(request.method()) {
+            return self.attempt(&mut inner, request, 1).await;
+        }
+        let (parts, body) = request.into_parts();
+        let grpc = is_grpc(&parts.headers);
+        let body = match read_replayable(body, self.config.max_replay_bytes, grpc).await? {
+            Replay::Whole(body) => body,
+            Replay::Once(body) => {
+                let result = self
+                    .attempt(&mut inner, Request::from_parts(parts, body), 1)
+                    .await;
+                if self.config.conditions.matches(&result) {
+                    RetryMetrics::count(&self.metrics.not_replayable, &self.service);
+                }
+                return result;
+            }
+        };
+        let template = Template::of(&parts);
+        let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
+        let mut avoid = parts
+            .extensions
+            .get::<AvoidEndpoints>()
+            .map(|a| a.0.clone())
+            .unwrap_or_default();
+        let mut request = Request::from_parts(parts, ProxyBody::full(body.clone()));
+        let mut attempt = 1;
+        loop {
+            let result = self.attempt(&mut inner, request, attempt).await;
+            let Some(delay) = self.retry_delay(&result, attempt, deadline) else {
+                return result;
+            };
+            if let Some(endpoint) = failed_endpoint(&result) {
+                if !avoid.contains(&endpoint) {
+                    avoid.push(endpoint);
+                }
+            }
+            // A retried response's body is dropped unread.
+            drop(result);
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+            request = template.request(body.clone());
+            request
+                .extensions_mut()
+                .insert(AvoidEndpoints(avoid.clone()));
+            inner.ready().await?;
+        }
+    }
+
+    fn method_retryable(&self, method: &Method) -> bool {
+        self.config.retry_non_idempotent
+            || matches!(
+                *method,
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::PUT
+                    | Method::DELETE
+                    | Method::TRACE
+            )
+    }
+
+    /// Sends attempt number `n` (1-based), bounded by the per-try timeout.
+    async fn attempt<S>(
+        &self,
+        inner: &mut S,
+        mut request: Request<ProxyBody>,
+        n: u32,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
+    {
+        request
+            .headers_mut()
+            .insert(&ATTEMPT_HEADER, HeaderValue::from(n));
+        set_grpc_timeout(&mut request);
+        let attempt = if n == 1 {
+            AttemptKind::First
+        } else {
+            AttemptKind::Retry
+        };
+        self.metrics
+            .attempts
+            .get_or_create(&AttemptLabels {
+                service: ServiceLabel(self.service.clone()),
+                attempt,
+            })
+            .inc();
+        let call = inner.call(request);
+        let Some(limit) = self.config.per_try_timeout else {
+            return call.await;
+        };
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => result,
+            Err(_elapsed) => {
+                if let Some(metrics) = &self.timeout_metrics {
+                    metrics.record(&self.service, TimeoutKind::PerTry);
+                }
+                Err(ProxyError::Timeout(limit))
+            }
+        }
+    }
+
+    /// How long to wait before retrying after attempt `attempt` ended with `result`;
+    /// `None` when it is not retried. Withdraws from the budget when it is. A call's
+    /// `deadline` (set by the timeout layer) must leave time for the wait.
+    fn retry_delay(
+        &self,
+        result: &Result<Response<ProxyBody>, ProxyError>,
+        attempt: u32,
+        deadline: Option<Instant>,
+    ) -> Option<Duration> {
+        if attempt >= self.config.max_attempts || !self.config.conditions.matches(result) {
+            return None;
+        }
+        let backoff = &self.config.backoff;
+        let delay = match server_delay(result) {
+            ServerDelay::Refused => return None,
+            // NOTE: a server's wait is capped at the backoff maximum, so one response
+            // cannot park a call (and its caller) for minutes.
+            ServerDelay::After(wait) => wait.min(backoff.max()),
+            ServerDelay::Unspecified => backoff.delay(attempt - 1),
+        };
+        if let Some(deadline) = deadline {
+            // No time left for another attempt: the last failure says more than a timeout.
+            if Instant::now() + delay >= deadline {
+                return None;
+            }
+        }
+        if !self.config.budget.try_withdraw() {
+            RetryMetrics::count(&self.metrics.budget_exhausted, &self.service);
+            if !self.exhausted.swap(true, Ordering::Relaxed) {
+                tracing::warn!(service = %self.service, "retry budget exhausted: failed calls are not retried");
+            }
+            return None;
+        }
+        if self.exhausted.load(Ordering::Relaxed) && self.exhausted.swap(false, Ordering::Relaxed) {
+            tracing::info!(service = %self.service, "retry budget available again");
+        }
+        RetryMetrics::count(&self.metrics.retries, &self.service);
+        Some(delay)
+    }
+}
+
+/// What is needed to rebuild the request for another attempt.
+struct Template {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    /// Every extension (http 1 requires them to be `Clone`): `ClientAddr`, `Deadline`,
+    /// and a shared `OnUpgrade` (only the attempt answered 101 takes the upgrade).
+    extensions: Extensions,
+}
+
+impl Template {
+    fn of(parts: &http::request::Parts) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            extensions: parts.extensions.clone(),
+        }
+    }
+
+    fn request(&self, body: Bytes) -> Request<ProxyBody> {
+        let mut request = Request::new(ProxyBody::full(body));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        *request.extensions_mut() = self.extensions.clone();
+        request
+    }
+}
+
+/// The endpoint an attempt went to, when the result names it.
+fn failed_endpoint(result: &Result<Response<ProxyBody>, ProxyError>) -> Option<SocketAddr> {
+    match result {
+        Ok(response) => response.extensions().get::<EndpointUsed>().map(|e| e.0),
+        Err(ProxyError::Connect { endpoint, .. } | ProxyError::Upstream { endpoint, .. }) => {
+            endpoint.parse().ok()
+        }
+        Err(_) => None,
+    }
+}
+
+/// What a failed response says about retrying.
+#[derive(Debug, PartialEq, Eq)]
+enum ServerDelay {
+    /// Nothing: use the backoff.
+    Unspecified,
+    /// Wait this long (`grpc-retry-pushback-ms`, or `Retry-After` in seconds).
+    After(Duration),
+    /// Do not retry (negative or malformed pushback).
+    Refused,
+}
+
+fn server_delay(result: &Result<Response<ProxyBody>, ProxyError>) -> ServerDelay {
+    let Ok(response) = result else {
+        return ServerDelay::Unspecified;
+    };
+    let headers = response.headers();
+    if let Some(pushback) = headers.get(&GRPC_PUSHBACK) {
+        return match pushback.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+            Some(ms) => ServerDelay::After(Duration::from_millis(ms)),
+            None => ServerDelay::Refused,
+        };
+    }
+    // An HTTP-date Retry-After is ignored: the backoff applies.
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .map_or(ServerDelay::Unspecified, |s| {
+            ServerDelay::After(Duration::from_secs(s))
+        })
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A request body as retry holds it.
+enum Replay {
+    /// The whole body: every attempt sends a copy.
+    Whole(Bytes),
+    /// Too large, or not known to end: sent once (bytes read ahead, then the rest).
+    Once(ProxyBody),
+}
+
+/// Reads `body` ahead, keeping it whole if it ends within `limit` bytes.
+///
+/// A body whose size hint already exceeds `limit` is not read. A gRPC body is not waited
+/// on past a message boundary: a streaming call's client may wait for responses before
+/// sending more, so when no further frame is ready right away the call is sent once.
+///
+/// NOTE: an unknown-length plain HTTP body is waited on until it ends or passes `limit`;
+/// a (rare) HTTP/1.1 client that streams its request while awaiting the response is not
+/// served until then.
+async fn read_replayable(
+    mut body: ProxyBody,
+    limit: usize,
+    grpc: bool,
+) -> Result<Replay, ProxyError> {
+    if body.is_end_stream() {
+        return Ok(Replay::Whole(Bytes::new()));
+    }
+    if body.size_hint().lower() > limit as u64 {
+        return Ok(Replay::Once(body));
+    }
+    let mut buffered = BytesMut::new();
+    // Where the next whole gRPC message starts in `buffered`.
+    let mut message_end = 0;
+    loop {
+        let at_message_boundary = grpc && message_end > 0 && message_end == buffered.len();
+        let next = if at_message_boundary && !body.is_end_stream() {
+            match body.frame().now_or_never() {
+                Some(next) => next,
+                None => return Ok(Replay::Once(prefixed(buffered, None, body))),
+            }
+        } else {
+            body.frame().await
+        };
+        let frame = match next {
+            None => return Ok(Replay::Whole(buffered.freeze())),
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => {
+                return Err(ProxyError::BadRequest(format!(
+                    "reading the request body: {error}"
+                )))
+            }
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            // Trailers are not kept for replay: send once.
+            Err(trailers) => return Ok(Replay::Once(prefixed(buffered, Some(trailers), body))),
+        };
+        if buffered.len() + data.len() > limit {
+            return Ok(Replay::Once(prefixed(
+                buffered,
+                Some(Frame::data(data)),
+                body,
+            )));
+        }
+        buffered.extend_from_slice(&data);
+        if grpc {
+            message_end = next_message_boundary(&buffered, message_end);
+        }
+    }
+}
+
+/// The end of the last whole gRPC message (5-byte prefix: flag, u32 length) in
+/// `buffered`, scanning from the boundary `from`.
+fn next_message_boundary(buffered: &[u8], mut from: usize) -> usize {
+    while let Some(prefix) = buffered.get(from..from + 5) {
+        let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        let end = from + 5 + length;
+        if end > buffered.len() {
+            break;
+        }
+        from = end;
+    }
+    from
+}
+
+/// The bytes read ahead, then `next` (a frame read but not kept), then the rest.
+fn prefixed(buffered: BytesMut, next: Option<Frame<Bytes>>, rest: ProxyBody) -> ProxyBody {
+    let rest = match next {
+        Some(frame) => ProxyBody::prefixed(frame, rest),
+        None => rest,
+    };
+    if buffered.is_empty() {
+        return rest;
+    }
+    ProxyBody::prefixed(Frame::data(buffered.freeze()), rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use http::StatusCode;
+    use hyper_util::rt::TokioIo;
+    use tower::service_fn;
+
+    use super::*;
+    use crate::policy::timeout::{TimeoutConfig, TimeoutLayer, GRPC_TIMEOUT};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// What the inner service saw of each attempt.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        attempt: String,
+        body: Bytes,
+        avoid: Vec<SocketAddr>,
+        grpc_timeout: Option<String>,
+        at: Instant,
+    }
+
+    type Log = Arc<Mutex<Vec<Seen>>>;
+
+    /// An inner service that records each attempt and answers with `answer(n)` (n from 1)
+    /// after `delay(n)`.
+    fn inner(
+        answer: impl Fn(usize) -> Result<Response<ProxyBody>, ProxyError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        delay: impl Fn(usize) -> Duration + Clone + Send + Sync + 'static,
+    ) -> (
+        impl Service<
+                Request<ProxyBody>,
+                Response = Response<ProxyBody>,
+                Error = ProxyError,
+                Future = impl Send,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        Log,
+    ) {
+        let log = Log::default();
+        let seen = log.clone();
+        let service = service_fn(move |request: Request<ProxyBody>| {
+            let (log, answer, delay) = (seen.clone(), answer.clone(), delay.clone());
+            async move {
+                let at = Instant::now();
+                let (parts, body) = request.into_parts();
+                let body = body.collect().await.expect("body").to_bytes();
+                let n = {
+                    let mut log = log.lock().unwrap();
+                    log.push(Seen {
+                        attempt: parts.headers[&ATTEMPT_HEADER].to_str().unwrap().into(),
+                        body,
+                        avoid: parts
+                            .extensions
+                            .get::<AvoidEndpoints>()
+                            .map(|a| a.0.clone())
+                            .unwrap_or_default(),
+                        grpc_timeout: parts
+                            .headers
+                            .get(&GRPC_TIMEOUT)
+                            .map(|v| v.to_str().unwrap().into()),
+                        at,
+                    });
+                    log.len()
+                };
+                tokio::time::sleep(delay(n)).await;
+                answer(n)
+            }
+        });
+        (service, log)
+    }
+
+    fn status(code: u16) -> Result<Response<ProxyBody>, ProxyError> {
+        let mut response = Response::new(ProxyBody::full("answer"));
+        *response.status_mut() = StatusCode::from_u16(code).unwrap();
+        Ok(response)
+    }
+
+    fn with_header(
+        mut result: Result<Response<ProxyBody>, ProxyError>,
+        name: &'static str,
+        value: &'static str,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if let Ok(response) = &mut result {
+            response
+                .headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
+        result
+    }
+
+    fn no_delay(_: usize) -> Duration {
+        Duration::ZERO
+    }
+
+    fn gateway_errors() -> Conditions {
+        Conditions {
+            gateway_error: true,
+            timeout: true,
+            connect_failure: true,
+            grpc_codes: vec![tonic::Code::Unavailable],
+            ..Default::default()
+        }
+    }
+
+    fn config(max_attempts: u32) -> RetryConfig {
+        let backoff = Backoff::try_new(10 * MS, Duration::from_secs(5), 0.0).unwrap();
+        let budget = RetryBudget::try_new(0.2, 100, Duration::from_secs(10)).unwrap();
+        RetryConfig::try_new(max_attempts, gateway_errors(), backoff, Arc::new(budget)).unwrap()
+    }
+
+    fn layer(config: RetryConfig) -> (RetryLayer, RetryMetrics) {
+        let metrics = RetryMetrics::default();
+        (
+            RetryLayer::new(config, "svc".into(), metrics.clone()),
+            metrics,
+        )
+    }
+
+    fn counter(family: &Family<RetryLabels, Counter>) -> u64 {
+        family
+            .get_or_create(&RetryLabels {
+                service: ServiceLabel("svc".into()),
+            })
+            .get()
+    }
+
+    fn attempts(metrics: &RetryMetrics, attempt: AttemptKind) -> u64 {
+        metrics
+            .attempts
+            .get_or_create(&AttemptLabels {
+                service: ServiceLabel("svc".into()),
+                attempt,
+            })
+            .get()
+    }
+
+    fn get() -> Request<ProxyBody> {
+        Request::get("http://svc/x")
+            .body(ProxyBody::empty())
+            .unwrap()
+    }
+
+    fn attempts_seen(log: &Log) -> Vec<String> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.attempt.clone())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flaky_upstream_succeeds_on_third_attempt() {
+        let (service, log) = inner(|n| if n < 3 { status(503) } else { status(200) }, no_delay);
+        let (layer, metrics) = layer(config(3));
+        let started = Instant::now();
+        let response = layer.layer(service).oneshot(get()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(attempts_seen(&log), ["1", "2", "3"]);
+        // Backoff 10 ms, then 20 ms.
+        let at: Vec<_> = log.lock().unwrap().iter().map(|s| s.at - started).collect();
+        assert_eq!(at, [Duration::ZERO, 10 * MS, 30 * MS]);
+        assert_eq!(attempts(&metrics, AttemptKind::First), 1);
+        assert_eq!(attempts(&metrics, AttemptKind::Retry), 2);
+        assert_eq!(counter(&metrics.retries), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_after_max_attempts_with_the_last_result() {
+        let (service, log) = inner(|_| status(503), no_delay);
+        let (layer, metrics) = layer(config(2));
+        let response = layer.layer(service).oneshot(get()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(attempts_seen(&log), ["1", "2"]);
+        assert_eq!(counter(&metrics.retries), 1);
+        assert_eq!(counter(&metrics.budget_exhausted), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unmatched_results_are_not_retried() {
+        let (service, log) = inner(|_| status(500), no_delay);
+        let (layer, _) = layer(config(3));
+        let response = layer.layer(service).oneshot(get()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(attempts_seen(&log), ["1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn next_attempt_avoids_failed_endpoints() {
+        let first: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let second: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let (service, log) = inner(
+            move |n| match n {
+                1 => Err(ProxyError::Connect {
+                    endpoint: first.to_string(),
+                    source: "refused".into(),
+                }),
+                2 => {
+                    let mut response = status(503)?;
+                    response.extensions_mut().insert(EndpointUsed(second));
+                    Ok(response)
+                }
+                _ => status(200),
+            },
+            no_delay,
+        );
+        let (layer, _) = layer(config(3));
+        let response = layer.layer(service).oneshot(get()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let avoid: Vec<_> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.avoid.clone())
+            .collect();
+        assert_eq!(avoid, [vec![], vec![first], vec![first, second]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn post_is_retried_only_when_allowed() {
+        let post = || {
+            Request::post("http://svc/x")
+                .body(ProxyBody::full("order"))
+                .unwrap()
+        };
+        let (service, log) = inner(|_| status(503), no_delay);
+        let (retry, _) = layer(config(3));
+        let response = retry.layer(service).oneshot(post()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(attempts_seen(&log), ["1"]);
+
+        let (service, log) = inner(|_| status(503), no_delay);
+        let (retry, _) = layer(config(3).with_retry_non_idempotent(true));
+        retry.layer(service).oneshot(post()).await.unwrap();
+        assert_eq!(attempts_seen(&log), ["1", "2", "3"]);
+        let bodies: Vec<_> = log.lock().unwrap().iter().map(|s| s.body.clone()).collect();
+        assert_eq!(bodies, ["order", "order", "order"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn large_whole_body_is_sent_once() {
+        let payload = Bytes::from(vec![7u8; 100 * 1024]);
+        let (service, log) = inner(|_| status(503), no_delay);
+        let (retry, metrics) = layer(config(3));
+        let request = Request::put("http://svc/x")
+            .body(ProxyBody::full(payload.clone()))
+            .unwrap();
+        let response = retry.layer(service).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(attempts_seen(&log), ["1"]);
+        assert_eq!(log.lock().unwrap()[0].body, payload);
+        assert_eq!(counter(&metrics.not_replayable), 1);
+    }
+
+    /// Sends `frames` as a chunked HTTP/1.1 PUT through a real hyper connection to a
+    /// server running `service`, so that it sees a streamed `Incoming` body of unknown
+    /// length. `keep_open` leaves the request body unfinished after the frames.
+    async fn through_hyper<S>(
+        service: S,
+        content_type: &'static str,
+        frames: Vec<Bytes>,
+        keep_open: bool,
+    ) -> StatusCode
+    where
+        S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send,
+    {
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let server = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+            let service = service.clone();
+            async move {
+                let result = service.oneshot(request.map(ProxyBody::streamed)).await;
+                Ok::<_, Infallible>(result.unwrap_or_else(|e| e.to_response(false)))
+            }
+        });
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(server_io), server),
+        );
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        for frame in frames {
+            tx.send(frame).await.unwrap();
+        }
+        if !keep_open {
+            drop(tx);
+        } else {
+            std::mem::forget(tx);
+        }
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            let frame = rx.recv().await?;
+            Some((Ok::<_, Infallible>(Frame::data(frame)), rx))
+        });
+        let request = Request::put("http://svc/x")
+            .header(CONTENT_TYPE, content_type)
+            .body(http_body_util::StreamBody::new(stream))
+            .unwrap();
+        sender.send_request(request).await.unwrap().status()
+    }
+
+    fn chunks(total: usize, chunk: usize) -> (Bytes, Vec<Bytes>) {
+        let whole: Bytes = (0..total).map(|i| (i % 251) as u8).collect();
+        let frames = (0..total)
+            .step_by(chunk)
+            .map(|at| whole.slice(at..(at + chunk).min(total)))
+            .collect();
+        (whole, frames)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn small_chunked_body_is_replayed_byte_identical() {
+        let (whole, frames) = chunks(10 * 1024, 1000);
+        let (service, log) = inner(|n| if n < 3 { status(503) } else { status(200) }, no_delay);
+        let (retry, _) = layer(config(3));
+        let status = through_hyper(
+            retry.layer(service),
+            "application/octet-stream",
+            frames,
+            false,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 3);
+        for seen in log.iter() {
+            assert_eq!(seen.body, whole);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn large_chunked_body_is_sent_once_and_whole() {
+        let (whole, frames) = chunks(100 * 1024, 4096);
+        let (service, log) = inner(|_| status(503), no_delay);
+        let (retry, metrics) = layer(config(3));
+        let status = through_hyper(
+            retry.layer(service),
+            "application/octet-stream",
+            frames,
+            false,
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(attempts_seen(&log), ["1"]);
+        assert_eq!(log.lock().unwrap()[0].body, whole);
+        assert_eq!(counter(&metrics.not_replayable), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_grpc_stream_is_forwarded_without_waiting_for_its_end() {
+        // One whole gRPC message (5-byte prefix + 3 bytes); the client keeps streaming.
+        let message = Bytes::from_static(&[0, 0, 0, 0, 3, b'a', b'b', b'c']);
+        let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let service = service_fn(move |request: Request<ProxyBody>| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                let mut body = request.into_body();
+                let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+                seen_tx.send(first).await.unwrap();
+                Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
+            }
+        });
+        let (retry, _) = layer(config(3));
+        let status = tokio::time::timeout(
+            Duration::from_secs(60),
+            through_hyper(
+                retry.layer(service),
+                "application/grpc",
+                vec![message.clone()],
+                true,
+            ),
+        )
+        .await
+        .expect("the call must not wait for the request stream to end");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(seen_rx.recv().await.unwrap(), message);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_stops_a_retry_storm() {
+        // 100 calls deposit 0.1 × 100 = 10 retries (no floor); every attempt fails.
+        let (service, log) = inner(|_| status(503), |_| MS);
+        let backoff = Backoff::try_new(10 * MS, Duration::from_secs(1), 0.0).unwrap();
+        let budget = RetryBudget::try_new(0.1, 0, Duration::from_secs(10)).unwrap();
+        let config = RetryConfig::try_new(3, gateway_errors(), backoff, Arc::new(budget)).unwrap();
+        let (retry, metrics) = layer(config);
+        let service = retry.layer(service);
+        let calls = (0..100).map(|_| service.clone().oneshot(get()));
+        let results = futures_util::future::join_all(calls).await;
+        assert!(results.iter().all(|r| r.as_ref().unwrap().status() == 503));
+        assert_eq!(log.lock().unwrap().len(), 110);
+        assert_eq!(counter(&metrics.retries), 10);
+        // 90 refused after a first attempt, 10 after their retry.
+        assert_eq!(counter(&metrics.budget_exhausted), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_honoured_and_capped() {
+        let (service, log) = inner(
+            |n| match n {
+                1 => with_header(status(503), "retry-after", "2"),
+                2 => with_header(status(503), "retry-after", "3600"),
+                _ => status(200),
+            },
+            no_delay,
+        );
+        let (retry, _) = layer(config(3));
+        let started = Instant::now();
+        retry.layer(service).oneshot(get()).await.unwrap();
+        let at: Vec<_> = log.lock().unwrap().iter().map(|s| s.at - started).collect();
+        // 2 s as asked, then 1 h capped at the backoff maximum (5 s).
+        assert_eq!(at, [Duration::ZERO, 2000 * MS, 7000 * MS]);
+    }
+
+    fn grpc_unavailable(pushback: &'static str) -> Result<Response<ProxyBody>, ProxyError> {
+        let response = with_header(status(200), "grpc-status", "14");
+        with_header(response, "grpc-retry-pushback-ms", pushback)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grpc_pushback_is_honoured_and_negative_stops_retries() {
+        let (service, log) = inner(
+            |n| {
+                if n == 1 {
+                    grpc_unavailable("300")
+                } else {
+                    status(200)
+                }
+            },
+            no_delay,
+        );
+        let (retry, _) = layer(config(3));
+        let started = Instant::now();
+        retry.layer(service).oneshot(get()).await.unwrap();
+        let at: Vec<_> = log.lock().unwrap().iter().map(|s| s.at - started).collect();
+        assert_eq!(at, [Duration::ZERO, 300 * MS]);
+
+        for refusal in ["-1", "soon"] {
+            let (service, log) = inner(move |_| grpc_unavailable(refusal), no_delay);
+            let (retry, metrics) = layer(config(3));
+            let response = retry.layer(service).oneshot(get()).await.unwrap();
+            assert_eq!(response.headers()["grpc-status"], "14");
+            assert_eq!(attempts_seen(&log), ["1"], "pushback {refusal}");
+            assert_eq!(counter(&metrics.retries), 0);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_try_timeout_triggers_a_retry() {
+        let (service, log) = inner(
+            |_| status(200),
+            |n| {
+                if n == 1 {
+                    Duration::from_secs(10)
+                } else {
+                    5 * MS
+                }
+            },
+        );
+        let config = config(3).with_per_try_timeout(Some(100 * MS)).unwrap();
+        let timeouts = TimeoutMetrics::default();
+        let (retry, _) = layer(config);
+        let retry = retry.with_timeout_metrics(timeouts.clone());
+        let started = Instant::now();
+        let response = retry.layer(service).oneshot(get()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(attempts_seen(&log), ["1", "2"]);
+        // 100 ms per-try timeout, 10 ms backoff, 5 ms answer.
+        assert_eq!(started.elapsed(), 115 * MS);
+        assert_eq!(timeouts.count("svc", TimeoutKind::PerTry), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overall_timeout_bounds_all_attempts() {
+        let (service, log) = inner(|_| status(503), |_| 45 * MS);
+        let (retry, _) = layer(config(100));
+        let timeout = TimeoutLayer::new(
+            TimeoutConfig::try_new(Some(Duration::from_millis(150))).unwrap(),
+            "svc".into(),
+            TimeoutMetrics::default(),
+        );
+        let service = timeout.layer(retry.layer(service));
+        let started = Instant::now();
+        let result = service.oneshot(get()).await;
+        assert!(matches!(result, Err(ProxyError::Timeout(d)) if d == 150 * MS));
+        assert_eq!(started.elapsed(), 150 * MS);
+        // Attempts at 0, 55 (45 + 10) and 120 (100 + 20) ms; the deadline cuts the third.
+        assert_eq!(attempts_seen(&log), ["1", "2", "3"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn propagated_grpc_timeout_decreases_by_elapsed_time() {
+        let (service, log) = inner(
+            |n| if n == 1 { status(503) } else { status(200) },
+            |n| if n == 1 { 200 * MS } else { Duration::ZERO },
+        );
+        let (retry, _) = layer(config(3));
+        let timeout = TimeoutLayer::new(
+            TimeoutConfig::default(),
+            "svc".into(),
+            TimeoutMetrics::default(),
+        );
+        let service = timeout.layer(retry.layer(service));
+        let mut request = get();
+        request
+            .headers_mut()
+            .insert(&GRPC_TIMEOUT, HeaderValue::from_static("1S"));
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let timeouts: Vec<_> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.grpc_timeout.clone().unwrap())
+            .collect();
+        // 200 ms for the first attempt, 10 ms backoff.
+        assert_eq!(timeouts, ["1S", "790m"]);
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        let budget = Arc::new(RetryBudget::default());
+        let err =
+            RetryConfig::try_new(0, Conditions::default(), Backoff::default(), budget).unwrap_err();
+        assert!(err.to_string().contains("max_attempts must be at least 1"));
+        assert!(config(2)
+            .with_per_try_timeout(Some(Duration::ZERO))
+            .is_err());
+        assert!(config(2).with_max_replay_bytes(1 << 30).is_err());
+    }
+
+    #[test]
+    fn grpc_message_boundaries() {
+        let two = [0, 0, 0, 0, 1, b'a', 0, 0, 0, 0, 2, b'b', b'c'];
+        assert_eq!(next_message_boundary(&two, 0), 13);
+        assert_eq!(next_message_boundary(&two[..12], 0), 6);
+        assert_eq!(next_message_boundary(&two[..3], 0), 0);
+        assert_eq!(next_message_boundary(&two, 6), 13);
+    }
+}

@@ -1,0 +1,499 @@
+//! The overall bound on a call: every attempt and every backoff sleep fit inside it.
+//!
+//! The bound is the configured request timeout or the caller's gRPC deadline
+//! (`grpc-timeout`), whichever ends first. It is recorded as a [`Deadline`] request
+//! extension so that the layers below (retry) can tell how much time is left, and
+//! propagated upstream by rewriting `grpc-timeout` to the time remaining
+//! ([`set_grpc_timeout`]): this layer does it once, retry again before every attempt.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::time::{Instant, Sleep};
+use tower::{Layer, Service};
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::metrics::ServiceLabel;
+
+/// The gRPC deadline header.
+pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// The overall time a call may take.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimeoutConfig {
+    /// Bound on the whole call (all attempts and backoff); `None` leaves only the
+    /// caller's `grpc-timeout`, if any.
+    pub request: Option<Duration>,
+}
+
+/// A rejected timeout configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid timeout: {0}")]
+pub struct InvalidTimeout(&'static str);
+
+impl TimeoutConfig {
+    /// A config bounding every call by `request`.
+    pub fn try_new(request: Option<Duration>) -> Result<Self, InvalidTimeout> {
+        if request.is_some_and(|d| d.is_zero()) {
+            return Err(InvalidTimeout("request timeout must be non-zero"));
+        }
+        Ok(Self { request })
+    }
+}
+
+/// Request extension: when the call must be answered. Set by [`TimeoutLayer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(pub Instant);
+
+/// Which bound ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeoutKind {
+    /// The whole call ([`TimeoutLayer`]).
+    Request,
+    /// One attempt (retry's per-try timeout).
+    PerTry,
+}
+
+impl EncodeLabelValue for TimeoutKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        encoder.write_str(match self {
+            Self::Request => "request",
+            Self::PerTry => "per_try",
+        })
+    }
+}
+
+/// Labels of the timeout counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    /// The service called.
+    pub service: ServiceLabel,
+    /// Which bound ran out.
+    pub kind: TimeoutKind,
+}
+
+/// Timeouts by service and kind (`remora_timeouts_total`).
+#[derive(Debug, Clone, Default)]
+pub struct TimeoutMetrics {
+    timeouts: Family<TimeoutLabels, Counter>,
+}
+
+impl TimeoutMetrics {
+    /// Registers the timeout counter.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "timeouts",
+            "Calls (kind=request) and attempts (kind=per_try) that ran out of time",
+            metrics.timeouts.clone(),
+        );
+        metrics
+    }
+
+    /// Counts one timeout of `kind` for `service`.
+    pub fn record(&self, service: &Arc<str>, kind: TimeoutKind) {
+        self.timeouts
+            .get_or_create(&TimeoutLabels {
+                service: ServiceLabel(service.clone()),
+                kind,
+            })
+            .inc();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn count(&self, service: &str, kind: TimeoutKind) -> u64 {
+        self.timeouts
+            .get_or_create(&TimeoutLabels {
+                service: ServiceLabel(service.into()),
+                kind,
+            })
+            .get()
+    }
+}
+
+/// Bounds each call by its [`TimeoutConfig`] and the caller's `grpc-timeout`.
+#[derive(Debug, Clone)]
+pub struct TimeoutLayer {
+    config: TimeoutConfig,
+    service: Arc<str>,
+    metrics: TimeoutMetrics,
+}
+
+impl TimeoutLayer {
+    /// A layer for `service`'s calls.
+    pub fn new(config: TimeoutConfig, service: Arc<str>, metrics: TimeoutMetrics) -> Self {
+        Self {
+            config,
+            service,
+            metrics,
+        }
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`TimeoutLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    layer: TimeoutLayer,
+}
+
+impl<S> Service<Request<ProxyBody>> for Timeout<S>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ProxyBody>) -> Self::Future {
+        let now = Instant::now();
+        let bounds = [
+            self.layer.config.request,
+            request
+                .headers()
+                .get(&GRPC_TIMEOUT)
+                .and_then(parse_grpc_timeout),
+        ];
+        let deadline = bounds
+            .into_iter()
+            .flatten()
+            .filter_map(|bound| now.checked_add(bound))
+            .chain(request.extensions().get::<Deadline>().map(|d| d.0))
+            .min();
+        let Some(deadline) = deadline else {
+            return ResponseFuture {
+                inner: self.inner.call(request),
+                sleep: None,
+                expiry: None,
+            };
+        };
+        request.extensions_mut().insert(Deadline(deadline));
+        set_grpc_timeout(&mut request);
+        ResponseFuture {
+            inner: self.inner.call(request),
+            sleep: Some(tokio::time::sleep_until(deadline)),
+            expiry: Some(Expiry {
+                limit: deadline.saturating_duration_since(now),
+                service: self.layer.service.clone(),
+                metrics: self.layer.metrics.clone(),
+            }),
+        }
+    }
+}
+
+/// What a timed-out call reports.
+#[derive(Debug)]
+struct Expiry {
+    limit: Duration,
+    service: Arc<str>,
+    metrics: TimeoutMetrics,
+}
+
+pin_project! {
+    /// The response of a call bounded by [`Timeout`].
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Option<Sleep>,
+        expiry: Option<Expiry>,
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, ProxyError>>,
+{
+    type Output = Result<Response<ProxyBody>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.inner.poll(cx) {
+            return Poll::Ready(result);
+        }
+        let Some(sleep) = this.sleep.as_pin_mut() else {
+            return Poll::Pending;
+        };
+        if sleep.poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let Some(expiry) = this.expiry.take() else {
+            // Polled again after completing.
+            return Poll::Pending;
+        };
+        expiry.metrics.record(&expiry.service, TimeoutKind::Request);
+        Poll::Ready(Err(ProxyError::Timeout(expiry.limit)))
+    }
+}
+
+/// Rewrites `grpc-timeout` to the time left until the request's [`Deadline`].
+///
+/// Only gRPC requests (a `grpc-timeout` header or an `application/grpc` content type)
+/// with a `Deadline` are touched: the upstream then sees the caller's deadline minus the
+/// time already spent here.
+pub fn set_grpc_timeout(request: &mut Request<ProxyBody>) {
+    let Some(Deadline(deadline)) = request.extensions().get::<Deadline>().copied() else {
+        return;
+    };
+    let headers = request.headers_mut();
+    let grpc = headers.contains_key(&GRPC_TIMEOUT)
+        || headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        headers.insert(&GRPC_TIMEOUT, encode_grpc_timeout(remaining));
+    }
+}
+
+/// Units of `grpc-timeout`, coarsest first, with their length in nanoseconds.
+const UNITS: [(u8, u128); 6] = [
+    (b'H', 3_600_000_000_000),
+    (b'M', 60_000_000_000),
+    (b'S', 1_000_000_000),
+    (b'm', 1_000_000),
+    (b'u', 1_000),
+    (b'n', 1),
+];
+
+/// Largest value `grpc-timeout` carries: 8 digits.
+const MAX_GRPC_TIMEOUT_VALUE: u128 = 99_999_999;
+
+/// Parses a `grpc-timeout` value (`TimeoutValue TimeoutUnit`: 1 to 8 ASCII digits and one
+/// of `H M S m u n`); anything else is `None`.
+pub fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
+    let (&unit, digits) = value.as_bytes().split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let value = digits
+        .iter()
+        .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+    let (_, nanos) = UNITS.iter().find(|(u, _)| *u == unit)?;
+    let nanos = u128::from(value) * nanos;
+    Some(Duration::new(
+        (nanos / 1_000_000_000) as u64,
+        (nanos % 1_000_000_000) as u32,
+    ))
+}
+
+/// Encodes `timeout` with the coarsest unit that represents it exactly in at most 8
+/// digits; when none does, with the finest unit that fits, rounded down (the upstream
+/// gives up no later than remora would).
+pub fn encode_grpc_timeout(timeout: Duration) -> HeaderValue {
+    let nanos = timeout.as_nanos();
+    let exact = UNITS
+        .iter()
+        .find(|(_, unit)| nanos % unit == 0 && nanos / unit <= MAX_GRPC_TIMEOUT_VALUE);
+    let (unit, length) = exact
+        .or_else(|| {
+            UNITS
+                .iter()
+                .rev()
+                .find(|(_, unit)| nanos / unit <= MAX_GRPC_TIMEOUT_VALUE)
+        })
+        .copied()
+        .unwrap_or((b'H', 3_600_000_000_000));
+    let value = (nanos / length).min(MAX_GRPC_TIMEOUT_VALUE);
+    let mut text = value.to_string();
+    text.push(char::from(unit));
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("0n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{service_fn, ServiceExt};
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn grpc_timeout_parsing_table() {
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("1H", Some(Duration::from_secs(3600))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("30S", Some(Duration::from_secs(30))),
+            ("250m", Some(250 * MS)),
+            ("1500u", Some(Duration::from_micros(1500))),
+            ("7n", Some(Duration::from_nanos(7))),
+            ("0m", Some(Duration::ZERO)),
+            ("99999999S", Some(Duration::from_secs(99_999_999))),
+            ("99999999H", Some(Duration::from_secs(99_999_999 * 3600))),
+            ("00000010m", Some(10 * MS)),
+            ("123456789S", None), // 9 digits
+            ("", None),
+            ("S", None),
+            ("10", None),
+            ("10s", None),
+            ("10x", None),
+            ("-5S", None),
+            ("+5S", None),
+            (" 5S", None),
+            ("5 S", None),
+            ("1.5S", None),
+            ("5SS", None),
+        ];
+        for (text, expected) in cases {
+            let value = HeaderValue::from_str(text).unwrap();
+            assert_eq!(parse_grpc_timeout(&value), *expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_timeout_encoding_is_coarsest_exact_unit() {
+        let cases: &[(Duration, &str)] = &[
+            (Duration::from_secs(7200), "2H"),
+            (Duration::from_secs(90), "90S"),
+            (Duration::from_secs(120), "2M"),
+            (1500 * MS, "1500m"),
+            (Duration::from_micros(1001), "1001u"),
+            (Duration::from_nanos(1_234_567_891), "1234567u"),
+            (Duration::from_nanos(5), "5n"),
+            (Duration::ZERO, "0H"),
+            (Duration::from_secs(99_999_999 * 3600 * 2), "99999999H"),
+        ];
+        for (duration, expected) in cases {
+            assert_eq!(encode_grpc_timeout(*duration), *expected, "{duration:?}");
+            let round = parse_grpc_timeout(&encode_grpc_timeout(*duration)).unwrap();
+            assert!(round <= *duration);
+        }
+    }
+
+    fn layer(request: Option<Duration>) -> (TimeoutLayer, TimeoutMetrics) {
+        let metrics = TimeoutMetrics::default();
+        let config = TimeoutConfig::try_new(request).unwrap();
+        (
+            TimeoutLayer::new(config, "svc".into(), metrics.clone()),
+            metrics,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overall_timeout_returns_timeout() {
+        let (layer, metrics) = layer(Some(100 * MS));
+        let slow = service_fn(|_: Request<ProxyBody>| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
+        });
+        let started = Instant::now();
+        let result = layer
+            .layer(slow)
+            .oneshot(Request::new(ProxyBody::empty()))
+            .await;
+        assert!(matches!(result, Err(ProxyError::Timeout(d)) if d == 100 * MS));
+        assert_eq!(started.elapsed(), 100 * MS);
+        assert_eq!(metrics.count("svc", TimeoutKind::Request), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fast_calls_pass_and_no_bound_means_no_deadline() {
+        let (layer, metrics) = layer(None);
+        let inner = service_fn(|request: Request<ProxyBody>| async move {
+            assert!(request.extensions().get::<Deadline>().is_none());
+            assert!(request.headers().get(&GRPC_TIMEOUT).is_none());
+            Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
+        });
+        let result = layer
+            .layer(inner)
+            .oneshot(Request::new(ProxyBody::empty()))
+            .await;
+        assert!(result.is_ok());
+        assert_eq!(metrics.count("svc", TimeoutKind::Request), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grpc_timeout_bounds_the_call_when_smaller() {
+        let (layer, _) = layer(Some(Duration::from_secs(10)));
+        let inner = service_fn(|request: Request<ProxyBody>| async move {
+            let timeout = request.headers()[&GRPC_TIMEOUT].clone();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut response = Response::new(ProxyBody::empty());
+            response.headers_mut().insert("seen", timeout);
+            Ok::<_, ProxyError>(response)
+        });
+        let mut request = Request::new(ProxyBody::empty());
+        request
+            .headers_mut()
+            .insert(&GRPC_TIMEOUT, HeaderValue::from_static("200m"));
+        let result = layer.layer(inner).oneshot(request).await;
+        assert!(matches!(result, Err(ProxyError::Timeout(d)) if d == 200 * MS));
+
+        // A larger grpc-timeout loses to the configured bound, which is propagated.
+        let mut request = Request::new(ProxyBody::empty());
+        request
+            .headers_mut()
+            .insert(&GRPC_TIMEOUT, HeaderValue::from_static("1M"));
+        let (layer, _) = self::layer(Some(Duration::from_secs(2)));
+        let response = layer.layer(inner).oneshot(request).await.unwrap();
+        assert_eq!(response.headers()["seen"], "2S");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn malformed_grpc_timeout_is_ignored() {
+        let (layer, _) = layer(None);
+        let inner = service_fn(|request: Request<ProxyBody>| async move {
+            assert!(request.extensions().get::<Deadline>().is_none());
+            Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
+        });
+        let mut request = Request::new(ProxyBody::empty());
+        request
+            .headers_mut()
+            .insert(&GRPC_TIMEOUT, HeaderValue::from_static("soon"));
+        assert!(layer.layer(inner).oneshot(request).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn set_grpc_timeout_subtracts_elapsed_time() {
+        let mut request = Request::new(ProxyBody::empty());
+        request
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        request
+            .extensions_mut()
+            .insert(Deadline(Instant::now() + Duration::from_secs(3)));
+        set_grpc_timeout(&mut request);
+        assert_eq!(request.headers()[&GRPC_TIMEOUT], "3S");
+        tokio::time::advance(1250 * MS).await;
+        set_grpc_timeout(&mut request);
+        assert_eq!(request.headers()[&GRPC_TIMEOUT], "1750m");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        set_grpc_timeout(&mut request);
+        assert_eq!(request.headers()[&GRPC_TIMEOUT], "0H");
+
+        // Plain HTTP requests get no grpc-timeout.
+        let mut plain = Request::new(ProxyBody::empty());
+        plain
+            .extensions_mut()
+            .insert(Deadline(Instant::now() + Duration::from_secs(3)));
+        set_grpc_timeout(&mut plain);
+        assert!(plain.headers().get(&GRPC_TIMEOUT).is_none());
+    }
+}
