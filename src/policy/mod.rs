@@ -5,6 +5,7 @@
 //! [`Forward`](crate::upstream::Forward); resilience policies wrap it in the order
 //! DESIGN.md gives (rate limit, fallback, timeout, retry, breaker, balancer).
 
+pub mod concurrency;
 pub mod outcome;
 pub mod rate_limit;
 
