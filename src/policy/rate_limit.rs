@@ -41,10 +41,7 @@ use crate::metrics::ServiceLabel;
 use crate::proxy::ClientAddr;
 
 /// Keys a keyed limiter tracks unless configured otherwise (a few MiB of state).
-pub const DEFAULT_MAX_KEYS: NonZeroUsize = match NonZeroUsize::new(100_000) {
-    Some(n) => n,
-    None => unreachable!(),
-};
+pub const DEFAULT_MAX_KEYS: NonZeroUsize = NonZeroUsize::new(100_000).unwrap();
 
 /// How often, at most, a full key table is swept for keys whose buckets have refilled.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -77,6 +74,7 @@ pub enum RateLimitKey {
 /// A validated rate limit.
 #[derive(Debug, Clone)]
 pub struct RateLimitConfig {
+    rate: Rate,
     /// The GCRA quota: one call every `per / count`, bursts of up to `burst`.
     quota: Quota,
     key: RateLimitKey,
@@ -131,6 +129,7 @@ impl RateLimitConfig {
             return Err(RateLimitConfigError::TooSlow { count, per, burst });
         }
         Ok(Self {
+            rate,
             quota: quota.allow_burst(burst),
             key,
             max_keys: DEFAULT_MAX_KEYS,
@@ -141,6 +140,11 @@ impl RateLimitConfig {
     pub fn with_max_keys(mut self, max_keys: NonZeroUsize) -> Self {
         self.max_keys = max_keys;
         self
+    }
+
+    /// The sustained rate.
+    pub fn rate(&self) -> Rate {
+        self.rate
     }
 
     /// What the limit is counted against.
