@@ -6,6 +6,7 @@
 //! DESIGN.md gives (rate limit, fallback, timeout, retry, breaker, balancer).
 
 pub mod concurrency;
+pub mod fault;
 pub mod outcome;
 pub mod rate_limit;
 
