@@ -778,4 +778,16 @@ mod tests {
         assert_eq!(ok.replenish_interval(), 100 * MS);
         assert_eq!(ok.burst(), nz(20));
     }
+
+    #[test]
+    fn fits_the_service_stack() {
+        let metrics = RateLimitMetrics::register(&mut Registry::default());
+        let config = config(1, Duration::from_secs(1), 1, RateLimitKey::ClientIp);
+        let inner = tower::service_fn(|_request: Request<ProxyBody>| {
+            future::ready(Ok::<_, ProxyError>(Response::new(ProxyBody::empty())))
+        });
+        let layer = RateLimitLayer::new("svc".into(), &config, &metrics);
+        let _stack: crate::policy::ServiceStack =
+            tower::util::BoxCloneSyncService::new(layer.layer(inner));
+    }
 }
