@@ -5,10 +5,13 @@
 //! [`Forward`](crate::upstream::Forward); resilience policies wrap it in the order
 //! DESIGN.md gives (rate limit, fallback, timeout, retry, breaker, balancer).
 
-pub mod fallback;
 pub mod backoff;
 pub mod budget;
+pub mod concurrency;
+pub mod fallback;
+pub mod fault;
 pub mod outcome;
+pub mod rate_limit;
 pub mod retry;
 pub mod timeout;
 
