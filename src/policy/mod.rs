@@ -5,6 +5,7 @@
 //! [`Forward`](crate::upstream::Forward); resilience policies wrap it in the order
 //! DESIGN.md gives (rate limit, fallback, timeout, retry, breaker, balancer).
 
+pub mod circuit_breaker;
 pub mod outcome;
 
 use std::sync::Arc;
