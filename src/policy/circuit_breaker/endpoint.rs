@@ -254,3 +254,209 @@ impl EndpointBreaker {
         self.breaker.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::discovery::Instance;
+    use crate::policy::outcome::Conditions;
+
+    const SECOND: Duration = Duration::from_secs(1);
+    const MILLI: Duration = Duration::from_millis(1);
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn config() -> BreakerConfig {
+        let failure_on = Conditions {
+            connect_failure: true,
+            gateway_error: true,
+            ..Default::default()
+        };
+        BreakerConfig::try_new(Some(2), None, SECOND, 3 * SECOND, 1, failure_on).unwrap()
+    }
+
+    struct Harness {
+        set: Arc<EndpointSet>,
+        breakers: EndpointBreakers,
+        registry: Registry,
+    }
+
+    impl Harness {
+        fn new(ports: &[u16]) -> Self {
+            let set = Arc::new(EndpointSet::new());
+            let instances: Vec<Instance> = ports.iter().map(|&p| Instance::new(addr(p))).collect();
+            set.update(&instances);
+            let mut registry = Registry::with_prefix("remora");
+            let metrics = BreakerMetrics::register(&mut registry);
+            let breakers = EndpointBreakers::new("users".into(), config(), set.clone(), metrics);
+            Self {
+                set,
+                breakers,
+                registry,
+            }
+        }
+
+        fn endpoint(&self, port: u16) -> Arc<Endpoint> {
+            self.set
+                .snapshot()
+                .iter()
+                .find(|e| e.addr.port() == port)
+                .cloned()
+                .unwrap()
+        }
+
+        /// An attempt on `port` that took `elapsed` ended.
+        fn attempt(&self, port: u16, failed: bool, elapsed: Duration) {
+            let result = if failed {
+                Err(ProxyError::Connect {
+                    endpoint: addr(port).to_string(),
+                    source: "refused".into(),
+                })
+            } else {
+                let mut response = Response::new(ProxyBody::empty());
+                *response.status_mut() = StatusCode::OK;
+                Ok(response)
+            };
+            self.breakers
+                .observe(&self.endpoint(port), &result, elapsed);
+        }
+
+        fn held_out(&self, port: u16) -> bool {
+            self.endpoint(port)
+                .readiness
+                .breaker_open
+                .load(Ordering::Relaxed)
+        }
+
+        fn view(&self, port: u16) -> BreakerView {
+            self.breakers
+                .snapshot()
+                .into_iter()
+                .find(|view| view.endpoint == Some(addr(port)))
+                .unwrap()
+        }
+
+        fn metrics(&self) -> String {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &self.registry).unwrap();
+            out
+        }
+    }
+
+    /// Lets time pass and the woken timer tasks run.
+    async fn advance(by: Duration) {
+        tokio::time::advance(by).await;
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn holds_the_endpoint_out_while_open_and_lets_it_back_after() {
+        let h = Harness::new(&[1, 2]);
+        h.attempt(1, true, Duration::ZERO);
+        assert!(!h.held_out(1));
+        h.attempt(1, true, Duration::ZERO);
+        assert!(h.held_out(1));
+        assert!(!h.held_out(2));
+        assert_eq!(h.view(1).state, "open");
+        // The balancer now skips it.
+        for _ in 0..4 {
+            assert_eq!(h.set.pick().unwrap().addr.port(), 2);
+        }
+
+        advance(SECOND - MILLI).await;
+        assert!(h.held_out(1));
+        advance(MILLI).await;
+        assert!(!h.held_out(1), "cleared when the open time has passed");
+        assert_eq!(h.view(1).state, "half-open");
+
+        // One success (half_open_requests: 1) closes it.
+        h.attempt(1, false, Duration::ZERO);
+        assert_eq!(h.view(1).state, "closed");
+        assert_eq!(h.view(1).opened_for, None);
+        assert!(!h.held_out(1));
+        let metrics = h.metrics();
+        assert!(
+            metrics.contains(r#"remora_breaker_state{service="users",endpoint="127.0.0.1:1"} 0"#)
+        );
+        assert!(metrics.contains(
+            r#"remora_breaker_transitions_total{service="users",endpoint="127.0.0.1:1",from="open",to="half-open"} 1"#
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_holds_it_out_again_for_longer() {
+        let h = Harness::new(&[1]);
+        h.attempt(1, true, Duration::ZERO);
+        h.attempt(1, true, Duration::ZERO);
+        advance(SECOND).await;
+        assert!(!h.held_out(1));
+
+        h.attempt(1, true, Duration::ZERO);
+        assert!(h.held_out(1));
+        assert_eq!(h.view(1).opened_for, Some(2 * SECOND));
+        advance(2 * SECOND - MILLI).await;
+        assert!(h.held_out(1));
+        advance(MILLI).await;
+        assert!(!h.held_out(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outcomes_of_attempts_begun_earlier_are_not_probes() {
+        let h = Harness::new(&[1]);
+        h.attempt(1, true, Duration::ZERO);
+        h.attempt(1, true, Duration::ZERO);
+        // Still open: a late answer from before the trip changes nothing.
+        h.attempt(1, false, Duration::ZERO);
+        assert_eq!(h.view(1).state, "open");
+        advance(SECOND).await;
+        // Began two seconds ago, before half-open: ignored either way.
+        h.attempt(1, true, 2 * SECOND);
+        h.attempt(1, false, 2 * SECOND);
+        assert_eq!(h.view(1).state, "half-open");
+        assert!(!h.held_out(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn breakers_of_vanished_endpoints_are_pruned() {
+        let h = Harness::new(&[1, 2]);
+        h.attempt(1, true, Duration::ZERO);
+        h.attempt(2, false, Duration::ZERO);
+        assert_eq!(h.breakers.snapshot().len(), 2);
+
+        h.set.update(&[Instance::new(addr(2))]);
+        let views = h.breakers.snapshot();
+        assert_eq!(views.len(), 1);
+        assert_eq!(views[0].endpoint, Some(addr(2)));
+        assert!(!h.metrics().contains("127.0.0.1:1"));
+
+        // Back at the same address: a new endpoint, a new (closed) breaker.
+        h.set
+            .update(&[Instance::new(addr(1)), Instance::new(addr(2))]);
+        h.attempt(1, true, Duration::ZERO);
+        assert_eq!(h.view(1).consecutive_failures, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_for_a_vanished_endpoint_does_nothing() {
+        let h = Harness::new(&[1, 2]);
+        let old = h.endpoint(1);
+        h.attempt(1, true, Duration::ZERO);
+        h.attempt(1, true, Duration::ZERO);
+        assert!(old.readiness.breaker_open.load(Ordering::Relaxed));
+        h.set.update(&[Instance::new(addr(2))]);
+        assert!(h.breakers.snapshot().is_empty());
+        advance(SECOND).await;
+        // The pruned breaker's timer found no breaker: it neither touched the old
+        // endpoint nor brought its metrics back.
+        assert!(old.readiness.breaker_open.load(Ordering::Relaxed));
+        assert!(h.breakers.snapshot().is_empty());
+        assert!(!h.metrics().contains("127.0.0.1:1"));
+    }
+}

@@ -1,10 +1,10 @@
 //! Circuit breakers: stop sending calls where they keep failing, and try again later.
 //!
-//! Two breakers share one state machine ([`state`]): closed, open for a while (longer
+//! Two breakers share one state machine (`state.rs`): closed, open for a while (longer
 //! after each failed probe), half-open letting a few probes through.
 //!
 //! - The **service breaker** ([`ServiceBreakerLayer`]) sits between retry and the
-//!   balancer. While open it answers [`ProxyError::BreakerOpen`] at once, without calling
+//!   balancer. While open it answers [`ProxyError::BreakerOpen`](crate::error::ProxyError::BreakerOpen) at once, without calling
 //!   the service below, so retries stop early and fallback can degrade.
 //! - **Endpoint breakers** ([`EndpointBreakers`]) watch each endpoint's attempts as an
 //!   [`EndpointObserver`](crate::upstream::EndpointObserver) and hold an endpoint out of
@@ -12,7 +12,7 @@
 //!   it instead of failing the call.
 //!
 //! A breaker trips on `consecutive_failures` failures in a row, or on a failure rate at or
-//! above a threshold over a rolling window ([`window`]) once the window holds
+//! above a threshold over a rolling window (`window.rs`) once the window holds
 //! `min_requests` calls, whichever comes first. What counts as a failure is
 //! `failure_on`, the shared classification of [`outcome`](crate::policy::outcome).
 

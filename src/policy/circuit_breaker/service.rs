@@ -14,6 +14,10 @@
 //! say nothing about the service and are successes as far as the breaker is concerned —
 //! as is a call whose future is dropped before it ends (its caller went away or an outer
 //! timeout fired): no outcome is recorded, and a probe gives its slot back.
+//!
+//! NOTE: the service breaker turns half-open lazily, on the first call (or admin
+//! snapshot) after its open time, so the state gauge may read "open" past that time
+//! while no call comes. Nothing is refused in that gap, and it saves a timer task.
 
 use std::future::Future;
 use std::pin::Pin;
