@@ -478,6 +478,12 @@ mod tests {
         matches!(result, Err(ProxyError::BreakerOpen(service)) if service == "users")
     }
 
+    #[test]
+    fn fits_in_a_service_stack() {
+        let h = Harness::new(consecutive(1, 1));
+        let _stack: crate::policy::ServiceStack = crate::policy::ServiceStack::new(h.service);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn opens_after_exactly_n_consecutive_failures() {
         let h = Harness::new(consecutive(3, 1));
