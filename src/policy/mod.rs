@@ -7,9 +7,14 @@
 
 pub mod backoff;
 pub mod budget;
+pub mod circuit_breaker;
 pub mod concurrency;
 pub mod fallback;
 pub mod fault;
+pub mod outcome;
+pub mod rate_limit;
+pub mod retry;
+pub mod timeout;
 pub mod outcome;
 pub mod rate_limit;
 pub mod retry;
