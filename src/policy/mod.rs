@@ -15,10 +15,6 @@ pub mod outcome;
 pub mod rate_limit;
 pub mod retry;
 pub mod timeout;
-pub mod outcome;
-pub mod rate_limit;
-pub mod retry;
-pub mod timeout;
 
 use std::sync::Arc;
 
