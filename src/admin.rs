@@ -62,9 +62,10 @@ fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<ProxyBody> 
             "application/yaml",
         ),
         "/endpoints" => with_type(StatusCode::OK, endpoints_json(shared), "application/json"),
+        "/breakers" => with_type(StatusCode::OK, breakers_json(shared), "application/json"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /live /ready /metrics /config /endpoints\n",
+            "admin endpoints: /live /ready /metrics /config /endpoints /breakers\n",
         ),
     }
 }
@@ -102,6 +103,16 @@ fn endpoints_json(shared: &Shared) -> String {
         .collect();
     services.sort_by(|a, b| a.service.cmp(&b.service));
     serde_json::to_string_pretty(&services).unwrap_or_else(|_| "[]".into())
+}
+
+fn breakers_json(shared: &Shared) -> String {
+    let state = shared.state.load();
+    let views: Vec<_> = state
+        .breakers
+        .iter()
+        .flat_map(|source| source.snapshot())
+        .collect();
+    serde_json::to_string_pretty(&views).unwrap_or_else(|_| "[]".into())
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {

@@ -95,6 +95,8 @@ pub struct Metrics {
     pub connections_rejected: Family<ListenerLabels, Counter>,
     /// Configuration reloads by outcome.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// Every resilience policy's metrics.
+    pub policy: crate::policy::PolicyMetrics,
 }
 
 impl Default for Metrics {
@@ -139,7 +141,9 @@ impl Metrics {
             "Configuration reloads, by result",
             reloads.clone(),
         );
+        let policy = crate::policy::PolicyMetrics::register(&mut registry);
         Self {
+            policy,
             registry,
             requests,
             duration,

@@ -242,7 +242,7 @@ async fn forward(
         parts.headers.insert(header::UPGRADE, protocol);
     }
     target
-        .stack
+        .stack_for(parts.uri.path())
         .clone()
         .oneshot(Request::from_parts(parts, body))
         .await

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use http::Request;
 
 use crate::balance::EndpointSet;
-use crate::policy::ServiceStack;
+use crate::policy::{RouteMatcher, ServiceStack, ServiceStacks};
 
 /// A service as the request path sees it: where to send and how.
 pub struct Target {
@@ -19,8 +19,30 @@ pub struct Target {
     pub name: Arc<str>,
     /// Its endpoints, kept current by discovery.
     pub endpoints: Arc<EndpointSet>,
-    /// The middleware stack every request to it passes through.
-    pub stack: ServiceStack,
+    /// The stack of requests no route takes.
+    stack: ServiceStack,
+    /// Routes with policies of their own; the first match wins.
+    routes: Vec<(RouteMatcher, ServiceStack)>,
+}
+
+impl Target {
+    /// A target with its stacks.
+    pub fn new(name: Arc<str>, endpoints: Arc<EndpointSet>, stacks: ServiceStacks) -> Self {
+        Self {
+            name,
+            endpoints,
+            stack: stacks.default,
+            routes: stacks.routes,
+        }
+    }
+
+    /// The stack a request with `path` goes through.
+    pub fn stack_for(&self, path: &str) -> &ServiceStack {
+        self.routes
+            .iter()
+            .find(|(matcher, _)| matcher.matches(path))
+            .map_or(&self.stack, |(_, stack)| stack)
+    }
 }
 
 impl std::fmt::Debug for Target {
@@ -149,17 +171,17 @@ mod tests {
     fn target(name: &str) -> Arc<Target> {
         let endpoints = Arc::new(EndpointSet::new());
         let clients = crate::upstream::UpstreamClients::new(&Default::default());
-        let stack = crate::policy::build(
+        let forward = crate::upstream::Forward::new(
             name.into(),
             endpoints.clone(),
             crate::config::UpstreamProtocol::Auto,
             clients,
         );
-        Arc::new(Target {
-            name: name.into(),
-            endpoints,
-            stack,
-        })
+        let stacks = ServiceStacks {
+            default: ServiceStack::new(forward),
+            routes: Vec::new(),
+        };
+        Arc::new(Target::new(name.into(), endpoints, stacks))
     }
 
     fn request(host: &str, path: &str) -> Request<()> {

@@ -4,6 +4,7 @@
 //! endpoints, clients, server limits). It is built whole from a [`Config`] and swapped
 //! atomically; listeners and the admin server are bound once at start.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,10 +19,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::balance::EndpointSet;
-use crate::config::{Config, UpstreamProtocol};
+use crate::config::Config;
 use crate::discovery::{Registry, StaticRegistry};
 use crate::listener::{self, ProxyListener};
 use crate::metrics::{Metrics, ReloadLabels};
+use crate::policy::{BreakerSource, ServiceStack, StackBuilder, StackTarget};
 use crate::proxy::Entry;
 use crate::route::{RouteTable, Target};
 use crate::upstream::UpstreamClients;
@@ -48,6 +50,8 @@ pub struct State {
     pub inbound: Option<Arc<Target>>,
     /// HTTP server settings for new client connections.
     pub server: auto::Builder<TokioExecutor>,
+    /// Every circuit breaker, for the admin listener.
+    pub breakers: Vec<BreakerSource>,
     /// Discovery pumps feeding this state's endpoint sets; they stop with the state.
     _discovery: Vec<AbortOnDrop>,
 }
@@ -63,8 +67,9 @@ impl Drop for AbortOnDrop {
 }
 
 impl State {
-    /// Builds routes, endpoint sets and clients for `config`.
-    pub async fn build(config: Config) -> State {
+    /// Builds routes, endpoint sets, clients and every service's stacks for `config`.
+    /// Fails when a policy cannot be built (validation catches what it can locate).
+    pub async fn build(config: Config, metrics: &Metrics) -> Result<State, String> {
         let mut registry = StaticRegistry::new();
         for (name, service) in &config.services {
             registry.insert(name, &service.endpoints);
@@ -73,27 +78,72 @@ impl State {
             registry.insert(INBOUND_APP, &[inbound.app]);
         }
         let mut discovery = Vec::new();
-        let mut routes = RouteTable::new();
         let clients = UpstreamClients::new(&config.upstream);
+        let builder = StackBuilder::new(&config.policies, &metrics.policy, clients);
+
+        let mut cores = Vec::new();
         for (name, service) in &config.services {
-            let (target, pump) = watch_target(&registry, name, service.protocol, &clients).await;
+            let (endpoints, pump) = watch_endpoints(&registry, name).await;
             discovery.push(pump);
-            routes.insert(target, &service.hosts, &service.path_prefixes);
+            let target = StackTarget::service(Arc::from(name.as_str()), endpoints, service);
+            let core = builder
+                .core(target)
+                .map_err(|e| format!("services.{name}: {e}"))?;
+            cores.push((name, service, core));
         }
-        let mut inbound = None;
-        if let Some(config) = &config.inbound {
-            let (target, pump) =
-                watch_target(&registry, INBOUND_APP, config.protocol, &clients).await;
-            discovery.push(pump);
-            inbound = Some(target);
+        let inbound_core = match &config.inbound {
+            Some(inbound) => {
+                let (endpoints, pump) = watch_endpoints(&registry, INBOUND_APP).await;
+                discovery.push(pump);
+                let target = StackTarget::inbound(Arc::from(INBOUND_APP), endpoints, inbound);
+                Some(builder.core(target).map_err(|e| format!("inbound: {e}"))?)
+            }
+            None => None,
+        };
+
+        // A fallback's alternate is the other service's stack without its own fallback,
+        // so fallbacks never chain (or loop).
+        let alternates: HashMap<String, ServiceStack> = cores
+            .iter()
+            .map(|(name, _, core)| (name.to_string(), core.default.clone()))
+            .collect();
+        let alternate = |name: &str| alternates.get(name).cloned();
+
+        let mut breakers = Vec::new();
+        let mut routes = RouteTable::new();
+        for (name, service, core) in cores {
+            breakers.extend(core.breakers.iter().cloned());
+            let endpoints = core.endpoints();
+            let stacks = builder
+                .finish(core, &alternate)
+                .map_err(|e| format!("services.{name}: {e}"))?;
+            let target = Target::new(Arc::from(name.as_str()), endpoints, stacks);
+            routes.insert(Arc::new(target), &service.hosts, &service.path_prefixes);
         }
-        State {
+        let inbound = match inbound_core {
+            Some(core) => {
+                breakers.extend(core.breakers.iter().cloned());
+                let endpoints = core.endpoints();
+                let stacks = builder
+                    .finish(core, &alternate)
+                    .map_err(|e| format!("inbound: {e}"))?;
+                Some(Arc::new(Target::new(
+                    Arc::from(INBOUND_APP),
+                    endpoints,
+                    stacks,
+                )))
+            }
+            None => None,
+        };
+        drop(builder);
+        Ok(State {
             server: listener::server_builder(&config.limits),
             config: Arc::new(config),
             routes,
             inbound,
+            breakers,
             _discovery: discovery,
-        }
+        })
     }
 }
 
@@ -103,13 +153,8 @@ const INBOUND_APP: &str = "inbound";
 /// How long to wait for a registry's first snapshot before serving without it.
 const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 
-/// A target for `name` whose endpoints follow `registry`, and the task that feeds it.
-async fn watch_target(
-    registry: &dyn Registry,
-    name: &str,
-    protocol: UpstreamProtocol,
-    clients: &UpstreamClients,
-) -> (Arc<Target>, AbortOnDrop) {
+/// An endpoint set for `name` that follows `registry`, and the task that feeds it.
+async fn watch_endpoints(registry: &dyn Registry, name: &str) -> (Arc<EndpointSet>, AbortOnDrop) {
     let endpoints = Arc::new(EndpointSet::new());
     let mut snapshots = registry.watch(name);
     if let Ok(Some(Ok(first))) = tokio::time::timeout(FIRST_SNAPSHOT_WAIT, snapshots.next()).await {
@@ -127,14 +172,7 @@ async fn watch_target(
             }
         }
     });
-    let name: Arc<str> = Arc::from(name);
-    let stack = crate::policy::build(name.clone(), endpoints.clone(), protocol, clients.clone());
-    let target = Arc::new(Target {
-        name,
-        endpoints,
-        stack,
-    });
-    (target, AbortOnDrop(pump.abort_handle()))
+    (endpoints, AbortOnDrop(pump.abort_handle()))
 }
 
 /// Addresses the sidecar's listeners are bound to (port 0 in the config is resolved).
@@ -174,6 +212,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// A policy could not be built from the config.
+    #[error("{0}")]
+    Policy(String),
 }
 
 /// A running sidecar.
@@ -242,9 +283,13 @@ impl Sidecar {
         let admin_tcp = bind("admin", config.admin.listen).await?;
         addrs.admin = admin_tcp.local_addr().ok();
 
+        let metrics = Arc::new(Metrics::new());
+        let state = State::build(config, &metrics)
+            .await
+            .map_err(StartError::Policy)?;
         let shared = Arc::new(Shared {
-            state: ArcSwap::from_pointee(State::build(config).await),
-            metrics: Arc::new(Metrics::new()),
+            state: ArcSwap::from_pointee(state),
+            metrics,
             draining: AtomicBool::new(false),
         });
         let (shutdown, _) = watch::channel(false);
@@ -289,10 +334,18 @@ impl Sidecar {
 impl SidecarHandle {
     /// Applies `config` to new requests; in-flight requests finish on the old one.
     /// Listener addresses are bound at start: a change to them is logged, not applied.
-    pub async fn reload(&self, config: Config) {
+    /// A config whose policies cannot be built is refused and the old one keeps serving.
+    /// NOTE: policy state (breakers, limiters, budgets) starts afresh with each reload.
+    pub async fn reload(&self, config: Config) -> Result<(), String> {
         let current = self.shared.state.load_full();
         warn_about_listener_changes(&current.config, &config);
-        let state = State::build(config).await;
+        let state = match State::build(config, &self.shared.metrics).await {
+            Ok(state) => state,
+            Err(error) => {
+                self.reload_refused();
+                return Err(error);
+            }
+        };
         self.shared.state.store(Arc::new(state));
         self.shared
             .metrics
@@ -300,6 +353,7 @@ impl SidecarHandle {
             .get_or_create(&ReloadLabels { result: "ok" })
             .inc();
         tracing::info!("configuration reloaded");
+        Ok(())
     }
 
     /// Counts a reload that was refused.

@@ -175,6 +175,8 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                 .headers()
                 .contains_key(header::UPGRADE)
                 .then(|| hyper::upgrade::on(&mut request));
+            // The deadline as it stands now, after queueing, backoff and injected delays.
+            crate::policy::timeout::set_grpc_timeout(&mut request);
             let (client, version) = this.clients.select(this.protocol, request.version());
             *request.uri_mut() = upstream_uri(&endpoint.authority, request.uri())?;
             *request.version_mut() = version;

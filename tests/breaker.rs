@@ -26,7 +26,14 @@ fn url(proxy: &remora::Sidecar) -> String {
 async fn switchable() -> (std::net::SocketAddr, Log, Arc<AtomicBool>) {
     let failing = Arc::new(AtomicBool::new(true));
     let switch = failing.clone();
-    let (addr, log) = scripted(move |_| if switch.load(Ordering::SeqCst) { 500 } else { 200 }).await;
+    let (addr, log) = scripted(move |_| {
+        if switch.load(Ordering::SeqCst) {
+            500
+        } else {
+            200
+        }
+    })
+    .await;
     (addr, log, failing)
 }
 
@@ -47,7 +54,10 @@ async fn the_service_breaker_opens_fails_fast_probes_and_closes() {
     let admin = proxy.addrs().admin.unwrap();
     let (_, _, breakers) = get(&format!("http://{admin}/breakers")).await;
     assert!(breakers.contains("\"open\""), "{breakers}");
-    assert_eq!(metric(admin, "remora_breaker_state{service=\"svc\",endpoint=\"\"}").await, 1.0);
+    assert_eq!(
+        metric(admin, "remora_breaker_state{service=\"svc\",endpoint=\"\"}").await,
+        1.0
+    );
 
     failing.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -59,7 +69,10 @@ async fn the_service_breaker_opens_fails_fast_probes_and_closes() {
         assert_eq!(get(&url(&proxy)).await.0, 200);
     }
     assert_eq!(log.len(), 3 + 7);
-    assert_eq!(metric(admin, "remora_breaker_state{service=\"svc\",endpoint=\"\"}").await, 0.0);
+    assert_eq!(
+        metric(admin, "remora_breaker_state{service=\"svc\",endpoint=\"\"}").await,
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -70,8 +83,16 @@ async fn a_failed_probe_reopens_the_breaker() {
         get(&url(&proxy)).await;
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(get(&url(&proxy)).await.0, 500, "the probe reaches the failing upstream");
-    assert_eq!(get(&url(&proxy)).await.0, 503, "and the breaker is open again");
+    assert_eq!(
+        get(&url(&proxy)).await.0,
+        500,
+        "the probe reaches the failing upstream"
+    );
+    assert_eq!(
+        get(&url(&proxy)).await.0,
+        503,
+        "and the breaker is open again"
+    );
     assert_eq!(log.len(), 4);
 }
 
@@ -91,7 +112,9 @@ async fn an_open_breaker_is_grpc_unavailable_for_grpc_callers() {
 async fn send_grpc_like(url: &str) -> (http::StatusCode, http::HeaderMap, String) {
     let request = http::Request::post(url)
         .header("content-type", "application/grpc")
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(&[
+            0, 0, 0, 0, 0,
+        ])))
         .unwrap();
     let response = http2_client().request(request).await.unwrap();
     let (parts, _) = response.into_parts();

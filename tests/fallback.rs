@@ -22,30 +22,51 @@ fn policies(triggers: &str, extra: &str) -> String {
 
 async fn assert_fallback(proxy: &remora::Sidecar, trigger: &str) {
     let (status, headers, body) = get(&url(proxy)).await;
-    assert_eq!((status.as_u16(), body.as_str()), (200, "{\"price\": 0}"), "{trigger}");
+    assert_eq!(
+        (status.as_u16(), body.as_str()),
+        (200, "{\"price\": 0}"),
+        "{trigger}"
+    );
     assert_eq!(headers["x-remora-fallback"], trigger);
     assert_eq!(headers["content-type"], "application/json");
 }
 
 fn dead() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 #[tokio::test]
 async fn upstream_5xx() {
     let (upstream, _) = scripted(|_| 500).await;
-    let proxy = with_policies(&policies("upstream_5xx", ""), "    fallback: soft", &[upstream]).await;
+    let proxy = with_policies(
+        &policies("upstream_5xx", ""),
+        "    fallback: soft",
+        &[upstream],
+    )
+    .await;
     assert_fallback(&proxy, "upstream_5xx").await;
     let admin = proxy.addrs().admin.unwrap();
     assert_eq!(
-        metric(admin, "remora_fallbacks_total{service=\"svc\",trigger=\"upstream_5xx\",action=\"respond\"}").await,
+        metric(
+            admin,
+            "remora_fallbacks_total{service=\"svc\",trigger=\"upstream_5xx\",action=\"respond\"}"
+        )
+        .await,
         1.0
     );
 }
 
 #[tokio::test]
 async fn connect_failure() {
-    let proxy = with_policies(&policies("connect_failure", ""), "    fallback: soft", &[dead()]).await;
+    let proxy = with_policies(
+        &policies("connect_failure", ""),
+        "    fallback: soft",
+        &[dead()],
+    )
+    .await;
     assert_fallback(&proxy, "connect_failure").await;
 }
 
@@ -56,7 +77,12 @@ async fn timeout() {
         Response::new(full("late"))
     })
     .await;
-    let proxy = with_policies(&policies("timeout", ""), "    fallback: soft\n    timeout: 100ms", &[slow]).await;
+    let proxy = with_policies(
+        &policies("timeout", ""),
+        "    fallback: soft\n    timeout: 100ms",
+        &[slow],
+    )
+    .await;
     assert_fallback(&proxy, "timeout").await;
 }
 
@@ -64,8 +90,17 @@ async fn timeout() {
 async fn breaker_open() {
     let (upstream, log) = scripted(|_| 500).await;
     let extra = "  breakers:\n    one: { consecutive_failures: 1, open_for: 10s }";
-    let proxy = with_policies(&policies("breaker_open", extra), "    fallback: soft\n    breaker: one", &[upstream]).await;
-    assert_eq!(get(&url(&proxy)).await.0, 500, "500 is not a listed trigger");
+    let proxy = with_policies(
+        &policies("breaker_open", extra),
+        "    fallback: soft\n    breaker: one",
+        &[upstream],
+    )
+    .await;
+    assert_eq!(
+        get(&url(&proxy)).await.0,
+        500,
+        "500 is not a listed trigger"
+    );
     assert_fallback(&proxy, "breaker_open").await;
     assert_eq!(log.len(), 1);
 }
@@ -74,7 +109,12 @@ async fn breaker_open() {
 async fn rate_limited() {
     let (upstream, _) = scripted(|_| 200).await;
     let extra = "  rate_limits:\n    one: { rate: 1/m, burst: 1 }";
-    let proxy = with_policies(&policies("rate_limited", extra), "    fallback: soft\n    rate_limit: one", &[upstream]).await;
+    let proxy = with_policies(
+        &policies("rate_limited", extra),
+        "    fallback: soft\n    rate_limit: one",
+        &[upstream],
+    )
+    .await;
     assert_eq!(get(&url(&proxy)).await.0, 200);
     assert_fallback(&proxy, "rate_limited").await;
 }
@@ -88,7 +128,11 @@ async fn no_endpoint() {
         &[dead()],
     )
     .await;
-    assert_eq!(get(&url(&proxy)).await.0, 502, "the connect failure opens the endpoint breaker");
+    assert_eq!(
+        get(&url(&proxy)).await.0,
+        502,
+        "the connect failure opens the endpoint breaker"
+    );
     assert_fallback(&proxy, "no_endpoint").await;
 }
 
@@ -99,7 +143,12 @@ async fn overloaded() {
         Response::new(full("slow"))
     })
     .await;
-    let proxy = with_policies(&policies("overloaded", ""), "    fallback: soft\n    max_in_flight: 1", &[slow]).await;
+    let proxy = with_policies(
+        &policies("overloaded", ""),
+        "    fallback: soft\n    max_in_flight: 1",
+        &[slow],
+    )
+    .await;
     let busy = tokio::spawn({
         let url = url(&proxy);
         async move { get(&url).await.0 }
@@ -146,7 +195,11 @@ async fn a_stale_answer_is_served_when_the_upstream_fails() {
     let (status, _, body) = get(&url(&proxy)).await;
     assert_eq!((status.as_u16(), body.as_str()), (200, "answer 0"));
     let (status, headers, body) = get(&url(&proxy)).await;
-    assert_eq!((status.as_u16(), body.as_str()), (200, "answer 0"), "the stale copy");
+    assert_eq!(
+        (status.as_u16(), body.as_str()),
+        (200, "answer 0"),
+        "the stale copy"
+    );
     assert_eq!(headers["x-remora-fallback"], "upstream_5xx");
 }
 
@@ -157,7 +210,9 @@ async fn grpc_callers_get_the_configured_grpc_status() {
     let proxy = with_policies(policies, "    fallback: soft", &[upstream]).await;
     let request = Request::post(url(&proxy))
         .header("content-type", "application/grpc")
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(&[
+            0, 0, 0, 0, 0,
+        ])))
         .unwrap();
     let response = http2_client().request(request).await.unwrap();
     assert_eq!(response.headers()["grpc-status"], "14");

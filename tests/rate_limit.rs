@@ -28,7 +28,10 @@ async fn over_the_limit_is_429_with_the_limiters_wait() {
     assert_eq!(headers["retry-after"], "2");
     assert_eq!(log.len(), 2);
     let admin = proxy.addrs().admin.unwrap();
-    assert_eq!(metric(admin, "remora_rate_limited_total{service=\"svc\"}").await, 1.0);
+    assert_eq!(
+        metric(admin, "remora_rate_limited_total{service=\"svc\"}").await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -66,7 +69,11 @@ async fn client_ip_keys_are_limited_separately() {
     let target = proxy.addrs().service("svc").unwrap();
     assert_eq!(get_from("127.0.0.1", target).await, 200);
     assert_eq!(get_from("127.0.0.1", target).await, 429);
-    assert_eq!(get_from("127.0.0.2", target).await, 200, "another client has its own bucket");
+    assert_eq!(
+        get_from("127.0.0.2", target).await,
+        200,
+        "another client has its own bucket"
+    );
 }
 
 #[tokio::test]
@@ -81,7 +88,12 @@ async fn header_keys_are_limited_separately() {
                 .header("x-api-key", key)
                 .body(http_body_util::Full::new(bytes::Bytes::new()))
                 .unwrap();
-            http1_client().request(request).await.unwrap().status().as_u16()
+            http1_client()
+                .request(request)
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
         }
     };
     assert_eq!(call("a").await, 200);
@@ -103,7 +115,10 @@ async fn the_concurrency_cap_sheds_at_once() {
     let (status, headers, _) = get(&url(&proxy)).await;
     assert_eq!(status, 503);
     assert_eq!(headers["x-remora-error"], "overloaded");
-    assert!(started.elapsed() < Duration::from_millis(300), "shed, not queued");
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "shed, not queued"
+    );
     assert_eq!(first.await.unwrap(), 200);
     assert_eq!(get(&url(&proxy)).await.0, 200, "capacity returns");
 }

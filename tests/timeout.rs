@@ -18,7 +18,10 @@ async fn slow(delay: Duration) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>
         let record = record.clone();
         async move {
             if let Some(timeout) = request.headers().get("grpc-timeout") {
-                record.lock().unwrap().push(timeout.to_str().unwrap().to_string());
+                record
+                    .lock()
+                    .unwrap()
+                    .push(timeout.to_str().unwrap().to_string());
             }
             tokio::time::sleep(delay).await;
             Response::new(full("late"))
@@ -31,9 +34,18 @@ async fn slow(delay: Duration) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>
 #[tokio::test]
 async fn an_overall_timeout_is_504() {
     let (upstream, _) = slow(Duration::from_secs(3)).await;
-    let proxy = with_policies("  timeouts: { fast: 200ms }", "    timeout: fast", &[upstream]).await;
+    let proxy = with_policies(
+        "  timeouts: { fast: 200ms }",
+        "    timeout: fast",
+        &[upstream],
+    )
+    .await;
     let started = Instant::now();
-    let (status, headers, _) = get(&format!("http://{}/", proxy.addrs().service("svc").unwrap())).await;
+    let (status, headers, _) = get(&format!(
+        "http://{}/",
+        proxy.addrs().service("svc").unwrap()
+    ))
+    .await;
     assert_eq!(status, 504);
     assert_eq!(headers["x-remora-error"], "timeout");
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -43,7 +55,11 @@ async fn an_overall_timeout_is_504() {
 async fn an_inline_timeout_works_too() {
     let (upstream, _) = slow(Duration::from_secs(3)).await;
     let proxy = with_policies("  {}", "    timeout: 150ms", &[upstream]).await;
-    let (status, _, _) = get(&format!("http://{}/", proxy.addrs().service("svc").unwrap())).await;
+    let (status, _, _) = get(&format!(
+        "http://{}/",
+        proxy.addrs().service("svc").unwrap()
+    ))
+    .await;
     assert_eq!(status, 504);
 }
 
@@ -52,7 +68,9 @@ async fn grpc_call(url: &str, grpc_timeout: &str) -> (http::HeaderMap, Duration)
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header("grpc-timeout", grpc_timeout)
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(&[
+            0, 0, 0, 0, 0,
+        ])))
         .unwrap();
     let started = Instant::now();
     let response = http2_client().request(request).await.unwrap();
@@ -63,7 +81,10 @@ async fn grpc_call(url: &str, grpc_timeout: &str) -> (http::HeaderMap, Duration)
 async fn an_incoming_grpc_timeout_bounds_the_call() {
     let (upstream, _) = slow(Duration::from_secs(3)).await;
     let proxy = with_policies("  {}", "    protocol: http2", &[upstream]).await;
-    let url = format!("http://{}/pkg.Svc/Method", proxy.addrs().service("svc").unwrap());
+    let url = format!(
+        "http://{}/pkg.Svc/Method",
+        proxy.addrs().service("svc").unwrap()
+    );
     let (headers, elapsed) = grpc_call(&url, "200m").await;
     assert_eq!(headers["grpc-status"], "4", "DEADLINE_EXCEEDED");
     assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
@@ -74,7 +95,10 @@ async fn the_grpc_timeout_is_passed_on_with_the_elapsed_time_subtracted() {
     let (upstream, seen) = slow(Duration::from_millis(10)).await;
     let policies = "  faults:\n    lag: { delay: { percent: 100%, duration: 300ms } }";
     let proxy = with_policies(policies, "    protocol: http2\n    fault: lag", &[upstream]).await;
-    let url = format!("http://{}/pkg.Svc/Method", proxy.addrs().service("svc").unwrap());
+    let url = format!(
+        "http://{}/pkg.Svc/Method",
+        proxy.addrs().service("svc").unwrap()
+    );
     grpc_call(&url, "2S").await;
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);

@@ -23,6 +23,7 @@ mod error;
 mod locate;
 mod policies;
 pub mod reload;
+pub mod resolve;
 mod scalar;
 mod schema;
 mod source;

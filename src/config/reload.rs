@@ -44,10 +44,16 @@ pub async fn watch(path: PathBuf, sidecar: SidecarHandle) {
 /// Loads `path` and applies it, or logs why not and keeps the old config.
 pub async fn reload_once(path: &Path, sidecar: &SidecarHandle) -> bool {
     match super::load(path) {
-        Ok(config) => {
-            sidecar.reload(config).await;
-            true
-        }
+        Ok(config) => match sidecar.reload(config).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(
+                    "config reload refused, the previous config keeps serving:\n{}: {error}",
+                    path.display()
+                );
+                false
+            }
+        },
         Err(error) => {
             sidecar.reload_refused();
             tracing::error!("config reload refused, the previous config keeps serving:\n{error}");

@@ -41,11 +41,7 @@ impl Conditions {
 
     /// Whether an upstream's response is a failure these conditions name.
     pub fn matches_response<B>(&self, response: &Response<B>) -> bool {
-        let status = response.status();
-        if (self.server_error && status.is_server_error())
-            || (self.gateway_error && matches!(status.as_u16(), 502..=504))
-            || self.statuses.contains(&status)
-        {
+        if self.matches_status(response.status()) {
             return true;
         }
         if self.grpc_codes.is_empty() {
@@ -54,12 +50,21 @@ impl Conditions {
         grpc_status(response).is_some_and(|code| self.grpc_codes.contains(&code))
     }
 
+    /// Whether an HTTP status is a failure these conditions name.
+    fn matches_status(&self, status: StatusCode) -> bool {
+        (self.server_error && status.is_server_error())
+            || (self.gateway_error && matches!(status.as_u16(), 502..=504))
+            || self.statuses.contains(&status)
+    }
+
     /// Whether an error remora met is a failure these conditions name.
     pub fn matches_error(&self, error: &ProxyError) -> bool {
         match error {
             ProxyError::Connect { .. } => self.connect_failure,
             ProxyError::Upstream { .. } => self.reset,
             ProxyError::Timeout(_) => self.timeout,
+            // An injected abort rehearses an upstream answering with its status.
+            ProxyError::FaultInjected(status) => self.matches_status(*status),
             // What remora decided itself (no endpoint, open breaker, rate limit...) is
             // not an upstream failure; policies that care match the error kind directly.
             _ => false,

@@ -288,7 +288,11 @@ where
 
 /// A sidecar with `policies` (YAML under `policies:`, indented by 2) whose service `svc`
 /// (dedicated port) goes to `upstreams` with `extra` service fields (indented by 4).
-pub async fn with_policies(policies: &str, extra: &str, upstreams: &[SocketAddr]) -> remora::Sidecar {
+pub async fn with_policies(
+    policies: &str,
+    extra: &str,
+    upstreams: &[SocketAddr],
+) -> remora::Sidecar {
     let endpoints: Vec<String> = upstreams.iter().map(|a| a.to_string()).collect();
     sidecar(&format!(
         "admin: {{ listen: 127.0.0.1:0 }}\n\
@@ -312,7 +316,11 @@ where
         let status = status.clone();
         async move {
             let (parts, body) = request.into_parts();
-            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             let n = seen.len();
             seen.push(Seen {
                 method: parts.method.to_string(),
@@ -332,7 +340,11 @@ where
 }
 
 /// Sends `method` to `url` with `body`; returns status, headers and body text.
-pub async fn send(method: &str, url: &str, body: Vec<u8>) -> (http::StatusCode, http::HeaderMap, String) {
+pub async fn send(
+    method: &str,
+    url: &str,
+    body: Vec<u8>,
+) -> (http::StatusCode, http::HeaderMap, String) {
     let request = Request::builder()
         .method(method)
         .uri(url)
@@ -341,13 +353,20 @@ pub async fn send(method: &str, url: &str, body: Vec<u8>) -> (http::StatusCode, 
     let response = http1_client().request(request).await.unwrap();
     let (parts, body) = response.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 /// The value of one sample line of the sidecar's `/metrics`, 0 when absent.
 pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
     let (_, _, text) = get(&format!("http://{admin}/metrics")).await;
     text.lines()
-        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }

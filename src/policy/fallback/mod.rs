@@ -172,6 +172,10 @@ impl Triggers {
                 ProxyError::Overloaded(_) => TriggerKind::Overloaded,
                 ProxyError::Connect { .. } => TriggerKind::ConnectFailure,
                 ProxyError::Upstream { .. } => TriggerKind::UpstreamReset,
+                // An injected abort rehearses an upstream failure, so it degrades like one.
+                ProxyError::FaultInjected(status) if status.is_server_error() => {
+                    TriggerKind::Upstream5xx
+                }
                 _ => return None,
             },
             Ok(response) if response.status().is_server_error() => TriggerKind::Upstream5xx,

@@ -1,0 +1,229 @@
+//! YAML policies -> each layer's own config type.
+//!
+//! Validation already refused what it can locate; these conversions run the layers'
+//! own constructors (`try_new`), whose refusals name the policy by its field path. A
+//! layer never sees YAML, and this file never builds a layer.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use super::policies::{
+    BreakerPolicy, Condition, FallbackPolicy, FallbackTrigger, FaultPolicy, PoliciesConfig,
+    RateLimitKeyName, RateLimitPolicy, RetryPolicy,
+};
+use crate::policy::backoff::Backoff;
+use crate::policy::budget::RetryBudget;
+use crate::policy::circuit_breaker::{BreakerConfig, FailureRate};
+use crate::policy::fallback::{
+    FallbackAction, FallbackConfig, GrpcReply, StaleCache, StaticResponse, Trigger,
+};
+use crate::policy::fault::{AbortFault, DelayFault, FaultConfig};
+use crate::policy::outcome::Conditions;
+use crate::policy::rate_limit::{Rate, RateLimitConfig, RateLimitKey};
+use crate::policy::retry::RetryConfig;
+use crate::policy::timeout::TimeoutConfig;
+use crate::policy::ServiceStack;
+
+/// `none` switches an inherited policy off on a route.
+pub const NONE: &str = "none";
+
+/// The failure conditions named in `retry_on` / `failure_on`.
+pub fn conditions(list: &[Condition]) -> Conditions {
+    let mut conditions = Conditions::default();
+    for condition in list {
+        match *condition {
+            Condition::ConnectFailure => conditions.connect_failure = true,
+            Condition::Reset => conditions.reset = true,
+            Condition::Timeout => conditions.timeout = true,
+            Condition::GatewayError => conditions.gateway_error = true,
+            Condition::ServerError => conditions.server_error = true,
+            Condition::Status(status) => {
+                if let Ok(status) = StatusCode::from_u16(status) {
+                    conditions.statuses.push(status);
+                }
+            }
+            Condition::Grpc(code) => conditions.grpc_codes.push(code),
+        }
+    }
+    conditions
+}
+
+/// A timeout reference: a `policies.timeouts` name, a duration, or `none`.
+pub fn timeout(policies: &PoliciesConfig, value: Option<&str>) -> Result<TimeoutConfig, String> {
+    let request = match value {
+        None | Some(NONE) => None,
+        Some(text) if text.starts_with(|c: char| c.is_ascii_digit()) => {
+            Some(super::scalar::parse_duration(text)?)
+        }
+        Some(name) => Some(
+            policies
+                .timeouts
+                .get(name)
+                .ok_or_else(|| format!("unknown timeout `{name}`"))?
+                .0,
+        ),
+    };
+    TimeoutConfig::try_new(request).map_err(|e| e.to_string())
+}
+
+/// A retry policy, with its own budget.
+pub fn retry(policy: &RetryPolicy) -> Result<RetryConfig, String> {
+    let backoff = Backoff::try_new(
+        policy.backoff.base,
+        policy.backoff.max,
+        policy.backoff.jitter.0,
+    )
+    .map_err(|e| format!("backoff: {e}"))?;
+    let budget = RetryBudget::try_new(
+        policy.budget.ratio.0,
+        policy.budget.min_per_second,
+        policy.budget.window,
+    )
+    .map_err(|e| format!("budget: {e}"))?;
+    RetryConfig::try_new(
+        policy.attempts,
+        conditions(&policy.retry_on),
+        backoff,
+        Arc::new(budget),
+    )
+    .and_then(|config| config.with_per_try_timeout(policy.per_try_timeout))
+    .and_then(|config| config.with_max_replay_bytes(policy.max_replay_bytes))
+    .map(|config| config.with_retry_non_idempotent(policy.retry_non_idempotent))
+    .map_err(|e| e.to_string())
+}
+
+/// A circuit breaker.
+pub fn breaker(policy: &BreakerPolicy) -> Result<BreakerConfig, String> {
+    let failure_rate = policy
+        .failure_rate
+        .as_ref()
+        .map(|rate| FailureRate::try_new(rate.threshold.0, rate.min_requests, rate.window))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    BreakerConfig::try_new(
+        policy.consecutive_failures,
+        failure_rate,
+        policy.open_for,
+        policy.max_open_for,
+        policy.half_open_requests,
+        conditions(&policy.failure_on),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// A rate limit; the burst defaults to one period's worth of calls.
+pub fn rate_limit(policy: &RateLimitPolicy) -> Result<RateLimitConfig, String> {
+    let count = NonZeroU32::new(policy.rate.count).ok_or("the rate must be above zero")?;
+    let burst = NonZeroU32::new(policy.burst.unwrap_or(policy.rate.count))
+        .ok_or("burst must be at least 1")?;
+    let key = match &policy.key {
+        RateLimitKeyName::Global => RateLimitKey::Global,
+        RateLimitKeyName::ClientIp => RateLimitKey::ClientIp,
+        RateLimitKeyName::Header(name) => RateLimitKey::Header(
+            HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("key: {e}"))?,
+        ),
+    };
+    RateLimitConfig::try_new(
+        Rate {
+            count,
+            per: policy.rate.per,
+        },
+        burst,
+        key,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Injected faults.
+pub fn fault(policy: &FaultPolicy) -> Result<FaultConfig, String> {
+    let delay = policy
+        .delay
+        .as_ref()
+        .map(|d| DelayFault::try_new(d.percent.0 * 100.0, d.duration))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let abort = policy
+        .abort
+        .as_ref()
+        .map(|a| {
+            let status = StatusCode::from_u16(a.status).map_err(|e| e.to_string())?;
+            AbortFault::try_new(a.percent.0 * 100.0, status).map_err(|e| e.to_string())
+        })
+        .transpose()?;
+    Ok(FaultConfig { delay, abort })
+}
+
+/// A concurrency cap.
+pub fn max_in_flight(value: Option<usize>) -> Option<NonZeroUsize> {
+    value.and_then(NonZeroUsize::new)
+}
+
+/// A fallback; `alternate` gives the stack of a `forward_to` service.
+pub fn fallback(
+    policy: &FallbackPolicy,
+    alternate: impl Fn(&str) -> Option<ServiceStack>,
+) -> Result<FallbackConfig, String> {
+    let mut grpc_codes = Vec::new();
+    let mut triggers: Vec<Trigger> = Vec::new();
+    for trigger in &policy.on {
+        triggers.push(match trigger {
+            FallbackTrigger::BreakerOpen => Trigger::BreakerOpen,
+            FallbackTrigger::Timeout => Trigger::Timeout,
+            FallbackTrigger::RateLimited => Trigger::RateLimited,
+            FallbackTrigger::NoEndpoint => Trigger::NoEndpoint,
+            FallbackTrigger::Overloaded => Trigger::Overloaded,
+            FallbackTrigger::ConnectFailure => Trigger::ConnectFailure,
+            FallbackTrigger::Upstream5xx => Trigger::Upstream5xx,
+            FallbackTrigger::UpstreamReset => Trigger::UpstreamReset,
+            FallbackTrigger::Grpc(code) => {
+                grpc_codes.push(*code);
+                continue;
+            }
+        });
+    }
+    if !grpc_codes.is_empty() {
+        triggers.push(Trigger::GrpcCodes(grpc_codes));
+    }
+    let action = if let Some(respond) = &policy.respond {
+        let status = StatusCode::from_u16(respond.status).map_err(|e| e.to_string())?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &respond.headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+            let value = HeaderValue::from_str(value).map_err(|e| e.to_string())?;
+            headers.insert(name, value);
+        }
+        let grpc = match (&respond.grpc_reply_base64, respond.grpc_status) {
+            (Some(reply), _) => {
+                use base64::Engine as _;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(reply.trim())
+                    .map_err(|e| format!("grpc_reply_base64: {e}"))?;
+                Some(GrpcReply::Message(Bytes::from(bytes)))
+            }
+            (None, Some(code)) => Some(GrpcReply::Status {
+                code: code.0,
+                message: respond.grpc_message.clone().unwrap_or_default(),
+            }),
+            (None, None) => None,
+        };
+        let body = Bytes::from(respond.body.clone());
+        FallbackAction::Respond(
+            StaticResponse::try_new(status, headers, body, grpc).map_err(|e| e.to_string())?,
+        )
+    } else if let Some(target) = &policy.forward_to {
+        FallbackAction::Forward(
+            alternate(target).ok_or_else(|| format!("unknown service `{target}`"))?,
+        )
+    } else if let Some(stale) = &policy.stale {
+        FallbackAction::Stale(
+            StaleCache::try_new(stale.max_entries, stale.max_body_bytes, stale.max_age)
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        return Err("a fallback needs `respond`, `forward_to` or `stale`".into());
+    };
+    FallbackConfig::try_new(triggers.into_iter().collect(), action).map_err(|e| e.to_string())
+}
