@@ -28,7 +28,7 @@
 //! whether the endpoints are stale and since when, for `/endpoints` and metrics.
 
 mod backoff;
-// mod consul;
+mod consul;
 mod dns;
 mod etcd;
 mod feed;
@@ -39,7 +39,7 @@ mod registration;
 mod r#static;
 
 pub use backoff::Backoff;
-// pub use consul::{ConsulConfig, ConsulRegistry};
+pub use consul::{ConsulConfig, ConsulRegistry};
 pub use dns::{DnsConfig, DnsRefresh, DnsRegistry};
 pub use etcd::{EtcdConfig, EtcdRegistry};
 pub use file::{FileConfig, FileRegistry};
