@@ -210,7 +210,7 @@ impl DnsRegistry {
             Target::Host { host, port } => self.resolve_host(host, *port).await?,
             Target::Srv(name) => self.resolve_srv(name).await?,
         };
-        instances.sort_by(|a, b| a.addr.cmp(&b.addr));
+        instances.sort_by_key(|instance| instance.addr);
         instances.dedup_by(|a, b| a.addr == b.addr);
         Ok((instances, valid_until))
     }
