@@ -27,6 +27,10 @@ impl StaticRegistry {
 }
 
 impl Registry for StaticRegistry {
+    fn name(&self) -> &'static str {
+        "static"
+    }
+
     fn watch(&self, service: &str) -> BoxStream<'static, Result<Vec<Instance>, DiscoveryError>> {
         let snapshot = self.services.get(service).cloned().unwrap_or_default();
         // One snapshot, then stay open: a static list never changes until a reload.
