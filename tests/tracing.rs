@@ -8,6 +8,10 @@
 //! `traceparent` write per hop, a request id and a context allocation; with sampling 1
 //! it also builds ~10 attributes per span and queues two span records for the export
 //! task. `cargo test --release --test tracing -- --ignored per_request_cost` prints both.
+//! One run on the 2-core dev machine (release without LTO, sequential loopback requests,
+//! client, sidecar, upstream and collector sharing the cores): propagate-only 36 µs,
+//! sampling 0 30 µs (the two are within noise), sampling 1 45 µs per request; most of
+//! the sampled cost is span export work (encode + the in-process collector) on the same cores.
 
 mod otlp_receiver;
 mod support;
