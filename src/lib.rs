@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod route;
 pub mod sidecar;
 pub mod telemetry;
+pub mod trace;
 pub mod upstream;
 
 pub use sidecar::{BoundAddrs, Sidecar, SidecarHandle};

@@ -153,6 +153,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for modules that register their own metrics (`remora` prefix).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// Records one answered request.
     pub fn record_request(
         &self,

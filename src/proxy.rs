@@ -75,9 +75,14 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Error = Infallible;
     type Future = ResponseFuture;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.handle(request).await) })
+        // tracing: request id, caller's context, request span; the access log at the end.
+        let trace = this
+            .shared
+            .tracing
+            .start(&mut request, this.entry.direction());
+        Box::pin(async move { Ok(trace.run(this.handle(request)).await) })
     }
 }
 
@@ -152,6 +157,7 @@ impl ProxyService {
                 return response;
             }
         };
+        crate::trace::routed(&request, &target.name); // tracing: name the service on the span
         let response = match forward(&target, request, self.peer).await {
             Ok(response) => response,
             Err(error) => {

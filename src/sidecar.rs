@@ -37,6 +37,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// True once shutdown began: `/ready` answers 503.
     pub draining: AtomicBool,
+    /// This sidecar's tracer, propagators and access log (bound at start).
+    pub tracing: crate::trace::Tracing,
 }
 
 /// What a request needs, built from one config.
@@ -201,6 +203,9 @@ impl BoundAddrs {
 /// A failure to start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The tracing config was refused or its exporter could not be built.
+    #[error("tracing: {0}")]
+    Tracing(#[from] crate::trace::TracingError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -243,8 +248,17 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
 }
 
 impl Sidecar {
-    /// Binds every listener of `config` and starts serving.
+    /// Binds every listener of `config` and starts serving, propagating trace context
+    /// without exporting spans.
     pub async fn start(config: Config) -> Result<Sidecar, StartError> {
+        Self::start_with(config, crate::trace::TracingConfig::default()).await
+    }
+
+    /// Like [`Sidecar::start`], with this sidecar's own tracer exporting per `tracing`.
+    pub async fn start_with(
+        config: Config,
+        tracing: crate::trace::TracingConfig,
+    ) -> Result<Sidecar, StartError> {
         let mut proxies = Vec::new();
         let mut addrs = BoundAddrs::default();
         if let Some(inbound) = &config.inbound {
@@ -283,7 +297,10 @@ impl Sidecar {
         let admin_tcp = bind("admin", config.admin.listen).await?;
         addrs.admin = admin_tcp.local_addr().ok();
 
-        let metrics = Arc::new(Metrics::new());
+        let mut metrics = Metrics::new();
+        let tracing_metrics = crate::trace::TracingMetrics::register(metrics.registry_mut());
+        let tracing = crate::trace::Tracing::new(&tracing, tracing_metrics)?;
+        let metrics = Arc::new(metrics);
         let state = State::build(config, &metrics)
             .await
             .map_err(StartError::Policy)?;
@@ -291,6 +308,7 @@ impl Sidecar {
             state: ArcSwap::from_pointee(state),
             metrics,
             draining: AtomicBool::new(false),
+            tracing,
         });
         let (shutdown, _) = watch::channel(false);
         let mut listeners = JoinSet::new();
@@ -327,6 +345,7 @@ impl Sidecar {
         let _ = self.shutdown.send(true);
         while self.listeners.join_next().await.is_some() {}
         self.admin.abort();
+        self.shared.tracing.flush().await;
         tracing::info!("stopped");
     }
 }
@@ -363,6 +382,11 @@ impl SidecarHandle {
             .reloads
             .get_or_create(&ReloadLabels { result: "failed" })
             .inc();
+    }
+
+    /// This sidecar's tracer (export counters, flush).
+    pub fn tracing(&self) -> &crate::trace::Tracing {
+        &self.shared.tracing
     }
 
     /// The config currently serving.

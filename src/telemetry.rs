@@ -1,4 +1,9 @@
 //! Logging: a `tracing` subscriber, plain or JSON, filtered by the config or `RUST_LOG`.
+//!
+//! Access log lines are events of target `remora::access` at info level, written by
+//! [`crate::trace`] once per request; `RUST_LOG=info,remora::access=off` (or the
+//! tracing config's `access_log: false`) silences them. Span export lives in
+//! [`crate::trace`], one tracer per sidecar, not in this process-wide subscriber.
 
 use tracing_subscriber::EnvFilter;
 

@@ -180,6 +180,7 @@ impl tower::Service<Request<ProxyBody>> for Forward {
             let (client, version) = this.clients.select(this.protocol, request.version());
             *request.uri_mut() = upstream_uri(&endpoint.authority, request.uri())?;
             *request.version_mut() = version;
+            let attempt = crate::trace::attempt(&mut request, endpoint.addr); // tracing: try span + inject
 
             let started = Instant::now();
             endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -204,6 +205,7 @@ impl tower::Service<Request<ProxyBody>> for Forward {
             for observer in this.observers.iter() {
                 observer.observe(&endpoint, &result, started.elapsed());
             }
+            attempt.end(&result); // tracing
             let mut response = result?;
             response
                 .extensions_mut()

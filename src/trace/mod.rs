@@ -1,0 +1,792 @@
+//! Distributed tracing on the request path: trace context in and out, spans, the
+//! request id and the access log.
+//!
+//! [`Tracing`] is one sidecar's tracer (its own provider, so several sidecars can run
+//! in one process). Per request, [`Tracing::start`] reads the caller's trace context
+//! (W3C, B3 or Jaeger), makes sure an `x-request-id` exists, starts the request span
+//! (a server span inbound, a client span outbound) and puts a [`CallTrace`] in the
+//! request's extensions. [`attempt`] in `Forward` starts one child span per try and
+//! writes its context into the upstream request; [`RequestTrace::finish`] records the
+//! answer, ends the span and writes the access log line. Policy layers record their
+//! decisions with [`event`] on the current span.
+//!
+//! NOTE: spans use the opentelemetry API directly, not `tracing` + tracing-opentelemetry:
+//! a `tracing` layer is one per process (we need one tracer per sidecar), it allocates
+//! span state for every span even when sampling says no, and the attempt span has to
+//! cross the type-erased stack in a request extension anyway. With sampling off a
+//! request costs a header parse, two span ids and a `traceparent` write.
+
+mod export;
+mod propagation;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::{
+    SpanBuilder, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer as _,
+    TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+
+use crate::body::ProxyBody;
+use crate::error::{ProxyError, ERROR_HEADER};
+use crate::metrics::Direction;
+use crate::upstream::EndpointUsed;
+
+pub use export::TracingMetrics;
+use export::{Flusher, QueueLimits, QueueProcessor};
+use propagation::Propagators;
+
+/// The header carrying a request's id; generated when the caller sent none.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The `tracing` target of access log lines.
+pub const ACCESS_LOG_TARGET: &str = "remora::access";
+
+/// Wire protocol toward the OTLP collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC, usually port 4317.
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies, usually port 4318 (`/v1/traces` is appended
+    /// when the endpoint has no path).
+    HttpProtobuf,
+}
+
+/// A trace-context header format written toward upstreams (every format is read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// W3C `traceparent` / `tracestate` (always written) and `baggage`.
+    W3c,
+    /// Zipkin B3, multi-header form (`X-B3-TraceId`, ...).
+    B3,
+    /// Jaeger `uber-trace-id`.
+    Jaeger,
+}
+
+/// Tracing settings of one sidecar; `config/` builds it from YAML.
+#[derive(Debug, Clone)]
+pub struct TracingConfig {
+    /// The collector, e.g. `http://127.0.0.1:4317`; `None` propagates context without
+    /// recording or exporting spans.
+    pub endpoint: Option<String>,
+    /// How to talk to the collector.
+    pub protocol: OtlpProtocol,
+    /// Fraction of new traces sampled, in `[0, 1]`; a caller's decision is followed.
+    pub sampling_ratio: f64,
+    /// Formats written toward upstreams besides W3C.
+    pub propagate: Vec<Propagation>,
+    /// The resource's `service.name`: the service this sidecar runs beside.
+    pub service_name: String,
+    /// Finished spans waiting for export at most; beyond it spans are dropped and counted.
+    pub queue_size: usize,
+    /// Spans per export call at most.
+    pub batch_size: usize,
+    /// How long a partial batch waits before it is exported.
+    pub batch_delay: Duration,
+    /// How long one export may take; its spans count as dropped after that.
+    pub export_timeout: Duration,
+    /// Whether to write one `remora::access` log line per request.
+    pub access_log: bool,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            protocol: OtlpProtocol::Grpc,
+            sampling_ratio: 1.0,
+            propagate: vec![Propagation::W3c],
+            service_name: "remora".into(),
+            queue_size: 2048,
+            batch_size: 512,
+            batch_delay: Duration::from_secs(1),
+            export_timeout: Duration::from_secs(10),
+            access_log: true,
+        }
+    }
+}
+
+/// Why a tracing config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TracingError {
+    /// The ratio is not a fraction.
+    #[error("sampling ratio must be between 0 and 1, got {0}")]
+    SamplingRatio(f64),
+    /// A queue or batch bound is zero.
+    #[error("{0} must be non-zero")]
+    ZeroBound(&'static str),
+    /// The endpoint is not an `http://` URL.
+    #[error("OTLP endpoint {endpoint:?}: {reason}")]
+    Endpoint {
+        /// As configured.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The exporter could not be built.
+    #[error("OTLP exporter: {0}")]
+    Exporter(String),
+}
+
+impl TracingConfig {
+    /// Checks the bounds once, so the request path never has to.
+    pub fn validate(&self) -> Result<(), TracingError> {
+        if !(0.0..=1.0).contains(&self.sampling_ratio) {
+            return Err(TracingError::SamplingRatio(self.sampling_ratio));
+        }
+        if self.queue_size == 0 {
+            return Err(TracingError::ZeroBound("queue_size"));
+        }
+        if self.batch_size == 0 {
+            return Err(TracingError::ZeroBound("batch_size"));
+        }
+        if let Some(endpoint) = &self.endpoint {
+            collector_uri(endpoint, self.protocol)?;
+        }
+        Ok(())
+    }
+}
+
+/// The URI to export to: `endpoint`, with `/v1/traces` added for HTTP when it has no path.
+fn collector_uri(endpoint: &str, protocol: OtlpProtocol) -> Result<String, TracingError> {
+    let refuse = |reason: String| TracingError::Endpoint {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let uri: Uri = endpoint.parse().map_err(|e| refuse(format!("{e}")))?;
+    if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.authority().is_none() {
+        return Err(refuse("expected http://host:port".into()));
+    }
+    let bare = matches!(uri.path(), "" | "/");
+    Ok(match protocol {
+        OtlpProtocol::HttpProtobuf if bare => {
+            format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+        }
+        _ => endpoint.to_string(),
+    })
+}
+
+/// One sidecar's tracer, propagators and access-log switch; cheap to clone.
+#[derive(Clone)]
+pub struct Tracing(Arc<Inner>);
+
+struct Inner {
+    /// `None` when no collector is configured: context is propagated, nothing recorded.
+    tracer: Option<SdkTracer>,
+    /// Kept to flush on shutdown.
+    flusher: Option<Flusher>,
+    propagators: Propagators,
+    /// Root sampling ratio of the propagate-only mode.
+    ratio: f64,
+    access_log: bool,
+    metrics: TracingMetrics,
+}
+
+impl std::fmt::Debug for Tracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracing")
+            .field("exporting", &self.0.tracer.is_some())
+            .field("access_log", &self.0.access_log)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Self::disabled()
+    }
+}
+
+impl Tracing {
+    /// Context propagation (W3C) and access logs, no span export.
+    pub fn disabled() -> Self {
+        Self::propagate_only(&TracingConfig::default(), TracingMetrics::default())
+    }
+
+    fn propagate_only(config: &TracingConfig, metrics: TracingMetrics) -> Self {
+        Self(Arc::new(Inner {
+            tracer: None,
+            flusher: None,
+            propagators: Propagators::new(&config.propagate),
+            ratio: config.sampling_ratio,
+            access_log: config.access_log,
+            metrics,
+        }))
+    }
+
+    /// A tracer exporting to `config.endpoint` (when set), counting into `metrics`.
+    /// Must be called on a tokio runtime: the export task is spawned on it.
+    pub fn new(config: &TracingConfig, metrics: TracingMetrics) -> Result<Self, TracingError> {
+        config.validate()?;
+        let Some(endpoint) = &config.endpoint else {
+            return Ok(Self::propagate_only(config, metrics));
+        };
+        let uri = collector_uri(endpoint, config.protocol)?;
+        let builder = opentelemetry_otlp::SpanExporter::builder();
+        let mut exporter = match config.protocol {
+            OtlpProtocol::Grpc => builder
+                .with_tonic()
+                .with_endpoint(uri)
+                .with_timeout(config.export_timeout)
+                .build(),
+            OtlpProtocol::HttpProtobuf => builder
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(uri)
+                .with_timeout(config.export_timeout)
+                .build(),
+        }
+        .map_err(|e| TracingError::Exporter(e.to_string()))?;
+        let resource = Resource::builder_empty()
+            .with_service_name(config.service_name.clone())
+            .build();
+        opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
+        let limits = QueueLimits {
+            queue_size: config.queue_size,
+            batch_size: config.batch_size,
+            delay: config.batch_delay,
+            export_timeout: config.export_timeout,
+        };
+        let processor = QueueProcessor::spawn(exporter, limits, metrics.clone());
+        let flusher = processor.flusher();
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                config.sampling_ratio,
+            ))))
+            .with_resource(resource)
+            .with_span_processor(processor)
+            .build();
+        Ok(Self(Arc::new(Inner {
+            tracer: Some(provider.tracer("remora")),
+            flusher: Some(flusher),
+            propagators: Propagators::new(&config.propagate),
+            ratio: config.sampling_ratio,
+            access_log: config.access_log,
+            metrics,
+        })))
+    }
+
+    /// The export counters.
+    pub fn metrics(&self) -> &TracingMetrics {
+        &self.0.metrics
+    }
+
+    /// Waits until the spans finished so far were exported (or dropped).
+    pub async fn flush(&self) {
+        if let Some(flusher) = &self.0.flusher {
+            flusher.flush().await;
+        }
+    }
+
+    /// Starts the trace of one request arriving in `direction`: request id, caller's
+    /// context, the request span (in the request's extensions as a [`CallTrace`]).
+    pub fn start<B>(&self, request: &mut Request<B>, direction: Direction) -> RequestTrace {
+        let request_id = match request.headers().get(&REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = new_request_id();
+                request.headers_mut().insert(&REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let parent = self.0.propagators.extract(request.headers());
+        let kind = match direction {
+            Direction::Inbound => SpanKind::Server,
+            Direction::Outbound => SpanKind::Client,
+        };
+        let cx = self.start_span(&parent, method_name(request.method()), kind, |span| {
+            let grpc = grpc_path(request);
+            if let Some((service, method)) = grpc {
+                span.update_name(format!("{service}/{method}"));
+            }
+            span.set_attributes(request_attributes(request, direction, grpc));
+            span.set_attribute(KeyValue::new(
+                "http.request_id",
+                header_text(&request_id).into_owned(),
+            ));
+        });
+        self.0.propagators.inject(&cx, request.headers_mut());
+        let call = CallTrace(Arc::new(CallInner {
+            tracing: self.clone(),
+            cx,
+            attempts: AtomicU32::new(0),
+            service: OnceLock::new(),
+            direction,
+        }));
+        request.extensions_mut().insert(call.clone());
+        RequestTrace {
+            call,
+            started: Instant::now(),
+            request_id,
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+        }
+    }
+
+    /// A child of `parent`: a real span when exporting (attributes set by `describe`
+    /// only when sampled), else a bare span context that only propagates.
+    fn start_span(
+        &self,
+        parent: &Context,
+        name: &'static str,
+        kind: SpanKind,
+        describe: impl FnOnce(&opentelemetry::trace::SpanRef<'_>),
+    ) -> Context {
+        let Some(tracer) = &self.0.tracer else {
+            return parent.with_remote_span_context(self.untraced_child(parent));
+        };
+        let span = tracer.build_with_context(SpanBuilder::from_name(name).with_kind(kind), parent);
+        let cx = parent.with_span(span);
+        let span = cx.span();
+        if span.is_recording() {
+            describe(&span);
+        }
+        cx
+    }
+
+    /// A new span id under `parent`'s trace (or a new trace, sampled at the ratio).
+    fn untraced_child(&self, parent: &Context) -> SpanContext {
+        let span_id = SpanId::from(fastrand::u64(1..));
+        let span = parent.span();
+        let parent = span.span_context();
+        if parent.is_valid() {
+            return SpanContext::new(
+                parent.trace_id(),
+                span_id,
+                parent.trace_flags(),
+                false,
+                parent.trace_state().clone(),
+            );
+        }
+        let sampled = self.0.ratio >= 1.0 || fastrand::f64() < self.0.ratio;
+        SpanContext::new(
+            TraceId::from(fastrand::u128(1..)),
+            span_id,
+            opentelemetry::TraceFlags::default().with_sampled(sampled),
+            false,
+            Default::default(),
+        )
+    }
+}
+
+/// Request extension: the request span's context, shared by every attempt of the call.
+/// Cloning the request's extensions (as retries do) keeps attempts numbered and parented.
+#[derive(Clone)]
+pub struct CallTrace(Arc<CallInner>);
+
+struct CallInner {
+    tracing: Tracing,
+    cx: Context,
+    attempts: AtomicU32,
+    /// Set once routing found the service.
+    service: OnceLock<Arc<str>>,
+    direction: Direction,
+}
+
+impl std::fmt::Debug for CallTrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallTrace")
+            .field("span", self.0.cx.span().span_context())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallTrace {
+    /// The request span's context.
+    pub fn context(&self) -> &Context {
+        &self.0.cx
+    }
+}
+
+/// Names the service `request` was routed to, on its span and in its access log line.
+pub fn routed<B>(request: &Request<B>, service: &Arc<str>) {
+    let Some(call) = request.extensions().get::<CallTrace>() else {
+        return;
+    };
+    let _ = call.0.service.set(service.clone());
+    call.0
+        .cx
+        .span()
+        .set_attribute(KeyValue::new("remora.service", service.to_string()));
+}
+
+/// One request's trace, from [`Tracing::start`] to [`RequestTrace::finish`].
+#[derive(Debug)]
+pub struct RequestTrace {
+    call: CallTrace,
+    started: Instant,
+    request_id: HeaderValue,
+    method: Method,
+    uri: Uri,
+}
+
+impl RequestTrace {
+    /// Runs `future` with the request span current (so that [`event`] lands on it),
+    /// then [`finish`](Self::finish)es with its response.
+    pub async fn run<F>(self, future: F) -> Response<ProxyBody>
+    where
+        F: std::future::Future<Output = Response<ProxyBody>>,
+    {
+        let response = future.with_context(self.call.0.cx.clone()).await;
+        self.finish(response)
+    }
+
+    /// Records the answer on the span, ends it, writes the access log line and returns
+    /// the response with `x-request-id` set.
+    pub fn finish(self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+        let call = &self.call.0;
+        let status = response.status().as_u16();
+        let grpc_status = grpc_status(response.headers());
+        let endpoint = response.extensions().get::<EndpointUsed>().map(|e| e.0);
+        let span = call.cx.span();
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+            if let Some(code) = grpc_status {
+                span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+            }
+            if let Some(endpoint) = endpoint {
+                span.set_attribute(KeyValue::new("remora.endpoint", endpoint.to_string()));
+            }
+            let reason = response.headers().get(ERROR_HEADER).map(header_text);
+            if let Some(error) = error_status(status, grpc_status, call.direction, reason) {
+                span.set_status(error);
+            }
+        }
+        span.end();
+        if !response.headers().contains_key(&REQUEST_ID) {
+            response
+                .headers_mut()
+                .insert(&REQUEST_ID, self.request_id.clone());
+        }
+        if call.tracing.0.access_log {
+            self.access_log(status, grpc_status, endpoint);
+        }
+        response
+    }
+
+    fn access_log(&self, status: u16, grpc_status: Option<u32>, endpoint: Option<SocketAddr>) {
+        let call = &self.call.0;
+        let span = call.cx.span();
+        let context = span.span_context();
+        tracing::info!(
+            target: ACCESS_LOG_TARGET,
+            trace_id = %context.trace_id(),
+            span_id = %context.span_id(),
+            request_id = %header_text(&self.request_id),
+            direction = call.direction.as_str(),
+            service = call.service.get().map_or("unknown", |s| &**s),
+            method = %self.method,
+            path = self.uri.path(),
+            status,
+            grpc_status,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            upstream = endpoint.map(tracing::field::display),
+            "access"
+        );
+    }
+}
+
+/// One try of a call to one endpoint; ended with [`Attempt::end`].
+#[derive(Debug)]
+#[must_use = "an attempt span must be ended"]
+pub struct Attempt(Option<Context>);
+
+/// Starts the span of one try of `request` to `endpoint` (a child of the request span)
+/// and writes its context into the request's headers. Call it once the request points
+/// at the endpoint (its URI authority gives `server.address`/`server.port`). Without a
+/// [`CallTrace`] in the request's extensions, it does nothing.
+pub fn attempt<B>(request: &mut Request<B>, endpoint: SocketAddr) -> Attempt {
+    let Some(call) = request.extensions().get::<CallTrace>().cloned() else {
+        return Attempt(None);
+    };
+    let call = &call.0;
+    let number = call.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+    let cx = call
+        .tracing
+        .start_span(&call.cx, "attempt", SpanKind::Client, |span| {
+            span.set_attributes(request_attributes(
+                request,
+                call.direction,
+                grpc_path(request),
+            ));
+            span.set_attributes([
+                KeyValue::new("remora.attempt", i64::from(number)),
+                KeyValue::new("remora.endpoint", endpoint.to_string()),
+            ]);
+            if let Some(service) = call.service.get() {
+                span.set_attribute(KeyValue::new("remora.service", service.to_string()));
+            }
+        });
+    call.tracing
+        .0
+        .propagators
+        .inject(&cx, request.headers_mut());
+    Attempt(Some(cx))
+}
+
+impl Attempt {
+    /// Records how the try ended (at response headers) and ends its span.
+    pub fn end(self, result: &Result<Response<ProxyBody>, ProxyError>) {
+        let Some(cx) = self.0 else {
+            return;
+        };
+        let span = cx.span();
+        if span.is_recording() {
+            match result {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let grpc_status = grpc_status(response.headers());
+                    span.set_attribute(KeyValue::new(
+                        "http.response.status_code",
+                        i64::from(status),
+                    ));
+                    if let Some(code) = grpc_status {
+                        span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+                    }
+                    if let Some(error) =
+                        error_status(status, grpc_status, Direction::Outbound, None)
+                    {
+                        span.set_status(error);
+                    }
+                }
+                Err(error) => {
+                    span.set_attribute(KeyValue::new("error.type", error.reason()));
+                    span.set_status(Status::error(error.to_string()));
+                }
+            }
+        }
+        span.end();
+    }
+}
+
+/// Records a decision (retry, breaker, fallback, ...) as an event on the current span.
+/// Build `attributes` only when [`recording`] says the span keeps them.
+pub fn event(name: impl Into<Cow<'static, str>>, attributes: Vec<KeyValue>) {
+    Context::map_current(|cx| cx.span().add_event(name, attributes));
+}
+
+/// Whether the current span records (is sampled); when not, events are discarded.
+pub fn recording() -> bool {
+    Context::map_current(|cx| cx.span().is_recording())
+}
+
+/// The span status for an answer: 5xx is an error; gRPC codes per the semantic
+/// conventions (every non-OK code for clients; server-fault codes for servers).
+fn error_status(
+    status: u16,
+    grpc_status: Option<u32>,
+    direction: Direction,
+    reason: Option<Cow<'_, str>>,
+) -> Option<Status> {
+    let describe = |what: String| match &reason {
+        Some(reason) => Status::error(format!("{what} ({reason})")),
+        None => Status::error(what),
+    };
+    if status >= 500 {
+        return Some(describe(format!("HTTP {status}")));
+    }
+    let code = grpc_status?;
+    let server_fault = matches!(code, 2 | 4 | 12 | 13 | 14 | 15);
+    let failed = match direction {
+        Direction::Outbound => code != 0,
+        Direction::Inbound => server_fault,
+    };
+    failed.then(|| describe(format!("gRPC status {code}")))
+}
+
+/// Attributes every request span and attempt span carries.
+fn request_attributes<B>(
+    request: &Request<B>,
+    direction: Direction,
+    grpc: Option<(&str, &str)>,
+) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(10);
+    attributes.push(KeyValue::new(
+        "http.request.method",
+        request.method().to_string(),
+    ));
+    attributes.push(KeyValue::new("url.path", request.uri().path().to_string()));
+    attributes.push(KeyValue::new(
+        "network.protocol.version",
+        protocol_version(request.version()),
+    ));
+    attributes.push(KeyValue::new("remora.direction", direction.as_str()));
+    if let Some((host, port)) = destination(request) {
+        attributes.push(KeyValue::new("server.address", host));
+        if let Some(port) = port {
+            attributes.push(KeyValue::new("server.port", i64::from(port)));
+        }
+    }
+    if let Some((service, method)) = grpc {
+        attributes.push(KeyValue::new("rpc.system", "grpc"));
+        attributes.push(KeyValue::new("rpc.service", service.to_string()));
+        attributes.push(KeyValue::new("rpc.method", method.to_string()));
+    }
+    attributes
+}
+
+/// The host and port the caller addressed (`:authority` or `Host`).
+fn destination<B>(request: &Request<B>) -> Option<(String, Option<u16>)> {
+    if let Some(authority) = request.uri().authority() {
+        return Some((authority.host().to_string(), authority.port_u16()));
+    }
+    let host = request.headers().get(http::header::HOST)?.to_str().ok()?;
+    let authority: http::uri::Authority = host.parse().ok()?;
+    Some((authority.host().to_string(), authority.port_u16()))
+}
+
+/// `(service, method)` of a gRPC request (`/pkg.Service/Method`).
+fn grpc_path<B>(request: &Request<B>) -> Option<(&str, &str)> {
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !grpc {
+        return None;
+    }
+    request.uri().path().strip_prefix('/')?.split_once('/')
+}
+
+/// `grpc-status` of a trailers-only response (or of headers that carry it).
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    std::str::from_utf8(headers.get("grpc-status")?.as_bytes())
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn protocol_version(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// A span name that needs no allocation (the semantic conventions' `{method}`).
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "HTTP",
+    }
+}
+
+fn header_text(value: &HeaderValue) -> Cow<'_, str> {
+    String::from_utf8_lossy(value.as_bytes())
+}
+
+/// A random UUID (version 4 layout), written without allocating a `String`.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = fastrand::u128(..) & !(0xf000 << 64) & !(0xc << 60) | (0x4000 << 64) | (0x8 << 60);
+    let mut out = [0u8; 36];
+    let mut nibble = 0;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *slot = b'-';
+            continue;
+        }
+        *slot = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
+        nibble += 1;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_uuid_v4_shaped_and_distinct() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        let text = a.to_str().unwrap();
+        assert_eq!(text.len(), 36);
+        let groups: Vec<_> = text.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12]);
+        assert_eq!(&text[14..15], "4");
+        assert!(matches!(&text[19..20], "8" | "9" | "a" | "b"), "{text}");
+    }
+
+    #[test]
+    fn config_bounds_are_checked() {
+        let mut config = TracingConfig {
+            sampling_ratio: 1.5,
+            ..Default::default()
+        };
+        assert!(config.validate().is_err());
+        config.sampling_ratio = 0.5;
+        config.endpoint = Some("localhost:4317".into());
+        assert!(config.validate().is_err());
+        config.endpoint = Some("http://127.0.0.1:4318".into());
+        config.protocol = OtlpProtocol::HttpProtobuf;
+        assert_eq!(
+            collector_uri("http://127.0.0.1:4318", OtlpProtocol::HttpProtobuf).unwrap(),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn error_status_follows_the_conventions() {
+        assert!(error_status(503, None, Direction::Inbound, None).is_some());
+        assert!(error_status(404, None, Direction::Inbound, None).is_none());
+        assert!(error_status(200, Some(5), Direction::Inbound, None).is_none());
+        assert!(error_status(200, Some(5), Direction::Outbound, None).is_some());
+        assert!(error_status(200, Some(14), Direction::Inbound, None).is_some());
+    }
+
+    #[test]
+    fn propagate_only_continues_the_callers_trace() {
+        let tracing = Tracing::disabled();
+        let mut request = Request::builder()
+            .uri("/x")
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .body(())
+            .unwrap();
+        let trace = tracing.start(&mut request, Direction::Inbound);
+        let attempt = attempt(&mut request, "127.0.0.1:9".parse().unwrap());
+        let sent = request.headers()["traceparent"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{sent}"
+        );
+        assert!(sent.ends_with("-01"));
+        assert!(!sent.contains("b7ad6b7169203331"));
+        assert!(request.headers().contains_key(&REQUEST_ID));
+        attempt.end(&Err(ProxyError::Draining));
+        let response = trace.finish(Response::new(ProxyBody::empty()));
+        assert!(response.headers().contains_key(&REQUEST_ID));
+    }
+}

@@ -1,0 +1,179 @@
+//! An OTLP trace collector for tests: OTLP/gRPC (the collector's `TraceService`, served
+//! by tonic) and OTLP/HTTP protobuf (`POST /v1/traces`), both decoding the real protobuf
+//! into [`ReceivedSpan`]s.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// One span as the collector received it, ids in lowercase hex.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    /// The resource's `service.name`.
+    pub service: String,
+    pub trace_id: String,
+    pub span_id: String,
+    /// Empty for a root span.
+    pub parent_span_id: String,
+    pub name: String,
+    pub kind: SpanKind,
+    /// Attribute values rendered as text.
+    pub attributes: HashMap<String, String>,
+    /// 0 unset, 1 ok, 2 error.
+    pub status_code: i32,
+    pub events: Vec<String>,
+}
+
+impl ReceivedSpan {
+    /// An attribute's value, if present.
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
+/// Everything received so far.
+#[derive(Debug, Clone, Default)]
+pub struct Received(Arc<Mutex<Vec<ReceivedSpan>>>);
+
+impl Received {
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `count` spans arrived (or `limit` passed) and returns them.
+    pub async fn wait_for(&self, count: usize, limit: Duration) -> Vec<ReceivedSpan> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.0.lock().unwrap().len() < count && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.spans()
+    }
+
+    fn collect(&self, request: ExportTraceServiceRequest) {
+        let mut spans = self.0.lock().unwrap();
+        for resource_spans in request.resource_spans {
+            let service = resource_spans
+                .resource
+                .as_ref()
+                .map(|r| attributes(&r.attributes))
+                .and_then(|mut a| a.remove("service.name"))
+                .unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push(ReceivedSpan {
+                        service: service.clone(),
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
+                        name: span.name.clone(),
+                        kind: SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified),
+                        attributes: attributes(&span.attributes),
+                        status_code: span.status.as_ref().map_or(0, |s| s.code),
+                        events: span.events.iter().map(|e| e.name.clone()).collect(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attributes(list: &[KeyValue]) -> HashMap<String, String> {
+    list.iter()
+        .map(|kv| {
+            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(s)) => s.clone(),
+                Some(Value::IntValue(i)) => i.to_string(),
+                Some(Value::BoolValue(b)) => b.to_string(),
+                Some(Value::DoubleValue(d)) => d.to_string(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), value)
+        })
+        .collect()
+}
+
+struct Collector(Received);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.collect(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// An OTLP/gRPC collector on an ephemeral port.
+pub async fn grpc() -> (SocketAddr, Received) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Received::default();
+    let service = TraceServiceServer::new(Collector(received.clone()));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (addr, received)
+}
+
+/// An OTLP/HTTP protobuf collector (`POST /v1/traces`) on an ephemeral port.
+pub async fn http() -> (SocketAddr, Received) {
+    let received = Received::default();
+    let sink = received.clone();
+    let addr = crate::support::serve(move |request: http::Request<hyper::body::Incoming>| {
+        let sink = sink.clone();
+        async move {
+            let path = request.uri().path().to_string();
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            if path != "/v1/traces" {
+                return http::Response::builder()
+                    .status(404)
+                    .body(crate::support::full(""))
+                    .unwrap();
+            }
+            match ExportTraceServiceRequest::decode(body) {
+                Ok(request) => {
+                    sink.collect(request);
+                    let reply = ExportTraceServiceResponse {
+                        partial_success: None,
+                    };
+                    http::Response::builder()
+                        .header("content-type", "application/x-protobuf")
+                        .body(crate::support::full(reply.encode_to_vec()))
+                        .unwrap()
+                }
+                Err(_) => http::Response::builder()
+                    .status(400)
+                    .body(crate::support::full(""))
+                    .unwrap(),
+            }
+        }
+    })
+    .await;
+    (addr, received)
+}
