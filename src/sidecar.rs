@@ -248,10 +248,11 @@ async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
 }
 
 impl Sidecar {
-    /// Binds every listener of `config` and starts serving, propagating trace context
-    /// without exporting spans.
+    /// Binds every listener of `config` and starts serving, tracing as its `tracing`
+    /// section says.
     pub async fn start(config: Config) -> Result<Sidecar, StartError> {
-        Self::start_with(config, crate::trace::TracingConfig::default()).await
+        let tracing = crate::config::resolve::tracing(&config);
+        Self::start_with(config, tracing).await
     }
 
     /// Like [`Sidecar::start`], with this sidecar's own tracer exporting per `tracing`.
@@ -396,6 +397,11 @@ impl SidecarHandle {
 }
 
 fn warn_about_listener_changes(old: &Config, new: &Config) {
+    if old.tracing != new.tracing || old.service != new.service {
+        tracing::warn!(
+            "the tracing pipeline is built at start; restart remora to apply this change"
+        );
+    }
     let listeners = |c: &Config| {
         let mut all = vec![("admin".to_string(), Some(c.admin.listen))];
         all.push(("inbound".into(), c.inbound.as_ref().map(|i| i.listen)));

@@ -167,3 +167,33 @@ fn an_unknown_fallback_trigger_lists_the_known_ones() {
         "{error}"
     );
 }
+
+#[test]
+fn the_tracing_section_maps_onto_the_pipeline() {
+    let text = format!(
+        "{BASE}tracing:\n  endpoint: http://127.0.0.1:4318\n  protocol: http\n  sampling: 25%\n  propagate: [b3, jaeger]\n"
+    );
+    let config = config::parse("remora.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let tracing = config::resolve::tracing(&config);
+    assert_eq!(tracing.endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+    assert_eq!(tracing.protocol, remora::trace::OtlpProtocol::HttpProtobuf);
+    assert_eq!(tracing.sampling_ratio, 0.25);
+    assert_eq!(
+        tracing.propagate,
+        [
+            remora::trace::Propagation::W3c,
+            remora::trace::Propagation::B3,
+            remora::trace::Propagation::Jaeger
+        ]
+    );
+    let error = config::parse(
+        "remora.yaml",
+        &text.replace("http://127.0.0.1:4318", "jaeger:4318"),
+    )
+    .expect_err("no scheme")
+    .to_string();
+    assert!(
+        error.contains("tracing.endpoint: invalid collector address"),
+        "{error}"
+    );
+}

@@ -227,3 +227,36 @@ pub fn fallback(
     };
     FallbackConfig::try_new(triggers.into_iter().collect(), action).map_err(|e| e.to_string())
 }
+
+/// The tracing pipeline of a sidecar beside `config.service`.
+pub fn tracing(config: &super::Config) -> crate::trace::TracingConfig {
+    use super::policies::{OtlpProtocolName, PropagationName};
+    use crate::trace::{OtlpProtocol, Propagation};
+    let section = &config.tracing;
+    let mut propagate = vec![Propagation::W3c];
+    for name in &section.propagate {
+        let format = match name {
+            PropagationName::W3c => continue,
+            PropagationName::B3 => Propagation::B3,
+            PropagationName::Jaeger => Propagation::Jaeger,
+        };
+        if !propagate.contains(&format) {
+            propagate.push(format);
+        }
+    }
+    crate::trace::TracingConfig {
+        endpoint: section.endpoint.clone(),
+        protocol: match section.protocol {
+            OtlpProtocolName::Grpc => OtlpProtocol::Grpc,
+            OtlpProtocolName::Http => OtlpProtocol::HttpProtobuf,
+        },
+        sampling_ratio: section.sampling.0,
+        propagate,
+        service_name: config.service.clone(),
+        queue_size: section.queue_size,
+        batch_size: section.batch_size,
+        batch_delay: section.batch_delay,
+        export_timeout: section.export_timeout,
+        access_log: section.access_log,
+    }
+}

@@ -44,6 +44,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Trace propagation and OTLP export.
+    #[serde(default)]
+    pub tracing: super::TracingSection,
 }
 
 /// The admin listener.

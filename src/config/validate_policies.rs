@@ -13,6 +13,7 @@ use super::validate::Issue;
 pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {
     let policies = &config.policies;
     check_definitions(config, issues);
+    check_tracing(config, issues);
     if let Some(inbound) = &config.inbound {
         let path = FieldPath::root().key("inbound");
         check_timeout(policies, &path, inbound.timeout.as_deref(), issues);
@@ -453,5 +454,41 @@ fn check_fallback(
                 "max_entries must be at least 1",
             ));
         }
+    }
+}
+
+fn check_tracing(config: &Config, issues: &mut Vec<Issue>) {
+    let tracing = &config.tracing;
+    let path = FieldPath::root().key("tracing");
+    if let Some(endpoint) = &tracing.endpoint {
+        let valid = endpoint.parse::<http::Uri>().is_ok_and(|uri| {
+            matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+        });
+        if !valid {
+            issues.push(Issue::at(
+                path.key("endpoint"),
+                format!(
+                    "invalid collector address {endpoint:?}: write it like `http://127.0.0.1:4317`"
+                ),
+            ));
+        }
+    }
+    if tracing.queue_size == 0 {
+        issues.push(Issue::at(
+            path.key("queue_size"),
+            "queue_size must be at least 1",
+        ));
+    }
+    if tracing.batch_size == 0 || tracing.batch_size > tracing.queue_size {
+        issues.push(Issue::at(
+            path.key("batch_size"),
+            "batch_size must be at least 1 and at most queue_size",
+        ));
+    }
+    if tracing.export_timeout.is_zero() {
+        issues.push(Issue::at(
+            path.key("export_timeout"),
+            "export_timeout must be longer than zero",
+        ));
     }
 }
