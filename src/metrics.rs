@@ -97,6 +97,8 @@ pub struct Metrics {
     pub reloads: Family<ReloadLabels, Counter>,
     /// Every resilience policy's metrics.
     pub policy: crate::policy::PolicyMetrics,
+    /// Discovery updates and staleness.
+    pub discovery: crate::discovery::pump::DiscoveryMetrics,
 }
 
 impl Default for Metrics {
@@ -142,8 +144,10 @@ impl Metrics {
             reloads.clone(),
         );
         let policy = crate::policy::PolicyMetrics::register(&mut registry);
+        let discovery = crate::discovery::pump::DiscoveryMetrics::register(&mut registry);
         Self {
             policy,
+            discovery,
             registry,
             requests,
             duration,

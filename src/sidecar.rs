@@ -8,18 +8,16 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use futures_util::StreamExt;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::balance::EndpointSet;
 use crate::config::Config;
+use crate::discovery::pump::{Discovered, DiscoveryMetrics, Source};
 use crate::discovery::{Registry, StaticRegistry};
 use crate::listener::{self, ProxyListener};
 use crate::metrics::{Metrics, ReloadLabels};
@@ -54,50 +52,89 @@ pub struct State {
     pub server: auto::Builder<TokioExecutor>,
     /// Every circuit breaker, for the admin listener.
     pub breakers: Vec<BreakerSource>,
-    /// Discovery pumps feeding this state's endpoint sets; they stop with the state.
-    _discovery: Vec<AbortOnDrop>,
-}
-
-/// Aborts a task when dropped.
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    /// Each service's endpoints and their watch, by service name; shared with the next
+    /// state when the service's source does not change.
+    pub discovery: HashMap<String, Arc<Discovered>>,
 }
 
 impl State {
     /// Builds routes, endpoint sets, clients and every service's stacks for `config`.
-    /// Fails when a policy cannot be built (validation catches what it can locate).
-    pub async fn build(config: Config, metrics: &Metrics) -> Result<State, String> {
-        let mut registry = StaticRegistry::new();
-        for (name, service) in &config.services {
-            registry.insert(name, &service.endpoints);
+    /// Discovery of services whose source did not change since `previous` carries over
+    /// (same endpoint sets, same watch). Fails when a policy or registry cannot be built
+    /// (validation catches what it can locate).
+    pub async fn build(
+        config: Config,
+        metrics: &Metrics,
+        previous: Option<&State>,
+    ) -> Result<State, String> {
+        let mut registries: HashMap<&str, Arc<dyn Registry>> = HashMap::new();
+        for (name, registry) in &config.registries {
+            let client = crate::config::resolve::registry(registry)
+                .map_err(|e| format!("registries.{name}: {e}"))?;
+            registries.insert(name, client);
         }
-        if let Some(inbound) = &config.inbound {
-            registry.insert(INBOUND_APP, &[inbound.app]);
-        }
-        let mut discovery = Vec::new();
+        let mut discovery = HashMap::new();
+        let mut cores = Vec::new();
         let clients = UpstreamClients::new(&config.upstream);
         let builder = StackBuilder::new(&config.policies, &metrics.policy, clients);
-
-        let mut cores = Vec::new();
         for (name, service) in &config.services {
-            let (endpoints, pump) = watch_endpoints(&registry, name).await;
-            discovery.push(pump);
-            let target = StackTarget::service(Arc::from(name.as_str()), endpoints, service);
+            let (source, lookup, registry) = match &service.discovery {
+                Some(reference) => (
+                    Source::Registry {
+                        config: config
+                            .registries
+                            .get(&reference.registry)
+                            .cloned()
+                            .unwrap_or_default(),
+                        name: reference.name.clone().unwrap_or_else(|| name.clone()),
+                    },
+                    reference.name.clone().unwrap_or_else(|| name.clone()),
+                    registries.get(reference.registry.as_str()).cloned(),
+                ),
+                None => (
+                    Source::Static(service.endpoints.clone()),
+                    name.clone(),
+                    None,
+                ),
+            };
+            let discovered = start_discovery(
+                previous,
+                name,
+                source,
+                &lookup,
+                registry,
+                &metrics.discovery,
+            )
+            .await?;
+            let target = StackTarget::service(
+                Arc::from(name.as_str()),
+                discovered.endpoints.clone(),
+                service,
+            );
             let core = builder
                 .core(target)
                 .map_err(|e| format!("services.{name}: {e}"))?;
+            discovery.insert(name.clone(), discovered);
             cores.push((name, service, core));
         }
         let inbound_core = match &config.inbound {
             Some(inbound) => {
-                let (endpoints, pump) = watch_endpoints(&registry, INBOUND_APP).await;
-                discovery.push(pump);
-                let target = StackTarget::inbound(Arc::from(INBOUND_APP), endpoints, inbound);
+                let source = Source::Static(vec![inbound.app]);
+                let discovered = start_discovery(
+                    previous,
+                    INBOUND_APP,
+                    source,
+                    INBOUND_APP,
+                    None,
+                    &metrics.discovery,
+                )
+                .await?;
+                let target = StackTarget::inbound(
+                    Arc::from(INBOUND_APP),
+                    discovered.endpoints.clone(),
+                    inbound,
+                );
+                discovery.insert(INBOUND_APP.to_string(), discovered);
                 Some(builder.core(target).map_err(|e| format!("inbound: {e}"))?)
             }
             None => None,
@@ -144,7 +181,7 @@ impl State {
             routes,
             inbound,
             breakers,
-            _discovery: discovery,
+            discovery,
         })
     }
 }
@@ -152,29 +189,34 @@ impl State {
 /// The name under which the local app is known to discovery and metrics.
 const INBOUND_APP: &str = "inbound";
 
-/// How long to wait for a registry's first snapshot before serving without it.
-const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
-
-/// An endpoint set for `name` that follows `registry`, and the task that feeds it.
-async fn watch_endpoints(registry: &dyn Registry, name: &str) -> (Arc<EndpointSet>, AbortOnDrop) {
-    let endpoints = Arc::new(EndpointSet::new());
-    let mut snapshots = registry.watch(name);
-    if let Ok(Some(Ok(first))) = tokio::time::timeout(FIRST_SNAPSHOT_WAIT, snapshots.next()).await {
-        endpoints.update(&first);
+/// The discovery of `service` from `source`: the previous state's when the source is
+/// unchanged, else a new watch.
+async fn start_discovery(
+    previous: Option<&State>,
+    service: &str,
+    source: Source,
+    lookup: &str,
+    registry: Option<Arc<dyn Registry>>,
+    metrics: &DiscoveryMetrics,
+) -> Result<Arc<Discovered>, String> {
+    if let Some(found) = previous
+        .and_then(|state| state.discovery.get(service))
+        .filter(|found| found.source == source)
+    {
+        return Ok(found.clone());
     }
-    let feed = endpoints.clone();
-    let service = name.to_string();
-    let pump = tokio::spawn(async move {
-        while let Some(snapshot) = snapshots.next().await {
-            match snapshot {
-                Ok(instances) => feed.update(&instances),
-                Err(error) => {
-                    tracing::warn!(%service, %error, "discovery failed; keeping the last endpoints")
-                }
-            }
+    let registry: Arc<dyn Registry> = match (&source, registry) {
+        (Source::Static(addrs), _) => {
+            let mut fixed = StaticRegistry::new();
+            fixed.insert(lookup, addrs);
+            Arc::new(fixed)
         }
-    });
-    (endpoints, AbortOnDrop(pump.abort_handle()))
+        (Source::Registry { .. }, Some(registry)) => registry,
+        (Source::Registry { .. }, None) => {
+            return Err(format!("services.{service}.discovery: unknown registry"))
+        }
+    };
+    Ok(Discovered::start(service, lookup, source, registry.as_ref(), metrics).await)
 }
 
 /// Addresses the sidecar's listeners are bound to (port 0 in the config is resolved).
@@ -302,7 +344,7 @@ impl Sidecar {
         let tracing_metrics = crate::trace::TracingMetrics::register(metrics.registry_mut());
         let tracing = crate::trace::Tracing::new(&tracing, tracing_metrics)?;
         let metrics = Arc::new(metrics);
-        let state = State::build(config, &metrics)
+        let state = State::build(config, &metrics, None)
             .await
             .map_err(StartError::Policy)?;
         let shared = Arc::new(Shared {
@@ -359,7 +401,7 @@ impl SidecarHandle {
     pub async fn reload(&self, config: Config) -> Result<(), String> {
         let current = self.shared.state.load_full();
         warn_about_listener_changes(&current.config, &config);
-        let state = match State::build(config, &self.shared.metrics).await {
+        let state = match State::build(config, &self.shared.metrics, Some(&current)).await {
             Ok(state) => state,
             Err(error) => {
                 self.reload_refused();

@@ -71,7 +71,7 @@ fn unknown_field_suggests_the_closest_name() {
         &rendered,
         "7:5",
         "services.orders.endpionts: unknown field `endpionts`, did you mean `endpoints`? \
-         (expected one of `listen`, `hosts`, `path_prefixes`, `protocol`, `endpoints`, `timeout`, `retry`, `breaker`, `endpoint_breaker`, `rate_limit`, `max_in_flight`, `fallback`, `fault`, `routes`)",
+         (expected one of `listen`, `hosts`, `path_prefixes`, `protocol`, `endpoints`, `discovery`, `timeout`, `retry`, `breaker`, `endpoint_breaker`, `rate_limit`, `max_in_flight`, `fallback`, `fault`, `routes`)",
     );
 }
 

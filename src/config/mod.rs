@@ -18,6 +18,7 @@
 //! reloader's business.
 
 mod decode;
+mod discovery;
 mod env;
 mod error;
 mod locate;
@@ -30,6 +31,10 @@ mod source;
 mod validate;
 mod validate_policies;
 
+pub use discovery::{
+    ConsulSection, DiscoveryRef, DnsSection, EtcdSection, FileSection, RegisterSection,
+    RegistryConfig,
+};
 pub use env::EnvLookup;
 pub use error::{ConfigError, Diagnostic, DiagnosticKind, FieldPath, PathSegment};
 pub use policies::*;

@@ -260,3 +260,50 @@ pub fn tracing(config: &super::Config) -> crate::trace::TracingConfig {
         access_log: section.access_log,
     }
 }
+
+/// The name of a registry's backend.
+pub fn registry_backend(config: &super::RegistryConfig) -> &'static str {
+    super::discovery::backend_of(config).unwrap_or("invalid")
+}
+
+/// A registry client for `config`.
+pub fn registry(
+    config: &super::RegistryConfig,
+) -> Result<Arc<dyn crate::discovery::Registry>, String> {
+    use crate::discovery::{
+        ConsulConfig, ConsulRegistry, DnsConfig, DnsRefresh, DnsRegistry, EtcdConfig, EtcdRegistry,
+        FileConfig, FileRegistry,
+    };
+    if let Some(etcd) = &config.etcd {
+        let mut settings = EtcdConfig::new(etcd.endpoints.clone());
+        settings.prefix = etcd.prefix.clone();
+        return Ok(Arc::new(
+            EtcdRegistry::new(settings).map_err(|e| e.to_string())?,
+        ));
+    }
+    if let Some(consul) = &config.consul {
+        let mut settings = ConsulConfig::new(consul.address.clone());
+        settings.token = consul.token.clone().filter(|t| !t.is_empty());
+        return Ok(Arc::new(
+            ConsulRegistry::new(settings).map_err(|e| e.to_string())?,
+        ));
+    }
+    if let Some(dns) = &config.dns {
+        let mut settings = DnsConfig {
+            nameserver: dns.nameserver,
+            ..DnsConfig::default()
+        };
+        if let Some(interval) = dns.interval {
+            settings.refresh = DnsRefresh::Every(interval);
+        }
+        return Ok(Arc::new(
+            DnsRegistry::new(settings).map_err(|e| e.to_string())?,
+        ));
+    }
+    if let Some(file) = &config.file {
+        return Ok(Arc::new(
+            FileRegistry::new(FileConfig::new(file.path.clone())).map_err(|e| e.to_string())?,
+        ));
+    }
+    Err("a registry takes exactly one of `etcd`, `consul`, `dns`, `file`".into())
+}

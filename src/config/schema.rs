@@ -26,6 +26,12 @@ pub struct Config {
     /// The shared outbound listener that routes the local app's calls by Host / :authority.
     #[serde(default)]
     pub outbound: Option<OutboundConfig>,
+    /// Named service registries that services discover endpoints from.
+    #[serde(default)]
+    pub registries: BTreeMap<String, super::RegistryConfig>,
+    /// Registers the local app in a registry while the sidecar runs.
+    #[serde(default)]
+    pub register: Option<super::RegisterSection>,
     /// Named resilience policies that services, routes and `inbound` reference.
     #[serde(default)]
     pub policies: super::PoliciesConfig,
@@ -121,9 +127,12 @@ pub struct ServiceConfig {
     /// Protocol spoken to the upstream: `http1`, `http2`, or `auto` (the caller's).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
-    /// Static endpoint list (`host:port`), used until a discovery backend is configured.
+    /// Static endpoint list (`ip:port`); a service has these or `discovery`.
     #[serde(default, with = "super::scalar::socket_addrs")]
     pub endpoints: Vec<SocketAddr>,
+    /// Endpoints from a registry instead of a static list.
+    #[serde(default)]
+    pub discovery: Option<super::DiscoveryRef>,
     /// Overall time limit of a call: a `policies.timeouts` name or a duration (`2s`).
     #[serde(default)]
     pub timeout: Option<String>,

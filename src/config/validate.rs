@@ -73,6 +73,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Issue> {
     check_limits(config, &mut issues);
     check_log(config, &mut issues);
     super::validate_policies::check(config, &mut issues);
+    super::discovery::check(config, &mut issues);
     issues
 }
 
@@ -183,10 +184,13 @@ fn check_destinations(config: &Config, issues: &mut Vec<Issue>) {
 fn check_service(config: &Config, name: &str, service: &ServiceConfig, issues: &mut Vec<Issue>) {
     let path = FieldPath::root().key("services").key(name);
     check_name(&path, name, true, issues);
-    if service.endpoints.is_empty() {
+    if service.endpoints.is_empty() && service.discovery.is_none() {
         issues.push(Issue::at(
             path.key("endpoints"),
-            format!("service `{name}` has no endpoints: list at least one `ip:port`"),
+            format!(
+                "service `{name}` has no endpoints: list at least one `ip:port`, \
+                 or name a registry under `discovery`"
+            ),
         ));
     }
     if service.listen.is_none() && config.outbound.is_none() {

@@ -34,6 +34,7 @@ mod etcd;
 mod feed;
 mod file;
 mod freshness;
+pub mod pump;
 mod record;
 mod registration;
 mod r#static;

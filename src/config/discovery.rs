@@ -1,0 +1,237 @@
+//! The YAML schema of service discovery: named registries, a service's `discovery`
+//! reference, and the sidecar's own registration.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{closest, FieldPath};
+use super::schema::Config;
+use super::validate::Issue;
+
+/// A registry: exactly one of the backends.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// etcd: instances under `<prefix>/<service>/<id>` as JSON, watched.
+    #[serde(default)]
+    pub etcd: Option<EtcdSection>,
+    /// Consul: the agent's health API with blocking queries.
+    #[serde(default)]
+    pub consul: Option<ConsulSection>,
+    /// DNS: A/AAAA (`name:port`) or SRV (`_service._proto.name`), re-resolved.
+    #[serde(default)]
+    pub dns: Option<DnsSection>,
+    /// A YAML or JSON file of services -> instances, watched.
+    #[serde(default)]
+    pub file: Option<FileSection>,
+}
+
+/// etcd settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    /// Client URLs of the cluster.
+    pub endpoints: Vec<String>,
+    /// Key prefix of every service.
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+}
+
+/// Consul settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulSection {
+    /// The agent's HTTP address, `host:port`.
+    pub address: String,
+    /// ACL token, sent as `X-Consul-Token`.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// DNS settings.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// The server to ask; default: the system's resolver configuration.
+    #[serde(default, with = "super::scalar::opt_socket_addr")]
+    pub nameserver: Option<SocketAddr>,
+    /// Re-resolve at this fixed interval instead of at the records' TTL.
+    #[serde(default, with = "super::scalar::opt_duration")]
+    pub interval: Option<Duration>,
+}
+
+/// File settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSection {
+    /// The file (`.json` is read as JSON, anything else as YAML).
+    pub path: PathBuf,
+}
+
+/// Where a service's endpoints come from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryRef {
+    /// A `registries` name.
+    pub registry: String,
+    /// The name to look up (default: the service's name). For DNS: `host:port` or an
+    /// SRV name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The local app's registration in a registry.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterSection {
+    /// A `registries` name (etcd or Consul).
+    pub registry: String,
+    /// The service name to register under (default: `service`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The address other sidecars reach this one's inbound listener at.
+    #[serde(with = "super::scalar::socket_addr")]
+    pub address: SocketAddr,
+    /// The instance id (default: the address).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Relative share of traffic.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Free-form labels (`zone`, `version`).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Lease / check TTL; kept alive every third of it. An instance whose sidecar dies
+    /// disappears when it expires.
+    #[serde(default = "default_ttl", with = "super::scalar::duration")]
+    pub ttl: Duration,
+    /// On shutdown, time between deregistering and draining, so that callers learn of
+    /// the departure before connections close.
+    #[serde(default = "default_deregister_delay", with = "super::scalar::duration")]
+    pub deregister_delay: Duration,
+}
+
+fn default_etcd_prefix() -> String {
+    "/remora/services".into()
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_deregister_delay() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Which backend a registry uses, for messages.
+pub(crate) fn backend_of(registry: &RegistryConfig) -> Option<&'static str> {
+    let given: Vec<&'static str> = [
+        registry.etcd.as_ref().map(|_| "etcd"),
+        registry.consul.as_ref().map(|_| "consul"),
+        registry.dns.as_ref().map(|_| "dns"),
+        registry.file.as_ref().map(|_| "file"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match given.as_slice() {
+        [one] => Some(one),
+        _ => None,
+    }
+}
+
+/// Registries, discovery references and registration.
+pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {
+    let root = FieldPath::root().key("registries");
+    for (name, registry) in &config.registries {
+        let path = root.key(name);
+        if backend_of(registry).is_none() {
+            issues.push(Issue::at(
+                path.clone(),
+                "a registry takes exactly one of `etcd`, `consul`, `dns`, `file`",
+            ));
+        }
+        if let Some(etcd) = &registry.etcd {
+            if etcd.endpoints.is_empty() {
+                issues.push(Issue::at(
+                    path.key("etcd").key("endpoints"),
+                    "list at least one etcd client URL",
+                ));
+            }
+            for (i, url) in etcd.endpoints.iter().enumerate() {
+                if !url.starts_with("http://") && !url.starts_with("https://") {
+                    issues.push(Issue::at(
+                        path.key("etcd").key("endpoints").index(i),
+                        format!("invalid etcd URL {url:?}: write it like `http://127.0.0.1:2379`"),
+                    ));
+                }
+            }
+        }
+        if let Some(dns) = &registry.dns {
+            if dns.interval.is_some_and(|i| i.is_zero()) {
+                issues.push(Issue::at(
+                    path.key("dns").key("interval"),
+                    "the interval must be longer than zero",
+                ));
+            }
+        }
+    }
+    let names: Vec<&str> = config.registries.keys().map(String::as_str).collect();
+    let unknown = |name: &str| {
+        let mut message = format!("unknown registry `{name}`");
+        if let Some(close) = closest(name, &names) {
+            message.push_str(&format!(", did you mean `{close}`?"));
+        }
+        message
+    };
+    for (service_name, service) in &config.services {
+        let path = FieldPath::root().key("services").key(service_name);
+        if let Some(discovery) = &service.discovery {
+            if !config.registries.contains_key(&discovery.registry) {
+                issues.push(Issue::at(
+                    path.key("discovery").key("registry"),
+                    unknown(&discovery.registry),
+                ));
+            }
+            if !service.endpoints.is_empty() {
+                issues.push(Issue::at(
+                    path.key("endpoints"),
+                    "a service takes `endpoints` or `discovery`, not both",
+                ));
+            }
+        }
+    }
+    if let Some(register) = &config.register {
+        let path = FieldPath::root().key("register");
+        match config.registries.get(&register.registry) {
+            None => issues.push(Issue::at(path.key("registry"), unknown(&register.registry))),
+            Some(registry) if registry.etcd.is_none() && registry.consul.is_none() => {
+                issues.push(Issue::at(
+                    path.key("registry"),
+                    "only etcd and Consul registries take registrations",
+                ))
+            }
+            Some(_) => {}
+        }
+        if register.ttl < Duration::from_secs(1) {
+            issues.push(Issue::at(path.key("ttl"), "the TTL must be at least 1s"));
+        }
+        if register.address.ip().is_unspecified() || register.address.port() == 0 {
+            issues.push(Issue::at(
+                path.key("address"),
+                "register the address others reach this sidecar at: a specific IP and port",
+            ));
+        }
+        if config.inbound.is_none() {
+            issues.push(Issue::at(
+                path.clone(),
+                "registering needs an `inbound` listener to receive the traffic",
+            ));
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The consumer side of discovery: one task per service pumps a registry's snapshots
+//! into the service's [`EndpointSet`], tracking freshness.
+//!
+//! A registry outage never empties the set: an `Err` item leaves the last snapshot
+//! serving and marks it stale (availability over consistency, as a proxy should choose;
+//! see docs/discovery.md). A [`Discovered`] outlives config reloads whose discovery
+//! settings for the service did not change, so endpoints, their latency estimates and
+//! breaker flags survive a reload, and a reload during an outage loses nothing.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry as MetricsRegistry;
+
+use super::{Freshness, Registry};
+use crate::balance::EndpointSet;
+use crate::config::RegistryConfig;
+
+/// Where a service's endpoints come from; equal sources share one [`Discovered`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A list in the config.
+    Static(Vec<SocketAddr>),
+    /// A registry, looked up under `name`.
+    Registry {
+        /// The registry's settings.
+        config: RegistryConfig,
+        /// The name looked up.
+        name: String,
+    },
+}
+
+impl Source {
+    /// A short label for `/endpoints`.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Static(_) => "static".into(),
+            Self::Registry { config, name } => {
+                let backend = crate::config::resolve::registry_backend(config);
+                format!("{backend}:{name}")
+            }
+        }
+    }
+}
+
+/// Labels of discovery metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DiscoveryLabels {
+    /// The service.
+    pub service: String,
+}
+
+/// Labels of discovery updates.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UpdateLabels {
+    /// The service.
+    pub service: String,
+    /// `ok` (a snapshot) or `error` (the registry failed; the last snapshot stays).
+    pub result: &'static str,
+}
+
+/// Discovery metrics.
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryMetrics {
+    updates: Family<UpdateLabels, Counter>,
+    stale: Family<DiscoveryLabels, Gauge>,
+    endpoints: Family<DiscoveryLabels, Gauge>,
+}
+
+impl DiscoveryMetrics {
+    /// Registers the discovery metrics.
+    pub fn register(registry: &mut MetricsRegistry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "discovery_updates",
+            "Registry items received, by service and result",
+            metrics.updates.clone(),
+        );
+        registry.register(
+            "discovery_stale",
+            "1 while a service's endpoints are stale (its registry is failing), else 0",
+            metrics.stale.clone(),
+        );
+        registry.register(
+            "discovery_endpoints",
+            "Endpoints in a service's current snapshot",
+            metrics.endpoints.clone(),
+        );
+        metrics
+    }
+}
+
+/// A service's endpoints as discovery keeps them.
+#[derive(Debug)]
+pub struct Discovered {
+    /// Where they come from.
+    pub source: Source,
+    /// The set the balancer picks from.
+    pub endpoints: Arc<EndpointSet>,
+    /// How fresh the set is.
+    freshness: Arc<Mutex<Freshness>>,
+    /// The pump; it stops when the last holder of this drops it.
+    pump: tokio::task::AbortHandle,
+}
+
+impl Drop for Discovered {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+/// How long to wait for a registry's first snapshot before serving without it.
+const FIRST_SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
+
+impl Discovered {
+    /// Watches `service` (looked up as `name`) in `registry`, waiting briefly for the
+    /// first snapshot so the first requests find endpoints.
+    pub async fn start(
+        service: &str,
+        name: &str,
+        source: Source,
+        registry: &dyn Registry,
+        metrics: &DiscoveryMetrics,
+    ) -> Arc<Discovered> {
+        let endpoints = Arc::new(EndpointSet::new());
+        let freshness = Arc::new(Mutex::new(Freshness::new()));
+        let labels = DiscoveryLabels {
+            service: service.to_string(),
+        };
+        // NOTE: one statement per handle: a family's guard held while another handle of
+        // the same family is created would deadlock on its lock.
+        let update = |result| UpdateLabels {
+            service: service.to_string(),
+            result,
+        };
+        let ok = metrics.updates.get_or_create(&update("ok")).clone();
+        let failed = metrics.updates.get_or_create(&update("error")).clone();
+        let stale = metrics.stale.get_or_create(&labels).clone();
+        let count = metrics.endpoints.get_or_create(&labels).clone();
+        let feed = Feed {
+            service: service.to_string(),
+            endpoints: endpoints.clone(),
+            freshness: freshness.clone(),
+            ok,
+            failed,
+            stale,
+            count,
+        };
+        let mut snapshots = registry.watch(name);
+        if let Ok(Some(first)) = tokio::time::timeout(FIRST_SNAPSHOT_WAIT, snapshots.next()).await {
+            feed.apply(&first);
+        }
+        let pump = tokio::spawn(async move {
+            while let Some(item) = snapshots.next().await {
+                feed.apply(&item);
+            }
+        });
+        Arc::new(Discovered {
+            source,
+            endpoints,
+            freshness,
+            pump: pump.abort_handle(),
+        })
+    }
+
+    /// `Some(how long)` while the endpoints are stale, with the registry's last error.
+    pub fn staleness(&self) -> Option<(Duration, String)> {
+        let freshness = self.freshness.lock().ok()?;
+        let since = freshness.stale_since()?;
+        let error = freshness
+            .last_error()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        Some((since.elapsed(), error))
+    }
+}
+
+/// What the pump writes to.
+struct Feed {
+    service: String,
+    endpoints: Arc<EndpointSet>,
+    freshness: Arc<Mutex<Freshness>>,
+    ok: Counter,
+    failed: Counter,
+    stale: Gauge,
+    count: Gauge,
+}
+
+impl Feed {
+    fn apply(&self, item: &Result<Vec<super::Instance>, super::DiscoveryError>) {
+        let was_stale = self.freshness.lock().map(|f| f.is_stale()).unwrap_or(false);
+        if let Ok(mut freshness) = self.freshness.lock() {
+            freshness.observe(item, Instant::now());
+        }
+        match item {
+            Ok(instances) => {
+                self.endpoints.update(instances);
+                self.ok.inc();
+                self.stale.set(0);
+                self.count
+                    .set(i64::try_from(instances.len()).unwrap_or(i64::MAX));
+                if was_stale {
+                    tracing::info!(service = %self.service, endpoints = instances.len(), "discovery recovered");
+                }
+            }
+            Err(error) => {
+                self.failed.inc();
+                self.stale.set(1);
+                if !was_stale {
+                    tracing::warn!(
+                        service = %self.service,
+                        %error,
+                        "discovery failed; the last known endpoints keep serving",
+                    );
+                }
+            }
+        }
+    }
+}
