@@ -8,7 +8,6 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -166,11 +165,17 @@ impl tower::Service<Request<ProxyBody>> for Forward {
     fn call(&mut self, mut request: Request<ProxyBody>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let endpoint = match request.extensions().get::<AvoidEndpoints>() {
-                Some(AvoidEndpoints(avoid)) => this.endpoints.pick_excluding(avoid),
-                None => this.endpoints.pick(),
-            }
-            .ok_or_else(|| ProxyError::NoHealthyEndpoint(this.service.to_string()))?;
+            // Balancing: only a consistent-hash balancer reads a key from the request;
+            // retries name the endpoints that failed so the pick prefers others.
+            let key = this.endpoints.hash_key(&request);
+            let avoid = request
+                .extensions()
+                .get::<AvoidEndpoints>()
+                .map_or(&[][..], |AvoidEndpoints(avoid)| avoid);
+            let endpoint = this
+                .endpoints
+                .pick_for(key, avoid)
+                .ok_or_else(|| ProxyError::NoHealthyEndpoint(this.service.to_string()))?;
             let client_upgrade = request
                 .headers()
                 .contains_key(header::UPGRADE)
@@ -183,9 +188,11 @@ impl tower::Service<Request<ProxyBody>> for Forward {
             let attempt = crate::trace::attempt(&mut request, endpoint.addr); // tracing: try span + inject
 
             let started = Instant::now();
-            endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+            // Balancing: counts the attempt in flight and samples its RTT at response
+            // headers; dropped with this future (timeout, cancel), it still ends.
+            let load = this.endpoints.start(&endpoint);
             let result = client.request(request).await;
-            endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+            load.finish(result.is_ok());
             let result = result
                 .map(|response| response.map(ProxyBody::streamed))
                 .map_err(|error| {

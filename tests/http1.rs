@@ -257,7 +257,7 @@ async fn a_dead_endpoint_is_a_502_naming_the_connect_failure() {
 }
 
 #[tokio::test]
-async fn requests_round_robin_across_endpoints() {
+async fn requests_reach_every_endpoint() {
     let (a, log_a) = recording("a").await;
     let (b, log_b) = recording("b").await;
     let proxy = outbound_to(&[a, b], "auto").await;
@@ -266,5 +266,13 @@ async fn requests_round_robin_across_endpoints() {
         let (status, _, _) = get(&format!("http://{svc}/")).await;
         assert_eq!(status, 200);
     }
-    assert_eq!((log_a.len(), log_b.len()), (5, 5));
+    // The default balancer (P2C peak-EWMA) tries an endpoint it has not measured
+    // before one it has, so both are reached; the split then follows latency.
+    assert_eq!(log_a.len() + log_b.len(), 10);
+    assert!(
+        log_a.len() >= 1 && log_b.len() >= 1,
+        "{} {}",
+        log_a.len(),
+        log_b.len()
+    );
 }

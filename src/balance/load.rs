@@ -1,0 +1,65 @@
+//! What one attempt puts on its endpoint: a unit of in-flight load while it waits for
+//! response headers, and an RTT sample when it ends.
+//!
+//! [`Forward`](crate::upstream::Forward) takes an [`InFlight`] from
+//! [`EndpointSet::start`](super::EndpointSet::start) right before sending. The sample is
+//! recorded here rather than by an [`EndpointObserver`](crate::upstream::EndpointObserver):
+//! the estimate lives on the endpoint, so no dynamic call or lookup is needed, and the
+//! guard also covers attempts that never end (dropped by a timeout or a caller that went
+//! away), which observers are not told of.
+
+use std::sync::atomic::Ordering;
+
+use tokio::time::Instant;
+
+use super::ewma::EwmaParams;
+use super::Endpoint;
+
+/// One attempt in flight on an endpoint; dropping it ends the attempt.
+///
+/// Invariant: while it lives, the endpoint's `in_flight` counts it exactly once.
+#[derive(Debug)]
+#[must_use = "the attempt ends when this is dropped"]
+pub struct InFlight<'e> {
+    endpoint: &'e Endpoint,
+    params: EwmaParams,
+    started: Instant,
+    /// Whether the outcome was recorded by [`finish`](Self::finish).
+    finished: bool,
+}
+
+impl<'e> InFlight<'e> {
+    pub(crate) fn new(endpoint: &'e Endpoint, params: EwmaParams) -> Self {
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self {
+            endpoint,
+            params,
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    /// The attempt got response headers (`answered`) or failed to (connect error,
+    /// reset). A failure counts as a slow answer so a black hole does not attract load.
+    pub fn finish(mut self, answered: bool) {
+        let elapsed = self.started.elapsed();
+        if answered {
+            self.endpoint.rtt.record(elapsed, self.params);
+        } else {
+            self.endpoint.rtt.record_failure(elapsed, self.params);
+        }
+        self.finished = true;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !self.finished {
+            // Abandoned (timed out, cancelled): it took at least this long.
+            self.endpoint
+                .rtt
+                .record(self.started.elapsed(), self.params);
+        }
+    }
+}
