@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header::{CONNECTION, HOST, USER_AGENT};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Uri};
@@ -67,14 +68,17 @@ impl HttpProbe {
                 .await
                 .map_err(ProbeError::Http)?;
         let mut connection = std::pin::pin!(connection);
-        let request = self.request(addr);
+        let mut response = std::pin::pin!(sender.send_request(self.request(addr)));
         let response = tokio::select! {
-            response = sender.send_request(request) => response.map_err(ProbeError::Http)?,
+            biased;
+            response = &mut response => response.map_err(ProbeError::Http)?,
             ended = &mut connection => {
-                return Err(match ended {
-                    Err(error) => ProbeError::Http(error),
-                    Ok(()) => ProbeError::Closed,
-                });
+                // The connection may hand the response over and end in the same poll
+                // (`Connection: close`): the response is then ready.
+                match response.now_or_never() {
+                    Some(response) => response.map_err(ProbeError::Http)?,
+                    None => return Err(ended.err().map_or(ProbeError::Closed, ProbeError::Http)),
+                }
             }
         };
         let status = response.status().as_u16();
@@ -123,8 +127,10 @@ mod tests {
             HttpProbe::try_new("/healthz", &[], None),
             Err(NoExpectedStatuses)
         ));
+        #[allow(clippy::reversed_empty_ranges)] // the typo being rejected
+        let reversed = [300..=200];
         assert!(matches!(
-            HttpProbe::try_new("/healthz", &[300..=200], None),
+            HttpProbe::try_new("/healthz", &reversed, None),
             Err(StatusRange {
                 start: 300,
                 end: 200
