@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# The discovery tests start a real etcd.
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     sudo=""

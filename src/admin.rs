@@ -73,32 +73,33 @@ fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<ProxyBody> 
 #[derive(Serialize)]
 struct ServiceEndpoints {
     service: String,
-    endpoints: Vec<EndpointView>,
-}
-
-#[derive(Serialize)]
-struct EndpointView {
-    address: String,
-    in_flight: usize,
+    /// `static`, or `<backend>:<name>`.
+    source: String,
+    /// True while the registry fails and the last known endpoints serve.
+    stale: bool,
+    stale_for_seconds: Option<f64>,
+    last_error: Option<String>,
+    /// True while too few endpoints are ready and the balancer uses all of them.
+    panic: bool,
+    endpoints: Vec<crate::balance::EndpointView>,
 }
 
 fn endpoints_json(shared: &Shared) -> String {
     let state = shared.state.load();
     let mut services: Vec<ServiceEndpoints> = state
-        .inbound
+        .discovery
         .iter()
-        .chain(state.routes.services())
-        .map(|target| ServiceEndpoints {
-            service: target.name.to_string(),
-            endpoints: target
-                .endpoints
-                .snapshot()
-                .iter()
-                .map(|e| EndpointView {
-                    address: e.addr.to_string(),
-                    in_flight: e.in_flight.load(Ordering::Relaxed),
-                })
-                .collect(),
+        .map(|(name, discovered)| {
+            let staleness = discovered.staleness();
+            ServiceEndpoints {
+                service: name.clone(),
+                source: discovered.key.source.label(),
+                stale: staleness.is_some(),
+                stale_for_seconds: staleness.as_ref().map(|(age, _)| age.as_secs_f64()),
+                last_error: staleness.map(|(_, error)| error),
+                panic: discovered.endpoints.in_panic(),
+                endpoints: discovered.endpoints.views(),
+            }
         })
         .collect();
     services.sort_by(|a, b| a.service.cmp(&b.service));

@@ -99,6 +99,10 @@ pub struct Metrics {
     pub policy: crate::policy::PolicyMetrics,
     /// Discovery updates and staleness.
     pub discovery: crate::discovery::pump::DiscoveryMetrics,
+    /// Balancer panic mode.
+    pub balancer: crate::balance::BalancerMetrics,
+    /// Health checks and outlier ejection.
+    pub health: crate::health::HealthMetrics,
 }
 
 impl Default for Metrics {
@@ -145,9 +149,13 @@ impl Metrics {
         );
         let policy = crate::policy::PolicyMetrics::register(&mut registry);
         let discovery = crate::discovery::pump::DiscoveryMetrics::register(&mut registry);
+        let balancer = crate::balance::BalancerMetrics::register(&mut registry);
+        let health = crate::health::HealthMetrics::register(&mut registry);
         Self {
             policy,
             discovery,
+            balancer,
+            health,
             registry,
             requests,
             duration,

@@ -17,7 +17,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::discovery::pump::{Discovered, DiscoveryMetrics, Source};
+use crate::discovery::pump::{Discovered, DiscoveryKey, Source};
+use crate::discovery::self_registration::SelfRegistration;
 use crate::discovery::{Registry, StaticRegistry};
 use crate::listener::{self, ProxyListener};
 use crate::metrics::{Metrics, ReloadLabels};
@@ -97,20 +98,22 @@ impl State {
                     None,
                 ),
             };
-            let discovered = start_discovery(
-                previous,
-                name,
+            let key = DiscoveryKey {
                 source,
-                &lookup,
-                registry,
-                &metrics.discovery,
-            )
-            .await?;
-            let target = StackTarget::service(
+                balancer: service.balancer.clone(),
+                health_check: service.health_check.clone(),
+                outlier: service.outlier_detection.clone(),
+            };
+            let discovered =
+                start_discovery(previous, name, key, &lookup, registry, metrics).await?;
+            let mut target = StackTarget::service(
                 Arc::from(name.as_str()),
                 discovered.endpoints.clone(),
                 service,
             );
+            if let Some(outlier) = &discovered.outlier {
+                target.observers.push(outlier.clone());
+            }
             let core = builder
                 .core(target)
                 .map_err(|e| format!("services.{name}: {e}"))?;
@@ -119,16 +122,14 @@ impl State {
         }
         let inbound_core = match &config.inbound {
             Some(inbound) => {
-                let source = Source::Static(vec![inbound.app]);
-                let discovered = start_discovery(
-                    previous,
-                    INBOUND_APP,
-                    source,
-                    INBOUND_APP,
-                    None,
-                    &metrics.discovery,
-                )
-                .await?;
+                let key = DiscoveryKey {
+                    source: Source::Static(vec![inbound.app]),
+                    balancer: Default::default(),
+                    health_check: None,
+                    outlier: None,
+                };
+                let discovered =
+                    start_discovery(previous, INBOUND_APP, key, INBOUND_APP, None, metrics).await?;
                 let target = StackTarget::inbound(
                     Arc::from(INBOUND_APP),
                     discovered.endpoints.clone(),
@@ -194,18 +195,18 @@ const INBOUND_APP: &str = "inbound";
 async fn start_discovery(
     previous: Option<&State>,
     service: &str,
-    source: Source,
+    key: DiscoveryKey,
     lookup: &str,
     registry: Option<Arc<dyn Registry>>,
-    metrics: &DiscoveryMetrics,
+    metrics: &Metrics,
 ) -> Result<Arc<Discovered>, String> {
     if let Some(found) = previous
         .and_then(|state| state.discovery.get(service))
-        .filter(|found| found.source == source)
+        .filter(|found| found.key == key)
     {
         return Ok(found.clone());
     }
-    let registry: Arc<dyn Registry> = match (&source, registry) {
+    let registry: Arc<dyn Registry> = match (&key.source, registry) {
         (Source::Static(addrs), _) => {
             let mut fixed = StaticRegistry::new();
             fixed.insert(lookup, addrs);
@@ -216,7 +217,9 @@ async fn start_discovery(
             return Err(format!("services.{service}.discovery: unknown registry"))
         }
     };
-    Ok(Discovered::start(service, lookup, source, registry.as_ref(), metrics).await)
+    Discovered::start(service, lookup, key, registry.as_ref(), metrics)
+        .await
+        .map_err(|e| format!("services.{service}: {e}"))
 }
 
 /// Addresses the sidecar's listeners are bound to (port 0 in the config is resolved).
@@ -271,6 +274,8 @@ pub struct Sidecar {
     shutdown: watch::Sender<bool>,
     listeners: JoinSet<()>,
     admin: tokio::task::JoinHandle<()>,
+    /// The local app's registration, when `register` is configured.
+    registration: Option<SelfRegistration>,
 }
 
 /// A cheap handle for reloading and inspecting a running sidecar.
@@ -360,12 +365,14 @@ impl Sidecar {
         }
         let admin = tokio::spawn(crate::admin::serve(admin_tcp, shared.clone()));
         tracing::info!(?addrs, "remora started");
+        let registration = start_registration(&shared.state.load().config)?;
         Ok(Sidecar {
             shared,
             addrs,
             shutdown,
             listeners,
             admin,
+            registration,
         })
     }
 
@@ -384,12 +391,45 @@ impl Sidecar {
     /// Stops accepting, lets in-flight requests finish within `drain_timeout`, and stops.
     pub async fn shutdown(mut self) {
         self.shared.draining.store(true, Ordering::SeqCst);
+        if let Some(registration) = self.registration.take() {
+            // Leave the registry first, so callers stop choosing this instance before
+            // its connections close.
+            registration.deregister().await;
+        }
         tracing::info!("shutting down: draining connections");
         let _ = self.shutdown.send(true);
         while self.listeners.join_next().await.is_some() {}
         self.admin.abort();
         self.shared.tracing.flush().await;
         tracing::info!("stopped");
+    }
+}
+
+/// Starts the local app's registration when the config asks for one.
+fn start_registration(config: &Config) -> Result<Option<SelfRegistration>, StartError> {
+    let (Some(section), Some(inbound)) = (&config.register, &config.inbound) else {
+        return Ok(None);
+    };
+    let registry = config.registries.get(&section.registry).ok_or_else(|| {
+        StartError::Policy(format!("register: unknown registry `{}`", section.registry))
+    })?;
+    let registry = crate::config::resolve::registry(registry)
+        .map_err(|e| StartError::Policy(format!("registries.{}: {e}", section.registry)))?;
+    Ok(Some(SelfRegistration::start(
+        section,
+        &config.service,
+        inbound.app,
+        registry,
+    )))
+}
+
+impl Sidecar {
+    /// Whether the local app is registered in its registry now.
+    pub async fn is_registered(&self) -> bool {
+        match &self.registration {
+            Some(registration) => registration.is_registered().await,
+            None => false,
+        }
     }
 }
 
@@ -439,6 +479,9 @@ impl SidecarHandle {
 }
 
 fn warn_about_listener_changes(old: &Config, new: &Config) {
+    if old.register != new.register {
+        tracing::warn!("registration is set up at start; restart remora to apply this change");
+    }
     if old.tracing != new.tracing || old.service != new.service {
         tracing::warn!(
             "the tracing pipeline is built at start; restart remora to apply this change"

@@ -115,6 +115,165 @@ pub struct RegisterSection {
     pub deregister_delay: Duration,
 }
 
+/// How a service's calls are spread over its endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalancerSection {
+    /// `p2c` (power of two choices on in-flight × peak-EWMA latency), `round_robin`,
+    /// `least_request`, `random`, `ring_hash` or `maglev` (consistent hashing).
+    #[serde(default)]
+    pub algorithm: BalancerAlgorithm,
+    /// For `ring_hash` / `maglev`: `header:<name>`, `cookie:<name>` or `client_ip`.
+    #[serde(default)]
+    pub hash_key: Option<String>,
+    /// When fewer than this share of endpoints are ready, balance over all of them
+    /// rather than overload the few (Envoy's panic mode); `0%` disables it.
+    #[serde(default = "default_panic_threshold")]
+    pub panic_threshold: super::Percent,
+}
+
+impl Default for BalancerSection {
+    fn default() -> Self {
+        Self {
+            algorithm: BalancerAlgorithm::default(),
+            hash_key: None,
+            panic_threshold: default_panic_threshold(),
+        }
+    }
+}
+
+/// Balancing algorithms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancerAlgorithm {
+    /// Power of two choices, peak EWMA.
+    #[default]
+    P2c,
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Power of two choices on in-flight calls.
+    LeastRequest,
+    /// Weighted random.
+    Random,
+    /// Consistent hashing on a ring.
+    RingHash,
+    /// Consistent hashing with a Maglev table.
+    Maglev,
+}
+
+/// Active health checks of a service's endpoints.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    /// An HTTP probe: `{ path: /healthz, expected: ["200-399"] }`.
+    #[serde(default)]
+    pub http: Option<HttpProbeSection>,
+    /// A TCP connect probe: `tcp: {}`.
+    #[serde(default)]
+    pub tcp: Option<TcpProbeSection>,
+    /// A `grpc.health.v1.Health/Check` probe: `{ service: "" }` (empty = the server).
+    #[serde(default)]
+    pub grpc: Option<GrpcProbeSection>,
+    /// Time between probe rounds.
+    #[serde(default = "default_probe_interval", with = "super::scalar::duration")]
+    pub interval: Duration,
+    /// Time limit of one probe.
+    #[serde(default = "default_probe_timeout", with = "super::scalar::duration")]
+    pub timeout: Duration,
+    /// Failed probes in a row that take an endpoint out of balancing.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Passed probes in a row that bring it back.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+}
+
+/// HTTP probe.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbeSection {
+    /// The path requested.
+    pub path: String,
+    /// Passing statuses: `"200-399"`, `"204"`.
+    #[serde(default = "default_expected")]
+    pub expected: Vec<String>,
+    /// The Host header sent (default: the endpoint's address).
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// TCP probe.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProbeSection {}
+
+/// gRPC health probe.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcProbeSection {
+    /// The service asked about; empty asks about the whole server.
+    #[serde(default)]
+    pub service: String,
+}
+
+/// Passive outlier ejection: endpoints that keep failing are taken out for a while.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierSection {
+    /// Failures in a row that eject an endpoint.
+    #[serde(default = "default_outlier_failures")]
+    pub consecutive_failures: u32,
+    /// What counts as a failure (same words as `retry_on`).
+    #[serde(default = "default_outlier_failure_on")]
+    pub failure_on: Vec<super::Condition>,
+    /// First ejection's length; each further ejection lasts this times its count.
+    #[serde(default = "default_base_ejection", with = "super::scalar::duration")]
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    #[serde(default = "default_max_ejection", with = "super::scalar::duration")]
+    pub max_ejection: Duration,
+    /// Most of the set ejected at once.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: super::Percent,
+}
+
+fn default_panic_threshold() -> super::Percent {
+    super::Percent(0.5)
+}
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_expected() -> Vec<String> {
+    vec!["200-399".into()]
+}
+fn default_outlier_failures() -> u32 {
+    5
+}
+fn default_outlier_failure_on() -> Vec<super::Condition> {
+    vec![
+        super::Condition::ServerError,
+        super::Condition::ConnectFailure,
+    ]
+}
+fn default_base_ejection() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_ejection() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_ejection_percent() -> super::Percent {
+    super::Percent(0.5)
+}
+
 fn default_etcd_prefix() -> String {
     "/remora/services".into()
 }
@@ -191,6 +350,19 @@ pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {
     };
     for (service_name, service) in &config.services {
         let path = FieldPath::root().key("services").key(service_name);
+        if let Err(message) = super::resolve::balancer(&service.balancer) {
+            issues.push(Issue::at(path.key("balancer"), message));
+        }
+        if let Some(check) = &service.health_check {
+            if let Err(message) = super::resolve::health_check(check) {
+                issues.push(Issue::at(path.key("health_check"), message));
+            }
+        }
+        if let Some(outlier) = &service.outlier_detection {
+            if let Err(message) = super::resolve::outlier(outlier) {
+                issues.push(Issue::at(path.key("outlier_detection"), message));
+            }
+        }
         if let Some(discovery) = &service.discovery {
             if !config.registries.contains_key(&discovery.registry) {
                 issues.push(Issue::at(

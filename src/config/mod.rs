@@ -32,8 +32,9 @@ mod validate;
 mod validate_policies;
 
 pub use discovery::{
-    ConsulSection, DiscoveryRef, DnsSection, EtcdSection, FileSection, RegisterSection,
-    RegistryConfig,
+    BalancerAlgorithm, BalancerSection, ConsulSection, DiscoveryRef, DnsSection, EtcdSection,
+    FileSection, GrpcProbeSection, HealthCheckSection, HttpProbeSection, OutlierSection,
+    RegisterSection, RegistryConfig, TcpProbeSection,
 };
 pub use env::EnvLookup;
 pub use error::{ConfigError, Diagnostic, DiagnosticKind, FieldPath, PathSegment};

@@ -307,3 +307,111 @@ pub fn registry(
     }
     Err("a registry takes exactly one of `etcd`, `consul`, `dns`, `file`".into())
 }
+
+/// A service's balancer.
+pub fn balancer(
+    section: &super::BalancerSection,
+) -> Result<crate::balance::BalancerConfig, String> {
+    use super::BalancerAlgorithm as Algorithm;
+    use crate::balance::{Balancer, BalancerConfig, HashAlgorithm, HashKey};
+    let key = || -> Result<HashKey, String> {
+        let text = section.hash_key.as_deref().ok_or(
+            "consistent hashing needs `hash_key`: `header:<name>`, `cookie:<name>` or `client_ip`",
+        )?;
+        if text == "client_ip" {
+            return Ok(HashKey::ClientIp);
+        }
+        if let Some(name) = text.strip_prefix("header:") {
+            return HeaderName::from_bytes(name.trim().as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| format!("invalid header name in hash_key {text:?}"));
+        }
+        if let Some(name) = text.strip_prefix("cookie:") {
+            return Ok(HashKey::Cookie(name.trim().to_string()));
+        }
+        Err(format!(
+            "invalid hash_key {text:?}: expected `header:<name>`, `cookie:<name>` or `client_ip`"
+        ))
+    };
+    let balancer = match section.algorithm {
+        Algorithm::P2c => Balancer::default(),
+        Algorithm::RoundRobin => Balancer::RoundRobin,
+        Algorithm::LeastRequest => Balancer::LeastRequest,
+        Algorithm::Random => Balancer::Random,
+        Algorithm::RingHash => Balancer::ConsistentHash {
+            key: key()?,
+            algorithm: HashAlgorithm::ring(),
+        },
+        Algorithm::Maglev => Balancer::ConsistentHash {
+            key: key()?,
+            algorithm: HashAlgorithm::maglev(),
+        },
+    };
+    if section.hash_key.is_some()
+        && !matches!(section.algorithm, Algorithm::RingHash | Algorithm::Maglev)
+    {
+        return Err("`hash_key` only applies to `ring_hash` and `maglev`".into());
+    }
+    let threshold = (section.panic_threshold.0 * 100.0).round() as u8;
+    BalancerConfig::try_new(balancer, threshold).map_err(|e| e.to_string())
+}
+
+/// Active health checks.
+pub fn health_check(
+    section: &super::HealthCheckSection,
+) -> Result<crate::health::HealthCheckConfig, String> {
+    use crate::health::{HealthCheckConfig, Probe};
+    let probes = [
+        section.http.is_some(),
+        section.tcp.is_some(),
+        section.grpc.is_some(),
+    ];
+    if probes.iter().filter(|given| **given).count() != 1 {
+        return Err("a health check takes exactly one of `http`, `tcp`, `grpc`".into());
+    }
+    let probe = if let Some(http) = &section.http {
+        let mut expected = Vec::new();
+        for range in &http.expected {
+            let (low, high) = range.split_once('-').unwrap_or((range, range));
+            let parse = |text: &str| {
+                text.trim()
+                    .parse::<u16>()
+                    .map_err(|_| format!("invalid status range {range:?}: write it like `200-399`"))
+            };
+            expected.push(parse(low)?..=parse(high)?);
+        }
+        Probe::Http {
+            path: http.path.clone(),
+            expected,
+            host: http.host.clone(),
+        }
+    } else if let Some(grpc) = &section.grpc {
+        Probe::Grpc {
+            service: grpc.service.clone(),
+        }
+    } else {
+        Probe::Tcp
+    };
+    HealthCheckConfig::try_new(
+        probe,
+        section.interval,
+        section.timeout,
+        section.unhealthy_threshold,
+        section.healthy_threshold,
+        0.1,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Passive outlier ejection.
+pub fn outlier(section: &super::OutlierSection) -> Result<crate::health::OutlierConfig, String> {
+    let percent = (section.max_ejection_percent.0 * 100.0).round() as u8;
+    crate::health::OutlierConfig::try_new(
+        section.consecutive_failures,
+        conditions(&section.failure_on),
+        section.base_ejection,
+        section.max_ejection,
+        percent,
+    )
+    .map_err(|e| e.to_string())
+}

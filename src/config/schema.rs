@@ -133,6 +133,15 @@ pub struct ServiceConfig {
     /// Endpoints from a registry instead of a static list.
     #[serde(default)]
     pub discovery: Option<super::DiscoveryRef>,
+    /// How calls are spread over the endpoints (default: P2C peak-EWMA).
+    #[serde(default)]
+    pub balancer: super::BalancerSection,
+    /// Active health checks; unhealthy endpoints leave balancing.
+    #[serde(default)]
+    pub health_check: Option<super::HealthCheckSection>,
+    /// Passive outlier ejection; failing endpoints leave balancing for a while.
+    #[serde(default)]
+    pub outlier_detection: Option<super::OutlierSection>,
     /// Overall time limit of a call: a `policies.timeouts` name or a duration (`2s`).
     #[serde(default)]
     pub timeout: Option<String>,

@@ -37,6 +37,7 @@ mod freshness;
 pub mod pump;
 mod record;
 mod registration;
+pub mod self_registration;
 mod r#static;
 
 pub use backoff::Backoff;

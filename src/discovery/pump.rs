@@ -22,7 +22,21 @@ use super::{Freshness, Registry};
 use crate::balance::EndpointSet;
 use crate::config::RegistryConfig;
 
-/// Where a service's endpoints come from; equal sources share one [`Discovered`].
+/// Everything that shapes a service's endpoint set: equal keys share one
+/// [`Discovered`] across reloads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveryKey {
+    /// Where the endpoints come from.
+    pub source: Source,
+    /// How calls are spread over them.
+    pub balancer: crate::config::BalancerSection,
+    /// Active health checks.
+    pub health_check: Option<crate::config::HealthCheckSection>,
+    /// Passive outlier ejection.
+    pub outlier: Option<crate::config::OutlierSection>,
+}
+
+/// Where a service's endpoints come from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
     /// A list in the config.
@@ -96,13 +110,18 @@ impl DiscoveryMetrics {
     }
 }
 
-/// A service's endpoints as discovery keeps them.
+/// A service's endpoints as discovery keeps them, with the health mechanisms that hold
+/// endpoints out of balancing.
 #[derive(Debug)]
 pub struct Discovered {
-    /// Where they come from.
-    pub source: Source,
+    /// What shaped them.
+    pub key: DiscoveryKey,
     /// The set the balancer picks from.
     pub endpoints: Arc<EndpointSet>,
+    /// Passive outlier ejection, when configured (an observer of every attempt).
+    pub outlier: Option<Arc<crate::health::OutlierDetector>>,
+    /// Active health checks; they stop with this.
+    _health: Option<crate::health::HealthCheckHandle>,
     /// How fresh the set is.
     freshness: Arc<Mutex<Freshness>>,
     /// The pump; it stops when the last holder of this drops it.
@@ -124,11 +143,17 @@ impl Discovered {
     pub async fn start(
         service: &str,
         name: &str,
-        source: Source,
+        key: DiscoveryKey,
         registry: &dyn Registry,
-        metrics: &DiscoveryMetrics,
-    ) -> Arc<Discovered> {
-        let endpoints = Arc::new(EndpointSet::new());
+        all_metrics: &crate::metrics::Metrics,
+    ) -> Result<Arc<Discovered>, String> {
+        let metrics = &all_metrics.discovery;
+        let service_name: Arc<str> = Arc::from(service);
+        let balancer = crate::config::resolve::balancer(&key.balancer)?;
+        let endpoints = Arc::new(
+            EndpointSet::with_config(balancer)
+                .with_metrics(service_name.clone(), &all_metrics.balancer),
+        );
         let freshness = Arc::new(Mutex::new(Freshness::new()));
         let labels = DiscoveryLabels {
             service: service.to_string(),
@@ -161,12 +186,32 @@ impl Discovered {
                 feed.apply(&item);
             }
         });
-        Arc::new(Discovered {
-            source,
+        let health = match &key.health_check {
+            Some(section) => Some(crate::health::HealthChecker::spawn(
+                service_name.clone(),
+                crate::config::resolve::health_check(section)?,
+                endpoints.clone(),
+                all_metrics.health.clone(),
+            )),
+            None => None,
+        };
+        let outlier = match &key.outlier {
+            Some(section) => Some(Arc::new(crate::health::OutlierDetector::new(
+                service_name,
+                crate::config::resolve::outlier(section)?,
+                endpoints.clone(),
+                all_metrics.health.clone(),
+            ))),
+            None => None,
+        };
+        Ok(Arc::new(Discovered {
+            key,
             endpoints,
+            outlier,
+            _health: health,
             freshness,
             pump: pump.abort_handle(),
-        })
+        }))
     }
 
     /// `Some(how long)` while the endpoints are stale, with the registry's last error.

@@ -186,6 +186,8 @@ pub struct StackTarget<'a> {
     pub endpoint_breaker: Option<&'a str>,
     /// The concurrency cap.
     pub max_in_flight: Option<usize>,
+    /// Told of every attempt (outlier ejection); the endpoint breakers join them.
+    pub observers: Vec<Arc<dyn EndpointObserver>>,
 }
 
 impl<'a> StackTarget<'a> {
@@ -204,6 +206,7 @@ impl<'a> StackTarget<'a> {
             breaker: service.breaker.as_deref(),
             endpoint_breaker: service.endpoint_breaker.as_deref(),
             max_in_flight: service.max_in_flight,
+            observers: Vec::new(),
         }
     }
 
@@ -228,6 +231,7 @@ impl<'a> StackTarget<'a> {
             breaker: None,
             endpoint_breaker: None,
             max_in_flight: inbound.max_in_flight,
+            observers: Vec::new(),
         }
     }
 }
@@ -325,7 +329,7 @@ impl<'c> StackBuilder<'c> {
     pub fn core<'a>(&self, target: StackTarget<'a>) -> Result<CoreStacks<'a>, String> {
         let name = target.name.clone();
         let mut breakers = Vec::new();
-        let mut observers: Vec<Arc<dyn EndpointObserver>> = Vec::new();
+        let mut observers: Vec<Arc<dyn EndpointObserver>> = target.observers.clone();
         if let Some(policy) = target.endpoint_breaker {
             let config =
                 resolve::breaker(self.lookup(&self.policies.breakers, "breaker", policy)?)?;

@@ -1,0 +1,110 @@
+//! The sidecar registers its local app while it runs.
+//!
+//! Registration waits until the app accepts connections (an instance nobody can serve
+//! must not attract traffic), then holds a lease (etcd) or a passing TTL check (Consul)
+//! that the registry's keep-alive renews. On shutdown the sidecar deregisters *first*,
+//! waits `deregister_delay` so callers learn of the departure, and only then drains. A
+//! sidecar that dies without deregistering disappears when its TTL expires.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use super::{Instance, Registration, Registry};
+use crate::config::RegisterSection;
+
+/// How long to wait for a deregistration before draining anyway.
+const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The running registration of the local app.
+pub struct SelfRegistration {
+    task: tokio::task::JoinHandle<()>,
+    held: Arc<Mutex<Option<Registration>>>,
+    deregister_delay: Duration,
+}
+
+impl SelfRegistration {
+    /// Starts registering `app`'s instance as `section` says, once `app` is reachable.
+    pub fn start(
+        section: &RegisterSection,
+        service: &str,
+        app: SocketAddr,
+        registry: Arc<dyn Registry>,
+    ) -> Self {
+        let name = section.name.clone().unwrap_or_else(|| service.to_string());
+        let mut instance = Instance::new(section.address).with_id(
+            section
+                .id
+                .clone()
+                .unwrap_or_else(|| section.address.to_string()),
+        );
+        instance.weight = section.weight;
+        instance.metadata = section.metadata.clone();
+        let ttl = section.ttl;
+        let held = Arc::new(Mutex::new(None));
+        let slot = held.clone();
+        let task = tokio::spawn(async move {
+            wait_until_reachable(app).await;
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match registry.register(&name, instance.clone(), ttl).await {
+                    Ok(registration) => {
+                        tracing::info!(service = %name, id = %instance.id, address = %instance.addr, "registered");
+                        *slot.lock().await = Some(registration);
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(service = %name, %error, ?backoff, "registration failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        });
+        Self {
+            task,
+            held,
+            deregister_delay: section.deregister_delay,
+        }
+    }
+
+    /// Whether the instance is registered now.
+    pub async fn is_registered(&self) -> bool {
+        self.held.lock().await.is_some()
+    }
+
+    /// Deregisters (if registered), then waits `deregister_delay` for callers to notice.
+    pub async fn deregister(self) {
+        self.task.abort();
+        let Some(registration) = self.held.lock().await.take() else {
+            return;
+        };
+        match tokio::time::timeout(DEREGISTER_TIMEOUT, registration.deregister()).await {
+            Ok(Ok(())) => tracing::info!("deregistered"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "deregistration failed; the entry expires at its TTL")
+            }
+            Err(_) => tracing::warn!("deregistration timed out; the entry expires at its TTL"),
+        }
+        tokio::time::sleep(self.deregister_delay).await;
+    }
+}
+
+/// Waits until `app` accepts a TCP connection.
+async fn wait_until_reachable(app: SocketAddr) {
+    let mut logged = false;
+    loop {
+        let attempt =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(app)).await;
+        if matches!(attempt, Ok(Ok(_))) {
+            return;
+        }
+        if !logged {
+            tracing::info!(%app, "waiting for the app to accept connections before registering");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

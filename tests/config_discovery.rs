@@ -1,0 +1,116 @@
+//! The discovery side of the config: registries, references, registration, balancers,
+//! health checks and outlier detection, each mistake located.
+
+use remora::config;
+
+const BASE: &str = "\
+outbound: {}
+inbound: { listen: 127.0.0.1:15006, app: 127.0.0.1:8080 }
+registries:
+  main: { etcd: { endpoints: [http://127.0.0.1:2379] } }
+register: { registry: main, address: 10.0.0.7:15006 }
+services:
+  stock:
+    discovery: { registry: main }
+    balancer: { algorithm: maglev, hash_key: 'header:x-user' }
+    health_check: { tcp: {}, interval: 5s }
+    outlier_detection: { consecutive_failures: 3 }
+";
+
+fn error_of(text: &str) -> String {
+    config::parse("remora.yaml", text)
+        .expect_err("config must be refused")
+        .to_string()
+}
+
+#[test]
+fn the_example_parses_and_resolves() {
+    let config = config::parse("remora.yaml", BASE).unwrap_or_else(|e| panic!("{e}"));
+    let stock = &config.services["stock"];
+    assert!(config::resolve::balancer(&stock.balancer).is_ok());
+    assert!(config::resolve::health_check(stock.health_check.as_ref().unwrap()).is_ok());
+    assert!(config::resolve::outlier(stock.outlier_detection.as_ref().unwrap()).is_ok());
+    assert_eq!(
+        config.register.unwrap().ttl,
+        std::time::Duration::from_secs(10)
+    );
+}
+
+#[test]
+fn an_unknown_registry_is_located_with_a_suggestion() {
+    let error = error_of(&BASE.replace(
+        "discovery: { registry: main }",
+        "discovery: { registry: mian }",
+    ));
+    assert!(
+        error.starts_with("remora.yaml:8:28: services.stock.discovery.registry: unknown registry `mian`, did you mean `main`?"),
+        "{error}"
+    );
+}
+
+#[test]
+fn endpoints_and_discovery_exclude_each_other() {
+    let error = error_of(&BASE.replace(
+        "    discovery: { registry: main }",
+        "    discovery: { registry: main }\n    endpoints: [10.0.0.1:80]",
+    ));
+    assert!(
+        error.contains(
+            "services.stock.endpoints: a service takes `endpoints` or `discovery`, not both"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn consistent_hashing_needs_a_valid_key() {
+    let error = error_of(&BASE.replace("hash_key: 'header:x-user'", "hash_key: 'query:user'"));
+    assert!(
+        error.contains("services.stock.balancer: invalid hash_key \"query:user\""),
+        "{error}"
+    );
+    let error = error_of(&BASE.replace(", hash_key: 'header:x-user'", ""));
+    assert!(
+        error.contains("consistent hashing needs `hash_key`"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_health_check_takes_one_probe() {
+    let error = error_of(&BASE.replace("tcp: {}", "tcp: {}, grpc: {}"));
+    assert!(
+        error.contains("services.stock.health_check: a health check takes exactly one of"),
+        "{error}"
+    );
+}
+
+#[test]
+fn registration_needs_an_etcd_or_consul_registry() {
+    let text = BASE
+        .replace(
+            "  main: { etcd: { endpoints: [http://127.0.0.1:2379] } }",
+            "  main: { etcd: { endpoints: [http://127.0.0.1:2379] } }\n  names: { dns: {} }",
+        )
+        .replace(
+            "register: { registry: main,",
+            "register: { registry: names,",
+        );
+    let error = error_of(&text);
+    assert!(
+        error.contains("register.registry: only etcd and Consul registries take registrations"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_registry_takes_one_backend() {
+    let error = error_of(&BASE.replace(
+        "  main: { etcd: { endpoints: [http://127.0.0.1:2379] } }",
+        "  main: { etcd: { endpoints: [http://127.0.0.1:2379] }, dns: {} }",
+    ));
+    assert!(
+        error.contains("registries.main: a registry takes exactly one of"),
+        "{error}"
+    );
+}

@@ -1,0 +1,145 @@
+//! Discovery and self-registration end to end: sidecars configured in YAML, a real etcd,
+//! traffic that follows instances as they register, deregister, expire, and as etcd
+//! goes away and comes back.
+
+mod etcd_harness;
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// A sidecar in front of a recording app named `name`, registering itself in etcd with
+/// a 2s TTL.
+async fn registered_instance(etcd: &str, name: &'static str) -> (remora::Sidecar, Log) {
+    let (app, log) = recording(name).await;
+    let inbound = free_port();
+    let sidecar = sidecar(&format!(
+        "service: inventory\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         inbound: {{ listen: 127.0.0.1:{inbound}, app: {app} }}\n\
+         registries:\n  main: {{ etcd: {{ endpoints: [{etcd}] }} }}\n\
+         register: {{ registry: main, address: 127.0.0.1:{inbound}, id: {name}, ttl: 2s, deregister_delay: 100ms }}\n"
+    ))
+    .await;
+    (sidecar, log)
+}
+
+/// A caller's sidecar discovering `inventory` in etcd.
+async fn caller(etcd: &str) -> remora::Sidecar {
+    sidecar(&format!(
+        "service: frontend\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         registries:\n  main: {{ etcd: {{ endpoints: [{etcd}] }} }}\n\
+         services:\n  inventory:\n    listen: 127.0.0.1:0\n    discovery: {{ registry: main }}\n    balancer: {{ algorithm: round_robin }}\n"
+    ))
+    .await
+}
+
+async fn answered_by(caller: &remora::Sidecar) -> Option<String> {
+    let url = format!(
+        "http://{}/stock",
+        caller.addrs().service("inventory").unwrap()
+    );
+    let (status, headers, _) = get(&url).await;
+    (status == 200).then(|| headers["x-upstream"].to_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn instances_join_leave_and_expire_with_traffic_following() {
+    let etcd = etcd_harness::Etcd::start().await;
+    let endpoint = etcd.endpoint();
+    let (one, one_log) = registered_instance(&endpoint, "one").await;
+    let caller = caller(&endpoint).await;
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            answered_by(&caller).await.as_deref() == Some("one")
+        })
+        .await,
+        "a registered instance gets traffic within a second or two"
+    );
+    assert!(one.is_registered().await);
+
+    let (two, two_log) = registered_instance(&endpoint, "two").await;
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            answered_by(&caller).await.as_deref() == Some("two")
+        })
+        .await,
+        "a second instance joins the rotation"
+    );
+
+    // A graceful shutdown deregisters at once.
+    one.shutdown().await;
+    let before = one_log.len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..10 {
+        assert_eq!(answered_by(&caller).await.as_deref(), Some("two"));
+    }
+    assert_eq!(one_log.len(), before, "no traffic after deregistration");
+
+    // A sidecar that dies (no deregistration) disappears when its lease expires.
+    drop(two);
+    let admin = caller.addrs().admin.unwrap();
+    assert!(
+        eventually(Duration::from_secs(6), || async {
+            get(&format!("http://{admin}/endpoints"))
+                .await
+                .2
+                .contains("\"endpoints\": []")
+        })
+        .await,
+        "the dead instance expired with its lease"
+    );
+    assert!(two_log.len() > 0);
+    let url = format!("http://{}/", caller.addrs().service("inventory").unwrap());
+    let (status, headers, _) = get(&url).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["x-remora-error"], "no-healthy-endpoint");
+}
+
+#[tokio::test]
+async fn an_etcd_outage_keeps_the_last_instances_serving() {
+    let mut etcd = etcd_harness::Etcd::start().await;
+    let endpoint = etcd.endpoint();
+    let (_one, _log) = registered_instance(&endpoint, "one").await;
+    let caller = caller(&endpoint).await;
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            answered_by(&caller).await.is_some()
+        })
+        .await
+    );
+    etcd.kill();
+    let admin = caller.addrs().admin.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(&format!("http://{admin}/endpoints"))
+                .await
+                .2
+                .contains("\"stale\": true")
+        })
+        .await,
+        "the outage shows as staleness"
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            answered_by(&caller).await.as_deref(),
+            Some("one"),
+            "the last known set serves"
+        );
+    }
+    assert_eq!(
+        metric(admin, "remora_discovery_stale{service=\"inventory\"}").await,
+        1.0
+    );
+    etcd.restart().await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            metric(admin, "remora_discovery_stale{service=\"inventory\"}").await == 0.0
+        })
+        .await,
+        "the watch resumes when etcd returns"
+    );
+    assert_eq!(answered_by(&caller).await.as_deref(), Some("one"));
+}
