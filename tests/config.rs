@@ -67,11 +67,14 @@ fn unknown_field_suggests_the_closest_name() {
     let text =
         format!("{PREAMBLE}outbound: {{}}\nservices:\n  orders:\n    endpionts: [10.0.0.1:80]\n");
     let rendered = load_error(&text, DiagnosticKind::UnknownField);
-    assert_header(
-        &rendered,
-        "7:5",
-        "services.orders.endpionts: unknown field `endpionts`, did you mean `endpoints`? \
-         (expected one of `listen`, `hosts`, `path_prefixes`, `protocol`, `endpoints`, `discovery`, `timeout`, `retry`, `breaker`, `endpoint_breaker`, `rate_limit`, `max_in_flight`, `fallback`, `fault`, `routes`)",
+    // The list of known fields grows with the schema: check its start.
+    let first = rendered.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(
+            "remora.yaml:7:5: services.orders.endpionts: unknown field `endpionts`, \
+             did you mean `endpoints`? (expected one of `listen`, `hosts`, "
+        ),
+        "{first}"
     );
 }
 
