@@ -159,8 +159,29 @@ impl ProxyService {
         };
         crate::trace::routed(&request, &target.name); // tracing: name the service on the span
         let response = match forward(&target, request, self.peer).await {
-            Ok(response) => response,
+            Ok(response) => {
+                if let Some(trigger) = response
+                    .headers()
+                    .get(crate::policy::fallback::FALLBACK_HEADER)
+                {
+                    // A decision, recorded on the request's span.
+                    if crate::trace::recording() {
+                        let trigger = String::from_utf8_lossy(trigger.as_bytes()).into_owned();
+                        crate::trace::event(
+                            "fallback",
+                            vec![opentelemetry::KeyValue::new(
+                                "remora.fallback.trigger",
+                                trigger,
+                            )],
+                        );
+                    }
+                }
+                response
+            }
             Err(error) => {
+                if crate::trace::recording() {
+                    crate::trace::event(error.reason(), Vec::new());
+                }
                 if let Some(suppressed) = FAILURE_LOG.admit() {
                     tracing::warn!(
                         service = %target.name,

@@ -367,3 +367,66 @@ async fn request_ids_are_generated_or_kept_and_forwarded() {
     let (_, _, flags) = traceparent(&header(&all[0], "traceparent"));
     assert_eq!(flags, "01");
 }
+
+#[tokio::test]
+async fn a_retried_call_shows_each_attempt() {
+    let (collector, received) = otlp_receiver::grpc().await;
+    let (upstream, _log) = support::scripted(|n| if n < 2 { 503 } else { 200 }).await;
+    let sidecar = start(
+        &format!(
+            "admin: {{ listen: 127.0.0.1:0 }}\n\
+             policies:\n  retries:\n    again: {{ attempts: 3, retry_on: [503], backoff: {{ base: 1ms, max: 2ms, jitter: 0% }} }}\n\
+             services:\n  svc:\n    listen: 127.0.0.1:0\n    endpoints: [{upstream}]\n    retry: again\n"
+        ),
+        exporting("a", collector),
+    )
+    .await;
+    let (status, _) = get_with(&service_url(&sidecar, "/flaky"), &[]).await;
+    assert_eq!(status, 200);
+    sidecar.handle().tracing().flush().await;
+    let spans = received.wait_for(4, WAIT).await;
+    let call = find(&spans, "a", SpanKind::Client, false);
+    let mut attempts: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "attempt")
+        .map(|s| {
+            assert_eq!(
+                s.parent_span_id, call.span_id,
+                "each attempt is a child of the call"
+            );
+            assert_eq!(s.trace_id, call.trace_id);
+            s.attr("remora.attempt").unwrap_or_default().to_string()
+        })
+        .collect();
+    attempts.sort();
+    assert_eq!(attempts, ["1", "2", "3"]);
+}
+
+#[tokio::test]
+async fn decisions_are_span_events() {
+    let (collector, received) = otlp_receiver::grpc().await;
+    let (upstream, _log) = support::scripted(|n| if n == 0 { 200 } else { 503 }).await;
+    let sidecar = start(
+        &format!(
+            "admin: {{ listen: 127.0.0.1:0 }}\n\
+             policies:\n  rate_limits:\n    two: {{ rate: 2/m, burst: 2 }}\n\
+             \x20 fallbacks:\n    soft: {{ on: [upstream_5xx], respond: {{ status: 200, body: degraded }} }}\n\
+             services:\n  svc:\n    listen: 127.0.0.1:0\n    endpoints: [{upstream}]\n    rate_limit: two\n    fallback: soft\n"
+        ),
+        exporting("a", collector),
+    )
+    .await;
+    let url = service_url(&sidecar, "/");
+    assert_eq!(get_with(&url, &[]).await.0, 200);
+    assert_eq!(get_with(&url, &[]).await.0, 200, "degraded");
+    assert_eq!(get_with(&url, &[]).await.0, 429);
+    sidecar.handle().tracing().flush().await;
+    let spans = received.wait_for(5, WAIT).await;
+    let events: Vec<String> = spans
+        .iter()
+        .filter(|s| s.name != "attempt")
+        .flat_map(|s| s.events.clone())
+        .collect();
+    assert!(events.iter().any(|e| e == "fallback"), "{events:?}");
+    assert!(events.iter().any(|e| e == "rate-limited"), "{events:?}");
+}
