@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
 # remora in a container. Targets:
-#   remora    (the default, last stage): the sidecar alone, ~85 MB (see README "Docker").
+#   remora    (the default, last stage): the sidecar alone, ~86 MB (bookworm-slim ~75 MB + remora
+#             ~11 MB stripped; see README "Docker").
 #   examples  the example services of examples/compose (frontend, orders, inventory,
 #             loadgen) on the same slim base.
 #
@@ -19,6 +20,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends protobuf-compiler \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# Symbols and line tables stripped: the binary is ~11 MB instead of ~54 MB.
+ENV CARGO_PROFILE_RELEASE_STRIP=symbols
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY src src

@@ -97,7 +97,11 @@ fn volumes(service: &Value) -> Vec<(PathBuf, String)> {
     };
     list.iter()
         .map(|v| {
-            let parts: Vec<&str> = v.as_str().expect("short volume syntax").split(':').collect();
+            let parts: Vec<&str> = v
+                .as_str()
+                .expect("short volume syntax")
+                .split(':')
+                .collect();
             assert!(parts.len() >= 2, "volume {v}");
             (compose_dir().join(parts[0]), parts[1].to_string())
         })
@@ -126,9 +130,13 @@ fn fixed_ip(service: &Value) -> Option<Ipv4Addr> {
 
 /// `host` and `port` of a `http://host:port[/...]` URL.
 fn host_port(url: &str) -> (String, u16) {
-    let rest = url.strip_prefix("http://").unwrap_or_else(|| panic!("{url}"));
+    let rest = url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("{url}"));
     let authority = rest.split('/').next().unwrap();
-    let (host, port) = authority.rsplit_once(':').unwrap_or_else(|| panic!("{url}"));
+    let (host, port) = authority
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{url}"));
     (host.to_string(), port.parse().unwrap())
 }
 
@@ -147,7 +155,10 @@ fn every_service_named_exists() {
         }
         named.extend(shares_with(service).map(str::to_string));
         for other in named {
-            assert!(services.contains_key(&other), "{name} names {other}, which is not a service");
+            assert!(
+                services.contains_key(&other),
+                "{name} names {other}, which is not a service"
+            );
         }
         let has_image = service.get("image").is_some() || service.get("build").is_some();
         assert!(has_image, "{name} has neither image nor build");
@@ -160,7 +171,11 @@ fn every_mounted_file_exists_and_every_config_loads() {
     let mut configs = 0;
     for (name, service) in services(&compose) {
         for (file, target) in volumes(service) {
-            assert!(file.exists(), "{name} mounts {}, which does not exist", file.display());
+            assert!(
+                file.exists(),
+                "{name} mounts {}, which does not exist",
+                file.display()
+            );
             if target == CONFIG_PATH {
                 sidecar_config(name, service);
                 configs += 1;
@@ -174,8 +189,7 @@ fn every_mounted_file_exists_and_every_config_loads() {
 fn sidecar_ports_agree_with_configs_and_apps() {
     let compose = compose();
     let services = services(&compose);
-    let prometheus =
-        std::fs::read_to_string(compose_dir().join("prometheus.yml")).unwrap();
+    let prometheus = std::fs::read_to_string(compose_dir().join("prometheus.yml")).unwrap();
     // Inbound address of each app's sidecar, by the app's fixed IP.
     let mut inbound_by_ip: BTreeMap<Ipv4Addr, (String, u16)> = BTreeMap::new();
     let mut sidecars = Vec::new();
@@ -190,26 +204,60 @@ fn sidecar_ports_agree_with_configs_and_apps() {
 
         // The app listens where the sidecar forwards, on loopback only.
         let inbound = config.inbound.as_ref().expect("an inbound listener");
-        assert_eq!(inbound.app, app_listen, "{name}: inbound.app vs {app_name}'s LISTEN");
-        assert!(app_listen.ip().is_loopback(), "{app_name} must be reachable only via its sidecar");
+        assert_eq!(
+            inbound.app, app_listen,
+            "{name}: inbound.app vs {app_name}'s LISTEN"
+        );
+        assert!(
+            app_listen.ip().is_loopback(),
+            "{app_name} must be reachable only via its sidecar"
+        );
 
         // Every upstream URL the app is given is one of the sidecar's outbound ports.
         for (key, url) in app_env.iter().filter(|(k, _)| k.ends_with("_URL")) {
             let (host, port) = host_port(url);
             assert_eq!(host, "127.0.0.1", "{app_name} {key}");
-            let served = config.services.values().any(|s| s.listen.map(|l| l.port()) == Some(port));
-            assert!(served, "{app_name} {key}={url}: no service of {name} listens on {port}");
+            let served = config
+                .services
+                .values()
+                .any(|s| s.listen.map(|l| l.port()) == Some(port));
+            assert!(
+                served,
+                "{app_name} {key}={url}: no service of {name} listens on {port}"
+            );
         }
 
         // Prometheus scrapes the admin port at the app's name (shared namespace).
         let admin = format!("\"{app_name}:{}\"", config.admin.listen.port());
-        assert!(prometheus.contains(&admin), "prometheus.yml does not scrape {admin}");
-        assert!(config.admin.listen.ip().is_unspecified(), "{name}: admin must be reachable by Prometheus");
+        assert!(
+            prometheus.contains(&admin),
+            "prometheus.yml does not scrape {admin}"
+        );
+        assert!(
+            config.admin.listen.ip().is_unspecified(),
+            "{name}: admin must be reachable by Prometheus"
+        );
 
         // Published ports are the sidecar's inbound port.
-        for port in app.get("ports").and_then(Value::as_array).into_iter().flatten() {
-            let container: u16 = port.as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
-            assert_eq!(container, inbound.listen.port(), "{app_name} publishes {port}");
+        for port in app
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let container: u16 = port
+                .as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(
+                container,
+                inbound.listen.port(),
+                "{app_name} publishes {port}"
+            );
         }
 
         // Registries and the OTLP collector are other compose services.
@@ -221,7 +269,10 @@ fn sidecar_ports_agree_with_configs_and_apps() {
             }
         }
         let (otlp_host, otlp_port) = host_port(config.tracing.endpoint.as_deref().expect("OTLP"));
-        assert!(services.contains_key(&otlp_host), "{name}: OTLP host {otlp_host}");
+        assert!(
+            services.contains_key(&otlp_host),
+            "{name}: OTLP host {otlp_host}"
+        );
         assert_eq!(otlp_port, 4317, "Jaeger's OTLP/gRPC port");
 
         let ip = fixed_ip(app).unwrap_or_else(|| panic!("{app_name} has no fixed address"));
@@ -246,12 +297,21 @@ fn sidecar_ports_agree_with_configs_and_apps() {
     for config in &sidecars {
         for (service, upstream) in &config.services {
             for endpoint in &upstream.endpoints {
-                let SocketAddr::V4(v4) = endpoint else { panic!("{endpoint}") };
-                let (app, port) = inbound_by_ip
-                    .get(v4.ip())
-                    .unwrap_or_else(|| panic!("{}: {service} endpoint {endpoint} is no app", config.service));
+                let SocketAddr::V4(v4) = endpoint else {
+                    panic!("{endpoint}")
+                };
+                let (app, port) = inbound_by_ip.get(v4.ip()).unwrap_or_else(|| {
+                    panic!(
+                        "{}: {service} endpoint {endpoint} is no app",
+                        config.service
+                    )
+                });
                 assert_eq!(app, service, "{endpoint}");
-                assert_eq!(*port, v4.port(), "{endpoint}: not {app}'s sidecar inbound port");
+                assert_eq!(
+                    *port,
+                    v4.port(),
+                    "{endpoint}: not {app}'s sidecar inbound port"
+                );
             }
         }
     }
@@ -259,7 +319,13 @@ fn sidecar_ports_agree_with_configs_and_apps() {
     // The load generator enters through frontend's sidecar.
     let (host, port) = host_port(&environment(&services["loadgen"])["TARGET"]);
     assert_eq!(host, "frontend");
-    assert_eq!(Some(port), inbound_by_ip.values().find(|(a, _)| a == "frontend").map(|(_, p)| *p));
+    assert_eq!(
+        Some(port),
+        inbound_by_ip
+            .values()
+            .find(|(a, _)| a == "frontend")
+            .map(|(_, p)| *p)
+    );
 }
 
 #[test]
@@ -299,10 +365,16 @@ fn apps_are_the_cargo_examples_the_image_builds() {
                 root().join(format!("examples/{command}.rs")).exists(),
                 "{name} runs {command}, which is not a cargo example"
             );
-            assert!(dockerfile.contains(&format!("--example {command}")), "{command} not built");
+            assert!(
+                dockerfile.contains(&format!("--example {command}")),
+                "{command} not built"
+            );
         }
         if let Some(target) = target {
-            assert!(dockerfile.contains(&format!(" AS {target}")), "no stage {target}");
+            assert!(
+                dockerfile.contains(&format!(" AS {target}")),
+                "no stage {target}"
+            );
         }
     }
 }

@@ -57,7 +57,10 @@ impl Echo for Inventory {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let item = request.into_inner().message;
         // A stable, made-up stock level per item.
-        let stock = item.bytes().fold(7u32, |a, b| a.wrapping_mul(31) ^ u32::from(b)) % 100;
+        let stock = item
+            .bytes()
+            .fold(7u32, |a, b| a.wrapping_mul(31) ^ u32::from(b))
+            % 100;
         Ok(Response::new(EchoReply {
             message: format!("{item}: {stock} in stock"),
             payload: Vec::new(),

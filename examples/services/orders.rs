@@ -77,7 +77,11 @@ impl Orders {
             }
             Err(status) => text(
                 503,
-                format!("orders: inventory failed: {:?} {}\n", status.code(), status.message()),
+                format!(
+                    "orders: inventory failed: {:?} {}\n",
+                    status.code(),
+                    status.message()
+                ),
             ),
         }
     }
