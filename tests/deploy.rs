@@ -1,0 +1,396 @@
+//! The deployment files read as a whole, since no Docker engine runs here: the compose
+//! file's services, mounts and ports agree with each other, with the sidecar configs
+//! (which load as `remora validate` loads them) and with the Dockerfile; the
+//! `examples/local` configs load too.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Where the config sits in the remora image (Dockerfile ENTRYPOINT).
+const CONFIG_PATH: &str = "/etc/remora/remora.yaml";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn compose_dir() -> PathBuf {
+    root().join("examples/compose")
+}
+
+/// The compose file as JSON, with `<<` merge keys applied (if the parser left any).
+fn compose() -> Value {
+    let text = std::fs::read_to_string(compose_dir().join("docker-compose.yml")).unwrap();
+    let mut value: Value = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    merge_keys(&mut value);
+    value
+}
+
+fn merge_keys(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Object(base)) = map.remove("<<") {
+                for (key, item) in base {
+                    map.entry(key).or_insert(item);
+                }
+            }
+            map.values_mut().for_each(merge_keys);
+        }
+        Value::Array(items) => items.iter_mut().for_each(merge_keys),
+        _ => {}
+    }
+}
+
+fn services(compose: &Value) -> &serde_json::Map<String, Value> {
+    compose["services"].as_object().expect("a services map")
+}
+
+/// Compose's own interpolation as the file is used: `${X:-default}` -> `default` (no
+/// variable is set when a person runs `docker compose up`).
+fn interpolate(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("closed ${") + start;
+        let inner = &rest[start + 2..end];
+        match inner.split_once(":-") {
+            Some((_, default)) => out.push_str(default),
+            None => panic!("compose variable ${{{inner}}} has no default"),
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A service's `environment` (map form), interpolated.
+fn environment(service: &Value) -> BTreeMap<String, String> {
+    let Some(env) = service.get("environment").and_then(Value::as_object) else {
+        return BTreeMap::new();
+    };
+    env.iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), interpolate(&v))
+        })
+        .collect()
+}
+
+/// The app whose network namespace a sidecar shares.
+fn shares_with(service: &Value) -> Option<&str> {
+    service
+        .get("network_mode")?
+        .as_str()?
+        .strip_prefix("service:")
+}
+
+/// `(host path, container path)` of each volume, host paths relative to the compose dir.
+fn volumes(service: &Value) -> Vec<(PathBuf, String)> {
+    let Some(list) = service.get("volumes").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    list.iter()
+        .map(|v| {
+            let parts: Vec<&str> = v
+                .as_str()
+                .expect("short volume syntax")
+                .split(':')
+                .collect();
+            assert!(parts.len() >= 2, "volume {v}");
+            (compose_dir().join(parts[0]), parts[1].to_string())
+        })
+        .collect()
+}
+
+/// A sidecar's config, loaded as `remora validate` would with the sidecar's environment.
+fn sidecar_config(name: &str, service: &Value) -> remora::config::Config {
+    let (file, _) = volumes(service)
+        .into_iter()
+        .find(|(_, target)| target == CONFIG_PATH)
+        .unwrap_or_else(|| panic!("{name} mounts no config at {CONFIG_PATH}"));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let env = environment(service);
+    let lookup = |key: &str| env.get(key).cloned();
+    remora::config::parse_with_env(&file.display().to_string(), &text, &lookup)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn fixed_ip(service: &Value) -> Option<Ipv4Addr> {
+    service["networks"]
+        .as_object()?
+        .values()
+        .find_map(|n| n.get("ipv4_address")?.as_str()?.parse().ok())
+}
+
+/// `host` and `port` of a `http://host:port[/...]` URL.
+fn host_port(url: &str) -> (String, u16) {
+    let rest = url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("{url}"));
+    let authority = rest.split('/').next().unwrap();
+    let (host, port) = authority
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{url}"));
+    (host.to_string(), port.parse().unwrap())
+}
+
+#[test]
+fn every_service_named_exists() {
+    let compose = compose();
+    let services = services(&compose);
+    for (name, service) in services {
+        let mut named: Vec<String> = Vec::new();
+        match service.get("depends_on") {
+            Some(Value::Array(list)) => {
+                named.extend(list.iter().map(|v| v.as_str().unwrap().to_string()))
+            }
+            Some(Value::Object(map)) => named.extend(map.keys().cloned()),
+            _ => {}
+        }
+        named.extend(shares_with(service).map(str::to_string));
+        for other in named {
+            assert!(
+                services.contains_key(&other),
+                "{name} names {other}, which is not a service"
+            );
+        }
+        let has_image = service.get("image").is_some() || service.get("build").is_some();
+        assert!(has_image, "{name} has neither image nor build");
+    }
+}
+
+#[test]
+fn every_mounted_file_exists_and_every_config_loads() {
+    let compose = compose();
+    let mut configs = 0;
+    for (name, service) in services(&compose) {
+        for (file, target) in volumes(service) {
+            assert!(
+                file.exists(),
+                "{name} mounts {}, which does not exist",
+                file.display()
+            );
+            if target == CONFIG_PATH {
+                sidecar_config(name, service);
+                configs += 1;
+            }
+        }
+    }
+    assert_eq!(configs, 5, "frontend, orders and three inventory sidecars");
+}
+
+#[test]
+fn sidecar_ports_agree_with_configs_and_apps() {
+    let compose = compose();
+    let services = services(&compose);
+    let prometheus = std::fs::read_to_string(compose_dir().join("prometheus.yml")).unwrap();
+    // Inbound address of each app's sidecar, by the app's fixed IP.
+    let mut inbound_by_ip: BTreeMap<Ipv4Addr, (String, u16)> = BTreeMap::new();
+    let mut sidecars = Vec::new();
+    for (name, service) in services {
+        let Some(app_name) = shares_with(service) else {
+            continue;
+        };
+        let app = &services[app_name];
+        let config = sidecar_config(name, service);
+        let app_env = environment(app);
+        let app_listen: SocketAddr = app_env["LISTEN"].parse().unwrap();
+
+        // The app listens where the sidecar forwards, on loopback only.
+        let inbound = config.inbound.as_ref().expect("an inbound listener");
+        assert_eq!(
+            inbound.app, app_listen,
+            "{name}: inbound.app vs {app_name}'s LISTEN"
+        );
+        assert!(
+            app_listen.ip().is_loopback(),
+            "{app_name} must be reachable only via its sidecar"
+        );
+
+        // Every upstream URL the app is given is one of the sidecar's outbound ports.
+        for (key, url) in app_env.iter().filter(|(k, _)| k.ends_with("_URL")) {
+            let (host, port) = host_port(url);
+            assert_eq!(host, "127.0.0.1", "{app_name} {key}");
+            let served = config
+                .services
+                .values()
+                .any(|s| s.listen.map(|l| l.port()) == Some(port));
+            assert!(
+                served,
+                "{app_name} {key}={url}: no service of {name} listens on {port}"
+            );
+        }
+
+        // Prometheus scrapes the admin port at the app's name (shared namespace).
+        let admin = format!("\"{app_name}:{}\"", config.admin.listen.port());
+        assert!(
+            prometheus.contains(&admin),
+            "prometheus.yml does not scrape {admin}"
+        );
+        assert!(
+            config.admin.listen.ip().is_unspecified(),
+            "{name}: admin must be reachable by Prometheus"
+        );
+
+        // Published ports are the sidecar's inbound port.
+        for port in app
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let container: u16 = port
+                .as_str()
+                .unwrap()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(
+                container,
+                inbound.listen.port(),
+                "{app_name} publishes {port}"
+            );
+        }
+
+        // Registries and the OTLP collector are other compose services.
+        for registry in config.registries.values() {
+            for url in &registry.etcd.as_ref().expect("etcd").endpoints {
+                let (host, port) = host_port(url);
+                assert!(services.contains_key(&host), "{name}: registry host {host}");
+                assert_eq!(port, 2379);
+            }
+        }
+        let (otlp_host, otlp_port) = host_port(config.tracing.endpoint.as_deref().expect("OTLP"));
+        assert!(
+            services.contains_key(&otlp_host),
+            "{name}: OTLP host {otlp_host}"
+        );
+        assert_eq!(otlp_port, 4317, "Jaeger's OTLP/gRPC port");
+
+        let ip = fixed_ip(app).unwrap_or_else(|| panic!("{app_name} has no fixed address"));
+        if let Some(register) = &config.register {
+            assert_eq!(
+                register.address,
+                SocketAddr::from((ip, inbound.listen.port())),
+                "{name} registers another address than its inbound listener's"
+            );
+        }
+        inbound_by_ip.insert(ip, (app_name.to_string(), inbound.listen.port()));
+        sidecars.push(config);
+    }
+    assert_eq!(sidecars.len(), 5);
+    assert_eq!(
+        sidecars.iter().filter(|c| c.register.is_some()).count(),
+        3,
+        "three inventory replicas register themselves"
+    );
+
+    // Static endpoints point at another app's sidecar inbound listener.
+    for config in &sidecars {
+        for (service, upstream) in &config.services {
+            for endpoint in &upstream.endpoints {
+                let SocketAddr::V4(v4) = endpoint else {
+                    panic!("{endpoint}")
+                };
+                let (app, port) = inbound_by_ip.get(v4.ip()).unwrap_or_else(|| {
+                    panic!(
+                        "{}: {service} endpoint {endpoint} is no app",
+                        config.service
+                    )
+                });
+                assert_eq!(app, service, "{endpoint}");
+                assert_eq!(
+                    *port,
+                    v4.port(),
+                    "{endpoint}: not {app}'s sidecar inbound port"
+                );
+            }
+        }
+    }
+
+    // The load generator enters through frontend's sidecar.
+    let (host, port) = host_port(&environment(&services["loadgen"])["TARGET"]);
+    assert_eq!(host, "frontend");
+    assert_eq!(
+        Some(port),
+        inbound_by_ip
+            .values()
+            .find(|(a, _)| a == "frontend")
+            .map(|(_, p)| *p)
+    );
+}
+
+#[test]
+fn fixed_addresses_lie_outside_the_dynamic_range() {
+    let compose = compose();
+    let ipam = &compose["networks"]["mesh"]["ipam"]["config"][0];
+    let range = |cidr: &str| {
+        let (ip, bits) = cidr.split_once('/').unwrap();
+        let ip = u32::from(ip.parse::<Ipv4Addr>().unwrap());
+        let mask = u32::MAX << (32 - bits.parse::<u32>().unwrap());
+        move |addr: Ipv4Addr| u32::from(addr) & mask == ip & mask
+    };
+    let in_subnet = range(ipam["subnet"].as_str().unwrap());
+    let in_dynamic = range(ipam["ip_range"].as_str().unwrap());
+    let ips: Vec<Ipv4Addr> = services(&compose).values().filter_map(fixed_ip).collect();
+    assert_eq!(ips.len(), 5);
+    for ip in ips {
+        assert!(in_subnet(ip) && !in_dynamic(ip), "{ip}");
+    }
+}
+
+#[test]
+fn apps_are_the_cargo_examples_the_image_builds() {
+    let compose = compose();
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(&format!(
+            r#"ENTRYPOINT ["remora", "run", "--config", "{CONFIG_PATH}"]"#
+        )),
+        "the image reads its config where compose mounts it"
+    );
+    for (name, service) in services(&compose) {
+        let target = service["build"]["target"].as_str();
+        if target == Some("examples") {
+            let command = service["command"][0].as_str().unwrap();
+            assert!(
+                root().join(format!("examples/{command}.rs")).exists(),
+                "{name} runs {command}, which is not a cargo example"
+            );
+            assert!(
+                dockerfile.contains(&format!("--example {command}")),
+                "{command} not built"
+            );
+        }
+        if let Some(target) = target {
+            assert!(
+                dockerfile.contains(&format!(" AS {target}")),
+                "no stage {target}"
+            );
+        }
+    }
+}
+
+#[test]
+fn local_configs_load_with_their_defaults() {
+    let dir = root().join("examples/local/config");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let nothing = |_: &str| None;
+        remora::config::parse_with_env(&path.display().to_string(), &text, &nothing)
+            .unwrap_or_else(|e| panic!("{e}"));
+        loaded += 1;
+    }
+    assert_eq!(loaded, 3);
+    assert!(Path::new(&root().join("examples/local/run.sh")).exists());
+}
