@@ -46,9 +46,12 @@ async fn sigterm_drains_an_in_flight_request_then_exits_zero() {
         "/ready did not turn false while draining"
     );
     assert!(
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err(),
+        eventually(Duration::from_secs(1), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+        })
+        .await,
         "the listener still accepts during drain"
     );
     let (status, _, body) = in_flight.await.unwrap();
