@@ -181,3 +181,25 @@ async fn a_per_try_timeout_moves_on_to_the_next_attempt() {
     assert_eq!((status.as_u16(), body.as_str()), (200, "fast"));
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test]
+async fn post_is_retried_when_its_connection_failed() {
+    // The request never left, so even a POST can go to the next endpoint.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (good, good_log) = scripted(|_| 200).await;
+    let policies = "  retries:
+    standard:
+      attempts: 2
+      retry_on: [connect-failure, 503]
+      backoff: { base: 1ms, max: 1ms, jitter: 0% }";
+    let extra = "    retry: standard\n    balancer: { algorithm: round_robin }";
+    let proxy = with_policies(policies, extra, &[dead, good]).await;
+    for _ in 0..4 {
+        let (status, _, _) = send("POST", &url(&proxy, "/orders"), b"{}".to_vec()).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(good_log.len(), 4);
+}

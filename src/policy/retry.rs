@@ -329,7 +329,11 @@ impl Shared {
         S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
     {
         self.config.budget.deposit();
-        if self.config.max_attempts == 1 || !self.method_retryable(request.method()) {
+        // A call whose method may not be repeated is still retried when its connection
+        // failed: the request never left, so nothing can have happened twice.
+        let idempotent = self.method_retryable(request.method());
+        if self.config.max_attempts == 1 || (!idempotent && !self.config.conditions.connect_failure)
+        {
             return self.attempt(&mut inner, request, 1).await;
         }
         let (parts, body) = request.into_parts();
@@ -357,6 +361,9 @@ impl Shared {
         let mut attempt = 1;
         loop {
             let result = self.attempt(&mut inner, request, attempt).await;
+            if !idempotent && !matches!(result, Err(ProxyError::Connect { .. })) {
+                return result;
+            }
             let Some(delay) = self.retry_delay(&result, attempt, deadline) else {
                 return result;
             };
