@@ -194,7 +194,11 @@ impl Monitor {
                     span_length,
                     total: &service.total,
                     policy: Some(PolicyFigures {
-                        counts: figures.counts,
+                        // The breaker cell shows the final state, not the run's history.
+                        counts: PolicyCounts {
+                            breaker_half_opened: 0,
+                            ..figures.counts
+                        },
                         span: span_length,
                         breaker: figures.breaker,
                     }),
