@@ -27,6 +27,7 @@ use super::apps::INSTANCE_HEADER;
 use super::stats::{CallStatus, Outcome, ServiceStats};
 use crate::echo::echo_client::EchoClient;
 use crate::echo::EchoRequest;
+use crate::policy::fallback::FALLBACK_HEADER;
 
 /// A call that takes longer than this is counted as `timeout` and abandoned.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -171,6 +172,7 @@ impl HttpCaller {
             .get(INSTANCE_HEADER)
             .and_then(|value| value.to_str().ok())
             .map(Arc::from);
+        let degraded = response.headers().contains_key(FALLBACK_HEADER);
         // Read the body to the end so the connection goes back to the pool.
         if response.into_body().collect().await.is_err() {
             return Outcome::failed("body");
@@ -178,6 +180,7 @@ impl HttpCaller {
         Outcome {
             status: CallStatus::Http(status),
             instance,
+            degraded,
         }
     }
 }
@@ -214,11 +217,13 @@ impl GrpcCaller {
         match client.unary(request).await {
             Ok(reply) => Outcome {
                 status: CallStatus::Grpc(tonic::Code::Ok),
+                degraded: reply.metadata().contains_key(FALLBACK_HEADER),
                 instance: Some(Arc::from(reply.into_inner().instance)),
             },
             Err(status) => Outcome {
                 status: CallStatus::Grpc(status.code()),
                 instance: None,
+                degraded: status.metadata().contains_key(FALLBACK_HEADER),
             },
         }
     }

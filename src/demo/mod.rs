@@ -1,21 +1,26 @@
 //! `remora demo`: example services, their sidecars and a load generator in one process,
-//! and a live table of what flows through them.
+//! and a live table of what flows through them and what the resilience policies do.
 //!
 //! [`run_with`] starts the [`topology`] (apps behind inbound sidecars, a frontend sidecar
-//! routing to them), points the [`load`] generator at the frontend, and once per refresh
-//! has the [`monitor`] turn the load's [`stats`] into a [`table`]. The end (the duration,
-//! Ctrl-C, or closed output) stops the load first, then drains every sidecar, then prints
-//! a summary. Each concern is one module, so a later feature adds an app kind in
-//! `apps`, a fault in [`apps::Faults`], a figure as a [`table::Column`], or a sidecar
-//! policy in `topology`'s configs, without touching the others.
+//! routing to them through its policies), points the [`load`] generator at the frontend,
+//! plays the [`scenes`] (timed faults and bursts), and once per refresh has the
+//! [`monitor`] turn the load's [`stats`] and the frontend's metrics (read by the
+//! [`probe`]) into a [`table`]. The end (the duration, Ctrl-C, or closed output) stops
+//! the load first, then drains every sidecar, then prints a summary. Each concern is one
+//! module, so a later feature adds an app kind in `apps`, a fault in [`apps::Faults`], a
+//! figure as a [`table::Column`], a scene in [`scenes::tour`], or a sidecar policy in
+//! `topology`'s configs, without touching the others.
 
 pub mod apps;
 pub mod load;
 pub mod monitor;
+pub mod probe;
+pub mod scenes;
 pub mod stats;
 pub mod table;
 pub mod topology;
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,7 +30,9 @@ use tokio::time::MissedTickBehavior;
 
 use self::apps::AppKind;
 use self::load::{LoadGenerator, LoadPlan, LoadTarget};
-use self::monitor::Monitor;
+use self::monitor::{Monitor, SceneFigures};
+use self::probe::{PolicyCounts, PolicyProbe, PolicySample};
+use self::scenes::{Scene, SceneRunner, TourPlan};
 use self::stats::{ServiceStats, Tally};
 use self::topology::{ServiceSpec, Topology};
 use crate::config::{ConfigError, LogConfig};
@@ -51,6 +58,8 @@ pub struct DemoOptions {
     pub services: Vec<ServiceSpec>,
     /// Whether each table replaces the previous one on screen.
     pub screen: Screen,
+    /// The scenes to play, in order, cycling; empty keeps every app at its baseline.
+    pub scenes: Vec<Scene>,
 }
 
 impl Default for DemoOptions {
@@ -64,6 +73,7 @@ impl Default for DemoOptions {
             },
             services: topology::default_services(),
             screen: Screen::Append,
+            scenes: scenes::tour(&TourPlan::default()),
         }
     }
 }
@@ -99,22 +109,56 @@ pub struct DemoReport {
     pub stopped_cleanly: bool,
     /// One entry per example service, in the order they were configured.
     pub services: Vec<ServiceReport>,
+    /// Every scene played, in order (a cycled script repeats its scenes); the last one
+    /// ends with the demo.
+    pub scenes: Vec<SceneReport>,
 }
 
-/// One service's totals over the whole run, as the load generator measured them.
+/// One service's totals over the whole run.
 #[derive(Debug)]
 pub struct ServiceReport {
     /// The service's name.
     pub name: String,
     /// What it speaks.
     pub kind: AppKind,
-    /// Every call: latencies, status buckets, answering instances.
+    /// Every call, as the load generator measured it: latencies, status buckets,
+    /// answering instances, fallback answers.
     pub total: Tally,
+    /// What the frontend's policies did for it, from the frontend's metrics.
+    pub policy: PolicyCounts,
+}
+
+/// One scene as it played.
+#[derive(Debug)]
+pub struct SceneReport {
+    /// Its title.
+    pub title: String,
+    /// When it started, from the start of the load.
+    pub started: Duration,
+    /// How long it played (shorter than planned when the demo ended during it).
+    pub length: Duration,
+    /// Each service's calls and policy figures during the scene, in configured order.
+    pub services: Vec<SceneFigures>,
 }
 
 impl DemoReport {
     /// The report of the service called `name`.
     pub fn service(&self, name: &str) -> Option<&ServiceReport> {
+        self.services.iter().find(|service| service.name == name)
+    }
+
+    /// The scenes whose title contains `text`, in the order they played.
+    pub fn scenes_titled(&self, text: &str) -> Vec<&SceneReport> {
+        self.scenes
+            .iter()
+            .filter(|scene| scene.title.contains(text))
+            .collect()
+    }
+}
+
+impl SceneReport {
+    /// The figures of the service called `name` during the scene.
+    pub fn service(&self, name: &str) -> Option<&SceneFigures> {
         self.services.iter().find(|service| service.name == name)
     }
 }
@@ -216,6 +260,11 @@ pub async fn run_with<W: Write>(
         });
     }
     let stats: Vec<Arc<ServiceStats>> = targets.iter().map(|t| t.stats.clone()).collect();
+    let probe = topology
+        .frontend
+        .addrs()
+        .admin
+        .and_then(|admin| PolicyProbe::new(admin).ok());
     let banner = banner(&topology, &options);
     let first_screen = match options.screen {
         Screen::Redraw => format!("{CLEAR_SCREEN}{banner}\nstarting the load...\n"),
@@ -225,9 +274,21 @@ pub async fn run_with<W: Write>(
         .write_all(first_screen.as_bytes())
         .and_then(|()| out.flush());
 
+    let scenes = SceneRunner::new(options.scenes.clone(), &topology, &targets);
     let load = LoadGenerator::start(targets, options.load);
-    let mut monitor = Monitor::new(&stats, table::columns());
-    let stop_reason = show_tables(&options, &banner, &mut monitor, out).await;
+    let mut live = Live {
+        monitor: Monitor::new(&stats, table::columns()),
+        scenes,
+        probe,
+        played: Vec::new(),
+    };
+    let stop_reason = show_tables(&options, &banner, &mut live, out).await;
+    let Live {
+        mut monitor,
+        scenes,
+        probe,
+        mut played,
+    } = live;
     let elapsed = monitor.elapsed();
 
     let _ = writeln!(
@@ -236,27 +297,35 @@ pub async fn run_with<W: Write>(
     );
     let stopped_cleanly = tokio::time::timeout(STOP_WAIT, async {
         let load_clean = load.stop().await;
+        let scenes_clean = scenes.stop().await;
+        // The last figures, before the frontend (and its metrics) goes away.
+        let sample = sample(probe.as_ref()).await;
         topology.shutdown().await;
-        load_clean
+        (load_clean && scenes_clean, sample)
     })
-    .await
-    .unwrap_or(false);
+    .await;
+    let (stopped_cleanly, sample) = stopped_cleanly.unwrap_or((false, None));
 
-    let summary = monitor.summary();
+    if let Some(scene) = played.last_mut() {
+        scene.finish(&mut monitor, sample.clone(), elapsed);
+    }
+    let summary = monitor.summary(sample);
     let _ = write!(
         out,
-        "\nsummary over {:.1}s ({}):\n{summary}",
+        "\nsummary over {:.1}s ({}):\n{summary}{}",
         elapsed.as_secs_f64(),
-        describe_stop(stop_reason)
+        describe_stop(stop_reason),
+        describe_scenes(&played),
     )
     .and_then(|()| out.flush());
 
     let services = monitor
         .totals()
-        .map(|(stats, total)| ServiceReport {
+        .map(|(stats, total, policy)| ServiceReport {
             name: stats.name.to_string(),
             kind: stats.kind,
             total: total.clone(),
+            policy,
         })
         .collect();
     Ok(DemoReport {
@@ -264,14 +333,50 @@ pub async fn run_with<W: Write>(
         stop_reason,
         stopped_cleanly,
         services,
+        scenes: played,
     })
 }
 
-/// Prints a table every refresh until the demo should stop, and says why it stops.
+/// What the display loop drives: the tables, the scenes, and the metrics they read.
+struct Live {
+    monitor: Monitor,
+    scenes: SceneRunner,
+    probe: Option<PolicyProbe>,
+    /// Scenes started so far; the last one is playing.
+    played: Vec<SceneReport>,
+}
+
+impl SceneReport {
+    fn start(title: &str, started: Duration) -> Self {
+        Self {
+            title: title.to_string(),
+            started,
+            length: Duration::ZERO,
+            services: Vec::new(),
+        }
+    }
+
+    /// Closes the scene at `now` (from the start of the load) with its figures.
+    fn finish(&mut self, monitor: &mut Monitor, sample: Option<PolicySample>, now: Duration) {
+        self.length = now.saturating_sub(self.started);
+        self.services = monitor.end_scene(sample);
+    }
+}
+
+/// The frontend's policy metrics now, if they can be read.
+async fn sample(probe: Option<&PolicyProbe>) -> Option<PolicySample> {
+    match probe {
+        Some(probe) => probe.sample().await,
+        None => None,
+    }
+}
+
+/// Prints a table every refresh and plays the scenes until the demo should stop, and
+/// says why it stops.
 async fn show_tables<W: Write>(
     options: &DemoOptions,
     banner: &str,
-    monitor: &mut Monitor,
+    live: &mut Live,
     out: &mut W,
 ) -> StopReason {
     let deadline = async {
@@ -291,18 +396,29 @@ async fn show_tables<W: Write>(
     refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
     refresh.tick().await;
     loop {
-        tokio::select! {
+        let next_scene = live.scenes.next_change();
+        let scene_due = async {
+            match next_scene {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let frame = tokio::select! {
+            biased;
             _ = &mut deadline => return StopReason::Duration,
             _ = &mut interrupted => return StopReason::Interrupted,
-            _ = refresh.tick() => {}
-        }
-        let table = monitor.tick();
-        let seconds = monitor.elapsed().as_secs();
-        let frame = match options.screen {
-            Screen::Redraw => {
-                format!("{CLEAR_SCREEN}{banner}\nrunning for {seconds}s, Ctrl-C to stop\n\n{table}")
+            _ = scene_due => next_scene_line(live).await,
+            _ = refresh.tick() => {
+                let table = live.monitor.tick(sample(live.probe.as_ref()).await);
+                let seconds = live.monitor.elapsed().as_secs();
+                match options.screen {
+                    Screen::Redraw => format!(
+                        "{CLEAR_SCREEN}{banner}\nrunning for {seconds}s, Ctrl-C to stop\n{}\n{table}",
+                        scene_status(live),
+                    ),
+                    Screen::Append => format!("-- {seconds}s --\n{table}"),
+                }
             }
-            Screen::Append => format!("-- {seconds}s --\n{table}"),
         };
         if out
             .write_all(frame.as_bytes())
@@ -312,6 +428,76 @@ async fn show_tables<W: Write>(
             return StopReason::OutputClosed;
         }
     }
+}
+
+/// Ends the scene playing, starts the next, and returns its one-line banner.
+async fn next_scene_line(live: &mut Live) -> String {
+    let now = live.monitor.elapsed();
+    if let Some(scene) = live.played.last_mut() {
+        let sample = sample(live.probe.as_ref()).await;
+        scene.finish(&mut live.monitor, sample, now);
+    } else {
+        // The first scene starts with the load: nothing to close, but the scene's
+        // figures start from here.
+        live.monitor.end_scene(None);
+    }
+    let count = live.scenes.len();
+    match live.scenes.advance().await {
+        Some(scene) => {
+            let title = scene.title.clone();
+            let number = live.scenes.current().map_or(0, |(_, number, _)| number);
+            live.played.push(SceneReport::start(&title, now));
+            format!("scene {number}/{count}: {title}\n")
+        }
+        None => String::new(),
+    }
+}
+
+/// `scene 2/5 (4s in): ...`, or nothing without scenes.
+fn scene_status(live: &Live) -> String {
+    match live.scenes.current() {
+        Some((scene, number, started)) => format!(
+            "scene {number}/{} ({}s in): {}\n",
+            live.scenes.len(),
+            started.elapsed().as_secs(),
+            scene.title
+        ),
+        None => String::new(),
+    }
+}
+
+/// One line per scene played and per service: what the policies did in it.
+fn describe_scenes(played: &[SceneReport]) -> String {
+    let mut out = String::new();
+    if played.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "\nscenes:");
+    for scene in played {
+        let _ = writeln!(
+            out,
+            "{:>5.1}s-{:.1}s  {}",
+            scene.started.as_secs_f64(),
+            (scene.started + scene.length).as_secs_f64(),
+            scene.title
+        );
+        for service in &scene.services {
+            let calls = &service.calls;
+            let _ = writeln!(
+                out,
+                "         {:<10} {} calls, {} ok, {} by fallback; {} retries, {} limited, \
+                 breaker opened {}x",
+                service.name,
+                calls.requests(),
+                calls.successes(),
+                calls.degraded,
+                service.policy.retries,
+                service.policy.rate_limited,
+                service.policy.breaker_opened,
+            );
+        }
+    }
+    out
 }
 
 /// What runs and where: the top of every screen.

@@ -85,6 +85,9 @@ pub struct Outcome {
     pub status: CallStatus,
     /// The instance that answered, when the answer names one.
     pub instance: Option<Arc<str>>,
+    /// Whether a sidecar's fallback answered instead of the service
+    /// (`x-remora-fallback` on the answer).
+    pub degraded: bool,
 }
 
 impl Outcome {
@@ -93,6 +96,7 @@ impl Outcome {
         Self {
             status: CallStatus::Failed(reason),
             instance: None,
+            degraded: false,
         }
     }
 }
@@ -106,6 +110,8 @@ pub struct Tally {
     pub statuses: BTreeMap<&'static str, u64>,
     /// Calls per answering instance.
     pub instances: BTreeMap<Arc<str>, u64>,
+    /// Calls a fallback answered (whatever their status).
+    pub degraded: u64,
 }
 
 impl Default for Tally {
@@ -116,6 +122,7 @@ impl Default for Tally {
                 .expect("1µs..60s at 3 significant figures is a valid histogram"),
             statuses: BTreeMap::new(),
             instances: BTreeMap::new(),
+            degraded: 0,
         }
     }
 }
@@ -150,6 +157,9 @@ impl Tally {
         if let Some(instance) = &outcome.instance {
             *self.instances.entry(instance.clone()).or_default() += 1;
         }
+        if outcome.degraded {
+            self.degraded += 1;
+        }
     }
 
     /// Adds `other`'s counts to this one.
@@ -162,6 +172,7 @@ impl Tally {
         for (instance, count) in &other.instances {
             *self.instances.entry(instance.clone()).or_default() += count;
         }
+        self.degraded += other.degraded;
     }
 }
 
@@ -209,6 +220,7 @@ mod tests {
         Outcome {
             status,
             instance: Some(Arc::from(instance)),
+            degraded: false,
         }
     }
 

@@ -11,6 +11,11 @@
 //! services each get a dedicated port, as a gRPC client addressing a plain `host:port`
 //! would use. Every listener binds `127.0.0.1:0`, so the demo never collides with
 //! anything already running.
+//!
+//! The frontend guards each service with resilience policies ([`frontend_policies`]),
+//! each named after the service: an overall timeout, retries, a service breaker, a
+//! fallback, and for a service with [`ServiceSpec::rate_limit`] a rate limit. The
+//! [`scenes`](super::scenes) make them visible by changing the apps' faults.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -22,7 +27,12 @@ use futures_util::future::join_all;
 use super::apps::{AppInstance, AppKind, Faults};
 use super::load::{Caller, GrpcCaller, HttpCaller};
 use super::DemoError;
-use crate::config::{self, Config, InboundConfig, OutboundConfig, ServiceConfig, UpstreamProtocol};
+use crate::config::{
+    self, BackoffPolicy, BreakerPolicy, BudgetPolicy, Condition, Config, FailureRatePolicy,
+    FallbackPolicy, FallbackTrigger, GrpcCodeName, InboundConfig, OutboundConfig, Percent,
+    PoliciesConfig, Rate, RateLimitKeyName, RateLimitPolicy, RetryPolicy, ServiceConfig,
+    StaticResponsePolicy, TimeoutPolicy, UpstreamProtocol,
+};
 use crate::Sidecar;
 
 /// The frontend sidecar's service name: the load generator is its local app.
@@ -40,12 +50,16 @@ pub struct ServiceSpec {
     pub kind: AppKind,
     /// How many instances (each with its own inbound sidecar).
     pub instances: usize,
-    /// The faults every instance starts with.
+    /// The faults every instance starts with (and returns to between scenes).
     pub faults: Faults,
+    /// Calls per second the frontend lets through to it (one bucket for all callers,
+    /// with a small burst); `None` sets no rate limit.
+    pub rate_limit: Option<u32>,
 }
 
 /// `catalog` (HTTP, two instances) and `inventory` (gRPC, two instances), each a little
-/// slow and now and then failing, so that the table has something to show.
+/// slow and now and then failing, so that the table has something to show. `catalog` is
+/// rate limited at 200 calls/s: above the default load's 150/s, below a burst scene's.
 pub fn default_services() -> Vec<ServiceSpec> {
     vec![
         ServiceSpec {
@@ -57,6 +71,7 @@ pub fn default_services() -> Vec<ServiceSpec> {
                 jitter: Duration::from_millis(6),
                 error_rate: 0.01,
             },
+            rate_limit: Some(200),
         },
         ServiceSpec {
             name: "inventory".to_string(),
@@ -67,6 +82,7 @@ pub fn default_services() -> Vec<ServiceSpec> {
                 jitter: Duration::from_millis(3),
                 error_rate: 0.005,
             },
+            rate_limit: None,
         },
     ]
 }
@@ -271,17 +287,147 @@ fn frontend_config(specs: &[ServiceSpec], started: &[Vec<Instance>]) -> Result<C
             AppKind::Http => None,
             AppKind::Grpc => Some(loopback_any_port()),
         };
+        let name = spec.name.clone();
+        let has_rate_limit = add_policies(&mut config.policies, spec);
         config.services.insert(
-            spec.name.clone(),
+            name.clone(),
             ServiceConfig {
                 listen,
                 protocol: protocol_of(spec.kind),
                 endpoints,
+                timeout: Some(name.clone()),
+                retry: Some(name.clone()),
+                breaker: Some(name.clone()),
+                rate_limit: has_rate_limit.then(|| name.clone()),
+                fallback: Some(name.clone()),
                 ..ServiceConfig::default()
             },
         );
     }
-    Ok(config)
+    validated(&config)
+}
+
+/// The policies the frontend applies to `spec`, for a person to inspect (e.g. in
+/// `/config` of the frontend's admin port) and for tests.
+pub fn frontend_policies(spec: &ServiceSpec) -> PoliciesConfig {
+    let mut policies = PoliciesConfig::default();
+    add_policies(&mut policies, spec);
+    policies
+}
+
+/// Adds `spec`'s policies to `policies`, each named after the service; says whether a
+/// rate limit is among them.
+///
+/// Sized for the demo's scenes: retries absorb one instance failing half its calls
+/// (their budget allows half the calls again), while every instance failing trips the
+/// breaker within a few dozen calls; an open breaker retries after 2 s (4 s at most),
+/// so recovery shows within a scene.
+fn add_policies(policies: &mut PoliciesConfig, spec: &ServiceSpec) -> bool {
+    let name = spec.name.clone();
+    let grpc = spec.kind == AppKind::Grpc;
+    policies
+        .timeouts
+        .insert(name.clone(), TimeoutPolicy(Duration::from_secs(1)));
+    let retry_on = if grpc {
+        vec![
+            Condition::Grpc(tonic::Code::Unavailable),
+            Condition::ConnectFailure,
+            Condition::Reset,
+        ]
+    } else {
+        vec![
+            Condition::ServerError,
+            Condition::ConnectFailure,
+            Condition::Reset,
+        ]
+    };
+    policies.retries.insert(
+        name.clone(),
+        RetryPolicy {
+            attempts: 3,
+            retry_on: retry_on.clone(),
+            per_try_timeout: None,
+            backoff: BackoffPolicy {
+                base: Duration::from_millis(5),
+                max: Duration::from_millis(50),
+                jitter: Percent(0.5),
+            },
+            budget: BudgetPolicy {
+                ratio: Percent(0.5),
+                min_per_second: 20,
+                window: Duration::from_secs(5),
+            },
+            // Every gRPC call is a POST; the demo's Echo calls are safe to repeat.
+            retry_non_idempotent: grpc,
+            max_replay_bytes: 64 * 1024,
+        },
+    );
+    let mut failure_on = retry_on;
+    failure_on.push(Condition::Timeout);
+    policies.breakers.insert(
+        name.clone(),
+        BreakerPolicy {
+            // Ten in a row: one instance failing every other call never gets there.
+            consecutive_failures: Some(10),
+            failure_rate: Some(FailureRatePolicy {
+                threshold: Percent(0.6),
+                min_requests: 50,
+                window: Duration::from_secs(2),
+            }),
+            open_for: Duration::from_secs(2),
+            max_open_for: Duration::from_secs(4),
+            half_open_requests: 3,
+            failure_on,
+        },
+    );
+    let respond = if grpc {
+        StaticResponsePolicy {
+            status: 503,
+            body: format!("{name} is degraded"),
+            grpc_status: Some(GrpcCodeName(tonic::Code::Unavailable)),
+            grpc_message: Some(format!("{name} is degraded, try again shortly")),
+            ..StaticResponsePolicy::default()
+        }
+    } else {
+        StaticResponsePolicy {
+            status: 200,
+            headers: [("content-type".to_string(), "application/json".to_string())].into(),
+            body: r#"{"items": [], "degraded": true}"#.to_string(),
+            ..StaticResponsePolicy::default()
+        }
+    };
+    let mut on = vec![FallbackTrigger::BreakerOpen, FallbackTrigger::Timeout];
+    if !grpc {
+        on.push(FallbackTrigger::Upstream5xx);
+    }
+    if spec.rate_limit.is_some() {
+        on.push(FallbackTrigger::RateLimited);
+    }
+    policies.fallbacks.insert(
+        name.clone(),
+        FallbackPolicy {
+            on,
+            respond: Some(respond),
+            forward_to: None,
+            stale: None,
+        },
+    );
+    let Some(rate) = spec.rate_limit else {
+        return false;
+    };
+    policies.rate_limits.insert(
+        name,
+        RateLimitPolicy {
+            rate: Rate {
+                count: rate.max(1),
+                per: Duration::from_secs(1),
+            },
+            // A fifth of a second's worth: smooths pacing jitter, not a burst scene.
+            burst: Some((rate / 5).max(1)),
+            key: RateLimitKeyName::Global,
+        },
+    );
+    true
 }
 
 /// A config with every default, named `name`, its admin port on loopback; the caller
