@@ -1,6 +1,7 @@
 //! `remora demo`: the example services, their sidecars and the load generator run in one
 //! process, traffic reaches both services through the sidecars, the scenes make the
-//! frontend's resilience policies act, and the demo stops cleanly.
+//! frontend's resilience policies act, instances join and leave `inventory`'s registry
+//! with the traffic following, and the demo stops cleanly.
 
 use std::process::Command;
 use std::time::Duration;
@@ -33,10 +34,11 @@ async fn traffic_flows_to_both_services_and_the_demo_stops_cleanly() {
             "{name}: mostly successes, got {:?}",
             total.statuses
         );
+        // `inventory-3` runs from the start, but its registry lists it only later.
         assert_eq!(
             total.instances.len(),
             2,
-            "{name}: both instances answered: {:?}",
+            "{name}: both listed instances answered: {:?}",
             total.instances
         );
     }
@@ -48,7 +50,7 @@ async fn traffic_flows_to_both_services_and_the_demo_stops_cleanly() {
     );
 }
 
-/// The tour in about five seconds: each scene long enough for a few hundred calls.
+/// The tour in about eight seconds: each scene long enough for a few hundred calls.
 fn compressed_tour() -> TourPlan {
     TourPlan {
         steady: Duration::from_millis(500),
@@ -57,6 +59,8 @@ fn compressed_tour() -> TourPlan {
         recovery: Duration::from_millis(1000),
         burst: Duration::from_millis(1000),
         burst_rate: 200,
+        scale_up: Duration::from_millis(1000),
+        scale_down: Duration::from_millis(1500),
     }
 }
 
@@ -72,10 +76,11 @@ fn only_scene<'a>(report: &'a DemoReport, title: &str) -> &'a SceneReport {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_scenes_show_retries_the_breaker_and_fallbacks() {
+async fn the_scenes_show_retries_the_breaker_fallbacks_and_scaling() {
     let plan = compressed_tour();
     let options = DemoOptions {
-        duration: Some(Duration::from_millis(5500)),
+        // The scenes' 8 s, and time for the registry changes to reach the frontend.
+        duration: Some(Duration::from_millis(8800)),
         refresh: Duration::from_millis(500),
         screen: Screen::Append,
         scenes: tour(&plan),
@@ -129,7 +134,39 @@ async fn the_scenes_show_retries_the_breaker_and_fallbacks() {
         "{context}"
     );
 
-    for expected in ["scene 1/5: steady", "scene 3/5: every catalog", "breaker"] {
+    // inventory-3 joins the registry: the frontend starts calling it.
+    let scale_up = only_scene(&report, "inventory-3 joins");
+    let inventory = scale_up.service("inventory").expect("figures per service");
+    let by_3 = inventory.calls.instances.get("inventory-3").copied();
+    assert!(by_3.unwrap_or(0) > 0, "inventory-3 answered: {context}");
+
+    // inventory-1 leaves: the others take its calls, and nothing fails. A call the
+    // frontend sent it just before the switch may still finish in the scene: at most
+    // the load's four workers, under 2% of the scene's calls.
+    let scale_down = only_scene(&report, "inventory-1 leaves");
+    let calls = &scale_down
+        .service("inventory")
+        .expect("figures per service")
+        .calls;
+    assert!(calls.requests() >= 150, "a long enough scene: {context}");
+    let by_1 = calls.instances.get("inventory-1").copied().unwrap_or(0);
+    assert!(
+        by_1 * 50 <= calls.requests(),
+        "inventory-1 answered {by_1} of {} calls after leaving: {context}",
+        calls.requests()
+    );
+    assert!(
+        calls.successes() * 100 >= calls.requests() * 99,
+        "no failed calls while inventory-1 left: {context}"
+    );
+
+    for expected in [
+        "scene 1/7: steady",
+        "scene 3/7: every catalog",
+        "scene 6/7: inventory scales up",
+        "scene 7/7: inventory scales down",
+        "breaker",
+    ] {
         assert!(printed.contains(expected), "no {expected:?} in:\n{printed}");
     }
     assert!(

@@ -15,6 +15,7 @@ pub mod apps;
 pub mod load;
 pub mod monitor;
 pub mod probe;
+pub mod registry;
 pub mod scenes;
 pub mod stats;
 pub mod table;
@@ -201,6 +202,13 @@ pub enum DemoError {
         /// Why.
         #[source]
         source: StartError,
+    },
+    /// The registry file of the discovered services could not be written.
+    #[error("the demo's registry file: {source}")]
+    Registry {
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The load generator cannot call a service.
     #[error("load for {service}: {reason}")]
@@ -432,6 +440,9 @@ async fn show_tables<W: Write>(
 
 /// Ends the scene playing, starts the next, and returns its one-line banner.
 async fn next_scene_line(live: &mut Live) -> String {
+    // Instances joining or leaving take the frontend a moment to see: the next scene
+    // starts (and its figures count) once they have.
+    live.scenes.publish_next().await;
     let now = live.monitor.elapsed();
     if let Some(scene) = live.played.last_mut() {
         let sample = sample(live.probe.as_ref()).await;

@@ -153,13 +153,24 @@ pub fn render(columns: &[Column], rows: &[Row<'_>]) -> String {
     out
 }
 
+/// One line: two spaces between columns, one between two right-aligned ones (their
+/// padding already separates them), so three instances' shares still fit in 100.
 fn write_line(out: &mut String, columns: &[Column], widths: &[usize], cells: &[String]) {
     let mut line = String::new();
+    let mut previous: Option<Align> = None;
     for ((column, width), cell) in columns.iter().zip(widths).zip(cells) {
+        if let Some(before) = previous {
+            let gap = match (before, column.align) {
+                (Align::Right, Align::Right) => " ",
+                _ => "  ",
+            };
+            line.push_str(gap);
+        }
         let _ = match column.align {
-            Align::Left => write!(line, "{cell:<width$}  "),
-            Align::Right => write!(line, "{cell:>width$}  "),
+            Align::Left => write!(line, "{cell:<width$}"),
+            Align::Right => write!(line, "{cell:>width$}"),
         };
+        previous = Some(column.align);
     }
     out.push_str(line.trim_end());
     out.push('\n');
@@ -302,11 +313,11 @@ mod tests {
         assert_eq!(lines.len(), 2);
         // Numbers keep right, text keeps left, under headers as wide as their cells.
         assert!(
-            lines[0].starts_with("service  req/s    ok%     p50"),
+            lines[0].starts_with("service  req/s   ok%    p50"),
             "{table}"
         );
         assert!(
-            lines[1].starts_with("catalog      2  75.0%  2.00ms"),
+            lines[1].starts_with("catalog      2 75.0% 2.00ms"),
             "{table}"
         );
         assert_eq!(
@@ -397,6 +408,8 @@ mod tests {
             .collect();
         let mut span = tally(&calls);
         span.merge(&tally(&[(1, 200, "inventory-2")]));
+        // A third instance, as while `inventory` is scaled up.
+        span.merge(&tally(&[(1, 200, "inventory-3")]));
         let row = Row {
             service: "inventory",
             kind: AppKind::Grpc,

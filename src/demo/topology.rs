@@ -12,6 +12,11 @@
 //! would use. Every listener binds `127.0.0.1:0`, so the demo never collides with
 //! anything already running.
 //!
+//! A service with [`Membership::Discovered`] is not given to the frontend as static
+//! endpoints: the frontend watches the demo's `file` [`registry`](super::registry),
+//! which lists only some of its instances at first; the scenes rewrite it to make
+//! instances join and leave.
+//!
 //! The frontend guards each service with resilience policies ([`frontend_policies`]),
 //! each named after the service: an overall timeout, retries, a service breaker, a
 //! fallback, and for a service with [`ServiceSpec::rate_limit`] a rate limit. The
@@ -26,12 +31,14 @@ use futures_util::future::join_all;
 
 use super::apps::{AppInstance, AppKind, Faults};
 use super::load::{Caller, GrpcCaller, HttpCaller};
+use super::registry::{DemoRegistry, Listing, REGISTRY_NAME};
 use super::DemoError;
 use crate::config::{
-    self, BackoffPolicy, BreakerPolicy, BudgetPolicy, Condition, Config, FailureRatePolicy,
-    FallbackPolicy, FallbackTrigger, GrpcCodeName, InboundConfig, OutboundConfig, Percent,
-    PoliciesConfig, Rate, RateLimitKeyName, RateLimitPolicy, RetryPolicy, ServiceConfig,
-    StaticResponsePolicy, TimeoutPolicy, UpstreamProtocol,
+    self, BackoffPolicy, BreakerPolicy, BudgetPolicy, Condition, Config, DiscoveryRef,
+    FailureRatePolicy, FallbackPolicy, FallbackTrigger, FileSection, GrpcCodeName, InboundConfig,
+    OutboundConfig, Percent, PoliciesConfig, Rate, RateLimitKeyName, RateLimitPolicy,
+    RegistryConfig, RetryPolicy, ServiceConfig, StaticResponsePolicy, TimeoutPolicy,
+    UpstreamProtocol,
 };
 use crate::Sidecar;
 
@@ -55,11 +62,38 @@ pub struct ServiceSpec {
     /// Calls per second the frontend lets through to it (one bucket for all callers,
     /// with a small burst); `None` sets no rate limit.
     pub rate_limit: Option<u32>,
+    /// Where the frontend finds its instances.
+    pub membership: Membership,
 }
 
-/// `catalog` (HTTP, two instances) and `inventory` (gRPC, two instances), each a little
-/// slow and now and then failing, so that the table has something to show. `catalog` is
-/// rate limited at 200 calls/s: above the default load's 150/s, below a burst scene's.
+/// Where the frontend finds a service's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// Every instance, as static endpoints.
+    Static,
+    /// The demo's `file` registry, which lists the first `listed` instances at the start
+    /// (the others run, unlisted, until a scene lists them).
+    Discovered {
+        /// How many instances are listed at the start.
+        listed: usize,
+    },
+}
+
+impl ServiceSpec {
+    /// The instances (counting from 1) the frontend calls at the start.
+    pub fn listed_at_start(&self) -> Vec<usize> {
+        let listed = match self.membership {
+            Membership::Static => self.instances,
+            Membership::Discovered { listed } => listed.min(self.instances),
+        };
+        (1..=listed).collect()
+    }
+}
+
+/// `catalog` (HTTP, two instances) and `inventory` (gRPC, three instances, two of them
+/// listed in the registry at first), each a little slow and now and then failing, so
+/// that the table has something to show. `catalog` is rate limited at 200 calls/s:
+/// above the default load's 150/s, below a burst scene's.
 pub fn default_services() -> Vec<ServiceSpec> {
     vec![
         ServiceSpec {
@@ -72,17 +106,19 @@ pub fn default_services() -> Vec<ServiceSpec> {
                 error_rate: 0.01,
             },
             rate_limit: Some(200),
+            membership: Membership::Static,
         },
         ServiceSpec {
             name: "inventory".to_string(),
             kind: AppKind::Grpc,
-            instances: 2,
+            instances: 3,
             faults: Faults {
                 latency: Duration::from_millis(1),
                 jitter: Duration::from_millis(3),
                 error_rate: 0.005,
             },
             rate_limit: None,
+            membership: Membership::Discovered { listed: 2 },
         },
     ]
 }
@@ -129,6 +165,9 @@ pub struct Topology {
     pub frontend: Sidecar,
     /// The example services, in the order they were asked for.
     pub services: Vec<RunningService>,
+    /// The registry of the services with [`Membership::Discovered`], following the
+    /// frontend; `None` when every service has static endpoints.
+    pub registry: Option<Arc<DemoRegistry>>,
 }
 
 impl Topology {
@@ -138,7 +177,15 @@ impl Topology {
         for spec in specs {
             started.push(start_instances(spec).await?);
         }
-        let frontend_config = frontend_config(specs, &started)?;
+        let mut registry = match listing_at_start(specs, &started) {
+            Some(listing) => Some(
+                DemoRegistry::create(&listing)
+                    .await
+                    .map_err(|source| DemoError::Registry { source })?,
+            ),
+            None => None,
+        };
+        let frontend_config = frontend_config(specs, &started, registry.as_ref())?;
         let frontend =
             Sidecar::start(frontend_config)
                 .await
@@ -163,7 +210,14 @@ impl Topology {
                 entry,
             });
         }
-        Ok(Topology { frontend, services })
+        if let (Some(registry), Some(admin)) = (&mut registry, frontend.addrs().admin) {
+            registry.follow_frontend(admin);
+        }
+        Ok(Topology {
+            frontend,
+            services,
+            registry: registry.map(Arc::new),
+        })
     }
 
     /// Every sidecar's listeners and where to read its metrics, and a call to try.
@@ -227,7 +281,8 @@ impl Topology {
         out
     }
 
-    /// Drains the frontend, then the instances' sidecars, then stops the apps.
+    /// Drains the frontend, then the instances' sidecars, then stops the apps (and
+    /// removes the registry file).
     pub async fn shutdown(self) {
         self.frontend.shutdown().await;
         let (sidecars, apps): (Vec<_>, Vec<_>) = self
@@ -271,18 +326,65 @@ async fn start_instances(spec: &ServiceSpec) -> Result<Vec<Instance>, DemoError>
     Ok(instances)
 }
 
+/// The registry's first listing: each discovered service's instances listed at the
+/// start; `None` when no service is discovered.
+fn listing_at_start(specs: &[ServiceSpec], started: &[Vec<Instance>]) -> Option<Listing> {
+    let listing: Listing = specs
+        .iter()
+        .zip(started)
+        .filter(|(spec, _)| matches!(spec.membership, Membership::Discovered { .. }))
+        .map(|(spec, instances)| {
+            let listed = spec
+                .listed_at_start()
+                .into_iter()
+                .filter_map(|n| instances.get(n - 1)?.sidecar.addrs().inbound)
+                .collect();
+            (spec.name.clone(), listed)
+        })
+        .collect();
+    (!listing.is_empty()).then_some(listing)
+}
+
 /// The frontend: HTTP services by `Host` on the shared outbound port, gRPC services on
-/// dedicated ports, each with its instances' inbound sidecars as static endpoints.
-fn frontend_config(specs: &[ServiceSpec], started: &[Vec<Instance>]) -> Result<Config, DemoError> {
+/// dedicated ports, each with its instances' inbound sidecars as static endpoints, or
+/// discovered from `registry` for a service with [`Membership::Discovered`].
+fn frontend_config(
+    specs: &[ServiceSpec],
+    started: &[Vec<Instance>],
+    registry: Option<&DemoRegistry>,
+) -> Result<Config, DemoError> {
     let mut config = base_config(FRONTEND)?;
     config.outbound = Some(OutboundConfig {
         listen: loopback_any_port(),
     });
+    if let Some(registry) = registry {
+        config.registries.insert(
+            REGISTRY_NAME.to_string(),
+            RegistryConfig {
+                file: Some(FileSection {
+                    path: registry.path().to_path_buf(),
+                }),
+                ..RegistryConfig::default()
+            },
+        );
+    }
     for (spec, instances) in specs.iter().zip(started) {
-        let endpoints = instances
-            .iter()
-            .filter_map(|instance| instance.sidecar.addrs().inbound)
-            .collect();
+        let (endpoints, discovery) = match spec.membership {
+            Membership::Static => (
+                instances
+                    .iter()
+                    .filter_map(|instance| instance.sidecar.addrs().inbound)
+                    .collect(),
+                None,
+            ),
+            Membership::Discovered { .. } => (
+                Vec::new(),
+                Some(DiscoveryRef {
+                    registry: REGISTRY_NAME.to_string(),
+                    name: None,
+                }),
+            ),
+        };
         let listen = match spec.kind {
             AppKind::Http => None,
             AppKind::Grpc => Some(loopback_any_port()),
@@ -295,6 +397,7 @@ fn frontend_config(specs: &[ServiceSpec], started: &[Vec<Instance>]) -> Result<C
                 listen,
                 protocol: protocol_of(spec.kind),
                 endpoints,
+                discovery,
                 timeout: Some(name.clone()),
                 retry: Some(name.clone()),
                 breaker: Some(name.clone()),
