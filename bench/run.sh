@@ -219,7 +219,8 @@ start_all() {
     haproxy -c -q -f "$WORK/haproxy.cfg" || die "haproxy config is invalid"
     "$REMORA_BIN" validate "$WORK/remora.yaml" >/dev/null || die "remora config is invalid"
 
-    # remora's main builds a multi-thread tokio runtime, which reads this variable.
+    # Pinned to one CPU, remora runs a current-thread runtime; should it build a
+    # multi-thread one (REMORA_RUNTIME=multi-thread), this variable keeps it to one worker.
     TOKIO_WORKER_THREADS=1 start_pinned "$PROXY_CPU" remora \
         "$REMORA_BIN" run -c "$WORK/remora.yaml"
     PID[remora]=$STARTED_PID
@@ -236,7 +237,7 @@ start_all() {
     wait_port "$HAPROXY_H2_PORT" haproxy
     local workers
     workers=$(cat /proc/"${PID[remora]}"/task/*/comm 2>/dev/null | grep -c '^tokio-r' || true)
-    log "remora runs $workers tokio worker thread(s)"
+    log "remora runs $workers tokio worker thread(s) (0: a current-thread runtime)"
 }
 
 # The port a test reaches a target on.

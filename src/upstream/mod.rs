@@ -13,6 +13,8 @@ mod http1;
 mod http2;
 mod hygiene;
 mod pool;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::net::SocketAddr;
