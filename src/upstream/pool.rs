@@ -322,7 +322,9 @@ async fn reap(pools: Weak<Pools>, every: Duration) {
         endpoints.retain(|_, pool| {
             let http1 = pool.http1.close_idle(idle_timeout);
             let http2 = pool.http2.close_idle(idle_timeout);
-            http1 + http2 > 0 || Arc::strong_count(pool) > 1
+            // Kept while it holds connections or while a request or a response body
+            // (whose connection returns here) still refers to it.
+            http1 + http2 > 0 || Arc::strong_count(pool) > 1 || Arc::strong_count(&pool.http1) > 1
         });
     }
 }
@@ -382,6 +384,11 @@ impl PooledBody {
 
 /// `response` with its body wrapped to release `lease` at the body's end.
 pub(super) fn leased(response: Response<Incoming>, lease: Lease) -> Response<ProxyBody> {
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        // The connection now belongs to the upgrade: it never returns to the pool.
+        lease.release(false);
+        return response.map(ProxyBody::streamed);
+    }
     response.map(|body| ProxyBody::Pooled {
         body: PooledBody::new(body, lease),
     })
