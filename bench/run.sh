@@ -10,7 +10,7 @@
 # seconds per target and test before the rounds (3), CONNECTIONS (64), STREAMS per h2
 # connection (10), IDLE_CONNECTIONS (1000), PORT_BASE (28000), LOAD_CPU (0),
 # PROXY_CPU (1), TESTS ("http1 h2c grpc"), TARGETS ("direct remora nginx haproxy"),
-# JOBS for cargo (2), NICE (-10) for every process of the benchmark, so that other
+# JOBS for cargo (2), REMORA_BIN (a prebuilt remora to measure instead of building one), NICE (-10) for every process of the benchmark, so that other
 # work on a shared machine disturbs all targets less, NO_INSTALL=1 to skip the apt-get step, QUIET_MAX (15) % of a CPU
 # that other processes may use before a run starts and QUIET_WAIT (20) seconds to wait
 # for that.
@@ -159,10 +159,15 @@ install_tools() {
 build() {
     log "building remora and the bench upstream (release, -j $JOBS)"
     # Separately, so that the remora binary measured is the one users build (no
-    # dev-dependency features unified into it).
-    (cd "$ROOT" && cargo build --release -j "$JOBS" --bin remora)
+    # dev-dependency features unified into it). REMORA_BIN measures a binary built
+    # elsewhere (an earlier commit, say) instead.
+    if [[ -n ${REMORA_BIN:-} ]]; then
+        log "measuring REMORA_BIN=$REMORA_BIN"
+    else
+        (cd "$ROOT" && cargo build --release -j "$JOBS" --bin remora)
+        REMORA_BIN=$TARGET_DIR/release/remora
+    fi
     (cd "$ROOT" && cargo build --release -j "$JOBS" --example bench_upstream)
-    REMORA_BIN=$TARGET_DIR/release/remora
     UPSTREAM_BIN=$TARGET_DIR/release/examples/bench_upstream
     [[ -x $REMORA_BIN && -x $UPSTREAM_BIN ]] || die "binaries not found under $TARGET_DIR"
 }
@@ -214,7 +219,8 @@ start_all() {
     haproxy -c -q -f "$WORK/haproxy.cfg" || die "haproxy config is invalid"
     "$REMORA_BIN" validate "$WORK/remora.yaml" >/dev/null || die "remora config is invalid"
 
-    # remora's main builds a multi-thread tokio runtime, which reads this variable.
+    # Pinned to one CPU, remora runs a current-thread runtime; should it build a
+    # multi-thread one (REMORA_RUNTIME=multi-thread), this variable keeps it to one worker.
     TOKIO_WORKER_THREADS=1 start_pinned "$PROXY_CPU" remora \
         "$REMORA_BIN" run -c "$WORK/remora.yaml"
     PID[remora]=$STARTED_PID
@@ -231,7 +237,7 @@ start_all() {
     wait_port "$HAPROXY_H2_PORT" haproxy
     local workers
     workers=$(cat /proc/"${PID[remora]}"/task/*/comm 2>/dev/null | grep -c '^tokio-r' || true)
-    log "remora runs $workers tokio worker thread(s)"
+    log "remora runs $workers tokio worker thread(s) (0: a current-thread runtime)"
 }
 
 # The port a test reaches a target on.

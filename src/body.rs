@@ -49,6 +49,12 @@ pin_project! {
             first: Option<Frame<Bytes>>,
             rest: Box<ProxyBody>,
         },
+        /// An upstream's response, streamed; its connection goes back to the pool (or
+        /// its HTTP/2 stream slot is freed) when the body ends.
+        Pooled {
+            #[pin]
+            body: crate::upstream::PooledBody,
+        },
     }
 }
 
@@ -142,6 +148,7 @@ impl Body for ProxyBody {
                 }
                 Pin::new(rest.as_mut()).poll_frame(cx)
             }
+            ProxyBodyProj::Pooled { body } => body.poll_frame(cx),
         }
     }
 
@@ -152,6 +159,7 @@ impl Body for ProxyBody {
             Self::Trailed { data, trailers } => data.is_none() && trailers.is_none(),
             Self::Boxed { body } => body.is_end_stream(),
             Self::Prefixed { first, rest } => first.is_none() && rest.is_end_stream(),
+            Self::Pooled { body } => body.is_end_stream(),
         }
     }
 
@@ -179,6 +187,7 @@ impl Body for ProxyBody {
                 }
                 hint
             }
+            Self::Pooled { body } => body.size_hint(),
         }
     }
 }

@@ -58,11 +58,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// The async runtime: a current-thread runtime when the process may use only one CPU
+/// (`taskset -c 1`, a one-CPU cgroup quota), where a multi-thread runtime's extra
+/// thread only adds cross-thread wake-ups; a multi-thread runtime otherwise.
+/// `REMORA_RUNTIME=current-thread|multi-thread` overrides the choice.
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let current_thread = match std::env::var("REMORA_RUNTIME").as_deref() {
+        Ok("current-thread") => true,
+        Ok("multi-thread") => false,
+        _ => one_cpu,
+    };
+    let mut builder = if current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot start the async runtime: {error}");

@@ -23,7 +23,7 @@ use crate::error::ProxyError;
 use crate::metrics::Direction;
 use crate::route::Target;
 use crate::sidecar::{Shared, State};
-use crate::upstream::{requested_upgrade, set_forwarded, strip_hop_by_hop};
+use crate::upstream::{requested_upgrade, set_forwarded, strip_hop_by_hop, ForwardedFor};
 
 /// Request extension: the address of the client connection (rate-limit keys use it).
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +55,8 @@ pub struct ProxyService {
     shared: Arc<Shared>,
     entry: Entry,
     peer: SocketAddr,
+    /// `peer`'s `x-forwarded-for` element, formatted once per connection.
+    forwarded_for: ForwardedFor,
 }
 
 impl ProxyService {
@@ -63,6 +65,7 @@ impl ProxyService {
         Self {
             shared,
             entry,
+            forwarded_for: ForwardedFor::new(peer.ip()),
             peer,
         }
     }
@@ -158,7 +161,7 @@ impl ProxyService {
             }
         };
         crate::trace::routed(&request, &target.name); // tracing: name the service on the span
-        let response = match forward(&target, request, self.peer).await {
+        let response = match forward(&target, request, self.peer, &self.forwarded_for).await {
             Ok(response) => {
                 if let Some(trigger) = response
                     .headers()
@@ -194,7 +197,8 @@ impl ProxyService {
                 error.to_response(grpc)
             }
         };
-        self.shared.metrics.record_request(
+        self.shared.metrics.record_request_cached(
+            &target.metrics,
             direction,
             &target.name,
             response.status().as_u16(),
@@ -233,6 +237,7 @@ async fn forward(
     target: &Target,
     request: Request<Incoming>,
     peer: SocketAddr,
+    forwarded_for: &ForwardedFor,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if request.method() == http::Method::CONNECT {
         // remora routes requests to configured services; it never opens raw tunnels.
@@ -260,7 +265,7 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     // remora answers `Expect: 100-continue` itself when it reads the body.
     parts.headers.remove(header::EXPECT);
-    set_forwarded(&mut parts.headers, peer.ip());
+    set_forwarded(&mut parts.headers, forwarded_for);
     parts.extensions.insert(ClientAddr(peer));
     if let Some(protocol) = upgrade {
         parts

@@ -23,6 +23,8 @@ pub struct Target {
     stack: ServiceStack,
     /// Routes with policies of their own; the first match wins.
     routes: Vec<(RouteMatcher, ServiceStack)>,
+    /// Its metric handles, looked up once per config.
+    pub metrics: crate::metrics::ServiceMetrics,
 }
 
 impl Target {
@@ -33,6 +35,7 @@ impl Target {
             endpoints,
             stack: stacks.default,
             routes: stacks.routes,
+            metrics: Default::default(),
         }
     }
 

@@ -1,0 +1,253 @@
+//! The bottom of every stack: the [`Forward`] service that sends one attempt to one
+//! endpoint over remora's own connection pools, and the header hygiene of a hop.
+//!
+//! - `pool`: [`UpstreamClients`], the per-endpoint pools, how connections are made, and
+//!   [`PooledBody`], which gives a connection back when its response body ends;
+//! - `http1`: an endpoint's idle HTTP/1.1 keep-alive connections (a LIFO stack);
+//! - `http2`: an endpoint's few multiplexed HTTP/2 connections (least loaded first);
+//! - `hygiene`: hop-by-hop headers, `x-forwarded-*`, upgrade requests.
+//!
+//! A service's `protocol` decides whether a request leaves over HTTP/1.1 or HTTP/2.
+
+mod http1;
+mod http2;
+mod hygiene;
+mod pool;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+
+use crate::balance::{Endpoint, EndpointSet};
+use crate::body::ProxyBody;
+use crate::config::UpstreamProtocol;
+use crate::error::ProxyError;
+
+pub use hygiene::{requested_upgrade, set_forwarded, strip_hop_by_hop, ForwardedFor};
+use pool::SendError;
+pub use pool::{ConnectError, PoolConfig, PoolConfigError, PooledBody, UpstreamClients};
+
+/// Whether a request to a service of `protocol` leaves over HTTP/2, given what the
+/// caller spoke.
+fn uses_http2(protocol: UpstreamProtocol, caller: Version) -> bool {
+    match protocol {
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::Http2 => true,
+        UpstreamProtocol::Auto => caller == Version::HTTP_2,
+    }
+}
+
+/// Request extension: endpoints this request should not go to if another is ready (set
+/// by retry with the endpoints earlier attempts failed on).
+#[derive(Debug, Clone, Default)]
+pub struct AvoidEndpoints(pub Vec<SocketAddr>);
+
+/// Response extension: the endpoint that answered.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointUsed(pub SocketAddr);
+
+/// Sees the outcome of every attempt on an endpoint (endpoint circuit breakers, outlier
+/// ejection and latency tracking implement it). Called on the request path: it must
+/// not block.
+pub trait EndpointObserver: Send + Sync + 'static {
+    /// One attempt on `endpoint` ended with `result` (at response headers) after `elapsed`.
+    fn observe(
+        &self,
+        endpoint: &Endpoint,
+        result: &Result<Response<ProxyBody>, ProxyError>,
+        elapsed: Duration,
+    );
+}
+
+/// The innermost service of a target's stack: one attempt, to one endpoint.
+///
+/// It picks an endpoint, points the request at it, sends it over the pooled client and
+/// relays the answer; an accepted upgrade (101) is spliced into a byte tunnel. The
+/// request arrives with its headers already cleaned by the proxy.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    /// The service's name, for errors.
+    service: Arc<str>,
+    /// Where to send.
+    endpoints: Arc<EndpointSet>,
+    /// Protocol toward the endpoints.
+    protocol: UpstreamProtocol,
+    /// The pooled clients.
+    clients: UpstreamClients,
+    /// Told of every attempt's outcome.
+    observers: Arc<[Arc<dyn EndpointObserver>]>,
+}
+
+impl std::fmt::Debug for dyn EndpointObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EndpointObserver")
+    }
+}
+
+impl Forward {
+    /// A forwarder to `endpoints` over `clients`.
+    pub fn new(
+        service: Arc<str>,
+        endpoints: Arc<EndpointSet>,
+        protocol: UpstreamProtocol,
+        clients: UpstreamClients,
+    ) -> Self {
+        Self {
+            service,
+            endpoints,
+            protocol,
+            clients,
+            observers: Arc::from(Vec::new()),
+        }
+    }
+
+    /// Adds observers told of every attempt's outcome.
+    pub fn with_observers(mut self, observers: Vec<Arc<dyn EndpointObserver>>) -> Self {
+        self.observers = Arc::from(observers);
+        self
+    }
+}
+
+impl tower::Service<Request<ProxyBody>> for Forward {
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<ProxyBody>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            // Balancing: only a consistent-hash balancer reads a key from the request;
+            // retries name the endpoints that failed so the pick prefers others.
+            let key = this.endpoints.hash_key(&request);
+            let avoid = request
+                .extensions()
+                .get::<AvoidEndpoints>()
+                .map_or(&[][..], |AvoidEndpoints(avoid)| avoid);
+            let endpoint = this
+                .endpoints
+                .pick_for(key, avoid)
+                .ok_or_else(|| ProxyError::NoHealthyEndpoint(this.service.to_string()))?;
+            let client_upgrade = request
+                .headers()
+                .contains_key(header::UPGRADE)
+                .then(|| hyper::upgrade::on(&mut request));
+            // The deadline as it stands now, after queueing, backoff and injected delays.
+            crate::policy::timeout::set_grpc_timeout(&mut request);
+            let http2 = uses_http2(this.protocol, request.version());
+            let uri = std::mem::take(request.uri_mut());
+            *request.uri_mut() = absolute_uri(&endpoint.authority, uri)?;
+            *request.version_mut() = if http2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
+            let attempt = crate::trace::attempt(&mut request, endpoint.addr); // tracing: try span + inject
+            if !http2 {
+                to_origin_form(&mut request, &endpoint);
+            }
+
+            let started = Instant::now();
+            let pool = this.clients.endpoint(endpoint.addr);
+            // Balancing: counts the attempt in flight and samples its RTT at response
+            // headers; dropped with this future (timeout, cancel), it still ends.
+            let load = this.endpoints.start(&endpoint);
+            let result = if http2 {
+                pool.http2
+                    .send(this.clients.pools(), pool.addr, request)
+                    .await
+            } else {
+                pool.http1
+                    .send(this.clients.pools(), pool.addr, request)
+                    .await
+            };
+            load.finish(result.is_ok());
+            let result = result.map_err(|error| {
+                let endpoint = endpoint.addr.to_string();
+                match error {
+                    SendError::Connect(source) => ProxyError::Connect {
+                        endpoint,
+                        source: source.into(),
+                    },
+                    SendError::Upstream(source) => ProxyError::Upstream {
+                        endpoint,
+                        source: source.into(),
+                    },
+                }
+            });
+            for observer in this.observers.iter() {
+                observer.observe(&endpoint, &result, started.elapsed());
+            }
+            attempt.end(&result); // tracing
+            let mut response = result?;
+            response
+                .extensions_mut()
+                .insert(EndpointUsed(endpoint.addr));
+
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(client_upgrade) = client_upgrade {
+                    let upstream_upgrade = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                    return Ok(response.map(|_| ProxyBody::empty()));
+                }
+            }
+            strip_hop_by_hop(response.headers_mut());
+            Ok(response)
+        })
+    }
+}
+
+/// `http://<endpoint>/<original path and query>`, reusing the original's parts.
+fn absolute_uri(authority: &http::uri::Authority, original: Uri) -> Result<Uri, ProxyError> {
+    let mut parts = original.into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))
+}
+
+/// Turns an HTTP/1.1 request's target into origin form (`/path?query`), and names the
+/// endpoint in `Host` when the caller named no host at all.
+fn to_origin_form(request: &mut Request<ProxyBody>, endpoint: &Endpoint) {
+    let uri = std::mem::take(request.uri_mut());
+    let mut parts = uri.into_parts();
+    parts.scheme = None;
+    parts.authority = None;
+    *request.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+    if !request.headers().contains_key(header::HOST) {
+        if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
+            request.headers_mut().insert(header::HOST, host);
+        }
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and upstream connection.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%error, "upgraded connection ended");
+    }
+}

@@ -1,0 +1,232 @@
+//! The pools through real sockets: reuse, early drops, the HTTP/2 spread, errors.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tower::ServiceExt;
+
+use super::*;
+use crate::discovery::Instance;
+
+/// An upstream that counts the connections it accepted. `/slow` answers after 200 ms;
+/// `/endless` sends one chunk and then never ends; anything else answers `ok` at once.
+async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|request: Request<_>| async move {
+                    type Chunk = Result<Frame<Bytes>, Infallible>;
+                    let body = match request.uri().path() {
+                        "/slow" => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            http_body_util::Either::Left(http_body_util::Full::new(Bytes::from(
+                                "ok",
+                            )))
+                        }
+                        "/endless" => {
+                            let first = futures_util::stream::iter([Ok::<_, Infallible>(
+                                Frame::data(Bytes::from("part")),
+                            )]);
+                            let rest = futures_util::stream::pending::<Chunk>();
+                            return Ok::<_, Infallible>(Response::new(
+                                http_body_util::Either::Right(StreamBody::new(
+                                    futures_util::StreamExt::chain(first, rest),
+                                )),
+                            ));
+                        }
+                        _ => http_body_util::Either::Left(http_body_util::Full::new(Bytes::from(
+                            "ok",
+                        ))),
+                    };
+                    Ok(Response::new(body))
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn forward(addr: SocketAddr, protocol: UpstreamProtocol, clients: &UpstreamClients) -> Forward {
+    let endpoints = Arc::new(EndpointSet::new());
+    endpoints.update(&[Instance::new(addr)]);
+    Forward::new(Arc::from("svc"), endpoints, protocol, clients.clone())
+}
+
+fn request(path: &str, version: Version) -> Request<ProxyBody> {
+    Request::builder()
+        .uri(path)
+        .version(version)
+        .header("host", "svc")
+        .body(ProxyBody::empty())
+        .unwrap()
+}
+
+async fn body_of(response: Response<ProxyBody>) -> Bytes {
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+fn config() -> PoolConfig {
+    PoolConfig::from_upstream(&crate::config::UpstreamConfig::default())
+}
+
+#[tokio::test]
+async fn http1_connections_go_back_to_the_pool_when_the_body_ends() {
+    let (addr, accepted) = upstream().await;
+    let clients = UpstreamClients::with_pool_config(config());
+    let forward = forward(addr, UpstreamProtocol::Http1, &clients);
+    for _ in 0..5 {
+        let response = forward
+            .clone()
+            .oneshot(request("/", Version::HTTP_11))
+            .await
+            .unwrap();
+        assert_eq!(body_of(response).await, "ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection, reused");
+    assert_eq!(clients.idle_connections(), 1);
+}
+
+#[tokio::test]
+async fn an_http1_body_dropped_before_its_end_closes_its_connection() {
+    let (addr, accepted) = upstream().await;
+    let clients = UpstreamClients::with_pool_config(config());
+    let forward = forward(addr, UpstreamProtocol::Http1, &clients);
+    let response = forward
+        .clone()
+        .oneshot(request("/endless", Version::HTTP_11))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "part");
+    drop(body);
+    assert_eq!(clients.idle_connections(), 0, "not reusable mid-body");
+    let response = forward
+        .clone()
+        .oneshot(request("/", Version::HTTP_11))
+        .await
+        .unwrap();
+    assert_eq!(body_of(response).await, "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn http2_streams_spread_over_connections_up_to_the_maximum() {
+    let (addr, accepted) = upstream().await;
+    let clients = UpstreamClients::with_pool_config(config().with_http2(2, 2).unwrap());
+    let forward = forward(addr, UpstreamProtocol::Http2, &clients);
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let forward = forward.clone();
+            tokio::spawn(async move {
+                let response = forward
+                    .oneshot(request("/slow", Version::HTTP_2))
+                    .await
+                    .unwrap();
+                body_of(response).await
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), "ok");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "two connections at most"
+    );
+    for _ in 0..3 {
+        let response = forward
+            .clone()
+            .oneshot(request("/", Version::HTTP_2))
+            .await
+            .unwrap();
+        assert_eq!(body_of(response).await, "ok");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "idle connections are reused"
+    );
+    assert_eq!(clients.idle_connections(), 2);
+}
+
+#[tokio::test]
+async fn sequential_http2_streams_share_one_connection() {
+    let (addr, accepted) = upstream().await;
+    let clients = UpstreamClients::with_pool_config(config());
+    let forward = forward(addr, UpstreamProtocol::Http2, &clients);
+    for _ in 0..5 {
+        let response = forward
+            .clone()
+            .oneshot(request("/", Version::HTTP_2))
+            .await
+            .unwrap();
+        assert_eq!(body_of(response).await, "ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_connect_error_and_a_reset_is_not() {
+    let closed = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let clients = UpstreamClients::with_pool_config(config());
+    for protocol in [UpstreamProtocol::Http1, UpstreamProtocol::Http2] {
+        let error = forward(closed, protocol, &clients)
+            .oneshot(request("/", Version::HTTP_11))
+            .await
+            .err()
+            .expect("a refused connection fails");
+        assert!(matches!(error, ProxyError::Connect { .. }), "{error:?}");
+    }
+
+    // Accepts, then closes without answering.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rude = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let error = forward(rude, UpstreamProtocol::Http1, &clients)
+        .oneshot(request("/", Version::HTTP_11))
+        .await
+        .err()
+        .expect("a closed connection fails");
+    assert!(matches!(error, ProxyError::Upstream { .. }), "{error:?}");
+}
+
+#[test]
+fn pool_config_refuses_zero_http2_limits() {
+    assert_eq!(
+        config().with_http2(0, 1),
+        Err(PoolConfigError::NoHttp2Connections)
+    );
+    assert_eq!(
+        config().with_http2(1, 0),
+        Err(PoolConfigError::NoHttp2Streams)
+    );
+}
