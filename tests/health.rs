@@ -32,8 +32,13 @@ const INTERVAL: Duration = Duration::from_millis(50);
 const TIMEOUT: Duration = Duration::from_secs(2);
 const DEADLINE: Duration = Duration::from_secs(15);
 
+/// Round robin, so that every endpoint gets its share of calls whatever its latency (P2C
+/// over two endpoints always picks the cheaper one, and could starve the failing one).
 fn endpoint_set(addrs: &[SocketAddr]) -> Arc<EndpointSet> {
-    let set = Arc::new(EndpointSet::new());
+    let config =
+        remora::balance::BalancerConfig::try_new(remora::balance::Balancer::RoundRobin, 50)
+            .unwrap();
+    let set = Arc::new(EndpointSet::with_config(config));
     let instances: Vec<Instance> = addrs.iter().copied().map(Instance::new).collect();
     set.update(&instances);
     set
