@@ -114,3 +114,22 @@ fn a_registry_takes_one_backend() {
         "{error}"
     );
 }
+
+#[test]
+fn http2_pool_settings_are_read_and_checked() {
+    let text = format!("{BASE}upstream: {{ http2_connections_per_endpoint: 2, http2_streams_per_connection: 50 }}\n");
+    let config = config::parse("remora.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let pool = remora::upstream::PoolConfig::from_upstream(&config.upstream);
+    assert_eq!(
+        (
+            pool.http2_max_connections,
+            pool.http2_streams_per_connection
+        ),
+        (2, 50)
+    );
+    let error = error_of(&text.replace(
+        "http2_connections_per_endpoint: 2",
+        "http2_connections_per_endpoint: 0",
+    ));
+    assert!(error.contains("upstream.http2_connections_per_endpoint: http2_connections_per_endpoint must be at least 1"), "{error}");
+}

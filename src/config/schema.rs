@@ -222,6 +222,13 @@ pub struct UpstreamConfig {
     /// Idle connections kept per endpoint.
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle_per_endpoint: usize,
+    /// HTTP/2 connections opened per endpoint at most; calls go to the least loaded.
+    #[serde(default = "default_http2_connections")]
+    pub http2_connections_per_endpoint: usize,
+    /// Streams on one HTTP/2 connection before another is opened (the server's own
+    /// limit applies too).
+    #[serde(default = "default_http2_streams")]
+    pub http2_streams_per_connection: usize,
 }
 
 /// Logging.
@@ -283,6 +290,12 @@ fn default_pool_idle_timeout() -> Duration {
 fn default_pool_max_idle() -> usize {
     256
 }
+fn default_http2_connections() -> usize {
+    crate::upstream::PoolConfig::DEFAULT_HTTP2_MAX_CONNECTIONS
+}
+fn default_http2_streams() -> usize {
+    crate::upstream::PoolConfig::DEFAULT_HTTP2_STREAMS_PER_CONNECTION
+}
 fn default_log_level() -> String {
     "info".to_string()
 }
@@ -312,6 +325,8 @@ impl Default for UpstreamConfig {
             connect_timeout: default_connect_timeout(),
             pool_idle_timeout: default_pool_idle_timeout(),
             pool_max_idle_per_endpoint: default_pool_max_idle(),
+            http2_connections_per_endpoint: default_http2_connections(),
+            http2_streams_per_connection: default_http2_streams(),
         }
     }
 }

@@ -283,6 +283,19 @@ fn check_routes(config: &Config, issues: &mut Vec<Issue>) {
 }
 
 fn check_limits(config: &Config, issues: &mut Vec<Issue>) {
+    let upstream = FieldPath::root().key("upstream");
+    if config.upstream.http2_connections_per_endpoint == 0 {
+        issues.push(Issue::at(
+            upstream.key("http2_connections_per_endpoint"),
+            "http2_connections_per_endpoint must be at least 1",
+        ));
+    }
+    if config.upstream.http2_streams_per_connection == 0 {
+        issues.push(Issue::at(
+            upstream.key("http2_streams_per_connection"),
+            "http2_streams_per_connection must be at least 1",
+        ));
+    }
     let limits = FieldPath::root().key("limits");
     let upstream = FieldPath::root().key("upstream");
     let l = &config.limits;

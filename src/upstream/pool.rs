@@ -67,14 +67,14 @@ impl PoolConfig {
     /// Default streams per HTTP/2 connection before another one is opened.
     pub const DEFAULT_HTTP2_STREAMS_PER_CONNECTION: usize = 100;
 
-    /// `upstream`'s timeouts and limits, HTTP/2 settings at their defaults.
+    /// `upstream`'s timeouts, limits and HTTP/2 spread (validation keeps both ≥ 1).
     pub fn from_upstream(upstream: &UpstreamConfig) -> Self {
         Self {
             connect_timeout: upstream.connect_timeout,
             idle_timeout: upstream.pool_idle_timeout,
             max_idle_per_endpoint: upstream.pool_max_idle_per_endpoint,
-            http2_max_connections: Self::DEFAULT_HTTP2_MAX_CONNECTIONS,
-            http2_streams_per_connection: Self::DEFAULT_HTTP2_STREAMS_PER_CONNECTION,
+            http2_max_connections: upstream.http2_connections_per_endpoint.max(1),
+            http2_streams_per_connection: upstream.http2_streams_per_connection.max(1),
             http2_keep_alive_interval: Duration::from_secs(30),
         }
     }
