@@ -32,10 +32,7 @@ async fn assert_fallback(proxy: &remora::Sidecar, trigger: &str) {
 }
 
 fn dead() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    dead_endpoint()
 }
 
 #[tokio::test]

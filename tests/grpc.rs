@@ -230,10 +230,7 @@ async fn grpc_works_through_auto_protocol_too() {
 
 #[tokio::test]
 async fn a_dead_upstream_is_grpc_unavailable() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = support::dead_endpoint();
     let proxy = support::outbound_to(&[dead], "http2").await;
     let mut client = client(proxy.addrs().service("svc").unwrap()).await;
     let status = client.unary(request("x")).await.unwrap_err();

@@ -244,10 +244,7 @@ async fn response_trailers_reach_an_http1_client_that_accepts_them() {
 
 #[tokio::test]
 async fn a_dead_endpoint_is_a_502_naming_the_connect_failure() {
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let dead = dead_endpoint();
     let proxy = outbound_to(&[dead], "auto").await;
     let svc = proxy.addrs().service("svc").unwrap();
     let (status, headers, body) = get(&format!("http://{svc}/")).await;

@@ -185,10 +185,7 @@ async fn a_per_try_timeout_moves_on_to_the_next_attempt() {
 #[tokio::test]
 async fn post_is_retried_when_its_connection_failed() {
     // The request never left, so even a POST can go to the next endpoint.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = dead_endpoint();
     let (good, good_log) = scripted(|_| 200).await;
     let policies = "  retries:
     standard:

@@ -370,3 +370,9 @@ pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
         })
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
+
+/// An address where nothing listens: connections are refused at once. (A port bound and
+/// released could be taken again by a test running in parallel.)
+pub fn dead_endpoint() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1))
+}
