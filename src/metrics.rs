@@ -52,6 +52,43 @@ impl EncodeLabelValue for ServiceLabel {
     }
 }
 
+/// Labels of a metric counted per service and nothing else (shed calls, rate-limited
+/// calls, retries, ejections, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ByService {
+    /// The service.
+    pub service: ServiceLabel,
+}
+
+impl ByService {
+    /// The labels of `service`.
+    pub fn of(service: &Arc<str>) -> Self {
+        Self {
+            service: ServiceLabel(service.clone()),
+        }
+    }
+}
+
+/// A family of `M` labelled by service only.
+pub type PerService<M> = Family<ByService, M>;
+
+/// Registers a new per-service family under `name` and returns it.
+pub fn register_per_service<M>(registry: &mut Registry, name: &str, help: &str) -> PerService<M>
+where
+    M: prometheus_client::metrics::TypedMetric
+        + prometheus_client::encoding::EncodeMetric
+        + Default
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let family = PerService::<M>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
 /// Labels of the request counter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {

@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::ServiceLabel;
+use crate::metrics::{ByService, PerService, ServiceLabel};
 
 /// Labels of the probe counter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -32,22 +32,15 @@ pub struct HealthStateLabels {
     pub state: &'static str,
 }
 
-/// Labels of the outlier series.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct OutlierLabels {
-    /// The service.
-    pub service: ServiceLabel,
-}
-
 /// The metrics of active health checks and outlier ejection, shared by every service.
 #[derive(Debug, Clone, Default)]
 pub struct HealthMetrics {
     probes: Family<ProbeLabels, Counter>,
     endpoints: Family<HealthStateLabels, Gauge>,
     transitions: Family<HealthStateLabels, Counter>,
-    ejections: Family<OutlierLabels, Counter>,
-    ejected: Family<OutlierLabels, Gauge>,
-    capped: Family<OutlierLabels, Counter>,
+    ejections: PerService<Counter>,
+    ejected: PerService<Gauge>,
+    capped: PerService<Counter>,
 }
 
 impl HealthMetrics {
@@ -147,8 +140,6 @@ fn health_labels(service: &Arc<str>, state: &'static str) -> HealthStateLabels {
     }
 }
 
-fn outlier_labels(service: &Arc<str>) -> OutlierLabels {
-    OutlierLabels {
-        service: ServiceLabel(service.clone()),
-    }
+fn outlier_labels(service: &Arc<str>) -> ByService {
+    ByService::of(service)
 }

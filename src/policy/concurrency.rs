@@ -16,16 +16,14 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tower::{Layer, Service};
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::metrics::ServiceLabel;
+use crate::metrics::{register_per_service, ByService, PerService};
 
 /// A service's concurrency cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,41 +32,32 @@ pub struct ConcurrencyConfig {
     pub max_in_flight: NonZeroUsize,
 }
 
-/// Labels of the concurrency metrics.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ConcurrencyLabels {
-    service: ServiceLabel,
-}
-
 /// Concurrency-cap metrics, shared by every service's layer.
 #[derive(Debug, Clone)]
 pub struct ConcurrencyMetrics {
-    shed: Family<ConcurrencyLabels, Counter>,
-    in_flight: Family<ConcurrencyLabels, Gauge>,
+    shed: PerService<Counter>,
+    in_flight: PerService<Gauge>,
 }
 
 impl ConcurrencyMetrics {
     /// Registers the concurrency-cap metrics.
     pub fn register(registry: &mut Registry) -> Self {
-        let shed = Family::<ConcurrencyLabels, Counter>::default();
-        registry.register(
-            "concurrency_shed",
-            "Requests shed because the service was at its concurrency cap, by service",
-            shed.clone(),
-        );
-        let in_flight = Family::<ConcurrencyLabels, Gauge>::default();
-        registry.register(
-            "concurrency_in_flight",
-            "Requests admitted and awaiting response headers, by service",
-            in_flight.clone(),
-        );
-        Self { shed, in_flight }
+        Self {
+            shed: register_per_service(
+                registry,
+                "concurrency_shed",
+                "Requests shed because the service was at its concurrency cap, by service",
+            ),
+            in_flight: register_per_service(
+                registry,
+                "concurrency_in_flight",
+                "Requests admitted and awaiting response headers, by service",
+            ),
+        }
     }
 
-    fn labels(service: &Arc<str>) -> ConcurrencyLabels {
-        ConcurrencyLabels {
-            service: ServiceLabel(service.clone()),
-        }
+    fn labels(service: &Arc<str>) -> ByService {
+        ByService::of(service)
     }
 }
 

@@ -17,9 +17,7 @@ use std::time::Duration;
 
 use futures_util::future::{self, Either, Ready};
 use http::{Request, Response, StatusCode};
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use rand::rngs::{SmallRng, SysRng};
 use rand::{RngExt, SeedableRng};
@@ -27,7 +25,7 @@ use tower::{Layer, Service};
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::metrics::ServiceLabel;
+use crate::metrics::{register_per_service, ByService, PerService};
 
 /// Probabilities are kept in parts per million: exact at 0 % and 100 %.
 const PPM: u32 = 1_000_000;
@@ -129,41 +127,32 @@ fn ppm_to_percent(ppm: u32) -> f64 {
     f64::from(ppm) / 10_000.0
 }
 
-/// Labels of the fault metrics.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct FaultLabels {
-    service: ServiceLabel,
-}
-
 /// Fault-injection metrics, shared by every service's layer.
 #[derive(Debug, Clone)]
 pub struct FaultMetrics {
-    delays: Family<FaultLabels, Counter>,
-    aborts: Family<FaultLabels, Counter>,
+    delays: PerService<Counter>,
+    aborts: PerService<Counter>,
 }
 
 impl FaultMetrics {
     /// Registers the fault-injection metrics.
     pub fn register(registry: &mut Registry) -> Self {
-        let delays = Family::<FaultLabels, Counter>::default();
-        registry.register(
-            "fault_delays_injected",
-            "Requests delayed by fault injection, by service",
-            delays.clone(),
-        );
-        let aborts = Family::<FaultLabels, Counter>::default();
-        registry.register(
-            "fault_aborts_injected",
-            "Requests aborted by fault injection, by service",
-            aborts.clone(),
-        );
-        Self { delays, aborts }
+        Self {
+            delays: register_per_service(
+                registry,
+                "fault_delays_injected",
+                "Requests delayed by fault injection, by service",
+            ),
+            aborts: register_per_service(
+                registry,
+                "fault_aborts_injected",
+                "Requests aborted by fault injection, by service",
+            ),
+        }
     }
 
-    fn labels(service: &Arc<str>) -> FaultLabels {
-        FaultLabels {
-            service: ServiceLabel(service.clone()),
-        }
+    fn labels(service: &Arc<str>) -> ByService {
+        ByService::of(service)
     }
 }
 

@@ -29,15 +29,13 @@ use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 use http::{HeaderName, Request, Response};
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tower::{Layer, Service};
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::metrics::ServiceLabel;
+use crate::metrics::{register_per_service, ByService, PerService};
 use crate::proxy::ClientAddr;
 
 /// Keys a keyed limiter tracks unless configured otherwise (a few MiB of state).
@@ -168,36 +166,26 @@ impl RateLimitConfig {
     }
 }
 
-/// Labels of the rate-limit metrics.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct RateLimitLabels {
-    service: ServiceLabel,
-}
-
 /// Rate-limit metrics, shared by every service's layer.
 #[derive(Debug, Clone)]
 pub struct RateLimitMetrics {
-    limited: Family<RateLimitLabels, Counter>,
+    limited: PerService<Counter>,
 }
 
 impl RateLimitMetrics {
     /// Registers the rate-limit metrics.
     pub fn register(registry: &mut Registry) -> Self {
-        let limited = Family::<RateLimitLabels, Counter>::default();
-        registry.register(
-            "rate_limited",
-            "Requests refused by a rate limit, by service",
-            limited.clone(),
-        );
-        Self { limited }
+        Self {
+            limited: register_per_service(
+                registry,
+                "rate_limited",
+                "Requests refused by a rate limit, by service",
+            ),
+        }
     }
 
     fn limited(&self, service: &Arc<str>) -> Counter {
-        self.limited
-            .get_or_create(&RateLimitLabels {
-                service: ServiceLabel(service.clone()),
-            })
-            .clone()
+        self.limited.get_or_create(&ByService::of(service)).clone()
     }
 }
 

@@ -42,7 +42,7 @@ use super::outcome::Conditions;
 use super::timeout::{set_grpc_timeout, Deadline, TimeoutKind, TimeoutMetrics};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::metrics::ServiceLabel;
+use crate::metrics::{register_per_service, ByService, PerService, ServiceLabel};
 use crate::upstream::{AvoidEndpoints, EndpointUsed};
 
 /// Header telling the upstream which attempt (1-based) of the call this is.
@@ -169,60 +169,78 @@ pub struct AttemptLabels {
     pub attempt: AttemptKind,
 }
 
-/// Labels of the per-service retry counters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct RetryLabels {
-    /// The service called.
-    pub service: ServiceLabel,
-}
-
 /// Retry's counters.
 #[derive(Debug, Clone, Default)]
 pub struct RetryMetrics {
     /// `remora_retry_attempts_total{service, attempt}`: attempts sent.
     attempts: Family<AttemptLabels, Counter>,
     /// `remora_retries_total{service}`: decisions to retry.
-    retries: Family<RetryLabels, Counter>,
+    retries: PerService<Counter>,
     /// `remora_retry_budget_exhausted_total{service}`: retries refused by the budget.
-    budget_exhausted: Family<RetryLabels, Counter>,
+    budget_exhausted: PerService<Counter>,
     /// `remora_retry_not_replayable_total{service}`: retries given up for the body.
-    not_replayable: Family<RetryLabels, Counter>,
+    not_replayable: PerService<Counter>,
 }
 
 impl RetryMetrics {
     /// Registers retry's counters.
     pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
+        let attempts = Family::<AttemptLabels, Counter>::default();
         registry.register(
             "retry_attempts",
             "Attempts sent upstream, by service and whether first or retry",
-            metrics.attempts.clone(),
+            attempts.clone(),
         );
-        registry.register(
-            "retries",
-            "Failed attempts that were retried",
-            metrics.retries.clone(),
-        );
-        registry.register(
-            "retry_budget_exhausted",
-            "Failed attempts not retried because the retry budget was spent",
-            metrics.budget_exhausted.clone(),
-        );
-        registry.register(
-            "retry_not_replayable",
-            "Failed attempts not retried because the request body could not be replayed",
-            metrics.not_replayable.clone(),
-        );
-        metrics
+        Self {
+            attempts,
+            retries: register_per_service(registry, "retries", "Failed attempts that were retried"),
+            budget_exhausted: register_per_service(
+                registry,
+                "retry_budget_exhausted",
+                "Failed attempts not retried because the retry budget was spent",
+            ),
+            not_replayable: register_per_service(
+                registry,
+                "retry_not_replayable",
+                "Failed attempts not retried because the request body could not be replayed",
+            ),
+        }
     }
 
-    fn count(family: &Family<RetryLabels, Counter>, service: &Arc<str>) {
-        family
-            .get_or_create(&RetryLabels {
-                service: ServiceLabel(service.clone()),
-            })
-            .inc();
+    /// `service`'s counter handles, looked up once per layer rather than per call.
+    fn of(&self, service: &Arc<str>) -> RetryCounters {
+        let attempts = |attempt| {
+            self.attempts
+                .get_or_create(&AttemptLabels {
+                    service: ServiceLabel(service.clone()),
+                    attempt,
+                })
+                .clone()
+        };
+        let first = attempts(AttemptKind::First);
+        let retry = attempts(AttemptKind::Retry);
+        let labels = ByService::of(service);
+        let retries = self.retries.get_or_create(&labels).clone();
+        let budget_exhausted = self.budget_exhausted.get_or_create(&labels).clone();
+        let not_replayable = self.not_replayable.get_or_create(&labels).clone();
+        RetryCounters {
+            first,
+            retry,
+            retries,
+            budget_exhausted,
+            not_replayable,
+        }
     }
+}
+
+/// One service's retry counters.
+#[derive(Debug)]
+struct RetryCounters {
+    first: Counter,
+    retry: Counter,
+    retries: Counter,
+    budget_exhausted: Counter,
+    not_replayable: Counter,
 }
 
 /// Retries a service's failed attempts.
@@ -236,7 +254,7 @@ pub struct RetryLayer {
 struct Shared {
     config: RetryConfig,
     service: Arc<str>,
-    metrics: RetryMetrics,
+    counters: RetryCounters,
     /// Counts per-try timeouts when set.
     timeout_metrics: Option<TimeoutMetrics>,
     /// Whether the budget last refused a retry (to log transitions once).
@@ -248,9 +266,9 @@ impl RetryLayer {
     pub fn new(config: RetryConfig, service: Arc<str>, metrics: RetryMetrics) -> Self {
         Self {
             shared: Arc::new(Shared {
+                counters: metrics.of(&service),
                 config,
                 service,
-                metrics,
                 timeout_metrics: None,
                 exhausted: AtomicBool::new(false),
             }),
@@ -258,17 +276,12 @@ impl RetryLayer {
     }
 
     /// Counts per-try timeouts as `remora_timeouts_total{kind="per_try"}`.
-    pub fn with_timeout_metrics(self, metrics: TimeoutMetrics) -> Self {
-        let shared = &self.shared;
-        Self {
-            shared: Arc::new(Shared {
-                config: shared.config.clone(),
-                service: shared.service.clone(),
-                metrics: shared.metrics.clone(),
-                timeout_metrics: Some(metrics),
-                exhausted: AtomicBool::new(false),
-            }),
+    pub fn with_timeout_metrics(mut self, metrics: TimeoutMetrics) -> Self {
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => shared.timeout_metrics = Some(metrics),
+            None => tracing::warn!("retry layer already shared; per-try timeouts are not counted"),
         }
+        self
     }
 }
 
@@ -345,7 +358,7 @@ impl Shared {
                     .attempt(&mut inner, Request::from_parts(parts, body), 1)
                     .await;
                 if self.config.conditions.matches(&result) {
-                    RetryMetrics::count(&self.metrics.not_replayable, &self.service);
+                    self.counters.not_replayable.inc();
                 }
                 return result;
             }
@@ -411,18 +424,11 @@ impl Shared {
             .headers_mut()
             .insert(&ATTEMPT_HEADER, HeaderValue::from(n));
         set_grpc_timeout(&mut request);
-        let attempt = if n == 1 {
-            AttemptKind::First
+        if n == 1 {
+            self.counters.first.inc();
         } else {
-            AttemptKind::Retry
-        };
-        self.metrics
-            .attempts
-            .get_or_create(&AttemptLabels {
-                service: ServiceLabel(self.service.clone()),
-                attempt,
-            })
-            .inc();
+            self.counters.retry.inc();
+        }
         let call = inner.call(request);
         let Some(limit) = self.config.per_try_timeout else {
             return call.await;
@@ -465,7 +471,7 @@ impl Shared {
             }
         }
         if !self.config.budget.try_withdraw() {
-            RetryMetrics::count(&self.metrics.budget_exhausted, &self.service);
+            self.counters.budget_exhausted.inc();
             if !self.exhausted.swap(true, Ordering::Relaxed) {
                 tracing::warn!(service = %self.service, "retry budget exhausted: failed calls are not retried");
             }
@@ -474,7 +480,7 @@ impl Shared {
         if self.exhausted.load(Ordering::Relaxed) && self.exhausted.swap(false, Ordering::Relaxed) {
             tracing::info!(service = %self.service, "retry budget available again");
         }
-        RetryMetrics::count(&self.metrics.retries, &self.service);
+        self.counters.retries.inc();
         Some(delay)
     }
 }
@@ -782,12 +788,8 @@ mod tests {
         )
     }
 
-    fn counter(family: &Family<RetryLabels, Counter>) -> u64 {
-        family
-            .get_or_create(&RetryLabels {
-                service: ServiceLabel("svc".into()),
-            })
-            .get()
+    fn counter(family: &PerService<Counter>) -> u64 {
+        family.get_or_create(&ByService::of(&"svc".into())).get()
     }
 
     fn attempts(metrics: &RetryMetrics, attempt: AttemptKind) -> u64 {
