@@ -46,9 +46,6 @@ pub enum ProxyError {
     /// The request did not complete in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
-    /// The sidecar is draining and takes no new work.
-    #[error("sidecar is shutting down")]
-    Draining,
     /// A rate limit refused the call; the limiter says when a call would pass.
     #[error("rate limited: retry after {retry_after:?}")]
     RateLimited {
@@ -76,7 +73,6 @@ impl ProxyError {
             Self::Upstream { .. } => "upstream-reset",
             Self::BadRequest(_) => "bad-request",
             Self::Timeout(_) => "timeout",
-            Self::Draining => "draining",
             Self::RateLimited { .. } => "rate-limited",
             Self::Overloaded(_) => "overloaded",
             Self::BreakerOpen(_) => "breaker-open",
@@ -88,10 +84,9 @@ impl ProxyError {
     pub fn http_status(&self) -> StatusCode {
         match self {
             Self::UnknownDestination(_) => StatusCode::NOT_FOUND,
-            Self::NoHealthyEndpoint(_)
-            | Self::Draining
-            | Self::Overloaded(_)
-            | Self::BreakerOpen(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHealthyEndpoint(_) | Self::Overloaded(_) | Self::BreakerOpen(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::FaultInjected(status) => *status,
             Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -105,7 +100,6 @@ impl ProxyError {
         match self {
             Self::UnknownDestination(_) => tonic::Code::Unimplemented,
             Self::NoHealthyEndpoint(_)
-            | Self::Draining
             | Self::Overloaded(_)
             | Self::BreakerOpen(_)
             | Self::Connect { .. }

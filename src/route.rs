@@ -107,11 +107,6 @@ impl RouteTable {
         self.services.get(name)
     }
 
-    /// Every service, for the admin listener.
-    pub fn services(&self) -> impl Iterator<Item = &Arc<Target>> {
-        self.services.values()
-    }
-
     /// The service for a request on the shared outbound port.
     pub fn route<B>(&self, request: &Request<B>) -> Result<&Arc<Target>, String> {
         let Some(host) = destination_host(request) else {

@@ -785,7 +785,7 @@ mod tests {
         assert!(sent.ends_with("-01"));
         assert!(!sent.contains("b7ad6b7169203331"));
         assert!(request.headers().contains_key(&REQUEST_ID));
-        attempt.end(&Err(ProxyError::Draining));
+        attempt.end(&Err(ProxyError::Timeout(std::time::Duration::from_secs(1))));
         let response = trace.finish(Response::new(ProxyBody::empty()));
         assert!(response.headers().contains_key(&REQUEST_ID));
     }
