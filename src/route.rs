@@ -11,7 +11,7 @@ use std::sync::Arc;
 use http::Request;
 
 use crate::balance::EndpointSet;
-use crate::policy::{RouteMatcher, ServiceStack, ServiceStacks};
+use crate::policy::{RouteMatcher, ServiceStacks, Stack};
 
 /// A service as the request path sees it: where to send and how.
 pub struct Target {
@@ -20,9 +20,9 @@ pub struct Target {
     /// Its endpoints, kept current by discovery.
     pub endpoints: Arc<EndpointSet>,
     /// The stack of requests no route takes.
-    stack: ServiceStack,
+    stack: Stack,
     /// Routes with policies of their own; the first match wins.
-    routes: Vec<(RouteMatcher, ServiceStack)>,
+    routes: Vec<(RouteMatcher, Stack)>,
     /// Its metric handles, looked up once per config.
     pub metrics: crate::metrics::ServiceMetrics,
 }
@@ -40,7 +40,7 @@ impl Target {
     }
 
     /// The stack a request with `path` goes through.
-    pub fn stack_for(&self, path: &str) -> &ServiceStack {
+    pub fn stack_for(&self, path: &str) -> &Stack {
         self.routes
             .iter()
             .find(|(matcher, _)| matcher.matches(path))
@@ -176,7 +176,7 @@ mod tests {
             clients,
         );
         let stacks = ServiceStacks {
-            default: ServiceStack::new(forward),
+            default: crate::policy::bare(forward),
             routes: Vec::new(),
         };
         Arc::new(Target::new(name.into(), endpoints, stacks))

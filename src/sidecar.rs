@@ -145,7 +145,7 @@ impl State {
         // so fallbacks never chain (or loop).
         let alternates: HashMap<String, ServiceStack> = cores
             .iter()
-            .map(|(name, _, core)| (name.to_string(), core.default.clone()))
+            .map(|(name, _, core)| (name.to_string(), ServiceStack::new(core.default.clone())))
             .collect();
         let alternate = |name: &str| alternates.get(name).cloned();
 

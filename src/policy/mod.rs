@@ -1,7 +1,7 @@
 //! The per-service middleware stack, assembled from config.
 //!
-//! Every request to a service passes through one [`ServiceStack`]: a type-erased tower
-//! service built once per config and cloned per request. Outermost first:
+//! Every request to a service passes through one [`Stack`]: a tower service built once
+//! per config and cloned per request. Outermost first:
 //!
 //! ```text
 //! fallback -> rate limit -> concurrency cap -> timeout -> retry -> service breaker
@@ -16,7 +16,9 @@
 //! does to retries, breakers and fallbacks.
 //!
 //! Only configured layers are in a stack (except the timeout layer, which also enforces
-//! an incoming `grpc-timeout`), so a service without policies pays for none of them.
+//! an incoming `grpc-timeout`), so a service without policies pays for none of them. The
+//! stack is one concrete type: an absent layer is the `Right` side of an [`Either`], and
+//! no layer boxes the service below it, so a call costs no allocation per layer.
 
 pub mod backoff;
 pub mod budget;
@@ -34,7 +36,7 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use prometheus_client::registry::Registry;
-use tower::util::BoxCloneSyncService;
+use tower::util::{BoxCloneSyncService, Either};
 use tower::Layer;
 
 use crate::balance::EndpointSet;
@@ -45,17 +47,37 @@ use crate::error::ProxyError;
 use crate::upstream::{EndpointObserver, Forward, UpstreamClients};
 
 use circuit_breaker::{
-    BreakerMetrics, BreakerView, EndpointBreakers, ServiceBreakerHandle, ServiceBreakerLayer,
+    BreakerMetrics, BreakerView, EndpointBreakers, ServiceBreaker, ServiceBreakerHandle,
+    ServiceBreakerLayer,
 };
-use concurrency::{ConcurrencyConfig, ConcurrencyLayer, ConcurrencyMetrics};
-use fallback::{FallbackLayer, FallbackMetrics};
-use fault::{FaultLayer, FaultMetrics};
-use rate_limit::{RateLimitLayer, RateLimitMetrics};
-use retry::{RetryLayer, RetryMetrics};
-use timeout::{TimeoutLayer, TimeoutMetrics};
+use concurrency::{ConcurrencyConfig, ConcurrencyLayer, ConcurrencyLimit, ConcurrencyMetrics};
+use fallback::{Fallback, FallbackLayer, FallbackMetrics};
+use fault::{Fault, FaultLayer, FaultMetrics};
+use rate_limit::{RateLimit, RateLimitLayer, RateLimitMetrics};
+use retry::{Retry, RetryLayer, RetryMetrics};
+use timeout::{Timeout, TimeoutLayer, TimeoutMetrics};
 
-/// A service's whole stack, type-erased.
+/// A stack, type-erased: a fallback's alternate service, and tests' stand-ins.
 pub type ServiceStack = BoxCloneSyncService<Request<ProxyBody>, Response<ProxyBody>, ProxyError>;
+
+type WithFault = Either<Fault<Forward>, Forward>;
+type WithBreaker = Either<ServiceBreaker<WithFault>, WithFault>;
+type WithRetry = Either<Retry<WithBreaker>, WithBreaker>;
+type WithTimeout = Timeout<WithRetry>;
+type WithConcurrency = Either<ConcurrencyLimit<WithTimeout>, WithTimeout>;
+/// A stack without its fallback: rate limit down to `Forward`, each optional layer present
+/// or passed over.
+pub type CoreStack = Either<RateLimit<WithConcurrency>, WithConcurrency>;
+/// A whole stack, as requests go through it.
+pub type Stack = Either<Fallback<CoreStack>, CoreStack>;
+
+/// `inner` under `layer` when there is one, else `inner` alone.
+fn optional<L: Layer<S>, S>(layer: Option<L>, inner: S) -> Either<L::Service, S> {
+    match layer {
+        Some(layer) => Either::Left(layer.layer(inner)),
+        None => Either::Right(inner),
+    }
+}
 
 /// Every policy's metrics, registered once and shared by the stacks of every config.
 #[derive(Debug, Clone)]
@@ -268,8 +290,8 @@ impl BreakerSource {
 pub struct CoreStacks<'a> {
     target: StackTarget<'a>,
     /// The default stack.
-    pub default: ServiceStack,
-    routes: Vec<(RouteMatcher, ServiceStack, PolicyRefs<'a>)>,
+    pub default: CoreStack,
+    routes: Vec<(RouteMatcher, CoreStack, PolicyRefs<'a>)>,
     /// The breakers built for it.
     pub breakers: Vec<BreakerSource>,
 }
@@ -284,9 +306,9 @@ impl CoreStacks<'_> {
 /// A service's finished stacks.
 pub struct ServiceStacks {
     /// For requests no route takes.
-    pub default: ServiceStack,
+    pub default: Stack,
     /// Routes, first match wins.
-    pub routes: Vec<(RouteMatcher, ServiceStack)>,
+    pub routes: Vec<(RouteMatcher, Stack)>,
 }
 
 /// Builds stacks from one config's policies.
@@ -294,19 +316,6 @@ pub struct StackBuilder<'c> {
     policies: &'c PoliciesConfig,
     metrics: &'c PolicyMetrics,
     clients: UpstreamClients,
-}
-
-fn boxed<L>(layer: L, inner: ServiceStack) -> ServiceStack
-where
-    L: Layer<ServiceStack>,
-    L::Service: tower::Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    <L::Service as tower::Service<Request<ProxyBody>>>::Future: Send + 'static,
-{
-    BoxCloneSyncService::new(layer.layer(inner))
 }
 
 impl<'c> StackBuilder<'c> {
@@ -342,15 +351,13 @@ impl<'c> StackBuilder<'c> {
             breakers.push(BreakerSource::Endpoints(endpoint_breakers.clone()));
             observers.push(endpoint_breakers);
         }
-        let forward: ServiceStack = BoxCloneSyncService::new(
-            Forward::new(
-                name.clone(),
-                target.endpoints.clone(),
-                target.protocol,
-                self.clients.clone(),
-            )
-            .with_observers(observers),
-        );
+        let forward = Forward::new(
+            name.clone(),
+            target.endpoints.clone(),
+            target.protocol,
+            self.clients.clone(),
+        )
+        .with_observers(observers);
         let service_breaker = match target.breaker {
             Some(policy) => {
                 let config =
@@ -372,32 +379,25 @@ impl<'c> StackBuilder<'c> {
 
         let mut shared = SharedLayers::default();
         let build =
-            |refs: PolicyRefs<'a>, shared: &mut SharedLayers| -> Result<ServiceStack, String> {
-                let mut stack = forward.clone();
-                if let Some(fault) = active(refs.fault) {
-                    let layer = shared.fault(self, &name, fault)?;
-                    stack = boxed(layer, stack);
-                }
-                if let Some(layer) = &service_breaker {
-                    stack = boxed(layer.clone(), stack);
-                }
-                if let Some(retry) = active(refs.retry) {
-                    let layer = shared.retry(self, &name, retry)?;
-                    stack = boxed(layer, stack);
-                }
+            |refs: PolicyRefs<'a>, shared: &mut SharedLayers| -> Result<CoreStack, String> {
+                let fault = active(refs.fault)
+                    .map(|fault| shared.fault(self, &name, fault))
+                    .transpose()?;
+                let stack = optional(fault, forward.clone());
+                let stack = optional(service_breaker.clone(), stack);
+                let retry = active(refs.retry)
+                    .map(|retry| shared.retry(self, &name, retry))
+                    .transpose()?;
+                let stack = optional(retry, stack);
                 let timeout = resolve::timeout(self.policies, refs.timeout)?;
-                stack = boxed(
-                    TimeoutLayer::new(timeout, name.clone(), self.metrics.timeout.clone()),
-                    stack,
-                );
-                if let Some(layer) = &concurrency {
-                    stack = boxed(layer.clone(), stack);
-                }
-                if let Some(limit) = active(refs.rate_limit) {
-                    let layer = shared.rate_limit(self, &name, limit)?;
-                    stack = boxed(layer, stack);
-                }
-                Ok(stack)
+                let stack =
+                    TimeoutLayer::new(timeout, name.clone(), self.metrics.timeout.clone())
+                        .layer(stack);
+                let stack = optional(concurrency.clone(), stack);
+                let limit = active(refs.rate_limit)
+                    .map(|limit| shared.rate_limit(self, &name, limit))
+                    .transpose()?;
+                Ok(optional(limit, stack))
             };
         let default = build(target.refs, &mut shared)?;
         let mut routes = Vec::new();
@@ -425,9 +425,9 @@ impl<'c> StackBuilder<'c> {
         let name = core.target.name.clone();
         let mut cache: HashMap<&str, FallbackLayer> = HashMap::new();
         let mut with_fallback =
-            |stack: ServiceStack, refs: PolicyRefs<'_>| -> Result<ServiceStack, String> {
+            |stack: CoreStack, refs: PolicyRefs<'_>| -> Result<Stack, String> {
                 let Some(policy) = active(refs.fallback) else {
-                    return Ok(stack);
+                    return Ok(Either::Right(stack));
                 };
                 let layer = match cache.get(policy) {
                     Some(layer) => layer.clone(),
@@ -445,7 +445,7 @@ impl<'c> StackBuilder<'c> {
                         layer
                     }
                 };
-                Ok(boxed(layer, stack))
+                Ok(Either::Left(layer.layer(stack)))
             };
         let default = with_fallback(core.default, core.target.refs)?;
         let mut routes = Vec::new();
@@ -464,6 +464,19 @@ impl<'c> StackBuilder<'c> {
         map.get(name)
             .ok_or_else(|| format!("unknown {kind} `{name}`"))
     }
+}
+
+/// A stack of `forward` alone, under the timeout layer every stack has.
+#[cfg(test)]
+pub(crate) fn bare(forward: Forward) -> Stack {
+    let timeout = TimeoutLayer::new(
+        timeout::TimeoutConfig::default(),
+        Arc::from("test"),
+        TimeoutMetrics::default(),
+    );
+    Either::Right(Either::Right(Either::Right(
+        timeout.layer(Either::Right(Either::Right(Either::Right(forward)))),
+    )))
 }
 
 /// A reference that is set and not `none`.

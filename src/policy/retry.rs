@@ -39,10 +39,12 @@ use tower::{Layer, Service, ServiceExt as _};
 use super::backoff::Backoff;
 use super::budget::RetryBudget;
 use super::outcome::Conditions;
-use super::timeout::{set_grpc_timeout, Deadline, TimeoutKind, TimeoutMetrics};
+use super::timeout::{Deadline, TimeoutKind, TimeoutMetrics};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::metrics::{register_per_service, ByService, PerService, ServiceLabel};
+use crate::proxy::ClientAddr;
+use crate::trace::CallTrace;
 use crate::upstream::{AvoidEndpoints, EndpointUsed};
 
 /// Header telling the upstream which attempt (1-based) of the call this is.
@@ -423,7 +425,6 @@ impl Shared {
         request
             .headers_mut()
             .insert(&ATTEMPT_HEADER, HeaderValue::from(n));
-        set_grpc_timeout(&mut request);
         if n == 1 {
             self.counters.first.inc();
         } else {
@@ -491,9 +492,64 @@ struct Template {
     uri: Uri,
     version: Version,
     headers: HeaderMap,
-    /// Every extension (http 1 requires them to be `Clone`): `ClientAddr`, `Deadline`,
-    /// and a shared `OnUpgrade` (only the attempt answered 101 takes the upgrade).
-    extensions: Extensions,
+    extensions: KeptExtensions,
+}
+
+/// A request's extensions, as kept for its retries.
+enum KeptExtensions {
+    /// Only remora's own, copied without allocating; put back into an attempt's map
+    /// only when there is a retry.
+    Known {
+        client: Option<ClientAddr>,
+        deadline: Option<Deadline>,
+        trace: Option<CallTrace>,
+    },
+    /// Every extension (http 1 requires them to be `Clone`), for requests carrying others
+    /// too: a shared `OnUpgrade`, say (only the attempt answered 101 takes the upgrade).
+    All(Extensions),
+}
+
+impl KeptExtensions {
+    fn of(extensions: &Extensions) -> Self {
+        let client = extensions.get::<ClientAddr>().copied();
+        let deadline = extensions.get::<Deadline>().copied();
+        let trace = extensions.get::<CallTrace>().cloned();
+        let known = usize::from(client.is_some())
+            + usize::from(deadline.is_some())
+            + usize::from(trace.is_some());
+        if known == extensions.len() {
+            Self::Known {
+                client,
+                deadline,
+                trace,
+            }
+        } else {
+            Self::All(extensions.clone())
+        }
+    }
+
+    fn to_extensions(&self) -> Extensions {
+        match self {
+            Self::Known {
+                client,
+                deadline,
+                trace,
+            } => {
+                let mut extensions = Extensions::new();
+                if let Some(client) = client {
+                    extensions.insert(*client);
+                }
+                if let Some(deadline) = deadline {
+                    extensions.insert(*deadline);
+                }
+                if let Some(trace) = trace {
+                    extensions.insert(trace.clone());
+                }
+                extensions
+            }
+            Self::All(extensions) => extensions.clone(),
+        }
+    }
 }
 
 impl Template {
@@ -503,7 +559,7 @@ impl Template {
             uri: parts.uri.clone(),
             version: parts.version,
             headers: parts.headers.clone(),
-            extensions: parts.extensions.clone(),
+            extensions: KeptExtensions::of(&parts.extensions),
         }
     }
 
@@ -513,7 +569,7 @@ impl Template {
         *request.uri_mut() = self.uri.clone();
         *request.version_mut() = self.version;
         *request.headers_mut() = self.headers.clone();
-        *request.extensions_mut() = self.extensions.clone();
+        *request.extensions_mut() = self.extensions.to_extensions();
         request
     }
 }
@@ -710,8 +766,10 @@ mod tests {
     ) {
         let log = Log::default();
         let seen = log.clone();
-        let service = service_fn(move |request: Request<ProxyBody>| {
+        let service = service_fn(move |mut request: Request<ProxyBody>| {
             let (log, answer, delay) = (seen.clone(), answer.clone(), delay.clone());
+            // As `Forward` does right before sending.
+            crate::policy::timeout::set_grpc_timeout(&mut request);
             async move {
                 let at = Instant::now();
                 let (parts, body) = request.into_parts();
@@ -830,6 +888,44 @@ mod tests {
         assert_eq!(attempts(&metrics, AttemptKind::First), 1);
         assert_eq!(attempts(&metrics, AttemptKind::Retry), 2);
         assert_eq!(counter(&metrics.retries), 2);
+    }
+
+    /// A marker extension that is not remora's own.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Foreign(u32);
+
+    #[tokio::test(start_paused = true)]
+    async fn every_attempt_carries_the_request_extensions() {
+        let client = ClientAddr("192.0.2.7:4000".parse().unwrap());
+        for foreign in [None, Some(Foreign(7))] {
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let log = seen.clone();
+            let service = service_fn(move |request: Request<ProxyBody>| {
+                let extensions = request.extensions();
+                log.lock().unwrap().push((
+                    extensions.get::<ClientAddr>().map(|c| c.0),
+                    extensions.get::<Deadline>().copied(),
+                    extensions.get::<Foreign>().cloned(),
+                ));
+                let n = log.lock().unwrap().len();
+                async move { if n < 3 { status(503) } else { status(200) } }
+            });
+            let (layer, _) = layer(config(3));
+            let mut request = get();
+            let deadline = Deadline(Instant::now() + Duration::from_secs(60));
+            request.extensions_mut().insert(client);
+            request.extensions_mut().insert(deadline);
+            if let Some(foreign) = foreign.clone() {
+                request.extensions_mut().insert(foreign);
+            }
+            let response = layer.layer(service).oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 3);
+            for attempt in seen.iter() {
+                assert_eq!(attempt, &(Some(client.0), Some(deadline), foreign.clone()));
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,7 +4,8 @@
 //! (`grpc-timeout`), whichever ends first. It is recorded as a [`Deadline`] request
 //! extension so that the layers below (retry) can tell how much time is left, and
 //! propagated upstream by rewriting `grpc-timeout` to the time remaining
-//! ([`set_grpc_timeout`]): this layer does it once, retry again before every attempt.
+//! ([`set_grpc_timeout`]), once per attempt by `Forward`, right before it is sent, so
+//! that queueing, backoff and injected delays are all subtracted.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -195,7 +196,6 @@ where
             };
         };
         request.extensions_mut().insert(Deadline(deadline));
-        set_grpc_timeout(&mut request);
         ResponseFuture {
             inner: self.inner.call(request),
             sleep: Some(tokio::time::sleep_until(deadline)),
@@ -432,7 +432,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn grpc_timeout_bounds_the_call_when_smaller() {
         let (layer, _) = layer(Some(Duration::from_secs(10)));
-        let inner = service_fn(|request: Request<ProxyBody>| async move {
+        let inner = service_fn(|mut request: Request<ProxyBody>| async move {
+            set_grpc_timeout(&mut request); // as `Forward` does before sending
             let timeout = request.headers()[&GRPC_TIMEOUT].clone();
             tokio::time::sleep(Duration::from_secs(1)).await;
             let mut response = Response::new(ProxyBody::empty());

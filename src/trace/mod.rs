@@ -316,7 +316,8 @@ impl Tracing {
                 header_text(&request_id).into_owned(),
             ));
         });
-        self.0.propagators.inject(&cx, request.headers_mut());
+        // Nothing is injected here: every attempt writes its own context (`attempt`),
+        // replacing the caller's headers, right before it is sent.
         let call = CallTrace(Arc::new(CallInner {
             tracing: self.clone(),
             cx,

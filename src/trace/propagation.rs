@@ -95,13 +95,25 @@ struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::try_from(value),
-        ) else {
-            return;
+        // The W3C names are static: parsing one would copy it, per request.
+        let name = match key {
+            "traceparent" => HeaderName::from_static("traceparent"),
+            "tracestate" => HeaderName::from_static("tracestate"),
+            "baggage" => HeaderName::from_static("baggage"),
+            _ => match HeaderName::from_bytes(key.as_bytes()) {
+                Ok(name) => name,
+                Err(_) => return,
+            },
         };
-        self.0.insert(name, value);
+        // An empty `tracestate` or `baggage` says nothing: not sent (W3C allows that).
+        if value.is_empty() {
+            return;
+        }
+        // One exact-size copy; a `String` whose capacity exceeds its length would cost a
+        // second allocation when turned into shared bytes.
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            self.0.insert(name, value);
+        }
     }
 }
 

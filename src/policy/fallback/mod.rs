@@ -381,7 +381,7 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -389,13 +389,82 @@ where
 
     fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
         let (request, prepared) = prepare(&self.policy.config.action, request);
-        let outcome = self.inner.call(request);
-        let policy = self.policy.clone();
-        Box::pin(async move {
-            let result = outcome.await;
-            policy.settle(result, prepared).await
-        })
+        ResponseFuture {
+            state: State::Calling {
+                inner: self.inner.call(request),
+                policy: self.policy.clone(),
+                prepared: Some(prepared),
+            },
+        }
     }
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Fallback`]: the call, then (only when an alternate
+    /// service must be asked) that second call.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Calling {
+            #[pin]
+            inner: F,
+            policy: Arc<Policy>,
+            prepared: Option<Prepared>,
+        },
+        Asking {
+            answer: Answer,
+        },
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, ProxyError>>,
+{
+    type Output = Result<Response<ProxyBody>, ProxyError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project().state.project() {
+                StateProj::Calling {
+                    inner,
+                    policy,
+                    prepared,
+                } => {
+                    let result = std::task::ready!(inner.poll(cx));
+                    let Some(prepared) = prepared.take() else {
+                        return Poll::Ready(result);
+                    };
+                    match Policy::settle(policy, result, prepared) {
+                        Settled::Now(result) => return Poll::Ready(result),
+                        Settled::Ask(answer) => self
+                            .as_mut()
+                            .project()
+                            .state
+                            .set(State::Asking { answer }),
+                    }
+                }
+                StateProj::Asking { answer } => return answer.as_mut().poll(cx),
+            }
+        }
+    }
+}
+
+/// What the caller gets: an answer now, or the alternate service's answer.
+// NOTE: a return value that lives for one poll; boxing the common variant would cost
+// every call an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Settled {
+    Now(Result<Response<ProxyBody>, ProxyError>),
+    Ask(Answer),
 }
 
 fn prepare(action: &FallbackAction, request: Request<ProxyBody>) -> (Request<ProxyBody>, Prepared) {
@@ -431,43 +500,44 @@ fn prepare(action: &FallbackAction, request: Request<ProxyBody>) -> (Request<Pro
 
 impl Policy {
     /// The caller's answer, given the call's outcome.
-    async fn settle(
-        &self,
+    fn settle(
+        policy: &Arc<Self>,
         result: Result<Response<ProxyBody>, ProxyError>,
         prepared: Prepared,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let trigger = self.config.on.classify(&result);
-        match (&self.config.action, prepared) {
-            (FallbackAction::Respond(reply), Prepared::Respond { grpc }) => {
-                let Some(trigger) = trigger else {
-                    return result;
-                };
-                Ok(self.served(trigger, reply.to_response(grpc)))
-            }
-            (FallbackAction::Stale(cache), Prepared::Stale(Some(key))) => {
-                let Some(trigger) = trigger else {
-                    return result.map(|response| cache.record(key, response));
-                };
-                match cache.lookup(&key) {
-                    Some(response) => Ok(self.served(trigger, response)),
-                    None => self.unserved(result),
-                }
-            }
+    ) -> Settled {
+        let trigger = policy.config.on.classify(&result);
+        let now = match (&policy.config.action, prepared) {
+            (FallbackAction::Respond(reply), Prepared::Respond { grpc }) => match trigger {
+                None => result,
+                Some(trigger) => Ok(policy.served(trigger, reply.to_response(grpc))),
+            },
+            (FallbackAction::Stale(cache), Prepared::Stale(Some(key))) => match trigger {
+                None => result.map(|response| cache.record(key, response)),
+                Some(trigger) => match cache.lookup(&key) {
+                    Some(response) => Ok(policy.served(trigger, response)),
+                    None => policy.unserved(result),
+                },
+            },
             (FallbackAction::Forward(stack), Prepared::Forward(alternate)) => {
                 let Some(trigger) = trigger else {
-                    return result;
+                    return Settled::Now(result);
                 };
                 // The primary's outcome is in: its request, and the body, are released.
                 let Some(request) = alternate.request() else {
-                    return self.unserved(result);
+                    return Settled::Now(policy.unserved(result));
                 };
-                match stack.clone().oneshot(request).await {
-                    Ok(response) => Ok(self.served(trigger, response)),
-                    Err(_) => self.unserved(result),
-                }
+                let call = stack.clone().oneshot(request);
+                let policy = policy.clone();
+                return Settled::Ask(Box::pin(async move {
+                    match call.await {
+                        Ok(response) => Ok(policy.served(trigger, response)),
+                        Err(_) => policy.unserved(result),
+                    }
+                }));
             }
             _ => result,
-        }
+        };
+        Settled::Now(now)
     }
 
     /// Marks and counts a fallback answer.
