@@ -305,9 +305,7 @@ pub struct Retry<S> {
     shared: Arc<Shared>,
 }
 
-/// The response future of [`Retry`].
-pub type ResponseFuture =
-    Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
+type BoxedResponse = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
 
 impl<S> Service<Request<ProxyBody>> for Retry<S>
 where
@@ -319,18 +317,162 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
-    type Future = ResponseFuture;
+    type Future = ResponseFuture<S, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ProxyBody>) -> ResponseFuture {
+    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
         // The ready service takes the call; the clone left behind is made ready again.
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(self.shared.clone().run(inner, request))
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = &self.shared;
+        // A bodiless call (most GETs) needs nothing read ahead: its first attempt is sent
+        // from here, and only a retry, if one is needed, takes an allocated future.
+        let retryable = shared.config.max_attempts > 1
+            && (shared.method_retryable(request.method())
+                || shared.config.conditions.connect_failure);
+        if !retryable || !request.body().is_end_stream() {
+            return ResponseFuture::Boxed {
+                future: Box::pin(shared.clone().run(inner, request)),
+            };
+        }
+        shared.config.budget.deposit();
+        let idempotent = shared.method_retryable(request.method());
+        let (parts, body) = request.into_parts();
+        let template = Template::of(&parts);
+        let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
+        let avoid = parts
+            .extensions
+            .get::<AvoidEndpoints>()
+            .map(|a| a.0.clone());
+        let request = shared.prepare_attempt(Request::from_parts(parts, body), 1);
+        let limit = shared.config.per_try_timeout;
+        ResponseFuture::First {
+            call: inner.call(request),
+            per_try: limit.map(tokio::time::sleep),
+            retry: Some(Continuation {
+                shared: shared.clone(),
+                inner,
+                template,
+                deadline,
+                avoid: avoid.unwrap_or_default(),
+                idempotent,
+            }),
+        }
     }
+}
+
+/// What a bodiless call keeps from its first attempt, in case it is retried.
+struct Continuation<S> {
+    shared: Arc<Shared>,
+    inner: S,
+    template: Template,
+    deadline: Option<Instant>,
+    avoid: Vec<SocketAddr>,
+    idempotent: bool,
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Retry`]: a bodiless call's first attempt in place, or
+    /// (with a body to read ahead, or once a retry is needed) the whole call boxed.
+    #[project = ResponseProj]
+    pub enum ResponseFuture<S, F> {
+        First {
+            #[pin]
+            call: F,
+            #[pin]
+            per_try: Option<tokio::time::Sleep>,
+            retry: Option<Continuation<S>>,
+        },
+        Boxed {
+            future: BoxedResponse,
+        },
+    }
+}
+
+impl<S> Future for ResponseFuture<S, S::Future>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Output = Result<Response<ProxyBody>, ProxyError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project() {
+                ResponseProj::First {
+                    call,
+                    per_try,
+                    retry,
+                } => {
+                    let result = match call.poll(cx) {
+                        Poll::Ready(result) => result,
+                        Poll::Pending => {
+                            let expired = per_try
+                                .as_pin_mut()
+                                .is_some_and(|sleep| sleep.poll(cx).is_ready());
+                            match retry.as_ref() {
+                                Some(retry) if expired => Err(retry.shared.per_try_expired()),
+                                _ => return Poll::Pending,
+                            }
+                        }
+                    };
+                    let Some(retry) = retry.take() else {
+                        return Poll::Ready(result);
+                    };
+                    match retry
+                        .shared
+                        .next_delay(&result, 1, retry.deadline, retry.idempotent)
+                    {
+                        None => return Poll::Ready(result),
+                        Some(delay) => {
+                            let failed = failed_endpoint(&result);
+                            drop(result);
+                            let Continuation {
+                                shared,
+                                inner,
+                                template,
+                                deadline,
+                                avoid,
+                                idempotent,
+                            } = retry;
+                            let future = Box::pin(shared.retry_from(Retrying {
+                                inner,
+                                template,
+                                body: Bytes::new(),
+                                deadline,
+                                avoid,
+                                failed,
+                                delay,
+                                idempotent,
+                            }));
+                            self.set(ResponseFuture::Boxed { future });
+                        }
+                    }
+                }
+                ResponseProj::Boxed { future } => return future.as_mut().poll(cx),
+            }
+        }
+    }
+}
+
+/// A call between a failed attempt and its next one.
+struct Retrying<S> {
+    inner: S,
+    template: Template,
+    body: Bytes,
+    deadline: Option<Instant>,
+    /// Endpoints earlier attempts failed on.
+    avoid: Vec<SocketAddr>,
+    /// The endpoint the last attempt failed on.
+    failed: Option<SocketAddr>,
+    /// The wait before the next attempt.
+    delay: Duration,
+    idempotent: bool,
 }
 
 impl Shared {
@@ -367,36 +509,109 @@ impl Shared {
         };
         let template = Template::of(&parts);
         let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
-        let mut avoid = parts
+        let avoid = parts
             .extensions
             .get::<AvoidEndpoints>()
             .map(|a| a.0.clone())
             .unwrap_or_default();
-        let mut request = Request::from_parts(parts, ProxyBody::full(body.clone()));
+        let request = Request::from_parts(parts, ProxyBody::full(body.clone()));
+        let result = self.attempt(&mut inner, request, 1).await;
+        let Some(delay) = self.next_delay(&result, 1, deadline, idempotent) else {
+            return result;
+        };
+        let failed = failed_endpoint(&result);
+        drop(result);
+        self.retry_from(Retrying {
+            inner,
+            template,
+            body,
+            deadline,
+            avoid,
+            failed,
+            delay,
+            idempotent,
+        })
+        .await
+    }
+
+    /// The attempts after a failed one, until one is not retried.
+    async fn retry_from<S>(
+        self: Arc<Self>,
+        call: Retrying<S>,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
+    {
+        let Retrying {
+            mut inner,
+            template,
+            body,
+            deadline,
+            mut avoid,
+            mut failed,
+            mut delay,
+            idempotent,
+        } = call;
         let mut attempt = 1;
         loop {
-            let result = self.attempt(&mut inner, request, attempt).await;
-            if !idempotent && !matches!(result, Err(ProxyError::Connect { .. })) {
-                return result;
-            }
-            let Some(delay) = self.retry_delay(&result, attempt, deadline) else {
-                return result;
-            };
-            if let Some(endpoint) = failed_endpoint(&result) {
+            if let Some(endpoint) = failed {
                 if !avoid.contains(&endpoint) {
                     avoid.push(endpoint);
                 }
             }
-            // A retried response's body is dropped unread.
-            drop(result);
+            // A retried response's body was dropped unread.
             tokio::time::sleep(delay).await;
             attempt += 1;
-            request = template.request(body.clone());
+            let mut request = template.request(body.clone());
             request
                 .extensions_mut()
                 .insert(AvoidEndpoints(avoid.clone()));
             inner.ready().await?;
+            let result = self.attempt(&mut inner, request, attempt).await;
+            let Some(next) = self.next_delay(&result, attempt, deadline, idempotent) else {
+                return result;
+            };
+            failed = failed_endpoint(&result);
+            delay = next;
         }
+    }
+
+    /// The wait before retrying after attempt `attempt` ended with `result`; `None`
+    /// when it is not retried. A call whose method may not be repeated is retried only
+    /// when its connection failed.
+    fn next_delay(
+        &self,
+        result: &Result<Response<ProxyBody>, ProxyError>,
+        attempt: u32,
+        deadline: Option<Instant>,
+        idempotent: bool,
+    ) -> Option<Duration> {
+        if !idempotent && !matches!(result, Err(ProxyError::Connect { .. })) {
+            return None;
+        }
+        self.retry_delay(result, attempt, deadline)
+    }
+
+    /// Tags attempt `n` and counts it.
+    fn prepare_attempt(&self, mut request: Request<ProxyBody>, n: u32) -> Request<ProxyBody> {
+        request
+            .headers_mut()
+            .insert(&ATTEMPT_HEADER, HeaderValue::from(n));
+        if n == 1 {
+            self.counters.first.inc();
+        } else {
+            self.counters.retry.inc();
+        }
+        request
+    }
+
+    /// The error of an attempt that ran past the per-try timeout, counted.
+    fn per_try_expired(&self) -> ProxyError {
+        let limit = self.config.per_try_timeout.unwrap_or_default();
+        if let Some(metrics) = &self.timeout_metrics {
+            metrics.record(&self.service, TimeoutKind::PerTry);
+        }
+        ProxyError::Timeout(limit)
     }
 
     fn method_retryable(&self, method: &Method) -> bool {
@@ -416,32 +631,19 @@ impl Shared {
     async fn attempt<S>(
         &self,
         inner: &mut S,
-        mut request: Request<ProxyBody>,
+        request: Request<ProxyBody>,
         n: u32,
     ) -> Result<Response<ProxyBody>, ProxyError>
     where
         S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
     {
-        request
-            .headers_mut()
-            .insert(&ATTEMPT_HEADER, HeaderValue::from(n));
-        if n == 1 {
-            self.counters.first.inc();
-        } else {
-            self.counters.retry.inc();
-        }
-        let call = inner.call(request);
+        let call = inner.call(self.prepare_attempt(request, n));
         let Some(limit) = self.config.per_try_timeout else {
             return call.await;
         };
         match tokio::time::timeout(limit, call).await {
             Ok(result) => result,
-            Err(_elapsed) => {
-                if let Some(metrics) = &self.timeout_metrics {
-                    metrics.record(&self.service, TimeoutKind::PerTry);
-                }
-                Err(ProxyError::Timeout(limit))
-            }
+            Err(_elapsed) => Err(self.per_try_expired()),
         }
     }
 

@@ -21,7 +21,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 
@@ -51,6 +51,7 @@ impl ServiceBreakerLayer {
         metrics.created(&service, None);
         let shared = Shared {
             published: AtomicU64::new(publish(&breaker)),
+            settled: AtomicBool::new(breaker.settled()),
             breaker: Mutex::new(breaker),
             rejected: metrics.rejected(&service),
             service,
@@ -238,6 +239,11 @@ struct Shared {
     /// `generation << 2 | state` of the breaker, written under the lock after every
     /// change, read without it by calls while closed.
     published: AtomicU64,
+    /// [`Breaker::settled`], written under the lock after every record: while it holds, a
+    /// closed call's success is not recorded at all (no lock, no clock). A success
+    /// racing a failure may then not reset the failure count: the same as if it had
+    /// finished just before that failure.
+    settled: AtomicBool,
     breaker: Mutex<Breaker>,
     metrics: BreakerMetrics,
     /// This service's refused-calls counter.
@@ -269,8 +275,16 @@ impl Shared {
 
     /// Records an admitted call's outcome.
     fn record(&self, ticket: Ticket, failed: bool) {
+        if !failed
+            && !ticket.is_probe()
+            && self.settled.load(Ordering::Acquire)
+            && self.published.load(Ordering::Acquire) == ticket.generation() << STATE_BITS | CLOSED
+        {
+            return;
+        }
         let mut breaker = self.lock();
         let transition = breaker.record(ticket, failed, Instant::now());
+        self.settled.store(breaker.settled(), Ordering::Release);
         self.after_change(&breaker, transition.as_ref());
         drop(breaker);
         self.log(transition);

@@ -79,6 +79,11 @@ impl Ticket {
         }
     }
 
+    /// The breaker generation the call was admitted in.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Whether the call holds a probe slot (and must give it back if it ends unheard).
     pub fn is_probe(&self) -> bool {
         self.probe
@@ -224,6 +229,14 @@ impl Breaker {
             State::HalfOpen { since, .. } if started < since => None,
             State::Closed | State::HalfOpen { .. } => self.outcome(failed, now),
         }
+    }
+
+    /// Whether a success recorded now would change nothing: closed, no failure counted
+    /// in a row, and no rolling window to count it in.
+    pub fn settled(&self) -> bool {
+        matches!(self.state, State::Closed)
+            && self.consecutive_failures == 0
+            && self.window.is_none()
     }
 
     /// Failures in a row counted while closed.
