@@ -52,6 +52,10 @@ impl EncodeLabelValue for ServiceLabel {
     }
 }
 
+/// The `route` label of requests no configured route takes (and of those no service
+/// takes).
+pub const DEFAULT_ROUTE: &str = "default";
+
 /// Labels of a metric counted per service and nothing else (shed calls, rate-limited
 /// calls, retries, ejections, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
