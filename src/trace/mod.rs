@@ -7,7 +7,8 @@
 //! (a server span inbound, a client span outbound) and puts a [`CallTrace`] in the
 //! request's extensions. [`attempt`] in `Forward` starts one child span per try and
 //! writes its context into the upstream request; [`RequestTrace::finish`] records the
-//! answer, ends the span and writes the access log line. Policy layers record their
+//! answer, ends the span and writes the access log line (for a gRPC answer whose status
+//! comes in trailers, when its body ends: see [`trailers`]). Policy layers record their
 //! decisions with [`event`] on the current span.
 //!
 //! NOTE: spans use the opentelemetry API directly, not `tracing` + tracing-opentelemetry:
@@ -18,6 +19,7 @@
 
 mod export;
 mod propagation;
+pub mod trailers;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -444,23 +446,48 @@ impl RequestTrace {
     }
 
     /// Records the answer on the span, ends it, writes the access log line and returns
-    /// the response with `x-request-id` set.
+    /// the response with `x-request-id` set. A gRPC answer whose status comes in its
+    /// trailers is recorded (and logged) when its body ends instead; its access log
+    /// `duration_ms` then runs to the end of the body.
     pub fn finish(self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+        if !response.headers().contains_key(&REQUEST_ID) {
+            response
+                .headers_mut()
+                .insert(&REQUEST_ID, self.request_id.clone());
+        }
         let call = &self.call.0;
         let status = response.status().as_u16();
         let grpc_status = grpc_status(response.headers());
         let endpoint = response.extensions().get::<EndpointUsed>().map(|e| e.0);
         let span = call.cx.span();
-        if span.is_recording() {
+        let recording = span.is_recording();
+        if recording {
             span.set_attribute(KeyValue::new(
                 "http.response.status_code",
                 i64::from(status),
             ));
-            if let Some(code) = grpc_status {
-                span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
-            }
             if let Some(endpoint) = endpoint {
                 span.set_attribute(KeyValue::new("remora.endpoint", endpoint.to_string()));
+            }
+        }
+        let observed = recording || call.tracing.0.access_log;
+        if observed
+            && grpc_status.is_none()
+            && trailers::grpc_status_at(response.headers()) == trailers::GrpcStatusAt::Trailers
+        {
+            let reason = response.headers().get(ERROR_HEADER).cloned();
+            let waiting = trailers::RequestWaiting {
+                trace: self,
+                status,
+                endpoint,
+                reason,
+            };
+            trailers::watch(&mut response, trailers::Waiter::Request(waiting));
+            return response;
+        }
+        if recording {
+            if let Some(code) = grpc_status {
+                span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
             }
             let reason = response.headers().get(ERROR_HEADER).map(header_text);
             if let Some(error) = error_status(status, grpc_status, call.direction, reason) {
@@ -468,11 +495,6 @@ impl RequestTrace {
             }
         }
         span.end();
-        if !response.headers().contains_key(&REQUEST_ID) {
-            response
-                .headers_mut()
-                .insert(&REQUEST_ID, self.request_id.clone());
-        }
         if call.tracing.0.access_log {
             self.access_log(status, grpc_status, endpoint);
         }
@@ -540,35 +562,44 @@ pub fn attempt<B>(request: &mut Request<B>, endpoint: SocketAddr) -> Attempt {
 }
 
 impl Attempt {
-    /// Records how the try ended (at response headers) and ends its span.
-    pub fn end(self, result: &Result<Response<ProxyBody>, ProxyError>) {
+    /// Records how the try ended (at response headers) and ends its span; a gRPC answer
+    /// whose status comes in its trailers is recorded when its body ends instead.
+    pub fn end(self, result: &mut Result<Response<ProxyBody>, ProxyError>) {
         let Some(cx) = self.0 else {
             return;
         };
         let span = cx.span();
-        if span.is_recording() {
-            match result {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let grpc_status = grpc_status(response.headers());
-                    span.set_attribute(KeyValue::new(
-                        "http.response.status_code",
-                        i64::from(status),
-                    ));
-                    if let Some(code) = grpc_status {
-                        span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
-                    }
-                    if let Some(error) =
-                        error_status(status, grpc_status, Direction::Outbound, None)
-                    {
-                        span.set_status(error);
-                    }
-                }
-                Err(error) => {
-                    span.set_attribute(KeyValue::new("error.type", error.reason()));
-                    span.set_status(Status::error(error.to_string()));
-                }
+        if !span.is_recording() {
+            span.end();
+            return;
+        }
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                span.set_attribute(KeyValue::new("error.type", error.reason()));
+                span.set_status(Status::error(error.to_string()));
+                span.end();
+                return;
             }
+        };
+        let status = response.status().as_u16();
+        let grpc_status = grpc_status(response.headers());
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if grpc_status.is_none()
+            && trailers::grpc_status_at(response.headers()) == trailers::GrpcStatusAt::Trailers
+        {
+            let waiting = trailers::AttemptWaiting { cx, status };
+            trailers::watch(response, trailers::Waiter::Attempt(waiting));
+            return;
+        }
+        if let Some(code) = grpc_status {
+            span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+        }
+        if let Some(error) = error_status(status, grpc_status, Direction::Outbound, None) {
+            span.set_status(error);
         }
         span.end();
     }
@@ -786,7 +817,9 @@ mod tests {
         assert!(sent.ends_with("-01"));
         assert!(!sent.contains("b7ad6b7169203331"));
         assert!(request.headers().contains_key(&REQUEST_ID));
-        attempt.end(&Err(ProxyError::Timeout(std::time::Duration::from_secs(1))));
+        attempt.end(&mut Err(ProxyError::Timeout(
+            std::time::Duration::from_secs(1),
+        )));
         let response = trace.finish(Response::new(ProxyBody::empty()));
         assert!(response.headers().contains_key(&REQUEST_ID));
     }
