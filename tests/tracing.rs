@@ -3,15 +3,7 @@
 //! off still propagating, a dead collector costing nothing but dropped spans, and the
 //! request id.
 //!
-//! Per-request cost (a benchmark note, not asserted here): with sampling 0 a request
-//! pays a header parse, a random span id per span (request + attempt), one
-//! `traceparent` write per hop, a request id and a context allocation; with sampling 1
-//! it also builds ~10 attributes per span and queues two span records for the export
-//! task. `cargo test --release --test tracing -- --ignored per_request_cost` prints both.
-//! One run on the 2-core dev machine (release without LTO, sequential loopback requests,
-//! client, sidecar, upstream and collector sharing the cores): propagate-only 36 µs,
-//! sampling 0 30 µs (the two are within noise), sampling 1 45 µs per request; most of
-//! the sampled cost is span export work (encode + the in-process collector) on the same cores.
+//! Per-request cost is measured by `bench/overhead.sh`, not here.
 
 mod otlp_receiver;
 mod support;
@@ -20,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use remora::trace::{OtlpProtocol, Propagation, TracingConfig};
+use remora::trace::{AttemptSpans, OtlpProtocol, Propagation, TracingConfig};
 
 use otlp_receiver::ReceivedSpan;
 
@@ -33,6 +25,14 @@ fn exporting(service: &str, collector: SocketAddr) -> TracingConfig {
         batch_delay: Duration::from_millis(50),
         export_timeout: Duration::from_secs(2),
         ..Default::default()
+    }
+}
+
+/// `config` with a span for every try, retried or not.
+fn every_try(config: TracingConfig) -> TracingConfig {
+    TracingConfig {
+        attempt_spans: AttemptSpans::Always,
+        ..config
     }
 }
 
@@ -110,13 +110,13 @@ fn find<'a>(
 }
 
 #[tokio::test]
-async fn one_trace_across_two_sidecars() {
+async fn one_trace_across_two_sidecars_with_a_span_per_try() {
     let (collector, received) = otlp_receiver::grpc().await;
     let (app_b, seen_by_b) = support::recording("b").await;
-    let sidecar_b = inbound(app_b, exporting("b", collector)).await;
+    let sidecar_b = inbound(app_b, every_try(exporting("b", collector))).await;
     let sidecar_a = outbound(
         sidecar_b.addrs().inbound.unwrap(),
-        exporting("a", collector),
+        every_try(exporting("a", collector)),
     )
     .await;
 
@@ -190,15 +190,58 @@ async fn one_trace_across_two_sidecars() {
 }
 
 #[tokio::test]
+async fn by_default_a_single_try_is_its_call_span() {
+    let (collector, received) = otlp_receiver::grpc().await;
+    let (app_b, seen_by_b) = support::recording("b").await;
+    let sidecar_b = inbound(app_b, exporting("b", collector)).await;
+    let b_addr = sidecar_b.addrs().inbound.unwrap();
+    let sidecar_a = outbound(b_addr, exporting("a", collector)).await;
+
+    let (status, _) = get_with(&service_url(&sidecar_a, "/orders/7"), &[]).await;
+    assert_eq!(status, 200);
+    sidecar_a.handle().tracing().flush().await;
+    sidecar_b.handle().tracing().flush().await;
+    let spans = received.wait_for(2, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let spans = if spans.len() == 2 {
+        spans
+    } else {
+        received.spans()
+    };
+    assert_eq!(
+        spans.len(),
+        2,
+        "a call span per sidecar, no try spans: {spans:#?}"
+    );
+    let a_call = find(&spans, "a", SpanKind::Client, false);
+    let b_server = find(&spans, "b", SpanKind::Server, false);
+    assert_eq!(b_server.trace_id, a_call.trace_id);
+    assert_eq!(b_server.parent_span_id, a_call.span_id);
+    assert_eq!(
+        a_call.attr("remora.endpoint"),
+        Some(b_addr.to_string().as_str())
+    );
+    assert_eq!(a_call.attr("http.response.status_code"), Some("200"));
+    // App B's parent is sidecar B's server span.
+    let (trace, parent, _) = traceparent(&header(&seen_by_b.all()[0], "traceparent"));
+    assert_eq!(
+        (trace, parent),
+        (a_call.trace_id.clone(), b_server.span_id.clone())
+    );
+    sidecar_a.shutdown().await;
+    sidecar_b.shutdown().await;
+}
+
+#[tokio::test]
 async fn upstream_errors_mark_spans_as_errors() {
     let (collector, received) = otlp_receiver::http().await;
     let dead = support::free_port();
     let sidecar = outbound(
         format!("127.0.0.1:{dead}").parse().unwrap(),
-        TracingConfig {
+        every_try(TracingConfig {
             protocol: OtlpProtocol::HttpProtobuf,
             ..exporting("a", collector)
-        },
+        }),
     )
     .await;
     let (status, _) = get_with(&service_url(&sidecar, "/x"), &[]).await;
@@ -301,14 +344,14 @@ async fn sampling_zero_exports_nothing_but_still_propagates() {
     let spans = received.spans();
     assert_eq!(
         spans.len(),
-        2,
-        "only the caller-sampled request: {spans:#?}"
+        1,
+        "only the caller-sampled request's call span: {spans:#?}"
     );
     assert!(spans
         .iter()
         .all(|s| s.trace_id == "0af7651916cd43dd8448eb211c80319c"));
     let exported = sidecar.handle().tracing().metrics().exported.get();
-    assert_eq!(exported, 2);
+    assert_eq!(exported, 1);
 }
 
 #[tokio::test]
@@ -341,13 +384,13 @@ async fn a_dead_collector_leaves_requests_alone_and_counts_dropped_spans() {
     assert_eq!(metrics.exported.get(), 0);
     assert_eq!(
         metrics.dropped.get(),
-        40,
-        "20 requests x (request span + attempt span)"
+        20,
+        "20 requests x one call span (a single try has no span of its own)"
     );
 
     let admin = sidecar.addrs().admin.unwrap();
     let (_, _, text) = support::get(&format!("http://{admin}/metrics")).await;
-    assert!(text.contains("remora_spans_dropped_total 40"), "{text}");
+    assert!(text.contains("remora_spans_dropped_total 20"), "{text}");
     assert!(text.contains("remora_spans_exported_total 0"), "{text}");
 }
 
@@ -421,7 +464,9 @@ async fn decisions_are_span_events() {
     assert_eq!(get_with(&url, &[]).await.0, 200, "degraded");
     assert_eq!(get_with(&url, &[]).await.0, 429);
     sidecar.handle().tracing().flush().await;
-    let spans = received.wait_for(5, WAIT).await;
+    // Three call spans; the two tries sent have no spans of their own.
+    let spans = received.wait_for(3, WAIT).await;
+    assert_eq!(spans.len(), 3, "{spans:#?}");
     let events: Vec<String> = spans
         .iter()
         .filter(|s| s.name != "attempt")
@@ -495,10 +540,10 @@ async fn grpc_status_from_trailers_is_on_the_spans_and_in_the_access_log() {
     let _capture = log.capture();
     let (collector, received) = otlp_receiver::grpc().await;
     let app = support::echo::serve().await;
-    let sidecar_b = inbound(app, exporting("b", collector)).await;
+    let sidecar_b = inbound(app, every_try(exporting("b", collector))).await;
     let sidecar_a = outbound(
         sidecar_b.addrs().inbound.unwrap(),
-        exporting("a", collector),
+        every_try(exporting("a", collector)),
     )
     .await;
     let mut client = support::echo::client(sidecar_a.addrs().service("svc").unwrap()).await;
@@ -559,7 +604,7 @@ async fn grpc_status_from_trailers_is_on_the_spans_and_in_the_access_log() {
 async fn an_abandoned_grpc_stream_still_ends_its_spans() {
     let (collector, received) = otlp_receiver::grpc().await;
     let app = support::echo::serve().await;
-    let sidecar = outbound(app, exporting("a", collector)).await;
+    let sidecar = outbound(app, every_try(exporting("a", collector))).await;
     let _open = support::echo::abandon_bidi(sidecar.addrs().service("svc").unwrap()).await;
     let ended = support::eventually(WAIT, || async {
         sidecar.handle().tracing().flush().await;

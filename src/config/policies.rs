@@ -334,6 +334,21 @@ pub struct TracingSection {
     /// One `remora::access` log line per request.
     #[serde(default = "default_true")]
     pub access_log: bool,
+    /// Which tries of a call get their own span: `retries` (the tries of retried calls
+    /// only) or `always`.
+    #[serde(default)]
+    pub attempt_spans: AttemptSpansName,
+}
+
+/// Which tries of a call get their own span.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptSpansName {
+    /// The tries of retried calls only.
+    #[default]
+    Retries,
+    /// Every try.
+    Always,
 }
 
 impl Default for TracingSection {
@@ -348,6 +363,7 @@ impl Default for TracingSection {
             batch_delay: default_batch_delay(),
             export_timeout: default_export_timeout(),
             access_log: true,
+            attempt_spans: AttemptSpansName::default(),
         }
     }
 }

@@ -230,8 +230,8 @@ pub fn fallback(
 
 /// The tracing pipeline of a sidecar beside `config.service`.
 pub fn tracing(config: &super::Config) -> crate::trace::TracingConfig {
-    use super::policies::{OtlpProtocolName, PropagationName};
-    use crate::trace::{OtlpProtocol, Propagation};
+    use super::policies::{AttemptSpansName, OtlpProtocolName, PropagationName};
+    use crate::trace::{AttemptSpans, OtlpProtocol, Propagation};
     let section = &config.tracing;
     let mut propagate = vec![Propagation::W3c];
     for name in &section.propagate {
@@ -258,6 +258,10 @@ pub fn tracing(config: &super::Config) -> crate::trace::TracingConfig {
         batch_delay: section.batch_delay,
         export_timeout: section.export_timeout,
         access_log: section.access_log,
+        attempt_spans: match section.attempt_spans {
+            AttemptSpansName::Retries => AttemptSpans::Retries,
+            AttemptSpansName::Always => AttemptSpans::Always,
+        },
     }
 }
 

@@ -390,9 +390,8 @@ impl<'c> StackBuilder<'c> {
                     .transpose()?;
                 let stack = optional(retry, stack);
                 let timeout = resolve::timeout(self.policies, refs.timeout)?;
-                let stack =
-                    TimeoutLayer::new(timeout, name.clone(), self.metrics.timeout.clone())
-                        .layer(stack);
+                let stack = TimeoutLayer::new(timeout, name.clone(), self.metrics.timeout.clone())
+                    .layer(stack);
                 let stack = optional(concurrency.clone(), stack);
                 let limit = active(refs.rate_limit)
                     .map(|limit| shared.rate_limit(self, &name, limit))
@@ -424,29 +423,28 @@ impl<'c> StackBuilder<'c> {
     ) -> Result<ServiceStacks, String> {
         let name = core.target.name.clone();
         let mut cache: HashMap<&str, FallbackLayer> = HashMap::new();
-        let mut with_fallback =
-            |stack: CoreStack, refs: PolicyRefs<'_>| -> Result<Stack, String> {
-                let Some(policy) = active(refs.fallback) else {
-                    return Ok(Either::Right(stack));
-                };
-                let layer = match cache.get(policy) {
-                    Some(layer) => layer.clone(),
-                    None => {
-                        let (key, definition) = self
-                            .policies
-                            .fallbacks
-                            .get_key_value(policy)
-                            .ok_or_else(|| format!("unknown fallback `{policy}`"))?;
-                        let config = resolve::fallback(definition, alternate)
-                            .map_err(|e| format!("fallback `{policy}`: {e}"))?;
-                        let layer =
-                            FallbackLayer::new(name.clone(), config, self.metrics.fallback.clone());
-                        cache.insert(key.as_str(), layer.clone());
-                        layer
-                    }
-                };
-                Ok(Either::Left(layer.layer(stack)))
+        let mut with_fallback = |stack: CoreStack, refs: PolicyRefs<'_>| -> Result<Stack, String> {
+            let Some(policy) = active(refs.fallback) else {
+                return Ok(Either::Right(stack));
             };
+            let layer = match cache.get(policy) {
+                Some(layer) => layer.clone(),
+                None => {
+                    let (key, definition) = self
+                        .policies
+                        .fallbacks
+                        .get_key_value(policy)
+                        .ok_or_else(|| format!("unknown fallback `{policy}`"))?;
+                    let config = resolve::fallback(definition, alternate)
+                        .map_err(|e| format!("fallback `{policy}`: {e}"))?;
+                    let layer =
+                        FallbackLayer::new(name.clone(), config, self.metrics.fallback.clone());
+                    cache.insert(key.as_str(), layer.clone());
+                    layer
+                }
+            };
+            Ok(Either::Left(layer.layer(stack)))
+        };
         let default = with_fallback(core.default, core.target.refs)?;
         let mut routes = Vec::new();
         for (matcher, stack, refs) in core.routes {

@@ -908,7 +908,13 @@ mod tests {
                     extensions.get::<Foreign>().cloned(),
                 ));
                 let n = log.lock().unwrap().len();
-                async move { if n < 3 { status(503) } else { status(200) } }
+                async move {
+                    if n < 3 {
+                        status(503)
+                    } else {
+                        status(200)
+                    }
+                }
             });
             let (layer, _) = layer(config(3));
             let mut request = get();

@@ -5,8 +5,9 @@
 //! in one process). Per request, [`Tracing::start`] reads the caller's trace context
 //! (W3C, B3 or Jaeger), makes sure an `x-request-id` exists, starts the request span
 //! (a server span inbound, a client span outbound) and puts a [`CallTrace`] in the
-//! request's extensions. [`attempt`] in `Forward` starts one child span per try and
-//! writes its context into the upstream request; [`RequestTrace::finish`] records the
+//! request's extensions. [`attempt`] in `Forward` writes the context the upstream
+//! continues into each try's request and starts a child span per try of retried calls
+//! (of every call with [`AttemptSpans::Always`]); [`RequestTrace::finish`] records the
 //! answer, ends the span and writes the access log line (for a gRPC answer whose status
 //! comes in trailers, when its body ends: see [`trailers`]). Policy layers record their
 //! decisions with [`event`] on the current span.
@@ -25,7 +26,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
@@ -100,6 +101,22 @@ pub struct TracingConfig {
     pub export_timeout: Duration,
     /// Whether to write one `remora::access` log line per request.
     pub access_log: bool,
+    /// Which tries of a call get a span of their own.
+    pub attempt_spans: AttemptSpans,
+}
+
+/// Which tries of a call get a span of their own (a child of the call span).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttemptSpans {
+    /// The tries of retried calls only. A call answered by its first try is described by
+    /// its call span alone (the upstream's span is the call span's child); once a retry
+    /// starts, the first try's span is recorded after the fact from what was kept of it
+    /// (start, end, endpoint, outcome), so a retried call shows every try. Half the
+    /// spans, and half the export work, of `Always` for calls that are not retried.
+    #[default]
+    Retries,
+    /// Every try, retried or not.
+    Always,
 }
 
 impl Default for TracingConfig {
@@ -115,6 +132,7 @@ impl Default for TracingConfig {
             batch_delay: Duration::from_secs(1),
             export_timeout: Duration::from_secs(10),
             access_log: true,
+            attempt_spans: AttemptSpans::default(),
         }
     }
 }
@@ -192,6 +210,7 @@ struct Inner {
     /// Root sampling ratio of the propagate-only mode.
     ratio: f64,
     access_log: bool,
+    attempt_spans: AttemptSpans,
     metrics: TracingMetrics,
 }
 
@@ -223,6 +242,7 @@ impl Tracing {
             propagators: Propagators::new(&config.propagate),
             ratio: config.sampling_ratio,
             access_log: config.access_log,
+            attempt_spans: config.attempt_spans,
             metrics,
         }))
     }
@@ -275,6 +295,7 @@ impl Tracing {
             propagators: Propagators::new(&config.propagate),
             ratio: config.sampling_ratio,
             access_log: config.access_log,
+            attempt_spans: config.attempt_spans,
             metrics,
         })))
     }
@@ -312,11 +333,12 @@ impl Tracing {
             if let Some((service, method)) = grpc {
                 span.update_name(format!("{service}/{method}"));
             }
-            span.set_attributes(request_attributes(request, direction, grpc));
-            span.set_attribute(KeyValue::new(
+            let mut attributes = call_attributes(request, direction, grpc);
+            attributes.push(KeyValue::new(
                 "http.request_id",
                 header_text(&request_id).into_owned(),
             ));
+            span.set_attributes(attributes);
         });
         // Nothing is injected here: every attempt writes its own context (`attempt`),
         // replacing the caller's headers, right before it is sent.
@@ -326,6 +348,7 @@ impl Tracing {
             attempts: AtomicU32::new(0),
             service: OnceLock::new(),
             direction,
+            first_try: std::sync::Mutex::new(None),
         }));
         request.extensions_mut().insert(call.clone());
         RequestTrace {
@@ -395,6 +418,62 @@ struct CallInner {
     /// Set once routing found the service.
     service: OnceLock<Arc<str>>,
     direction: Direction,
+    /// The first try, kept while the call records and `AttemptSpans::Retries` folds it
+    /// into the call span: recorded as a span of its own if a retry follows.
+    first_try: std::sync::Mutex<Option<FirstTry>>,
+}
+
+/// What is kept of a call's first try, to record its span if the call is retried.
+struct FirstTry {
+    started: SystemTime,
+    ended: SystemTime,
+    method: &'static str,
+    endpoint: SocketAddr,
+    outcome: TryOutcome,
+}
+
+/// How a try ended, as its span records it.
+struct TryOutcome {
+    status: Option<u16>,
+    grpc_status: Option<u32>,
+    /// `error.type` and the error's text, for tries that got no response.
+    error: Option<(&'static str, String)>,
+}
+
+impl TryOutcome {
+    fn of(result: &Result<Response<ProxyBody>, ProxyError>) -> Self {
+        match result {
+            Ok(response) => Self {
+                status: Some(response.status().as_u16()),
+                grpc_status: grpc_status(response.headers()),
+                error: None,
+            },
+            Err(error) => Self {
+                status: None,
+                grpc_status: None,
+                error: Some((error.reason(), error.to_string())),
+            },
+        }
+    }
+
+    fn record(self, span: &opentelemetry::trace::SpanRef<'_>) {
+        if let Some(status) = self.status {
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+            if let Some(code) = self.grpc_status {
+                span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+            }
+            if let Some(error) = error_status(status, self.grpc_status, Direction::Outbound, None) {
+                span.set_status(error);
+            }
+        }
+        if let Some((reason, text)) = self.error {
+            span.set_attribute(KeyValue::new("error.type", reason));
+            span.set_status(Status::error(text));
+        }
+    }
 }
 
 impl std::fmt::Debug for CallTrace {
@@ -418,10 +497,13 @@ pub fn routed<B>(request: &Request<B>, service: &Arc<str>) {
         return;
     };
     let _ = call.0.service.set(service.clone());
-    call.0
-        .cx
-        .span()
-        .set_attribute(KeyValue::new("remora.service", service.to_string()));
+    let span = call.0.cx.span();
+    if span.is_recording() {
+        span.set_attribute(KeyValue::new(
+            "remora.service",
+            opentelemetry::StringValue::from(service.clone()),
+        ));
+    }
 }
 
 /// One request's trace, from [`Tracing::start`] to [`RequestTrace::finish`].
@@ -526,83 +608,170 @@ impl RequestTrace {
 /// One try of a call to one endpoint; ended with [`Attempt::end`].
 #[derive(Debug)]
 #[must_use = "an attempt span must be ended"]
-pub struct Attempt(Option<Context>);
+pub struct Attempt(AttemptKind);
 
-/// Starts the span of one try of `request` to `endpoint` (a child of the request span)
-/// and writes its context into the request's headers. Call it once the request points
-/// at the endpoint (its URI authority gives `server.address`/`server.port`). Without a
-/// [`CallTrace`] in the request's extensions, it does nothing.
+#[derive(Debug)]
+enum AttemptKind {
+    /// Nothing to record.
+    None,
+    /// A try with its own span.
+    Span(Context),
+    /// The first try, folded into the call span (`AttemptSpans::Retries`); its facts
+    /// are kept in case a retry follows.
+    First {
+        call: CallTrace,
+        started: SystemTime,
+        method: &'static str,
+        endpoint: SocketAddr,
+    },
+}
+
+/// Starts one try of `request` to `endpoint` and writes the trace context the upstream
+/// continues into the request's headers. Call it once the request points at the
+/// endpoint. Without a [`CallTrace`] in the request's extensions, it does nothing.
+///
+/// The try gets a span of its own (a child of the call span) unless it is a call's first
+/// try under [`AttemptSpans::Retries`]: then the call span's own context is sent, and the
+/// try becomes a span only if a retry follows.
 pub fn attempt<B>(request: &mut Request<B>, endpoint: SocketAddr) -> Attempt {
     let Some(call) = request.extensions().get::<CallTrace>().cloned() else {
-        return Attempt(None);
+        return Attempt(AttemptKind::None);
     };
-    let call = &call.0;
-    let number = call.attempts.fetch_add(1, Ordering::Relaxed) + 1;
-    let cx = call
-        .tracing
-        .start_span(&call.cx, "attempt", SpanKind::Client, |span| {
-            span.set_attributes(request_attributes(
-                request,
-                call.direction,
-                grpc_path(request),
-            ));
-            span.set_attributes([
-                KeyValue::new("remora.attempt", i64::from(number)),
-                KeyValue::new("remora.endpoint", endpoint.to_string()),
-            ]);
-            if let Some(service) = call.service.get() {
-                span.set_attribute(KeyValue::new("remora.service", service.to_string()));
+    let inner = &call.0;
+    let tracing = &inner.tracing.0;
+    let number = inner.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+    if tracing.attempt_spans == AttemptSpans::Retries {
+        if number == 1 {
+            tracing.propagators.inject(&inner.cx, request.headers_mut());
+            if !inner.cx.span().is_recording() {
+                return Attempt(AttemptKind::None);
             }
+            let method = method_name(request.method());
+            return Attempt(AttemptKind::First {
+                call,
+                started: SystemTime::now(),
+                method,
+                endpoint,
+            });
+        }
+        inner.record_first_try();
+    }
+    // The try's own facts only: what the request is (path, protocol, service, gRPC
+    // method) is on the call span, its parent.
+    let cx = inner
+        .tracing
+        .start_span(&inner.cx, "attempt", SpanKind::Client, |span| {
+            span.set_attributes(attempt_attributes(
+                method_name(request.method()),
+                endpoint,
+                number,
+            ));
         });
-    call.tracing
-        .0
-        .propagators
-        .inject(&cx, request.headers_mut());
-    Attempt(Some(cx))
+    tracing.propagators.inject(&cx, request.headers_mut());
+    Attempt(AttemptKind::Span(cx))
+}
+
+/// The attributes of an attempt span.
+fn attempt_attributes(method: &'static str, endpoint: SocketAddr, number: u32) -> [KeyValue; 5] {
+    [
+        KeyValue::new("http.request.method", method),
+        KeyValue::new("server.address", endpoint.ip().to_string()),
+        KeyValue::new("server.port", i64::from(endpoint.port())),
+        KeyValue::new("remora.endpoint", endpoint.to_string()),
+        KeyValue::new("remora.attempt", i64::from(number)),
+    ]
+}
+
+impl CallInner {
+    /// Records the kept first try as a span of its own (a retry is starting).
+    fn record_first_try(&self) {
+        let first = self
+            .first_try
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let (Some(first), Some(tracer)) = (first, &self.tracing.0.tracer) else {
+            return;
+        };
+        let builder = SpanBuilder::from_name("attempt")
+            .with_kind(SpanKind::Client)
+            .with_start_time(first.started)
+            .with_attributes(attempt_attributes(first.method, first.endpoint, 1));
+        let cx = self
+            .cx
+            .with_span(tracer.build_with_context(builder, &self.cx));
+        let span = cx.span();
+        first.outcome.record(&span);
+        span.end_with_timestamp(first.ended);
+    }
 }
 
 impl Attempt {
     /// Records how the try ended (at response headers) and ends its span; a gRPC answer
     /// whose status comes in its trailers is recorded when its body ends instead.
     pub fn end(self, result: &mut Result<Response<ProxyBody>, ProxyError>) {
-        let Some(cx) = self.0 else {
-            return;
-        };
-        let span = cx.span();
-        if !span.is_recording() {
-            span.end();
-            return;
-        }
-        let response = match result {
-            Ok(response) => response,
-            Err(error) => {
-                span.set_attribute(KeyValue::new("error.type", error.reason()));
-                span.set_status(Status::error(error.to_string()));
+        match self.0 {
+            AttemptKind::None => {}
+            AttemptKind::Span(cx) => {
+                let span = cx.span();
+                if span.is_recording() {
+                    if let Some(waiting) = waiting_for_trailers(&cx, result) {
+                        if let Ok(response) = result {
+                            trailers::watch(response, trailers::Waiter::Attempt(waiting));
+                        }
+                        return;
+                    }
+                    TryOutcome::of(result).record(&span);
+                }
                 span.end();
-                return;
             }
-        };
-        let status = response.status().as_u16();
-        let grpc_status = grpc_status(response.headers());
-        span.set_attribute(KeyValue::new(
-            "http.response.status_code",
-            i64::from(status),
-        ));
-        if grpc_status.is_none()
-            && trailers::grpc_status_at(response.headers()) == trailers::GrpcStatusAt::Trailers
-        {
-            let waiting = trailers::AttemptWaiting { cx, status };
-            trailers::watch(response, trailers::Waiter::Attempt(waiting));
-            return;
+            // No span unless a retry follows, and none follows a response that streams:
+            // the call span records this try's trailers.
+            AttemptKind::First {
+                call,
+                started,
+                method,
+                endpoint,
+            } => {
+                let first = FirstTry {
+                    started,
+                    ended: SystemTime::now(),
+                    method,
+                    endpoint,
+                    outcome: TryOutcome::of(result),
+                };
+                *call
+                    .0
+                    .first_try
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(first);
+            }
         }
-        if let Some(code) = grpc_status {
-            span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
-        }
-        if let Some(error) = error_status(status, grpc_status, Direction::Outbound, None) {
-            span.set_status(error);
-        }
-        span.end();
     }
+}
+
+/// When `result` is a gRPC answer whose status comes in its trailers: the attempt span
+/// `cx` (its HTTP status recorded now) to settle at the trailers.
+fn waiting_for_trailers(
+    cx: &Context,
+    result: &Result<Response<ProxyBody>, ProxyError>,
+) -> Option<trailers::AttemptWaiting> {
+    let response = result.as_ref().ok()?;
+    let headers = response.headers();
+    if grpc_status(headers).is_some()
+        || trailers::grpc_status_at(headers) != trailers::GrpcStatusAt::Trailers
+    {
+        return None;
+    }
+    let status = response.status().as_u16();
+    cx.span().set_attribute(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
+    Some(trailers::AttemptWaiting {
+        cx: cx.clone(),
+        status,
+    })
 }
 
 /// Records a decision (retry, breaker, fallback, ...) as an event on the current span.
@@ -640,16 +809,19 @@ fn error_status(
     failed.then(|| describe(format!("gRPC status {code}")))
 }
 
-/// Attributes every request span and attempt span carries.
-fn request_attributes<B>(
+/// The attributes of a request (call) span, known when it starts.
+fn call_attributes<B>(
     request: &Request<B>,
     direction: Direction,
     grpc: Option<(&str, &str)>,
 ) -> Vec<KeyValue> {
-    let mut attributes = Vec::with_capacity(10);
+    let mut attributes = Vec::with_capacity(11);
     attributes.push(KeyValue::new(
         "http.request.method",
-        request.method().to_string(),
+        match method_name(request.method()) {
+            "HTTP" => Cow::Owned(request.method().to_string()),
+            known => Cow::Borrowed(known),
+        },
     ));
     attributes.push(KeyValue::new("url.path", request.uri().path().to_string()));
     attributes.push(KeyValue::new(

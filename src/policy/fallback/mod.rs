@@ -445,11 +445,9 @@ where
                     };
                     match Policy::settle(policy, result, prepared) {
                         Settled::Now(result) => return Poll::Ready(result),
-                        Settled::Ask(answer) => self
-                            .as_mut()
-                            .project()
-                            .state
-                            .set(State::Asking { answer }),
+                        Settled::Ask(answer) => {
+                            self.as_mut().project().state.set(State::Asking { answer })
+                        }
                     }
                 }
                 StateProj::Asking { answer } => return answer.as_mut().poll(cx),
