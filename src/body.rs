@@ -3,7 +3,8 @@
 //! Proxied bodies stream through untouched (`Incoming`); bodies remora writes itself are
 //! small and whole (`Full`, or `Trailed` when it ends in trailers). An enum rather than a
 //! boxed trait object keeps the hot path free of a per-request allocation; only a policy
-//! that must watch or replay a body's frames pays for `Boxed`, and only where it applies.
+//! that must watch or replay a body's frames pays for `Boxed`, and only where it applies,
+//! and only a gRPC response whose status comes in trailers pays for `Watched`.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -54,6 +55,11 @@ pin_project! {
         Pooled {
             #[pin]
             body: crate::upstream::PooledBody,
+        },
+        /// A gRPC response whose status, in its trailers, someone waits for (the request
+        /// span, the access log, the request counter). Boxed: only such responses pay.
+        Watched {
+            body: Box<crate::trace::trailers::GrpcStatusBody>,
         },
     }
 }
@@ -149,6 +155,7 @@ impl Body for ProxyBody {
                 Pin::new(rest.as_mut()).poll_frame(cx)
             }
             ProxyBodyProj::Pooled { body } => body.poll_frame(cx),
+            ProxyBodyProj::Watched { body } => Pin::new(body.as_mut()).poll_frame(cx),
         }
     }
 
@@ -160,6 +167,7 @@ impl Body for ProxyBody {
             Self::Boxed { body } => body.is_end_stream(),
             Self::Prefixed { first, rest } => first.is_none() && rest.is_end_stream(),
             Self::Pooled { body } => body.is_end_stream(),
+            Self::Watched { body } => body.is_end_stream(),
         }
     }
 
@@ -188,6 +196,7 @@ impl Body for ProxyBody {
                 hint
             }
             Self::Pooled { body } => body.size_hint(),
+            Self::Watched { body } => body.size_hint(),
         }
     }
 }

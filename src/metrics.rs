@@ -1,10 +1,11 @@
 //! The Prometheus registry and the metrics the request path records.
 //!
-//! Label values are cheap to build on the hot path: a direction enum, the service name as
-//! a shared `Arc<str>`, the status code as a number. The request path does not even
-//! build them per request: a [`ServiceMetrics`] held by each service's target caches
-//! the handles of its latency histogram and of its request counters for the common
-//! statuses, looked up in the families once per config.
+//! Label values are cheap to build on the hot path: a direction enum, the service and
+//! route names as shared `Arc<str>`s, the status and gRPC code as numbers. The request
+//! path does not even build them per request: a [`ServiceMetrics`] held by each service's
+//! target caches the handle of its latency histogram, and a [`RouteMetrics`] held by each
+//! of its routes caches its request counters for the common statuses and for every gRPC
+//! code, looked up in the families once per config.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
@@ -52,6 +53,55 @@ impl EncodeLabelValue for ServiceLabel {
     }
 }
 
+/// The `route` label of requests no configured route takes (and of those no service
+/// takes).
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// A route's name as a label value, shared rather than copied per request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteLabel(pub Arc<str>);
+
+impl EncodeLabelValue for RouteLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+/// The gRPC status of an answer, as the `grpc_code` label: bounded to the codes of the
+/// gRPC spec, so an upstream cannot grow the label set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrpcCode {
+    /// Not a gRPC answer: the empty label.
+    NotGrpc,
+    /// A code of the gRPC spec: 0 (OK) to 16 (UNAUTHENTICATED).
+    Code(u8),
+    /// A gRPC answer whose status is missing, malformed or outside the spec's codes.
+    Unknown,
+}
+
+impl GrpcCode {
+    /// The highest code the gRPC spec defines (UNAUTHENTICATED).
+    pub const MAX: u8 = 16;
+
+    /// The label of a gRPC answer whose status is `code` (`None`: it has none).
+    pub fn of(code: Option<u32>) -> Self {
+        match code.and_then(|code| u8::try_from(code).ok()) {
+            Some(code) if code <= Self::MAX => Self::Code(code),
+            _ => Self::Unknown,
+        }
+    }
+}
+
+impl EncodeLabelValue for GrpcCode {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        match self {
+            Self::NotGrpc => Ok(()),
+            Self::Code(code) => write!(encoder, "{code}"),
+            Self::Unknown => encoder.write_str("unknown"),
+        }
+    }
+}
+
 /// Labels of a metric counted per service and nothing else (shed calls, rate-limited
 /// calls, retries, ejections, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -96,8 +146,12 @@ pub struct RequestLabels {
     pub direction: Direction,
     /// The service the request was for (`unknown` when no route matched).
     pub service: ServiceLabel,
+    /// The service's route that took it ([`DEFAULT_ROUTE`] when none did).
+    pub route: RouteLabel,
     /// The HTTP status sent to the caller.
     pub status: u16,
+    /// The gRPC status sent to the caller (empty for answers that are not gRPC).
+    pub grpc_code: GrpcCode,
 }
 
 /// Labels of the latency histogram.
@@ -158,7 +212,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
-            "Requests answered, by direction, service and status",
+            "Requests answered, by direction, service, route, status and gRPC code",
             requests.clone(),
         );
         let duration = Family::<ServiceLabels, Histogram>::new_with_constructor(|| {
@@ -210,76 +264,114 @@ impl Metrics {
         &mut self.registry
     }
 
-    /// Records one answered request.
+    /// Records one answered request of `service` that no route took, looking its series
+    /// up (requests no service takes, and the rare combinations no cache holds).
     pub fn record_request(
         &self,
         direction: Direction,
         service: &Arc<str>,
         status: u16,
+        grpc_code: GrpcCode,
         elapsed: Duration,
     ) {
-        let service = ServiceLabel(service.clone());
         self.duration
             .get_or_create(&ServiceLabels {
                 direction,
-                service: service.clone(),
+                service: ServiceLabel(service.clone()),
             })
             .observe(elapsed.as_secs_f64());
-        self.requests
-            .get_or_create(&RequestLabels {
-                direction,
-                service,
-                status,
-            })
-            .inc();
+        let route = RouteLabel(Arc::from(DEFAULT_ROUTE));
+        self.count(direction, service, route, status, grpc_code);
     }
 
-    /// Records one answered request through `cache`, the handles of `service` in
-    /// `direction` (filled on first use).
+    /// Records one answered request of `series`: its time to response headers and its
+    /// count, through the series' cached handles.
     pub fn record_request_cached(
         &self,
-        cache: &ServiceMetrics,
-        direction: Direction,
-        service: &Arc<str>,
+        series: &Series<'_>,
         status: u16,
+        grpc_code: GrpcCode,
         elapsed: Duration,
     ) {
-        let handles = cache.handles.get_or_init(|| ServiceHandles {
-            direction,
-            duration: self
-                .duration
-                .get_or_create(&ServiceLabels {
-                    direction,
-                    service: ServiceLabel(service.clone()),
-                })
-                .clone(),
-            by_status: Default::default(),
-        });
-        if handles.direction != direction {
+        self.observe_duration(series, elapsed);
+        self.count_request(series, status, grpc_code);
+    }
+
+    /// Records the time to response headers of one request of `series`.
+    pub fn observe_duration(&self, series: &Series<'_>, elapsed: Duration) {
+        let handles = self.handles(series);
+        if handles.direction != series.direction {
             // A target serves one direction; never taken, but never wrong either.
-            self.record_request(direction, service, status, elapsed);
+            self.duration
+                .get_or_create(&ServiceLabels {
+                    direction: series.direction,
+                    service: ServiceLabel(series.service.clone()),
+                })
+                .observe(elapsed.as_secs_f64());
             return;
         }
         handles.duration.observe(elapsed.as_secs_f64());
-        let Some(slot) = common_status_slot(status) else {
-            self.requests
-                .get_or_create(&RequestLabels {
-                    direction,
-                    service: ServiceLabel(service.clone()),
-                    status,
-                })
-                .inc();
+    }
+
+    /// Counts one answered request of `series` (its answer's gRPC status may come
+    /// after its headers, so this is separate from [`observe_duration`](Self::observe_duration)).
+    pub fn count_request(&self, series: &Series<'_>, status: u16, grpc_code: GrpcCode) {
+        let route = series.route;
+        let slot = match grpc_code {
+            GrpcCode::NotGrpc => common_status_slot(status).map(|i| &route.by_status[i]),
+            GrpcCode::Code(code) if status == 200 => route.by_grpc_code.get(usize::from(code)),
+            _ => None,
+        };
+        let cached = self.handles(series).direction == series.direction;
+        let Some(slot) = slot.filter(|_| cached) else {
+            let label = RouteLabel(route.label.clone());
+            self.count(series.direction, series.service, label, status, grpc_code);
             return;
         };
-        handles.by_status[slot]
-            .get_or_init(|| {
-                self.requests
-                    .get_or_create(&RequestLabels {
-                        direction,
-                        service: ServiceLabel(service.clone()),
-                        status,
-                    })
-                    .clone()
+        slot.get_or_init(|| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    direction: series.direction,
+                    service: ServiceLabel(series.service.clone()),
+                    route: RouteLabel(route.label.clone()),
+                    status,
+                    grpc_code,
+                })
+                .clone()
+        })
+        .inc();
+    }
+
+    /// The service's cached handles, made for the direction of its first request.
+    fn handles<'s>(&self, series: &Series<'s>) -> &'s ServiceHandles {
+        series.cache.handles.get_or_init(|| ServiceHandles {
+            direction: series.direction,
+            duration: self
+                .duration
+                .get_or_create(&ServiceLabels {
+                    direction: series.direction,
+                    service: ServiceLabel(series.service.clone()),
+                })
+                .clone(),
+        })
+    }
+
+    /// Counts one request, looking its series up.
+    fn count(
+        &self,
+        direction: Direction,
+        service: &Arc<str>,
+        route: RouteLabel,
+        status: u16,
+        grpc_code: GrpcCode,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                direction,
+                service: ServiceLabel(service.clone()),
+                route,
+                status,
+                grpc_code,
             })
             .inc();
     }
@@ -304,10 +396,22 @@ fn common_status_slot(status: u16) -> Option<usize> {
     COMMON_STATUSES.iter().position(|&common| common == status)
 }
 
-/// One service's metric handles, cached by its target for the life of one config so
-/// the request path records without hashing labels. Empty until the first request;
-/// the counters of a status appear in the registry only once it was answered (as with
-/// the families themselves).
+/// Where one request counts: its direction, its service and the route that took it,
+/// with the handle caches of both.
+#[derive(Debug, Clone, Copy)]
+pub struct Series<'a> {
+    /// Inbound or outbound.
+    pub direction: Direction,
+    /// The service's name.
+    pub service: &'a Arc<str>,
+    /// The service's cached latency handle.
+    pub cache: &'a ServiceMetrics,
+    /// The route's label and cached counters.
+    pub route: &'a RouteMetrics,
+}
+
+/// One service's latency handle, cached by its target for the life of one config so the
+/// request path records without hashing labels. Empty until the first request.
 #[derive(Debug, Default)]
 pub struct ServiceMetrics {
     handles: OnceLock<ServiceHandles>,
@@ -315,11 +419,38 @@ pub struct ServiceMetrics {
 
 #[derive(Debug)]
 struct ServiceHandles {
-    /// The direction the handles were made for.
+    /// The direction the handles (and the route counters) were made for.
     direction: Direction,
     duration: Histogram,
-    /// Request counters of [`COMMON_STATUSES`], by index.
+}
+
+/// One route's label and request counters (a service's requests no route takes form a
+/// route too, [`DEFAULT_ROUTE`]), cached for the life of one config. A counter appears in
+/// the registry only once its combination was answered (as with the families themselves).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    /// The `route` label, as configured.
+    label: Arc<str>,
+    /// Counters of answers that are not gRPC, by index in [`COMMON_STATUSES`].
     by_status: [OnceLock<Counter>; COMMON_STATUSES.len()],
+    /// Counters of HTTP 200 gRPC answers, by gRPC code.
+    by_grpc_code: [OnceLock<Counter>; GrpcCode::MAX as usize + 1],
+}
+
+impl RouteMetrics {
+    /// The (empty) counters of the route labelled `label`.
+    pub fn new(label: Arc<str>) -> Self {
+        Self {
+            label,
+            by_status: Default::default(),
+            by_grpc_code: Default::default(),
+        }
+    }
+
+    /// The `route` label.
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
+    }
 }
 
 #[cfg(test)]
@@ -331,26 +462,38 @@ mod tests {
         let metrics = Metrics::new();
         let cache = ServiceMetrics::default();
         let name: Arc<str> = Arc::from("shop");
+        let default = RouteMetrics::new(Arc::from(DEFAULT_ROUTE));
+        let series = Series {
+            direction: Direction::Outbound,
+            service: &name,
+            cache: &cache,
+            route: &default,
+        };
         for status in [200, 200, 418] {
             metrics.record_request_cached(
-                &cache,
-                Direction::Outbound,
-                &name,
+                &series,
                 status,
+                GrpcCode::NotGrpc,
                 Duration::from_millis(1),
             );
         }
-        metrics.record_request(Direction::Outbound, &name, 200, Duration::from_millis(1));
+        metrics.record_request(
+            Direction::Outbound,
+            &name,
+            200,
+            GrpcCode::NotGrpc,
+            Duration::from_millis(1),
+        );
         let text = metrics.encode();
         assert!(
             text.contains(
-                r#"remora_requests_total{direction="outbound",service="shop",status="200"} 3"#
+                r#"remora_requests_total{direction="outbound",service="shop",route="default",status="200",grpc_code=""} 3"#
             ),
             "{text}"
         );
         assert!(
             text.contains(
-                r#"remora_requests_total{direction="outbound",service="shop",status="418"} 1"#
+                r#"remora_requests_total{direction="outbound",service="shop",route="default",status="418",grpc_code=""} 1"#
             ),
             "{text}"
         );
@@ -361,5 +504,47 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains(r#"status="404""#), "{text}");
+    }
+
+    #[test]
+    fn grpc_codes_count_per_route_and_stay_bounded() {
+        let metrics = Metrics::new();
+        let cache = ServiceMetrics::default();
+        let name: Arc<str> = Arc::from("shop");
+        let route = RouteMetrics::new(Arc::from("quotes"));
+        let series = Series {
+            direction: Direction::Inbound,
+            service: &name,
+            cache: &cache,
+            route: &route,
+        };
+        for (status, code) in [
+            (200, Some(5)),
+            (200, Some(5)),
+            (200, Some(0)),
+            (503, Some(14)),
+        ] {
+            metrics.count_request(&series, status, GrpcCode::of(code));
+        }
+        for code in [None, Some(17), Some(u32::MAX)] {
+            metrics.count_request(&series, 200, GrpcCode::of(code));
+        }
+        let text = metrics.encode();
+        let line = |status: u16, code: &str| {
+            format!(
+                r#"remora_requests_total{{direction="inbound",service="shop",route="quotes",status="{status}",grpc_code="{code}"}}"#
+            )
+        };
+        for (series, count) in [
+            (line(200, "5"), 2),
+            (line(200, "0"), 1),
+            (line(503, "14"), 1),
+            (line(200, "unknown"), 3),
+        ] {
+            assert!(
+                text.contains(&format!("{series} {count}\n")),
+                "{series} {count} in {text}"
+            );
+        }
     }
 }

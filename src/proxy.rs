@@ -20,9 +20,11 @@ use tower::ServiceExt;
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::metrics::Direction;
-use crate::route::Target;
+use crate::metrics::{Direction, GrpcCode, Metrics, Series};
+use crate::policy::Stack;
+use crate::route::{RouteId, Target};
 use crate::sidecar::{Shared, State};
+use crate::trace::trailers::{grpc_status_at, watch, GrpcStatusAt, Waiter};
 use crate::upstream::{requested_upgrade, set_forwarded, strip_hop_by_hop, ForwardedFor};
 
 /// Request extension: the address of the client connection (rate-limit keys use it).
@@ -150,10 +152,13 @@ impl ProxyService {
             Err(error) => {
                 let response = error.to_response(grpc);
                 let service = unknown_service();
+                // remora's own answers carry a gRPC status in their headers.
+                let grpc_code = grpc_code_in_headers(response.headers());
                 self.shared.metrics.record_request(
                     direction,
                     &service,
                     response.status().as_u16(),
+                    grpc_code.unwrap_or(GrpcCode::Unknown),
                     started.elapsed(),
                 );
                 tracing::debug!(peer = %self.peer, %error, "refused");
@@ -161,7 +166,10 @@ impl ProxyService {
             }
         };
         crate::trace::routed(&request, &target.name); // tracing: name the service on the span
-        let response = match forward(&target, request, self.peer, &self.forwarded_for).await {
+        let route_id = target.route_for(request.uri().path());
+        let route = target.route(route_id);
+        let forwarded = forward(&route.stack, request, self.peer, &self.forwarded_for).await;
+        let mut response = match forwarded {
             Ok(response) => {
                 if let Some(trigger) = response
                     .headers()
@@ -197,14 +205,66 @@ impl ProxyService {
                 error.to_response(grpc)
             }
         };
-        self.shared.metrics.record_request_cached(
-            &target.metrics,
+        let series = Series {
             direction,
-            &target.name,
-            response.status().as_u16(),
-            started.elapsed(),
-        );
+            service: &target.name,
+            cache: &target.metrics,
+            route: &route.metrics,
+        };
+        let metrics = &self.shared.metrics;
+        let status = response.status().as_u16();
+        let Some(grpc_code) = grpc_code_in_headers(response.headers()) else {
+            // Counted once the trailers say how the call ended.
+            metrics.observe_duration(&series, started.elapsed());
+            let count = RequestCount {
+                metrics: metrics.clone(),
+                target: target.clone(),
+                route: route_id,
+                direction,
+                status,
+            };
+            watch(&mut response, Waiter::Count(count));
+            return response;
+        };
+        metrics.record_request_cached(&series, status, grpc_code, started.elapsed());
         response
+    }
+}
+
+/// The `grpc_code` label of an answer with `headers`, or `None` when its gRPC status
+/// comes in its trailers.
+fn grpc_code_in_headers(headers: &http::HeaderMap) -> Option<GrpcCode> {
+    match grpc_status_at(headers) {
+        GrpcStatusAt::NotGrpc => Some(GrpcCode::NotGrpc),
+        GrpcStatusAt::Headers(code) => Some(GrpcCode::of(code)),
+        GrpcStatusAt::Trailers => None,
+    }
+}
+
+/// The count of a request whose gRPC status comes in its response's trailers: it waits
+/// in the response body (see [`crate::trace::trailers`]) and counts when they arrive.
+#[derive(Debug)]
+pub struct RequestCount {
+    metrics: Arc<Metrics>,
+    /// Keeps the route's cached counters alive past a reload.
+    target: Arc<Target>,
+    route: RouteId,
+    direction: Direction,
+    /// The HTTP status sent to the caller.
+    status: u16,
+}
+
+impl RequestCount {
+    /// Counts the request with its gRPC status.
+    pub fn record(self, grpc_code: GrpcCode) {
+        let route = self.target.route(self.route);
+        let series = Series {
+            direction: self.direction,
+            service: &self.target.name,
+            cache: &self.target.metrics,
+            route: &route.metrics,
+        };
+        self.metrics.count_request(&series, self.status, grpc_code);
     }
 }
 
@@ -232,9 +292,9 @@ fn route<B>(state: &State, entry: &Entry, request: &Request<B>) -> Result<Arc<Ta
     found.map_err(ProxyError::UnknownDestination)
 }
 
-/// Cleans `request` for its hop and sends it through `target`'s stack.
+/// Cleans `request` for its hop and sends it through `stack`.
 async fn forward(
-    target: &Target,
+    stack: &Stack,
     request: Request<Incoming>,
     peer: SocketAddr,
     forwarded_for: &ForwardedFor,
@@ -273,8 +333,7 @@ async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol);
     }
-    target
-        .stack_for(parts.uri.path())
+    stack
         .clone()
         .oneshot(Request::from_parts(parts, body))
         .await

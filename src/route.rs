@@ -4,6 +4,9 @@
 //! service's dedicated port (the port decides) or on the shared outbound port, where the
 //! `Host` / `:authority` name (port stripped, case-folded) and the longest matching path
 //! prefix decide. Anything else is refused: remora is never an open proxy.
+//!
+//! Within a service, [`Target::route_for`] picks the configured route (policies of its
+//! own, a `route` metrics label) a request takes, or the default one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +14,7 @@ use std::sync::Arc;
 use http::Request;
 
 use crate::balance::EndpointSet;
+use crate::metrics::{RouteMetrics, ServiceMetrics, DEFAULT_ROUTE};
 use crate::policy::{RouteMatcher, ServiceStacks, Stack};
 
 /// A service as the request path sees it: where to send and how.
@@ -19,32 +23,77 @@ pub struct Target {
     pub name: Arc<str>,
     /// Its endpoints, kept current by discovery.
     pub endpoints: Arc<EndpointSet>,
-    /// The stack of requests no route takes.
-    stack: Stack,
+    /// The route of requests no configured route takes ([`DEFAULT_ROUTE`]).
+    default: Route,
     /// Routes with policies of their own; the first match wins.
-    routes: Vec<(RouteMatcher, Stack)>,
-    /// Its metric handles, looked up once per config.
-    pub metrics: crate::metrics::ServiceMetrics,
+    routes: Vec<(RouteMatcher, Route)>,
+    /// Its latency handle, looked up once per config.
+    pub metrics: ServiceMetrics,
 }
 
+/// One way through a service: a configured route, or the default one.
+pub struct Route {
+    /// The stack its requests go through.
+    pub stack: Stack,
+    /// Its `route` label and request counters.
+    pub metrics: RouteMetrics,
+}
+
+/// Which route of a [`Target`] took a request: small and `Copy`, so that a response body
+/// can keep it until its request is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteId(Option<usize>);
+
 impl Target {
-    /// A target with its stacks.
-    pub fn new(name: Arc<str>, endpoints: Arc<EndpointSet>, stacks: ServiceStacks) -> Self {
+    /// A target with its stacks. `route_labels` name `stacks.routes` in order (both come
+    /// from the service's `routes`, in config order).
+    pub fn new<'a>(
+        name: Arc<str>,
+        endpoints: Arc<EndpointSet>,
+        stacks: ServiceStacks,
+        route_labels: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let mut labels = route_labels.into_iter();
+        let routes = stacks
+            .routes
+            .into_iter()
+            .map(|(matcher, stack)| {
+                let label = labels.next().unwrap_or(DEFAULT_ROUTE);
+                (matcher, Route::new(stack, label))
+            })
+            .collect();
         Self {
             name,
             endpoints,
-            stack: stacks.default,
-            routes: stacks.routes,
+            default: Route::new(stacks.default, DEFAULT_ROUTE),
+            routes,
             metrics: Default::default(),
         }
     }
 
-    /// The stack a request with `path` goes through.
-    pub fn stack_for(&self, path: &str) -> &Stack {
-        self.routes
-            .iter()
-            .find(|(matcher, _)| matcher.matches(path))
-            .map_or(&self.stack, |(_, stack)| stack)
+    /// The route a request with `path` takes: the first configured one that matches,
+    /// else the default.
+    pub fn route_for(&self, path: &str) -> RouteId {
+        RouteId(
+            self.routes
+                .iter()
+                .position(|(matcher, _)| matcher.matches(path)),
+        )
+    }
+
+    /// The route `id` names.
+    pub fn route(&self, id: RouteId) -> &Route {
+        id.0.and_then(|i| self.routes.get(i))
+            .map_or(&self.default, |(_, route)| route)
+    }
+}
+
+impl Route {
+    fn new(stack: Stack, label: &str) -> Self {
+        Self {
+            stack,
+            metrics: RouteMetrics::new(Arc::from(label)),
+        }
     }
 }
 
@@ -179,7 +228,7 @@ mod tests {
             default: crate::policy::bare(forward),
             routes: Vec::new(),
         };
-        Arc::new(Target::new(name.into(), endpoints, stacks))
+        Arc::new(Target::new(name.into(), endpoints, stacks, []))
     }
 
     fn request(host: &str, path: &str) -> Request<()> {

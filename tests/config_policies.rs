@@ -159,6 +159,43 @@ fn a_route_matches_on_exactly_one_thing() {
 }
 
 #[test]
+fn route_labels_default_to_the_match_and_must_be_distinct() {
+    let config = config::parse("remora.yaml", BASE).expect("valid");
+    let labels: Vec<&str> = config.services["prices"]
+        .routes
+        .iter()
+        .map(|route| route.label())
+        .collect();
+    assert_eq!(labels, ["/slow", "shop.Prices/Quote"]);
+
+    let named = BASE.replace(
+        "      - match: { grpc_method: shop.Prices/Quote }",
+        "      - name: quote\n        match: { grpc_method: shop.Prices/Quote }",
+    );
+    let config = config::parse("remora.yaml", &named).expect("valid");
+    assert_eq!(config.services["prices"].routes[1].label(), "quote");
+
+    let clash = BASE.replace(
+        "      - match: { grpc_method: shop.Prices/Quote }",
+        "      - name: /slow\n        match: { grpc_method: shop.Prices/Quote }",
+    );
+    let error = error_of(&clash);
+    assert!(
+        error.contains("services.prices.routes[1].name: routes[0] already has the label \"/slow\""),
+        "{error}"
+    );
+    let reserved = BASE.replace(
+        "      - match: { grpc_method: shop.Prices/Quote }",
+        "      - name: default\n        match: { grpc_method: shop.Prices/Quote }",
+    );
+    let error = error_of(&reserved);
+    assert!(
+        error.contains("services.prices.routes[1].name: invalid route name \"default\""),
+        "{error}"
+    );
+}
+
+#[test]
 fn an_unknown_fallback_trigger_lists_the_known_ones() {
     let error = error_of(&BASE.replace("no_endpoint,", "no_endpoints,"));
     assert!(error.starts_with("remora.yaml:20:"), "{error}");

@@ -84,7 +84,7 @@ async fn metrics_are_valid_text_and_move_with_traffic() {
     assert!(check_exposition(&after) > 20);
     let requests = metric(
         admin,
-        "remora_requests_total{direction=\"outbound\",service=\"svc\",status=\"200\"}",
+        "remora_requests_total{direction=\"outbound\",service=\"svc\",route=\"default\",status=\"200\",grpc_code=\"\"}",
     )
     .await;
     assert_eq!(requests, 5.0);
@@ -99,4 +99,112 @@ async fn metrics_are_valid_text_and_move_with_traffic() {
     )
     .await;
     assert_eq!(latency, 5.0);
+}
+
+/// `remora_requests_total` of one label combination (outbound).
+fn requests(service: &str, route: &str, status: u16, grpc_code: &str) -> String {
+    format!(
+        "remora_requests_total{{direction=\"outbound\",service=\"{service}\",route=\"{route}\",status=\"{status}\",grpc_code=\"{grpc_code}\"}}"
+    )
+}
+
+#[tokio::test]
+async fn requests_are_counted_by_route_and_grpc_code() {
+    let grpc = echo::serve().await;
+    let (web, _log) = recording("web").await;
+    let proxy = sidecar(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         outbound: {{ listen: 127.0.0.1:0 }}\n\
+         services:\n\
+         \x20 rpc:\n    listen: 127.0.0.1:0\n    protocol: http2\n    endpoints: [{grpc}]\n\
+         \x20   routes:\n\
+         \x20     - match: {{ grpc_method: remora.echo.v1.Echo/Unary }}\n\
+         \x20     - name: streams\n        match: {{ grpc_service: remora.echo.v1.Echo }}\n\
+         \x20 web:\n    listen: 127.0.0.1:0\n    endpoints: [{web}]\n\
+         \x20   routes:\n\
+         \x20     - match: {{ path_prefix: /reports }}\n"
+    ))
+    .await;
+    let admin = proxy.addrs().admin.unwrap();
+
+    // gRPC: OK in trailers (twice), NOT_FOUND trailers-only, NOT_FOUND in trailers after
+    // two messages, OK in trailers after three.
+    let mut client = echo::client(proxy.addrs().service("rpc").unwrap()).await;
+    for _ in 0..2 {
+        client.unary(echo::request("hi")).await.unwrap();
+    }
+    let refused = client.unary(echo::request("fail")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+    assert_eq!(
+        echo::stream_to_end(&mut client, "fail:2").await,
+        (2, tonic::Code::NotFound)
+    );
+    assert_eq!(
+        echo::stream_to_end(&mut client, "3").await,
+        (3, tonic::Code::Ok)
+    );
+    let unary = "remora.echo.v1.Echo/Unary";
+    assert_eq!(metric(admin, &requests("rpc", unary, 200, "0")).await, 2.0);
+    assert_eq!(metric(admin, &requests("rpc", unary, 200, "5")).await, 1.0);
+    assert_eq!(
+        metric(admin, &requests("rpc", "streams", 200, "5")).await,
+        1.0
+    );
+    assert_eq!(
+        metric(admin, &requests("rpc", "streams", 200, "0")).await,
+        1.0
+    );
+    assert_eq!(
+        metric(admin, &requests("rpc", "default", 200, "0")).await,
+        0.0
+    );
+
+    // Plain HTTP: a route by its path prefix, the default route, an unknown service.
+    let web_port = proxy.addrs().service("web").unwrap();
+    assert_eq!(get(&format!("http://{web_port}/reports/7")).await.0, 200);
+    assert_eq!(get(&format!("http://{web_port}/other")).await.0, 200);
+    assert_eq!(get(&format!("http://{web_port}/other")).await.0, 200);
+    let outbound = proxy.addrs().outbound.unwrap();
+    let refused = raw(
+        outbound,
+        b"GET / HTTP/1.1\r\nhost: nowhere\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&refused), 404, "{refused}");
+    assert_eq!(
+        metric(admin, &requests("web", "/reports", 200, "")).await,
+        1.0
+    );
+    assert_eq!(
+        metric(admin, &requests("web", "default", 200, "")).await,
+        2.0
+    );
+    assert_eq!(
+        metric(admin, &requests("unknown", "default", 404, "")).await,
+        1.0
+    );
+    // Latency stays per service, to response headers: one sample per call.
+    assert_eq!(
+        metric(
+            admin,
+            "remora_request_duration_seconds_count{direction=\"outbound\",service=\"rpc\"}"
+        )
+        .await,
+        5.0
+    );
+}
+
+#[tokio::test]
+async fn an_abandoned_grpc_stream_counts_as_unknown() {
+    let grpc = echo::serve().await;
+    let proxy = outbound_to(&[grpc], "http2").await;
+    let admin = proxy.addrs().admin.unwrap();
+    let _open = echo::abandon_bidi(proxy.addrs().service("svc").unwrap()).await;
+    let series = requests("svc", "default", 200, "unknown");
+    let counted = eventually(std::time::Duration::from_secs(5), || async {
+        metric(admin, &series).await == 1.0
+    })
+    .await;
+    let (_, _, text) = get(&format!("http://{admin}/metrics")).await;
+    assert!(counted, "{series} never reached 1: {text}");
 }

@@ -475,3 +475,151 @@ async fn decisions_are_span_events() {
     assert!(events.iter().any(|e| e == "fallback"), "{events:?}");
     assert!(events.iter().any(|e| e == "rate-limited"), "{events:?}");
 }
+
+/// Access log lines written on this thread while it lives (`#[tokio::test]` runs the
+/// sidecars' tasks on the test's thread).
+#[derive(Clone, Default)]
+struct LogLines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogLines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogLines {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let lines = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || lines.clone())
+            .with_ansi(false)
+            .with_env_filter("remora::access=info")
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// The access log lines of requests to `path`.
+    fn access(&self, path: &str) -> Vec<String> {
+        let text = self.text();
+        let path = format!("path={path:?} ");
+        text.lines()
+            .filter(|line| line.contains("remora::access") && line.contains(&path))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// The request span named `name` of `service` (not an attempt) and its one attempt.
+fn call_and_attempt<'a>(
+    spans: &'a [ReceivedSpan],
+    service: &str,
+    name: &str,
+) -> (&'a ReceivedSpan, &'a ReceivedSpan) {
+    let call = spans
+        .iter()
+        .find(|s| s.service == service && s.name == name)
+        .unwrap_or_else(|| panic!("no {service} span {name} in {spans:#?}"));
+    let attempt = spans
+        .iter()
+        .find(|s| s.name == "attempt" && s.parent_span_id == call.span_id)
+        .unwrap_or_else(|| panic!("no attempt under {call:#?}"));
+    (call, attempt)
+}
+
+#[tokio::test]
+async fn grpc_status_from_trailers_is_on_the_spans_and_in_the_access_log() {
+    let log = LogLines::default();
+    let _capture = log.capture();
+    let (collector, received) = otlp_receiver::grpc().await;
+    let app = support::echo::serve().await;
+    let sidecar_b = inbound(app, every_try(exporting("b", collector))).await;
+    let sidecar_a = outbound(
+        sidecar_b.addrs().inbound.unwrap(),
+        every_try(exporting("a", collector)),
+    )
+    .await;
+    let mut client = support::echo::client(sidecar_a.addrs().service("svc").unwrap()).await;
+
+    // OK, in the trailers of a unary reply.
+    client.unary(support::echo::request("hi")).await.unwrap();
+    // NOT_FOUND, in the trailers after two streamed messages.
+    let ended = support::echo::stream_to_end(&mut client, "fail:2").await;
+    assert_eq!(ended, (2, tonic::Code::NotFound));
+    sidecar_a.handle().tracing().flush().await;
+    sidecar_b.handle().tracing().flush().await;
+    let spans = received.wait_for(8, WAIT).await;
+    assert_eq!(spans.len(), 8, "{spans:#?}");
+
+    let unary = "remora.echo.v1.Echo/Unary";
+    for service in ["a", "b"] {
+        let (call, attempt) = call_and_attempt(&spans, service, unary);
+        assert_eq!(call.attr("rpc.grpc.status_code"), Some("0"), "{call:#?}");
+        assert_eq!(call.attr("http.response.status_code"), Some("200"));
+        assert_eq!(call.status_code, 0, "{call:#?}");
+        assert_eq!(attempt.attr("rpc.grpc.status_code"), Some("0"));
+        assert_eq!(attempt.status_code, 0, "{attempt:#?}");
+    }
+
+    let stream = "remora.echo.v1.Echo/ServerStream";
+    let (a_call, a_try) = call_and_attempt(&spans, "a", stream);
+    let (b_server, b_try) = call_and_attempt(&spans, "b", stream);
+    assert_eq!(a_call.kind, SpanKind::Client);
+    assert_eq!(b_server.kind, SpanKind::Server);
+    for span in [a_call, a_try, b_server, b_try] {
+        assert_eq!(span.attr("rpc.grpc.status_code"), Some("5"), "{span:#?}");
+    }
+    // NOT_FOUND fails a client's call, not a server's (it is not a server fault); every
+    // attempt is a client span.
+    assert_eq!(a_call.status_code, 2, "{a_call:#?}");
+    assert_eq!(a_try.status_code, 2, "{a_try:#?}");
+    assert_eq!(b_server.status_code, 0, "{b_server:#?}");
+    assert_eq!(b_try.status_code, 2, "{b_try:#?}");
+
+    // One line per sidecar per call, each with the status from the trailers.
+    let lines = log.access(&format!("/{unary}"));
+    assert_eq!(lines.len(), 2, "{}", log.text());
+    assert!(
+        lines.iter().all(|l| l.contains(" grpc_status=0 ")),
+        "{lines:#?}"
+    );
+    let lines = log.access(&format!("/{stream}"));
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines.iter().all(|l| l.contains(" grpc_status=5 ")),
+        "{lines:#?}"
+    );
+    sidecar_a.shutdown().await;
+    sidecar_b.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_abandoned_grpc_stream_still_ends_its_spans() {
+    let (collector, received) = otlp_receiver::grpc().await;
+    let app = support::echo::serve().await;
+    let sidecar = outbound(app, every_try(exporting("a", collector))).await;
+    let _open = support::echo::abandon_bidi(sidecar.addrs().service("svc").unwrap()).await;
+    let ended = support::eventually(WAIT, || async {
+        sidecar.handle().tracing().flush().await;
+        received.spans().len() >= 2
+    })
+    .await;
+    let spans = received.spans();
+    assert!(ended, "the spans never ended: {spans:#?}");
+    let (call, attempt) = call_and_attempt(&spans, "a", "remora.echo.v1.Echo/Bidi");
+    assert_eq!(call.attr("error.type"), Some("cancelled"), "{call:#?}");
+    assert_eq!(call.attr("rpc.grpc.status_code"), None);
+    assert_eq!(call.attr("http.response.status_code"), Some("200"));
+    assert_eq!(
+        attempt.attr("error.type"),
+        Some("cancelled"),
+        "{attempt:#?}"
+    );
+}

@@ -246,6 +246,9 @@ pub struct AbortFaultPolicy {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// The route's `route` label in metrics; by default its match text.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Which requests the route takes.
     #[serde(rename = "match")]
     pub matches: RouteMatch,
@@ -264,6 +267,23 @@ pub struct RouteConfig {
     /// Fault name, or `none`.
     #[serde(default)]
     pub fault: Option<String>,
+}
+
+impl RouteConfig {
+    /// The route's metrics label: its `name`, else what it matches as written (the path
+    /// prefix, `package.Service/Method` or `package.Service`).
+    pub fn label(&self) -> &str {
+        if let Some(name) = &self.name {
+            return name;
+        }
+        let matches = &self.matches;
+        matches
+            .path_prefix
+            .as_deref()
+            .or(matches.grpc_method.as_deref())
+            .or(matches.grpc_service.as_deref())
+            .unwrap_or_default()
+    }
 }
 
 /// What a route matches: exactly one of the fields.

@@ -8,6 +8,7 @@ use super::error::{closest, FieldPath};
 use super::policies::{FallbackPolicy, PoliciesConfig, RouteConfig};
 use super::schema::Config;
 use super::validate::Issue;
+use crate::metrics::DEFAULT_ROUTE;
 
 /// Every problem with the policies and their references.
 pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {
@@ -89,6 +90,7 @@ pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {
         for (i, route) in service.routes.iter().enumerate() {
             check_route(policies, &path.key("routes").index(i), route, issues);
         }
+        check_route_names(&path.key("routes"), &service.routes, issues);
     }
 }
 
@@ -156,6 +158,28 @@ fn check_in_flight(path: &FieldPath, value: Option<usize>, issues: &mut Vec<Issu
             path.key("max_in_flight"),
             "max_in_flight must be at least 1",
         ));
+    }
+}
+
+/// Each route's label (its `name`, or its match text) is its own: two routes, or a route
+/// and the requests no route takes, never count into one series unnoticed.
+fn check_route_names(path: &FieldPath, routes: &[RouteConfig], issues: &mut Vec<Issue>) {
+    for (i, route) in routes.iter().enumerate() {
+        let label = route.label();
+        let name_path = path.index(i).key("name");
+        if route.name.is_some() && (label.is_empty() || label == DEFAULT_ROUTE) {
+            issues.push(Issue::at(
+                name_path,
+                format!("invalid route name {label:?}: it must be non-empty and not `{DEFAULT_ROUTE}` (the label of requests no route takes)"),
+            ));
+            continue;
+        }
+        if let Some(first) = routes[..i].iter().position(|r| r.label() == label) {
+            issues.push(Issue::at(
+                name_path,
+                format!("routes[{first}] already has the label {label:?}: give this route a `name` of its own"),
+            ));
+        }
     }
 }
 

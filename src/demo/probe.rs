@@ -253,7 +253,7 @@ remora_breaker_transitions_total{service="catalog",endpoint="",from="closed",to=
 remora_breaker_transitions_total{service="catalog",endpoint="",from="half-open",to="open"} 2
 remora_breaker_transitions_total{service="catalog",endpoint="",from="open",to="half-open"} 2
 remora_breaker_transitions_total{service="catalog",endpoint="127.0.0.1:9",from="closed",to="open"} 5
-remora_requests_total{direction="outbound",service="odd \"name\"",status="200"} 9
+remora_requests_total{direction="outbound",service="odd \"name\"",route="default",status="200",grpc_code=""} 9
 # EOF
 "#;
 

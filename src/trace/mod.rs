@@ -8,7 +8,8 @@
 //! request's extensions. [`attempt`] in `Forward` writes the context the upstream
 //! continues into each try's request and starts a child span per try of retried calls
 //! (of every call with [`AttemptSpans::Always`]); [`RequestTrace::finish`] records the
-//! answer, ends the span and writes the access log line. Policy layers record their
+//! answer, ends the span and writes the access log line (for a gRPC answer whose status
+//! comes in trailers, when its body ends: see [`trailers`]). Policy layers record their
 //! decisions with [`event`] on the current span.
 //!
 //! NOTE: spans use the opentelemetry API directly, not `tracing` + tracing-opentelemetry:
@@ -19,6 +20,7 @@
 
 mod export;
 mod propagation;
+pub mod trailers;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -526,23 +528,48 @@ impl RequestTrace {
     }
 
     /// Records the answer on the span, ends it, writes the access log line and returns
-    /// the response with `x-request-id` set.
+    /// the response with `x-request-id` set. A gRPC answer whose status comes in its
+    /// trailers is recorded (and logged) when its body ends instead; its access log
+    /// `duration_ms` then runs to the end of the body.
     pub fn finish(self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+        if !response.headers().contains_key(&REQUEST_ID) {
+            response
+                .headers_mut()
+                .insert(&REQUEST_ID, self.request_id.clone());
+        }
         let call = &self.call.0;
         let status = response.status().as_u16();
         let grpc_status = grpc_status(response.headers());
         let endpoint = response.extensions().get::<EndpointUsed>().map(|e| e.0);
         let span = call.cx.span();
-        if span.is_recording() {
+        let recording = span.is_recording();
+        if recording {
             span.set_attribute(KeyValue::new(
                 "http.response.status_code",
                 i64::from(status),
             ));
-            if let Some(code) = grpc_status {
-                span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
-            }
             if let Some(endpoint) = endpoint {
                 span.set_attribute(KeyValue::new("remora.endpoint", endpoint.to_string()));
+            }
+        }
+        let observed = recording || call.tracing.0.access_log;
+        if observed
+            && grpc_status.is_none()
+            && trailers::grpc_status_at(response.headers()) == trailers::GrpcStatusAt::Trailers
+        {
+            let reason = response.headers().get(ERROR_HEADER).cloned();
+            let waiting = trailers::RequestWaiting {
+                trace: self,
+                status,
+                endpoint,
+                reason,
+            };
+            trailers::watch(&mut response, trailers::Waiter::Request(waiting));
+            return response;
+        }
+        if recording {
+            if let Some(code) = grpc_status {
+                span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
             }
             let reason = response.headers().get(ERROR_HEADER).map(header_text);
             if let Some(error) = error_status(status, grpc_status, call.direction, reason) {
@@ -550,11 +577,6 @@ impl RequestTrace {
             }
         }
         span.end();
-        if !response.headers().contains_key(&REQUEST_ID) {
-            response
-                .headers_mut()
-                .insert(&REQUEST_ID, self.request_id.clone());
-        }
         if call.tracing.0.access_log {
             self.access_log(status, grpc_status, endpoint);
         }
@@ -685,17 +707,26 @@ impl CallInner {
 }
 
 impl Attempt {
-    /// Records how the try ended (at response headers) and ends its span.
-    pub fn end(self, result: &Result<Response<ProxyBody>, ProxyError>) {
+    /// Records how the try ended (at response headers) and ends its span; a gRPC answer
+    /// whose status comes in its trailers is recorded when its body ends instead.
+    pub fn end(self, result: &mut Result<Response<ProxyBody>, ProxyError>) {
         match self.0 {
             AttemptKind::None => {}
             AttemptKind::Span(cx) => {
                 let span = cx.span();
                 if span.is_recording() {
+                    if let Some(waiting) = waiting_for_trailers(&cx, result) {
+                        if let Ok(response) = result {
+                            trailers::watch(response, trailers::Waiter::Attempt(waiting));
+                        }
+                        return;
+                    }
                     TryOutcome::of(result).record(&span);
                 }
                 span.end();
             }
+            // No span unless a retry follows, and none follows a response that streams:
+            // the call span records this try's trailers.
             AttemptKind::First {
                 call,
                 started,
@@ -717,6 +748,30 @@ impl Attempt {
             }
         }
     }
+}
+
+/// When `result` is a gRPC answer whose status comes in its trailers: the attempt span
+/// `cx` (its HTTP status recorded now) to settle at the trailers.
+fn waiting_for_trailers(
+    cx: &Context,
+    result: &Result<Response<ProxyBody>, ProxyError>,
+) -> Option<trailers::AttemptWaiting> {
+    let response = result.as_ref().ok()?;
+    let headers = response.headers();
+    if grpc_status(headers).is_some()
+        || trailers::grpc_status_at(headers) != trailers::GrpcStatusAt::Trailers
+    {
+        return None;
+    }
+    let status = response.status().as_u16();
+    cx.span().set_attribute(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
+    Some(trailers::AttemptWaiting {
+        cx: cx.clone(),
+        status,
+    })
 }
 
 /// Records a decision (retry, breaker, fallback, ...) as an event on the current span.
@@ -934,7 +989,9 @@ mod tests {
         assert!(sent.ends_with("-01"));
         assert!(!sent.contains("b7ad6b7169203331"));
         assert!(request.headers().contains_key(&REQUEST_ID));
-        attempt.end(&Err(ProxyError::Timeout(std::time::Duration::from_secs(1))));
+        attempt.end(&mut Err(ProxyError::Timeout(
+            std::time::Duration::from_secs(1),
+        )));
         let response = trace.finish(Response::new(ProxyBody::empty()));
         assert!(response.headers().contains_key(&REQUEST_ID));
     }

@@ -175,7 +175,7 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                     .await
             };
             load.finish(result.is_ok());
-            let result = result.map_err(|error| {
+            let mut result = result.map_err(|error| {
                 let endpoint = endpoint.addr.to_string();
                 match error {
                     SendError::Connect(source) => ProxyError::Connect {
@@ -191,7 +191,7 @@ impl tower::Service<Request<ProxyBody>> for Forward {
             for observer in this.observers.iter() {
                 observer.observe(&endpoint, &result, started.elapsed());
             }
-            attempt.end(&result); // tracing
+            attempt.end(&mut result); // tracing (a gRPC answer: at its trailers)
             let mut response = result?;
             response
                 .extensions_mut()

@@ -2,6 +2,8 @@
 //! YAML on ephemeral ports, and raw-socket clients for what well-behaved clients never send.
 #![allow(dead_code)]
 
+pub mod echo;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
