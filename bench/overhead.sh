@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # What remora's optional features cost, in one run on this machine: the bare proxy,
 # the same proxy with every resilience policy configured but none firing, and with
-# tracing at 100% exporting to a local OTLP sink. HTTP/1.1 with wrk and unary gRPC
-# with h2load; targets alternate over ROUNDS rounds and medians are reported, as ratios
-# to the bare proxy (the machine is shared and noisy: compare within one run only).
+# tracing at 100% exporting to a local OTLP sink. HTTP/1.1 and unary gRPC, each measured
+# two ways; variants alternate over ROUNDS rounds and medians are reported, as ratios
+# to the bare proxy (the machine is shared and noisy: compare within one run only):
+#
+# - throughput at saturation (wrk, h2load), as many requests as the proxy takes;
+# - proxy CPU per request at a fixed rate that every variant sustains (h2load --rps,
+#   RATE requests/s in all), from the proxy's utime + stime in /proc/<pid>/stat.
 #
 # Layout as in run.sh: load generator, upstream and OTLP sink on CPU 0, the proxy
-# under test on CPU 1. Usage: bash bench/overhead.sh  (ROUNDS=3 DURATION=8 by default)
+# under test on CPU 1. Usage: bash bench/overhead.sh  (ROUNDS=3 DURATION=8 RATE=32000
+# by default; binaries from $CARGO_TARGET_DIR when set, else target/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +19,9 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 CONNECTIONS=${CONNECTIONS:-64}
 STREAMS=${STREAMS:-10}
+RATE=${RATE:-32000}                       # fixed-rate tests: requests/s in all
+RATE_CONNECTIONS=${RATE_CONNECTIONS:-32}  # ... spread over this many connections
+RATE_STREAMS=${RATE_STREAMS:-4}           # ... and, for gRPC, streams per connection
 UPSTREAM_PORT=${UPSTREAM_PORT:-28080}
 OTLP_PORT=${OTLP_PORT:-28317}
 BASE_PORT=${BASE_PORT:-28100}
@@ -29,8 +37,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
+if [ $((RATE % RATE_CONNECTIONS)) -ne 0 ] || [ "$RATE" -lt "$RATE_CONNECTIONS" ]; then
+    echo "overhead.sh: RATE ($RATE) must be a multiple of RATE_CONNECTIONS ($RATE_CONNECTIONS)" >&2
+    exit 2
+fi
+CLK_TCK=$(getconf CLK_TCK)
+
 cargo build --release --locked --bin remora --example bench_upstream --example otlp_sink >&2
-BIN=target/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 WORK=$(mktemp -d)
 pids=()
 cleanup() {
@@ -46,18 +60,20 @@ taskset -c 0 "$BIN/examples/otlp_sink" "$OTLP_PORT" >"$WORK/sink.log" 2>&1 &
 pids+=($!)
 
 variants=(plain policies traced)
-declare -A port
+declare -A port admin proxy_pid
 i=0
 for variant in "${variants[@]}"; do
     template=bench/remora.yaml.in
     [ "$variant" = plain ] || template="bench/remora-$variant.yaml.in"
     port[$variant]=$((BASE_PORT + 2 * i))
-    sed -e "s/@REMORA_ADMIN_PORT@/$((BASE_PORT + 2 * i + 1))/" \
+    admin[$variant]=$((BASE_PORT + 2 * i + 1))
+    sed -e "s/@REMORA_ADMIN_PORT@/${admin[$variant]}/" \
         -e "s/@REMORA_PORT@/${port[$variant]}/" \
         -e "s/@UPSTREAM_PORT@/$UPSTREAM_PORT/" \
         -e "s/@OTLP_PORT@/$OTLP_PORT/" "$template" >"$WORK/$variant.yaml"
     taskset -c 1 "$BIN/remora" run --config "$WORK/$variant.yaml" >"$WORK/$variant.log" 2>&1 &
     pids+=($!)
+    proxy_pid[$variant]=$!
     i=$((i + 1))
 done
 for variant in "${variants[@]}"; do
@@ -88,6 +104,47 @@ grpc() {
     echo "$rps $p99"
 }
 
+# Fixed rate: RATE requests/s over RATE_CONNECTIONS connections, h2load --rps being per
+# connection. Prints "cpu_us_per_request completed_per_s proxy_cpu_percent failed
+# spans_dropped".
+rate_run() {
+    local variant=$1
+    shift
+    local before after start end dropped
+    rm -f "$WORK/h2load-rate.out"
+    dropped=$(spans_dropped "$variant")
+    before=$(proc_cpu_ticks "${proxy_pid[$variant]}")
+    start=$(date +%s%N)
+    timeout $((DURATION + 20)) taskset -c 0 h2load -t1 -c"$RATE_CONNECTIONS" \
+        --rps=$((RATE / RATE_CONNECTIONS)) -D "$DURATION" "$@" >"$WORK/h2load-rate.out" 2>&1 || true
+    end=$(date +%s%N)
+    after=$(proc_cpu_ticks "${proxy_pid[$variant]}")
+    dropped=$(($(spans_dropped "$variant") - dropped))
+    awk -v ticks=$((after - before)) -v hz="$CLK_TCK" -v ns=$((end - start)) -v dropped="$dropped" '
+        /^finished in/ {gsub(",", "", $4); rps = $4}
+        /^requests:/ {ok = $8; failed = $10}
+        END {
+            cpu = ticks / hz
+            printf "%.2f %s %.1f %d %d\n", (ok > 0 ? cpu * 1e6 / ok : 0), (rps == "" ? 0 : rps),
+                (ns > 0 ? cpu * 1e11 / ns : 0), failed + 0, dropped
+        }' "$WORK/h2load-rate.out"
+}
+# Spans the variant's exporter dropped so far (queue full or export failed), from its
+# admin /metrics; 0 without tracing.
+spans_dropped() {
+    curl -s "http://127.0.0.1:${admin[$1]}/metrics" |
+        awk '/^remora_spans_dropped_total/ {d += $NF} END {printf "%d\n", d}'
+}
+http1_rate() { rate_run "$1" --h1 "http://127.0.0.1:${port[$1]}/"; }
+grpc_rate() {
+    rate_run "$1" -m"$RATE_STREAMS" -d "$WORK/echo-request.bin" \
+        -H 'content-type: application/grpc' -H 'te: trailers' \
+        "http://127.0.0.1:${port[$1]}/remora.echo.v1.Echo/Unary"
+}
+# A process's user + system CPU time in clock ticks (fields 14 and 15 of
+# /proc/<pid>/stat, counted after the ") " that closes the command name).
+proc_cpu_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
+
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 for test in http1 grpc; do
@@ -102,9 +159,28 @@ for test in http1 grpc; do
     done
 done
 
+# The fixed-rate tests follow the saturation tests, so every proxy is warm by now.
+for test in http1_rate grpc_rate; do
+    for round in $(seq 1 "$ROUNDS"); do
+        for variant in "${variants[@]}"; do
+            read -r us rps cpu failed dropped < <("$test" "$variant")
+            echo "$us" >>"$WORK/$test.$variant.us"
+            echo "$rps" >>"$WORK/$test.$variant.rps"
+            echo "$cpu" >>"$WORK/$test.$variant.cpu"
+            echo "$failed" >>"$WORK/$test.$variant.failed"
+            echo "$dropped" >>"$WORK/$test.$variant.dropped"
+            echo "round $round $test $variant: $us us CPU/request, $rps req/s, proxy CPU $cpu%, $failed failed, $dropped spans dropped" >&2
+        done
+    done
+done
+
 echo "## remora feature overhead, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
 echo "$(nproc) CPUs; load generator + upstream + OTLP sink on CPU 0, remora on CPU 1; ${CONNECTIONS} connections (gRPC x ${STREAMS} streams); median of ${ROUNDS} rounds of ${DURATION}s."
+echo
+echo "### Throughput at saturation"
+echo
+echo "As many requests as remora takes: req/s and p99 latency, x bare = req/s over the bare proxy's. Measures remora only when its core is the bottleneck, and is noisy on a shared machine."
 echo
 echo "| test | remora | req/s | p99 ms | x bare |"
 echo "| --- | --- | ---: | ---: | ---: |"
@@ -119,4 +195,36 @@ for test in http1 grpc; do
     done
 done
 echo
-echo "Spans received by the sink: $(tail -n 1 "$WORK/sink.log" 2>/dev/null || echo 'none printed yet')"
+echo "### Proxy CPU per request at a fixed rate"
+echo
+echo "${RATE} req/s in all (h2load --rps, ${RATE_CONNECTIONS} connections; gRPC x ${RATE_STREAMS} streams), which every variant sustains; remora's utime + stime over the run divided by the requests completed. x bare = bare CPU/request over this variant's: the throughput it would reach relative to bare once its core saturates."
+echo
+echo "| test | remora | CPU us/request | x bare | completed req/s | proxy CPU % | failed | spans dropped |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+for test in http1_rate grpc_rate; do
+    base=$(median <"$WORK/$test.plain.us")
+    for variant in "${variants[@]}"; do
+        us=$(median <"$WORK/$test.$variant.us")
+        rps=$(median <"$WORK/$test.$variant.rps")
+        cpu=$(median <"$WORK/$test.$variant.cpu")
+        failed=$(awk '{n += $1} END {print n + 0}' "$WORK/$test.$variant.failed")
+        dropped=$(awk '{n += $1} END {print n + 0}' "$WORK/$test.$variant.dropped")
+        ratio=$(awk -v a="$us" -v b="$base" 'BEGIN {printf "%.3f", (a > 0 ? b / a : 0)}')
+        label=$([ "$test" = http1_rate ] && echo "HTTP/1.1" || echo "gRPC unary")
+        if awk -v a="$rps" -v r="$RATE" 'BEGIN {exit !(a < 0.95 * r)}'; then
+            rps="$rps (!)"
+            short=1
+        fi
+        echo "| $label | $variant | $us | $ratio | $rps | $cpu | $failed | $dropped |"
+    done
+done
+echo
+if [ -n "${short:-}" ]; then
+    echo "(!) below 95% of the rate asked: that variant did not sustain it, so its row is not comparable; run again with a lower RATE."
+    echo
+fi
+echo "Spans dropped (summed over the rounds) were never encoded or exported, so a traced row with drops understates what tracing costs."
+echo
+spans=$(curl -s "http://127.0.0.1:${admin[traced]}/metrics" |
+    awk '/^remora_spans_exported_total/ {e += $NF} /^remora_spans_dropped_total/ {d += $NF} END {printf "%d exported, %d dropped", e, d}') || spans="unknown"
+echo "Spans of the traced remora over the whole run, saturation tests included (its /metrics): $spans. The sink's last count: $(tail -n 1 "$WORK/sink.log" 2>/dev/null || echo 'none printed yet')"
