@@ -199,4 +199,22 @@ async fn post_is_retried_when_its_connection_failed() {
         assert_eq!(status, 200);
     }
     assert_eq!(good_log.len(), 4);
+    // The request is given back unsent, not copied: a body far over the replay bound
+    // (64 KiB) is retried whole too.
+    let admin = proxy.addrs().admin.unwrap();
+    let retries = || metric(admin, "remora_retries_total{service=\"svc\"}");
+    let before = retries().await;
+    let large = vec![b'x'; 300 * 1024];
+    for _ in 0..2 {
+        let (status, _, _) = send("POST", &url(&proxy, "/orders"), large.clone()).await;
+        assert_eq!(status, 200);
+    }
+    // Round robin, the retry taking the next endpoint: every call tries the dead one first.
+    assert_eq!(retries().await, before + 2.0);
+    let seen = good_log.all();
+    assert_eq!(seen.len(), 6);
+    assert!(
+        seen[4..].iter().all(|s| s.body.len() == large.len()),
+        "whole bodies"
+    );
 }

@@ -3,7 +3,10 @@
 //! Sits below the overall timeout and above the service breaker and the balancer: each
 //! attempt goes through the balancer again, asking it to avoid the endpoints that already
 //! failed ([`AvoidEndpoints`]). A call is retried only when
-//! - its method is idempotent (or the config allows any method),
+//! - its method is idempotent (or the config allows any method); a call of another
+//!   method is still retried when its connection failed (the request never left), and
+//!   then `Forward` gives the unsent request back ([`ReturnUnsent`]): it is never copied,
+//!   and its body streams whatever its size,
 //! - its body can be replayed: it is empty or fits `max_replay_bytes` (read ahead and
 //!   kept as `Bytes`; a larger body is sent once, untouched after the bytes read ahead),
 //! - the result is a failure the config's [`Conditions`] name,
@@ -45,7 +48,7 @@ use crate::error::ProxyError;
 use crate::metrics::{register_per_service, ByService, PerService, ServiceLabel};
 use crate::proxy::ClientAddr;
 use crate::trace::CallTrace;
-use crate::upstream::{AvoidEndpoints, EndpointUsed};
+use crate::upstream::{AvoidEndpoints, EndpointUsed, ReturnUnsent};
 
 /// Header telling the upstream which attempt (1-based) of the call this is.
 pub static ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-remora-attempt");
@@ -328,18 +331,23 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = &self.shared;
+        let idempotent = shared.method_retryable(request.method());
+        let retries = shared.config.max_attempts > 1;
+        // A call whose method may not be repeated is retried only when its connection
+        // failed: `Forward` then gives the unsent request back, so nothing is copied.
+        if retries && !idempotent && shared.config.conditions.connect_failure {
+            return ResponseFuture::Boxed {
+                future: Box::pin(shared.clone().run_unsent(inner, request)),
+            };
+        }
         // A bodiless call (most GETs) needs nothing read ahead: its first attempt is sent
         // from here, and only a retry, if one is needed, takes an allocated future.
-        let retryable = shared.config.max_attempts > 1
-            && (shared.method_retryable(request.method())
-                || shared.config.conditions.connect_failure);
-        if !retryable || !request.body().is_end_stream() {
+        if !(retries && idempotent && request.body().is_end_stream()) {
             return ResponseFuture::Boxed {
                 future: Box::pin(shared.clone().run(inner, request)),
             };
         }
         shared.config.budget.deposit();
-        let idempotent = shared.method_retryable(request.method());
         let (parts, body) = request.into_parts();
         let template = Template::of(&parts);
         let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
@@ -532,6 +540,52 @@ impl Shared {
             idempotent,
         })
         .await
+    }
+
+    /// A call retried only if its connection fails: each attempt's request is the one
+    /// `Forward` gave back unsent, so the request is never copied and its body streams.
+    async fn run_unsent<S>(
+        self: Arc<Self>,
+        mut inner: S,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
+    {
+        self.config.budget.deposit();
+        let slot = ReturnUnsent::default();
+        let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
+        let mut avoid = request
+            .extensions()
+            .get::<AvoidEndpoints>()
+            .map(|a| a.0.clone())
+            .unwrap_or_default();
+        let mut attempt = 1;
+        loop {
+            request.extensions_mut().insert(slot.clone());
+            let result = self.attempt(&mut inner, request, attempt).await;
+            let unsent = slot.take();
+            let Some(unsent) = unsent.filter(|_| matches!(result, Err(ProxyError::Connect { .. })))
+            else {
+                return result;
+            };
+            let Some(delay) = self.retry_delay(&result, attempt, deadline) else {
+                return result;
+            };
+            if let Some(endpoint) = failed_endpoint(&result) {
+                if !avoid.contains(&endpoint) {
+                    avoid.push(endpoint);
+                }
+            }
+            drop(result);
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+            request = unsent;
+            request
+                .extensions_mut()
+                .insert(AvoidEndpoints(avoid.clone()));
+            inner.ready().await?;
+        }
     }
 
     /// The attempts after a failed one, until one is not retried.

@@ -67,10 +67,10 @@ impl Http1Pool {
                 },
             }
         }
-        let mut sender = pools
-            .connect_http1(addr)
-            .await
-            .map_err(SendError::Connect)?;
+        let mut sender = match pools.connect_http1(addr).await {
+            Ok(sender) => sender,
+            Err(error) => return Err(SendError::Connect(error, Box::new(request))),
+        };
         match sender.send_request(request).await {
             Ok(response) => Ok(self.lease(response, sender)),
             Err(error) => Err(SendError::Upstream(error)),

@@ -159,7 +159,10 @@ impl Http2Pool {
             let mut connections = self.lock();
             connections.connecting -= 1;
             self.connected.notify_waiters();
-            let (mut sender, max_streams) = connected.map_err(SendError::Connect)?;
+            let (mut sender, max_streams) = match connected {
+                Ok(connected) => connected,
+                Err(error) => return Err(SendError::Connect(error, Box::new(request))),
+            };
             let streams = Arc::new(AtomicUsize::new(0));
             let slot = StreamSlot::take(&streams);
             let sent = sender.send_request(request);

@@ -52,6 +52,37 @@ fn uses_http2(protocol: UpstreamProtocol, caller: Version) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct AvoidEndpoints(pub Vec<SocketAddr>);
 
+/// Request extension: where `Forward` gives a request back when no connection to its
+/// endpoint could be made (nothing was sent, so it can be sent again as it is). Set by
+/// retry for calls that are retried only on a failed connection, which then need no copy
+/// of the request. The request is put back without this extension.
+#[derive(Clone, Default)]
+pub struct ReturnUnsent(Arc<std::sync::Mutex<Option<Request<ProxyBody>>>>);
+
+impl std::fmt::Debug for ReturnUnsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReturnUnsent")
+    }
+}
+
+impl ReturnUnsent {
+    /// The request given back, if any.
+    pub fn take(&self) -> Option<Request<ProxyBody>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    fn put(&self, mut request: Request<ProxyBody>) {
+        request.extensions_mut().remove::<ReturnUnsent>();
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(request);
+    }
+}
+
 /// Response extension: the endpoint that answered.
 #[derive(Debug, Clone, Copy)]
 pub struct EndpointUsed(pub SocketAddr);
@@ -160,6 +191,7 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                 to_origin_form(&mut request, &endpoint);
             }
 
+            let return_unsent = request.extensions().get::<ReturnUnsent>().cloned();
             let started = Instant::now();
             let pool = this.clients.endpoint(endpoint.addr);
             // Balancing: counts the attempt in flight and samples its RTT at response
@@ -178,10 +210,15 @@ impl tower::Service<Request<ProxyBody>> for Forward {
             let mut result = result.map_err(|error| {
                 let endpoint = endpoint.addr.to_string();
                 match error {
-                    SendError::Connect(source) => ProxyError::Connect {
-                        endpoint,
-                        source: source.into(),
-                    },
+                    SendError::Connect(source, unsent) => {
+                        if let Some(slot) = &return_unsent {
+                            slot.put(*unsent);
+                        }
+                        ProxyError::Connect {
+                            endpoint,
+                            source: source.into(),
+                        }
+                    }
                     SendError::Upstream(source) => ProxyError::Upstream {
                         endpoint,
                         source: source.into(),

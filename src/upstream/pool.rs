@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Response;
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -112,10 +112,9 @@ pub enum ConnectError {
 }
 
 /// Why one exchange with an endpoint failed.
-#[derive(Debug)]
 pub(super) enum SendError {
-    /// No connection could be made: nothing was sent.
-    Connect(ConnectError),
+    /// No connection could be made: nothing was sent, and the request is given back.
+    Connect(ConnectError, Box<Request<ProxyBody>>),
     /// The exchange broke after the connection was made.
     Upstream(hyper::Error),
 }
