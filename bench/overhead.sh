@@ -59,18 +59,37 @@ pids+=($!)
 taskset -c 0 "$BIN/examples/otlp_sink" "$OTLP_PORT" >"$WORK/sink.log" 2>&1 &
 pids+=($!)
 
-variants=(plain policies traced)
+# VARIANTS: the configs compared, `plain` first. Besides plain, policies and traced,
+# `only-<policy>` is the policies config keeping that one policy (timeout, retry,
+# breaker, endpoint_breaker, rate_limit, max_in_flight, fallback): what it costs alone.
+read -r -a variants <<<"${VARIANTS:-plain policies traced}"
+if [ "${variants[0]}" != plain ]; then
+    echo "overhead.sh: VARIANTS must start with plain" >&2
+    exit 2
+fi
+template() {
+    case $1 in
+        plain) cat bench/remora.yaml.in ;;
+        only-*)
+            awk -v keep="${1#only-}" '
+                /^    (timeout|retry|breaker|endpoint_breaker|rate_limit|max_in_flight|fallback):/ {
+                    key = substr($1, 1, length($1) - 1)
+                    if (key != keep) next
+                }
+                { print }' bench/remora-policies.yaml.in
+            ;;
+        *) cat "bench/remora-$1.yaml.in" ;;
+    esac
+}
 declare -A port admin proxy_pid
 i=0
 for variant in "${variants[@]}"; do
-    template=bench/remora.yaml.in
-    [ "$variant" = plain ] || template="bench/remora-$variant.yaml.in"
     port[$variant]=$((BASE_PORT + 2 * i))
     admin[$variant]=$((BASE_PORT + 2 * i + 1))
-    sed -e "s/@REMORA_ADMIN_PORT@/${admin[$variant]}/" \
+    template "$variant" | sed -e "s/@REMORA_ADMIN_PORT@/${admin[$variant]}/" \
         -e "s/@REMORA_PORT@/${port[$variant]}/" \
         -e "s/@UPSTREAM_PORT@/$UPSTREAM_PORT/" \
-        -e "s/@OTLP_PORT@/$OTLP_PORT/" "$template" >"$WORK/$variant.yaml"
+        -e "s/@OTLP_PORT@/$OTLP_PORT/" >"$WORK/$variant.yaml"
     taskset -c 1 "$BIN/remora" run --config "$WORK/$variant.yaml" >"$WORK/$variant.log" 2>&1 &
     pids+=($!)
     proxy_pid[$variant]=$!
@@ -225,6 +244,8 @@ if [ -n "${short:-}" ]; then
 fi
 echo "Spans dropped (summed over the rounds) were never encoded or exported, so a traced row with drops understates what tracing costs."
 echo
-spans=$(curl -s "http://127.0.0.1:${admin[traced]}/metrics" |
-    awk '/^remora_spans_exported_total/ {e += $NF} /^remora_spans_dropped_total/ {d += $NF} END {printf "%d exported, %d dropped", e, d}') || spans="unknown"
-echo "Spans of the traced remora over the whole run, saturation tests included (its /metrics): $spans. The sink's last count: $(tail -n 1 "$WORK/sink.log" 2>/dev/null || echo 'none printed yet')"
+if [ -n "${admin[traced]:-}" ]; then
+    spans=$(curl -s "http://127.0.0.1:${admin[traced]}/metrics" |
+        awk '/^remora_spans_exported_total/ {e += $NF} /^remora_spans_dropped_total/ {d += $NF} END {printf "%d exported, %d dropped", e, d}') || spans="unknown"
+    echo "Spans of the traced remora over the whole run, saturation tests included (its /metrics): $spans. The sink's last count: $(tail -n 1 "$WORK/sink.log" 2>/dev/null || echo 'none printed yet')"
+fi
