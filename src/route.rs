@@ -45,27 +45,17 @@ pub struct Route {
 pub struct RouteId(Option<usize>);
 
 impl Target {
-    /// A target with its stacks. `route_labels` name `stacks.routes` in order (both come
-    /// from the service's `routes`, in config order).
-    pub fn new<'a>(
-        name: Arc<str>,
-        endpoints: Arc<EndpointSet>,
-        stacks: ServiceStacks,
-        route_labels: impl IntoIterator<Item = &'a str>,
-    ) -> Self {
-        let mut labels = route_labels.into_iter();
+    /// A target with its stacks.
+    pub fn new(name: Arc<str>, endpoints: Arc<EndpointSet>, stacks: ServiceStacks) -> Self {
         let routes = stacks
             .routes
             .into_iter()
-            .map(|(matcher, stack)| {
-                let label = labels.next().unwrap_or(DEFAULT_ROUTE);
-                (matcher, Route::new(stack, label))
-            })
+            .map(|route| (route.matcher, Route::new(route.stack, route.label)))
             .collect();
         Self {
             name,
             endpoints,
-            default: Route::new(stacks.default, DEFAULT_ROUTE),
+            default: Route::new(stacks.default, Arc::from(DEFAULT_ROUTE)),
             routes,
             metrics: Default::default(),
         }
@@ -89,10 +79,10 @@ impl Target {
 }
 
 impl Route {
-    fn new(stack: Stack, label: &str) -> Self {
+    fn new(stack: Stack, label: Arc<str>) -> Self {
         Self {
             stack,
-            metrics: RouteMetrics::new(Arc::from(label)),
+            metrics: RouteMetrics::new(label),
         }
     }
 }
@@ -228,7 +218,7 @@ mod tests {
             default: crate::policy::bare(forward),
             routes: Vec::new(),
         };
-        Arc::new(Target::new(name.into(), endpoints, stacks, []))
+        Arc::new(Target::new(name.into(), endpoints, stacks))
     }
 
     fn request(host: &str, path: &str) -> Request<()> {

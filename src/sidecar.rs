@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::{Config, RouteConfig};
+use crate::config::Config;
 use crate::discovery::pump::{Discovered, DiscoveryKey, Source};
 use crate::discovery::self_registration::SelfRegistration;
 use crate::discovery::{Registry, StaticRegistry};
@@ -157,8 +157,7 @@ impl State {
             let stacks = builder
                 .finish(core, &alternate)
                 .map_err(|e| format!("services.{name}: {e}"))?;
-            let labels = service.routes.iter().map(RouteConfig::label);
-            let target = Target::new(Arc::from(name.as_str()), endpoints, stacks, labels);
+            let target = Target::new(Arc::from(name.as_str()), endpoints, stacks);
             routes.insert(Arc::new(target), &service.hosts, &service.path_prefixes);
         }
         let inbound = match inbound_core {
@@ -172,7 +171,6 @@ impl State {
                     Arc::from(INBOUND_APP),
                     endpoints,
                     stacks,
-                    [],
                 )))
             }
             None => None,

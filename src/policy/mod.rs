@@ -291,7 +291,8 @@ pub struct CoreStacks<'a> {
     target: StackTarget<'a>,
     /// The default stack.
     pub default: CoreStack,
-    routes: Vec<(RouteMatcher, CoreStack, PolicyRefs<'a>)>,
+    /// Each route's matcher, stack, policies and `route` label.
+    routes: Vec<(RouteMatcher, CoreStack, PolicyRefs<'a>, &'a str)>,
     /// The breakers built for it.
     pub breakers: Vec<BreakerSource>,
 }
@@ -308,7 +309,17 @@ pub struct ServiceStacks {
     /// For requests no route takes.
     pub default: Stack,
     /// Routes, first match wins.
-    pub routes: Vec<(RouteMatcher, Stack)>,
+    pub routes: Vec<RouteStack>,
+}
+
+/// A configured route of a service, built.
+pub struct RouteStack {
+    /// Which requests it takes.
+    pub matcher: RouteMatcher,
+    /// Its `route` metrics label ([`RouteConfig::label`]).
+    pub label: Arc<str>,
+    /// The stack its requests go through.
+    pub stack: Stack,
 }
 
 /// Builds stacks from one config's policies.
@@ -405,7 +416,7 @@ impl<'c> StackBuilder<'c> {
                 RouteMatcher::from_config(route).ok_or_else(|| format!("routes[{i}]: no match"))?;
             let refs = PolicyRefs::of_route(route, target.refs);
             let stack = build(refs, &mut shared).map_err(|e| format!("routes[{i}]: {e}"))?;
-            routes.push((matcher, stack, refs));
+            routes.push((matcher, stack, refs, route.label()));
         }
         Ok(CoreStacks {
             target,
@@ -447,8 +458,12 @@ impl<'c> StackBuilder<'c> {
         };
         let default = with_fallback(core.default, core.target.refs)?;
         let mut routes = Vec::new();
-        for (matcher, stack, refs) in core.routes {
-            routes.push((matcher, with_fallback(stack, refs)?));
+        for (matcher, stack, refs, label) in core.routes {
+            routes.push(RouteStack {
+                matcher,
+                label: Arc::from(label),
+                stack: with_fallback(stack, refs)?,
+            });
         }
         Ok(ServiceStacks { default, routes })
     }
