@@ -225,8 +225,11 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                     },
                 }
             });
-            for observer in this.observers.iter() {
-                observer.observe(&endpoint, &result, started.elapsed());
+            if !this.observers.is_empty() {
+                let elapsed = started.elapsed();
+                for observer in this.observers.iter() {
+                    observer.observe(&endpoint, &result, elapsed);
+                }
             }
             attempt.end(&mut result); // tracing (a gRPC answer: at its trailers)
             let mut response = result?;
