@@ -366,7 +366,6 @@ where
                 template,
                 deadline,
                 avoid: avoid.unwrap_or_default(),
-                idempotent,
             }),
         }
     }
@@ -379,7 +378,6 @@ struct Continuation<S> {
     template: Template,
     deadline: Option<Instant>,
     avoid: Vec<SocketAddr>,
-    idempotent: bool,
 }
 
 pin_project_lite::pin_project! {
@@ -432,10 +430,7 @@ where
                     let Some(retry) = retry.take() else {
                         return Poll::Ready(result);
                     };
-                    match retry
-                        .shared
-                        .next_delay(&result, 1, retry.deadline, retry.idempotent)
-                    {
+                    match retry.shared.retry_delay(&result, 1, retry.deadline) {
                         None => return Poll::Ready(result),
                         Some(delay) => {
                             let failed = failed_endpoint(&result);
@@ -446,7 +441,6 @@ where
                                 template,
                                 deadline,
                                 avoid,
-                                idempotent,
                             } = retry;
                             let future = Box::pin(shared.retry_from(Retrying {
                                 inner,
@@ -456,7 +450,6 @@ where
                                 avoid,
                                 failed,
                                 delay,
-                                idempotent,
                             }));
                             self.set(ResponseFuture::Boxed { future });
                         }
@@ -480,7 +473,6 @@ struct Retrying<S> {
     failed: Option<SocketAddr>,
     /// The wait before the next attempt.
     delay: Duration,
-    idempotent: bool,
 }
 
 impl Shared {
@@ -494,11 +486,9 @@ impl Shared {
         S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
     {
         self.config.budget.deposit();
-        // A call whose method may not be repeated is still retried when its connection
-        // failed: the request never left, so nothing can have happened twice.
-        let idempotent = self.method_retryable(request.method());
-        if self.config.max_attempts == 1 || (!idempotent && !self.config.conditions.connect_failure)
-        {
+        // A call whose method may not be repeated is retried only on a failed connection,
+        // by `run_unsent`; here it gets one attempt.
+        if self.config.max_attempts == 1 || !self.method_retryable(request.method()) {
             return self.attempt(&mut inner, request, 1).await;
         }
         let (parts, body) = request.into_parts();
@@ -524,7 +514,7 @@ impl Shared {
             .unwrap_or_default();
         let request = Request::from_parts(parts, ProxyBody::full(body.clone()));
         let result = self.attempt(&mut inner, request, 1).await;
-        let Some(delay) = self.next_delay(&result, 1, deadline, idempotent) else {
+        let Some(delay) = self.retry_delay(&result, 1, deadline) else {
             return result;
         };
         let failed = failed_endpoint(&result);
@@ -537,7 +527,6 @@ impl Shared {
             avoid,
             failed,
             delay,
-            idempotent,
         })
         .await
     }
@@ -604,7 +593,6 @@ impl Shared {
             mut avoid,
             mut failed,
             mut delay,
-            idempotent,
         } = call;
         let mut attempt = 1;
         loop {
@@ -622,28 +610,12 @@ impl Shared {
                 .insert(AvoidEndpoints(avoid.clone()));
             inner.ready().await?;
             let result = self.attempt(&mut inner, request, attempt).await;
-            let Some(next) = self.next_delay(&result, attempt, deadline, idempotent) else {
+            let Some(next) = self.retry_delay(&result, attempt, deadline) else {
                 return result;
             };
             failed = failed_endpoint(&result);
             delay = next;
         }
-    }
-
-    /// The wait before retrying after attempt `attempt` ended with `result`; `None`
-    /// when it is not retried. A call whose method may not be repeated is retried only
-    /// when its connection failed.
-    fn next_delay(
-        &self,
-        result: &Result<Response<ProxyBody>, ProxyError>,
-        attempt: u32,
-        deadline: Option<Instant>,
-        idempotent: bool,
-    ) -> Option<Duration> {
-        if !idempotent && !matches!(result, Err(ProxyError::Connect { .. })) {
-            return None;
-        }
-        self.retry_delay(result, attempt, deadline)
     }
 
     /// Tags attempt `n` and counts it.
@@ -1239,6 +1211,49 @@ mod tests {
             .map(|s| s.avoid.clone())
             .collect();
         assert_eq!(avoid, [vec![], vec![first], vec![first, second]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_connection_gives_the_unsent_request_back_for_the_next_attempt() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let service = service_fn(move |request: Request<ProxyBody>| {
+            let attempt = request.headers()[&ATTEMPT_HEADER]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let n = {
+                let mut log = log.lock().unwrap();
+                log.push(attempt);
+                log.len()
+            };
+            let slot = request.extensions().get::<ReturnUnsent>().cloned();
+            async move {
+                if n == 1 {
+                    // What `Forward` does when no connection could be made.
+                    slot.expect("retry asks for the unsent request")
+                        .put(request);
+                    return Err(ProxyError::Connect {
+                        endpoint: "10.0.0.1:80".into(),
+                        source: "refused".into(),
+                    });
+                }
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                Ok(Response::new(ProxyBody::full(body)))
+            }
+        });
+        let (retry, metrics) = layer(config(3));
+        let post = Request::post("http://svc/x")
+            .body(ProxyBody::full("order"))
+            .unwrap();
+        let response = retry.layer(service).oneshot(post).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            body, "order",
+            "the same request, body untouched, sent again"
+        );
+        assert_eq!(*seen.lock().unwrap(), ["1", "2"]);
+        assert_eq!(counter(&metrics.retries), 1);
     }
 
     #[tokio::test(start_paused = true)]

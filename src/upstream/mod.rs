@@ -74,7 +74,8 @@ impl ReturnUnsent {
             .take()
     }
 
-    fn put(&self, mut request: Request<ProxyBody>) {
+    /// Gives `request` back (what `Forward` does when it could not connect).
+    pub fn put(&self, mut request: Request<ProxyBody>) {
         request.extensions_mut().remove::<ReturnUnsent>();
         *self
             .0
