@@ -363,7 +363,10 @@ where
             retry: Some(Continuation {
                 shared: shared.clone(),
                 inner,
-                template,
+                resend: Resend::Copy {
+                    template,
+                    body: Bytes::new(),
+                },
                 deadline,
                 avoid: avoid.unwrap_or_default(),
             }),
@@ -375,7 +378,7 @@ where
 struct Continuation<S> {
     shared: Arc<Shared>,
     inner: S,
-    template: Template,
+    resend: Resend,
     deadline: Option<Instant>,
     avoid: Vec<SocketAddr>,
 }
@@ -430,30 +433,30 @@ where
                     let Some(retry) = retry.take() else {
                         return Poll::Ready(result);
                     };
-                    match retry.shared.retry_delay(&result, 1, retry.deadline) {
-                        None => return Poll::Ready(result),
-                        Some(delay) => {
-                            let failed = failed_endpoint(&result);
-                            drop(result);
-                            let Continuation {
-                                shared,
-                                inner,
-                                template,
-                                deadline,
-                                avoid,
-                            } = retry;
-                            let future = Box::pin(shared.retry_from(Retrying {
-                                inner,
-                                template,
-                                body: Bytes::new(),
-                                deadline,
-                                avoid,
-                                failed,
-                                delay,
-                            }));
-                            self.set(ResponseFuture::Boxed { future });
-                        }
-                    }
+                    let Continuation {
+                        shared,
+                        inner,
+                        resend,
+                        deadline,
+                        avoid,
+                    } = retry;
+                    let Some((delay, next)) = shared.next_attempt(&resend, &result, 1, deadline)
+                    else {
+                        return Poll::Ready(result);
+                    };
+                    let failed = failed_endpoint(&result);
+                    drop(result);
+                    let future = Box::pin(shared.retry_from(Retrying {
+                        inner,
+                        resend,
+                        deadline,
+                        avoid,
+                        attempt: 1,
+                        failed,
+                        delay,
+                        next,
+                    }));
+                    self.set(ResponseFuture::Boxed { future });
                 }
                 ResponseProj::Boxed { future } => return future.as_mut().poll(cx),
             }
@@ -461,18 +464,57 @@ where
     }
 }
 
+/// Where a call's next attempt comes from.
+// NOTE: one per call, kept in its future; boxing the copy would add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Resend {
+    /// A copy of the request, made for every retry: any condition may be retried.
+    Copy { template: Template, body: Bytes },
+    /// The request itself, which `Forward` gives back through this slot when no
+    /// connection could be made: only failed connections are retried.
+    Unsent(ReturnUnsent),
+}
+
+impl Resend {
+    /// Readies an attempt's request (the unsent one's way back).
+    fn prepare(&self, request: &mut Request<ProxyBody>) {
+        if let Self::Unsent(slot) = self {
+            request.extensions_mut().insert(slot.clone());
+        }
+    }
+
+    /// Whether an attempt that ended with `result` may be sent again at all.
+    fn may_retry(&self, result: &Result<Response<ProxyBody>, ProxyError>) -> bool {
+        match self {
+            Self::Copy { .. } => true,
+            Self::Unsent(_) => matches!(result, Err(ProxyError::Connect { .. })),
+        }
+    }
+
+    /// The request of the next attempt.
+    fn request(&self) -> Option<Request<ProxyBody>> {
+        match self {
+            Self::Copy { template, body } => Some(template.request(body.clone())),
+            Self::Unsent(slot) => slot.take(),
+        }
+    }
+}
+
 /// A call between a failed attempt and its next one.
 struct Retrying<S> {
     inner: S,
-    template: Template,
-    body: Bytes,
+    resend: Resend,
     deadline: Option<Instant>,
     /// Endpoints earlier attempts failed on.
     avoid: Vec<SocketAddr>,
-    /// The endpoint the last attempt failed on.
+    /// The number of the attempt that failed.
+    attempt: u32,
+    /// The endpoint it failed on.
     failed: Option<SocketAddr>,
     /// The wait before the next attempt.
     delay: Duration,
+    /// The next attempt's request.
+    next: Request<ProxyBody>,
 }
 
 impl Shared {
@@ -505,76 +547,79 @@ impl Shared {
                 return result;
             }
         };
-        let template = Template::of(&parts);
-        let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
-        let avoid = parts
-            .extensions
-            .get::<AvoidEndpoints>()
-            .map(|a| a.0.clone())
-            .unwrap_or_default();
-        let request = Request::from_parts(parts, ProxyBody::full(body.clone()));
-        let result = self.attempt(&mut inner, request, 1).await;
-        let Some(delay) = self.retry_delay(&result, 1, deadline) else {
-            return result;
+        let resend = Resend::Copy {
+            template: Template::of(&parts),
+            body: body.clone(),
         };
-        let failed = failed_endpoint(&result);
-        drop(result);
-        self.retry_from(Retrying {
-            inner,
-            template,
-            body,
-            deadline,
-            avoid,
-            failed,
-            delay,
-        })
-        .await
+        let request = Request::from_parts(parts, ProxyBody::full(body));
+        self.first_and_retries(inner, request, resend).await
     }
 
     /// A call retried only if its connection fails: each attempt's request is the one
     /// `Forward` gave back unsent, so the request is never copied and its body streams.
     async fn run_unsent<S>(
         self: Arc<Self>,
-        mut inner: S,
-        mut request: Request<ProxyBody>,
+        inner: S,
+        request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, ProxyError>
     where
         S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
     {
         self.config.budget.deposit();
-        let slot = ReturnUnsent::default();
+        let resend = Resend::Unsent(ReturnUnsent::default());
+        self.first_and_retries(inner, request, resend).await
+    }
+
+    /// The first attempt of `request`, then any retries of it from `resend`.
+    async fn first_and_retries<S>(
+        self: Arc<Self>,
+        mut inner: S,
+        mut request: Request<ProxyBody>,
+        resend: Resend,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
+    {
         let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
-        let mut avoid = request
+        let avoid = request
             .extensions()
             .get::<AvoidEndpoints>()
             .map(|a| a.0.clone())
             .unwrap_or_default();
-        let mut attempt = 1;
-        loop {
-            request.extensions_mut().insert(slot.clone());
-            let result = self.attempt(&mut inner, request, attempt).await;
-            let unsent = slot.take();
-            let Some(unsent) = unsent.filter(|_| matches!(result, Err(ProxyError::Connect { .. })))
-            else {
-                return result;
-            };
-            let Some(delay) = self.retry_delay(&result, attempt, deadline) else {
-                return result;
-            };
-            if let Some(endpoint) = failed_endpoint(&result) {
-                if !avoid.contains(&endpoint) {
-                    avoid.push(endpoint);
-                }
-            }
-            drop(result);
-            tokio::time::sleep(delay).await;
-            attempt += 1;
-            request = unsent;
-            request
-                .extensions_mut()
-                .insert(AvoidEndpoints(avoid.clone()));
-            inner.ready().await?;
+        resend.prepare(&mut request);
+        let result = self.attempt(&mut inner, request, 1).await;
+        let Some((delay, next)) = self.next_attempt(&resend, &result, 1, deadline) else {
+            return result;
+        };
+        let failed = failed_endpoint(&result);
+        drop(result);
+        self.retry_from(Retrying {
+            inner,
+            resend,
+            deadline,
+            avoid,
+            attempt: 1,
+            failed,
+            delay,
+            next,
+        })
+        .await
+    }
+
+    /// After attempt `attempt` ended with `result`: the wait and the request of the next
+    /// one, or `None` when it is not retried. Withdraws from the budget when it is.
+    fn next_attempt(
+        &self,
+        resend: &Resend,
+        result: &Result<Response<ProxyBody>, ProxyError>,
+        attempt: u32,
+        deadline: Option<Instant>,
+    ) -> Option<(Duration, Request<ProxyBody>)> {
+        if !resend.may_retry(result) {
+            return None;
         }
+        let delay = self.retry_delay(result, attempt, deadline)?;
+        Some((delay, resend.request()?))
     }
 
     /// The attempts after a failed one, until one is not retried.
@@ -587,14 +632,14 @@ impl Shared {
     {
         let Retrying {
             mut inner,
-            template,
-            body,
+            resend,
             deadline,
             mut avoid,
+            mut attempt,
             mut failed,
             mut delay,
+            mut next,
         } = call;
-        let mut attempt = 1;
         loop {
             if let Some(endpoint) = failed {
                 if !avoid.contains(&endpoint) {
@@ -604,17 +649,15 @@ impl Shared {
             // A retried response's body was dropped unread.
             tokio::time::sleep(delay).await;
             attempt += 1;
-            let mut request = template.request(body.clone());
-            request
-                .extensions_mut()
-                .insert(AvoidEndpoints(avoid.clone()));
+            next.extensions_mut().insert(AvoidEndpoints(avoid.clone()));
+            resend.prepare(&mut next);
             inner.ready().await?;
-            let result = self.attempt(&mut inner, request, attempt).await;
-            let Some(next) = self.retry_delay(&result, attempt, deadline) else {
-                return result;
+            let result = self.attempt(&mut inner, next, attempt).await;
+            (delay, next) = match self.next_attempt(&resend, &result, attempt, deadline) {
+                Some(retry) => retry,
+                None => return result,
             };
             failed = failed_endpoint(&result);
-            delay = next;
         }
     }
 
