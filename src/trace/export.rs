@@ -1,19 +1,29 @@
 //! Finished spans to the collector: a bounded queue, a batching task, counted drops.
 //!
-//! The SDK hands every finished sampled span to [`QueueProcessor::on_end`], which only
-//! tries to put it in a bounded channel: when the queue is full (the collector is slow
-//! or down) the span is dropped and counted, and the request path never waits. One task
-//! per sidecar drains the queue in batches and exports them with a time limit; a batch
-//! that fails or times out is counted as dropped too.
+//! A span that ends is only pushed onto a bounded queue ([`Sink`]): when the queue is
+//! full (the collector is slow or down) the span is dropped and counted, and the request
+//! path never waits; only the span that fills a batch wakes the export task, which
+//! otherwise wakes once per batch delay. That task drains the queue in batches, encodes each
+//! batch ([`Encoder`]) and sends it to the collector ([`Collector`]: OTLP/gRPC over h2c,
+//! or OTLP/HTTP with a protobuf body) within a time limit; a batch that fails or times
+//! out is counted as dropped too.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use opentelemetry::Context;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, HOST, TE};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::otlp::Encoder;
+use super::span::FinishedSpan;
+use super::OtlpProtocol;
 
 /// Span export counters, registered in the sidecar's Prometheus registry.
 #[derive(Debug, Clone, Default)]
@@ -56,152 +66,378 @@ pub(super) struct QueueLimits {
     pub export_timeout: Duration,
 }
 
-/// What the batching task is asked besides spans.
-enum Control {
-    /// Export everything queued, then answer.
-    Flush(oneshot::Sender<()>),
-}
+/// Where finished spans go: the bounded export queue. A full queue drops the span and
+/// counts it; the request path never waits. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(super) struct Sink(Arc<Queue>);
 
-/// The span processor of one sidecar's tracer provider.
 #[derive(Debug)]
-pub(super) struct QueueProcessor {
-    spans: mpsc::Sender<SpanData>,
-    control: mpsc::Sender<Control>,
-    metrics: TracingMetrics,
+struct Queue {
+    spans: Mutex<Vec<FinishedSpan>>,
+    /// Woken when a batch is full (the task also wakes every `delay`).
+    full: Notify,
+    limits: QueueLimits,
+    dropped: Counter,
 }
 
-impl std::fmt::Debug for Control {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Control")
-    }
-}
-
-impl QueueProcessor {
-    /// Starts the batching task on the current tokio runtime; it ends when the
-    /// processor (and so the provider) is dropped.
-    pub(super) fn spawn<E>(exporter: E, limits: QueueLimits, metrics: TracingMetrics) -> Self
-    where
-        E: SpanExporter + 'static,
-    {
-        let (spans, queue) = mpsc::channel(limits.queue_size.max(1));
-        let (control, commands) = mpsc::channel(4);
-        tokio::spawn(drain(exporter, queue, commands, limits, metrics.clone()));
-        Self {
-            spans,
-            control,
-            metrics,
+impl Sink {
+    /// Queues `span`, or drops and counts it when the queue is full. Only the span that
+    /// fills a batch wakes the export task.
+    pub(super) fn send(&self, span: FinishedSpan) {
+        let queue = &*self.0;
+        let mut spans = queue.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        if spans.len() >= queue.limits.queue_size {
+            drop(spans);
+            queue.dropped.inc();
+            return;
+        }
+        spans.push(span);
+        let queued = spans.len();
+        drop(spans);
+        if queued == queue.limits.batch_size {
+            queue.full.notify_one();
         }
     }
 
-    /// A handle that asks the task to flush.
-    pub(super) fn flusher(&self) -> Flusher {
-        Flusher(self.control.clone())
+    /// A sink whose spans nobody exports, for tests: `limits.queue_size` of them are
+    /// kept, see [`take`](Self::take).
+    #[cfg(test)]
+    pub(super) fn detached(queue_size: usize) -> Self {
+        Self(Arc::new(Queue {
+            spans: Mutex::new(Vec::new()),
+            full: Notify::new(),
+            limits: QueueLimits {
+                queue_size,
+                batch_size: queue_size,
+                delay: Duration::from_secs(1),
+                export_timeout: Duration::from_secs(1),
+            },
+            dropped: Counter::default(),
+        }))
+    }
+
+    /// Everything queued so far.
+    fn take(&self) -> Vec<FinishedSpan> {
+        let mut spans = self.0.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *spans)
+    }
+
+    /// The queued spans, for tests.
+    #[cfg(test)]
+    pub(super) fn queued(&self) -> Vec<FinishedSpan> {
+        self.take()
     }
 }
 
-/// Asks a [`QueueProcessor`]'s task to export what it holds.
+/// Starts the batching task on the current tokio runtime, sending to `collector`; it
+/// ends once the [`Sink`] and every span holding a clone of it are gone.
+pub(super) fn spawn(
+    collector: Collector,
+    encoder: Encoder,
+    limits: QueueLimits,
+    metrics: TracingMetrics,
+) -> (Sink, Flusher) {
+    let sink = Sink(Arc::new(Queue {
+        spans: Mutex::new(Vec::with_capacity(limits.batch_size)),
+        full: Notify::new(),
+        limits,
+        dropped: metrics.dropped.clone(),
+    }));
+    let (control, commands) = mpsc::channel(4);
+    let exporter = Exporter {
+        collector,
+        encoder,
+        limits,
+        metrics,
+    };
+    tokio::spawn(drain(exporter, sink.clone(), commands));
+    (sink, Flusher(control))
+}
+
+/// Asks the batching task to export what it holds.
 #[derive(Debug, Clone)]
-pub(super) struct Flusher(mpsc::Sender<Control>);
+pub(super) struct Flusher(mpsc::Sender<oneshot::Sender<()>>);
 
 impl Flusher {
     /// Waits until every span queued before the call was exported (or dropped).
     pub(super) async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        if self.0.send(Control::Flush(done)).await.is_ok() {
+        if self.0.send(done).await.is_ok() {
             let _ = wait.await;
         }
     }
 }
 
-impl SpanProcessor for QueueProcessor {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if self.spans.try_send(span).is_err() {
-            self.metrics.dropped.inc();
+/// The batching task: wakes when a batch is full, when a flush is asked, or every
+/// `delay`; exports what is queued, in batches; ends when it alone holds the queue.
+async fn drain(
+    mut exporter: Exporter,
+    sink: Sink,
+    mut commands: mpsc::Receiver<oneshot::Sender<()>>,
+) {
+    let limits = exporter.limits;
+    let mut asking = true;
+    loop {
+        let flush = tokio::select! {
+            () = sink.0.full.notified() => None,
+            done = commands.recv(), if asking => {
+                asking = done.is_some();
+                done
+            }
+            () = tokio::time::sleep(limits.delay) => None,
+        };
+        let spans = sink.take();
+        for batch in spans.chunks(limits.batch_size) {
+            exporter.export(batch).await;
         }
-    }
-
-    /// NOTE: the SDK's flush is synchronous and may be called on a runtime thread, where
-    /// waiting for the task would deadlock; use `Tracing::flush` to wait.
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
+        drop(spans);
+        if let Some(done) = flush {
+            let _ = done.send(());
+        }
+        if Arc::strong_count(&sink.0) == 1 {
+            let spans = sink.take();
+            for batch in spans.chunks(limits.batch_size) {
+                exporter.export(batch).await;
+            }
+            return;
+        }
     }
 }
 
-/// The batching task: fills a batch until it is full or `delay` passed since the last
-/// export, exports it, and repeats until the processor is gone.
-async fn drain<E: SpanExporter>(
-    exporter: E,
-    mut queue: mpsc::Receiver<SpanData>,
-    mut commands: mpsc::Receiver<Control>,
+/// Encodes batches and sends them, counting the outcome.
+struct Exporter {
+    collector: Collector,
+    encoder: Encoder,
     limits: QueueLimits,
     metrics: TracingMetrics,
-) {
-    let mut batch = Vec::with_capacity(limits.batch_size);
-    loop {
-        let deadline = tokio::time::sleep(limits.delay);
-        tokio::pin!(deadline);
-        let flush = loop {
-            tokio::select! {
-                span = queue.recv() => match span {
-                    Some(span) => {
-                        batch.push(span);
-                        if batch.len() >= limits.batch_size {
-                            break None;
-                        }
-                    }
-                    None => {
-                        export(&exporter, &mut batch, limits, &metrics).await;
-                        return;
-                    }
-                },
-                Some(Control::Flush(done)) = commands.recv() => break Some(done),
-                () = &mut deadline, if !batch.is_empty() => break None,
+}
+
+impl Exporter {
+    /// Exports `batch` within the export timeout and counts the outcome.
+    async fn export(&mut self, batch: &[FinishedSpan]) {
+        if batch.is_empty() {
+            return;
+        }
+        let count = batch.len() as u64;
+        let message = self.encoder.encode(batch, self.collector.prefix());
+        let sent = tokio::time::timeout(self.limits.export_timeout, self.collector.send(message));
+        match sent.await {
+            Ok(Ok(())) => {
+                self.metrics.exported.inc_by(count);
             }
-        };
-        if let Some(done) = flush {
-            while let Ok(span) = queue.try_recv() {
-                batch.push(span);
-                if batch.len() >= limits.batch_size {
-                    export(&exporter, &mut batch, limits, &metrics).await;
-                }
+            Ok(Err(error)) => {
+                self.metrics.dropped.inc_by(count);
+                self.collector.reset();
+                tracing::debug!(%error, spans = count, "span export failed");
             }
-            export(&exporter, &mut batch, limits, &metrics).await;
-            let _ = done.send(());
-        } else {
-            export(&exporter, &mut batch, limits, &metrics).await;
+            Err(_) => {
+                self.metrics.dropped.inc_by(count);
+                self.collector.reset();
+                tracing::debug!(spans = count, "span export timed out");
+            }
         }
     }
 }
 
-/// Exports `batch` (emptying it) within the export timeout and counts the outcome.
-async fn export<E: SpanExporter>(
-    exporter: &E,
-    batch: &mut Vec<SpanData>,
-    limits: QueueLimits,
-    metrics: &TracingMetrics,
-) {
-    if batch.is_empty() {
-        return;
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ExportError {
+    #[error("connect to the collector: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("collector connection: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("collector answered HTTP {0}")]
+    Status(http::StatusCode),
+    #[error("collector answered gRPC status {code}: {message}")]
+    Grpc { code: String, message: String },
+}
+
+/// The OTLP collector of one sidecar, over one kept connection (made again after a
+/// failure).
+pub(super) struct Collector {
+    uri: Uri,
+    protocol: OtlpProtocol,
+    connection: Option<Connection>,
+}
+
+enum Connection {
+    Grpc(http2::SendRequest<Full<Bytes>>),
+    Http(http1::SendRequest<Full<Bytes>>),
+}
+
+/// The gRPC method of trace export.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+impl Collector {
+    /// A collector at `uri` (as [`collector_uri`](super::collector_uri) made it).
+    pub(super) fn new(uri: Uri, protocol: OtlpProtocol) -> Self {
+        Self {
+            uri,
+            protocol,
+            connection: None,
+        }
     }
-    let spans = std::mem::replace(batch, Vec::with_capacity(limits.batch_size));
-    let count = spans.len() as u64;
-    match tokio::time::timeout(limits.export_timeout, exporter.export(spans)).await {
-        Ok(Ok(())) => {
-            metrics.exported.inc_by(count);
+
+    /// Bytes to leave before the message: the gRPC frame header.
+    fn prefix(&self) -> usize {
+        match self.protocol {
+            OtlpProtocol::Grpc => 5,
+            OtlpProtocol::HttpProtobuf => 0,
         }
-        Ok(Err(error)) => {
-            metrics.dropped.inc_by(count);
-            tracing::debug!(%error, spans = count, "span export failed");
+    }
+
+    /// Forgets the connection, so the next export makes a new one.
+    fn reset(&mut self) {
+        self.connection = None;
+    }
+
+    /// Sends one encoded message (with [`prefix`](Self::prefix) bytes of room first).
+    async fn send(&mut self, message: Vec<u8>) -> Result<(), ExportError> {
+        let mut connection = match self.connection.take() {
+            Some(connection) if connection.is_usable() => connection,
+            _ => self.connect().await?,
+        };
+        let result = match &mut connection {
+            Connection::Grpc(send) => grpc_call(send, self.grpc_request(message)).await,
+            Connection::Http(send) => http_call(send, self.http_request(message)).await,
+        };
+        if result.is_ok() {
+            self.connection = Some(connection);
         }
-        Err(_) => {
-            metrics.dropped.inc_by(count);
-            tracing::debug!(spans = count, "span export timed out");
+        result
+    }
+
+    /// An OTLP/gRPC export request: the message in one uncompressed gRPC frame.
+    fn grpc_request(&self, mut message: Vec<u8>) -> Request<Full<Bytes>> {
+        let len = u32::try_from(message.len() - 5).unwrap_or(u32::MAX);
+        message[1..5].copy_from_slice(&len.to_be_bytes());
+        let mut request = Request::new(Full::new(Bytes::from(message)));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.grpc_uri();
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        request
+    }
+
+    /// An OTLP/HTTP export request.
+    fn http_request(&self, message: Vec<u8>) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(Bytes::from(message)));
+        *request.method_mut() = Method::POST;
+        if let Some(path) = self.uri.path_and_query() {
+            *request.uri_mut() = Uri::from(path.clone());
         }
+        let headers = request.headers_mut();
+        headers.insert(HOST, self.host());
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+        request
+    }
+
+    fn grpc_uri(&self) -> Uri {
+        let mut parts = self.uri.clone().into_parts();
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static(EXPORT_PATH));
+        Uri::from_parts(parts).unwrap_or_else(|_| self.uri.clone())
+    }
+
+    fn host(&self) -> HeaderValue {
+        self.uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .unwrap_or_else(|| HeaderValue::from_static("localhost"))
+    }
+
+    async fn connect(&self) -> Result<Connection, ExportError> {
+        let host = self.uri.host().unwrap_or("localhost");
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = self.uri.port_u16().unwrap_or(80);
+        let stream = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(ExportError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(stream);
+        Ok(match self.protocol {
+            OtlpProtocol::Grpc => {
+                let (send, connection) = http2::handshake(TokioExecutor::new(), io).await?;
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "collector connection ended");
+                    }
+                });
+                Connection::Grpc(send)
+            }
+            OtlpProtocol::HttpProtobuf => {
+                let (send, connection) = http1::handshake(io).await?;
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "collector connection ended");
+                    }
+                });
+                Connection::Http(send)
+            }
+        })
+    }
+}
+
+impl Connection {
+    fn is_usable(&self) -> bool {
+        match self {
+            Self::Grpc(send) => !send.is_closed(),
+            Self::Http(send) => !send.is_closed(),
+        }
+    }
+}
+
+/// One OTLP/gRPC export: HTTP 200 and `grpc-status: 0` (in the headers of a
+/// trailers-only answer, or in the trailers).
+async fn grpc_call(
+    send: &mut http2::SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<(), ExportError> {
+    send.ready().await?;
+    let response = send.send_request(request).await?;
+    if response.status() != http::StatusCode::OK {
+        return Err(ExportError::Status(response.status()));
+    }
+    let (head, body) = response.into_parts();
+    let trailers = match head.headers.get("grpc-status") {
+        Some(_) => head.headers,
+        None => body
+            .collect()
+            .await?
+            .trailers()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    let text = |name: &str| {
+        trailers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    match text("grpc-status").as_deref() {
+        Some("0") => Ok(()),
+        code => Err(ExportError::Grpc {
+            code: code.unwrap_or("missing").to_string(),
+            message: text("grpc-message").unwrap_or_default(),
+        }),
+    }
+}
+
+/// One OTLP/HTTP export: any 2xx answer (its body, a partial-success report, is read
+/// and ignored).
+async fn http_call(
+    send: &mut http1::SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<(), ExportError> {
+    send.ready().await?;
+    let response = send.send_request(request).await?;
+    let status = response.status();
+    response.into_body().collect().await?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(ExportError::Status(status))
     }
 }

@@ -19,7 +19,9 @@
 //! request costs a header parse, two span ids and a `traceparent` write.
 
 mod export;
+mod otlp;
 mod propagation;
+mod span;
 pub mod trailers;
 
 use std::borrow::Cow;
@@ -32,13 +34,9 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{
-    SpanBuilder, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer as _,
-    TracerProvider as _,
+    SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
-use opentelemetry_sdk::Resource;
 
 use crate::body::ProxyBody;
 use crate::error::{ProxyError, ERROR_HEADER};
@@ -46,8 +44,9 @@ use crate::metrics::Direction;
 use crate::upstream::EndpointUsed;
 
 pub use export::TracingMetrics;
-use export::{Flusher, QueueLimits, QueueProcessor};
+use export::{Collector, Flusher, QueueLimits, Sink};
 use propagation::Propagators;
+use span::{Kind, LiveSpan, Recording, SpanHandle};
 
 /// The header carrying a request's id; generated when the caller sent none.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -154,9 +153,6 @@ pub enum TracingError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The exporter could not be built.
-    #[error("OTLP exporter: {0}")]
-    Exporter(String),
 }
 
 impl TracingConfig {
@@ -179,22 +175,30 @@ impl TracingConfig {
 }
 
 /// The URI to export to: `endpoint`, with `/v1/traces` added for HTTP when it has no path.
-fn collector_uri(endpoint: &str, protocol: OtlpProtocol) -> Result<String, TracingError> {
+fn collector_uri(endpoint: &str, protocol: OtlpProtocol) -> Result<Uri, TracingError> {
     let refuse = |reason: String| TracingError::Endpoint {
         endpoint: endpoint.to_string(),
         reason,
     };
     let uri: Uri = endpoint.parse().map_err(|e| refuse(format!("{e}")))?;
-    if !matches!(uri.scheme_str(), Some("http") | Some("https")) || uri.authority().is_none() {
+    if uri.scheme_str() == Some("https") {
+        return Err(refuse(
+            "TLS to the collector is not supported: export to a collector or agent \
+             on the same host or network over http://"
+                .into(),
+        ));
+    }
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
         return Err(refuse("expected http://host:port".into()));
     }
     let bare = matches!(uri.path(), "" | "/");
-    Ok(match protocol {
+    let uri = match protocol {
         OtlpProtocol::HttpProtobuf if bare => {
             format!("{}/v1/traces", endpoint.trim_end_matches('/'))
         }
-        _ => endpoint.to_string(),
-    })
+        _ => return Ok(uri),
+    };
+    uri.parse().map_err(|e| refuse(format!("{e}")))
 }
 
 /// One sidecar's tracer, propagators and access-log switch; cheap to clone.
@@ -202,12 +206,13 @@ fn collector_uri(endpoint: &str, protocol: OtlpProtocol) -> Result<String, Traci
 pub struct Tracing(Arc<Inner>);
 
 struct Inner {
-    /// `None` when no collector is configured: context is propagated, nothing recorded.
-    tracer: Option<SdkTracer>,
+    /// Where sampled spans go; `None` when no collector is configured: context is
+    /// propagated, nothing recorded.
+    sink: Option<Sink>,
     /// Kept to flush on shutdown.
     flusher: Option<Flusher>,
     propagators: Propagators,
-    /// Root sampling ratio of the propagate-only mode.
+    /// Fraction of new traces sampled.
     ratio: f64,
     access_log: bool,
     attempt_spans: AttemptSpans,
@@ -217,7 +222,7 @@ struct Inner {
 impl std::fmt::Debug for Tracing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tracing")
-            .field("exporting", &self.0.tracer.is_some())
+            .field("exporting", &self.0.sink.is_some())
             .field("access_log", &self.0.access_log)
             .finish_non_exhaustive()
     }
@@ -232,13 +237,18 @@ impl Default for Tracing {
 impl Tracing {
     /// Context propagation (W3C) and access logs, no span export.
     pub fn disabled() -> Self {
-        Self::propagate_only(&TracingConfig::default(), TracingMetrics::default())
+        Self::with_sink(&TracingConfig::default(), TracingMetrics::default(), None)
     }
 
-    fn propagate_only(config: &TracingConfig, metrics: TracingMetrics) -> Self {
+    fn with_sink(
+        config: &TracingConfig,
+        metrics: TracingMetrics,
+        exporting: Option<(Sink, Flusher)>,
+    ) -> Self {
+        let (sink, flusher) = exporting.unzip();
         Self(Arc::new(Inner {
-            tracer: None,
-            flusher: None,
+            sink,
+            flusher,
             propagators: Propagators::new(&config.propagate),
             ratio: config.sampling_ratio,
             access_log: config.access_log,
@@ -252,52 +262,18 @@ impl Tracing {
     pub fn new(config: &TracingConfig, metrics: TracingMetrics) -> Result<Self, TracingError> {
         config.validate()?;
         let Some(endpoint) = &config.endpoint else {
-            return Ok(Self::propagate_only(config, metrics));
+            return Ok(Self::with_sink(config, metrics, None));
         };
-        let uri = collector_uri(endpoint, config.protocol)?;
-        let builder = opentelemetry_otlp::SpanExporter::builder();
-        let mut exporter = match config.protocol {
-            OtlpProtocol::Grpc => builder
-                .with_tonic()
-                .with_endpoint(uri)
-                .with_timeout(config.export_timeout)
-                .build(),
-            OtlpProtocol::HttpProtobuf => builder
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(uri)
-                .with_timeout(config.export_timeout)
-                .build(),
-        }
-        .map_err(|e| TracingError::Exporter(e.to_string()))?;
-        let resource = Resource::builder_empty()
-            .with_service_name(config.service_name.clone())
-            .build();
-        opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
+        let collector = Collector::new(collector_uri(endpoint, config.protocol)?, config.protocol);
         let limits = QueueLimits {
             queue_size: config.queue_size,
             batch_size: config.batch_size,
             delay: config.batch_delay,
             export_timeout: config.export_timeout,
         };
-        let processor = QueueProcessor::spawn(exporter, limits, metrics.clone());
-        let flusher = processor.flusher();
-        let provider = SdkTracerProvider::builder()
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                config.sampling_ratio,
-            ))))
-            .with_resource(resource)
-            .with_span_processor(processor)
-            .build();
-        Ok(Self(Arc::new(Inner {
-            tracer: Some(provider.tracer("remora")),
-            flusher: Some(flusher),
-            propagators: Propagators::new(&config.propagate),
-            ratio: config.sampling_ratio,
-            access_log: config.access_log,
-            attempt_spans: config.attempt_spans,
-            metrics,
-        })))
+        let encoder = otlp::Encoder::new(&config.service_name);
+        let exporting = export::spawn(collector, encoder, limits, metrics.clone());
+        Ok(Self::with_sink(config, metrics, Some(exporting)))
     }
 
     /// The export counters.
@@ -325,26 +301,26 @@ impl Tracing {
         };
         let parent = self.0.propagators.extract(request.headers());
         let kind = match direction {
-            Direction::Inbound => SpanKind::Server,
-            Direction::Outbound => SpanKind::Client,
+            Direction::Inbound => Kind::Server,
+            Direction::Outbound => Kind::Client,
         };
-        let cx = self.start_span(&parent, method_name(request.method()), kind, |span| {
-            let grpc = grpc_path(request);
-            if let Some((service, method)) = grpc {
-                span.update_name(format!("{service}/{method}"));
-            }
-            let mut attributes = call_attributes(request, direction, grpc);
-            attributes.push(KeyValue::new(
-                "http.request_id",
-                header_text(&request_id).into_owned(),
-            ));
-            span.set_attributes(attributes);
+        let grpc = grpc_path(request);
+        let name = match grpc {
+            Some((service, method)) => Cow::Owned(format!("{service}/{method}")),
+            None => Cow::Borrowed(method_name(request.method())),
+        };
+        let (cx, span) = self.start_span(&parent, name, kind, SystemTime::now(), |recording| {
+            call_attributes(&mut recording.attributes, request, direction, grpc);
+            recording
+                .attributes
+                .str("http.request_id", &header_text(&request_id));
         });
         // Nothing is injected here: every attempt writes its own context (`attempt`),
         // replacing the caller's headers, right before it is sent.
         let call = CallTrace(Arc::new(CallInner {
             tracing: self.clone(),
             cx,
+            span,
             attempts: AtomicU32::new(0),
             service: OnceLock::new(),
             direction,
@@ -360,50 +336,60 @@ impl Tracing {
         }
     }
 
-    /// A child of `parent`: a real span when exporting (attributes set by `describe`
-    /// only when sampled), else a bare span context that only propagates.
+    /// A child of `parent`: a recorded span (described by `describe`) when exporting
+    /// and sampled, else only a span context that propagates. Sampling follows the
+    /// parent's decision; a new trace is sampled at the configured ratio.
     fn start_span(
         &self,
         parent: &Context,
-        name: &'static str,
-        kind: SpanKind,
-        describe: impl FnOnce(&opentelemetry::trace::SpanRef<'_>),
-    ) -> Context {
-        let Some(tracer) = &self.0.tracer else {
-            return parent.with_remote_span_context(self.untraced_child(parent));
+        name: Cow<'static, str>,
+        kind: Kind,
+        start: SystemTime,
+        describe: impl FnOnce(&mut Recording),
+    ) -> (Context, Option<Arc<LiveSpan>>) {
+        let parent_span = parent.span();
+        let parent_context = parent_span.span_context();
+        let (trace_id, sampled, state) = if parent_context.is_valid() {
+            (
+                parent_context.trace_id(),
+                parent_context.is_sampled(),
+                parent_context.trace_state().clone(),
+            )
+        } else {
+            let trace_id = TraceId::from(fastrand::u128(1..));
+            (
+                trace_id,
+                ratio_sampled(trace_id, self.0.ratio),
+                TraceState::NONE,
+            )
         };
-        let span = tracer.build_with_context(SpanBuilder::from_name(name).with_kind(kind), parent);
-        let cx = parent.with_span(span);
-        let span = cx.span();
-        if span.is_recording() {
-            describe(&span);
-        }
-        cx
-    }
-
-    /// A new span id under `parent`'s trace (or a new trace, sampled at the ratio).
-    fn untraced_child(&self, parent: &Context) -> SpanContext {
-        let span_id = SpanId::from(fastrand::u64(1..));
-        let span = parent.span();
-        let parent = span.span_context();
-        if parent.is_valid() {
-            return SpanContext::new(
-                parent.trace_id(),
-                span_id,
-                parent.trace_flags(),
-                false,
-                parent.trace_state().clone(),
-            );
-        }
-        let sampled = self.0.ratio >= 1.0 || fastrand::f64() < self.0.ratio;
-        SpanContext::new(
-            TraceId::from(fastrand::u128(1..)),
-            span_id,
-            opentelemetry::TraceFlags::default().with_sampled(sampled),
+        let context = SpanContext::new(
+            trace_id,
+            SpanId::from(fastrand::u64(1..)),
+            TraceFlags::default().with_sampled(sampled),
             false,
-            Default::default(),
-        )
+            state,
+        );
+        match &self.0.sink {
+            Some(sink) if sampled => {
+                let span = LiveSpan::start(sink, context, parent_context, kind, name, start, 384);
+                span.record(describe);
+                (parent.with_span(SpanHandle(span.clone())), Some(span))
+            }
+            _ => (parent.with_remote_span_context(context), None),
+        }
     }
+}
+
+/// The ratio sampler of the OpenTelemetry specification: keyed on the trace id's low 63
+/// bits, so every sidecar decides the same for one trace.
+fn ratio_sampled(trace_id: TraceId, ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+    let low = u64::from_be_bytes(trace_id.to_bytes()[8..].try_into().unwrap_or_default());
+    (low >> 1) < bound
 }
 
 /// Request extension: the request span's context, shared by every attempt of the call.
@@ -414,6 +400,8 @@ pub struct CallTrace(Arc<CallInner>);
 struct CallInner {
     tracing: Tracing,
     cx: Context,
+    /// The request span, when it is recorded (sampled, with a collector).
+    span: Option<Arc<LiveSpan>>,
     attempts: AtomicU32,
     /// Set once routing found the service.
     service: OnceLock<Arc<str>>,
@@ -456,22 +444,20 @@ impl TryOutcome {
         }
     }
 
-    fn record(self, span: &opentelemetry::trace::SpanRef<'_>) {
+    fn record(self, recording: &mut Recording) {
+        let attributes = &mut recording.attributes;
         if let Some(status) = self.status {
-            span.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            ));
+            attributes.int("http.response.status_code", i64::from(status));
             if let Some(code) = self.grpc_status {
-                span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+                attributes.int("rpc.grpc.status_code", i64::from(code));
             }
             if let Some(error) = error_status(status, self.grpc_status, Direction::Outbound, None) {
-                span.set_status(error);
+                recording.set_status(error);
             }
         }
         if let Some((reason, text)) = self.error {
-            span.set_attribute(KeyValue::new("error.type", reason));
-            span.set_status(Status::error(text));
+            recording.attributes.str("error.type", reason);
+            recording.set_status(Status::error(text));
         }
     }
 }
@@ -497,12 +483,8 @@ pub fn routed<B>(request: &Request<B>, service: &Arc<str>) {
         return;
     };
     let _ = call.0.service.set(service.clone());
-    let span = call.0.cx.span();
-    if span.is_recording() {
-        span.set_attribute(KeyValue::new(
-            "remora.service",
-            opentelemetry::StringValue::from(service.clone()),
-        ));
+    if let Some(span) = &call.0.span {
+        span.record(|recording| recording.attributes.str("remora.service", service));
     }
 }
 
@@ -541,18 +523,16 @@ impl RequestTrace {
         let status = response.status().as_u16();
         let grpc_status = grpc_status(response.headers());
         let endpoint = response.extensions().get::<EndpointUsed>().map(|e| e.0);
-        let span = call.cx.span();
-        let recording = span.is_recording();
-        if recording {
-            span.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            ));
-            if let Some(endpoint) = endpoint {
-                span.set_attribute(KeyValue::new("remora.endpoint", endpoint.to_string()));
-            }
+        if let Some(span) = &call.span {
+            span.record(|recording| {
+                let attributes = &mut recording.attributes;
+                attributes.int("http.response.status_code", i64::from(status));
+                if let Some(endpoint) = endpoint {
+                    attributes.display("remora.endpoint", endpoint);
+                }
+            });
         }
-        let observed = recording || call.tracing.0.access_log;
+        let observed = call.span.is_some() || call.tracing.0.access_log;
         if observed
             && grpc_status.is_none()
             && trailers::grpc_status_at(response.headers()) == trailers::GrpcStatusAt::Trailers
@@ -567,16 +547,20 @@ impl RequestTrace {
             trailers::watch(&mut response, trailers::Waiter::Request(waiting));
             return response;
         }
-        if recording {
-            if let Some(code) = grpc_status {
-                span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
-            }
-            let reason = response.headers().get(ERROR_HEADER).map(header_text);
-            if let Some(error) = error_status(status, grpc_status, call.direction, reason) {
-                span.set_status(error);
-            }
+        if let Some(span) = &call.span {
+            span.record(|recording| {
+                if let Some(code) = grpc_status {
+                    recording
+                        .attributes
+                        .int("rpc.grpc.status_code", i64::from(code));
+                }
+                let reason = response.headers().get(ERROR_HEADER).map(header_text);
+                if let Some(error) = error_status(status, grpc_status, call.direction, reason) {
+                    recording.set_status(error);
+                }
+            });
+            span.end();
         }
-        span.end();
         if call.tracing.0.access_log {
             self.access_log(status, grpc_status, endpoint);
         }
@@ -615,7 +599,7 @@ enum AttemptKind {
     /// Nothing to record.
     None,
     /// A try with its own span.
-    Span(Context),
+    Span(Arc<LiveSpan>),
     /// The first try, folded into the call span (`AttemptSpans::Retries`); its facts
     /// are kept in case a retry follows.
     First {
@@ -643,7 +627,7 @@ pub fn attempt<B>(request: &mut Request<B>, endpoint: SocketAddr) -> Attempt {
     if tracing.attempt_spans == AttemptSpans::Retries {
         if number == 1 {
             tracing.propagators.inject(&inner.cx, request.headers_mut());
-            if !inner.cx.span().is_recording() {
+            if inner.span.is_none() {
                 return Attempt(AttemptKind::None);
             }
             let method = method_name(request.method());
@@ -658,28 +642,34 @@ pub fn attempt<B>(request: &mut Request<B>, endpoint: SocketAddr) -> Attempt {
     }
     // The try's own facts only: what the request is (path, protocol, service, gRPC
     // method) is on the call span, its parent.
-    let cx = inner
-        .tracing
-        .start_span(&inner.cx, "attempt", SpanKind::Client, |span| {
-            span.set_attributes(attempt_attributes(
-                method_name(request.method()),
-                endpoint,
-                number,
-            ));
-        });
+    let method = method_name(request.method());
+    let (cx, span) = inner.tracing.start_span(
+        &inner.cx,
+        Cow::Borrowed("attempt"),
+        Kind::Client,
+        SystemTime::now(),
+        |recording| attempt_attributes(recording, method, endpoint, number),
+    );
     tracing.propagators.inject(&cx, request.headers_mut());
-    Attempt(AttemptKind::Span(cx))
+    match span {
+        Some(span) => Attempt(AttemptKind::Span(span)),
+        None => Attempt(AttemptKind::None),
+    }
 }
 
-/// The attributes of an attempt span.
-fn attempt_attributes(method: &'static str, endpoint: SocketAddr, number: u32) -> [KeyValue; 5] {
-    [
-        KeyValue::new("http.request.method", method),
-        KeyValue::new("server.address", endpoint.ip().to_string()),
-        KeyValue::new("server.port", i64::from(endpoint.port())),
-        KeyValue::new("remora.endpoint", endpoint.to_string()),
-        KeyValue::new("remora.attempt", i64::from(number)),
-    ]
+/// Records the attributes of an attempt span.
+fn attempt_attributes(
+    recording: &mut Recording,
+    method: &'static str,
+    endpoint: SocketAddr,
+    number: u32,
+) {
+    let attributes = &mut recording.attributes;
+    attributes.str("http.request.method", method);
+    attributes.display("server.address", endpoint.ip());
+    attributes.int("server.port", i64::from(endpoint.port()));
+    attributes.display("remora.endpoint", endpoint);
+    attributes.int("remora.attempt", i64::from(number));
 }
 
 impl CallInner {
@@ -690,19 +680,22 @@ impl CallInner {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        let (Some(first), Some(tracer)) = (first, &self.tracing.0.tracer) else {
+        let Some(first) = first else {
             return;
         };
-        let builder = SpanBuilder::from_name("attempt")
-            .with_kind(SpanKind::Client)
-            .with_start_time(first.started)
-            .with_attributes(attempt_attributes(first.method, first.endpoint, 1));
-        let cx = self
-            .cx
-            .with_span(tracer.build_with_context(builder, &self.cx));
-        let span = cx.span();
-        first.outcome.record(&span);
-        span.end_with_timestamp(first.ended);
+        let (_, span) = self.tracing.start_span(
+            &self.cx,
+            Cow::Borrowed("attempt"),
+            Kind::Client,
+            first.started,
+            |recording| {
+                attempt_attributes(recording, first.method, first.endpoint, 1);
+                first.outcome.record(recording);
+            },
+        );
+        if let Some(span) = span {
+            span.end_at(first.ended);
+        }
     }
 }
 
@@ -712,17 +705,14 @@ impl Attempt {
     pub fn end(self, result: &mut Result<Response<ProxyBody>, ProxyError>) {
         match self.0 {
             AttemptKind::None => {}
-            AttemptKind::Span(cx) => {
-                let span = cx.span();
-                if span.is_recording() {
-                    if let Some(waiting) = waiting_for_trailers(&cx, result) {
-                        if let Ok(response) = result {
-                            trailers::watch(response, trailers::Waiter::Attempt(waiting));
-                        }
-                        return;
+            AttemptKind::Span(span) => {
+                if let Some(waiting) = waiting_for_trailers(&span, result) {
+                    if let Ok(response) = result {
+                        trailers::watch(response, trailers::Waiter::Attempt(waiting));
                     }
-                    TryOutcome::of(result).record(&span);
+                    return;
                 }
+                span.record(|recording| TryOutcome::of(result).record(recording));
                 span.end();
             }
             // No span unless a retry follows, and none follows a response that streams:
@@ -751,9 +741,9 @@ impl Attempt {
 }
 
 /// When `result` is a gRPC answer whose status comes in its trailers: the attempt span
-/// `cx` (its HTTP status recorded now) to settle at the trailers.
+/// (its HTTP status recorded now) to settle at the trailers.
 fn waiting_for_trailers(
-    cx: &Context,
+    span: &Arc<LiveSpan>,
     result: &Result<Response<ProxyBody>, ProxyError>,
 ) -> Option<trailers::AttemptWaiting> {
     let response = result.as_ref().ok()?;
@@ -764,12 +754,13 @@ fn waiting_for_trailers(
         return None;
     }
     let status = response.status().as_u16();
-    cx.span().set_attribute(KeyValue::new(
-        "http.response.status_code",
-        i64::from(status),
-    ));
+    span.record(|recording| {
+        recording
+            .attributes
+            .int("http.response.status_code", i64::from(status));
+    });
     Some(trailers::AttemptWaiting {
-        cx: cx.clone(),
+        span: span.clone(),
         status,
     })
 }
@@ -809,48 +800,55 @@ fn error_status(
     failed.then(|| describe(format!("gRPC status {code}")))
 }
 
-/// The attributes of a request (call) span, known when it starts.
+/// Records the attributes of a request (call) span known when it starts.
 fn call_attributes<B>(
+    attributes: &mut span::Attributes,
     request: &Request<B>,
     direction: Direction,
     grpc: Option<(&str, &str)>,
-) -> Vec<KeyValue> {
-    let mut attributes = Vec::with_capacity(11);
-    attributes.push(KeyValue::new(
-        "http.request.method",
-        match method_name(request.method()) {
-            "HTTP" => Cow::Owned(request.method().to_string()),
-            known => Cow::Borrowed(known),
-        },
-    ));
-    attributes.push(KeyValue::new("url.path", request.uri().path().to_string()));
-    attributes.push(KeyValue::new(
+) {
+    attributes.str("http.request.method", request.method().as_str());
+    attributes.str("url.path", request.uri().path());
+    attributes.str(
         "network.protocol.version",
         protocol_version(request.version()),
-    ));
-    attributes.push(KeyValue::new("remora.direction", direction.as_str()));
+    );
+    attributes.str("remora.direction", direction.as_str());
     if let Some((host, port)) = destination(request) {
-        attributes.push(KeyValue::new("server.address", host));
+        attributes.str("server.address", host);
         if let Some(port) = port {
-            attributes.push(KeyValue::new("server.port", i64::from(port)));
+            attributes.int("server.port", i64::from(port));
         }
     }
     if let Some((service, method)) = grpc {
-        attributes.push(KeyValue::new("rpc.system", "grpc"));
-        attributes.push(KeyValue::new("rpc.service", service.to_string()));
-        attributes.push(KeyValue::new("rpc.method", method.to_string()));
+        attributes.str("rpc.system", "grpc");
+        attributes.str("rpc.service", service);
+        attributes.str("rpc.method", method);
     }
-    attributes
 }
 
-/// The host and port the caller addressed (`:authority` or `Host`).
-fn destination<B>(request: &Request<B>) -> Option<(String, Option<u16>)> {
-    if let Some(authority) = request.uri().authority() {
-        return Some((authority.host().to_string(), authority.port_u16()));
+/// The host and port the caller addressed (`:authority` or `Host`), borrowed.
+fn destination<B>(request: &Request<B>) -> Option<(&str, Option<u16>)> {
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => request.headers().get(http::header::HOST)?.to_str().ok()?,
+    };
+    let authority = authority.rsplit('@').next()?;
+    // An IPv6 literal keeps its brackets, as `http::uri::Authority::host` does.
+    let (host, port) = match authority.find(']') {
+        Some(end) if authority.starts_with('[') => {
+            let (host, rest) = authority.split_at(end + 1);
+            (host, rest.strip_prefix(':'))
+        }
+        _ => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return None;
     }
-    let host = request.headers().get(http::header::HOST)?.to_str().ok()?;
-    let authority: http::uri::Authority = host.parse().ok()?;
-    Some((authority.host().to_string(), authority.port_u16()))
+    Some((host, port.and_then(|p| p.parse().ok())))
 }
 
 /// `(service, method)` of a gRPC request (`/pkg.Service/Method`).

@@ -21,9 +21,11 @@ use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
-use opentelemetry::trace::{SpanRef, Status, TraceContextExt};
-use opentelemetry::{Context, KeyValue};
+use std::sync::Arc;
 
+use opentelemetry::trace::Status;
+
+use super::span::{LiveSpan, Recording};
 use super::{error_status, grpc_status, header_text, RequestTrace};
 use crate::body::{BoxError, ProxyBody};
 use crate::metrics::{Direction, GrpcCode};
@@ -72,7 +74,7 @@ pub enum Waiter {
 /// An attempt span whose response status arrives in trailers.
 #[derive(Debug)]
 pub struct AttemptWaiting {
-    pub(super) cx: Context,
+    pub(super) span: Arc<LiveSpan>,
     /// The HTTP status of the response (already on the span).
     pub(super) status: u16,
 }
@@ -173,11 +175,10 @@ impl Waiters {
 impl Waiter {
     fn settle(self, end: End<'_>) {
         match self {
-            Self::Attempt(AttemptWaiting { cx, status }) => {
-                let span = cx.span();
-                if span.is_recording() {
-                    record_end(&span, status, Direction::Outbound, None, end);
-                }
+            Self::Attempt(AttemptWaiting { span, status }) => {
+                span.record(|recording| {
+                    record_end(recording, status, Direction::Outbound, None, end);
+                });
                 span.end();
             }
             Self::Request(waiting) => {
@@ -188,12 +189,13 @@ impl Waiter {
                     reason,
                 } = waiting;
                 let call = &trace.call.0;
-                let span = call.cx.span();
-                if span.is_recording() {
-                    let reason = reason.as_ref().map(header_text);
-                    record_end(&span, status, call.direction, reason, end);
+                if let Some(span) = &call.span {
+                    span.record(|recording| {
+                        let reason = reason.as_ref().map(header_text);
+                        record_end(recording, status, call.direction, reason, end);
+                    });
+                    span.end();
                 }
-                span.end();
                 if call.tracing.0.access_log {
                     trace.access_log(status, end.grpc_status(), endpoint);
                 }
@@ -214,7 +216,7 @@ impl End<'_> {
 
 /// Records on a recording span how its response ended (the HTTP status is on it already).
 fn record_end(
-    span: &SpanRef<'_>,
+    recording: &mut Recording,
     status: u16,
     direction: Direction,
     reason: Option<std::borrow::Cow<'_, str>>,
@@ -223,17 +225,19 @@ fn record_end(
     match end {
         End::Ended(code) => {
             if let Some(code) = code {
-                span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+                recording
+                    .attributes
+                    .int("rpc.grpc.status_code", i64::from(code));
             }
             if let Some(error) = error_status(status, code, direction, reason) {
-                span.set_status(error);
+                recording.set_status(error);
             }
         }
         End::Failed(error) => {
-            span.set_attribute(KeyValue::new("error.type", "response-body"));
-            span.set_status(Status::error(format!("response body: {error}")));
+            recording.attributes.str("error.type", "response-body");
+            recording.set_status(Status::error(format!("response body: {error}")));
         }
-        End::Dropped => span.set_attribute(KeyValue::new("error.type", "cancelled")),
+        End::Dropped => recording.attributes.str("error.type", "cancelled"),
     }
 }
 
@@ -322,28 +326,36 @@ mod tests {
             reason: None,
         };
         watch(&mut response, Waiter::Request(waiting));
-        let attempt = AttemptWaiting {
-            cx: Context::new(),
-            status: 200,
-        };
+        let (span, ended) = super::super::span::test_span();
+        let attempt = AttemptWaiting { span, status: 200 };
         watch(&mut response, Waiter::Attempt(attempt));
         let ProxyBody::Watched { body } = response.body() else {
             panic!("not watched");
         };
         assert!(body.waiters.request.is_some() && body.waiters.attempt.is_some());
+        assert!(
+            ended.queued().is_empty(),
+            "the attempt waits for the trailers"
+        );
         let collected = response.into_body().collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["grpc-status"], "7");
         assert_eq!(collected.to_bytes(), "message");
+        let [span] = &ended.queued()[..] else {
+            panic!("the attempt span ended at the trailers");
+        };
+        assert_eq!(
+            span.recording.status,
+            opentelemetry::trace::Status::error("gRPC status 7")
+        );
     }
 
     #[test]
     fn an_ended_body_is_not_wrapped() {
         let mut response = grpc_response(ProxyBody::empty());
-        let attempt = AttemptWaiting {
-            cx: Context::new(),
-            status: 200,
-        };
+        let (span, ended) = super::super::span::test_span();
+        let attempt = AttemptWaiting { span, status: 200 };
         watch(&mut response, Waiter::Attempt(attempt));
         assert!(matches!(response.body(), ProxyBody::Full { .. }));
+        assert_eq!(ended.queued().len(), 1, "settled at once");
     }
 }
