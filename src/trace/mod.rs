@@ -945,11 +945,18 @@ mod tests {
         config.sampling_ratio = 0.5;
         config.endpoint = Some("localhost:4317".into());
         assert!(config.validate().is_err());
+        config.endpoint = Some("https://collector:4317".into());
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(refused.contains("TLS to the collector is not supported"), "{refused}");
         config.endpoint = Some("http://127.0.0.1:4318".into());
         config.protocol = OtlpProtocol::HttpProtobuf;
         assert_eq!(
             collector_uri("http://127.0.0.1:4318", OtlpProtocol::HttpProtobuf).unwrap(),
             "http://127.0.0.1:4318/v1/traces"
+        );
+        assert_eq!(
+            collector_uri("http://collector:4318/custom", OtlpProtocol::HttpProtobuf).unwrap(),
+            "http://collector:4318/custom"
         );
         assert!(config.validate().is_ok());
     }
