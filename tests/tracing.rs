@@ -395,6 +395,32 @@ async fn a_dead_collector_leaves_requests_alone_and_counts_dropped_spans() {
 }
 
 #[tokio::test]
+async fn spans_a_collector_refuses_are_counted_as_dropped() {
+    let (collector, refused) = otlp_receiver::grpc_refusing().await;
+    let (upstream, _) = support::recording("up").await;
+    let sidecar = outbound(
+        upstream,
+        TracingConfig {
+            batch_size: 2,
+            ..exporting("a", collector)
+        },
+    )
+    .await;
+    for _ in 0..6 {
+        let (status, _) = get_with(&service_url(&sidecar, "/"), &[]).await;
+        assert_eq!(status, 200);
+    }
+    sidecar.handle().tracing().flush().await;
+    let metrics = sidecar.handle().tracing().metrics().clone();
+    assert_eq!(metrics.exported.get(), 0);
+    assert_eq!(metrics.dropped.get(), 6, "six call spans, each refused");
+    assert!(
+        refused.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+        "the collector was asked in batches of two at most"
+    );
+}
+
+#[tokio::test]
 async fn request_ids_are_generated_or_kept_and_forwarded() {
     let (upstream, seen) = support::recording("up").await;
     let sidecar = outbound(upstream, TracingConfig::default()).await;

@@ -947,7 +947,10 @@ mod tests {
         assert!(config.validate().is_err());
         config.endpoint = Some("https://collector:4317".into());
         let refused = config.validate().unwrap_err().to_string();
-        assert!(refused.contains("TLS to the collector is not supported"), "{refused}");
+        assert!(
+            refused.contains("TLS to the collector is not supported"),
+            "{refused}"
+        );
         config.endpoint = Some("http://127.0.0.1:4318".into());
         config.protocol = OtlpProtocol::HttpProtobuf;
         assert_eq!(

@@ -141,6 +141,34 @@ pub async fn grpc() -> (SocketAddr, Received) {
     (addr, received)
 }
 
+/// An OTLP/gRPC collector that refuses every export with `UNAVAILABLE`, counting the
+/// calls it refused.
+pub async fn grpc_refusing() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let service = TraceServiceServer::new(Refusing(refused.clone()));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (addr, refused)
+}
+
+struct Refusing(Arc<std::sync::atomic::AtomicUsize>);
+
+#[tonic::async_trait]
+impl TraceService for Refusing {
+    async fn export(
+        &self,
+        _request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(tonic::Status::unavailable("overloaded"))
+    }
+}
+
 /// An OTLP/HTTP protobuf collector (`POST /v1/traces`) on an ephemeral port.
 pub async fn http() -> (SocketAddr, Received) {
     let received = Received::default();
