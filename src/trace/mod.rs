@@ -12,6 +12,10 @@
 //! comes in trailers, when its body ends: see [`trailers`]). Policy layers record their
 //! decisions with [`event`] on the current span.
 //!
+//! Spans are remora's own records (`span.rs`), written in OTLP wire form as they are
+//! filled and exported by remora's encoder (`otlp.rs`); trace context, its propagators and
+//! the span API that [`event`] uses are the opentelemetry crate's.
+//!
 //! NOTE: spans use the opentelemetry API directly, not `tracing` + tracing-opentelemetry:
 //! a `tracing` layer is one per process (we need one tracer per sidecar), it allocates
 //! span state for every span even when sampling says no, and the attempt span has to
