@@ -665,7 +665,7 @@ impl Shared {
     fn prepare_attempt(&self, mut request: Request<ProxyBody>, n: u32) -> Request<ProxyBody> {
         request
             .headers_mut()
-            .insert(&ATTEMPT_HEADER, HeaderValue::from(n));
+            .insert(&ATTEMPT_HEADER, attempt_value(n));
         if n == 1 {
             self.counters.first.inc();
         } else {
@@ -754,6 +754,16 @@ impl Shared {
         }
         self.counters.retries.inc();
         Some(delay)
+    }
+}
+
+/// Attempt number `n` as a header value: a static one (no allocation) for every attempt
+/// count a policy allows in practice.
+fn attempt_value(n: u32) -> HeaderValue {
+    const SMALL: [&str; 9] = ["1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match usize::try_from(n).ok().and_then(|n| SMALL.get(n.wrapping_sub(1))) {
+        Some(text) => HeaderValue::from_static(text),
+        None => HeaderValue::from(n),
     }
 }
 
@@ -1617,6 +1627,13 @@ mod tests {
             .with_per_try_timeout(Some(Duration::ZERO))
             .is_err());
         assert!(config(2).with_max_replay_bytes(1 << 30).is_err());
+    }
+
+    #[test]
+    fn attempt_values_are_the_numbers() {
+        for n in [1, 2, 9, 10, 11, 123, u32::MAX] {
+            assert_eq!(attempt_value(n), HeaderValue::from(n));
+        }
     }
 
     #[test]
