@@ -570,7 +570,10 @@ mod tests {
         type FutureOf<S> = <S as Service<Request<ProxyBody>>>::Future;
         let sizes = [
             ("Stack", size_of::<FutureOf<Stack>>()),
-            ("Fallback<CoreStack>", size_of::<FutureOf<Fallback<CoreStack>>>()),
+            (
+                "Fallback<CoreStack>",
+                size_of::<FutureOf<Fallback<CoreStack>>>(),
+            ),
             ("CoreStack", size_of::<FutureOf<CoreStack>>()),
             ("WithTimeout", size_of::<FutureOf<WithTimeout>>()),
             ("WithRetry", size_of::<FutureOf<WithRetry>>()),

@@ -764,7 +764,10 @@ impl Shared {
 /// count a policy allows in practice.
 fn attempt_value(n: u32) -> HeaderValue {
     const SMALL: [&str; 9] = ["1", "2", "3", "4", "5", "6", "7", "8", "9"];
-    match usize::try_from(n).ok().and_then(|n| SMALL.get(n.wrapping_sub(1))) {
+    match usize::try_from(n)
+        .ok()
+        .and_then(|n| SMALL.get(n.wrapping_sub(1)))
+    {
         Some(text) => HeaderValue::from_static(text),
         None => HeaderValue::from(n),
     }
