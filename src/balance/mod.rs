@@ -45,7 +45,7 @@ pub use load::InFlight;
 pub use metrics::BalancerMetrics;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -79,6 +79,10 @@ pub struct Endpoint {
     pub rtt: PeakEwma,
     /// Why the endpoint is held out of balancing, if it is.
     pub readiness: Readiness,
+    /// The id of the endpoint-breaker set whose breaker of this endpoint is settled (a
+    /// success would change nothing), so that a success is not recorded at all; 0 when
+    /// none is known to be. Written by that set under its breaker's lock.
+    pub settled_breaker: AtomicU64,
 }
 
 /// Flags that hold an endpoint out of balancing; each is set and cleared by its owner.
@@ -118,6 +122,7 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             rtt: PeakEwma::new(),
             readiness: Readiness::default(),
+            settled_breaker: AtomicU64::new(0),
         }
     }
 

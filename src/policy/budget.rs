@@ -27,8 +27,8 @@ pub struct RetryBudget {
     ratio: f64,
     /// Retries always allowed per window, whatever the load (`min_per_second × window`).
     floor: f64,
-    /// Length of one bucket (a tenth of the window); non-zero.
-    bucket: Duration,
+    /// Length of one bucket (a tenth of the window) in nanoseconds; non-zero.
+    bucket_nanos: u64,
     /// Time zero of the bucket numbering.
     origin: Instant,
     /// Held for a few arithmetic operations, never across an await.
@@ -64,7 +64,7 @@ impl RetryBudget {
         Ok(Self {
             ratio,
             floor: f64::from(min_per_second) * window.as_secs_f64(),
-            bucket: window / BUCKETS as u32,
+            bucket_nanos: (window / BUCKETS as u32).as_nanos() as u64,
             origin: Instant::now(),
             buckets: Mutex::new([Bucket::default(); BUCKETS]),
         })
@@ -72,7 +72,12 @@ impl RetryBudget {
 
     /// Counts a request: each one earns `ratio` retries for the length of the window.
     pub fn deposit(&self) {
-        self.with_current(|current, _| current.deposits += 1);
+        // Every call deposits, so this skips the window totals only a withdrawal needs:
+        // a bucket is cleared by its age alone, so clearing the others later is the same.
+        let mut buckets = self.lock();
+        let tick = self.tick();
+        let current = Self::current(&mut buckets, tick);
+        current.deposits += 1;
     }
 
     /// Takes one retry from the budget; `false` when the budget is spent.
@@ -90,10 +95,8 @@ impl RetryBudget {
     /// Runs `f` on the current bucket with the window's (deposits, withdrawals) totals,
     /// after clearing buckets that slid out of the window.
     fn with_current<T>(&self, f: impl FnOnce(&mut Bucket, (u64, u64)) -> T) -> T {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        // Read under the lock, so ticks seen by successive holders never go backwards.
-        let elapsed = Instant::now().saturating_duration_since(self.origin);
-        let tick = (elapsed.as_nanos() / self.bucket.as_nanos()) as u64;
+        let mut buckets = self.lock();
+        let tick = self.tick();
         let mut totals = (0, 0);
         for bucket in buckets.iter_mut() {
             if tick.saturating_sub(bucket.tick) >= BUCKETS as u64 {
@@ -102,15 +105,33 @@ impl RetryBudget {
             totals.0 += bucket.deposits;
             totals.1 += bucket.withdrawals;
         }
+        f(Self::current(&mut buckets, tick), totals)
+    }
+
+    /// The bucket of `tick`, adopted for it (emptied) when it last counted an older span.
+    fn current(buckets: &mut [Bucket; BUCKETS], tick: u64) -> &mut Bucket {
         let current = &mut buckets[(tick % BUCKETS as u64) as usize];
         if current.tick != tick {
-            // Stale by whole window or more: cleared above; adopt it for this tick.
+            // An older span's bucket, a whole window or more ago: its counts are done.
             *current = Bucket {
                 tick,
                 ..Bucket::default()
             };
         }
-        f(current, totals)
+        current
+    }
+
+    /// The current bucket number since `origin`. Read under the lock, so that ticks seen
+    /// by successive holders never go backwards.
+    fn tick(&self) -> u64 {
+        let elapsed = Instant::now().saturating_duration_since(self.origin);
+        // In u64 nanoseconds (585 years), which divide far faster than u128.
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        nanos / self.bucket_nanos
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, [Bucket; BUCKETS]> {
+        self.buckets.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -120,7 +141,7 @@ impl Default for RetryBudget {
         Self {
             ratio: 0.2,
             floor: 100.0,
-            bucket: Duration::from_secs(1),
+            bucket_nanos: 1_000_000_000,
             origin: Instant::now(),
             buckets: Mutex::new([Bucket::default(); BUCKETS]),
         }

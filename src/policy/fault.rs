@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::future::{self, Either, Ready};
+use futures_util::future::{self, Either};
 use http::{Request, Response, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -278,11 +278,11 @@ pub struct Fault<S> {
     shared: Arc<Shared>,
 }
 
-/// A call's response: passed through, aborted at once, or delayed first.
-type FaultFuture<F> = Either<
-    Either<F, Ready<Result<Response<ProxyBody>, ProxyError>>>,
-    Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>,
->;
+/// A call's response: passed through, or (aborted at once, or delayed first) boxed. The
+/// type is in every call's future of a stack with the fault layer, so the rare outcomes
+/// are boxed: an aborted result inline would add the size of a response to every call.
+type FaultFuture<F> =
+    Either<F, Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>>;
 
 impl<S> Service<Request<ProxyBody>> for Fault<S>
 where
@@ -313,13 +313,15 @@ where
             .filter(|abort| shared.dice.happens(abort.ppm))
             .map(|abort| abort.status);
         let Some(duration) = delay else {
-            return Either::Left(match abort {
+            return match abort {
                 Some(status) => {
                     shared.aborts.inc();
-                    Either::Right(future::ready(Err(ProxyError::FaultInjected(status))))
+                    Either::Right(Box::pin(future::ready(Err(ProxyError::FaultInjected(
+                        status,
+                    )))))
                 }
                 None => Either::Left(self.inner.call(request)),
-            });
+            };
         };
         shared.delays.inc();
         // NOTE: a delayed call is boxed; the undelayed path allocates nothing. The

@@ -561,6 +561,29 @@ impl SharedLayers {
 mod tests {
     use super::*;
 
+    /// The size of a call's future through each part of the stack, printed
+    /// (`cargo nextest run future_sizes --no-capture`) to watch memory per call.
+    #[test]
+    fn future_sizes() {
+        use std::mem::size_of;
+        use tower::Service;
+        type FutureOf<S> = <S as Service<Request<ProxyBody>>>::Future;
+        let sizes = [
+            ("Stack", size_of::<FutureOf<Stack>>()),
+            (
+                "Fallback<CoreStack>",
+                size_of::<FutureOf<Fallback<CoreStack>>>(),
+            ),
+            ("CoreStack", size_of::<FutureOf<CoreStack>>()),
+            ("WithTimeout", size_of::<FutureOf<WithTimeout>>()),
+            ("WithRetry", size_of::<FutureOf<WithRetry>>()),
+            ("WithBreaker", size_of::<FutureOf<WithBreaker>>()),
+        ];
+        for (name, size) in sizes {
+            println!("{name}: {size} B");
+        }
+    }
+
     #[test]
     fn route_matchers() {
         let prefix = RouteMatcher::PathPrefix("/api".into());

@@ -359,8 +359,8 @@ where
         let limit = shared.config.per_try_timeout;
         ResponseFuture::First {
             call: inner.call(request),
-            per_try: limit.map(tokio::time::sleep),
-            retry: Some(Continuation {
+            per_try: limit.map(|limit| Box::pin(tokio::time::sleep(limit))),
+            retry: Some(Box::new(Continuation {
                 shared: shared.clone(),
                 inner,
                 resend: Resend::Copy {
@@ -369,7 +369,7 @@ where
                 },
                 deadline,
                 avoid: avoid.unwrap_or_default(),
-            }),
+            })),
         }
     }
 }
@@ -386,14 +386,17 @@ struct Continuation<S> {
 pin_project_lite::pin_project! {
     /// The response future of [`Retry`]: a bodiless call's first attempt in place, or
     /// (with a body to read ahead, or once a retry is needed) the whole call boxed.
+    ///
+    /// A first attempt keeps what a retry needs, and its per-try timer, boxed: they are
+    /// large (the request's head) and seldom used, and this future is part of every
+    /// call's; a retried call's future is boxed anyway.
     #[project = ResponseProj]
     pub enum ResponseFuture<S, F> {
         First {
             #[pin]
             call: F,
-            #[pin]
-            per_try: Option<tokio::time::Sleep>,
-            retry: Option<Continuation<S>>,
+            per_try: Option<Pin<Box<tokio::time::Sleep>>>,
+            retry: Option<Box<Continuation<S>>>,
         },
         Boxed {
             future: BoxedResponse,
@@ -422,8 +425,8 @@ where
                         Poll::Ready(result) => result,
                         Poll::Pending => {
                             let expired = per_try
-                                .as_pin_mut()
-                                .is_some_and(|sleep| sleep.poll(cx).is_ready());
+                                .as_mut()
+                                .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
                             match retry.as_ref() {
                                 Some(retry) if expired => Err(retry.shared.per_try_expired()),
                                 _ => return Poll::Pending,
@@ -439,7 +442,7 @@ where
                         resend,
                         deadline,
                         avoid,
-                    } = retry;
+                    } = *retry;
                     let Some((delay, next)) = shared.next_attempt(&resend, &result, 1, deadline)
                     else {
                         return Poll::Ready(result);
@@ -665,7 +668,7 @@ impl Shared {
     fn prepare_attempt(&self, mut request: Request<ProxyBody>, n: u32) -> Request<ProxyBody> {
         request
             .headers_mut()
-            .insert(&ATTEMPT_HEADER, HeaderValue::from(n));
+            .insert(&ATTEMPT_HEADER, attempt_value(n));
         if n == 1 {
             self.counters.first.inc();
         } else {
@@ -754,6 +757,19 @@ impl Shared {
         }
         self.counters.retries.inc();
         Some(delay)
+    }
+}
+
+/// Attempt number `n` as a header value: a static one (no allocation) for every attempt
+/// count a policy allows in practice.
+fn attempt_value(n: u32) -> HeaderValue {
+    const SMALL: [&str; 9] = ["1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match usize::try_from(n)
+        .ok()
+        .and_then(|n| SMALL.get(n.wrapping_sub(1)))
+    {
+        Some(text) => HeaderValue::from_static(text),
+        None => HeaderValue::from(n),
     }
 }
 
@@ -1617,6 +1633,13 @@ mod tests {
             .with_per_try_timeout(Some(Duration::ZERO))
             .is_err());
         assert!(config(2).with_max_replay_bytes(1 << 30).is_err());
+    }
+
+    #[test]
+    fn attempt_values_are_the_numbers() {
+        for n in [1, 2, 9, 10, 11, 123, u32::MAX] {
+            assert_eq!(attempt_value(n), HeaderValue::from(n));
+        }
     }
 
     #[test]

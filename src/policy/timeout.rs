@@ -127,6 +127,13 @@ impl TimeoutMetrics {
 /// Bounds each call by its [`TimeoutConfig`] and the caller's `grpc-timeout`.
 #[derive(Debug, Clone)]
 pub struct TimeoutLayer {
+    /// Behind one pointer: the stack is cloned per call, and a bounded call keeps it.
+    shared: Arc<TimeoutShared>,
+}
+
+/// What every clone of a [`TimeoutLayer`] and its services share.
+#[derive(Debug)]
+struct TimeoutShared {
     config: TimeoutConfig,
     service: Arc<str>,
     metrics: TimeoutMetrics,
@@ -136,9 +143,11 @@ impl TimeoutLayer {
     /// A layer for `service`'s calls.
     pub fn new(config: TimeoutConfig, service: Arc<str>, metrics: TimeoutMetrics) -> Self {
         Self {
-            config,
-            service,
-            metrics,
+            shared: Arc::new(TimeoutShared {
+                config,
+                service,
+                metrics,
+            }),
         }
     }
 }
@@ -176,7 +185,7 @@ where
     fn call(&mut self, mut request: Request<ProxyBody>) -> Self::Future {
         let now = Instant::now();
         let bounds = [
-            self.layer.config.request,
+            self.layer.shared.config.request,
             request
                 .headers()
                 .get(&GRPC_TIMEOUT)
@@ -201,8 +210,7 @@ where
             sleep: Some(tokio::time::sleep_until(deadline)),
             expiry: Some(Expiry {
                 limit: deadline.saturating_duration_since(now),
-                service: self.layer.service.clone(),
-                metrics: self.layer.metrics.clone(),
+                shared: self.layer.shared.clone(),
             }),
         }
     }
@@ -212,8 +220,7 @@ where
 #[derive(Debug)]
 struct Expiry {
     limit: Duration,
-    service: Arc<str>,
-    metrics: TimeoutMetrics,
+    shared: Arc<TimeoutShared>,
 }
 
 pin_project! {
@@ -249,7 +256,8 @@ where
             // Polled again after completing.
             return Poll::Pending;
         };
-        expiry.metrics.record(&expiry.service, TimeoutKind::Request);
+        let shared = &expiry.shared;
+        shared.metrics.record(&shared.service, TimeoutKind::Request);
         Poll::Ready(Err(ProxyError::Timeout(expiry.limit)))
     }
 }

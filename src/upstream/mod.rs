@@ -108,6 +108,14 @@ pub trait EndpointObserver: Send + Sync + 'static {
 /// request arrives with its headers already cleaned by the proxy.
 #[derive(Clone, Debug)]
 pub struct Forward {
+    /// Everything it needs, behind one pointer: the stack is cloned per call, and so is
+    /// this into the call's future.
+    shared: Arc<ForwardShared>,
+}
+
+/// What every clone of a [`Forward`] shares.
+#[derive(Clone, Debug)]
+struct ForwardShared {
     /// The service's name, for errors.
     service: Arc<str>,
     /// Where to send.
@@ -135,17 +143,19 @@ impl Forward {
         clients: UpstreamClients,
     ) -> Self {
         Self {
-            service,
-            endpoints,
-            protocol,
-            clients,
-            observers: Arc::from(Vec::new()),
+            shared: Arc::new(ForwardShared {
+                service,
+                endpoints,
+                protocol,
+                clients,
+                observers: Arc::from(Vec::new()),
+            }),
         }
     }
 
     /// Adds observers told of every attempt's outcome.
     pub fn with_observers(mut self, observers: Vec<Arc<dyn EndpointObserver>>) -> Self {
-        self.observers = Arc::from(observers);
+        Arc::make_mut(&mut self.shared).observers = Arc::from(observers);
         self
     }
 }
@@ -160,7 +170,7 @@ impl tower::Service<Request<ProxyBody>> for Forward {
     }
 
     fn call(&mut self, mut request: Request<ProxyBody>) -> Self::Future {
-        let this = self.clone();
+        let this = self.shared.clone();
         Box::pin(async move {
             // Balancing: only a consistent-hash balancer reads a key from the request;
             // retries name the endpoints that failed so the pick prefers others.

@@ -25,10 +25,18 @@
 //! a snapshot is taken: an entry whose endpoint is no longer in the service's
 //! [`EndpointSet`] goes, with its metrics. An endpoint that discovery removed and added
 //! again is a new [`Endpoint`] (with fresh readiness), and gets a new breaker.
+//!
+//! A success on an endpoint whose breaker is settled (closed, no failure in a row, no
+//! rolling window) changes nothing, so it is not recorded at all: the breaker publishes
+//! its settled state on the endpoint itself ([`Endpoint::settled_breaker`], under the
+//! breaker's lock), and such a success reads one atomic instead of the map and the
+//! breaker. A breaker leaves its settled state only on a failure, which takes the lock
+//! and withdraws the mark. A success racing that failure may then go unrecorded: the
+//! same as if it had finished just before the failure.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -42,9 +50,17 @@ use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::upstream::EndpointObserver;
 
+/// Ids of endpoint-breaker sets, unique in the process (0 is no set).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 /// The breakers of one service's endpoints.
 #[derive(Debug)]
 pub struct EndpointBreakers {
+    /// Unique in the process: what [`Endpoint::settled_breaker`] holds while this set's
+    /// breaker of that endpoint is settled. Several sets may watch one endpoint (a
+    /// reloaded config's stacks beside the old ones): each then only takes the mark from
+    /// the other, which costs a success the fast path, never a wrong answer.
+    id: u64,
     service: Arc<str>,
     config: Arc<BreakerConfig>,
     /// The service's endpoints: where a breaker finds its endpoint, and what decides
@@ -73,6 +89,7 @@ impl EndpointBreakers {
         metrics: BreakerMetrics,
     ) -> Self {
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             service,
             config: Arc::new(config),
             endpoints,
@@ -145,6 +162,19 @@ impl EndpointBreakers {
     fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Arc<EndpointBreaker>>> {
         self.breakers.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Marks `endpoint` as having this set's breaker settled, or withdraws the mark.
+    /// Called under the lock of `breaker`, the endpoint's breaker in this set, after it
+    /// changed, so that marks follow its changes in order.
+    fn publish_settled(&self, endpoint: &Endpoint, breaker: &Breaker) {
+        let mark = &endpoint.settled_breaker;
+        if breaker.settled() {
+            mark.store(self.id, Ordering::Release);
+        } else {
+            // Another set's mark is that set's to withdraw.
+            let _ = mark.compare_exchange(self.id, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
 }
 
 impl EndpointObserver for EndpointBreakers {
@@ -154,14 +184,19 @@ impl EndpointObserver for EndpointBreakers {
         result: &Result<Response<ProxyBody>, ProxyError>,
         elapsed: Duration,
     ) {
-        let now = Instant::now();
         let failed = self.config.failure_on().matches(result);
+        if !failed && endpoint.settled_breaker.load(Ordering::Acquire) == self.id {
+            return;
+        }
+        let now = Instant::now();
         let Some(entry) = self.entry(endpoint, now) else {
             return;
         };
         let started = now.checked_sub(elapsed).unwrap_or(now);
         let mut breaker = entry.lock();
-        let Some(transition) = breaker.observe(started, failed, now) else {
+        let transition = breaker.observe(started, failed, now);
+        self.publish_settled(endpoint, &breaker);
+        let Some(transition) = transition else {
             return;
         };
         if transition.to == BreakerState::Open {
@@ -421,6 +456,28 @@ mod tests {
         h.attempt(1, false, 2 * SECOND);
         assert_eq!(h.view(1).state, "half-open");
         assert!(!h.held_out(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settled_breaker_marks_its_endpoint_and_a_failure_withdraws_the_mark() {
+        let h = Harness::new(&[1]);
+        let mark = || h.endpoint(1).settled_breaker.load(Ordering::Relaxed);
+        assert_eq!(mark(), 0);
+        // The first outcome makes the breaker (listed), settled.
+        h.attempt(1, false, Duration::ZERO);
+        assert_eq!(mark(), h.breakers.id);
+        assert_eq!(h.view(1).state, "closed");
+        h.attempt(1, true, Duration::ZERO);
+        assert_eq!(mark(), 0, "one failure in a row: a success must reset it");
+        h.attempt(1, false, Duration::ZERO);
+        assert_eq!(mark(), h.breakers.id);
+        assert_eq!(h.view(1).consecutive_failures, 0);
+        // Two failures in a row still trip it: the skipped successes changed nothing.
+        h.attempt(1, false, Duration::ZERO);
+        h.attempt(1, true, Duration::ZERO);
+        h.attempt(1, true, Duration::ZERO);
+        assert_eq!(h.view(1).state, "open");
+        assert_eq!(mark(), 0);
     }
 
     #[tokio::test(start_paused = true)]
