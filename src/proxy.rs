@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
@@ -27,9 +26,29 @@ use crate::sidecar::{Shared, State};
 use crate::trace::trailers::{grpc_status_at, watch, GrpcStatusAt, Waiter};
 use crate::upstream::{requested_upgrade, set_forwarded, strip_hop_by_hop, ForwardedFor};
 
-/// Request extension: the address of the client connection (rate-limit keys use it).
+/// Request extension set on every proxied call: one extension (one allocation) for what
+/// the layers need to know about the call.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
+pub struct CallInfo {
+    /// The address of the client connection (rate-limit keys and hashing use it).
+    pub client: SocketAddr,
+    /// When the call arrived: layers that need the time of the call (the overall
+    /// timeout, the retry budget) read it instead of the clock.
+    pub arrived: tokio::time::Instant,
+    /// When the call must be answered, once the timeout layer set it.
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+impl CallInfo {
+    /// A call from `client` arriving now, with no deadline yet.
+    pub fn new(client: SocketAddr) -> Self {
+        Self {
+            client,
+            arrived: tokio::time::Instant::now(),
+            deadline: None,
+        }
+    }
+}
 
 /// What decides the destination of the requests a listener accepts.
 #[derive(Debug, Clone)]
@@ -143,7 +162,9 @@ fn unknown_service() -> Arc<str> {
 
 impl ProxyService {
     async fn handle(self, request: Request<Incoming>) -> Response<ProxyBody> {
-        let started = Instant::now();
+        // tokio's clock (the same as std's outside tests): the call's arrival for the
+        // layers (`CallInfo`) and the start of its metrics' durations.
+        let started = tokio::time::Instant::now();
         let state = self.shared.state.load_full();
         let grpc = is_grpc(&request);
         let direction = self.entry.direction();
@@ -168,7 +189,12 @@ impl ProxyService {
         crate::trace::routed(&request, &target.name); // tracing: name the service on the span
         let route_id = target.route_for(request.uri().path());
         let route = target.route(route_id);
-        let forwarded = forward(&route.stack, request, self.peer, &self.forwarded_for).await;
+        let call = CallInfo {
+            client: self.peer,
+            arrived: started,
+            deadline: None,
+        };
+        let forwarded = forward(&route.stack, request, call, &self.forwarded_for).await;
         let mut response = match forwarded {
             Ok(response) => {
                 if let Some(trigger) = response
@@ -296,7 +322,7 @@ fn route<B>(state: &State, entry: &Entry, request: &Request<B>) -> Result<Arc<Ta
 async fn forward(
     stack: &Stack,
     request: Request<Incoming>,
-    peer: SocketAddr,
+    call: CallInfo,
     forwarded_for: &ForwardedFor,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if request.method() == http::Method::CONNECT {
@@ -326,7 +352,7 @@ async fn forward(
     // remora answers `Expect: 100-continue` itself when it reads the body.
     parts.headers.remove(header::EXPECT);
     set_forwarded(&mut parts.headers, forwarded_for);
-    parts.extensions.insert(ClientAddr(peer));
+    parts.extensions.insert(call);
     if let Some(protocol) = upgrade {
         parts
             .headers

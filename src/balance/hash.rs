@@ -12,7 +12,7 @@ use http::header::COOKIE;
 use http::Request;
 
 use super::config::HashKey;
-use crate::proxy::ClientAddr;
+use crate::proxy::CallInfo;
 
 /// Seeds that keep the hashes of keys, ring points and Maglev permutations apart.
 pub(crate) const KEY_SEED: u64 = 0;
@@ -61,7 +61,7 @@ impl HashKey {
                 Some(hash64(&[value], KEY_SEED))
             }
             Self::ClientIp => {
-                let ClientAddr(addr) = request.extensions().get::<ClientAddr>()?;
+                let addr = request.extensions().get::<CallInfo>()?.client;
                 Some(match addr.ip().to_canonical() {
                     IpAddr::V4(v4) => hash64(&[&v4.octets()], KEY_SEED),
                     IpAddr::V6(v6) => hash64(&[&v6.octets()], KEY_SEED),
@@ -125,7 +125,7 @@ mod tests {
         let with = |addr: &str| {
             let mut request = request();
             let addr: SocketAddr = addr.parse().unwrap();
-            request.extensions_mut().insert(ClientAddr(addr));
+            request.extensions_mut().insert(CallInfo::new(addr));
             HashKey::ClientIp.hash_of(&request)
         };
         let v4 = with("10.1.2.3:5000");

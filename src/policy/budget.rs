@@ -70,12 +70,19 @@ impl RetryBudget {
         })
     }
 
-    /// Counts a request: each one earns `ratio` retries for the length of the window.
+    /// Counts a request arriving now: each one earns `ratio` retries for the length of
+    /// the window.
     pub fn deposit(&self) {
+        self.deposit_at(Instant::now());
+    }
+
+    /// Counts a request that arrived at `arrived` (a moment ago: callers that know when
+    /// the call arrived save a clock read).
+    pub fn deposit_at(&self, arrived: Instant) {
         // Every call deposits, so this skips the window totals only a withdrawal needs:
         // a bucket is cleared by its age alone, so clearing the others later is the same.
+        let tick = self.tick_at(arrived);
         let mut buckets = self.lock();
-        let tick = self.tick();
         let current = Self::current(&mut buckets, tick);
         current.deposits += 1;
     }
@@ -111,7 +118,9 @@ impl RetryBudget {
     /// The bucket of `tick`, adopted for it (emptied) when it last counted an older span.
     fn current(buckets: &mut [Bucket; BUCKETS], tick: u64) -> &mut Bucket {
         let current = &mut buckets[(tick % BUCKETS as u64) as usize];
-        if current.tick != tick {
+        // A newer span's bucket is kept: a deposit dated a whole window back (a call that
+        // arrived long before it reached the retry layer) counts in it rather than erasing it.
+        if current.tick < tick {
             // An older span's bucket, a whole window or more ago: its counts are done.
             *current = Bucket {
                 tick,
@@ -121,10 +130,15 @@ impl RetryBudget {
         current
     }
 
-    /// The current bucket number since `origin`. Read under the lock, so that ticks seen
-    /// by successive holders never go backwards.
+    /// The current bucket number since `origin`. Read under the lock by withdrawals, so
+    /// that the ticks they see never go backwards.
     fn tick(&self) -> u64 {
-        let elapsed = Instant::now().saturating_duration_since(self.origin);
+        self.tick_at(Instant::now())
+    }
+
+    /// The bucket number of `at`.
+    fn tick_at(&self, at: Instant) -> u64 {
+        let elapsed = at.saturating_duration_since(self.origin);
         // In u64 nanoseconds (585 years), which divide far faster than u128.
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         nanos / self.bucket_nanos
@@ -171,6 +185,28 @@ mod tests {
         budget.deposit();
         assert!(budget.try_withdraw());
         assert!(!budget.try_withdraw());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deposit_dated_by_arrival_counts_in_its_own_window() {
+        let budget = RetryBudget::try_new(1.0, 0, Duration::from_secs(10)).unwrap();
+        let early = Instant::now();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        budget.deposit();
+        // Arrived 6 s ago: counts, and ages out 6 s before the one made now.
+        budget.deposit_at(early);
+        assert_eq!(withdraw_all(&budget), 2);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        budget.deposit();
+        budget.deposit();
+        assert_eq!(
+            withdraw_all(&budget),
+            1,
+            "the early deposit left the window"
+        );
+        // A deposit dated a whole window back does not erase the newer bucket it maps to.
+        budget.deposit_at(Instant::now() - Duration::from_secs(10));
+        assert_eq!(withdraw_all(&budget), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -36,7 +36,7 @@ use tower::{Layer, Service};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::metrics::{register_per_service, ByService, PerService};
-use crate::proxy::ClientAddr;
+use crate::proxy::CallInfo;
 
 /// Keys a keyed limiter tracks unless configured otherwise (a few MiB of state).
 pub const DEFAULT_MAX_KEYS: NonZeroUsize = NonZeroUsize::new(100_000).unwrap();
@@ -58,10 +58,10 @@ pub struct Rate {
 pub enum RateLimitKey {
     /// One bucket for every call to the service.
     Global,
-    /// One bucket per client IP (from [`ClientAddr`]; the port is ignored). IPv4-mapped
-    /// IPv6 addresses count as their IPv4 address, and an IPv6 client counts by its /64
-    /// prefix, since one host commonly holds a whole /64. Requests without a
-    /// `ClientAddr` share one bucket.
+    /// One bucket per client IP (from [`CallInfo`](crate::proxy::CallInfo); the port is
+    /// ignored). IPv4-mapped IPv6 addresses count as their IPv4 address, and an IPv6
+    /// client counts by its /64 prefix, since one host commonly holds a whole /64.
+    /// Requests without a `CallInfo` share one bucket.
     ClientIp,
     /// One bucket per value of this header (its first value). Requests without the
     /// header share one "missing" bucket. A client chooses its header, so this is a
@@ -315,8 +315,8 @@ enum KeyBy {
 impl KeyBy {
     fn key_of(&self, request: &Request<ProxyBody>) -> BucketKey {
         match self {
-            Self::ClientIp => match request.extensions().get::<ClientAddr>() {
-                Some(ClientAddr(addr)) => BucketKey::Ip(client_ip_key(addr.ip())),
+            Self::ClientIp => match request.extensions().get::<CallInfo>() {
+                Some(call) => BucketKey::Ip(client_ip_key(call.client.ip())),
                 None => BucketKey::Missing,
             },
             Self::Header { name, digest } => match request.headers().get(name) {
@@ -606,7 +606,7 @@ mod tests {
     fn from(addr: &str) -> Request<ProxyBody> {
         let mut request = plain();
         let addr: SocketAddr = addr.parse().unwrap();
-        request.extensions_mut().insert(ClientAddr(addr));
+        request.extensions_mut().insert(CallInfo::new(addr));
         request
     }
 

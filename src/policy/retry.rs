@@ -42,11 +42,11 @@ use tower::{Layer, Service, ServiceExt as _};
 use super::backoff::Backoff;
 use super::budget::RetryBudget;
 use super::outcome::Conditions;
-use super::timeout::{Deadline, TimeoutKind, TimeoutMetrics};
+use super::timeout::{deadline_of, Deadline, TimeoutKind, TimeoutMetrics};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::metrics::{register_per_service, ByService, PerService, ServiceLabel};
-use crate::proxy::ClientAddr;
+use crate::proxy::CallInfo;
 use crate::trace::CallTrace;
 use crate::upstream::{AvoidEndpoints, EndpointUsed, ReturnUnsent};
 
@@ -347,10 +347,10 @@ where
                 future: Box::pin(shared.clone().run(inner, request)),
             };
         }
-        shared.config.budget.deposit();
+        shared.config.budget.deposit_at(arrival(&request));
         let (parts, body) = request.into_parts();
         let template = Template::of(&parts);
-        let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
+        let deadline = deadline_of(&parts.extensions);
         let avoid = parts
             .extensions
             .get::<AvoidEndpoints>()
@@ -530,7 +530,7 @@ impl Shared {
     where
         S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
     {
-        self.config.budget.deposit();
+        self.config.budget.deposit_at(arrival(&request));
         // A call whose method may not be repeated is retried only on a failed connection,
         // by `run_unsent`; here it gets one attempt.
         if self.config.max_attempts == 1 || !self.method_retryable(request.method()) {
@@ -568,7 +568,7 @@ impl Shared {
     where
         S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
     {
-        self.config.budget.deposit();
+        self.config.budget.deposit_at(arrival(&request));
         let resend = Resend::Unsent(ReturnUnsent::default());
         self.first_and_retries(inner, request, resend).await
     }
@@ -583,7 +583,7 @@ impl Shared {
     where
         S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
     {
-        let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
+        let deadline = deadline_of(request.extensions());
         let avoid = request
             .extensions()
             .get::<AvoidEndpoints>()
@@ -782,12 +782,20 @@ struct Template {
     extensions: KeptExtensions,
 }
 
+/// When `request`'s call arrived (now, for a request the proxy did not stamp).
+fn arrival(request: &Request<ProxyBody>) -> Instant {
+    request
+        .extensions()
+        .get::<CallInfo>()
+        .map_or_else(Instant::now, |call| call.arrived)
+}
+
 /// A request's extensions, as kept for its retries.
 enum KeptExtensions {
     /// Only remora's own, copied without allocating; put back into an attempt's map
     /// only when there is a retry.
     Known {
-        client: Option<ClientAddr>,
+        call: Option<CallInfo>,
         deadline: Option<Deadline>,
         trace: Option<CallTrace>,
     },
@@ -798,15 +806,15 @@ enum KeptExtensions {
 
 impl KeptExtensions {
     fn of(extensions: &Extensions) -> Self {
-        let client = extensions.get::<ClientAddr>().copied();
+        let call = extensions.get::<CallInfo>().copied();
         let deadline = extensions.get::<Deadline>().copied();
         let trace = extensions.get::<CallTrace>().cloned();
-        let known = usize::from(client.is_some())
+        let known = usize::from(call.is_some())
             + usize::from(deadline.is_some())
             + usize::from(trace.is_some());
         if known == extensions.len() {
             Self::Known {
-                client,
+                call,
                 deadline,
                 trace,
             }
@@ -818,13 +826,13 @@ impl KeptExtensions {
     fn to_extensions(&self) -> Extensions {
         match self {
             Self::Known {
-                client,
+                call,
                 deadline,
                 trace,
             } => {
                 let mut extensions = Extensions::new();
-                if let Some(client) = client {
-                    extensions.insert(*client);
+                if let Some(call) = call {
+                    extensions.insert(*call);
                 }
                 if let Some(deadline) = deadline {
                     extensions.insert(*deadline);
@@ -1183,14 +1191,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_attempt_carries_the_request_extensions() {
-        let client = ClientAddr("192.0.2.7:4000".parse().unwrap());
+        let client = CallInfo::new("192.0.2.7:4000".parse().unwrap());
         for foreign in [None, Some(Foreign(7))] {
             let seen = Arc::new(Mutex::new(Vec::new()));
             let log = seen.clone();
             let service = service_fn(move |request: Request<ProxyBody>| {
                 let extensions = request.extensions();
                 log.lock().unwrap().push((
-                    extensions.get::<ClientAddr>().map(|c| c.0),
+                    extensions.get::<CallInfo>().map(|c| c.client),
                     extensions.get::<Deadline>().copied(),
                     extensions.get::<Foreign>().cloned(),
                 ));
@@ -1216,7 +1224,10 @@ mod tests {
             let seen = seen.lock().unwrap();
             assert_eq!(seen.len(), 3);
             for attempt in seen.iter() {
-                assert_eq!(attempt, &(Some(client.0), Some(deadline), foreign.clone()));
+                assert_eq!(
+                    attempt,
+                    &(Some(client.client), Some(deadline), foreign.clone())
+                );
             }
         }
     }

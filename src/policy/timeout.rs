@@ -26,6 +26,7 @@ use tower::{Layer, Service};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::metrics::ServiceLabel;
+use crate::proxy::CallInfo;
 
 /// The gRPC deadline header.
 pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -53,9 +54,21 @@ impl TimeoutConfig {
     }
 }
 
-/// Request extension: when the call must be answered. Set by [`TimeoutLayer`].
+/// Request extension: when the call must be answered. Set by [`TimeoutLayer`] on a
+/// request that carries no [`CallInfo`] (a proxied call keeps its deadline there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline(pub Instant);
+
+/// When the call of a request with `extensions` must be answered, if a timeout layer said.
+pub fn deadline_of(extensions: &http::Extensions) -> Option<Instant> {
+    match extensions.get::<CallInfo>() {
+        Some(CallInfo {
+            deadline: Some(deadline),
+            ..
+        }) => Some(*deadline),
+        _ => extensions.get::<Deadline>().map(|d| d.0),
+    }
+}
 
 /// Which bound ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -183,7 +196,9 @@ where
     }
 
     fn call(&mut self, mut request: Request<ProxyBody>) -> Self::Future {
-        let now = Instant::now();
+        // Bounds run from the call's arrival: read, not the clock, for a proxied call.
+        let call = request.extensions().get::<CallInfo>().copied();
+        let now = call.map_or_else(Instant::now, |call| call.arrived);
         let bounds = [
             self.layer.shared.config.request,
             request
@@ -195,7 +210,7 @@ where
             .into_iter()
             .flatten()
             .filter_map(|bound| now.checked_add(bound))
-            .chain(request.extensions().get::<Deadline>().map(|d| d.0))
+            .chain(deadline_of(request.extensions()))
             .min();
         let Some(deadline) = deadline else {
             return ResponseFuture {
@@ -204,7 +219,12 @@ where
                 expiry: None,
             };
         };
-        request.extensions_mut().insert(Deadline(deadline));
+        match request.extensions_mut().get_mut::<CallInfo>() {
+            Some(call) => call.deadline = Some(deadline),
+            None => {
+                request.extensions_mut().insert(Deadline(deadline));
+            }
+        }
         ResponseFuture {
             inner: self.inner.call(request),
             sleep: Some(tokio::time::sleep_until(deadline)),
@@ -268,7 +288,7 @@ where
 /// with a `Deadline` are touched: the upstream then sees the caller's deadline minus the
 /// time already spent here.
 pub fn set_grpc_timeout(request: &mut Request<ProxyBody>) {
-    let Some(Deadline(deadline)) = request.extensions().get::<Deadline>().copied() else {
+    let Some(deadline) = deadline_of(request.extensions()) else {
         return;
     };
     let headers = request.headers_mut();
@@ -402,6 +422,41 @@ mod tests {
             TimeoutLayer::new(config, "svc".into(), metrics.clone()),
             metrics,
         )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_proxied_call_is_bounded_from_its_arrival_and_keeps_its_deadline_in_call_info() {
+        let (layer, _) = layer(Some(100 * MS));
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let log = seen.clone();
+        let slow = service_fn(move |request: Request<ProxyBody>| {
+            *log.lock().unwrap() = Some((
+                request
+                    .extensions()
+                    .get::<CallInfo>()
+                    .and_then(|c| c.deadline),
+                request.extensions().get::<Deadline>().copied(),
+            ));
+            async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
+            }
+        });
+        let call = CallInfo::new("192.0.2.1:5000".parse().unwrap());
+        tokio::time::advance(30 * MS).await;
+        let mut request = Request::new(ProxyBody::empty());
+        request.extensions_mut().insert(call);
+        let started = Instant::now();
+        let result = layer.layer(slow).oneshot(request).await;
+        assert!(matches!(result, Err(ProxyError::Timeout(d)) if d == 100 * MS));
+        assert_eq!(
+            started.elapsed(),
+            70 * MS,
+            "100ms from arrival, 30ms of it spent"
+        );
+        let (in_call, separate) = seen.lock().unwrap().take().unwrap();
+        assert_eq!(in_call, Some(call.arrived + 100 * MS));
+        assert_eq!(separate, None, "no second extension for a proxied call");
     }
 
     #[tokio::test(start_paused = true)]
