@@ -116,16 +116,10 @@ impl Sink {
         }))
     }
 
-    /// Everything queued so far.
-    fn take(&self) -> Vec<FinishedSpan> {
+    /// Everything queued so far (the export task's, and tests').
+    pub(super) fn take(&self) -> Vec<FinishedSpan> {
         let mut spans = self.0.spans.lock().unwrap_or_else(PoisonError::into_inner);
         std::mem::take(&mut *spans)
-    }
-
-    /// The queued spans, for tests.
-    #[cfg(test)]
-    pub(super) fn queued(&self) -> Vec<FinishedSpan> {
-        self.take()
     }
 }
 
@@ -186,19 +180,15 @@ async fn drain(
             }
             () = tokio::time::sleep(limits.delay) => None,
         };
-        let spans = sink.take();
-        for batch in spans.chunks(limits.batch_size) {
+        // Alone with the queue: nobody can add to it, so this export is the last.
+        let last = Arc::strong_count(&sink.0) == 1;
+        for batch in sink.take().chunks(limits.batch_size) {
             exporter.export(batch).await;
         }
-        drop(spans);
         if let Some(done) = flush {
             let _ = done.send(());
         }
-        if Arc::strong_count(&sink.0) == 1 {
-            let spans = sink.take();
-            for batch in spans.chunks(limits.batch_size) {
-                exporter.export(batch).await;
-            }
+        if last {
             return;
         }
     }

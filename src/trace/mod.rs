@@ -527,20 +527,31 @@ impl RequestTrace {
         let status = response.status().as_u16();
         let grpc_status = grpc_status(response.headers());
         let endpoint = response.extensions().get::<EndpointUsed>().map(|e| e.0);
+        let observed = call.span.is_some() || call.tracing.0.access_log;
+        let waits_for_trailers = observed
+            && grpc_status.is_none()
+            && trailers::grpc_status_at(response.headers()) == trailers::GrpcStatusAt::Trailers;
         if let Some(span) = &call.span {
+            // One record: the answer's head now; its outcome too unless trailers bring it.
             span.record(|recording| {
                 let attributes = &mut recording.attributes;
                 attributes.int("http.response.status_code", i64::from(status));
                 if let Some(endpoint) = endpoint {
                     attributes.display("remora.endpoint", endpoint);
                 }
+                if waits_for_trailers {
+                    return;
+                }
+                if let Some(code) = grpc_status {
+                    attributes.int("rpc.grpc.status_code", i64::from(code));
+                }
+                let reason = response.headers().get(ERROR_HEADER).map(header_text);
+                if let Some(error) = error_status(status, grpc_status, call.direction, reason) {
+                    recording.set_status(error);
+                }
             });
         }
-        let observed = call.span.is_some() || call.tracing.0.access_log;
-        if observed
-            && grpc_status.is_none()
-            && trailers::grpc_status_at(response.headers()) == trailers::GrpcStatusAt::Trailers
-        {
+        if waits_for_trailers {
             let reason = response.headers().get(ERROR_HEADER).cloned();
             let waiting = trailers::RequestWaiting {
                 trace: self,
@@ -552,17 +563,6 @@ impl RequestTrace {
             return response;
         }
         if let Some(span) = &call.span {
-            span.record(|recording| {
-                if let Some(code) = grpc_status {
-                    recording
-                        .attributes
-                        .int("rpc.grpc.status_code", i64::from(code));
-                }
-                let reason = response.headers().get(ERROR_HEADER).map(header_text);
-                if let Some(error) = error_status(status, grpc_status, call.direction, reason) {
-                    recording.set_status(error);
-                }
-            });
             span.end();
         }
         if call.tracing.0.access_log {

@@ -344,9 +344,22 @@ impl LiveSpan {
 
     /// Ends the span at `end` and queues it for export; later calls do nothing.
     pub(super) fn end_at(&self, end: SystemTime) {
-        let Some(recording) = self.lock().take() else {
-            return;
-        };
+        let ended = self.lock().take();
+        if let Some(recording) = ended {
+            self.queue(recording, end);
+        }
+    }
+
+    /// Ends the span now (the clock is read only if it had not ended).
+    pub(super) fn end(&self) {
+        let ended = self.lock().take();
+        if let Some(recording) = ended {
+            self.queue(recording, SystemTime::now());
+        }
+    }
+
+    /// Queues the ended span for export.
+    fn queue(&self, recording: Recording, end: SystemTime) {
         self.sink.send(FinishedSpan {
             context: self.context.clone(),
             parent: self.parent,
@@ -356,17 +369,20 @@ impl LiveSpan {
             recording,
         });
     }
-
-    /// Ends the span now.
-    pub(super) fn end(&self) {
-        self.end_at(SystemTime::now());
-    }
 }
 
 impl Drop for LiveSpan {
-    /// A span nobody ended (its request was abandoned) ends when its last handle goes.
+    /// A span nobody ended (its request was abandoned) ends when its last handle goes;
+    /// an ended one costs no lock and no clock read here.
     fn drop(&mut self) {
-        self.end();
+        let recording = self
+            .recording
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(recording) = recording {
+            self.queue(recording, SystemTime::now());
+        }
     }
 }
 

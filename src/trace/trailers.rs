@@ -334,13 +334,13 @@ mod tests {
         };
         assert!(body.waiters.request.is_some() && body.waiters.attempt.is_some());
         assert!(
-            ended.queued().is_empty(),
+            ended.take().is_empty(),
             "the attempt waits for the trailers"
         );
         let collected = response.into_body().collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["grpc-status"], "7");
         assert_eq!(collected.to_bytes(), "message");
-        let [span] = &ended.queued()[..] else {
+        let [span] = &ended.take()[..] else {
             panic!("the attempt span ended at the trailers");
         };
         assert_eq!(
@@ -356,6 +356,6 @@ mod tests {
         let attempt = AttemptWaiting { span, status: 200 };
         watch(&mut response, Waiter::Attempt(attempt));
         assert!(matches!(response.body(), ProxyBody::Full { .. }));
-        assert_eq!(ended.queued().len(), 1, "settled at once");
+        assert_eq!(ended.take().len(), 1, "settled at once");
     }
 }
