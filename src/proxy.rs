@@ -37,6 +37,9 @@ pub struct CallInfo {
     pub arrived: tokio::time::Instant,
     /// When the call must be answered, once the timeout layer set it.
     pub deadline: Option<tokio::time::Instant>,
+    /// Whether the caller speaks gRPC (an `application/grpc` content type), looked up
+    /// once for every layer that asks.
+    pub grpc: bool,
 }
 
 impl CallInfo {
@@ -46,6 +49,7 @@ impl CallInfo {
             client,
             arrived: tokio::time::Instant::now(),
             deadline: None,
+            grpc: false,
         }
     }
 }
@@ -100,6 +104,9 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = ResponseFuture;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        // Room for the headers remora adds on the way (request id, forwarding, trace
+        // context, attempt, grpc-timeout): the map grows once here, not step by step.
+        request.headers_mut().reserve(ADDED_HEADERS);
         let this = self.clone();
         // tracing: request id, caller's context, request span; the access log at the end.
         let trace = this
@@ -109,6 +116,9 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         Box::pin(async move { Ok(trace.run(this.handle(request)).await) })
     }
 }
+
+/// How many headers remora may add to a request before it is sent.
+const ADDED_HEADERS: usize = 8;
 
 /// Failed requests logged per second at most; the rest are counted in metrics only.
 static FAILURE_LOG: LogBudget = LogBudget::new(10);
@@ -193,6 +203,7 @@ impl ProxyService {
             client: self.peer,
             arrived: started,
             deadline: None,
+            grpc,
         };
         let forwarded = forward(&route.stack, request, call, &self.forwarded_for).await;
         let mut response = match forwarded {
@@ -295,7 +306,7 @@ impl RequestCount {
 }
 
 /// Whether the caller speaks gRPC (its errors must be gRPC statuses).
-fn is_grpc<B>(request: &Request<B>) -> bool {
+pub fn is_grpc<B>(request: &Request<B>) -> bool {
     request
         .headers()
         .get(header::CONTENT_TYPE)

@@ -347,14 +347,16 @@ where
                 future: Box::pin(shared.clone().run(inner, request)),
             };
         }
-        shared.config.budget.deposit_at(arrival(&request));
         let (parts, body) = request.into_parts();
-        let template = Template::of(&parts);
-        let deadline = deadline_of(&parts.extensions);
-        let avoid = parts
-            .extensions
-            .get::<AvoidEndpoints>()
-            .map(|a| a.0.clone());
+        // One look at the extensions serves the budget, the deadline and the copy.
+        let extensions = KeptExtensions::of(&parts.extensions);
+        shared.config.budget.deposit_at(extensions.arrival());
+        let deadline = extensions.deadline();
+        let avoid = match &extensions {
+            KeptExtensions::Known { .. } => None,
+            KeptExtensions::All(all) => all.get::<AvoidEndpoints>().map(|a| a.0.clone()),
+        };
+        let template = Template::of(&parts, extensions);
         let request = shared.prepare_attempt(Request::from_parts(parts, body), 1);
         let limit = shared.config.per_try_timeout;
         ResponseFuture::First {
@@ -433,7 +435,17 @@ where
                             }
                         }
                     };
-                    let Some(retry) = retry.take() else {
+                    // Decided in place: the kept request leaves its box only for a retry.
+                    let Some(kept) = retry.as_deref() else {
+                        return Poll::Ready(result);
+                    };
+                    let Some((delay, next)) =
+                        kept.shared
+                            .next_attempt(&kept.resend, &result, 1, kept.deadline)
+                    else {
+                        return Poll::Ready(result);
+                    };
+                    let Some(kept) = retry.take() else {
                         return Poll::Ready(result);
                     };
                     let Continuation {
@@ -442,11 +454,7 @@ where
                         resend,
                         deadline,
                         avoid,
-                    } = *retry;
-                    let Some((delay, next)) = shared.next_attempt(&resend, &result, 1, deadline)
-                    else {
-                        return Poll::Ready(result);
-                    };
+                    } = *kept;
                     let failed = failed_endpoint(&result);
                     drop(result);
                     let future = Box::pin(shared.retry_from(Retrying {
@@ -551,7 +559,7 @@ impl Shared {
             }
         };
         let resend = Resend::Copy {
-            template: Template::of(&parts),
+            template: Template::of(&parts, KeptExtensions::of(&parts.extensions)),
             body: body.clone(),
         };
         let request = Request::from_parts(parts, ProxyBody::full(body));
@@ -778,8 +786,30 @@ struct Template {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: HeaderMap,
+    headers: HeaderCopy,
     extensions: KeptExtensions,
+}
+
+/// A request's header fields, copied in order into one allocation (a `HeaderMap`'s clone
+/// takes two and copies its index too); a `HeaderMap` is built from it only for a retry.
+struct HeaderCopy(Vec<(HeaderName, HeaderValue)>);
+
+impl HeaderCopy {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut fields = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
+            fields.push((name.clone(), value.clone()));
+        }
+        Self(fields)
+    }
+
+    fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.0.len());
+        for (name, value) in &self.0 {
+            map.append(name.clone(), value.clone());
+        }
+        map
+    }
 }
 
 /// When `request`'s call arrived (now, for a request the proxy did not stamp).
@@ -807,6 +837,14 @@ enum KeptExtensions {
 impl KeptExtensions {
     fn of(extensions: &Extensions) -> Self {
         let call = extensions.get::<CallInfo>().copied();
+        // A proxied call's usual map holds its `CallInfo` alone: one lookup, not three.
+        if call.is_some() && extensions.len() == 1 {
+            return Self::Known {
+                call,
+                deadline: None,
+                trace: None,
+            };
+        }
         let deadline = extensions.get::<Deadline>().copied();
         let trace = extensions.get::<CallTrace>().cloned();
         let known = usize::from(call.is_some())
@@ -820,6 +858,25 @@ impl KeptExtensions {
             }
         } else {
             Self::All(extensions.clone())
+        }
+    }
+
+    /// When the call arrived (now, for a request the proxy did not stamp).
+    fn arrival(&self) -> Instant {
+        let call = match self {
+            Self::Known { call, .. } => call.as_ref(),
+            Self::All(all) => all.get::<CallInfo>(),
+        };
+        call.map_or_else(Instant::now, |call| call.arrived)
+    }
+
+    /// The call's deadline ([`deadline_of`]).
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Self::Known { call, deadline, .. } => call
+                .and_then(|call| call.deadline)
+                .or(deadline.map(|d| d.0)),
+            Self::All(all) => deadline_of(all),
         }
     }
 
@@ -848,13 +905,13 @@ impl KeptExtensions {
 }
 
 impl Template {
-    fn of(parts: &http::request::Parts) -> Self {
+    fn of(parts: &http::request::Parts, extensions: KeptExtensions) -> Self {
         Self {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
-            headers: parts.headers.clone(),
-            extensions: KeptExtensions::of(&parts.extensions),
+            headers: HeaderCopy::of(&parts.headers),
+            extensions,
         }
     }
 
@@ -863,7 +920,7 @@ impl Template {
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers.clone();
+        *request.headers_mut() = self.headers.to_map();
         *request.extensions_mut() = self.extensions.to_extensions();
         request
     }

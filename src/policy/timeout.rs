@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -62,11 +62,8 @@ pub struct Deadline(pub Instant);
 /// When the call of a request with `extensions` must be answered, if a timeout layer said.
 pub fn deadline_of(extensions: &http::Extensions) -> Option<Instant> {
     match extensions.get::<CallInfo>() {
-        Some(CallInfo {
-            deadline: Some(deadline),
-            ..
-        }) => Some(*deadline),
-        _ => extensions.get::<Deadline>().map(|d| d.0),
+        Some(call) => call.deadline,
+        None => extensions.get::<Deadline>().map(|d| d.0),
     }
 }
 
@@ -195,23 +192,34 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ProxyBody>) -> Self::Future {
-        // Bounds run from the call's arrival: read, not the clock, for a proxied call.
-        let call = request.extensions().get::<CallInfo>().copied();
-        let now = call.map_or_else(Instant::now, |call| call.arrived);
-        let bounds = [
-            self.layer.shared.config.request,
-            request
-                .headers()
-                .get(&GRPC_TIMEOUT)
-                .and_then(parse_grpc_timeout),
-        ];
-        let deadline = bounds
-            .into_iter()
-            .flatten()
-            .filter_map(|bound| now.checked_add(bound))
-            .chain(deadline_of(request.extensions()))
-            .min();
+    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
+        let configured = self.layer.shared.config.request;
+        let (mut parts, body) = request.into_parts();
+        // A proxied call carries its arrival (bounds run from it: read, not the clock),
+        // whether it is gRPC, and the deadline, all in one extension.
+        let (deadline, arrived) = match parts.extensions.get_mut::<CallInfo>() {
+            Some(call) => {
+                let incoming = if call.grpc {
+                    incoming_grpc_timeout(&parts.headers)
+                } else {
+                    None
+                };
+                let deadline = earliest(call.arrived, [configured, incoming], call.deadline);
+                call.deadline = deadline;
+                (deadline, call.arrived)
+            }
+            None => {
+                let now = Instant::now();
+                let incoming = incoming_grpc_timeout(&parts.headers);
+                let earlier = parts.extensions.get::<Deadline>().map(|d| d.0);
+                let deadline = earliest(now, [configured, incoming], earlier);
+                if let Some(deadline) = deadline {
+                    parts.extensions.insert(Deadline(deadline));
+                }
+                (deadline, now)
+            }
+        };
+        let request = Request::from_parts(parts, body);
         let Some(deadline) = deadline else {
             return ResponseFuture {
                 inner: self.inner.call(request),
@@ -219,27 +227,43 @@ where
                 expiry: None,
             };
         };
-        match request.extensions_mut().get_mut::<CallInfo>() {
-            Some(call) => call.deadline = Some(deadline),
-            None => {
-                request.extensions_mut().insert(Deadline(deadline));
-            }
-        }
         ResponseFuture {
             inner: self.inner.call(request),
             sleep: Some(tokio::time::sleep_until(deadline)),
             expiry: Some(Expiry {
-                limit: deadline.saturating_duration_since(now),
+                deadline,
+                arrived,
                 shared: self.layer.shared.clone(),
             }),
         }
     }
 }
 
-/// What a timed-out call reports.
+/// The `grpc-timeout` a request arrived with, if it is well-formed.
+fn incoming_grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    headers.get(&GRPC_TIMEOUT).and_then(parse_grpc_timeout)
+}
+
+/// The first of `earlier` and the `bounds` counted from `start`.
+fn earliest(
+    start: Instant,
+    bounds: [Option<Duration>; 2],
+    earlier: Option<Instant>,
+) -> Option<Instant> {
+    bounds
+        .into_iter()
+        .flatten()
+        .filter_map(|bound| start.checked_add(bound))
+        .chain(earlier)
+        .min()
+}
+
+/// What a timed-out call reports: the limit it ran out of, from its deadline and
+/// arrival (worked out only when it expires).
 #[derive(Debug)]
 struct Expiry {
-    limit: Duration,
+    deadline: Instant,
+    arrived: Instant,
     shared: Arc<TimeoutShared>,
 }
 
@@ -278,7 +302,8 @@ where
         };
         let shared = &expiry.shared;
         shared.metrics.record(&shared.service, TimeoutKind::Request);
-        Poll::Ready(Err(ProxyError::Timeout(expiry.limit)))
+        let limit = expiry.deadline.saturating_duration_since(expiry.arrived);
+        Poll::Ready(Err(ProxyError::Timeout(limit)))
     }
 }
 
@@ -288,22 +313,43 @@ where
 /// with a `Deadline` are touched: the upstream then sees the caller's deadline minus the
 /// time already spent here.
 pub fn set_grpc_timeout(request: &mut Request<ProxyBody>) {
-    let Some(deadline) = deadline_of(request.extensions()) else {
+    let (deadline, grpc) = match request.extensions().get::<CallInfo>() {
+        Some(call) => (call.deadline, call.grpc),
+        None => (
+            request.extensions().get::<Deadline>().map(|d| d.0),
+            crate::proxy::is_grpc(request) || request.headers().contains_key(&GRPC_TIMEOUT),
+        ),
+    };
+    let Some(deadline) = deadline else {
         return;
     };
-    let headers = request.headers_mut();
-    let grpc = headers.contains_key(&GRPC_TIMEOUT)
-        || headers
-            .get(CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if grpc {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        headers.insert(&GRPC_TIMEOUT, encode_grpc_timeout(remaining));
+        request
+            .headers_mut()
+            .insert(&GRPC_TIMEOUT, encode_grpc_timeout(significant(remaining)));
     }
 }
 
+/// `remaining`, rounded down to three significant digits: at most 1% sooner, never later.
+///
+/// The upstream then gives up no later than remora would, and calls sent within the same
+/// stretch (0.1 s of a 30 s timeout, 1 ms of a 300 ms one) carry the same value, which
+/// HTTP/2's header compression sends as a one-byte reference. Exact to the nanosecond,
+/// every call's value would be new: encoded in full, added to the connection's HPACK
+/// table, evicting headers worth keeping there. This runs for every attempt of a gRPC
+/// call with a deadline.
+fn significant(remaining: Duration) -> Duration {
+    let Ok(nanos) = u64::try_from(remaining.as_nanos()) else {
+        return remaining;
+    };
+    let digits = nanos.checked_ilog10().unwrap_or(0);
+    let step = 10u64.pow(digits.saturating_sub(2));
+    Duration::from_nanos(nanos - nanos % step)
+}
+
 /// Units of `grpc-timeout`, coarsest first, with their length in nanoseconds.
-const UNITS: [(u8, u128); 6] = [
+const UNITS: [(u8, u64); 6] = [
     (b'H', 3_600_000_000_000),
     (b'M', 60_000_000_000),
     (b'S', 1_000_000_000),
@@ -312,8 +358,11 @@ const UNITS: [(u8, u128); 6] = [
     (b'n', 1),
 ];
 
+/// The units of whole seconds, for timeouts beyond `u64` nanoseconds (585 years).
+const SECOND_UNITS: [(u8, u64); 3] = [(b'H', 3600), (b'M', 60), (b'S', 1)];
+
 /// Largest value `grpc-timeout` carries: 8 digits.
-const MAX_GRPC_TIMEOUT_VALUE: u128 = 99_999_999;
+const MAX_GRPC_TIMEOUT_VALUE: u64 = 99_999_999;
 
 /// Parses a `grpc-timeout` value (`TimeoutValue TimeoutUnit`: 1 to 8 ASCII digits and one
 /// of `H M S m u n`); anything else is `None`.
@@ -326,7 +375,7 @@ pub fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
         .iter()
         .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
     let (_, nanos) = UNITS.iter().find(|(u, _)| *u == unit)?;
-    let nanos = u128::from(value) * nanos;
+    let nanos = u128::from(value) * u128::from(*nanos);
     Some(Duration::new(
         (nanos / 1_000_000_000) as u64,
         (nanos % 1_000_000_000) as u32,
@@ -337,28 +386,44 @@ pub fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
 /// digits; when none does, with the finest unit that fits, rounded down (the upstream
 /// gives up no later than remora would).
 pub fn encode_grpc_timeout(timeout: Duration) -> HeaderValue {
-    let nanos = timeout.as_nanos();
-    let exact = UNITS
+    let (value, unit) = match u64::try_from(timeout.as_nanos()) {
+        Ok(nanos) => in_unit(nanos, &UNITS),
+        Err(_) => in_unit(timeout.as_secs(), &SECOND_UNITS),
+    };
+    // At most 8 digits and the unit, written without the formatting machinery: this
+    // runs for every attempt of a gRPC call with a deadline.
+    let mut text = [0u8; 9];
+    let mut at = text.len() - 1;
+    text[at] = unit;
+    let mut rest = value;
+    loop {
+        at -= 1;
+        text[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&text[at..]).unwrap_or_else(|_| HeaderValue::from_static("0n"))
+}
+
+/// `amount` (in the smallest of `units`) as a value and unit: the coarsest unit that
+/// holds it exactly in 8 digits, else the finest that holds it, rounded down.
+fn in_unit(amount: u64, units: &[(u8, u64)]) -> (u64, u8) {
+    let fits = |length: u64| amount / length <= MAX_GRPC_TIMEOUT_VALUE;
+    let (unit, length) = units
         .iter()
-        .find(|(_, unit)| nanos % unit == 0 && nanos / unit <= MAX_GRPC_TIMEOUT_VALUE);
-    let (unit, length) = exact
-        .or_else(|| {
-            UNITS
-                .iter()
-                .rev()
-                .find(|(_, unit)| nanos / unit <= MAX_GRPC_TIMEOUT_VALUE)
-        })
+        .find(|(_, length)| amount % length == 0 && fits(*length))
+        .or_else(|| units.iter().rev().find(|(_, length)| fits(*length)))
         .copied()
-        .unwrap_or((b'H', 3_600_000_000_000));
-    let value = (nanos / length).min(MAX_GRPC_TIMEOUT_VALUE);
-    let mut text = value.to_string();
-    text.push(char::from(unit));
-    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("0n"))
+        .unwrap_or(units[0]);
+    ((amount / length).min(MAX_GRPC_TIMEOUT_VALUE), unit)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::CONTENT_TYPE;
     use tower::{service_fn, ServiceExt};
 
     const MS: Duration = Duration::from_millis(1);
@@ -534,6 +599,30 @@ mod tests {
         assert!(layer.layer(inner).oneshot(request).await.is_ok());
     }
 
+    #[test]
+    fn passed_on_timeouts_keep_three_significant_digits_rounded_down() {
+        let cases: &[(Duration, Duration)] = &[
+            (Duration::from_nanos(29_987_654_321), 29_900 * MS),
+            (Duration::from_nanos(299_700_001), 299 * MS),
+            (
+                Duration::from_nanos(4_987_654),
+                Duration::from_micros(4_980),
+            ),
+            (Duration::from_nanos(999), Duration::from_nanos(999)),
+            (Duration::from_nanos(7), Duration::from_nanos(7)),
+            (Duration::ZERO, Duration::ZERO),
+            (Duration::from_secs(3), Duration::from_secs(3)),
+        ];
+        for (remaining, passed_on) in cases {
+            assert_eq!(significant(*remaining), *passed_on, "{remaining:?}");
+            assert!(*passed_on <= *remaining);
+            assert!(
+                remaining.as_secs_f64() - passed_on.as_secs_f64()
+                    <= remaining.as_secs_f64() / 100.0
+            );
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn set_grpc_timeout_subtracts_elapsed_time() {
         let mut request = Request::new(ProxyBody::empty());
@@ -551,6 +640,14 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         set_grpc_timeout(&mut request);
         assert_eq!(request.headers()[&GRPC_TIMEOUT], "0H");
+
+        // Passed on to three significant digits, rounded down.
+        tokio::time::advance(1250 * MS).await;
+        request.extensions_mut().insert(Deadline(
+            Instant::now() + Duration::from_nanos(29_987_654_321),
+        ));
+        set_grpc_timeout(&mut request);
+        assert_eq!(request.headers()[&GRPC_TIMEOUT], "29900m");
 
         // Plain HTTP requests get no grpc-timeout.
         let mut plain = Request::new(ProxyBody::empty());

@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response};
 use http_body::Body;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -387,8 +387,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
-        let (request, prepared) = prepare(&self.policy.config.action, request);
+    fn call(&mut self, mut request: Request<ProxyBody>) -> Self::Future {
+        let prepared = prepare(&self.policy.config.action, &mut request);
         ResponseFuture {
             state: State::Calling {
                 inner: self.inner.call(request),
@@ -440,10 +440,16 @@ where
                     prepared,
                 } => {
                     let result = std::task::ready!(inner.poll(cx));
+                    let trigger = policy.config.on.classify(&result);
+                    // The common outcome, a call that needs no fallback, passes through
+                    // untouched (a stale cache still records a good answer).
+                    if trigger.is_none() && !matches!(prepared, Some(Prepared::Stale(Some(_)))) {
+                        return Poll::Ready(result);
+                    }
                     let Some(prepared) = prepared.take() else {
                         return Poll::Ready(result);
                     };
-                    match Policy::settle(policy, result, prepared) {
+                    match Policy::settle(policy, result, prepared, trigger) {
                         Settled::Now(result) => return Poll::Ready(result),
                         Settled::Ask(answer) => {
                             self.as_mut().project().state.set(State::Asking { answer })
@@ -465,33 +471,30 @@ enum Settled {
     Ask(Answer),
 }
 
-fn prepare(action: &FallbackAction, request: Request<ProxyBody>) -> (Request<ProxyBody>, Prepared) {
+/// What `request` needs kept for its fallback; for an alternate service, a copy of it
+/// (and a tee of its body).
+fn prepare(action: &FallbackAction, request: &mut Request<ProxyBody>) -> Prepared {
     match action {
-        FallbackAction::Respond(_) => {
-            let grpc = is_grpc(&request);
-            (request, Prepared::Respond { grpc })
-        }
-        FallbackAction::Stale(_) => {
-            let key = stale::cache_key(&request);
-            (request, Prepared::Stale(key))
-        }
+        FallbackAction::Respond(_) => Prepared::Respond {
+            grpc: is_grpc(request),
+        },
+        FallbackAction::Stale(_) => Prepared::Stale(stale::cache_key(request)),
         FallbackAction::Forward(_) => {
-            let (parts, body) = request.into_parts();
-            let copy = parts.clone();
-            let (body, replay) = if body.is_end_stream() {
-                (body, None)
+            let (mut parts, ()) = Request::new(()).into_parts();
+            parts.method = request.method().clone();
+            parts.uri = request.uri().clone();
+            parts.version = request.version();
+            parts.headers = request.headers().clone();
+            parts.extensions = request.extensions().clone();
+            let replay = if request.body().is_end_stream() {
+                None
             } else {
+                let body = std::mem::replace(request.body_mut(), ProxyBody::empty());
                 let (body, replay) = replay::tee(body);
-                (body, Some(replay))
+                *request.body_mut() = body;
+                Some(replay)
             };
-            let alternate = Box::new(Alternate {
-                parts: copy,
-                replay,
-            });
-            (
-                Request::from_parts(parts, body),
-                Prepared::Forward(alternate),
-            )
+            Prepared::Forward(Box::new(Alternate { parts, replay }))
         }
     }
 }
@@ -502,8 +505,8 @@ impl Policy {
         policy: &Arc<Self>,
         result: Result<Response<ProxyBody>, ProxyError>,
         prepared: Prepared,
+        trigger: Option<TriggerKind>,
     ) -> Settled {
-        let trigger = policy.config.on.classify(&result);
         let now = match (&policy.config.action, prepared) {
             (FallbackAction::Respond(reply), Prepared::Respond { grpc }) => match trigger {
                 None => result,
@@ -574,12 +577,12 @@ impl Policy {
     }
 }
 
-/// Whether the caller speaks gRPC.
-fn is_grpc<B>(request: &Request<B>) -> bool {
-    request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+/// Whether the caller speaks gRPC: as the proxy noted it, else from the content type.
+fn is_grpc(request: &Request<ProxyBody>) -> bool {
+    match request.extensions().get::<crate::proxy::CallInfo>() {
+        Some(call) => call.grpc,
+        None => crate::proxy::is_grpc(request),
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{service_fn, Layer, ServiceExt};
 
 use super::*;
+use http::header;
 
 type Outcome = Result<Response<ProxyBody>, ProxyError>;
 
