@@ -92,6 +92,8 @@ async fn run(path: PathBuf) -> ExitCode {
         }
     };
     remora::telemetry::init_logging(&config.log);
+    // Before any listener is up: once the admin port answers, SIGHUP must reload.
+    let hangups = remora::config::reload::listen_for_sighup();
     let sidecar = match remora::Sidecar::start(config).await {
         Ok(sidecar) => sidecar,
         Err(error) => {
@@ -99,7 +101,11 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let reloader = tokio::spawn(remora::config::reload::watch(path, sidecar.handle()));
+    let reloader = tokio::spawn(remora::config::reload::watch(
+        path,
+        sidecar.handle(),
+        hangups,
+    ));
     shutdown_signal().await;
     reloader.abort();
     sidecar.shutdown().await;

@@ -16,14 +16,14 @@ use crate::sidecar::SidecarHandle;
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// Reloads `path` into `sidecar` on every change and SIGHUP, until the task is dropped.
-pub async fn watch(path: PathBuf, sidecar: SidecarHandle) {
+pub async fn watch(path: PathBuf, sidecar: SidecarHandle, hangups: Hangups) {
     // The message says whether the reload is forced (SIGHUP) or a file event.
     let (tx, mut rx) = mpsc::channel::<bool>(4);
     let watcher = file_watcher(&path, tx.clone());
     if let Err(error) = &watcher {
         tracing::warn!(path = %path.display(), %error, "cannot watch the config file; reload with SIGHUP");
     }
-    spawn_sighup(tx);
+    spawn_sighup(hangups, tx);
     let mut last = std::fs::read(&path).ok();
     while let Some(mut forced) = rx.recv().await {
         tokio::time::sleep(DEBOUNCE).await;
@@ -86,11 +86,37 @@ fn file_watcher(path: &Path, tx: mpsc::Sender<bool>) -> notify::Result<notify::R
     Ok(watcher)
 }
 
+/// SIGHUP, listened for: from then on the signal reloads instead of ending the process.
 #[cfg(unix)]
-fn spawn_sighup(tx: mpsc::Sender<bool>) {
+pub struct Hangups(Option<tokio::signal::unix::Signal>);
+
+/// SIGHUP (not listened for on this platform).
+#[cfg(not(unix))]
+pub struct Hangups;
+
+/// Starts listening for SIGHUP. Call it before the sidecar takes traffic: a SIGHUP that
+/// arrives before it would end the process (the signal's default action).
+#[cfg(unix)]
+pub fn listen_for_sighup() -> Hangups {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP");
+    match signal(SignalKind::hangup()) {
+        Ok(hangups) => Hangups(Some(hangups)),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP");
+            Hangups(None)
+        }
+    }
+}
+
+/// Starts listening for SIGHUP (nothing to do on this platform).
+#[cfg(not(unix))]
+pub fn listen_for_sighup() -> Hangups {
+    Hangups
+}
+
+#[cfg(unix)]
+fn spawn_sighup(hangups: Hangups, tx: mpsc::Sender<bool>) {
+    let Some(mut hangups) = hangups.0 else {
         return;
     };
     tokio::spawn(async move {
@@ -105,4 +131,4 @@ fn spawn_sighup(tx: mpsc::Sender<bool>) {
 }
 
 #[cfg(not(unix))]
-fn spawn_sighup(_tx: mpsc::Sender<bool>) {}
+fn spawn_sighup(_hangups: Hangups, _tx: mpsc::Sender<bool>) {}

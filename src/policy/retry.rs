@@ -347,17 +347,17 @@ where
                 future: Box::pin(shared.clone().run(inner, request)),
             };
         }
-        let (parts, body) = request.into_parts();
+        let mut request = request;
         // One look at the extensions serves the budget, the deadline and the copy.
-        let extensions = KeptExtensions::of(&parts.extensions);
+        let extensions = KeptExtensions::of(request.extensions());
         shared.config.budget.deposit_at(extensions.arrival());
         let deadline = extensions.deadline();
         let avoid = match &extensions {
             KeptExtensions::Known { .. } => None,
             KeptExtensions::All(all) => all.get::<AvoidEndpoints>().map(|a| a.0.clone()),
         };
-        let template = Template::of(&parts, extensions);
-        let request = shared.prepare_attempt(Request::from_parts(parts, body), 1);
+        let template = Template::of(&request, extensions);
+        shared.prepare_attempt(&mut request, 1);
         let limit = shared.config.per_try_timeout;
         ResponseFuture::First {
             call: inner.call(request),
@@ -558,11 +558,11 @@ impl Shared {
                 return result;
             }
         };
+        let request = Request::from_parts(parts, ProxyBody::full(body.clone()));
         let resend = Resend::Copy {
-            template: Template::of(&parts, KeptExtensions::of(&parts.extensions)),
-            body: body.clone(),
+            template: Template::of(&request, KeptExtensions::of(request.extensions())),
+            body,
         };
-        let request = Request::from_parts(parts, ProxyBody::full(body));
         self.first_and_retries(inner, request, resend).await
     }
 
@@ -673,7 +673,7 @@ impl Shared {
     }
 
     /// Tags attempt `n` and counts it.
-    fn prepare_attempt(&self, mut request: Request<ProxyBody>, n: u32) -> Request<ProxyBody> {
+    fn prepare_attempt(&self, request: &mut Request<ProxyBody>, n: u32) {
         request
             .headers_mut()
             .insert(&ATTEMPT_HEADER, attempt_value(n));
@@ -682,7 +682,6 @@ impl Shared {
         } else {
             self.counters.retry.inc();
         }
-        request
     }
 
     /// The error of an attempt that ran past the per-try timeout, counted.
@@ -717,7 +716,9 @@ impl Shared {
     where
         S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
     {
-        let call = inner.call(self.prepare_attempt(request, n));
+        let mut request = request;
+        self.prepare_attempt(&mut request, n);
+        let call = inner.call(request);
         let Some(limit) = self.config.per_try_timeout else {
             return call.await;
         };
@@ -905,12 +906,12 @@ impl KeptExtensions {
 }
 
 impl Template {
-    fn of(parts: &http::request::Parts, extensions: KeptExtensions) -> Self {
+    fn of(request: &Request<ProxyBody>, extensions: KeptExtensions) -> Self {
         Self {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: HeaderCopy::of(&parts.headers),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: HeaderCopy::of(request.headers()),
             extensions,
         }
     }
