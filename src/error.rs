@@ -13,6 +13,15 @@ use crate::body::ProxyBody;
 /// Header naming why remora answered instead of the upstream.
 pub const ERROR_HEADER: &str = "x-remora-error";
 
+/// A request no connection took, given back with the error that stopped it.
+pub struct Unsent(pub Box<http::Request<ProxyBody>>);
+
+impl std::fmt::Debug for Unsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Unsent({} {})", self.0.method(), self.0.uri())
+    }
+}
+
 /// Why a request did not get an upstream's answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -30,6 +39,9 @@ pub enum ProxyError {
         /// What the connector said.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+        /// The request, given back whole: nothing of it was sent, so a retry can send it
+        /// again as it is, whatever its method and body.
+        unsent: Option<Unsent>,
     },
     /// The upstream broke the exchange after the connection was made.
     #[error("endpoint {endpoint}: {}", chain(source.as_ref()))]

@@ -41,7 +41,8 @@ impl<'e> InFlight<'e> {
 
     /// The attempt got response headers (`answered`) or failed to (connect error,
     /// reset). A failure counts as a slow answer so a black hole does not attract load.
-    pub fn finish(mut self, answered: bool) {
+    /// Returns how long the attempt took.
+    pub fn finish(mut self, answered: bool) -> std::time::Duration {
         let elapsed = self.started.elapsed();
         if answered {
             self.endpoint.rtt.record(elapsed, self.params);
@@ -49,6 +50,7 @@ impl<'e> InFlight<'e> {
             self.endpoint.rtt.record_failure(elapsed, self.params);
         }
         self.finished = true;
+        elapsed
     }
 }
 

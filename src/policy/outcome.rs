@@ -132,6 +132,7 @@ mod tests {
         let refused = ProxyError::Connect {
             endpoint: "x".into(),
             source: "refused".into(),
+            unsent: None,
         };
         assert!(connect.matches(&Err(refused)));
         assert!(!connect.matches(&Err(ProxyError::Timeout(Default::default()))));

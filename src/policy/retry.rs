@@ -5,7 +5,7 @@
 //! failed ([`AvoidEndpoints`]). A call is retried only when
 //! - its method is idempotent (or the config allows any method); a call of another
 //!   method is still retried when its connection failed (the request never left), and
-//!   then `Forward` gives the unsent request back ([`ReturnUnsent`]): it is never copied,
+//!   then `Forward` gives the unsent request back in its error ([`Unsent`]): it is never copied,
 //!   and its body streams whatever its size,
 //! - its body can be replayed: it is empty or fits `max_replay_bytes` (read ahead and
 //!   kept as `Bytes`; a larger body is sent once, untouched after the bytes read ahead),
@@ -45,10 +45,11 @@ use super::outcome::Conditions;
 use super::timeout::{deadline_of, Deadline, TimeoutKind, TimeoutMetrics};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::error::Unsent;
 use crate::metrics::{register_per_service, ByService, PerService, ServiceLabel};
 use crate::proxy::CallInfo;
 use crate::trace::CallTrace;
-use crate::upstream::{AvoidEndpoints, EndpointUsed, ReturnUnsent};
+use crate::upstream::{AvoidEndpoints, EndpointUsed};
 
 /// Header telling the upstream which attempt (1-based) of the call this is.
 pub static ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-remora-attempt");
@@ -335,14 +336,11 @@ where
         let retries = shared.config.max_attempts > 1;
         // A call whose method may not be repeated is retried only when its connection
         // failed: `Forward` then gives the unsent request back, so nothing is copied.
-        if retries && !idempotent && shared.config.conditions.connect_failure {
-            return ResponseFuture::Boxed {
-                future: Box::pin(shared.clone().run_unsent(inner, request)),
-            };
-        }
-        // A bodiless call (most GETs) needs nothing read ahead: its first attempt is sent
-        // from here, and only a retry, if one is needed, takes an allocated future.
-        if !(retries && idempotent && request.body().is_end_stream()) {
+        // A bodiless call (most GETs) needs nothing read ahead. Either way the first
+        // attempt is sent from here, and only a retry, if one is needed, takes an
+        // allocated future.
+        let unsent = retries && !idempotent && shared.config.conditions.connect_failure;
+        if !(unsent || retries && idempotent && request.body().is_end_stream()) {
             return ResponseFuture::Boxed {
                 future: Box::pin(shared.clone().run(inner, request)),
             };
@@ -356,7 +354,14 @@ where
             KeptExtensions::Known { .. } => None,
             KeptExtensions::All(all) => all.get::<AvoidEndpoints>().map(|a| a.0.clone()),
         };
-        let template = Template::of(&request, extensions);
+        let resend = if unsent {
+            Resend::Unsent
+        } else {
+            Resend::Copy {
+                template: Template::of(&request, extensions),
+                body: Bytes::new(),
+            }
+        };
         shared.prepare_attempt(&mut request, 1);
         let limit = shared.config.per_try_timeout;
         ResponseFuture::First {
@@ -365,10 +370,7 @@ where
             retry: Some(Box::new(Continuation {
                 shared: shared.clone(),
                 inner,
-                resend: Resend::Copy {
-                    template,
-                    body: Bytes::new(),
-                },
+                resend,
                 deadline,
                 avoid: avoid.unwrap_or_default(),
             })),
@@ -376,7 +378,7 @@ where
     }
 }
 
-/// What a bodiless call keeps from its first attempt, in case it is retried.
+/// What a call keeps from its first attempt, in case it is retried.
 struct Continuation<S> {
     shared: Arc<Shared>,
     inner: S,
@@ -423,7 +425,7 @@ where
                     per_try,
                     retry,
                 } => {
-                    let result = match call.poll(cx) {
+                    let mut result = match call.poll(cx) {
                         Poll::Ready(result) => result,
                         Poll::Pending => {
                             let expired = per_try
@@ -441,7 +443,7 @@ where
                     };
                     let Some((delay, next)) =
                         kept.shared
-                            .next_attempt(&kept.resend, &result, 1, kept.deadline)
+                            .next_attempt(&kept.resend, &mut result, 1, kept.deadline)
                     else {
                         return Poll::Ready(result);
                     };
@@ -481,32 +483,39 @@ where
 enum Resend {
     /// A copy of the request, made for every retry: any condition may be retried.
     Copy { template: Template, body: Bytes },
-    /// The request itself, which `Forward` gives back through this slot when no
-    /// connection could be made: only failed connections are retried.
-    Unsent(ReturnUnsent),
+    /// The request itself, which `Forward` gives back in its error when no connection
+    /// could be made: only failed connections are retried.
+    Unsent,
 }
 
 impl Resend {
-    /// Readies an attempt's request (the unsent one's way back).
-    fn prepare(&self, request: &mut Request<ProxyBody>) {
-        if let Self::Unsent(slot) = self {
-            request.extensions_mut().insert(slot.clone());
-        }
-    }
-
     /// Whether an attempt that ended with `result` may be sent again at all.
     fn may_retry(&self, result: &Result<Response<ProxyBody>, ProxyError>) -> bool {
         match self {
             Self::Copy { .. } => true,
-            Self::Unsent(_) => matches!(result, Err(ProxyError::Connect { .. })),
+            Self::Unsent => matches!(
+                result,
+                Err(ProxyError::Connect {
+                    unsent: Some(_),
+                    ..
+                })
+            ),
         }
     }
 
-    /// The request of the next attempt.
-    fn request(&self) -> Option<Request<ProxyBody>> {
+    /// The request of the next attempt, after `result` (which gives back an unsent one).
+    fn request(
+        &self,
+        result: &mut Result<Response<ProxyBody>, ProxyError>,
+    ) -> Option<Request<ProxyBody>> {
         match self {
             Self::Copy { template, body } => Some(template.request(body.clone())),
-            Self::Unsent(slot) => slot.take(),
+            Self::Unsent => match result {
+                Err(ProxyError::Connect { unsent, .. }) => {
+                    unsent.take().map(|Unsent(request)| *request)
+                }
+                _ => None,
+            },
         }
     }
 }
@@ -540,7 +549,7 @@ impl Shared {
     {
         self.config.budget.deposit_at(arrival(&request));
         // A call whose method may not be repeated is retried only on a failed connection,
-        // by `run_unsent`; here it gets one attempt.
+        // from `call`; here it gets one attempt.
         if self.config.max_attempts == 1 || !self.method_retryable(request.method()) {
             return self.attempt(&mut inner, request, 1).await;
         }
@@ -566,26 +575,11 @@ impl Shared {
         self.first_and_retries(inner, request, resend).await
     }
 
-    /// A call retried only if its connection fails: each attempt's request is the one
-    /// `Forward` gave back unsent, so the request is never copied and its body streams.
-    async fn run_unsent<S>(
-        self: Arc<Self>,
-        inner: S,
-        request: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, ProxyError>
-    where
-        S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
-    {
-        self.config.budget.deposit_at(arrival(&request));
-        let resend = Resend::Unsent(ReturnUnsent::default());
-        self.first_and_retries(inner, request, resend).await
-    }
-
     /// The first attempt of `request`, then any retries of it from `resend`.
     async fn first_and_retries<S>(
         self: Arc<Self>,
         mut inner: S,
-        mut request: Request<ProxyBody>,
+        request: Request<ProxyBody>,
         resend: Resend,
     ) -> Result<Response<ProxyBody>, ProxyError>
     where
@@ -597,9 +591,8 @@ impl Shared {
             .get::<AvoidEndpoints>()
             .map(|a| a.0.clone())
             .unwrap_or_default();
-        resend.prepare(&mut request);
-        let result = self.attempt(&mut inner, request, 1).await;
-        let Some((delay, next)) = self.next_attempt(&resend, &result, 1, deadline) else {
+        let mut result = self.attempt(&mut inner, request, 1).await;
+        let Some((delay, next)) = self.next_attempt(&resend, &mut result, 1, deadline) else {
             return result;
         };
         let failed = failed_endpoint(&result);
@@ -622,7 +615,7 @@ impl Shared {
     fn next_attempt(
         &self,
         resend: &Resend,
-        result: &Result<Response<ProxyBody>, ProxyError>,
+        result: &mut Result<Response<ProxyBody>, ProxyError>,
         attempt: u32,
         deadline: Option<Instant>,
     ) -> Option<(Duration, Request<ProxyBody>)> {
@@ -630,7 +623,7 @@ impl Shared {
             return None;
         }
         let delay = self.retry_delay(result, attempt, deadline)?;
-        Some((delay, resend.request()?))
+        Some((delay, resend.request(result)?))
     }
 
     /// The attempts after a failed one, until one is not retried.
@@ -661,10 +654,9 @@ impl Shared {
             tokio::time::sleep(delay).await;
             attempt += 1;
             next.extensions_mut().insert(AvoidEndpoints(avoid.clone()));
-            resend.prepare(&mut next);
             inner.ready().await?;
-            let result = self.attempt(&mut inner, next, attempt).await;
-            (delay, next) = match self.next_attempt(&resend, &result, attempt, deadline) {
+            let mut result = self.attempt(&mut inner, next, attempt).await;
+            (delay, next) = match self.next_attempt(&resend, &mut result, attempt, deadline) {
                 Some(retry) => retry,
                 None => return result,
             };
@@ -1319,6 +1311,7 @@ mod tests {
                 1 => Err(ProxyError::Connect {
                     endpoint: first.to_string(),
                     source: "refused".into(),
+                    unsent: None,
                 }),
                 2 => {
                     let mut response = status(503)?;
@@ -1355,15 +1348,13 @@ mod tests {
                 log.push(attempt);
                 log.len()
             };
-            let slot = request.extensions().get::<ReturnUnsent>().cloned();
             async move {
                 if n == 1 {
                     // What `Forward` does when no connection could be made.
-                    slot.expect("retry asks for the unsent request")
-                        .put(request);
                     return Err(ProxyError::Connect {
                         endpoint: "10.0.0.1:80".into(),
                         source: "refused".into(),
+                        unsent: Some(Unsent(Box::new(request))),
                     });
                 }
                 let body = request.into_body().collect().await.unwrap().to_bytes();

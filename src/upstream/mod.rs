@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
@@ -31,7 +31,7 @@ use hyper_util::rt::TokioIo;
 use crate::balance::{Endpoint, EndpointSet};
 use crate::body::ProxyBody;
 use crate::config::UpstreamProtocol;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, Unsent};
 
 pub use hygiene::{requested_upgrade, set_forwarded, strip_hop_by_hop, ForwardedFor};
 use pool::SendError;
@@ -51,38 +51,6 @@ fn uses_http2(protocol: UpstreamProtocol, caller: Version) -> bool {
 /// by retry with the endpoints earlier attempts failed on).
 #[derive(Debug, Clone, Default)]
 pub struct AvoidEndpoints(pub Vec<SocketAddr>);
-
-/// Request extension: where `Forward` gives a request back when no connection to its
-/// endpoint could be made (nothing was sent, so it can be sent again as it is). Set by
-/// retry for calls that are retried only on a failed connection, which then need no copy
-/// of the request. The request is put back without this extension.
-#[derive(Clone, Default)]
-pub struct ReturnUnsent(Arc<std::sync::Mutex<Option<Request<ProxyBody>>>>);
-
-impl std::fmt::Debug for ReturnUnsent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ReturnUnsent")
-    }
-}
-
-impl ReturnUnsent {
-    /// The request given back, if any.
-    pub fn take(&self) -> Option<Request<ProxyBody>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-    }
-
-    /// Gives `request` back (what `Forward` does when it could not connect).
-    pub fn put(&self, mut request: Request<ProxyBody>) {
-        request.extensions_mut().remove::<ReturnUnsent>();
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(request);
-    }
-}
 
 /// Response extension: the endpoint that answered.
 #[derive(Debug, Clone, Copy)]
@@ -202,8 +170,6 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                 to_origin_form(&mut request, &endpoint);
             }
 
-            let return_unsent = request.extensions().get::<ReturnUnsent>().cloned();
-            let started = Instant::now();
             let pool = this.clients.endpoint(endpoint.addr);
             // Balancing: counts the attempt in flight and samples its RTT at response
             // headers; dropped with this future (timeout, cancel), it still ends.
@@ -217,19 +183,15 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                     .send(this.clients.pools(), pool.addr, request)
                     .await
             };
-            load.finish(result.is_ok());
+            let elapsed = load.finish(result.is_ok());
             let mut result = result.map_err(|error| {
                 let endpoint = endpoint.addr.to_string();
                 match error {
-                    SendError::Connect(source, unsent) => {
-                        if let Some(slot) = &return_unsent {
-                            slot.put(*unsent);
-                        }
-                        ProxyError::Connect {
-                            endpoint,
-                            source: source.into(),
-                        }
-                    }
+                    SendError::Connect(source, unsent) => ProxyError::Connect {
+                        endpoint,
+                        source: source.into(),
+                        unsent: Some(Unsent(unsent)),
+                    },
                     SendError::Upstream(source) => ProxyError::Upstream {
                         endpoint,
                         source: source.into(),
@@ -237,7 +199,6 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                 }
             });
             if !this.observers.is_empty() {
-                let elapsed = started.elapsed();
                 for observer in this.observers.iter() {
                     observer.observe(&endpoint, &result, elapsed);
                 }

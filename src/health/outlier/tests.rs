@@ -71,6 +71,7 @@ impl Harness {
         let result = Err(ProxyError::Connect {
             endpoint: addr(port).to_string(),
             source: "refused".into(),
+            unsent: None,
         });
         self.detector
             .observe(&self.endpoint(port), &result, Duration::ZERO);

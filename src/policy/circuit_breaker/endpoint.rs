@@ -351,6 +351,7 @@ mod tests {
                 Err(ProxyError::Connect {
                     endpoint: addr(port).to_string(),
                     source: "refused".into(),
+                    unsent: None,
                 })
             } else {
                 let mut response = Response::new(ProxyBody::empty());

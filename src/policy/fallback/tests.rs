@@ -60,6 +60,7 @@ fn firing_outcomes() -> Vec<(Trigger, fn() -> Outcome)> {
             Err(ProxyError::Connect {
                 endpoint: "10.0.0.1:80".into(),
                 source: "refused".into(),
+                unsent: None,
             })
         }),
         (Trigger::Upstream5xx, || Ok(status(503))),
