@@ -489,7 +489,7 @@ fn prepare(action: &FallbackAction, request: &mut Request<ProxyBody>) -> Prepare
             let replay = if request.body().is_end_stream() {
                 None
             } else {
-                let body = std::mem::replace(request.body_mut(), ProxyBody::empty());
+                let body = std::mem::take(request.body_mut());
                 let (body, replay) = replay::tee(body);
                 *request.body_mut() = body;
                 Some(replay)
