@@ -183,6 +183,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
         match self.cap.try_acquire() {
             Some(slot) => ResponseFuture::Admitted {

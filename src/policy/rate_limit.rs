@@ -512,6 +512,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
         match self.shared.limiter.admit(&request) {
             Ok(()) => Either::Right(self.inner.call(request)),

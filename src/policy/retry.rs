@@ -327,6 +327,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
         // The ready service takes the call; the clone left behind is made ready again.
         let clone = self.inner.clone();

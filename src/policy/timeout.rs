@@ -192,6 +192,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
         let configured = self.layer.shared.config.request;
         let (mut parts, body) = request.into_parts();

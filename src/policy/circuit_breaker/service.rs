@@ -138,6 +138,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
         let Some(permit) = self.shared.admit() else {
             self.shared.rejected.inc();

@@ -387,6 +387,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, mut request: Request<ProxyBody>) -> Self::Future {
         let prepared = prepare(&self.policy.config.action, &mut request);
         ResponseFuture {
