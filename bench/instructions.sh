@@ -21,27 +21,13 @@ if [ "${variants[0]}" != plain ]; then
     exit 2
 fi
 
-missing=()
-command -v valgrind >/dev/null || missing+=(valgrind)
-command -v h2load >/dev/null || missing+=(nghttp2-client)
-command -v protoc >/dev/null || missing+=(protobuf-compiler)
-if [ ${#missing[@]} -gt 0 ]; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
-fi
+# shellcheck source=bench/common.sh
+source bench/common.sh
+install_missing valgrind=valgrind h2load=nghttp2-client protoc=protobuf-compiler
 
 cargo build --release --locked --bin remora --example bench_upstream >&2
 BIN=${CARGO_TARGET_DIR:-target}/release
-WORK=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+with_work_dir
 
 UPSTREAM_PORT=${UPSTREAM_PORT:-28480}
 PORT=${PORT:-28481}
@@ -50,20 +36,6 @@ ADMIN_PORT=${ADMIN_PORT:-28482}
 pids+=($!)
 printf '\x00\x00\x00\x00\x07\x0a\x05hello' >"$WORK/echo-request.bin"
 
-template() {
-    case $1 in
-        plain) cat bench/remora.yaml.in ;;
-        only-*)
-            awk -v keep="${1#only-}" '
-                /^    (timeout|retry|breaker|endpoint_breaker|rate_limit|max_in_flight|fallback):/ {
-                    key = substr($1, 1, length($1) - 1)
-                    if (key != keep) next
-                }
-                { print }' bench/remora-policies.yaml.in
-            ;;
-        *) cat "bench/remora-$1.yaml.in" ;;
-    esac
-}
 
 load() {
     local test=$1 requests=$2

@@ -26,16 +26,9 @@ UPSTREAM_PORT=${UPSTREAM_PORT:-28080}
 OTLP_PORT=${OTLP_PORT:-28317}
 BASE_PORT=${BASE_PORT:-28100}
 
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v h2load >/dev/null || missing+=(nghttp2-client)
-command -v protoc >/dev/null || missing+=(protobuf-compiler)
-if [ ${#missing[@]} -gt 0 ]; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
-fi
+# shellcheck source=bench/common.sh
+source bench/common.sh
+install_missing wrk=wrk h2load=nghttp2-client protoc=protobuf-compiler
 
 if [ $((RATE % RATE_CONNECTIONS)) -ne 0 ] || [ "$RATE" -lt "$RATE_CONNECTIONS" ]; then
     echo "overhead.sh: RATE ($RATE) must be a multiple of RATE_CONNECTIONS ($RATE_CONNECTIONS)" >&2
@@ -45,14 +38,7 @@ CLK_TCK=$(getconf CLK_TCK)
 
 cargo build --release --locked --bin remora --example bench_upstream --example otlp_sink >&2
 BIN=${CARGO_TARGET_DIR:-target}/release
-WORK=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+with_work_dir
 
 taskset -c 0 "$BIN/examples/bench_upstream" serve "$UPSTREAM_PORT" >"$WORK/upstream.log" 2>&1 &
 pids+=($!)
@@ -67,20 +53,6 @@ if [ "${variants[0]}" != plain ]; then
     echo "overhead.sh: VARIANTS must start with plain" >&2
     exit 2
 fi
-template() {
-    case $1 in
-        plain) cat bench/remora.yaml.in ;;
-        only-*)
-            awk -v keep="${1#only-}" '
-                /^    (timeout|retry|breaker|endpoint_breaker|rate_limit|max_in_flight|fallback):/ {
-                    key = substr($1, 1, length($1) - 1)
-                    if (key != keep) next
-                }
-                { print }' bench/remora-policies.yaml.in
-            ;;
-        *) cat "bench/remora-$1.yaml.in" ;;
-    esac
-}
 declare -A port admin proxy_pid
 i=0
 for variant in "${variants[@]}"; do
