@@ -5,8 +5,8 @@
 //! failed ([`AvoidEndpoints`]). A call is retried only when
 //! - its method is idempotent (or the config allows any method); a call of another
 //!   method is still retried when its connection failed (the request never left), and
-//!   then `Forward` gives the unsent request back in its error ([`Unsent`]): it is never copied,
-//!   and its body streams whatever its size,
+//!   then `Forward` gives the unsent request back in its error ([`Unsent`]): it is never
+//!   copied, and its body streams whatever its size,
 //! - its body can be replayed: it is empty or fits `max_replay_bytes` (read ahead and
 //!   kept as `Bytes`; a larger body is sent once, untouched after the bytes read ahead),
 //! - the result is a failure the config's [`Conditions`] name,
@@ -44,8 +44,7 @@ use super::budget::RetryBudget;
 use super::outcome::Conditions;
 use super::timeout::{deadline_of, Deadline, TimeoutKind, TimeoutMetrics};
 use crate::body::ProxyBody;
-use crate::error::ProxyError;
-use crate::error::Unsent;
+use crate::error::{ProxyError, Unsent};
 use crate::metrics::{register_per_service, ByService, PerService, ServiceLabel};
 use crate::proxy::CallInfo;
 use crate::trace::CallTrace;

@@ -1,11 +1,12 @@
 //! The overall bound on a call: every attempt and every backoff sleep fit inside it.
 //!
-//! The bound is the configured request timeout or the caller's gRPC deadline
-//! (`grpc-timeout`), whichever ends first. It is recorded as a [`Deadline`] request
-//! extension so that the layers below (retry) can tell how much time is left, and
-//! propagated upstream by rewriting `grpc-timeout` to the time remaining
-//! ([`set_grpc_timeout`]), once per attempt by `Forward`, right before it is sent, so
-//! that queueing, backoff and injected delays are all subtracted.
+//! The bound is the configured request timeout or, for a gRPC call, the caller's
+//! deadline (`grpc-timeout`), whichever ends first. A proxied call records it in its
+//! [`CallInfo`] (another request in a [`Deadline`] extension) so that the layers below
+//! (retry) can tell how much time is left. A gRPC call's deadline is propagated upstream
+//! by rewriting `grpc-timeout` to the time remaining ([`set_grpc_timeout`]), once per
+//! attempt by `Forward`, right before it is sent, so that queueing, backoff and injected
+//! delays are all subtracted.
 
 use std::future::Future;
 use std::pin::Pin;
