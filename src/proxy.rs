@@ -305,6 +305,15 @@ impl RequestCount {
     }
 }
 
+/// Whether a request's caller speaks gRPC: as the proxy noted it in the call's
+/// [`CallInfo`], else (a request the proxy did not stamp) from its content type.
+pub fn speaks_grpc<B>(request: &Request<B>) -> bool {
+    match request.extensions().get::<CallInfo>() {
+        Some(call) => call.grpc,
+        None => is_grpc(request),
+    }
+}
+
 /// Whether the caller speaks gRPC (its errors must be gRPC statuses).
 pub fn is_grpc<B>(request: &Request<B>) -> bool {
     request

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt as _;
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::{Body as _, Frame};
 use http_body_util::BodyExt as _;
@@ -553,8 +553,8 @@ impl Shared {
         if self.config.max_attempts == 1 || !self.method_retryable(request.method()) {
             return self.attempt(&mut inner, request, 1).await;
         }
+        let grpc = crate::proxy::speaks_grpc(&request);
         let (parts, body) = request.into_parts();
-        let grpc = is_grpc(&parts.headers);
         let body = match read_replayable(body, self.config.max_replay_bytes, grpc).await? {
             Replay::Whole(body) => body,
             Replay::Once(body) => {
@@ -959,12 +959,6 @@ fn server_delay(result: &Result<Response<ProxyBody>, ProxyError>) -> ServerDelay
         .map_or(ServerDelay::Unspecified, |s| {
             ServerDelay::After(Duration::from_secs(s))
         })
-}
-
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// A request body as retry holds it.
@@ -1459,7 +1453,7 @@ mod tests {
             Some((Ok::<_, Infallible>(Frame::data(frame)), rx))
         });
         let request = Request::put("http://svc/x")
-            .header(CONTENT_TYPE, content_type)
+            .header(http::header::CONTENT_TYPE, content_type)
             .body(http_body_util::StreamBody::new(stream))
             .unwrap();
         sender.send_request(request).await.unwrap().status()

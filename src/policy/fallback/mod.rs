@@ -477,7 +477,7 @@ enum Settled {
 fn prepare(action: &FallbackAction, request: &mut Request<ProxyBody>) -> Prepared {
     match action {
         FallbackAction::Respond(_) => Prepared::Respond {
-            grpc: is_grpc(request),
+            grpc: crate::proxy::speaks_grpc(request),
         },
         FallbackAction::Stale(_) => Prepared::Stale(stale::cache_key(request)),
         FallbackAction::Forward(_) => {
@@ -575,14 +575,6 @@ impl Policy {
             })
             .inc();
         result
-    }
-}
-
-/// Whether the caller speaks gRPC: as the proxy noted it, else from the content type.
-fn is_grpc(request: &Request<ProxyBody>) -> bool {
-    match request.extensions().get::<crate::proxy::CallInfo>() {
-        Some(call) => call.grpc,
-        None => crate::proxy::is_grpc(request),
     }
 }
 
