@@ -327,7 +327,7 @@ where
     }
 
     #[inline]
-    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ProxyBody>) -> Self::Future {
         // The ready service takes the call; the clone left behind is made ready again.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -345,7 +345,6 @@ where
                 future: Box::pin(shared.clone().run(inner, request)),
             };
         }
-        let mut request = request;
         // One look at the extensions serves the budget, the deadline and the copy.
         let extensions = KeptExtensions::of(request.extensions());
         shared.config.budget.deposit_at(extensions.arrival());
@@ -807,10 +806,12 @@ impl HeaderCopy {
 
 /// When `request`'s call arrived (now, for a request the proxy did not stamp).
 fn arrival(request: &Request<ProxyBody>) -> Instant {
-    request
-        .extensions()
-        .get::<CallInfo>()
-        .map_or_else(Instant::now, |call| call.arrived)
+    arrival_of(request.extensions().get::<CallInfo>())
+}
+
+/// When the call of `call` arrived; now, without one.
+fn arrival_of(call: Option<&CallInfo>) -> Instant {
+    call.map_or_else(Instant::now, |call| call.arrived)
 }
 
 /// A request's extensions, as kept for its retries.
@@ -856,11 +857,10 @@ impl KeptExtensions {
 
     /// When the call arrived (now, for a request the proxy did not stamp).
     fn arrival(&self) -> Instant {
-        let call = match self {
+        arrival_of(match self {
             Self::Known { call, .. } => call.as_ref(),
             Self::All(all) => all.get::<CallInfo>(),
-        };
-        call.map_or_else(Instant::now, |call| call.arrived)
+        })
     }
 
     /// The call's deadline ([`deadline_of`]).

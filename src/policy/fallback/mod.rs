@@ -481,21 +481,20 @@ fn prepare(action: &FallbackAction, request: &mut Request<ProxyBody>) -> Prepare
         },
         FallbackAction::Stale(_) => Prepared::Stale(stale::cache_key(request)),
         FallbackAction::Forward(_) => {
-            let (mut parts, ()) = Request::new(()).into_parts();
-            parts.method = request.method().clone();
-            parts.uri = request.uri().clone();
-            parts.version = request.version();
-            parts.headers = request.headers().clone();
-            parts.extensions = request.extensions().clone();
-            let replay = if request.body().is_end_stream() {
-                None
+            let taken = std::mem::replace(request, Request::new(ProxyBody::empty()));
+            let (parts, body) = taken.into_parts();
+            let copy = parts.clone();
+            let (body, replay) = if body.is_end_stream() {
+                (body, None)
             } else {
-                let body = std::mem::take(request.body_mut());
                 let (body, replay) = replay::tee(body);
-                *request.body_mut() = body;
-                Some(replay)
+                (body, Some(replay))
             };
-            Prepared::Forward(Box::new(Alternate { parts, replay }))
+            *request = Request::from_parts(parts, body);
+            Prepared::Forward(Box::new(Alternate {
+                parts: copy,
+                replay,
+            }))
         }
     }
 }
