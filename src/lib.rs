@@ -7,25 +7,19 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
-pub mod admin;
 pub mod balance;
-pub mod body;
+pub mod build;
 pub mod config;
+pub mod core;
 pub mod demo;
 pub mod discovery;
-pub mod error;
 pub mod health;
-pub mod listener;
-pub mod metrics;
 pub mod policy;
-pub mod proxy;
-pub mod route;
-pub mod sidecar;
-pub mod telemetry;
+pub mod serve;
 pub mod trace;
 pub mod upstream;
 
-pub use sidecar::{BoundAddrs, Sidecar, SidecarHandle};
+pub use serve::sidecar::{BoundAddrs, Sidecar, SidecarHandle};
 
 /// Code generated from `proto/echo.proto`: the example gRPC service.
 pub mod echo {

@@ -43,7 +43,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { config } => match remora::config::load(&config) {
+        Command::Validate { config } => match remora::build::load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
@@ -84,16 +84,16 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn run(path: PathBuf) -> ExitCode {
-    let config = match remora::config::load(&path) {
+    let config = match remora::build::load(&path) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{error}");
             return ExitCode::FAILURE;
         }
     };
-    remora::telemetry::init_logging(&config.log);
+    remora::serve::telemetry::init_logging(&config.log);
     // Before any listener is up: once the admin port answers, SIGHUP must reload.
-    let hangups = remora::config::reload::listen_for_sighup();
+    let hangups = remora::serve::reload::listen_for_sighup();
     let sidecar = match remora::Sidecar::start(config).await {
         Ok(sidecar) => sidecar,
         Err(error) => {
@@ -101,7 +101,7 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let reloader = tokio::spawn(remora::config::reload::watch(
+    let reloader = tokio::spawn(remora::serve::reload::watch(
         path,
         sidecar.handle(),
         hangups,

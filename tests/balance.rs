@@ -9,10 +9,11 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use remora::balance::{Balancer, BalancerConfig, EndpointSet, HashAlgorithm, HashKey};
-use remora::body::ProxyBody;
 use remora::config::{UpstreamConfig, UpstreamProtocol};
+use remora::core::body::ProxyBody;
+use remora::core::call::EndpointUsed;
 use remora::discovery::Instance;
-use remora::upstream::{EndpointUsed, Forward, UpstreamClients};
+use remora::upstream::{Forward, UpstreamClients};
 use tower::ServiceExt;
 
 use support::*;
@@ -31,7 +32,7 @@ fn forward_to(set: &Arc<EndpointSet>) -> Forward {
         "svc".into(),
         set.clone(),
         UpstreamProtocol::Http1,
-        UpstreamClients::new(&UpstreamConfig::default()),
+        UpstreamClients::new(remora::build::resolve::pool(&UpstreamConfig::default())),
     )
 }
 

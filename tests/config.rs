@@ -23,7 +23,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn load_error(text: &str, kind: DiagnosticKind) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write(dir.path(), "remora.yaml", text);
-    let error = config::load(&path).expect_err("config must be refused");
+    let error = remora::build::load(&path).expect_err("config must be refused");
     let kinds: Vec<_> = error.diagnostics().iter().map(|d| d.kind).collect();
     assert_eq!(kinds, vec![kind], "{error}");
     // The message starts with the full path of the file.
@@ -159,7 +159,7 @@ fn every_semantic_problem_is_reported_in_document_order() {
     let text = format!(
         "{PREAMBLE}outbound: {{}}\nlimits:\n  max_header_bytes: 1024\nservices:\n  orders: {{}}\n"
     );
-    let error = config::parse("remora.yaml", &text).expect_err("two problems");
+    let error = remora::build::parse("remora.yaml", &text).expect_err("two problems");
     let headers: Vec<String> = error
         .diagnostics()
         .iter()
@@ -186,7 +186,7 @@ fn positions_after_a_substitution_on_the_same_line_are_in_the_original_text() {
     let text = format!(
         "{PREAMBLE}outbound: {{}}\nservices:\n  orders:\n    endpoints: [\"${{ORDERS_HOST}}:80\", \"nope\"]\n"
     );
-    let error = config::parse_with_env("remora.yaml", &text, &env).expect_err("bad address");
+    let error = remora::build::parse_with_env("remora.yaml", &text, &env).expect_err("bad address");
     let rendered = error.to_string();
     // `"nope"` is at column 38 as written (column 32 after substitution).
     assert_header(
@@ -204,7 +204,7 @@ fn substituted_values_are_used() {
         _ => None,
     };
     let text = "inbound:\n  app: 127.0.0.1:${APP_PORT}\n  listen: ${LISTEN:-0.0.0.0:16006}\n";
-    let config = config::parse_with_env("remora.yaml", text, &env).expect("valid");
+    let config = remora::build::parse_with_env("remora.yaml", text, &env).expect("valid");
     let inbound = config.inbound.expect("inbound");
     assert_eq!(inbound.app.port(), 9090);
     assert_eq!(inbound.listen.port(), 16006);
@@ -214,7 +214,7 @@ fn substituted_values_are_used() {
 fn unreadable_file_names_the_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("absent.yaml");
-    let error = config::load(&path).expect_err("no such file");
+    let error = remora::build::load(&path).expect_err("no such file");
     assert!(matches!(error, ConfigError::Read { .. }));
     assert!(error.to_string().starts_with(&path.display().to_string()));
 }
@@ -224,7 +224,7 @@ fn oversized_file_is_refused_before_parsing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = format!("{PREAMBLE}# {}\n", "x".repeat(config::MAX_CONFIG_BYTES));
     let path = write(dir.path(), "big.yaml", &text);
-    let error = config::load(&path).expect_err("too large");
+    let error = remora::build::load(&path).expect_err("too large");
     assert!(matches!(error, ConfigError::TooLarge { .. }), "{error}");
 }
 
@@ -236,8 +236,9 @@ fn repo_file(name: &str) -> PathBuf {
 
 #[test]
 fn reference_config_loads_with_its_documented_defaults() {
-    let config = config::load(&repo_file("reference.yaml")).expect("reference.yaml is valid");
-    let defaults = config::parse("defaults", "inbound:\n  app: 127.0.0.1:8080\n")
+    let config =
+        remora::build::load(&repo_file("reference.yaml")).expect("reference.yaml is valid");
+    let defaults = remora::build::parse("defaults", "inbound:\n  app: 127.0.0.1:8080\n")
         .expect("inbound alone is valid");
     // Everything the reference writes out is the default, except the example services
     // and the shared outbound listener it enables.
@@ -253,7 +254,7 @@ fn reference_config_loads_with_its_documented_defaults() {
 
 #[test]
 fn minimal_config_loads() {
-    let config = config::load(&repo_file("minimal.yaml")).expect("minimal.yaml is valid");
+    let config = remora::build::load(&repo_file("minimal.yaml")).expect("minimal.yaml is valid");
     assert_eq!(config.services["orders"].endpoints.len(), 1);
     assert!(config.outbound.is_some());
 }
@@ -261,9 +262,9 @@ fn minimal_config_loads() {
 #[test]
 fn effective_config_round_trips() {
     for name in ["reference.yaml", "minimal.yaml"] {
-        let config = config::load(&repo_file(name)).expect("valid");
+        let config = remora::build::load(&repo_file(name)).expect("valid");
         let rendered = config::to_yaml(&config);
-        let reparsed: Config = config::parse("rendered", &rendered)
+        let reparsed: Config = remora::build::parse("rendered", &rendered)
             .unwrap_or_else(|e| panic!("{name} rendered:\n{rendered}\n{e}"));
         assert_eq!(reparsed, config, "{name}");
     }
@@ -272,6 +273,6 @@ fn effective_config_round_trips() {
 #[test]
 fn hosts_are_lowercased() {
     let text = "outbound: {}\nservices:\n  orders:\n    hosts: [Orders.Example.COM.]\n    endpoints: [10.0.0.1:80]\n";
-    let config = config::parse("remora.yaml", text).expect("valid");
+    let config = remora::build::parse("remora.yaml", text).expect("valid");
     assert_eq!(config.services["orders"].hosts, vec!["orders.example.com"]);
 }

@@ -1,8 +1,6 @@
 //! The discovery side of the config: registries, references, registration, balancers,
 //! health checks and outlier detection, each mistake located.
 
-use remora::config;
-
 const BASE: &str = "\
 outbound: {}
 inbound: { listen: 127.0.0.1:15006, app: 127.0.0.1:8080 }
@@ -18,18 +16,18 @@ services:
 ";
 
 fn error_of(text: &str) -> String {
-    config::parse("remora.yaml", text)
+    remora::build::parse("remora.yaml", text)
         .expect_err("config must be refused")
         .to_string()
 }
 
 #[test]
 fn the_example_parses_and_resolves() {
-    let config = config::parse("remora.yaml", BASE).unwrap_or_else(|e| panic!("{e}"));
+    let config = remora::build::parse("remora.yaml", BASE).unwrap_or_else(|e| panic!("{e}"));
     let stock = &config.services["stock"];
-    assert!(config::resolve::balancer(&stock.balancer).is_ok());
-    assert!(config::resolve::health_check(stock.health_check.as_ref().unwrap()).is_ok());
-    assert!(config::resolve::outlier(stock.outlier_detection.as_ref().unwrap()).is_ok());
+    assert!(remora::build::resolve::balancer(&stock.balancer).is_ok());
+    assert!(remora::build::resolve::health_check(stock.health_check.as_ref().unwrap()).is_ok());
+    assert!(remora::build::resolve::outlier(stock.outlier_detection.as_ref().unwrap()).is_ok());
     assert_eq!(
         config.register.unwrap().ttl,
         std::time::Duration::from_secs(10)
@@ -118,8 +116,8 @@ fn a_registry_takes_one_backend() {
 #[test]
 fn http2_pool_settings_are_read_and_checked() {
     let text = format!("{BASE}upstream: {{ http2_connections_per_endpoint: 2, http2_streams_per_connection: 50 }}\n");
-    let config = config::parse("remora.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
-    let pool = remora::upstream::PoolConfig::from_upstream(&config.upstream);
+    let config = remora::build::parse("remora.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let pool = remora::build::resolve::pool(&config.upstream);
     assert_eq!(
         (
             pool.http2_max_connections,

@@ -45,14 +45,14 @@ services:
 ";
 
 fn error_of(text: &str) -> String {
-    config::parse("remora.yaml", text)
+    remora::build::parse("remora.yaml", text)
         .expect_err("config must be refused")
         .to_string()
 }
 
 #[test]
 fn the_full_example_parses_into_the_schema() {
-    let config = config::parse("remora.yaml", BASE).unwrap_or_else(|e| panic!("{e}"));
+    let config = remora::build::parse("remora.yaml", BASE).unwrap_or_else(|e| panic!("{e}"));
     let retry = &config.policies.retries["standard"];
     assert_eq!(retry.attempts, 3);
     assert_eq!(
@@ -85,8 +85,8 @@ fn the_full_example_parses_into_the_schema() {
 
 #[test]
 fn the_effective_config_round_trips() {
-    let config = config::parse("remora.yaml", BASE).unwrap();
-    let again = config::parse("effective.yaml", &config::to_yaml(&config))
+    let config = remora::build::parse("remora.yaml", BASE).unwrap();
+    let again = remora::build::parse("effective.yaml", &config::to_yaml(&config))
         .unwrap_or_else(|e| panic!("{e}\n{}", config::to_yaml(&config)));
     assert_eq!(config, again);
 }
@@ -160,7 +160,7 @@ fn a_route_matches_on_exactly_one_thing() {
 
 #[test]
 fn route_labels_default_to_the_match_and_must_be_distinct() {
-    let config = config::parse("remora.yaml", BASE).expect("valid");
+    let config = remora::build::parse("remora.yaml", BASE).expect("valid");
     let labels: Vec<&str> = config.services["prices"]
         .routes
         .iter()
@@ -172,7 +172,7 @@ fn route_labels_default_to_the_match_and_must_be_distinct() {
         "      - match: { grpc_method: shop.Prices/Quote }",
         "      - name: quote\n        match: { grpc_method: shop.Prices/Quote }",
     );
-    let config = config::parse("remora.yaml", &named).expect("valid");
+    let config = remora::build::parse("remora.yaml", &named).expect("valid");
     assert_eq!(config.services["prices"].routes[1].label(), "quote");
 
     let clash = BASE.replace(
@@ -210,8 +210,8 @@ fn the_tracing_section_maps_onto_the_pipeline() {
     let text = format!(
         "{BASE}tracing:\n  endpoint: http://127.0.0.1:4318\n  protocol: http\n  sampling: 25%\n  propagate: [b3, jaeger]\n"
     );
-    let config = config::parse("remora.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
-    let tracing = config::resolve::tracing(&config);
+    let config = remora::build::parse("remora.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    let tracing = remora::build::resolve::tracing(&config);
     assert_eq!(tracing.endpoint.as_deref(), Some("http://127.0.0.1:4318"));
     assert_eq!(tracing.protocol, remora::trace::OtlpProtocol::HttpProtobuf);
     assert_eq!(tracing.sampling_ratio, 0.25);
@@ -223,7 +223,7 @@ fn the_tracing_section_maps_onto_the_pipeline() {
             remora::trace::Propagation::Jaeger
         ]
     );
-    let error = config::parse(
+    let error = remora::build::parse(
         "remora.yaml",
         &text.replace("http://127.0.0.1:4318", "jaeger:4318"),
     )

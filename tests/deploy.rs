@@ -117,7 +117,7 @@ fn sidecar_config(name: &str, service: &Value) -> remora::config::Config {
     let text = std::fs::read_to_string(&file).unwrap();
     let env = environment(service);
     let lookup = |key: &str| env.get(key).cloned();
-    remora::config::parse_with_env(&file.display().to_string(), &text, &lookup)
+    remora::build::parse_with_env(&file.display().to_string(), &text, &lookup)
         .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
@@ -387,7 +387,7 @@ fn local_configs_load_with_their_defaults() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
         let nothing = |_: &str| None;
-        remora::config::parse_with_env(&path.display().to_string(), &text, &nothing)
+        remora::build::parse_with_env(&path.display().to_string(), &text, &nothing)
             .unwrap_or_else(|e| panic!("{e}"));
         loaded += 1;
     }

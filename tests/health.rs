@@ -15,13 +15,14 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use prometheus_client::registry::Registry;
 use remora::balance::EndpointSet;
-use remora::body::ProxyBody;
 use remora::config::{UpstreamConfig, UpstreamProtocol};
+use remora::core::body::ProxyBody;
+use remora::core::call::EndpointUsed;
 use remora::discovery::Instance;
 use remora::health::{
     HealthCheckConfig, HealthChecker, HealthMetrics, OutlierConfig, OutlierDetector, Probe,
 };
-use remora::upstream::{EndpointObserver, EndpointUsed, Forward, UpstreamClients};
+use remora::upstream::{EndpointObserver, Forward, UpstreamClients};
 use support::{eventually, full, TestBody};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
@@ -129,7 +130,7 @@ fn forward(set: &Arc<EndpointSet>) -> Forward {
         "users".into(),
         set.clone(),
         UpstreamProtocol::Http1,
-        UpstreamClients::new(&UpstreamConfig::default()),
+        UpstreamClients::new(remora::build::resolve::pool(&UpstreamConfig::default())),
     )
 }
 

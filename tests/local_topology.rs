@@ -45,7 +45,7 @@ fn config(file: &str, vars: &[(&str, String)]) -> remora::config::Config {
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
     let lookup = |key: &str| vars.get(key).cloned();
-    remora::config::parse_with_env(&path, &text, &lookup).unwrap_or_else(|e| panic!("{e}"))
+    remora::build::parse_with_env(&path, &text, &lookup).unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn sidecar(file: &str, vars: &[(&str, String)]) -> Sidecar {

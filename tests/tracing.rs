@@ -37,7 +37,7 @@ fn every_try(config: TracingConfig) -> TracingConfig {
 }
 
 async fn start(yaml: &str, tracing: TracingConfig) -> remora::Sidecar {
-    let config = remora::config::parse("test.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
+    let config = remora::build::parse("test.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
     remora::Sidecar::start_with(config, tracing).await.unwrap()
 }
 

@@ -12,7 +12,7 @@ use http::header::COOKIE;
 use http::Request;
 
 use super::config::HashKey;
-use crate::proxy::CallInfo;
+use crate::core::call::CallInfo;
 
 /// Seeds that keep the hashes of keys, ring points and Maglev permutations apart.
 pub(crate) const KEY_SEED: u64 = 0;

@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::ServiceLabel;
+use crate::core::labels::ServiceLabel;
 
 /// Labels of the balancer's series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

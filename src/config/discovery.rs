@@ -288,7 +288,7 @@ fn default_deregister_delay() -> Duration {
 }
 
 /// Which backend a registry uses, for messages.
-pub(crate) fn backend_of(registry: &RegistryConfig) -> Option<&'static str> {
+pub fn backend_of(registry: &RegistryConfig) -> Option<&'static str> {
     let given: Vec<&'static str> = [
         registry.etcd.as_ref().map(|_| "etcd"),
         registry.consul.as_ref().map(|_| "consul"),
@@ -350,19 +350,6 @@ pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {
     };
     for (service_name, service) in &config.services {
         let path = FieldPath::root().key("services").key(service_name);
-        if let Err(message) = super::resolve::balancer(&service.balancer) {
-            issues.push(Issue::at(path.key("balancer"), message));
-        }
-        if let Some(check) = &service.health_check {
-            if let Err(message) = super::resolve::health_check(check) {
-                issues.push(Issue::at(path.key("health_check"), message));
-            }
-        }
-        if let Some(outlier) = &service.outlier_detection {
-            if let Err(message) = super::resolve::outlier(outlier) {
-                issues.push(Issue::at(path.key("outlier_detection"), message));
-            }
-        }
         if let Some(discovery) = &service.discovery {
             if !config.registries.contains_key(&discovery.registry) {
                 issues.push(Issue::at(

@@ -1,4 +1,4 @@
-//! Configuration: the YAML schema, loading with located errors, validation, hot reload.
+//! Floor 2, config: the YAML schema as plain data, loading with located errors.
 //!
 //! Loading runs one pipeline, each stage in its own file:
 //!
@@ -6,16 +6,19 @@
 //!    to the text as written;
 //! 2. `decode`: YAML to [`Config`] with serde-saphyr under an input budget, tracking
 //!    the field path of a failure;
-//! 3. `validate`: normalisation (host names) and the semantic checks serde cannot
-//!    express, located through `locate`'s path -> position index.
+//! 3. `validate`: normalisation (host names) and the checks of the document itself
+//!    (references, listeners, names) that serde cannot express;
+//! 4. the caller's [`Check`]: the build floor passes the conversion of every section
+//!    into the settings of what it configures, so a value the mechanism refuses is
+//!    refused here, at its place in the file.
+//!
+//! Every issue is located through `locate`'s path -> position index.
 //!
 //! Every failure is a [`Diagnostic`] naming file, line:column (in the text as
 //! written), field path and problem, followed by the offending line with a caret.
 //!
-//! Reload: [`load`] has no side effects and returns owned, `Send` errors, so a reload
-//! task can call it on every change and keep the running configuration whenever it
-//! fails. Listener addresses are fixed at start-up; comparing old and new is the
-//! reloader's business.
+//! [`load`] has no side effects and returns owned, `Send` errors, so a reload task can
+//! call it on every change and keep the running configuration whenever it fails.
 
 mod decode;
 mod discovery;
@@ -23,25 +26,25 @@ mod env;
 mod error;
 mod locate;
 mod policies;
-pub mod reload;
-pub mod resolve;
 mod scalar;
 mod schema;
 mod source;
 mod validate;
 mod validate_policies;
 
+pub use crate::core::protocol::UpstreamProtocol;
 pub use discovery::{
-    BalancerAlgorithm, BalancerSection, ConsulSection, DiscoveryRef, DnsSection, EtcdSection,
-    FileSection, GrpcProbeSection, HealthCheckSection, HttpProbeSection, OutlierSection,
-    RegisterSection, RegistryConfig, TcpProbeSection,
+    backend_of, BalancerAlgorithm, BalancerSection, ConsulSection, DiscoveryRef, DnsSection,
+    EtcdSection, FileSection, GrpcProbeSection, HealthCheckSection, HttpProbeSection,
+    OutlierSection, RegisterSection, RegistryConfig, TcpProbeSection,
 };
 pub use env::EnvLookup;
 pub use error::{ConfigError, Diagnostic, DiagnosticKind, FieldPath, PathSegment};
 pub use policies::*;
+pub use scalar::parse_duration;
 pub use schema::*;
 pub use source::Position;
-pub use validate::MIN_HEADER_BYTES;
+pub use validate::{Issue, MIN_HEADER_BYTES};
 
 use std::io::Read;
 use std::path::Path;
@@ -51,8 +54,12 @@ use locate::NodeIndex;
 /// Largest configuration accepted, in bytes, before and after substitution.
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 
-/// Reads, substitutes (from the process environment), parses and validates `path`.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+/// Checks of a decoded document beyond its own: every problem, each at its field.
+pub type Check<'a> = &'a dyn Fn(&Config) -> Vec<Issue>;
+
+/// Reads, substitutes (from the process environment), parses and validates `path`,
+/// then runs `check`.
+pub fn load(path: &Path, check: Check<'_>) -> Result<Config, ConfigError> {
     let origin = path.display().to_string();
     let read_error = |source| ConfigError::Read {
         origin: origin.clone(),
@@ -65,13 +72,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     file.take(limit + 1)
         .read_to_string(&mut text)
         .map_err(read_error)?;
-    parse(&origin, &text)
+    parse(&origin, &text, check)
 }
 
-/// Parses and validates configuration text, substituting from the process environment;
-/// `origin` names the text in errors (normally the file name).
-pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
-    parse_with_env(origin, text, &|name| std::env::var(name).ok())
+/// Parses and validates configuration text, substituting from the process environment,
+/// then runs `check`; `origin` names the text in errors (normally the file name).
+pub fn parse(origin: &str, text: &str, check: Check<'_>) -> Result<Config, ConfigError> {
+    parse_with_env(origin, text, &|name| std::env::var(name).ok(), check)
 }
 
 /// Like [`parse`], with `${VAR}` values looked up through `env` instead of the process
@@ -80,7 +87,12 @@ pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
 /// Positions in errors refer to `text` as written. A position on a line after a
 /// substitution is exact; a column after a substitution on the same line is mapped back
 /// too, and a position inside a substituted value points at its `${`.
-pub fn parse_with_env(origin: &str, text: &str, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+pub fn parse_with_env(
+    origin: &str,
+    text: &str,
+    env: EnvLookup<'_>,
+    check: Check<'_>,
+) -> Result<Config, ConfigError> {
     check_size(origin, text)?;
     let substituted = env::substitute(text, env).map_err(|errors| {
         ConfigError::Invalid(environment_diagnostics(origin, text, env, &errors))
@@ -100,7 +112,10 @@ pub fn parse_with_env(origin: &str, text: &str, env: EnvLookup<'_>) -> Result<Co
     })?;
 
     validate::normalize(&mut config);
-    let issues = validate::validate(&config);
+    let mut issues = validate::validate(&config);
+    if issues.is_empty() {
+        issues = check(&config);
+    }
     if issues.is_empty() {
         return Ok(config);
     }

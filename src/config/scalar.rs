@@ -103,7 +103,7 @@ impl<T: fmt::Display> serde::Serialize for DisplayAsStr<'_, T> {
 }
 
 /// Parses a humantime duration (`250ms`, `5s`, `1m 30s`), quoting a bad value.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("invalid duration {text:?}: {e} (e.g. `250ms`, `5s`, `1m 30s`)"))
 }

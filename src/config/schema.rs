@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::protocol::UpstreamProtocol;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -172,19 +174,6 @@ pub struct ServiceConfig {
     pub routes: Vec<super::RouteConfig>,
 }
 
-/// Protocol toward an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamProtocol {
-    /// Whatever the caller spoke.
-    #[default]
-    Auto,
-    /// HTTP/1.1.
-    Http1,
-    /// HTTP/2 with prior knowledge (h2c).
-    Http2,
-}
-
 /// Per-listener protections.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -291,10 +280,10 @@ fn default_pool_max_idle() -> usize {
     256
 }
 fn default_http2_connections() -> usize {
-    crate::upstream::PoolConfig::DEFAULT_HTTP2_MAX_CONNECTIONS
+    4
 }
 fn default_http2_streams() -> usize {
-    crate::upstream::PoolConfig::DEFAULT_HTTP2_STREAMS_PER_CONNECTION
+    100
 }
 fn default_log_level() -> String {
     "info".to_string()

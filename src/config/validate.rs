@@ -16,17 +16,18 @@ const MAX_NAME_LEN: usize = 253;
 
 /// One problem found by validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Issue {
+pub struct Issue {
     /// The offending field.
-    pub(crate) path: FieldPath,
+    pub path: FieldPath,
     /// Point at the mapping key rather than the value (for a bad map key).
-    pub(crate) at_key: bool,
+    pub at_key: bool,
     /// What is wrong.
-    pub(crate) message: String,
+    pub message: String,
 }
 
 impl Issue {
-    pub(crate) fn at(path: FieldPath, message: impl Into<String>) -> Self {
+    /// A problem with the value at `path`.
+    pub fn at(path: FieldPath, message: impl Into<String>) -> Self {
         Self {
             path,
             at_key: false,
@@ -346,7 +347,8 @@ fn check_log(config: &Config, issues: &mut Vec<Issue>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::schema::{InboundConfig, OutboundConfig, UpstreamProtocol};
+    use crate::config::schema::{InboundConfig, OutboundConfig};
+    use crate::core::protocol::UpstreamProtocol;
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().expect("test address")

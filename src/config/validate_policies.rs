@@ -8,7 +8,7 @@ use super::error::{closest, FieldPath};
 use super::policies::{FallbackPolicy, PoliciesConfig, RouteConfig};
 use super::schema::Config;
 use super::validate::Issue;
-use crate::metrics::DEFAULT_ROUTE;
+use crate::core::labels::DEFAULT_ROUTE;
 
 /// Every problem with the policies and their references.
 pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {

@@ -37,7 +37,7 @@ use self::scenes::{Scene, SceneRunner, TourPlan};
 use self::stats::{ServiceStats, Tally};
 use self::topology::{ServiceSpec, Topology};
 use crate::config::{ConfigError, LogConfig};
-use crate::sidecar::StartError;
+use crate::serve::sidecar::StartError;
 
 /// How long the apps, sidecars and load together may take to stop before the demo
 /// reports an unclean stop.
@@ -224,7 +224,7 @@ pub enum DemoError {
 pub async fn run(duration: Option<Duration>) -> ExitCode {
     // Only real trouble is logged, on stderr, so that it does not bury the table;
     // `RUST_LOG` asks for more.
-    crate::telemetry::init_logging(&LogConfig {
+    crate::serve::telemetry::init_logging(&LogConfig {
         level: "error".to_string(),
         ..LogConfig::default()
     });

@@ -553,7 +553,7 @@ fn base_config(name: &str) -> Result<Config, DemoError> {
 /// `config` after the same checks a YAML file gets (through its YAML rendering).
 fn validated(config: &Config) -> Result<Config, DemoError> {
     let origin = format!("remora demo ({})", config.service);
-    config::parse(&origin, &config::to_yaml(config)).map_err(|source| DemoError::Config {
+    crate::build::parse(&origin, &config::to_yaml(config)).map_err(|source| DemoError::Config {
         name: config.service.clone(),
         source,
     })

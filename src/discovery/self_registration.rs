@@ -13,10 +13,22 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 use super::{Instance, Registration, Registry};
-use crate::config::RegisterSection;
 
 /// How long to wait for a deregistration before draining anyway.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What to register: the instance, under which name, for how long.
+#[derive(Debug, Clone)]
+pub struct RegistrationPlan {
+    /// The service name the instance registers under.
+    pub service: String,
+    /// The instance (address, id, weight, metadata).
+    pub instance: Instance,
+    /// Lease or TTL check length; the registry's keep-alive renews it.
+    pub ttl: Duration,
+    /// Wait after deregistering, before draining, for callers to notice.
+    pub deregister_delay: Duration,
+}
 
 /// The running registration of the local app.
 pub struct SelfRegistration {
@@ -26,23 +38,14 @@ pub struct SelfRegistration {
 }
 
 impl SelfRegistration {
-    /// Starts registering `app`'s instance as `section` says, once `app` is reachable.
-    pub fn start(
-        section: &RegisterSection,
-        service: &str,
-        app: SocketAddr,
-        registry: Arc<dyn Registry>,
-    ) -> Self {
-        let name = section.name.clone().unwrap_or_else(|| service.to_string());
-        let mut instance = Instance::new(section.address).with_id(
-            section
-                .id
-                .clone()
-                .unwrap_or_else(|| section.address.to_string()),
-        );
-        instance.weight = section.weight;
-        instance.metadata = section.metadata.clone();
-        let ttl = section.ttl;
+    /// Starts registering as `plan` says, once `app` is reachable.
+    pub fn start(plan: RegistrationPlan, app: SocketAddr, registry: Arc<dyn Registry>) -> Self {
+        let RegistrationPlan {
+            service: name,
+            instance,
+            ttl,
+            deregister_delay,
+        } = plan;
         let held = Arc::new(Mutex::new(None));
         let slot = held.clone();
         let task = tokio::spawn(async move {
@@ -66,7 +69,7 @@ impl SelfRegistration {
         Self {
             task,
             held,
-            deregister_delay: section.deregister_delay,
+            deregister_delay,
         }
     }
 

@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::{ByService, PerService, ServiceLabel};
+use crate::core::labels::{ByService, PerService, ServiceLabel};
 
 /// Labels of the probe counter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -41,9 +41,9 @@ use tokio::time::Instant;
 
 use super::HealthMetrics;
 use crate::balance::{Endpoint, EndpointSet};
-use crate::body::ProxyBody;
-use crate::error::ProxyError;
-use crate::policy::outcome::Conditions;
+use crate::core::body::ProxyBody;
+use crate::core::error::ProxyError;
+use crate::core::outcome::Conditions;
 use crate::upstream::EndpointObserver;
 
 /// The longest ejection accepted: longer is a typo, not a policy.

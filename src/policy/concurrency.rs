@@ -21,9 +21,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tower::{Layer, Service};
 
-use crate::body::ProxyBody;
-use crate::error::ProxyError;
-use crate::metrics::{register_per_service, ByService, PerService};
+use crate::core::body::ProxyBody;
+use crate::core::error::ProxyError;
+use crate::core::labels::{register_per_service, ByService, PerService};
 
 /// A service's concurrency cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

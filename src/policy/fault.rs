@@ -23,9 +23,9 @@ use rand::rngs::{SmallRng, SysRng};
 use rand::{RngExt, SeedableRng};
 use tower::{Layer, Service};
 
-use crate::body::ProxyBody;
-use crate::error::ProxyError;
-use crate::metrics::{register_per_service, ByService, PerService};
+use crate::core::body::ProxyBody;
+use crate::core::error::ProxyError;
+use crate::core::labels::{register_per_service, ByService, PerService};
 
 /// Probabilities are kept in parts per million: exact at 0 % and 100 %.
 const PPM: u32 = 1_000_000;

@@ -33,10 +33,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tower::{Layer, Service};
 
-use crate::body::ProxyBody;
-use crate::error::ProxyError;
-use crate::metrics::{register_per_service, ByService, PerService};
-use crate::proxy::CallInfo;
+use crate::core::body::ProxyBody;
+use crate::core::call::CallInfo;
+use crate::core::error::ProxyError;
+use crate::core::labels::{register_per_service, ByService, PerService};
 
 /// Keys a keyed limiter tracks unless configured otherwise (a few MiB of state).
 pub const DEFAULT_MAX_KEYS: NonZeroUsize = NonZeroUsize::new(100_000).unwrap();
@@ -58,7 +58,7 @@ pub struct Rate {
 pub enum RateLimitKey {
     /// One bucket for every call to the service.
     Global,
-    /// One bucket per client IP (from [`CallInfo`](crate::proxy::CallInfo); the port is
+    /// One bucket per client IP (from [`CallInfo`](crate::core::call::CallInfo); the port is
     /// ignored). IPv4-mapped IPv6 addresses count as their IPv4 address, and an IPv6
     /// client counts by its /64 prefix, since one host commonly holds a whole /64.
     /// Requests without a `CallInfo` share one bucket.

@@ -41,14 +41,13 @@ use tower::{Layer, Service, ServiceExt as _};
 
 use super::backoff::Backoff;
 use super::budget::RetryBudget;
-use super::outcome::Conditions;
-use super::timeout::{deadline_of, Deadline, TimeoutKind, TimeoutMetrics};
-use crate::body::ProxyBody;
-use crate::error::{ProxyError, Unsent};
-use crate::metrics::{register_per_service, ByService, PerService, ServiceLabel};
-use crate::proxy::CallInfo;
+use super::timeout::{TimeoutKind, TimeoutMetrics};
+use crate::core::body::ProxyBody;
+use crate::core::call::{deadline_of, AvoidEndpoints, CallInfo, Deadline, EndpointUsed};
+use crate::core::error::{ProxyError, Unsent};
+use crate::core::labels::{register_per_service, ByService, PerService, ServiceLabel};
+use crate::core::outcome::Conditions;
 use crate::trace::CallTrace;
-use crate::upstream::{AvoidEndpoints, EndpointUsed};
 
 /// Header telling the upstream which attempt (1-based) of the call this is.
 pub static ATTEMPT_HEADER: HeaderName = HeaderName::from_static("x-remora-attempt");
@@ -552,7 +551,7 @@ impl Shared {
         if self.config.max_attempts == 1 || !self.method_retryable(request.method()) {
             return self.attempt(&mut inner, request, 1).await;
         }
-        let grpc = crate::proxy::speaks_grpc(&request);
+        let grpc = crate::core::grpc::speaks_grpc(&request);
         let (parts, body) = request.into_parts();
         let body = match read_replayable(body, self.config.max_replay_bytes, grpc).await? {
             Replay::Whole(body) => body,
@@ -1066,7 +1065,8 @@ mod tests {
     use tower::service_fn;
 
     use super::*;
-    use crate::policy::timeout::{TimeoutConfig, TimeoutLayer, GRPC_TIMEOUT};
+    use crate::core::grpc::GRPC_TIMEOUT;
+    use crate::policy::timeout::{TimeoutConfig, TimeoutLayer};
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -1108,7 +1108,7 @@ mod tests {
         let service = service_fn(move |mut request: Request<ProxyBody>| {
             let (log, answer, delay) = (seen.clone(), answer.clone(), delay.clone());
             // As `Forward` does right before sending.
-            crate::policy::timeout::set_grpc_timeout(&mut request);
+            crate::core::grpc::set_grpc_timeout(&mut request);
             async move {
                 let at = Instant::now();
                 let (parts, body) = request.into_parts();

@@ -42,10 +42,12 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 
-use crate::body::ProxyBody;
-use crate::error::{ProxyError, ERROR_HEADER};
-use crate::metrics::Direction;
-use crate::upstream::EndpointUsed;
+use crate::core::body::watch;
+use crate::core::body::ProxyBody;
+use crate::core::call::EndpointUsed;
+use crate::core::error::{ProxyError, ERROR_HEADER};
+use crate::core::grpc::{grpc_path, grpc_status, grpc_status_at, GrpcStatusAt};
+use crate::core::labels::Direction;
 
 pub use export::TracingMetrics;
 use export::{Collector, Flusher, QueueLimits, Sink};
@@ -530,7 +532,7 @@ impl RequestTrace {
         let observed = call.span.is_some() || call.tracing.0.access_log;
         let waits_for_trailers = observed
             && grpc_status.is_none()
-            && trailers::grpc_status_at(response.headers()) == trailers::GrpcStatusAt::Trailers;
+            && grpc_status_at(response.headers()) == GrpcStatusAt::Trailers;
         if let Some(span) = &call.span {
             // One record: the answer's head now; its outcome too unless trailers bring it.
             span.record(|recording| {
@@ -559,7 +561,7 @@ impl RequestTrace {
                 endpoint,
                 reason,
             };
-            trailers::watch(&mut response, trailers::Waiter::Request(waiting));
+            watch(&mut response, Box::new(waiting));
             return response;
         }
         if let Some(span) = &call.span {
@@ -712,7 +714,7 @@ impl Attempt {
             AttemptKind::Span(span) => {
                 if let Some(waiting) = waiting_for_trailers(&span, result) {
                     if let Ok(response) = result {
-                        trailers::watch(response, trailers::Waiter::Attempt(waiting));
+                        watch(response, Box::new(waiting));
                     }
                     return;
                 }
@@ -752,9 +754,7 @@ fn waiting_for_trailers(
 ) -> Option<trailers::AttemptWaiting> {
     let response = result.as_ref().ok()?;
     let headers = response.headers();
-    if grpc_status(headers).is_some()
-        || trailers::grpc_status_at(headers) != trailers::GrpcStatusAt::Trailers
-    {
+    if grpc_status(headers).is_some() || grpc_status_at(headers) != GrpcStatusAt::Trailers {
         return None;
     }
     let status = response.status().as_u16();
@@ -853,26 +853,6 @@ fn destination<B>(request: &Request<B>) -> Option<(&str, Option<u16>)> {
         return None;
     }
     Some((host, port.and_then(|p| p.parse().ok())))
-}
-
-/// `(service, method)` of a gRPC request (`/pkg.Service/Method`).
-fn grpc_path<B>(request: &Request<B>) -> Option<(&str, &str)> {
-    let grpc = request
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if !grpc {
-        return None;
-    }
-    request.uri().path().strip_prefix('/')?.split_once('/')
-}
-
-/// `grpc-status` of a trailers-only response (or of headers that carry it).
-fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
-    std::str::from_utf8(headers.get("grpc-status")?.as_bytes())
-        .ok()?
-        .parse()
-        .ok()
 }
 
 fn protocol_version(version: Version) -> &'static str {

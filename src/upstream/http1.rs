@@ -13,8 +13,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
-use super::pool::{Lease, PoolConfig, Pools, SendError};
-use crate::body::ProxyBody;
+use super::pool::{PoolConfig, Pools, SendError};
+use crate::core::body::{ConnectionHome, Lease, ProxyBody};
 
 /// An idle connection and since when it is idle.
 #[derive(Debug)]
@@ -86,7 +86,7 @@ impl Http1Pool {
             response,
             Lease::Http1 {
                 sender,
-                pool: self.clone(),
+                home: self.clone(),
             },
         )
     }
@@ -105,28 +105,6 @@ impl Http1Pool {
             }
         }
         None
-    }
-
-    /// Returns a connection whose exchange is complete. One not ready yet (its task has
-    /// not yet seen the end of the exchange) is waited for off the request path, at most
-    /// the idle timeout; a closed one is dropped.
-    pub(super) fn checkin(self: &Arc<Self>, mut sender: SendRequest<ProxyBody>) {
-        if sender.is_ready() {
-            self.push(sender);
-            return;
-        }
-        if sender.is_closed() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let pool = self.clone();
-        runtime.spawn(async move {
-            if let Ok(Ok(())) = tokio::time::timeout(pool.idle_timeout, sender.ready()).await {
-                pool.push(sender);
-            }
-        });
     }
 
     fn push(&self, sender: SendRequest<ProxyBody>) {
@@ -150,5 +128,29 @@ impl Http1Pool {
     /// Idle connections held now.
     pub(super) fn idle_count(&self) -> usize {
         self.lock().len()
+    }
+}
+
+impl ConnectionHome for Http1Pool {
+    /// Returns a connection whose exchange is complete. One not ready yet (its task has
+    /// not yet seen the end of the exchange) is waited for off the request path, at most
+    /// the idle timeout; a closed one is dropped.
+    fn checkin(self: Arc<Self>, mut sender: SendRequest<ProxyBody>) {
+        if sender.is_ready() {
+            self.push(sender);
+            return;
+        }
+        if sender.is_closed() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = self;
+        runtime.spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(pool.idle_timeout, sender.ready()).await {
+                pool.push(sender);
+            }
+        });
     }
 }

@@ -17,25 +17,8 @@ use http::{Request, Response};
 use hyper::client::conn::http2::SendRequest;
 use tokio::sync::Notify;
 
-use super::pool::{Lease, PoolConfig, Pools, SendError};
-use crate::body::ProxyBody;
-
-/// A stream in flight on an HTTP/2 connection; dropping it frees the slot.
-#[derive(Debug)]
-pub(crate) struct StreamSlot(Arc<AtomicUsize>);
-
-impl StreamSlot {
-    fn take(streams: &Arc<AtomicUsize>) -> Self {
-        streams.fetch_add(1, Ordering::Relaxed);
-        Self(streams.clone())
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+use super::pool::{PoolConfig, Pools, SendError};
+use crate::core::body::{Lease, ProxyBody, StreamSlot};
 
 /// One HTTP/2 connection of the set.
 #[derive(Debug)]

@@ -17,7 +17,6 @@ mod pool;
 mod tests;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,13 +28,14 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use crate::balance::{Endpoint, EndpointSet};
-use crate::body::ProxyBody;
-use crate::config::UpstreamProtocol;
-use crate::error::{ProxyError, Unsent};
+use crate::core::body::ProxyBody;
+use crate::core::call::{AvoidEndpoints, EndpointUsed};
+use crate::core::error::{ProxyError, Unsent};
+use crate::core::protocol::UpstreamProtocol;
 
 pub use hygiene::{requested_upgrade, set_forwarded, strip_hop_by_hop, ForwardedFor};
 use pool::SendError;
-pub use pool::{ConnectError, PoolConfig, PoolConfigError, PooledBody, UpstreamClients};
+pub use pool::{ConnectError, PoolConfig, PoolConfigError, UpstreamClients};
 
 /// Whether a request to a service of `protocol` leaves over HTTP/2, given what the
 /// caller spoke.
@@ -46,15 +46,6 @@ fn uses_http2(protocol: UpstreamProtocol, caller: Version) -> bool {
         UpstreamProtocol::Auto => caller == Version::HTTP_2,
     }
 }
-
-/// Request extension: endpoints this request should not go to if another is ready (set
-/// by retry with the endpoints earlier attempts failed on).
-#[derive(Debug, Clone, Default)]
-pub struct AvoidEndpoints(pub Vec<SocketAddr>);
-
-/// Response extension: the endpoint that answered.
-#[derive(Debug, Clone, Copy)]
-pub struct EndpointUsed(pub SocketAddr);
 
 /// Sees the outcome of every attempt on an endpoint (endpoint circuit breakers, outlier
 /// ejection and latency tracking implement it). Called on the request path: it must
@@ -156,7 +147,7 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                 .contains_key(header::UPGRADE)
                 .then(|| hyper::upgrade::on(&mut request));
             // The deadline as it stands now, after queueing, backoff and injected delays.
-            crate::policy::timeout::set_grpc_timeout(&mut request);
+            crate::core::grpc::set_grpc_timeout(&mut request);
             let http2 = uses_http2(this.protocol, request.version());
             let uri = std::mem::take(request.uri_mut());
             *request.uri_mut() = absolute_uri(&endpoint.authority, uri)?;

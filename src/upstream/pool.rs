@@ -15,21 +15,17 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::http1::Http1Pool;
-use super::http2::{Http2Pool, StreamSlot};
-use crate::body::{BoxError, ProxyBody};
-use crate::config::UpstreamConfig;
+use super::http2::Http2Pool;
+use crate::core::body::{Lease, PooledBody, ProxyBody};
 
 /// How connections to upstream endpoints are made and kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,23 +58,6 @@ pub enum PoolConfigError {
 }
 
 impl PoolConfig {
-    /// Default HTTP/2 connections per endpoint.
-    pub const DEFAULT_HTTP2_MAX_CONNECTIONS: usize = 4;
-    /// Default streams per HTTP/2 connection before another one is opened.
-    pub const DEFAULT_HTTP2_STREAMS_PER_CONNECTION: usize = 100;
-
-    /// `upstream`'s timeouts, limits and HTTP/2 spread (validation keeps both ≥ 1).
-    pub fn from_upstream(upstream: &UpstreamConfig) -> Self {
-        Self {
-            connect_timeout: upstream.connect_timeout,
-            idle_timeout: upstream.pool_idle_timeout,
-            max_idle_per_endpoint: upstream.pool_max_idle_per_endpoint,
-            http2_max_connections: upstream.http2_connections_per_endpoint.max(1),
-            http2_streams_per_connection: upstream.http2_streams_per_connection.max(1),
-            http2_keep_alive_interval: Duration::from_secs(30),
-        }
-    }
-
     /// Sets the HTTP/2 connection spread; both must be at least 1.
     pub fn with_http2(
         mut self,
@@ -148,13 +127,8 @@ pub(super) struct EndpointPool {
 }
 
 impl UpstreamClients {
-    /// Pools with `config`'s connect timeout and limits (HTTP/2 settings at defaults).
-    pub fn new(config: &UpstreamConfig) -> Self {
-        Self::with_pool_config(PoolConfig::from_upstream(config))
-    }
-
     /// Pools with `config`.
-    pub fn with_pool_config(config: PoolConfig) -> Self {
+    pub fn new(config: PoolConfig) -> Self {
         let http1 = http1::Builder::new();
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         // NOTE: fixed, large windows rather than the adaptive window. Besides flow
@@ -328,59 +302,6 @@ async fn reap(pools: Weak<Pools>, every: Duration) {
     }
 }
 
-/// What a response holds of its connection until its body ends.
-#[derive(Debug)]
-pub(super) enum Lease {
-    /// An HTTP/1 connection, returned to `pool` if the body ended cleanly.
-    Http1 {
-        sender: http1::SendRequest<ProxyBody>,
-        pool: Arc<Http1Pool>,
-    },
-    /// A stream slot on an HTTP/2 connection.
-    Http2(StreamSlot),
-}
-
-impl Lease {
-    /// The exchange is over; `complete` says whether the body was read to its end.
-    fn release(self, complete: bool) {
-        match self {
-            Self::Http1 { sender, pool } if complete => pool.checkin(sender),
-            // An unfinished HTTP/1 exchange cannot be resumed: the connection closes.
-            Self::Http1 { .. } => {}
-            Self::Http2(slot) => drop(slot),
-        }
-    }
-}
-
-/// An upstream's response body. When it ends (or is dropped after its last frame) the
-/// HTTP/1 connection goes back to its pool, or the HTTP/2 stream slot is freed; dropped
-/// earlier, the HTTP/1 connection is closed (its unread rest cannot be skipped).
-#[derive(Debug)]
-pub struct PooledBody {
-    body: Incoming,
-    lease: Option<Lease>,
-}
-
-impl PooledBody {
-    pub(super) fn new(body: Incoming, lease: Lease) -> Self {
-        let mut this = Self {
-            body,
-            lease: Some(lease),
-        };
-        // Bodiless answers (204, 304, HEAD) may never be polled: release now.
-        if this.body.is_end_stream() {
-            this.release(true);
-        }
-        this
-    }
-
-    fn release(&mut self, complete: bool) {
-        if let Some(lease) = self.lease.take() {
-            lease.release(complete);
-        }
-    }
-}
-
 /// `response` with its body wrapped to release `lease` at the body's end.
 pub(super) fn leased(response: Response<Incoming>, lease: Lease) -> Response<ProxyBody> {
     if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -391,38 +312,4 @@ pub(super) fn leased(response: Response<Incoming>, lease: Lease) -> Response<Pro
     response.map(|body| ProxyBody::Pooled {
         body: PooledBody::new(body, lease),
     })
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(true),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(true),
-            Poll::Ready(Some(Err(_))) => self.release(false),
-            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
-        }
-        polled.map_err(Into::into)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        let complete = self.body.is_end_stream();
-        self.release(complete);
-    }
 }

@@ -86,13 +86,20 @@ async fn body_of(response: Response<ProxyBody>) -> Bytes {
 }
 
 fn config() -> PoolConfig {
-    PoolConfig::from_upstream(&crate::config::UpstreamConfig::default())
+    PoolConfig {
+        connect_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(90),
+        max_idle_per_endpoint: 256,
+        http2_max_connections: 4,
+        http2_streams_per_connection: 100,
+        http2_keep_alive_interval: Duration::from_secs(30),
+    }
 }
 
 #[tokio::test]
 async fn http1_connections_go_back_to_the_pool_when_the_body_ends() {
     let (addr, accepted) = upstream().await;
-    let clients = UpstreamClients::with_pool_config(config());
+    let clients = UpstreamClients::new(config());
     let forward = forward(addr, UpstreamProtocol::Http1, &clients);
     for _ in 0..5 {
         let response = forward
@@ -109,7 +116,7 @@ async fn http1_connections_go_back_to_the_pool_when_the_body_ends() {
 #[tokio::test]
 async fn an_http1_body_dropped_before_its_end_closes_its_connection() {
     let (addr, accepted) = upstream().await;
-    let clients = UpstreamClients::with_pool_config(config());
+    let clients = UpstreamClients::new(config());
     let forward = forward(addr, UpstreamProtocol::Http1, &clients);
     let response = forward
         .clone()
@@ -133,7 +140,7 @@ async fn an_http1_body_dropped_before_its_end_closes_its_connection() {
 #[tokio::test]
 async fn http2_streams_spread_over_connections_up_to_the_maximum() {
     let (addr, accepted) = upstream().await;
-    let clients = UpstreamClients::with_pool_config(config().with_http2(2, 2).unwrap());
+    let clients = UpstreamClients::new(config().with_http2(2, 2).unwrap());
     let forward = forward(addr, UpstreamProtocol::Http2, &clients);
     let calls: Vec<_> = (0..8)
         .map(|_| {
@@ -174,7 +181,7 @@ async fn http2_streams_spread_over_connections_up_to_the_maximum() {
 #[tokio::test]
 async fn sequential_http2_streams_share_one_connection() {
     let (addr, accepted) = upstream().await;
-    let clients = UpstreamClients::with_pool_config(config());
+    let clients = UpstreamClients::new(config());
     let forward = forward(addr, UpstreamProtocol::Http2, &clients);
     for _ in 0..5 {
         let response = forward
@@ -193,7 +200,7 @@ async fn a_refused_connection_is_a_connect_error_and_a_reset_is_not() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         listener.local_addr().unwrap()
     };
-    let clients = UpstreamClients::with_pool_config(config());
+    let clients = UpstreamClients::new(config());
     for protocol in [UpstreamProtocol::Http1, UpstreamProtocol::Http2] {
         let error = forward(closed, protocol, &clients)
             .oneshot(request("/", Version::HTTP_11))

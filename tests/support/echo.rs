@@ -132,7 +132,8 @@ pub async fn stream_to_end(
 /// the shutdown); drop it when done.
 pub async fn abandon_bidi(
     addr: SocketAddr,
-) -> tokio::sync::mpsc::Sender<Result<hyper::body::Frame<bytes::Bytes>, remora::body::BoxError>> {
+) -> tokio::sync::mpsc::Sender<Result<hyper::body::Frame<bytes::Bytes>, remora::core::body::BoxError>>
+{
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .unwrap()

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Any body a test upstream answers with.
-pub type TestBody = http_body_util::combinators::BoxBody<Bytes, remora::body::BoxError>;
+pub type TestBody = http_body_util::combinators::BoxBody<Bytes, remora::core::body::BoxError>;
 
 /// A whole body.
 pub fn full(data: impl Into<Bytes>) -> TestBody {
@@ -32,7 +32,7 @@ pub fn full(data: impl Into<Bytes>) -> TestBody {
 
 /// A body of frames sent later through the returned sender.
 pub fn channel_body() -> (
-    tokio::sync::mpsc::Sender<Result<hyper::body::Frame<Bytes>, remora::body::BoxError>>,
+    tokio::sync::mpsc::Sender<Result<hyper::body::Frame<Bytes>, remora::core::body::BoxError>>,
     TestBody,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -128,7 +128,7 @@ pub async fn recording(name: &'static str) -> (SocketAddr, Log) {
 
 /// Starts a sidecar from YAML (listeners should use port 0).
 pub async fn sidecar(yaml: &str) -> remora::Sidecar {
-    let config = remora::config::parse("test.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
+    let config = remora::build::parse("test.yaml", yaml).unwrap_or_else(|e| panic!("{e}"));
     remora::Sidecar::start(config).await.unwrap()
 }
 

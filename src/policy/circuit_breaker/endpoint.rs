@@ -46,8 +46,8 @@ use tokio::time::Instant;
 use super::state::{Breaker, BreakerState};
 use super::{log_transition, BreakerConfig, BreakerMetrics, BreakerView};
 use crate::balance::{Endpoint, EndpointSet};
-use crate::body::ProxyBody;
-use crate::error::ProxyError;
+use crate::core::body::ProxyBody;
+use crate::core::error::ProxyError;
 use crate::upstream::EndpointObserver;
 
 /// Ids of endpoint-breaker sets, unique in the process (0 is no set).
@@ -296,8 +296,8 @@ mod tests {
     use prometheus_client::registry::Registry;
 
     use super::*;
+    use crate::core::outcome::Conditions;
     use crate::discovery::Instance;
-    use crate::policy::outcome::Conditions;
 
     const SECOND: Duration = Duration::from_secs(1);
     const MILLI: Duration = Duration::from_millis(1);

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::state::{BreakerState, Transition};
-use crate::metrics::ServiceLabel;
+use crate::core::labels::ServiceLabel;
 
 /// Names one breaker: the service's (`endpoint=""`) or one endpoint's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

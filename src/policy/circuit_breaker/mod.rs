@@ -4,7 +4,7 @@
 //! after each failed probe), half-open letting a few probes through.
 //!
 //! - The **service breaker** ([`ServiceBreakerLayer`]) sits between retry and the
-//!   balancer. While open it answers [`ProxyError::BreakerOpen`](crate::error::ProxyError::BreakerOpen) at once, without calling
+//!   balancer. While open it answers [`ProxyError::BreakerOpen`](crate::core::error::ProxyError::BreakerOpen) at once, without calling
 //!   the service below, so retries stop early and fallback can degrade.
 //! - **Endpoint breakers** ([`EndpointBreakers`]) watch each endpoint's attempts as an
 //!   [`EndpointObserver`](crate::upstream::EndpointObserver) and hold an endpoint out of
@@ -30,7 +30,7 @@ pub use metrics::BreakerMetrics;
 pub use service::{ResponseFuture, ServiceBreaker, ServiceBreakerHandle, ServiceBreakerLayer};
 pub use state::BreakerState;
 
-use crate::policy::outcome::Conditions;
+use crate::core::outcome::Conditions;
 use state::Transition;
 
 /// The longest a breaker may stay open: longer than this is a typo, not a policy.

@@ -33,8 +33,8 @@ use tower::{Layer, Service};
 
 use super::state::{Breaker, BreakerState, Ticket, Transition};
 use super::{log_transition, BreakerConfig, BreakerMetrics, BreakerView};
-use crate::body::ProxyBody;
-use crate::error::ProxyError;
+use crate::core::body::ProxyBody;
+use crate::core::error::ProxyError;
 
 /// Wraps a service's stack in its circuit breaker. Every service made from one layer
 /// (and its clones) shares one breaker.
@@ -339,8 +339,8 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::core::outcome::Conditions;
     use crate::policy::circuit_breaker::FailureRate;
-    use crate::policy::outcome::Conditions;
 
     const SECOND: Duration = Duration::from_secs(1);
     const MILLI: Duration = Duration::from_millis(1);

@@ -356,8 +356,8 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::outcome::Conditions;
     use crate::policy::circuit_breaker::FailureRate;
-    use crate::policy::outcome::Conditions;
 
     const SECOND: Duration = Duration::from_secs(1);
 

@@ -29,10 +29,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::body::ProxyBody;
-use crate::error::ProxyError;
-use crate::metrics::ServiceLabel;
-use crate::policy::outcome::grpc_status;
+use crate::core::body::ProxyBody;
+use crate::core::error::ProxyError;
+use crate::core::grpc::grpc_code;
+use crate::core::labels::ServiceLabel;
 use crate::policy::ServiceStack;
 
 pub use respond::{GrpcReply, StaticResponse};
@@ -183,7 +183,7 @@ impl Triggers {
                 if self.grpc_codes.is_empty() {
                     return None;
                 }
-                let code = grpc_status(response)?;
+                let code = grpc_code(response)?;
                 if !self.grpc_codes.contains(&code) {
                     return None;
                 }
@@ -477,7 +477,7 @@ enum Settled {
 fn prepare(action: &FallbackAction, request: &mut Request<ProxyBody>) -> Prepared {
     match action {
         FallbackAction::Respond(_) => Prepared::Respond {
-            grpc: crate::proxy::speaks_grpc(request),
+            grpc: crate::core::grpc::speaks_grpc(request),
         },
         FallbackAction::Stale(_) => Prepared::Stale(stale::cache_key(request)),
         FallbackAction::Forward(_) => {

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::body::{BoxError, ProxyBody};
+use crate::core::body::{BoxError, ProxyBody};
 
 /// Most request-body bytes kept for a replay.
 pub(super) const REPLAY_LIMIT: usize = 64 * 1024;

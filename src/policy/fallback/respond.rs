@@ -6,8 +6,8 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 
 use super::FallbackConfigError;
-use crate::body::ProxyBody;
-use crate::error::percent_encode_grpc_message;
+use crate::core::body::ProxyBody;
+use crate::core::grpc::percent_encode_grpc_message;
 
 /// A fixed answer served in the upstream's place.
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 use super::FallbackConfigError;
-use crate::body::{BoxError, ProxyBody};
+use crate::core::body::{BoxError, ProxyBody};
 
 /// A bounded cache of the last good answer per (host, path and query) of GET requests.
 ///

@@ -12,15 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry as MetricsRegistry;
 
-use super::{Freshness, Registry};
 use crate::balance::EndpointSet;
 use crate::config::RegistryConfig;
+use crate::discovery::{
+    DiscoveryError, DiscoveryLabels, Freshness, Instance, Registry, UpdateLabels,
+};
 
 /// Everything that shapes a service's endpoint set: equal keys share one
 /// [`Discovered`] across reloads.
@@ -56,57 +55,10 @@ impl Source {
         match self {
             Self::Static(_) => "static".into(),
             Self::Registry { config, name } => {
-                let backend = crate::config::resolve::registry_backend(config);
+                let backend = crate::build::resolve::registry_backend(config);
                 format!("{backend}:{name}")
             }
         }
-    }
-}
-
-/// Labels of discovery metrics.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct DiscoveryLabels {
-    /// The service.
-    pub service: String,
-}
-
-/// Labels of discovery updates.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct UpdateLabels {
-    /// The service.
-    pub service: String,
-    /// `ok` (a snapshot) or `error` (the registry failed; the last snapshot stays).
-    pub result: &'static str,
-}
-
-/// Discovery metrics.
-#[derive(Debug, Clone, Default)]
-pub struct DiscoveryMetrics {
-    updates: Family<UpdateLabels, Counter>,
-    stale: Family<DiscoveryLabels, Gauge>,
-    endpoints: Family<DiscoveryLabels, Gauge>,
-}
-
-impl DiscoveryMetrics {
-    /// Registers the discovery metrics.
-    pub fn register(registry: &mut MetricsRegistry) -> Self {
-        let metrics = Self::default();
-        registry.register(
-            "discovery_updates",
-            "Registry items received, by service and result",
-            metrics.updates.clone(),
-        );
-        registry.register(
-            "discovery_stale",
-            "1 while a service's endpoints are stale (its registry is failing), else 0",
-            metrics.stale.clone(),
-        );
-        registry.register(
-            "discovery_endpoints",
-            "Endpoints in a service's current snapshot",
-            metrics.endpoints.clone(),
-        );
-        metrics
     }
 }
 
@@ -145,11 +97,11 @@ impl Discovered {
         name: &str,
         key: DiscoveryKey,
         registry: &dyn Registry,
-        all_metrics: &crate::metrics::Metrics,
+        all_metrics: &crate::build::metrics::Metrics,
     ) -> Result<Arc<Discovered>, String> {
         let metrics = &all_metrics.discovery;
         let service_name: Arc<str> = Arc::from(service);
-        let balancer = crate::config::resolve::balancer(&key.balancer)?;
+        let balancer = crate::build::resolve::balancer(&key.balancer)?;
         let endpoints = Arc::new(
             EndpointSet::with_config(balancer)
                 .with_metrics(service_name.clone(), &all_metrics.balancer),
@@ -189,7 +141,7 @@ impl Discovered {
         let health = match &key.health_check {
             Some(section) => Some(crate::health::HealthChecker::spawn(
                 service_name.clone(),
-                crate::config::resolve::health_check(section)?,
+                crate::build::resolve::health_check(section)?,
                 endpoints.clone(),
                 all_metrics.health.clone(),
             )),
@@ -198,7 +150,7 @@ impl Discovered {
         let outlier = match &key.outlier {
             Some(section) => Some(Arc::new(crate::health::OutlierDetector::new(
                 service_name,
-                crate::config::resolve::outlier(section)?,
+                crate::build::resolve::outlier(section)?,
                 endpoints.clone(),
                 all_metrics.health.clone(),
             ))),
@@ -238,7 +190,7 @@ struct Feed {
 }
 
 impl Feed {
-    fn apply(&self, item: &Result<Vec<super::Instance>, super::DiscoveryError>) {
+    fn apply(&self, item: &Result<Vec<Instance>, DiscoveryError>) {
         let was_stale = self.freshness.lock().map(|f| f.is_stale()).unwrap_or(false);
         if let Ok(mut freshness) = self.freshness.lock() {
             freshness.observe(item, Instant::now());

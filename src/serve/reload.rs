@@ -10,7 +10,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::sidecar::SidecarHandle;
+use crate::serve::sidecar::SidecarHandle;
 
 /// Events closer together than this are one reload.
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -43,7 +43,7 @@ pub async fn watch(path: PathBuf, sidecar: SidecarHandle, hangups: Hangups) {
 
 /// Loads `path` and applies it, or logs why not and keeps the old config.
 pub async fn reload_once(path: &Path, sidecar: &SidecarHandle) -> bool {
-    match super::load(path) {
+    match crate::build::load(path) {
         Ok(config) => match sidecar.reload(config).await {
             Ok(()) => true,
             Err(error) => {

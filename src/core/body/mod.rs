@@ -16,6 +16,12 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+mod pooled;
+mod watch;
+
+pub use pooled::{ConnectionHome, Lease, PooledBody, StreamSlot};
+pub use watch::{watch, BodyEnd, GrpcStatusBody, StatusWaiter};
+
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -54,12 +60,12 @@ pin_project! {
         /// its HTTP/2 stream slot is freed) when the body ends.
         Pooled {
             #[pin]
-            body: crate::upstream::PooledBody,
+            body: PooledBody,
         },
         /// A gRPC response whose status, in its trailers, someone waits for (the request
         /// span, the access log, the request counter). Boxed: only such responses pay.
         Watched {
-            body: Box<crate::trace::trailers::GrpcStatusBody>,
+            body: Box<GrpcStatusBody>,
         },
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::ProxyBody;
+use super::body::ProxyBody;
+use super::grpc::{grpc_code_for_http, percent_encode_grpc_message};
 
 /// Header naming why remora answered instead of the upstream.
 pub const ERROR_HEADER: &str = "x-remora-error";
@@ -162,18 +163,6 @@ fn retry_after_seconds(wait: Duration) -> HeaderValue {
     HeaderValue::from(seconds.max(1))
 }
 
-/// The gRPC code conventionally matching an HTTP status (the gRPC HTTP mapping).
-pub fn grpc_code_for_http(status: StatusCode) -> tonic::Code {
-    match status.as_u16() {
-        400 => tonic::Code::Internal,
-        401 => tonic::Code::Unauthenticated,
-        403 => tonic::Code::PermissionDenied,
-        404 => tonic::Code::Unimplemented,
-        429 | 502 | 503 | 504 => tonic::Code::Unavailable,
-        _ => tonic::Code::Unknown,
-    }
-}
-
 /// An error and its sources, `outer: inner: innermost`, skipping repeated messages.
 pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut out = error.to_string();
@@ -185,19 +174,6 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
             out.push_str(&message);
         }
         source = inner.source();
-    }
-    out
-}
-
-/// Percent-encodes a `grpc-message` value as the gRPC HTTP/2 spec requires.
-pub fn percent_encode_grpc_message(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for byte in message.bytes() {
-        if (0x20..0x7f).contains(&byte) && byte != b'%' {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
     }
     out
 }
@@ -230,10 +206,5 @@ mod tests {
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
         assert_eq!(error.to_response(true).headers()["grpc-status"], "8");
-    }
-
-    #[test]
-    fn grpc_message_is_percent_encoded() {
-        assert_eq!(percent_encode_grpc_message("a%b\n"), "a%25b%0A");
     }
 }

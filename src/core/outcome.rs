@@ -8,8 +8,9 @@
 
 use http::{Response, StatusCode};
 
-use crate::body::ProxyBody;
-use crate::error::ProxyError;
+use super::body::ProxyBody;
+use super::error::ProxyError;
+use super::grpc::grpc_code;
 
 /// The kinds of failure a policy can be configured to react to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,7 +48,7 @@ impl Conditions {
         if self.grpc_codes.is_empty() {
             return false;
         }
-        grpc_status(response).is_some_and(|code| self.grpc_codes.contains(&code))
+        grpc_code(response).is_some_and(|code| self.grpc_codes.contains(&code))
     }
 
     /// Whether an HTTP status is a failure these conditions name.
@@ -70,13 +71,6 @@ impl Conditions {
             _ => false,
         }
     }
-}
-
-/// The `grpc-status` of a response's headers, when present and valid.
-pub fn grpc_status<B>(response: &Response<B>) -> Option<tonic::Code> {
-    let value = response.headers().get("grpc-status")?;
-    let code: i32 = value.to_str().ok()?.parse().ok()?;
-    Some(tonic::Code::from_i32(code))
 }
 
 #[cfg(test)]

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use super::policies::{
+use crate::config::{
     BreakerPolicy, Condition, FallbackPolicy, FallbackTrigger, FaultPolicy, PoliciesConfig,
     RateLimitKeyName, RateLimitPolicy, RetryPolicy,
 };
+use crate::core::outcome::Conditions;
 use crate::policy::backoff::Backoff;
 use crate::policy::budget::RetryBudget;
 use crate::policy::circuit_breaker::{BreakerConfig, FailureRate};
@@ -21,7 +22,6 @@ use crate::policy::fallback::{
     FallbackAction, FallbackConfig, GrpcReply, StaleCache, StaticResponse, Trigger,
 };
 use crate::policy::fault::{AbortFault, DelayFault, FaultConfig};
-use crate::policy::outcome::Conditions;
 use crate::policy::rate_limit::{Rate, RateLimitConfig, RateLimitKey};
 use crate::policy::retry::RetryConfig;
 use crate::policy::timeout::TimeoutConfig;
@@ -56,7 +56,7 @@ pub fn timeout(policies: &PoliciesConfig, value: Option<&str>) -> Result<Timeout
     let request = match value {
         None | Some(NONE) => None,
         Some(text) if text.starts_with(|c: char| c.is_ascii_digit()) => {
-            Some(super::scalar::parse_duration(text)?)
+            Some(crate::config::parse_duration(text)?)
         }
         Some(name) => Some(
             policies
@@ -229,8 +229,8 @@ pub fn fallback(
 }
 
 /// The tracing pipeline of a sidecar beside `config.service`.
-pub fn tracing(config: &super::Config) -> crate::trace::TracingConfig {
-    use super::policies::{AttemptSpansName, OtlpProtocolName, PropagationName};
+pub fn tracing(config: &crate::config::Config) -> crate::trace::TracingConfig {
+    use crate::config::{AttemptSpansName, OtlpProtocolName, PropagationName};
     use crate::trace::{AttemptSpans, OtlpProtocol, Propagation};
     let section = &config.tracing;
     let mut propagate = vec![Propagation::W3c];
@@ -266,13 +266,13 @@ pub fn tracing(config: &super::Config) -> crate::trace::TracingConfig {
 }
 
 /// The name of a registry's backend.
-pub fn registry_backend(config: &super::RegistryConfig) -> &'static str {
-    super::discovery::backend_of(config).unwrap_or("invalid")
+pub fn registry_backend(config: &crate::config::RegistryConfig) -> &'static str {
+    crate::config::backend_of(config).unwrap_or("invalid")
 }
 
 /// A registry client for `config`.
 pub fn registry(
-    config: &super::RegistryConfig,
+    config: &crate::config::RegistryConfig,
 ) -> Result<Arc<dyn crate::discovery::Registry>, String> {
     use crate::discovery::{
         ConsulConfig, ConsulRegistry, DnsConfig, DnsRefresh, DnsRegistry, EtcdConfig, EtcdRegistry,
@@ -314,10 +314,10 @@ pub fn registry(
 
 /// A service's balancer.
 pub fn balancer(
-    section: &super::BalancerSection,
+    section: &crate::config::BalancerSection,
 ) -> Result<crate::balance::BalancerConfig, String> {
-    use super::BalancerAlgorithm as Algorithm;
     use crate::balance::{Balancer, BalancerConfig, HashAlgorithm, HashKey};
+    use crate::config::BalancerAlgorithm as Algorithm;
     let key = || -> Result<HashKey, String> {
         let text = section.hash_key.as_deref().ok_or(
             "consistent hashing needs `hash_key`: `header:<name>`, `cookie:<name>` or `client_ip`",
@@ -362,7 +362,7 @@ pub fn balancer(
 
 /// Active health checks.
 pub fn health_check(
-    section: &super::HealthCheckSection,
+    section: &crate::config::HealthCheckSection,
 ) -> Result<crate::health::HealthCheckConfig, String> {
     use crate::health::{HealthCheckConfig, Probe};
     let probes = [
@@ -408,7 +408,9 @@ pub fn health_check(
 }
 
 /// Passive outlier ejection.
-pub fn outlier(section: &super::OutlierSection) -> Result<crate::health::OutlierConfig, String> {
+pub fn outlier(
+    section: &crate::config::OutlierSection,
+) -> Result<crate::health::OutlierConfig, String> {
     let percent = (section.max_ejection_percent.0 * 100.0).round() as u8;
     crate::health::OutlierConfig::try_new(
         section.consecutive_failures,
@@ -418,4 +420,36 @@ pub fn outlier(section: &super::OutlierSection) -> Result<crate::health::Outlier
         percent,
     )
     .map_err(|e| e.to_string())
+}
+
+/// The connection pools' settings of `upstream` (validation keeps the HTTP/2 spread ≥ 1).
+pub fn pool(upstream: &crate::config::UpstreamConfig) -> crate::upstream::PoolConfig {
+    crate::upstream::PoolConfig {
+        connect_timeout: upstream.connect_timeout,
+        idle_timeout: upstream.pool_idle_timeout,
+        max_idle_per_endpoint: upstream.pool_max_idle_per_endpoint,
+        http2_max_connections: upstream.http2_connections_per_endpoint.max(1),
+        http2_streams_per_connection: upstream.http2_streams_per_connection.max(1),
+        http2_keep_alive_interval: std::time::Duration::from_secs(30),
+    }
+}
+
+/// What the sidecar of `service` registers, from its `register` section.
+pub fn registration(
+    section: &crate::config::RegisterSection,
+    service: &str,
+) -> crate::discovery::self_registration::RegistrationPlan {
+    let id = section
+        .id
+        .clone()
+        .unwrap_or_else(|| section.address.to_string());
+    let mut instance = crate::discovery::Instance::new(section.address).with_id(id);
+    instance.weight = section.weight;
+    instance.metadata = section.metadata.clone();
+    crate::discovery::self_registration::RegistrationPlan {
+        service: section.name.clone().unwrap_or_else(|| service.to_string()),
+        instance,
+        ttl: section.ttl,
+        deregister_delay: section.deregister_delay,
+    }
 }

@@ -4,223 +4,22 @@
 //! endpoints, clients, server limits). It is built whole from a [`Config`] and swapped
 //! atomically; listeners and the admin server are bound once at start.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::build::metrics::{Metrics, ReloadLabels};
+use crate::build::state::State;
 use crate::config::Config;
-use crate::discovery::pump::{Discovered, DiscoveryKey, Source};
 use crate::discovery::self_registration::SelfRegistration;
-use crate::discovery::{Registry, StaticRegistry};
-use crate::listener::{self, ProxyListener};
-use crate::metrics::{Metrics, ReloadLabels};
-use crate::policy::{BreakerSource, ServiceStack, StackBuilder, StackTarget};
-use crate::proxy::Entry;
-use crate::route::{RouteTable, Target};
-use crate::upstream::UpstreamClients;
-
-/// What every connection of the sidecar shares.
-#[derive(Debug)]
-pub struct Shared {
-    /// The current state; replaced whole on reload.
-    pub state: ArcSwap<State>,
-    /// Every metric; stacks hold clones of the policy metrics inside.
-    pub metrics: Arc<Metrics>,
-    /// True once shutdown began: `/ready` answers 503.
-    pub draining: AtomicBool,
-    /// This sidecar's tracer, propagators and access log (bound at start).
-    pub tracing: crate::trace::Tracing,
-}
-
-/// What a request needs, built from one config.
-#[derive(Debug)]
-pub struct State {
-    /// The config this state was built from.
-    pub config: Arc<Config>,
-    /// Outbound routing.
-    pub routes: RouteTable,
-    /// The local app, when an inbound listener is configured.
-    pub inbound: Option<Arc<Target>>,
-    /// HTTP server settings for new client connections.
-    pub server: auto::Builder<TokioExecutor>,
-    /// Every circuit breaker, for the admin listener.
-    pub breakers: Vec<BreakerSource>,
-    /// Each service's endpoints and their watch, by service name; shared with the next
-    /// state when the service's source does not change.
-    pub discovery: HashMap<String, Arc<Discovered>>,
-}
-
-impl State {
-    /// Builds routes, endpoint sets, clients and every service's stacks for `config`.
-    /// Discovery of services whose source did not change since `previous` carries over
-    /// (same endpoint sets, same watch). Fails when a policy or registry cannot be built
-    /// (validation catches what it can locate).
-    pub async fn build(
-        config: Config,
-        metrics: &Metrics,
-        previous: Option<&State>,
-    ) -> Result<State, String> {
-        let mut registries: HashMap<&str, Arc<dyn Registry>> = HashMap::new();
-        for (name, registry) in &config.registries {
-            let client = crate::config::resolve::registry(registry)
-                .map_err(|e| format!("registries.{name}: {e}"))?;
-            registries.insert(name, client);
-        }
-        let mut discovery = HashMap::new();
-        let mut cores = Vec::new();
-        let clients = UpstreamClients::new(&config.upstream);
-        let builder = StackBuilder::new(&config.policies, &metrics.policy, clients);
-        for (name, service) in &config.services {
-            let (source, lookup, registry) = match &service.discovery {
-                Some(reference) => (
-                    Source::Registry {
-                        config: config
-                            .registries
-                            .get(&reference.registry)
-                            .cloned()
-                            .unwrap_or_default(),
-                        name: reference.name.clone().unwrap_or_else(|| name.clone()),
-                    },
-                    reference.name.clone().unwrap_or_else(|| name.clone()),
-                    registries.get(reference.registry.as_str()).cloned(),
-                ),
-                None => (
-                    Source::Static(service.endpoints.clone()),
-                    name.clone(),
-                    None,
-                ),
-            };
-            let key = DiscoveryKey {
-                source,
-                balancer: service.balancer.clone(),
-                health_check: service.health_check.clone(),
-                outlier: service.outlier_detection.clone(),
-            };
-            let discovered =
-                start_discovery(previous, name, key, &lookup, registry, metrics).await?;
-            let mut target = StackTarget::service(
-                Arc::from(name.as_str()),
-                discovered.endpoints.clone(),
-                service,
-            );
-            if let Some(outlier) = &discovered.outlier {
-                target.observers.push(outlier.clone());
-            }
-            let core = builder
-                .core(target)
-                .map_err(|e| format!("services.{name}: {e}"))?;
-            discovery.insert(name.clone(), discovered);
-            cores.push((name, service, core));
-        }
-        let inbound_core = match &config.inbound {
-            Some(inbound) => {
-                let key = DiscoveryKey {
-                    source: Source::Static(vec![inbound.app]),
-                    balancer: Default::default(),
-                    health_check: None,
-                    outlier: None,
-                };
-                let discovered =
-                    start_discovery(previous, INBOUND_APP, key, INBOUND_APP, None, metrics).await?;
-                let target = StackTarget::inbound(
-                    Arc::from(INBOUND_APP),
-                    discovered.endpoints.clone(),
-                    inbound,
-                );
-                discovery.insert(INBOUND_APP.to_string(), discovered);
-                Some(builder.core(target).map_err(|e| format!("inbound: {e}"))?)
-            }
-            None => None,
-        };
-
-        // A fallback's alternate is the other service's stack without its own fallback,
-        // so fallbacks never chain (or loop).
-        let alternates: HashMap<String, ServiceStack> = cores
-            .iter()
-            .map(|(name, _, core)| (name.to_string(), ServiceStack::new(core.default.clone())))
-            .collect();
-        let alternate = |name: &str| alternates.get(name).cloned();
-
-        let mut breakers = Vec::new();
-        let mut routes = RouteTable::new();
-        for (name, service, core) in cores {
-            breakers.extend(core.breakers.iter().cloned());
-            let endpoints = core.endpoints();
-            let stacks = builder
-                .finish(core, &alternate)
-                .map_err(|e| format!("services.{name}: {e}"))?;
-            let target = Target::new(Arc::from(name.as_str()), endpoints, stacks);
-            routes.insert(Arc::new(target), &service.hosts, &service.path_prefixes);
-        }
-        let inbound = match inbound_core {
-            Some(core) => {
-                breakers.extend(core.breakers.iter().cloned());
-                let endpoints = core.endpoints();
-                let stacks = builder
-                    .finish(core, &alternate)
-                    .map_err(|e| format!("inbound: {e}"))?;
-                Some(Arc::new(Target::new(
-                    Arc::from(INBOUND_APP),
-                    endpoints,
-                    stacks,
-                )))
-            }
-            None => None,
-        };
-        drop(builder);
-        Ok(State {
-            server: listener::server_builder(&config.limits),
-            config: Arc::new(config),
-            routes,
-            inbound,
-            breakers,
-            discovery,
-        })
-    }
-}
-
-/// The name under which the local app is known to discovery and metrics.
-const INBOUND_APP: &str = "inbound";
-
-/// The discovery of `service` from `source`: the previous state's when the source is
-/// unchanged, else a new watch.
-async fn start_discovery(
-    previous: Option<&State>,
-    service: &str,
-    key: DiscoveryKey,
-    lookup: &str,
-    registry: Option<Arc<dyn Registry>>,
-    metrics: &Metrics,
-) -> Result<Arc<Discovered>, String> {
-    if let Some(found) = previous
-        .and_then(|state| state.discovery.get(service))
-        .filter(|found| found.key == key)
-    {
-        return Ok(found.clone());
-    }
-    let registry: Arc<dyn Registry> = match (&key.source, registry) {
-        (Source::Static(addrs), _) => {
-            let mut fixed = StaticRegistry::new();
-            fixed.insert(lookup, addrs);
-            Arc::new(fixed)
-        }
-        (Source::Registry { .. }, Some(registry)) => registry,
-        (Source::Registry { .. }, None) => {
-            return Err(format!("services.{service}.discovery: unknown registry"))
-        }
-    };
-    Discovered::start(service, lookup, key, registry.as_ref(), metrics)
-        .await
-        .map_err(|e| format!("services.{service}: {e}"))
-}
+use crate::serve::listener::{self, ProxyListener};
+use crate::serve::proxy::Entry;
+use crate::serve::shared::Shared;
 
 /// Addresses the sidecar's listeners are bound to (port 0 in the config is resolved).
 #[derive(Debug, Clone, Default)]
@@ -298,7 +97,7 @@ impl Sidecar {
     /// Binds every listener of `config` and starts serving, tracing as its `tracing`
     /// section says.
     pub async fn start(config: Config) -> Result<Sidecar, StartError> {
-        let tracing = crate::config::resolve::tracing(&config);
+        let tracing = crate::build::resolve::tracing(&config);
         Self::start_with(config, tracing).await
     }
 
@@ -363,7 +162,7 @@ impl Sidecar {
         for proxy in proxies {
             listeners.spawn(listener::serve(proxy, shared.clone(), shutdown.subscribe()));
         }
-        let admin = tokio::spawn(crate::admin::serve(admin_tcp, shared.clone()));
+        let admin = tokio::spawn(crate::serve::admin::serve(admin_tcp, shared.clone()));
         tracing::info!(?addrs, "remora started");
         let registration = start_registration(&shared.state.load().config)?;
         Ok(Sidecar {
@@ -413,11 +212,10 @@ fn start_registration(config: &Config) -> Result<Option<SelfRegistration>, Start
     let registry = config.registries.get(&section.registry).ok_or_else(|| {
         StartError::Policy(format!("register: unknown registry `{}`", section.registry))
     })?;
-    let registry = crate::config::resolve::registry(registry)
+    let registry = crate::build::resolve::registry(registry)
         .map_err(|e| StartError::Policy(format!("registries.{}: {e}", section.registry)))?;
     Ok(Some(SelfRegistration::start(
-        section,
-        &config.service,
+        crate::build::resolve::registration(section, &config.service),
         inbound.app,
         registry,
     )))

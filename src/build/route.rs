@@ -13,9 +13,11 @@ use std::sync::Arc;
 
 use http::Request;
 
+use super::stack::ServiceStacks;
 use crate::balance::EndpointSet;
-use crate::metrics::{RouteMetrics, ServiceMetrics, DEFAULT_ROUTE};
-use crate::policy::{RouteMatcher, ServiceStacks, Stack};
+use crate::build::metrics::{RouteMetrics, ServiceMetrics};
+use crate::core::labels::DEFAULT_ROUTE;
+use crate::policy::Stack;
 
 /// A service as the request path sees it: where to send and how.
 pub struct Target {
@@ -201,13 +203,39 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
+/// Which requests of a service a route takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteMatcher {
+    /// Paths under this segment prefix.
+    PathPrefix(String),
+    /// Exactly this path (`/package.Service/Method`).
+    Path(String),
+    /// Paths starting with this (`/package.Service/`).
+    Prefix(String),
+}
+
+impl RouteMatcher {
+    /// Whether a request with `path` takes this route.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::PathPrefix(prefix) => match path.strip_prefix(prefix.as_str()) {
+                Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
+                None => false,
+            },
+            Self::Path(exact) => path == exact,
+            Self::Prefix(prefix) => path.starts_with(prefix.as_str()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn target(name: &str) -> Arc<Target> {
         let endpoints = Arc::new(EndpointSet::new());
-        let clients = crate::upstream::UpstreamClients::new(&Default::default());
+        let clients =
+            crate::upstream::UpstreamClients::new(crate::build::resolve::pool(&Default::default()));
         let forward = crate::upstream::Forward::new(
             name.into(),
             endpoints.clone(),
@@ -265,5 +293,18 @@ mod tests {
         assert_eq!(strip_port("[::1]:8080"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
         assert_eq!(strip_port("a"), "a");
+    }
+
+    #[test]
+    fn route_matchers() {
+        let prefix = RouteMatcher::PathPrefix("/api".into());
+        assert!(prefix.matches("/api") && prefix.matches("/api/x"));
+        assert!(!prefix.matches("/apiary"));
+        let method = RouteMatcher::Path("/shop.Prices/Quote".into());
+        assert!(method.matches("/shop.Prices/Quote"));
+        assert!(!method.matches("/shop.Prices/QuoteAll"));
+        let service = RouteMatcher::Prefix("/shop.Prices/".into());
+        assert!(service.matches("/shop.Prices/Quote"));
+        assert!(!service.matches("/shop.PricesV2/Quote"));
     }
 }

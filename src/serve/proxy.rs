@@ -17,42 +17,18 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tower::ServiceExt;
 
-use crate::body::ProxyBody;
-use crate::error::ProxyError;
-use crate::metrics::{Direction, GrpcCode, Metrics, Series};
+use crate::build::metrics::{Metrics, Series};
+use crate::build::route::{RouteId, Target};
+use crate::build::state::State;
+use crate::core::body::ProxyBody;
+use crate::core::body::{watch, BodyEnd, StatusWaiter};
+use crate::core::call::CallInfo;
+use crate::core::error::ProxyError;
+use crate::core::grpc::{grpc_status_at, is_grpc, GrpcStatusAt};
+use crate::core::labels::{Direction, GrpcCode};
 use crate::policy::Stack;
-use crate::route::{RouteId, Target};
-use crate::sidecar::{Shared, State};
-use crate::trace::trailers::{grpc_status_at, watch, GrpcStatusAt, Waiter};
+use crate::serve::shared::Shared;
 use crate::upstream::{requested_upgrade, set_forwarded, strip_hop_by_hop, ForwardedFor};
-
-/// Request extension set on every proxied call: one extension (one allocation) for what
-/// the layers need to know about the call.
-#[derive(Debug, Clone, Copy)]
-pub struct CallInfo {
-    /// The address of the client connection (rate-limit keys and hashing use it).
-    pub client: SocketAddr,
-    /// When the call arrived: layers that need the time of the call (the overall
-    /// timeout, the retry budget) read it instead of the clock.
-    pub arrived: tokio::time::Instant,
-    /// When the call must be answered, once the timeout layer set it.
-    pub deadline: Option<tokio::time::Instant>,
-    /// Whether the caller speaks gRPC (an `application/grpc` content type), looked up
-    /// once for every layer that asks.
-    pub grpc: bool,
-}
-
-impl CallInfo {
-    /// A call from `client` arriving now, with no deadline yet.
-    pub fn new(client: SocketAddr) -> Self {
-        Self {
-            client,
-            arrived: tokio::time::Instant::now(),
-            deadline: None,
-            grpc: false,
-        }
-    }
-}
 
 /// What decides the destination of the requests a listener accepts.
 #[derive(Debug, Clone)]
@@ -260,7 +236,7 @@ impl ProxyService {
                 direction,
                 status,
             };
-            watch(&mut response, Waiter::Count(count));
+            watch(&mut response, Box::new(count));
             return response;
         };
         metrics.record_request_cached(&series, status, grpc_code, started.elapsed());
@@ -279,7 +255,7 @@ fn grpc_code_in_headers(headers: &http::HeaderMap) -> Option<GrpcCode> {
 }
 
 /// The count of a request whose gRPC status comes in its response's trailers: it waits
-/// in the response body (see [`crate::trace::trailers`]) and counts when they arrive.
+/// in the response body (see [`crate::core::body::watch`]) and counts when they arrive.
 #[derive(Debug)]
 pub struct RequestCount {
     metrics: Arc<Metrics>,
@@ -291,9 +267,10 @@ pub struct RequestCount {
     status: u16,
 }
 
-impl RequestCount {
-    /// Counts the request with its gRPC status.
-    pub fn record(self, grpc_code: GrpcCode) {
+impl StatusWaiter for RequestCount {
+    /// Counts the request with the gRPC status its body ended with.
+    fn settle(self: Box<Self>, end: BodyEnd<'_>) {
+        let grpc_code = GrpcCode::of(end.grpc_status());
         let route = self.target.route(self.route);
         let series = Series {
             direction: self.direction,
@@ -303,23 +280,6 @@ impl RequestCount {
         };
         self.metrics.count_request(&series, self.status, grpc_code);
     }
-}
-
-/// Whether a request's caller speaks gRPC: as the proxy noted it in the call's
-/// [`CallInfo`], else (a request the proxy did not stamp) from its content type.
-pub fn speaks_grpc<B>(request: &Request<B>) -> bool {
-    match request.extensions().get::<CallInfo>() {
-        Some(call) => call.grpc,
-        None => is_grpc(request),
-    }
-}
-
-/// Whether the caller speaks gRPC (its errors must be gRPC statuses).
-pub fn is_grpc<B>(request: &Request<B>) -> bool {
-    request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 fn route<B>(state: &State, entry: &Entry, request: &Request<B>) -> Result<Arc<Target>, ProxyError> {

@@ -14,8 +14,8 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::body::ProxyBody;
-use crate::sidecar::Shared;
+use crate::core::body::ProxyBody;
+use crate::serve::shared::Shared;
 
 /// Serves the admin endpoints on `tcp` until the task is aborted.
 pub async fn serve(tcp: TcpListener, shared: Arc<Shared>) {

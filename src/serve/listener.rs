@@ -9,38 +9,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::LimitsConfig;
-use crate::metrics::ListenerLabels;
-use crate::proxy::{Entry, ProxyService};
-use crate::sidecar::Shared;
-
-/// The HTTP server settings every proxy listener uses, from `limits`.
-pub fn server_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true)
-        .half_close(false);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        // Fixed windows: see the note on the upstream clients' windows.
-        .initial_stream_window_size(1024 * 1024)
-        .initial_connection_window_size(4 * 1024 * 1024)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    builder
-}
+use crate::build::metrics::ListenerLabels;
+use crate::serve::proxy::{Entry, ProxyService};
+use crate::serve::shared::Shared;
 
 /// A bound proxy listener waiting to be served.
 pub struct ProxyListener {

@@ -1,0 +1,415 @@
+//! A service's policy stacks, built from one config's policies.
+//!
+//! The layers are built once per service and shared by its routes (one breaker, one
+//! concurrency cap, one limiter and one retry budget per policy name), so a route does
+//! not split the service's state. Fallbacks come last: a fallback's alternate is
+//! another service's stack without its own fallback, so every service's core stack must
+//! exist first, and fallbacks never chain.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tower::util::Either;
+use tower::Layer;
+
+use super::resolve::{self, NONE};
+use super::route::RouteMatcher;
+use crate::balance::EndpointSet;
+use crate::config::{InboundConfig, PoliciesConfig, RouteConfig, ServiceConfig, UpstreamProtocol};
+use crate::policy::circuit_breaker::{EndpointBreakers, ServiceBreakerLayer};
+use crate::policy::concurrency::{ConcurrencyConfig, ConcurrencyLayer};
+use crate::policy::fallback::FallbackLayer;
+use crate::policy::fault::FaultLayer;
+use crate::policy::rate_limit::RateLimitLayer;
+use crate::policy::retry::RetryLayer;
+use crate::policy::timeout::TimeoutLayer;
+use crate::policy::{BreakerSource, CoreStack, PolicyMetrics, ServiceStack, Stack};
+use crate::upstream::{EndpointObserver, Forward, UpstreamClients};
+
+/// `inner` under `layer` when there is one, else `inner` alone.
+fn optional<L: Layer<S>, S>(layer: Option<L>, inner: S) -> Either<L::Service, S> {
+    match layer {
+        Some(layer) => Either::Left(layer.layer(inner)),
+        None => Either::Right(inner),
+    }
+}
+
+/// The matcher of `route` (validation guarantees it names one match).
+fn matcher(route: &RouteConfig) -> Option<RouteMatcher> {
+    let matches = &route.matches;
+    if let Some(prefix) = &matches.path_prefix {
+        return Some(RouteMatcher::PathPrefix(
+            prefix.trim_end_matches('/').to_string(),
+        ));
+    }
+    if let Some(method) = &matches.grpc_method {
+        return Some(RouteMatcher::Path(format!("/{method}")));
+    }
+    matches
+        .grpc_service
+        .as_ref()
+        .map(|service| RouteMatcher::Prefix(format!("/{service}/")))
+}
+
+/// The policies one stack references, whether it serves a service, a route or inbound.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PolicyRefs<'a> {
+    /// Timeout name or duration.
+    pub timeout: Option<&'a str>,
+    /// Retry policy name.
+    pub retry: Option<&'a str>,
+    /// Rate limit name.
+    pub rate_limit: Option<&'a str>,
+    /// Fallback name.
+    pub fallback: Option<&'a str>,
+    /// Fault name.
+    pub fault: Option<&'a str>,
+}
+
+impl<'a> PolicyRefs<'a> {
+    fn of_service(service: &'a ServiceConfig) -> Self {
+        Self {
+            timeout: service.timeout.as_deref(),
+            retry: service.retry.as_deref(),
+            rate_limit: service.rate_limit.as_deref(),
+            fallback: service.fallback.as_deref(),
+            fault: service.fault.as_deref(),
+        }
+    }
+
+    /// A route's references: each one it names replaces the service's.
+    fn of_route(route: &'a RouteConfig, service: Self) -> Self {
+        Self {
+            timeout: route.timeout.as_deref().or(service.timeout),
+            retry: route.retry.as_deref().or(service.retry),
+            rate_limit: route.rate_limit.as_deref().or(service.rate_limit),
+            fallback: route.fallback.as_deref().or(service.fallback),
+            fault: route.fault.as_deref().or(service.fault),
+        }
+    }
+}
+
+/// What a service (or the inbound app) is, for building its stacks.
+pub struct StackTarget<'a> {
+    /// Its name (metrics label, errors).
+    pub name: Arc<str>,
+    /// Its endpoints.
+    pub endpoints: Arc<EndpointSet>,
+    /// Protocol toward them.
+    pub protocol: UpstreamProtocol,
+    /// The default policies.
+    pub refs: PolicyRefs<'a>,
+    /// Routes with policies of their own.
+    pub routes: &'a [RouteConfig],
+    /// The service breaker's policy name.
+    pub breaker: Option<&'a str>,
+    /// The endpoint breakers' policy name.
+    pub endpoint_breaker: Option<&'a str>,
+    /// The concurrency cap.
+    pub max_in_flight: Option<usize>,
+    /// Told of every attempt (outlier ejection); the endpoint breakers join them.
+    pub observers: Vec<Arc<dyn EndpointObserver>>,
+}
+
+impl<'a> StackTarget<'a> {
+    /// An outbound service.
+    pub fn service(
+        name: Arc<str>,
+        endpoints: Arc<EndpointSet>,
+        service: &'a ServiceConfig,
+    ) -> Self {
+        Self {
+            name,
+            endpoints,
+            protocol: service.protocol,
+            refs: PolicyRefs::of_service(service),
+            routes: &service.routes,
+            breaker: service.breaker.as_deref(),
+            endpoint_breaker: service.endpoint_breaker.as_deref(),
+            max_in_flight: service.max_in_flight,
+            observers: Vec::new(),
+        }
+    }
+
+    /// The local app behind the inbound listener.
+    pub fn inbound(
+        name: Arc<str>,
+        endpoints: Arc<EndpointSet>,
+        inbound: &'a InboundConfig,
+    ) -> Self {
+        Self {
+            name,
+            endpoints,
+            protocol: inbound.protocol,
+            refs: PolicyRefs {
+                timeout: inbound.timeout.as_deref(),
+                retry: None,
+                rate_limit: inbound.rate_limit.as_deref(),
+                fallback: inbound.fallback.as_deref(),
+                fault: inbound.fault.as_deref(),
+            },
+            routes: &[],
+            breaker: None,
+            endpoint_breaker: None,
+            max_in_flight: inbound.max_in_flight,
+            observers: Vec::new(),
+        }
+    }
+}
+
+/// A service's stacks before fallbacks are added (alternates must exist first).
+pub struct CoreStacks<'a> {
+    target: StackTarget<'a>,
+    /// The default stack.
+    pub default: CoreStack,
+    /// Each route's matcher, stack, policies and `route` label.
+    routes: Vec<(RouteMatcher, CoreStack, PolicyRefs<'a>, &'a str)>,
+    /// The breakers built for it.
+    pub breakers: Vec<BreakerSource>,
+}
+
+impl CoreStacks<'_> {
+    /// The endpoint set the stacks send to.
+    pub fn endpoints(&self) -> Arc<EndpointSet> {
+        self.target.endpoints.clone()
+    }
+}
+
+/// A service's finished stacks.
+pub struct ServiceStacks {
+    /// For requests no route takes.
+    pub default: Stack,
+    /// Routes, first match wins.
+    pub routes: Vec<RouteStack>,
+}
+
+/// A configured route of a service, built.
+pub struct RouteStack {
+    /// Which requests it takes.
+    pub matcher: RouteMatcher,
+    /// Its `route` metrics label ([`RouteConfig::label`]).
+    pub label: Arc<str>,
+    /// The stack its requests go through.
+    pub stack: Stack,
+}
+
+/// Builds stacks from one config's policies.
+pub struct StackBuilder<'c> {
+    policies: &'c PoliciesConfig,
+    metrics: &'c PolicyMetrics,
+    clients: UpstreamClients,
+}
+
+impl<'c> StackBuilder<'c> {
+    /// A builder for `policies`, counting into `metrics`, sending over `clients`.
+    pub fn new(
+        policies: &'c PoliciesConfig,
+        metrics: &'c PolicyMetrics,
+        clients: UpstreamClients,
+    ) -> Self {
+        Self {
+            policies,
+            metrics,
+            clients,
+        }
+    }
+
+    /// Everything but the fallbacks: the layers are built once per service and shared
+    /// by its routes (one breaker, one concurrency cap, one limiter and one retry budget
+    /// per policy name), so a route does not split the service's state.
+    pub fn core<'a>(&self, target: StackTarget<'a>) -> Result<CoreStacks<'a>, String> {
+        let name = target.name.clone();
+        let mut breakers = Vec::new();
+        let mut observers: Vec<Arc<dyn EndpointObserver>> = target.observers.clone();
+        if let Some(policy) = target.endpoint_breaker {
+            let config =
+                resolve::breaker(self.lookup(&self.policies.breakers, "breaker", policy)?)?;
+            let endpoint_breakers = Arc::new(EndpointBreakers::new(
+                name.clone(),
+                config,
+                target.endpoints.clone(),
+                self.metrics.breaker.clone(),
+            ));
+            breakers.push(BreakerSource::Endpoints(endpoint_breakers.clone()));
+            observers.push(endpoint_breakers);
+        }
+        let forward = Forward::new(
+            name.clone(),
+            target.endpoints.clone(),
+            target.protocol,
+            self.clients.clone(),
+        )
+        .with_observers(observers);
+        let service_breaker = match target.breaker {
+            Some(policy) => {
+                let config =
+                    resolve::breaker(self.lookup(&self.policies.breakers, "breaker", policy)?)?;
+                let layer =
+                    ServiceBreakerLayer::new(name.clone(), config, self.metrics.breaker.clone());
+                breakers.push(BreakerSource::Service(layer.handle()));
+                Some(layer)
+            }
+            None => None,
+        };
+        let concurrency = resolve::max_in_flight(target.max_in_flight).map(|max_in_flight| {
+            ConcurrencyLayer::new(
+                name.clone(),
+                ConcurrencyConfig { max_in_flight },
+                &self.metrics.concurrency,
+            )
+        });
+
+        let mut shared = SharedLayers::default();
+        let build =
+            |refs: PolicyRefs<'a>, shared: &mut SharedLayers| -> Result<CoreStack, String> {
+                let fault = active(refs.fault)
+                    .map(|fault| shared.fault(self, &name, fault))
+                    .transpose()?;
+                let stack = optional(fault, forward.clone());
+                let stack = optional(service_breaker.clone(), stack);
+                let retry = active(refs.retry)
+                    .map(|retry| shared.retry(self, &name, retry))
+                    .transpose()?;
+                let stack = optional(retry, stack);
+                let timeout = resolve::timeout(self.policies, refs.timeout)?;
+                let stack = TimeoutLayer::new(timeout, name.clone(), self.metrics.timeout.clone())
+                    .layer(stack);
+                let stack = optional(concurrency.clone(), stack);
+                let limit = active(refs.rate_limit)
+                    .map(|limit| shared.rate_limit(self, &name, limit))
+                    .transpose()?;
+                Ok(optional(limit, stack))
+            };
+        let default = build(target.refs, &mut shared)?;
+        let mut routes = Vec::new();
+        for (i, route) in target.routes.iter().enumerate() {
+            let matcher = matcher(route).ok_or_else(|| format!("routes[{i}]: no match"))?;
+            let refs = PolicyRefs::of_route(route, target.refs);
+            let stack = build(refs, &mut shared).map_err(|e| format!("routes[{i}]: {e}"))?;
+            routes.push((matcher, stack, refs, route.label()));
+        }
+        Ok(CoreStacks {
+            target,
+            default,
+            routes,
+            breakers,
+        })
+    }
+
+    /// Adds each stack's fallback; `alternate` gives another service's core stack.
+    pub fn finish(
+        &self,
+        core: CoreStacks<'_>,
+        alternate: &dyn Fn(&str) -> Option<ServiceStack>,
+    ) -> Result<ServiceStacks, String> {
+        let name = core.target.name.clone();
+        let mut cache: HashMap<&str, FallbackLayer> = HashMap::new();
+        let mut with_fallback = |stack: CoreStack, refs: PolicyRefs<'_>| -> Result<Stack, String> {
+            let Some(policy) = active(refs.fallback) else {
+                return Ok(Either::Right(stack));
+            };
+            let layer = match cache.get(policy) {
+                Some(layer) => layer.clone(),
+                None => {
+                    let (key, definition) = self
+                        .policies
+                        .fallbacks
+                        .get_key_value(policy)
+                        .ok_or_else(|| format!("unknown fallback `{policy}`"))?;
+                    let config = resolve::fallback(definition, alternate)
+                        .map_err(|e| format!("fallback `{policy}`: {e}"))?;
+                    let layer =
+                        FallbackLayer::new(name.clone(), config, self.metrics.fallback.clone());
+                    cache.insert(key.as_str(), layer.clone());
+                    layer
+                }
+            };
+            Ok(Either::Left(layer.layer(stack)))
+        };
+        let default = with_fallback(core.default, core.target.refs)?;
+        let mut routes = Vec::new();
+        for (matcher, stack, refs, label) in core.routes {
+            routes.push(RouteStack {
+                matcher,
+                label: Arc::from(label),
+                stack: with_fallback(stack, refs)?,
+            });
+        }
+        Ok(ServiceStacks { default, routes })
+    }
+
+    fn lookup<'p, V>(
+        &self,
+        map: &'p std::collections::BTreeMap<String, V>,
+        kind: &str,
+        name: &str,
+    ) -> Result<&'p V, String> {
+        map.get(name)
+            .ok_or_else(|| format!("unknown {kind} `{name}`"))
+    }
+}
+
+/// A reference that is set and not `none`.
+fn active(reference: Option<&str>) -> Option<&str> {
+    reference.filter(|name| *name != NONE)
+}
+
+/// Layers shared by the stacks of one service, by policy name.
+#[derive(Default)]
+struct SharedLayers {
+    retry: HashMap<String, RetryLayer>,
+    rate_limit: HashMap<String, RateLimitLayer>,
+    fault: HashMap<String, FaultLayer>,
+}
+
+impl SharedLayers {
+    fn retry(
+        &mut self,
+        builder: &StackBuilder<'_>,
+        service: &Arc<str>,
+        name: &str,
+    ) -> Result<RetryLayer, String> {
+        if let Some(layer) = self.retry.get(name) {
+            return Ok(layer.clone());
+        }
+        let policy = builder.lookup(&builder.policies.retries, "retry policy", name)?;
+        let config = resolve::retry(policy).map_err(|e| format!("retry `{name}`: {e}"))?;
+        let layer = RetryLayer::new(config, service.clone(), builder.metrics.retry.clone())
+            .with_timeout_metrics(builder.metrics.timeout.clone());
+        self.retry.insert(name.to_string(), layer.clone());
+        Ok(layer)
+    }
+
+    fn rate_limit(
+        &mut self,
+        builder: &StackBuilder<'_>,
+        service: &Arc<str>,
+        name: &str,
+    ) -> Result<RateLimitLayer, String> {
+        if let Some(layer) = self.rate_limit.get(name) {
+            return Ok(layer.clone());
+        }
+        let policy = builder.lookup(&builder.policies.rate_limits, "rate limit", name)?;
+        let config =
+            resolve::rate_limit(policy).map_err(|e| format!("rate limit `{name}`: {e}"))?;
+        let layer = RateLimitLayer::new(service.clone(), &config, &builder.metrics.rate_limit);
+        self.rate_limit.insert(name.to_string(), layer.clone());
+        Ok(layer)
+    }
+
+    fn fault(
+        &mut self,
+        builder: &StackBuilder<'_>,
+        service: &Arc<str>,
+        name: &str,
+    ) -> Result<FaultLayer, String> {
+        if let Some(layer) = self.fault.get(name) {
+            return Ok(layer.clone());
+        }
+        let policy = builder.lookup(&builder.policies.faults, "fault", name)?;
+        let config = resolve::fault(policy).map_err(|e| format!("fault `{name}`: {e}"))?;
+        let layer = FaultLayer::new(service.clone(), config, &builder.metrics.fault);
+        self.fault.insert(name.to_string(), layer.clone());
+        Ok(layer)
+    }
+}

@@ -1,0 +1,225 @@
+//! One config's whole snapshot, as requests use it: the route table, the inbound
+//! target, every service's stacks, endpoint sets and discovery, the server settings.
+//!
+//! A reload builds a new [`State`] beside the running one; discovery of services whose
+//! source did not change carries over (same endpoint sets, same watch).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+
+use super::metrics::Metrics;
+use super::pump::{Discovered, DiscoveryKey, Source};
+use super::route::{RouteTable, Target};
+use super::stack::{StackBuilder, StackTarget};
+use crate::config::{Config, LimitsConfig};
+use crate::discovery::{Registry, StaticRegistry};
+use crate::policy::{BreakerSource, ServiceStack};
+use crate::upstream::UpstreamClients;
+
+/// What a request needs, built from one config.
+#[derive(Debug)]
+pub struct State {
+    /// The config this state was built from.
+    pub config: Arc<Config>,
+    /// Outbound routing.
+    pub routes: RouteTable,
+    /// The local app, when an inbound listener is configured.
+    pub inbound: Option<Arc<Target>>,
+    /// HTTP server settings for new client connections.
+    pub server: auto::Builder<TokioExecutor>,
+    /// Every circuit breaker, for the admin listener.
+    pub breakers: Vec<BreakerSource>,
+    /// Each service's endpoints and their watch, by service name; shared with the next
+    /// state when the service's source does not change.
+    pub discovery: HashMap<String, Arc<Discovered>>,
+}
+
+impl State {
+    /// Builds routes, endpoint sets, clients and every service's stacks for `config`.
+    /// Discovery of services whose source did not change since `previous` carries over
+    /// (same endpoint sets, same watch). Fails when a policy or registry cannot be built
+    /// (validation catches what it can locate).
+    pub async fn build(
+        config: Config,
+        metrics: &Metrics,
+        previous: Option<&State>,
+    ) -> Result<State, String> {
+        let mut registries: HashMap<&str, Arc<dyn Registry>> = HashMap::new();
+        for (name, registry) in &config.registries {
+            let client = crate::build::resolve::registry(registry)
+                .map_err(|e| format!("registries.{name}: {e}"))?;
+            registries.insert(name, client);
+        }
+        let mut discovery = HashMap::new();
+        let mut cores = Vec::new();
+        let clients = UpstreamClients::new(crate::build::resolve::pool(&config.upstream));
+        let builder = StackBuilder::new(&config.policies, &metrics.policy, clients);
+        for (name, service) in &config.services {
+            let (source, lookup, registry) = match &service.discovery {
+                Some(reference) => (
+                    Source::Registry {
+                        config: config
+                            .registries
+                            .get(&reference.registry)
+                            .cloned()
+                            .unwrap_or_default(),
+                        name: reference.name.clone().unwrap_or_else(|| name.clone()),
+                    },
+                    reference.name.clone().unwrap_or_else(|| name.clone()),
+                    registries.get(reference.registry.as_str()).cloned(),
+                ),
+                None => (
+                    Source::Static(service.endpoints.clone()),
+                    name.clone(),
+                    None,
+                ),
+            };
+            let key = DiscoveryKey {
+                source,
+                balancer: service.balancer.clone(),
+                health_check: service.health_check.clone(),
+                outlier: service.outlier_detection.clone(),
+            };
+            let discovered =
+                start_discovery(previous, name, key, &lookup, registry, metrics).await?;
+            let mut target = StackTarget::service(
+                Arc::from(name.as_str()),
+                discovered.endpoints.clone(),
+                service,
+            );
+            if let Some(outlier) = &discovered.outlier {
+                target.observers.push(outlier.clone());
+            }
+            let core = builder
+                .core(target)
+                .map_err(|e| format!("services.{name}: {e}"))?;
+            discovery.insert(name.clone(), discovered);
+            cores.push((name, service, core));
+        }
+        let inbound_core = match &config.inbound {
+            Some(inbound) => {
+                let key = DiscoveryKey {
+                    source: Source::Static(vec![inbound.app]),
+                    balancer: Default::default(),
+                    health_check: None,
+                    outlier: None,
+                };
+                let discovered =
+                    start_discovery(previous, INBOUND_APP, key, INBOUND_APP, None, metrics).await?;
+                let target = StackTarget::inbound(
+                    Arc::from(INBOUND_APP),
+                    discovered.endpoints.clone(),
+                    inbound,
+                );
+                discovery.insert(INBOUND_APP.to_string(), discovered);
+                Some(builder.core(target).map_err(|e| format!("inbound: {e}"))?)
+            }
+            None => None,
+        };
+
+        // A fallback's alternate is the other service's stack without its own fallback,
+        // so fallbacks never chain (or loop).
+        let alternates: HashMap<String, ServiceStack> = cores
+            .iter()
+            .map(|(name, _, core)| (name.to_string(), ServiceStack::new(core.default.clone())))
+            .collect();
+        let alternate = |name: &str| alternates.get(name).cloned();
+
+        let mut breakers = Vec::new();
+        let mut routes = RouteTable::new();
+        for (name, service, core) in cores {
+            breakers.extend(core.breakers.iter().cloned());
+            let endpoints = core.endpoints();
+            let stacks = builder
+                .finish(core, &alternate)
+                .map_err(|e| format!("services.{name}: {e}"))?;
+            let target = Target::new(Arc::from(name.as_str()), endpoints, stacks);
+            routes.insert(Arc::new(target), &service.hosts, &service.path_prefixes);
+        }
+        let inbound = match inbound_core {
+            Some(core) => {
+                breakers.extend(core.breakers.iter().cloned());
+                let endpoints = core.endpoints();
+                let stacks = builder
+                    .finish(core, &alternate)
+                    .map_err(|e| format!("inbound: {e}"))?;
+                Some(Arc::new(Target::new(
+                    Arc::from(INBOUND_APP),
+                    endpoints,
+                    stacks,
+                )))
+            }
+            None => None,
+        };
+        drop(builder);
+        Ok(State {
+            server: server_builder(&config.limits),
+            config: Arc::new(config),
+            routes,
+            inbound,
+            breakers,
+            discovery,
+        })
+    }
+}
+
+/// The name under which the local app is known to discovery and metrics.
+const INBOUND_APP: &str = "inbound";
+
+/// The discovery of `service` from `source`: the previous state's when the source is
+/// unchanged, else a new watch.
+async fn start_discovery(
+    previous: Option<&State>,
+    service: &str,
+    key: DiscoveryKey,
+    lookup: &str,
+    registry: Option<Arc<dyn Registry>>,
+    metrics: &Metrics,
+) -> Result<Arc<Discovered>, String> {
+    if let Some(found) = previous
+        .and_then(|state| state.discovery.get(service))
+        .filter(|found| found.key == key)
+    {
+        return Ok(found.clone());
+    }
+    let registry: Arc<dyn Registry> = match (&key.source, registry) {
+        (Source::Static(addrs), _) => {
+            let mut fixed = StaticRegistry::new();
+            fixed.insert(lookup, addrs);
+            Arc::new(fixed)
+        }
+        (Source::Registry { .. }, Some(registry)) => registry,
+        (Source::Registry { .. }, None) => {
+            return Err(format!("services.{service}.discovery: unknown registry"))
+        }
+    };
+    Discovered::start(service, lookup, key, registry.as_ref(), metrics)
+        .await
+        .map_err(|e| format!("services.{service}: {e}"))
+}
+
+/// The HTTP server settings every proxy listener uses, from `limits`.
+pub fn server_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true)
+        .half_close(false);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Fixed windows: see the note on the upstream clients' windows.
+        .initial_stream_window_size(1024 * 1024)
+        .initial_connection_window_size(4 * 1024 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}

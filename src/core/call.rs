@@ -1,0 +1,60 @@
+//! What one call carries through the layers: request and response extensions.
+//!
+//! The proxy stamps every call with one [`CallInfo`] (one allocation for everything the
+//! layers need to know about it); retry marks the endpoints to avoid; the bottom of the
+//! stack says which endpoint answered. The types live on this floor so that every layer
+//! can read them without knowing who sets them.
+
+use std::net::SocketAddr;
+
+use tokio::time::Instant;
+
+/// Request extension set on every proxied call: one extension (one allocation) for what
+/// the layers need to know about the call.
+#[derive(Debug, Clone, Copy)]
+pub struct CallInfo {
+    /// The address of the client connection (rate-limit keys and hashing use it).
+    pub client: SocketAddr,
+    /// When the call arrived: layers that need the time of the call (the overall
+    /// timeout, the retry budget) read it instead of the clock.
+    pub arrived: Instant,
+    /// When the call must be answered, once the timeout layer set it.
+    pub deadline: Option<Instant>,
+    /// Whether the caller speaks gRPC (an `application/grpc` content type), looked up
+    /// once for every layer that asks.
+    pub grpc: bool,
+}
+
+impl CallInfo {
+    /// A call from `client` arriving now, with no deadline yet.
+    pub fn new(client: SocketAddr) -> Self {
+        Self {
+            client,
+            arrived: Instant::now(),
+            deadline: None,
+            grpc: false,
+        }
+    }
+}
+
+/// Request extension: when the call must be answered. Set by [`TimeoutLayer`] on a
+/// request that carries no [`CallInfo`] (a proxied call keeps its deadline there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(pub Instant);
+
+/// When the call of a request with `extensions` must be answered, if a timeout layer said.
+pub fn deadline_of(extensions: &http::Extensions) -> Option<Instant> {
+    match extensions.get::<CallInfo>() {
+        Some(call) => call.deadline,
+        None => extensions.get::<Deadline>().map(|d| d.0),
+    }
+}
+
+/// Request extension: endpoints this request should not go to if another is ready (set
+/// by retry with the endpoints earlier attempts failed on).
+#[derive(Debug, Clone, Default)]
+pub struct AvoidEndpoints(pub Vec<SocketAddr>);
+
+/// Response extension: the endpoint that answered.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointUsed(pub SocketAddr);

@@ -1,0 +1,132 @@
+//! Metric label types every floor counts with, and per-service families.
+//!
+//! Label values are cheap to build on the hot path: a direction enum, the service and
+//! route names as shared `Arc<str>`s, the status and gRPC code as numbers.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// Which way a request travels through the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From another service's sidecar to the local app.
+    Inbound,
+    /// From the local app to another service.
+    Outbound,
+}
+
+impl Direction {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// A service name as a label value, shared rather than copied per request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceLabel(pub Arc<str>);
+
+impl EncodeLabelValue for ServiceLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+/// The `route` label of requests no configured route takes (and of those no service
+/// takes).
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// A route's name as a label value, shared rather than copied per request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteLabel(pub Arc<str>);
+
+impl EncodeLabelValue for RouteLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+/// The gRPC status of an answer, as the `grpc_code` label: bounded to the codes of the
+/// gRPC spec, so an upstream cannot grow the label set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrpcCode {
+    /// Not a gRPC answer: the empty label.
+    NotGrpc,
+    /// A code of the gRPC spec: 0 (OK) to 16 (UNAUTHENTICATED).
+    Code(u8),
+    /// A gRPC answer whose status is missing, malformed or outside the spec's codes.
+    Unknown,
+}
+
+impl GrpcCode {
+    /// The highest code the gRPC spec defines (UNAUTHENTICATED).
+    pub const MAX: u8 = 16;
+
+    /// The label of a gRPC answer whose status is `code` (`None`: it has none).
+    pub fn of(code: Option<u32>) -> Self {
+        match code.and_then(|code| u8::try_from(code).ok()) {
+            Some(code) if code <= Self::MAX => Self::Code(code),
+            _ => Self::Unknown,
+        }
+    }
+}
+
+impl EncodeLabelValue for GrpcCode {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        match self {
+            Self::NotGrpc => Ok(()),
+            Self::Code(code) => write!(encoder, "{code}"),
+            Self::Unknown => encoder.write_str("unknown"),
+        }
+    }
+}
+
+/// Labels of a metric counted per service and nothing else (shed calls, rate-limited
+/// calls, retries, ejections, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ByService {
+    /// The service.
+    pub service: ServiceLabel,
+}
+
+impl ByService {
+    /// The labels of `service`.
+    pub fn of(service: &Arc<str>) -> Self {
+        Self {
+            service: ServiceLabel(service.clone()),
+        }
+    }
+}
+
+/// A family of `M` labelled by service only.
+pub type PerService<M> = Family<ByService, M>;
+
+/// Registers a new per-service family under `name` and returns it.
+pub fn register_per_service<M>(registry: &mut Registry, name: &str, help: &str) -> PerService<M>
+where
+    M: prometheus_client::metrics::TypedMetric
+        + prometheus_client::encoding::EncodeMetric
+        + Default
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let family = PerService::<M>::default();
+    registry.register(name, help, family.clone());
+    family
+}

@@ -1,0 +1,14 @@
+//! Floor 1, the core: what every other floor speaks, and nothing of theirs.
+//!
+//! Bodies (streamed, pooled, watched for their gRPC status), the error a call fails
+//! with and the answer it becomes, the per-call extensions, gRPC on the wire, metric
+//! label types and outcome classification. This floor imports nothing of remora; the
+//! floors above (config, the mechanisms, build, serve) import it.
+
+pub mod body;
+pub mod call;
+pub mod error;
+pub mod grpc;
+pub mod labels;
+pub mod outcome;
+pub mod protocol;

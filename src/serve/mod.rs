@@ -1,0 +1,10 @@
+//! Floor 5, serve: what runs. The sidecar's shared state, its listeners, the proxy
+//! service every request goes through, the admin endpoints, config reload and logging.
+
+pub mod admin;
+pub mod listener;
+pub mod proxy;
+pub mod reload;
+pub mod shared;
+pub mod sidecar;
+pub mod telemetry;
