@@ -64,7 +64,7 @@ fn endpoints_and_discovery_exclude_each_other() {
 fn consistent_hashing_needs_a_valid_key() {
     let error = error_of(&BASE.replace("hash_key: 'header:x-user'", "hash_key: 'query:user'"));
     assert!(
-        error.contains("services.stock.balancer: invalid hash_key \"query:user\""),
+        error.contains("services.stock.balancer.hash_key: invalid hash_key \"query:user\""),
         "{error}"
     );
     let error = error_of(&BASE.replace(", hash_key: 'header:x-user'", ""));

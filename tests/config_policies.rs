@@ -140,7 +140,7 @@ fn a_breaker_that_cannot_open_is_refused() {
     let text = BASE.replace("      consecutive_failures: 5\n      failure_rate: { threshold: 50%, min_requests: 20, window: 10s }\n", "");
     let error = error_of(&text);
     assert!(
-        error.contains("policies.breakers.default: a breaker needs"),
+        error.contains("policies.breakers.default: a circuit breaker needs"),
         "{error}"
     );
 }
@@ -211,7 +211,7 @@ fn the_tracing_section_maps_onto_the_pipeline() {
         "{BASE}tracing:\n  endpoint: http://127.0.0.1:4318\n  protocol: http\n  sampling: 25%\n  propagate: [b3, jaeger]\n"
     );
     let config = remora::build::parse("remora.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
-    let tracing = remora::build::resolve::tracing(&config);
+    let tracing = remora::build::resolve::tracing(&config).unwrap();
     assert_eq!(tracing.endpoint.as_deref(), Some("http://127.0.0.1:4318"));
     assert_eq!(tracing.protocol, remora::trace::OtlpProtocol::HttpProtobuf);
     assert_eq!(tracing.sampling_ratio, 0.25);

@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
+use super::resolve::{self, BuildError};
 use crate::balance::EndpointSet;
 use crate::config::RegistryConfig;
 use crate::discovery::{
@@ -98,10 +99,10 @@ impl Discovered {
         key: DiscoveryKey,
         registry: &dyn Registry,
         all_metrics: &crate::build::metrics::Metrics,
-    ) -> Result<Arc<Discovered>, String> {
+    ) -> Result<Arc<Discovered>, BuildError> {
         let metrics = &all_metrics.discovery;
         let service_name: Arc<str> = Arc::from(service);
-        let balancer = crate::build::resolve::balancer(&key.balancer)?;
+        let balancer = resolve::balancer(&key.balancer).map_err(|e| e.under("balancer"))?;
         let endpoints = Arc::new(
             EndpointSet::with_config(balancer)
                 .with_metrics(service_name.clone(), &all_metrics.balancer),
@@ -141,7 +142,7 @@ impl Discovered {
         let health = match &key.health_check {
             Some(section) => Some(crate::health::HealthChecker::spawn(
                 service_name.clone(),
-                crate::build::resolve::health_check(section)?,
+                resolve::health_check(section).map_err(|e| e.under("health_check"))?,
                 endpoints.clone(),
                 all_metrics.health.clone(),
             )),
@@ -150,7 +151,7 @@ impl Discovered {
         let outlier = match &key.outlier {
             Some(section) => Some(Arc::new(crate::health::OutlierDetector::new(
                 service_name,
-                crate::build::resolve::outlier(section)?,
+                resolve::outlier(section).map_err(|e| e.under("outlier_detection"))?,
                 endpoints.clone(),
                 all_metrics.health.clone(),
             ))),

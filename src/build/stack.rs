@@ -12,10 +12,12 @@ use std::sync::Arc;
 use tower::util::Either;
 use tower::Layer;
 
-use super::resolve::{self, NONE};
+use super::resolve::{self, BuildError, NONE};
 use super::route::RouteMatcher;
 use crate::balance::EndpointSet;
-use crate::config::{InboundConfig, PoliciesConfig, RouteConfig, ServiceConfig, UpstreamProtocol};
+use crate::config::{
+    FieldPath, InboundConfig, PoliciesConfig, RouteConfig, ServiceConfig, UpstreamProtocol,
+};
 use crate::policy::circuit_breaker::{EndpointBreakers, ServiceBreakerLayer};
 use crate::policy::concurrency::{ConcurrencyConfig, ConcurrencyLayer};
 use crate::policy::fallback::FallbackLayer;
@@ -93,6 +95,8 @@ impl<'a> PolicyRefs<'a> {
 pub struct StackTarget<'a> {
     /// Its name (metrics label, errors).
     pub name: Arc<str>,
+    /// Where its section is in the config (errors).
+    pub path: FieldPath,
     /// Its endpoints.
     pub endpoints: Arc<EndpointSet>,
     /// Protocol toward them.
@@ -119,6 +123,7 @@ impl<'a> StackTarget<'a> {
         service: &'a ServiceConfig,
     ) -> Self {
         Self {
+            path: FieldPath::root().key("services").key(name.as_ref()),
             name,
             endpoints,
             protocol: service.protocol,
@@ -138,6 +143,7 @@ impl<'a> StackTarget<'a> {
         inbound: &'a InboundConfig,
     ) -> Self {
         Self {
+            path: FieldPath::root().key("inbound"),
             name,
             endpoints,
             protocol: inbound.protocol,
@@ -217,13 +223,12 @@ impl<'c> StackBuilder<'c> {
     /// Everything but the fallbacks: the layers are built once per service and shared
     /// by its routes (one breaker, one concurrency cap, one limiter and one retry budget
     /// per policy name), so a route does not split the service's state.
-    pub fn core<'a>(&self, target: StackTarget<'a>) -> Result<CoreStacks<'a>, String> {
+    pub fn core<'a>(&self, target: StackTarget<'a>) -> Result<CoreStacks<'a>, BuildError> {
         let name = target.name.clone();
         let mut breakers = Vec::new();
         let mut observers: Vec<Arc<dyn EndpointObserver>> = target.observers.clone();
         if let Some(policy) = target.endpoint_breaker {
-            let config =
-                resolve::breaker(self.lookup(&self.policies.breakers, "breaker", policy)?)?;
+            let config = self.breaker(policy)?;
             let endpoint_breakers = Arc::new(EndpointBreakers::new(
                 name.clone(),
                 config,
@@ -242,8 +247,7 @@ impl<'c> StackBuilder<'c> {
         .with_observers(observers);
         let service_breaker = match target.breaker {
             Some(policy) => {
-                let config =
-                    resolve::breaker(self.lookup(&self.policies.breakers, "breaker", policy)?)?;
+                let config = self.breaker(policy)?;
                 let layer =
                     ServiceBreakerLayer::new(name.clone(), config, self.metrics.breaker.clone());
                 breakers.push(BreakerSource::Service(layer.handle()));
@@ -261,7 +265,7 @@ impl<'c> StackBuilder<'c> {
 
         let mut shared = SharedLayers::default();
         let build =
-            |refs: PolicyRefs<'a>, shared: &mut SharedLayers| -> Result<CoreStack, String> {
+            |refs: PolicyRefs<'a>, shared: &mut SharedLayers| -> Result<CoreStack, BuildError> {
                 let fault = active(refs.fault)
                     .map(|fault| shared.fault(self, &name, fault))
                     .transpose()?;
@@ -271,7 +275,8 @@ impl<'c> StackBuilder<'c> {
                     .map(|retry| shared.retry(self, &name, retry))
                     .transpose()?;
                 let stack = optional(retry, stack);
-                let timeout = resolve::timeout(self.policies, refs.timeout)?;
+                let timeout = resolve::timeout(self.policies, refs.timeout)
+                    .map_err(|e| e.under("timeout"))?;
                 let stack = TimeoutLayer::new(timeout, name.clone(), self.metrics.timeout.clone())
                     .layer(stack);
                 let stack = optional(concurrency.clone(), stack);
@@ -280,12 +285,14 @@ impl<'c> StackBuilder<'c> {
                     .transpose()?;
                 Ok(optional(limit, stack))
             };
-        let default = build(target.refs, &mut shared)?;
+        let default = build(target.refs, &mut shared).map_err(|e| e.within(&target.path))?;
         let mut routes = Vec::new();
         for (i, route) in target.routes.iter().enumerate() {
-            let matcher = matcher(route).ok_or_else(|| format!("routes[{i}]: no match"))?;
+            let path = target.path.key("routes").index(i);
+            let matcher = matcher(route)
+                .ok_or_else(|| BuildError::at(path.key("match"), "a route needs a match"))?;
             let refs = PolicyRefs::of_route(route, target.refs);
-            let stack = build(refs, &mut shared).map_err(|e| format!("routes[{i}]: {e}"))?;
+            let stack = build(refs, &mut shared).map_err(|e| e.within(&path))?;
             routes.push((matcher, stack, refs, route.label()));
         }
         Ok(CoreStacks {
@@ -301,31 +308,33 @@ impl<'c> StackBuilder<'c> {
         &self,
         core: CoreStacks<'_>,
         alternate: &dyn Fn(&str) -> Option<ServiceStack>,
-    ) -> Result<ServiceStacks, String> {
+    ) -> Result<ServiceStacks, BuildError> {
         let name = core.target.name.clone();
         let mut cache: HashMap<&str, FallbackLayer> = HashMap::new();
-        let mut with_fallback = |stack: CoreStack, refs: PolicyRefs<'_>| -> Result<Stack, String> {
-            let Some(policy) = active(refs.fallback) else {
-                return Ok(Either::Right(stack));
+        let mut with_fallback =
+            |stack: CoreStack, refs: PolicyRefs<'_>| -> Result<Stack, BuildError> {
+                let Some(policy) = active(refs.fallback) else {
+                    return Ok(Either::Right(stack));
+                };
+                let layer = match cache.get(policy) {
+                    Some(layer) => layer.clone(),
+                    None => {
+                        let path = definition("fallbacks", policy);
+                        let (key, found) = self
+                            .policies
+                            .fallbacks
+                            .get_key_value(policy)
+                            .ok_or_else(|| BuildError::at(path.clone(), "no such fallback"))?;
+                        let config =
+                            resolve::fallback(found, alternate).map_err(|e| e.within(&path))?;
+                        let layer =
+                            FallbackLayer::new(name.clone(), config, self.metrics.fallback.clone());
+                        cache.insert(key.as_str(), layer.clone());
+                        layer
+                    }
+                };
+                Ok(Either::Left(layer.layer(stack)))
             };
-            let layer = match cache.get(policy) {
-                Some(layer) => layer.clone(),
-                None => {
-                    let (key, definition) = self
-                        .policies
-                        .fallbacks
-                        .get_key_value(policy)
-                        .ok_or_else(|| format!("unknown fallback `{policy}`"))?;
-                    let config = resolve::fallback(definition, alternate)
-                        .map_err(|e| format!("fallback `{policy}`: {e}"))?;
-                    let layer =
-                        FallbackLayer::new(name.clone(), config, self.metrics.fallback.clone());
-                    cache.insert(key.as_str(), layer.clone());
-                    layer
-                }
-            };
-            Ok(Either::Left(layer.layer(stack)))
-        };
         let default = with_fallback(core.default, core.target.refs)?;
         let mut routes = Vec::new();
         for (matcher, stack, refs, label) in core.routes {
@@ -338,15 +347,30 @@ impl<'c> StackBuilder<'c> {
         Ok(ServiceStacks { default, routes })
     }
 
-    fn lookup<'p, V>(
+    /// The breaker policy `name`, converted.
+    fn breaker(
         &self,
-        map: &'p std::collections::BTreeMap<String, V>,
-        kind: &str,
         name: &str,
-    ) -> Result<&'p V, String> {
-        map.get(name)
-            .ok_or_else(|| format!("unknown {kind} `{name}`"))
+    ) -> Result<crate::policy::circuit_breaker::BreakerConfig, BuildError> {
+        let path = definition("breakers", name);
+        let policy = lookup(&self.policies.breakers, &path, name)?;
+        resolve::breaker(policy).map_err(|e| e.within(&path))
     }
+}
+
+/// Where the policy `name` of `section` (`retries`, `breakers`, ...) is defined.
+fn definition(section: &str, name: &str) -> FieldPath {
+    FieldPath::root().key("policies").key(section).key(name)
+}
+
+/// The definition of `name` in `map`, found at `path`.
+fn lookup<'p, V>(
+    map: &'p std::collections::BTreeMap<String, V>,
+    path: &FieldPath,
+    name: &str,
+) -> Result<&'p V, BuildError> {
+    map.get(name)
+        .ok_or_else(|| BuildError::at(path.clone(), format!("no such policy `{name}`")))
 }
 
 /// A reference that is set and not `none`.
@@ -368,12 +392,13 @@ impl SharedLayers {
         builder: &StackBuilder<'_>,
         service: &Arc<str>,
         name: &str,
-    ) -> Result<RetryLayer, String> {
+    ) -> Result<RetryLayer, BuildError> {
         if let Some(layer) = self.retry.get(name) {
             return Ok(layer.clone());
         }
-        let policy = builder.lookup(&builder.policies.retries, "retry policy", name)?;
-        let config = resolve::retry(policy).map_err(|e| format!("retry `{name}`: {e}"))?;
+        let path = definition("retries", name);
+        let policy = lookup(&builder.policies.retries, &path, name)?;
+        let config = resolve::retry(policy).map_err(|e| e.within(&path))?;
         let layer = RetryLayer::new(config, service.clone(), builder.metrics.retry.clone())
             .with_timeout_metrics(builder.metrics.timeout.clone());
         self.retry.insert(name.to_string(), layer.clone());
@@ -385,13 +410,13 @@ impl SharedLayers {
         builder: &StackBuilder<'_>,
         service: &Arc<str>,
         name: &str,
-    ) -> Result<RateLimitLayer, String> {
+    ) -> Result<RateLimitLayer, BuildError> {
         if let Some(layer) = self.rate_limit.get(name) {
             return Ok(layer.clone());
         }
-        let policy = builder.lookup(&builder.policies.rate_limits, "rate limit", name)?;
-        let config =
-            resolve::rate_limit(policy).map_err(|e| format!("rate limit `{name}`: {e}"))?;
+        let path = definition("rate_limits", name);
+        let policy = lookup(&builder.policies.rate_limits, &path, name)?;
+        let config = resolve::rate_limit(policy).map_err(|e| e.within(&path))?;
         let layer = RateLimitLayer::new(service.clone(), &config, &builder.metrics.rate_limit);
         self.rate_limit.insert(name.to_string(), layer.clone());
         Ok(layer)
@@ -402,12 +427,13 @@ impl SharedLayers {
         builder: &StackBuilder<'_>,
         service: &Arc<str>,
         name: &str,
-    ) -> Result<FaultLayer, String> {
+    ) -> Result<FaultLayer, BuildError> {
         if let Some(layer) = self.fault.get(name) {
             return Ok(layer.clone());
         }
-        let policy = builder.lookup(&builder.policies.faults, "fault", name)?;
-        let config = resolve::fault(policy).map_err(|e| format!("fault `{name}`: {e}"))?;
+        let path = definition("faults", name);
+        let policy = lookup(&builder.policies.faults, &path, name)?;
+        let config = resolve::fault(policy).map_err(|e| e.within(&path))?;
         let layer = FaultLayer::new(service.clone(), config, &builder.metrics.fault);
         self.fault.insert(name.to_string(), layer.clone());
         Ok(layer)

@@ -13,9 +13,10 @@ use hyper_util::server::conn::auto;
 
 use super::metrics::Metrics;
 use super::pump::{Discovered, DiscoveryKey, Source};
+use super::resolve::BuildError;
 use super::route::{RouteTable, Target};
 use super::stack::{StackBuilder, StackTarget};
-use crate::config::{Config, LimitsConfig};
+use crate::config::{Config, FieldPath, LimitsConfig};
 use crate::discovery::{Registry, StaticRegistry};
 use crate::policy::{BreakerSource, ServiceStack};
 use crate::upstream::UpstreamClients;
@@ -47,11 +48,11 @@ impl State {
         config: Config,
         metrics: &Metrics,
         previous: Option<&State>,
-    ) -> Result<State, String> {
+    ) -> Result<State, BuildError> {
         let mut registries: HashMap<&str, Arc<dyn Registry>> = HashMap::new();
         for (name, registry) in &config.registries {
             let client = crate::build::resolve::registry(registry)
-                .map_err(|e| format!("registries.{name}: {e}"))?;
+                .map_err(|e| e.within(&FieldPath::root().key("registries").key(name)))?;
             registries.insert(name, client);
         }
         let mut discovery = HashMap::new();
@@ -94,9 +95,7 @@ impl State {
             if let Some(outlier) = &discovered.outlier {
                 target.observers.push(outlier.clone());
             }
-            let core = builder
-                .core(target)
-                .map_err(|e| format!("services.{name}: {e}"))?;
+            let core = builder.core(target)?;
             discovery.insert(name.clone(), discovered);
             cores.push((name, service, core));
         }
@@ -116,7 +115,7 @@ impl State {
                     inbound,
                 );
                 discovery.insert(INBOUND_APP.to_string(), discovered);
-                Some(builder.core(target).map_err(|e| format!("inbound: {e}"))?)
+                Some(builder.core(target)?)
             }
             None => None,
         };
@@ -134,9 +133,7 @@ impl State {
         for (name, service, core) in cores {
             breakers.extend(core.breakers.iter().cloned());
             let endpoints = core.endpoints();
-            let stacks = builder
-                .finish(core, &alternate)
-                .map_err(|e| format!("services.{name}: {e}"))?;
+            let stacks = builder.finish(core, &alternate)?;
             let target = Target::new(Arc::from(name.as_str()), endpoints, stacks);
             routes.insert(Arc::new(target), &service.hosts, &service.path_prefixes);
         }
@@ -144,9 +141,7 @@ impl State {
             Some(core) => {
                 breakers.extend(core.breakers.iter().cloned());
                 let endpoints = core.endpoints();
-                let stacks = builder
-                    .finish(core, &alternate)
-                    .map_err(|e| format!("inbound: {e}"))?;
+                let stacks = builder.finish(core, &alternate)?;
                 Some(Arc::new(Target::new(
                     Arc::from(INBOUND_APP),
                     endpoints,
@@ -179,7 +174,7 @@ async fn start_discovery(
     lookup: &str,
     registry: Option<Arc<dyn Registry>>,
     metrics: &Metrics,
-) -> Result<Arc<Discovered>, String> {
+) -> Result<Arc<Discovered>, BuildError> {
     if let Some(found) = previous
         .and_then(|state| state.discovery.get(service))
         .filter(|found| found.key == key)
@@ -194,12 +189,13 @@ async fn start_discovery(
         }
         (Source::Registry { .. }, Some(registry)) => registry,
         (Source::Registry { .. }, None) => {
-            return Err(format!("services.{service}.discovery: unknown registry"))
+            let path = FieldPath::root().key("services").key(service);
+            return Err(BuildError::at(path.key("discovery"), "unknown registry"));
         }
     };
     Discovered::start(service, lookup, key, registry.as_ref(), metrics)
         .await
-        .map_err(|e| format!("services.{service}: {e}"))
+        .map_err(|e| e.within(&FieldPath::root().key("services").key(service)))
 }
 
 /// The HTTP server settings every proxy listener uses, from `limits`.

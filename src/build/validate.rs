@@ -10,7 +10,8 @@ use std::path::Path;
 
 use crate::config::{self, Config, ConfigError, EnvLookup, FieldPath, Issue};
 
-use super::resolve;
+use super::resolve::{self, BuildError};
+use crate::policy::ServiceStack;
 
 /// Reads, substitutes, parses, validates and builds-checks the config at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -28,24 +29,86 @@ pub fn parse_with_env(origin: &str, text: &str, env: EnvLookup<'_>) -> Result<Co
 }
 
 /// Every section's conversion into the settings of what it configures; the refusals,
-/// each at its field.
+/// each at its field. What [`State::build`](super::state::State::build) converts when
+/// the config starts, this converts too, without starting anything.
 pub fn check(config: &Config) -> Vec<Issue> {
     let mut issues = Vec::new();
-    for (name, service) in &config.services {
-        let path = FieldPath::root().key("services").key(name);
-        if let Err(message) = resolve::balancer(&service.balancer) {
-            issues.push(Issue::at(path.key("balancer"), message));
+    let mut refused = |at: FieldPath, result: Result<(), BuildError>| {
+        if let Err(error) = result {
+            issues.push(Issue::at(at.join(&error.field), error.message));
         }
+    };
+    let root = FieldPath::root();
+    let policies = &config.policies;
+    let defined = root.key("policies");
+    for name in policies.timeouts.keys() {
+        let at = defined.key("timeouts").key(name);
+        refused(at, resolve::timeout(policies, Some(name)).map(drop));
+    }
+    for (name, policy) in &policies.retries {
+        refused(
+            defined.key("retries").key(name),
+            resolve::retry(policy).map(drop),
+        );
+    }
+    for (name, policy) in &policies.breakers {
+        refused(
+            defined.key("breakers").key(name),
+            resolve::breaker(policy).map(drop),
+        );
+    }
+    for (name, policy) in &policies.rate_limits {
+        let at = defined.key("rate_limits").key(name);
+        refused(at, resolve::rate_limit(policy).map(drop));
+    }
+    for (name, policy) in &policies.faults {
+        refused(
+            defined.key("faults").key(name),
+            resolve::fault(policy).map(drop),
+        );
+    }
+    // A fallback's alternate is only looked up here: any stack stands in for a service
+    // that exists.
+    let alternate = |service: &str| {
+        config
+            .services
+            .contains_key(service)
+            .then(|| ServiceStack::new(tower::service_fn(refuse)))
+    };
+    for (name, policy) in &policies.fallbacks {
+        let at = defined.key("fallbacks").key(name);
+        refused(at, resolve::fallback(policy, alternate).map(drop));
+    }
+    for (name, registry) in &config.registries {
+        let at = root.key("registries").key(name);
+        refused(at, resolve::registry(registry).map(drop));
+    }
+    for (name, service) in &config.services {
+        let path = root.key("services").key(name);
+        refused(
+            path.key("balancer"),
+            resolve::balancer(&service.balancer).map(drop),
+        );
         if let Some(check) = &service.health_check {
-            if let Err(message) = resolve::health_check(check) {
-                issues.push(Issue::at(path.key("health_check"), message));
-            }
+            refused(
+                path.key("health_check"),
+                resolve::health_check(check).map(drop),
+            );
         }
         if let Some(outlier) = &service.outlier_detection {
-            if let Err(message) = resolve::outlier(outlier) {
-                issues.push(Issue::at(path.key("outlier_detection"), message));
-            }
+            let at = path.key("outlier_detection");
+            refused(at, resolve::outlier(outlier).map(drop));
         }
     }
+    refused(root.key("tracing"), resolve::tracing(config).map(drop));
     issues
+}
+
+/// The stand-in alternate of a fallback under validation: never called.
+async fn refuse(
+    _: http::Request<crate::core::body::ProxyBody>,
+) -> Result<http::Response<crate::core::body::ProxyBody>, crate::core::error::ProxyError> {
+    Err(crate::core::error::ProxyError::UnknownDestination(
+        "validation stand-in".into(),
+    ))
 }

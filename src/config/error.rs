@@ -40,6 +40,13 @@ impl FieldPath {
         next
     }
 
+    /// This path followed by `tail`.
+    pub fn join(&self, tail: &FieldPath) -> Self {
+        let mut joined = self.clone();
+        joined.0.extend(tail.0.iter().cloned());
+        joined
+    }
+
     /// The path without its last segment (the root stays the root).
     pub fn parent(&self) -> Self {
         let mut parent = self.clone();

@@ -26,11 +26,11 @@ mod env;
 mod error;
 mod locate;
 mod policies;
+mod references;
 mod scalar;
 mod schema;
 mod source;
 mod validate;
-mod validate_policies;
 
 pub use crate::core::protocol::UpstreamProtocol;
 pub use discovery::{

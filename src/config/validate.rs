@@ -73,7 +73,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Issue> {
     check_routes(config, &mut issues);
     check_limits(config, &mut issues);
     check_log(config, &mut issues);
-    super::validate_policies::check(config, &mut issues);
+    super::references::check(config, &mut issues);
     super::discovery::check(config, &mut issues);
     issues
 }

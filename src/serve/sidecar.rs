@@ -61,9 +61,10 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    /// A policy could not be built from the config.
+    /// A section could not be built into what it configures (validation refuses the
+    /// same config with its location; this is the start of an unvalidated one).
     #[error("{0}")]
-    Policy(String),
+    Build(#[from] crate::build::resolve::BuildError),
 }
 
 /// A running sidecar.
@@ -97,7 +98,8 @@ impl Sidecar {
     /// Binds every listener of `config` and starts serving, tracing as its `tracing`
     /// section says.
     pub async fn start(config: Config) -> Result<Sidecar, StartError> {
-        let tracing = crate::build::resolve::tracing(&config);
+        let tracing = crate::build::resolve::tracing(&config)
+            .map_err(|e| e.within(&crate::config::FieldPath::root().key("tracing")))?;
         Self::start_with(config, tracing).await
     }
 
@@ -148,9 +150,7 @@ impl Sidecar {
         let tracing_metrics = crate::trace::TracingMetrics::register(metrics.registry_mut());
         let tracing = crate::trace::Tracing::new(&tracing, tracing_metrics)?;
         let metrics = Arc::new(metrics);
-        let state = State::build(config, &metrics, None)
-            .await
-            .map_err(StartError::Policy)?;
+        let state = State::build(config, &metrics, None).await?;
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(state),
             metrics,
@@ -209,11 +209,13 @@ fn start_registration(config: &Config) -> Result<Option<SelfRegistration>, Start
     let (Some(section), Some(inbound)) = (&config.register, &config.inbound) else {
         return Ok(None);
     };
+    let root = crate::config::FieldPath::root();
     let registry = config.registries.get(&section.registry).ok_or_else(|| {
-        StartError::Policy(format!("register: unknown registry `{}`", section.registry))
+        let field = root.key("register").key("registry");
+        crate::build::resolve::BuildError::at(field, "unknown registry")
     })?;
     let registry = crate::build::resolve::registry(registry)
-        .map_err(|e| StartError::Policy(format!("registries.{}: {e}", section.registry)))?;
+        .map_err(|e| e.within(&root.key("registries").key(&section.registry)))?;
     Ok(Some(SelfRegistration::start(
         crate::build::resolve::registration(section, &config.service),
         inbound.app,
@@ -243,7 +245,7 @@ impl SidecarHandle {
             Ok(state) => state,
             Err(error) => {
                 self.reload_refused();
-                return Err(error);
+                return Err(error.to_string());
             }
         };
         self.shared.state.store(Arc::new(state));

@@ -148,11 +148,14 @@ pub enum TracingError {
     /// The ratio is not a fraction.
     #[error("sampling ratio must be between 0 and 1, got {0}")]
     SamplingRatio(f64),
-    /// A queue or batch bound is zero.
-    #[error("{0} must be non-zero")]
+    /// A queue or batch bound is zero, or the batch is larger than the queue.
+    #[error("{0} must be at least 1 (and a batch at most the queue)")]
     ZeroBound(&'static str),
+    /// A time limit is zero.
+    #[error("{0} must be longer than zero")]
+    ZeroDuration(&'static str),
     /// The endpoint is not an `http://` URL.
-    #[error("OTLP endpoint {endpoint:?}: {reason}")]
+    #[error("invalid collector address {endpoint:?}: {reason}")]
     Endpoint {
         /// As configured.
         endpoint: String,
@@ -170,8 +173,11 @@ impl TracingConfig {
         if self.queue_size == 0 {
             return Err(TracingError::ZeroBound("queue_size"));
         }
-        if self.batch_size == 0 {
+        if self.batch_size == 0 || self.batch_size > self.queue_size {
             return Err(TracingError::ZeroBound("batch_size"));
+        }
+        if self.export_timeout.is_zero() {
+            return Err(TracingError::ZeroDuration("export_timeout"));
         }
         if let Some(endpoint) = &self.endpoint {
             collector_uri(endpoint, self.protocol)?;
@@ -195,7 +201,7 @@ fn collector_uri(endpoint: &str, protocol: OtlpProtocol) -> Result<Uri, TracingE
         ));
     }
     if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-        return Err(refuse("expected http://host:port".into()));
+        return Err(refuse("write it like `http://127.0.0.1:4317`".into()));
     }
     let bare = matches!(uri.path(), "" | "/");
     let uri = match protocol {

@@ -1,0 +1,194 @@
+//! Registries, balancers, health checks, outlier ejection, pools and the sidecar's own
+//! registration -> the settings of discovery, balancing, health and the pools.
+
+use std::sync::Arc;
+
+use http::HeaderName;
+
+use super::{conditions, At, BuildError};
+
+/// The name of a registry's backend.
+pub fn registry_backend(config: &crate::config::RegistryConfig) -> &'static str {
+    crate::config::backend_of(config).unwrap_or("invalid")
+}
+
+/// A registry client for `config`.
+pub fn registry(
+    config: &crate::config::RegistryConfig,
+) -> Result<Arc<dyn crate::discovery::Registry>, BuildError> {
+    use crate::discovery::{
+        ConsulConfig, ConsulRegistry, DnsConfig, DnsRefresh, DnsRegistry, EtcdConfig, EtcdRegistry,
+        FileConfig, FileRegistry,
+    };
+    if let Some(etcd) = &config.etcd {
+        let mut settings = EtcdConfig::new(etcd.endpoints.clone());
+        settings.prefix = etcd.prefix.clone();
+        return Ok(Arc::new(EtcdRegistry::new(settings).at("etcd")?));
+    }
+    if let Some(consul) = &config.consul {
+        let mut settings = ConsulConfig::new(consul.address.clone());
+        settings.token = consul.token.clone().filter(|t| !t.is_empty());
+        return Ok(Arc::new(ConsulRegistry::new(settings).at("consul")?));
+    }
+    if let Some(dns) = &config.dns {
+        let mut settings = DnsConfig {
+            nameserver: dns.nameserver,
+            ..DnsConfig::default()
+        };
+        if let Some(interval) = dns.interval {
+            settings.refresh = DnsRefresh::Every(interval);
+        }
+        return Ok(Arc::new(DnsRegistry::new(settings).at("dns")?));
+    }
+    if let Some(file) = &config.file {
+        return Ok(Arc::new(
+            FileRegistry::new(FileConfig::new(file.path.clone())).at("file")?,
+        ));
+    }
+    Err("a registry takes exactly one of `etcd`, `consul`, `dns`, `file`".into())
+}
+
+/// A service's balancer.
+pub fn balancer(
+    section: &crate::config::BalancerSection,
+) -> Result<crate::balance::BalancerConfig, BuildError> {
+    use crate::balance::{Balancer, BalancerConfig, HashAlgorithm, HashKey};
+    use crate::config::BalancerAlgorithm as Algorithm;
+    let key = || -> Result<HashKey, BuildError> {
+        let text = section.hash_key.as_deref().ok_or(
+            "consistent hashing needs `hash_key`: `header:<name>`, `cookie:<name>` or `client_ip`",
+        ).here()?;
+        if text == "client_ip" {
+            return Ok(HashKey::ClientIp);
+        }
+        if let Some(name) = text.strip_prefix("header:") {
+            return HeaderName::from_bytes(name.trim().as_bytes())
+                .map(HashKey::Header)
+                .map_err(|_| format!("invalid header name in hash_key {text:?}"))
+                .at("hash_key");
+        }
+        if let Some(name) = text.strip_prefix("cookie:") {
+            return Ok(HashKey::Cookie(name.trim().to_string()));
+        }
+        Err(format!(
+            "invalid hash_key {text:?}: expected `header:<name>`, `cookie:<name>` or `client_ip`"
+        ))
+        .at("hash_key")
+    };
+    let balancer = match section.algorithm {
+        Algorithm::P2c => Balancer::default(),
+        Algorithm::RoundRobin => Balancer::RoundRobin,
+        Algorithm::LeastRequest => Balancer::LeastRequest,
+        Algorithm::Random => Balancer::Random,
+        Algorithm::RingHash => Balancer::ConsistentHash {
+            key: key()?,
+            algorithm: HashAlgorithm::ring(),
+        },
+        Algorithm::Maglev => Balancer::ConsistentHash {
+            key: key()?,
+            algorithm: HashAlgorithm::maglev(),
+        },
+    };
+    if section.hash_key.is_some()
+        && !matches!(section.algorithm, Algorithm::RingHash | Algorithm::Maglev)
+    {
+        return Err("`hash_key` only applies to `ring_hash` and `maglev`").at("hash_key");
+    }
+    let threshold = (section.panic_threshold.0 * 100.0).round() as u8;
+    BalancerConfig::try_new(balancer, threshold).at("panic_threshold")
+}
+
+/// Active health checks.
+pub fn health_check(
+    section: &crate::config::HealthCheckSection,
+) -> Result<crate::health::HealthCheckConfig, BuildError> {
+    use crate::health::{HealthCheckConfig, Probe};
+    let probes = [
+        section.http.is_some(),
+        section.tcp.is_some(),
+        section.grpc.is_some(),
+    ];
+    if probes.iter().filter(|given| **given).count() != 1 {
+        return Err("a health check takes exactly one of `http`, `tcp`, `grpc`".into());
+    }
+    let probe = if let Some(http) = &section.http {
+        let mut expected = Vec::new();
+        for range in &http.expected {
+            let (low, high) = range.split_once('-').unwrap_or((range, range));
+            let parse = |text: &str| {
+                text.trim()
+                    .parse::<u16>()
+                    .map_err(|_| format!("invalid status range {range:?}: write it like `200-399`"))
+                    .at("http.expected")
+            };
+            expected.push(parse(low)?..=parse(high)?);
+        }
+        Probe::Http {
+            path: http.path.clone(),
+            expected,
+            host: http.host.clone(),
+        }
+    } else if let Some(grpc) = &section.grpc {
+        Probe::Grpc {
+            service: grpc.service.clone(),
+        }
+    } else {
+        Probe::Tcp
+    };
+    HealthCheckConfig::try_new(
+        probe,
+        section.interval,
+        section.timeout,
+        section.unhealthy_threshold,
+        section.healthy_threshold,
+        0.1,
+    )
+    .here()
+}
+
+/// Passive outlier ejection.
+pub fn outlier(
+    section: &crate::config::OutlierSection,
+) -> Result<crate::health::OutlierConfig, BuildError> {
+    let percent = (section.max_ejection_percent.0 * 100.0).round() as u8;
+    crate::health::OutlierConfig::try_new(
+        section.consecutive_failures,
+        conditions(&section.failure_on),
+        section.base_ejection,
+        section.max_ejection,
+        percent,
+    )
+    .here()
+}
+
+/// The connection pools' settings of `upstream` (validation keeps the HTTP/2 spread ≥ 1).
+pub fn pool(upstream: &crate::config::UpstreamConfig) -> crate::upstream::PoolConfig {
+    crate::upstream::PoolConfig {
+        connect_timeout: upstream.connect_timeout,
+        idle_timeout: upstream.pool_idle_timeout,
+        max_idle_per_endpoint: upstream.pool_max_idle_per_endpoint,
+        http2_max_connections: upstream.http2_connections_per_endpoint.max(1),
+        http2_streams_per_connection: upstream.http2_streams_per_connection.max(1),
+        http2_keep_alive_interval: std::time::Duration::from_secs(30),
+    }
+}
+
+/// What the sidecar of `service` registers, from its `register` section.
+pub fn registration(
+    section: &crate::config::RegisterSection,
+    service: &str,
+) -> crate::discovery::self_registration::RegistrationPlan {
+    let id = section
+        .id
+        .clone()
+        .unwrap_or_else(|| section.address.to_string());
+    let mut instance = crate::discovery::Instance::new(section.address).with_id(id);
+    instance.weight = section.weight;
+    instance.metadata = section.metadata.clone();
+    crate::discovery::self_registration::RegistrationPlan {
+        service: section.name.clone().unwrap_or_else(|| service.to_string()),
+        instance,
+        ttl: section.ttl,
+        deregister_delay: section.deregister_delay,
+    }
+}
