@@ -1,0 +1,52 @@
+//! The access log: one line per answered call, on its own `tracing` target so that a
+//! log filter can route or silence it.
+
+use std::net::SocketAddr;
+
+/// The `tracing` target of access log lines.
+pub const ACCESS_LOG_TARGET: &str = "remora::access";
+
+/// One answered call, as its line says it.
+pub struct Entry<'a> {
+    /// The call's trace id (all zeros when unsampled and untraced).
+    pub trace_id: &'a dyn std::fmt::Display,
+    /// The request span's id.
+    pub span_id: &'a dyn std::fmt::Display,
+    /// The request's `x-request-id`.
+    pub request_id: &'a str,
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// The service that took it (`unknown` when none did).
+    pub service: &'a str,
+    /// The request method.
+    pub method: &'a http::Method,
+    /// The request path.
+    pub path: &'a str,
+    /// The HTTP status sent back.
+    pub status: u16,
+    /// The gRPC status sent back, for gRPC calls.
+    pub grpc_status: Option<u32>,
+    /// From arrival to the answer (to the end of the body for a status in trailers).
+    pub duration_ms: f64,
+    /// The endpoint that answered, if one did.
+    pub upstream: Option<SocketAddr>,
+}
+
+/// Writes `entry`'s line.
+pub fn log(entry: &Entry<'_>) {
+    tracing::info!(
+        target: ACCESS_LOG_TARGET,
+        trace_id = %entry.trace_id,
+        span_id = %entry.span_id,
+        request_id = entry.request_id,
+        direction = entry.direction,
+        service = entry.service,
+        method = %entry.method,
+        path = entry.path,
+        status = entry.status,
+        grpc_status = entry.grpc_status,
+        duration_ms = entry.duration_ms,
+        upstream = entry.upstream.map(tracing::field::display),
+        "access"
+    );
+}

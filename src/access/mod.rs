@@ -1,0 +1,11 @@
+//! What a request leaves behind for an operator besides its span: its id
+//! (`x-request-id`, kept or made) and its access log line.
+//!
+//! The request's trace (`trace::RequestTrace`) decides when a call is over and calls
+//! [`log`]; this module knows only the line's fields and where it goes.
+
+mod log;
+mod request_id;
+
+pub use log::{log, Entry, ACCESS_LOG_TARGET};
+pub use request_id::{new_request_id, REQUEST_ID};

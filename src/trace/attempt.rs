@@ -1,0 +1,191 @@
+//! One try of a call: the span of a retried (or every) attempt, and the trace context
+//! written into the request that goes upstream.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::{Request, Response};
+
+use crate::core::body::watch;
+use crate::core::body::ProxyBody;
+use crate::core::error::ProxyError;
+use crate::core::grpc::{grpc_status, grpc_status_at, GrpcStatusAt};
+
+use super::*;
+
+/// One try of a call to one endpoint; ended with [`Attempt::end`].
+#[derive(Debug)]
+#[must_use = "an attempt span must be ended"]
+pub struct Attempt(AttemptKind);
+
+#[derive(Debug)]
+pub(super) enum AttemptKind {
+    /// Nothing to record.
+    None,
+    /// A try with its own span.
+    Span(Arc<LiveSpan>),
+    /// The first try, folded into the call span (`AttemptSpans::Retries`); its facts
+    /// are kept in case a retry follows.
+    First {
+        call: CallTrace,
+        started: SystemTime,
+        method: &'static str,
+        endpoint: SocketAddr,
+    },
+}
+
+/// Starts one try of `request` to `endpoint` and writes the trace context the upstream
+/// continues into the request's headers. Call it once the request points at the
+/// endpoint. Without a [`CallTrace`] in the request's extensions, it does nothing.
+///
+/// The try gets a span of its own (a child of the call span) unless it is a call's first
+/// try under [`AttemptSpans::Retries`]: then the call span's own context is sent, and the
+/// try becomes a span only if a retry follows.
+pub fn attempt<B>(request: &mut Request<B>, endpoint: SocketAddr) -> Attempt {
+    let Some(call) = request.extensions().get::<CallTrace>().cloned() else {
+        return Attempt(AttemptKind::None);
+    };
+    let inner = &call.0;
+    let tracing = &inner.tracing.0;
+    let number = inner.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+    if tracing.attempt_spans == AttemptSpans::Retries {
+        if number == 1 {
+            tracing.propagators.inject(&inner.cx, request.headers_mut());
+            if inner.span.is_none() {
+                return Attempt(AttemptKind::None);
+            }
+            let method = method_name(request.method());
+            return Attempt(AttemptKind::First {
+                call,
+                started: SystemTime::now(),
+                method,
+                endpoint,
+            });
+        }
+        inner.record_first_try();
+    }
+    // The try's own facts only: what the request is (path, protocol, service, gRPC
+    // method) is on the call span, its parent.
+    let method = method_name(request.method());
+    let (cx, span) = inner.tracing.start_span(
+        &inner.cx,
+        Cow::Borrowed("attempt"),
+        Kind::Client,
+        SystemTime::now(),
+        |recording| attempt_attributes(recording, method, endpoint, number),
+    );
+    tracing.propagators.inject(&cx, request.headers_mut());
+    match span {
+        Some(span) => Attempt(AttemptKind::Span(span)),
+        None => Attempt(AttemptKind::None),
+    }
+}
+
+/// Records the attributes of an attempt span.
+pub(super) fn attempt_attributes(
+    recording: &mut Recording,
+    method: &'static str,
+    endpoint: SocketAddr,
+    number: u32,
+) {
+    let attributes = &mut recording.attributes;
+    attributes.str("http.request.method", method);
+    attributes.display("server.address", endpoint.ip());
+    attributes.int("server.port", i64::from(endpoint.port()));
+    attributes.display("remora.endpoint", endpoint);
+    attributes.int("remora.attempt", i64::from(number));
+}
+
+impl CallInner {
+    /// Records the kept first try as a span of its own (a retry is starting).
+    pub(super) fn record_first_try(&self) {
+        let first = self
+            .first_try
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(first) = first else {
+            return;
+        };
+        let (_, span) = self.tracing.start_span(
+            &self.cx,
+            Cow::Borrowed("attempt"),
+            Kind::Client,
+            first.started,
+            |recording| {
+                attempt_attributes(recording, first.method, first.endpoint, 1);
+                first.outcome.record(recording);
+            },
+        );
+        if let Some(span) = span {
+            span.end_at(first.ended);
+        }
+    }
+}
+
+impl Attempt {
+    /// Records how the try ended (at response headers) and ends its span; a gRPC answer
+    /// whose status comes in its trailers is recorded when its body ends instead.
+    pub fn end(self, result: &mut Result<Response<ProxyBody>, ProxyError>) {
+        match self.0 {
+            AttemptKind::None => {}
+            AttemptKind::Span(span) => {
+                if let Some(waiting) = waiting_for_trailers(&span, result) {
+                    if let Ok(response) = result {
+                        watch(response, Box::new(waiting));
+                    }
+                    return;
+                }
+                span.record(|recording| TryOutcome::of(result).record(recording));
+                span.end();
+            }
+            // No span unless a retry follows, and none follows a response that streams:
+            // the call span records this try's trailers.
+            AttemptKind::First {
+                call,
+                started,
+                method,
+                endpoint,
+            } => {
+                let first = FirstTry {
+                    started,
+                    ended: SystemTime::now(),
+                    method,
+                    endpoint,
+                    outcome: TryOutcome::of(result),
+                };
+                *call
+                    .0
+                    .first_try
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(first);
+            }
+        }
+    }
+}
+
+/// When `result` is a gRPC answer whose status comes in its trailers: the attempt span
+/// (its HTTP status recorded now) to settle at the trailers.
+pub(super) fn waiting_for_trailers(
+    span: &Arc<LiveSpan>,
+    result: &Result<Response<ProxyBody>, ProxyError>,
+) -> Option<trailers::AttemptWaiting> {
+    let response = result.as_ref().ok()?;
+    let headers = response.headers();
+    if grpc_status(headers).is_some() || grpc_status_at(headers) != GrpcStatusAt::Trailers {
+        return None;
+    }
+    let status = response.status().as_u16();
+    span.record(|recording| {
+        recording
+            .attributes
+            .int("http.response.status_code", i64::from(status));
+    });
+    Some(trailers::AttemptWaiting {
+        span: span.clone(),
+        status,
+    })
+}

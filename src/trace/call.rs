@@ -1,0 +1,223 @@
+//! The trace of one call: the request span, its first try kept until a retry needs it,
+//! and what the answer records on it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime};
+
+use http::header::HeaderValue;
+use http::{Method, Request, Response, Uri};
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::{Status, TraceContextExt};
+use opentelemetry::Context;
+
+use crate::core::body::watch;
+use crate::core::body::ProxyBody;
+use crate::core::call::EndpointUsed;
+use crate::core::error::{ProxyError, ERROR_HEADER};
+use crate::core::grpc::{grpc_status, grpc_status_at, GrpcStatusAt};
+use crate::core::labels::Direction;
+
+use super::*;
+use crate::access::REQUEST_ID;
+
+/// Request extension: the request span's context, shared by every attempt of the call.
+/// Cloning the request's extensions (as retries do) keeps attempts numbered and parented.
+#[derive(Clone)]
+pub struct CallTrace(pub(super) Arc<CallInner>);
+
+pub(super) struct CallInner {
+    pub(super) tracing: Tracing,
+    pub(super) cx: Context,
+    /// The request span, when it is recorded (sampled, with a collector).
+    pub(super) span: Option<Arc<LiveSpan>>,
+    pub(super) attempts: AtomicU32,
+    /// Set once routing found the service.
+    pub(super) service: OnceLock<Arc<str>>,
+    pub(super) direction: Direction,
+    /// The first try, kept while the call records and `AttemptSpans::Retries` folds it
+    /// into the call span: recorded as a span of its own if a retry follows.
+    pub(super) first_try: std::sync::Mutex<Option<FirstTry>>,
+}
+
+/// What is kept of a call's first try, to record its span if the call is retried.
+pub(super) struct FirstTry {
+    pub(super) started: SystemTime,
+    pub(super) ended: SystemTime,
+    pub(super) method: &'static str,
+    pub(super) endpoint: SocketAddr,
+    pub(super) outcome: TryOutcome,
+}
+
+/// How a try ended, as its span records it.
+pub(super) struct TryOutcome {
+    pub(super) status: Option<u16>,
+    pub(super) grpc_status: Option<u32>,
+    /// `error.type` and the error's text, for tries that got no response.
+    pub(super) error: Option<(&'static str, String)>,
+}
+
+impl TryOutcome {
+    pub(super) fn of(result: &Result<Response<ProxyBody>, ProxyError>) -> Self {
+        match result {
+            Ok(response) => Self {
+                status: Some(response.status().as_u16()),
+                grpc_status: grpc_status(response.headers()),
+                error: None,
+            },
+            Err(error) => Self {
+                status: None,
+                grpc_status: None,
+                error: Some((error.reason(), error.to_string())),
+            },
+        }
+    }
+
+    pub(super) fn record(self, recording: &mut Recording) {
+        let attributes = &mut recording.attributes;
+        if let Some(status) = self.status {
+            attributes.int("http.response.status_code", i64::from(status));
+            if let Some(code) = self.grpc_status {
+                attributes.int("rpc.grpc.status_code", i64::from(code));
+            }
+            if let Some(error) = error_status(status, self.grpc_status, Direction::Outbound, None) {
+                recording.set_status(error);
+            }
+        }
+        if let Some((reason, text)) = self.error {
+            recording.attributes.str("error.type", reason);
+            recording.set_status(Status::error(text));
+        }
+    }
+}
+
+impl std::fmt::Debug for CallTrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallTrace")
+            .field("span", self.0.cx.span().span_context())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallTrace {
+    /// The request span's context.
+    pub fn context(&self) -> &Context {
+        &self.0.cx
+    }
+}
+
+/// Names the service `request` was routed to, on its span and in its access log line.
+pub fn routed<B>(request: &Request<B>, service: &Arc<str>) {
+    let Some(call) = request.extensions().get::<CallTrace>() else {
+        return;
+    };
+    let _ = call.0.service.set(service.clone());
+    if let Some(span) = &call.0.span {
+        span.record(|recording| recording.attributes.str("remora.service", service));
+    }
+}
+
+/// One request's trace, from [`Tracing::start`] to [`RequestTrace::finish`].
+#[derive(Debug)]
+pub struct RequestTrace {
+    pub(super) call: CallTrace,
+    pub(super) started: Instant,
+    pub(super) request_id: HeaderValue,
+    pub(super) method: Method,
+    pub(super) uri: Uri,
+}
+
+impl RequestTrace {
+    /// Runs `future` with the request span current (so that [`event`] lands on it),
+    /// then [`finish`](Self::finish)es with its response.
+    pub async fn run<F>(self, future: F) -> Response<ProxyBody>
+    where
+        F: std::future::Future<Output = Response<ProxyBody>>,
+    {
+        let response = future.with_context(self.call.0.cx.clone()).await;
+        self.finish(response)
+    }
+
+    /// Records the answer on the span, ends it, writes the access log line and returns
+    /// the response with `x-request-id` set. A gRPC answer whose status comes in its
+    /// trailers is recorded (and logged) when its body ends instead; its access log
+    /// `duration_ms` then runs to the end of the body.
+    pub fn finish(self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+        if !response.headers().contains_key(&REQUEST_ID) {
+            response
+                .headers_mut()
+                .insert(&REQUEST_ID, self.request_id.clone());
+        }
+        let call = &self.call.0;
+        let status = response.status().as_u16();
+        let grpc_status = grpc_status(response.headers());
+        let endpoint = response.extensions().get::<EndpointUsed>().map(|e| e.0);
+        let observed = call.span.is_some() || call.tracing.0.access_log;
+        let waits_for_trailers = observed
+            && grpc_status.is_none()
+            && grpc_status_at(response.headers()) == GrpcStatusAt::Trailers;
+        if let Some(span) = &call.span {
+            // One record: the answer's head now; its outcome too unless trailers bring it.
+            span.record(|recording| {
+                let attributes = &mut recording.attributes;
+                attributes.int("http.response.status_code", i64::from(status));
+                if let Some(endpoint) = endpoint {
+                    attributes.display("remora.endpoint", endpoint);
+                }
+                if waits_for_trailers {
+                    return;
+                }
+                if let Some(code) = grpc_status {
+                    attributes.int("rpc.grpc.status_code", i64::from(code));
+                }
+                let reason = response.headers().get(ERROR_HEADER).map(header_text);
+                if let Some(error) = error_status(status, grpc_status, call.direction, reason) {
+                    recording.set_status(error);
+                }
+            });
+        }
+        if waits_for_trailers {
+            let reason = response.headers().get(ERROR_HEADER).cloned();
+            let waiting = trailers::RequestWaiting {
+                trace: self,
+                status,
+                endpoint,
+                reason,
+            };
+            watch(&mut response, Box::new(waiting));
+            return response;
+        }
+        if let Some(span) = &call.span {
+            span.end();
+        }
+        if call.tracing.0.access_log {
+            self.access_log(status, grpc_status, endpoint);
+        }
+        response
+    }
+
+    pub(super) fn access_log(
+        &self,
+        status: u16,
+        grpc_status: Option<u32>,
+        endpoint: Option<SocketAddr>,
+    ) {
+        let call = &self.call.0;
+        let span = call.cx.span();
+        let context = span.span_context();
+        crate::access::log(&crate::access::Entry {
+            trace_id: &context.trace_id(),
+            span_id: &context.span_id(),
+            request_id: &header_text(&self.request_id),
+            direction: call.direction.as_str(),
+            service: call.service.get().map_or("unknown", |s| &**s),
+            method: &self.method,
+            path: self.uri.path(),
+            status,
+            grpc_status,
+            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            upstream: endpoint,
+        });
+    }
+}

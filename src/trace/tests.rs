@@ -1,0 +1,75 @@
+use super::*;
+use crate::access::REQUEST_ID;
+use crate::core::body::ProxyBody;
+use crate::core::error::ProxyError;
+use crate::core::labels::Direction;
+use http::{Request, Response};
+
+#[test]
+fn config_bounds_are_checked() {
+    let mut config = TracingConfig {
+        sampling_ratio: 1.5,
+        ..Default::default()
+    };
+    assert!(config.validate().is_err());
+    config.sampling_ratio = 0.5;
+    config.endpoint = Some("localhost:4317".into());
+    assert!(config.validate().is_err());
+    config.endpoint = Some("https://collector:4317".into());
+    let refused = config.validate().unwrap_err().to_string();
+    assert!(
+        refused.contains("TLS to the collector is not supported"),
+        "{refused}"
+    );
+    config.endpoint = Some("http://127.0.0.1:4318".into());
+    config.protocol = OtlpProtocol::HttpProtobuf;
+    assert_eq!(
+        collector_uri("http://127.0.0.1:4318", OtlpProtocol::HttpProtobuf).unwrap(),
+        "http://127.0.0.1:4318/v1/traces"
+    );
+    assert_eq!(
+        collector_uri("http://collector:4318/custom", OtlpProtocol::HttpProtobuf).unwrap(),
+        "http://collector:4318/custom"
+    );
+    assert!(config.validate().is_ok());
+}
+
+#[test]
+fn error_status_follows_the_conventions() {
+    assert!(error_status(503, None, Direction::Inbound, None).is_some());
+    assert!(error_status(404, None, Direction::Inbound, None).is_none());
+    assert!(error_status(200, Some(5), Direction::Inbound, None).is_none());
+    assert!(error_status(200, Some(5), Direction::Outbound, None).is_some());
+    assert!(error_status(200, Some(14), Direction::Inbound, None).is_some());
+}
+
+#[test]
+fn propagate_only_continues_the_callers_trace() {
+    let tracing = Tracing::disabled();
+    let mut request = Request::builder()
+        .uri("/x")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .body(())
+        .unwrap();
+    let trace = tracing.start(&mut request, Direction::Inbound);
+    let attempt = attempt(&mut request, "127.0.0.1:9".parse().unwrap());
+    let sent = request.headers()["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{sent}"
+    );
+    assert!(sent.ends_with("-01"));
+    assert!(!sent.contains("b7ad6b7169203331"));
+    assert!(request.headers().contains_key(&REQUEST_ID));
+    attempt.end(&mut Err(ProxyError::Timeout(
+        std::time::Duration::from_secs(1),
+    )));
+    let response = trace.finish(Response::new(ProxyBody::empty()));
+    assert!(response.headers().contains_key(&REQUEST_ID));
+}
