@@ -25,12 +25,16 @@ mod discovery;
 mod env;
 mod error;
 mod locate;
+mod outcomes;
 mod policies;
 mod references;
+mod routes;
 mod scalar;
 mod schema;
 mod source;
+mod trace;
 mod validate;
+mod values;
 
 pub use crate::core::protocol::UpstreamProtocol;
 pub use discovery::{
@@ -40,11 +44,15 @@ pub use discovery::{
 };
 pub use env::EnvLookup;
 pub use error::{ConfigError, Diagnostic, DiagnosticKind, FieldPath, PathSegment};
+pub use outcomes::*;
 pub use policies::*;
+pub use routes::*;
 pub use scalar::parse_duration;
 pub use schema::*;
 pub use source::Position;
+pub use trace::*;
 pub use validate::{Issue, MIN_HEADER_BYTES};
+pub use values::*;
 
 use std::io::Read;
 use std::path::Path;

@@ -4,9 +4,10 @@
 //! validation as at start, so the rule lives in one place.
 
 use super::error::{closest, FieldPath};
-use super::policies::{PoliciesConfig, RouteConfig};
+use super::policies::PoliciesConfig;
 use super::schema::Config;
 use super::validate::Issue;
+use super::RouteConfig;
 use crate::core::labels::DEFAULT_ROUTE;
 
 /// Every problem with the policies and their references.
