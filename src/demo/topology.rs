@@ -40,7 +40,7 @@ use crate::config::{
     RegistryConfig, RetryPolicy, ServiceConfig, StaticResponsePolicy, TimeoutPolicy,
     UpstreamProtocol,
 };
-use crate::Sidecar;
+use crate::serve::sidecar::Sidecar;
 
 /// The frontend sidecar's service name: the load generator is its local app.
 pub const FRONTEND: &str = "frontend";
