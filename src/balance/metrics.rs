@@ -7,7 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 
 use crate::core::labels::ServiceLabel;
 
@@ -27,7 +27,7 @@ pub struct BalancerMetrics {
 
 impl BalancerMetrics {
     /// Registers `balancer_panic` and `balancer_panic_entered` in `registry`.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut MetricsRegistry) -> Self {
         let metrics = Self::default();
         registry.register(
             "balancer_panic",

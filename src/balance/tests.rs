@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use http::HeaderName;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 
 use super::hash::{hash64, KEY_SEED};
 use super::*;
@@ -112,7 +112,7 @@ fn held_out_endpoints_are_skipped_and_avoidance_is_a_preference() {
 
 // Panic mode.
 
-fn panic_metrics(registry: &Registry) -> String {
+fn panic_metrics(registry: &MetricsRegistry) -> String {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
     out
@@ -120,7 +120,7 @@ fn panic_metrics(registry: &Registry) -> String {
 
 #[test]
 fn below_the_panic_threshold_picks_spread_over_every_endpoint() {
-    let mut registry = Registry::with_prefix("remora");
+    let mut registry = MetricsRegistry::with_prefix("remora");
     let metrics = BalancerMetrics::register(&mut registry);
     let set = EndpointSet::with_config(BalancerConfig::try_new(Balancer::RoundRobin, 50).unwrap())
         .with_metrics("users".into(), &metrics);

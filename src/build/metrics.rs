@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 
 use crate::core::labels::{Direction, GrpcCode, RouteLabel, ServiceLabel, DEFAULT_ROUTE};
 
@@ -60,7 +60,7 @@ pub struct ReloadLabels {
 /// Every metric remora exports.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
+    registry: MetricsRegistry,
     requests: Family<RequestLabels, Counter>,
     duration: Family<ServiceLabels, Histogram>,
     /// Connections open per listener.
@@ -88,7 +88,7 @@ impl Default for Metrics {
 impl Metrics {
     /// A registry with every metric registered.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("remora");
+        let mut registry = MetricsRegistry::with_prefix("remora");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
@@ -140,7 +140,7 @@ impl Metrics {
     }
 
     /// The registry, for modules that register their own metrics (`remora` prefix).
-    pub fn registry_mut(&mut self) -> &mut Registry {
+    pub fn registry_mut(&mut self) -> &mut MetricsRegistry {
         &mut self.registry
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 
 /// Which way a request travels through the sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,7 +115,11 @@ impl ByService {
 pub type PerService<M> = Family<ByService, M>;
 
 /// Registers a new per-service family under `name` and returns it.
-pub fn register_per_service<M>(registry: &mut Registry, name: &str, help: &str) -> PerService<M>
+pub fn register_per_service<M>(
+    registry: &mut MetricsRegistry,
+    name: &str,
+    help: &str,
+) -> PerService<M>
 where
     M: prometheus_client::metrics::TypedMetric
         + prometheus_client::encoding::EncodeMetric

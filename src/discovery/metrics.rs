@@ -39,7 +39,7 @@ impl DiscoveryMetrics {
         let metrics = Self::default();
         registry.register(
             "discovery_updates",
-            "Registry items received, by service and result",
+            "MetricsRegistry items received, by service and result",
             metrics.updates.clone(),
         );
         registry.register(

@@ -181,7 +181,7 @@ impl ProxyService {
             deadline: None,
             grpc,
         };
-        let forwarded = forward(&route.stack, request, call, &self.forwarded_for).await;
+        let forwarded = send_through(&route.stack, request, call, &self.forwarded_for).await;
         let mut response = match forwarded {
             Ok(response) => {
                 if let Some(trigger) = response
@@ -299,7 +299,7 @@ fn route<B>(state: &State, entry: &Entry, request: &Request<B>) -> Result<Arc<Ta
 }
 
 /// Cleans `request` for its hop and sends it through `stack`.
-async fn forward(
+async fn send_through(
     stack: &Stack,
     request: Request<Incoming>,
     call: CallInfo,

@@ -19,10 +19,10 @@ use super::*;
 /// One try of a call to one endpoint; ended with [`Attempt::end`].
 #[derive(Debug)]
 #[must_use = "an attempt span must be ended"]
-pub struct Attempt(AttemptKind);
+pub struct Attempt(AttemptRecord);
 
 #[derive(Debug)]
-pub(super) enum AttemptKind {
+pub(super) enum AttemptRecord {
     /// Nothing to record.
     None,
     /// A try with its own span.
@@ -46,7 +46,7 @@ pub(super) enum AttemptKind {
 /// try becomes a span only if a retry follows.
 pub fn attempt<B>(request: &mut Request<B>, endpoint: SocketAddr) -> Attempt {
     let Some(call) = request.extensions().get::<CallTrace>().cloned() else {
-        return Attempt(AttemptKind::None);
+        return Attempt(AttemptRecord::None);
     };
     let inner = &call.0;
     let tracing = &inner.tracing.0;
@@ -55,10 +55,10 @@ pub fn attempt<B>(request: &mut Request<B>, endpoint: SocketAddr) -> Attempt {
         if number == 1 {
             tracing.propagators.inject(&inner.cx, request.headers_mut());
             if inner.span.is_none() {
-                return Attempt(AttemptKind::None);
+                return Attempt(AttemptRecord::None);
             }
             let method = method_name(request.method());
-            return Attempt(AttemptKind::First {
+            return Attempt(AttemptRecord::First {
                 call,
                 started: SystemTime::now(),
                 method,
@@ -79,8 +79,8 @@ pub fn attempt<B>(request: &mut Request<B>, endpoint: SocketAddr) -> Attempt {
     );
     tracing.propagators.inject(&cx, request.headers_mut());
     match span {
-        Some(span) => Attempt(AttemptKind::Span(span)),
-        None => Attempt(AttemptKind::None),
+        Some(span) => Attempt(AttemptRecord::Span(span)),
+        None => Attempt(AttemptRecord::None),
     }
 }
 
@@ -131,8 +131,8 @@ impl Attempt {
     /// whose status comes in its trailers is recorded when its body ends instead.
     pub fn end(self, result: &mut Result<Response<ProxyBody>, ProxyError>) {
         match self.0 {
-            AttemptKind::None => {}
-            AttemptKind::Span(span) => {
+            AttemptRecord::None => {}
+            AttemptRecord::Span(span) => {
                 if let Some(waiting) = waiting_for_trailers(&span, result) {
                     if let Ok(response) = result {
                         watch(response, Box::new(waiting));
@@ -144,7 +144,7 @@ impl Attempt {
             }
             // No span unless a retry follows, and none follows a response that streams:
             // the call span records this try's trailers.
-            AttemptKind::First {
+            AttemptRecord::First {
                 call,
                 started,
                 method,

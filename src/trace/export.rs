@@ -18,7 +18,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::otlp::Encoder;
@@ -37,7 +37,7 @@ pub struct TracingMetrics {
 impl TracingMetrics {
     /// Registers `remora_spans_exported_total` and `remora_spans_dropped_total`
     /// (the registry carries the `remora` prefix).
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut MetricsRegistry) -> Self {
         let metrics = Self::default();
         registry.register(
             "spans_exported",

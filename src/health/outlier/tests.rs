@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Response, StatusCode};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 
 use super::*;
 use crate::discovery::Instance;
@@ -20,7 +20,7 @@ fn addr(port: u16) -> SocketAddr {
 struct Harness {
     set: Arc<EndpointSet>,
     detector: OutlierDetector,
-    registry: Registry,
+    registry: MetricsRegistry,
 }
 
 impl Harness {
@@ -41,7 +41,7 @@ impl Harness {
         let set = Arc::new(EndpointSet::new());
         let instances: Vec<Instance> = ports.iter().map(|&p| Instance::new(addr(p))).collect();
         set.update(&instances);
-        let mut registry = Registry::with_prefix("remora");
+        let mut registry = MetricsRegistry::with_prefix("remora");
         let metrics = HealthMetrics::register(&mut registry);
         let detector = OutlierDetector::new("users".into(), config, set.clone(), metrics);
         Self {
