@@ -73,11 +73,6 @@ impl SelfRegistration {
         }
     }
 
-    /// Whether the instance is registered now.
-    pub async fn is_registered(&self) -> bool {
-        self.held.lock().await.is_some()
-    }
-
     /// Deregisters (if registered), then waits `deregister_delay` for callers to notice.
     pub async fn deregister(self) {
         self.task.abort();

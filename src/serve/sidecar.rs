@@ -223,16 +223,6 @@ fn start_registration(config: &Config) -> Result<Option<SelfRegistration>, Start
     )))
 }
 
-impl Sidecar {
-    /// Whether the local app is registered in its registry now.
-    pub async fn is_registered(&self) -> bool {
-        match &self.registration {
-            Some(registration) => registration.is_registered().await,
-            None => false,
-        }
-    }
-}
-
 impl SidecarHandle {
     /// Applies `config` to new requests; in-flight requests finish on the old one.
     /// Listener addresses are bound at start: a change to them is logged, not applied.

@@ -126,6 +126,7 @@ impl Http1Pool {
     }
 
     /// Idle connections held now.
+    #[cfg(test)]
     pub(super) fn idle_count(&self) -> usize {
         self.lock().len()
     }

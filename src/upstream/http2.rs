@@ -199,6 +199,7 @@ impl Http2Pool {
     }
 
     /// Connections without a stream now.
+    #[cfg(test)]
     pub(super) fn idle_count(&self) -> usize {
         self.lock()
             .open

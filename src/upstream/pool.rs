@@ -181,8 +181,9 @@ impl UpstreamClients {
         &self.pools
     }
 
-    /// Idle connections held now, HTTP/1 and HTTP/2 (for tests and diagnostics).
-    pub fn idle_connections(&self) -> usize {
+    /// Idle connections held now, HTTP/1 and HTTP/2.
+    #[cfg(test)]
+    pub(super) fn idle_connections(&self) -> usize {
         let endpoints = match self.pools.endpoints.read() {
             Ok(endpoints) => endpoints,
             Err(poisoned) => poisoned.into_inner(),
