@@ -1,8 +1,9 @@
 //! Hot reload: on a change to the config file or on SIGHUP, load it again and swap it in.
 //!
 //! A config that fails to load or validate is refused with its location in the log and
-//! the old config keeps serving. The file's directory is watched (not the file), so
-//! editors that write a new file and rename it, and symlink swaps, are seen too.
+//! the old config keeps serving. The file's directory is watched (not the file), and
+//! the directory its symlinks lead to, so editors that write a new file and rename it,
+//! and symlink swaps (a Kubernetes ConfigMap's `..data`), are seen too.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,27 +63,35 @@ pub async fn reload_once(path: &Path, sidecar: &SidecarHandle) -> bool {
     }
 }
 
+/// Watches the directory of `path`, and the directory its symlinks resolve to.
+///
+/// Every change there counts, whatever file it names: a config reached through
+/// symlinks changes when a link is swapped (a Kubernetes ConfigMap swaps its `..data`
+/// link, never touching the file name the sidecar was given), and an editor may write
+/// a temporary file and rename it. The reload loop re-reads the file and skips
+/// changes that leave its content as it was.
 fn file_watcher(path: &Path, tx: mpsc::Sender<bool>) -> notify::Result<notify::RecommendedWatcher> {
-    let name = path.file_name().map(|n| n.to_os_string());
-    let dir = match path.parent() {
+    let parent = |path: &Path| match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let mut dirs = vec![parent(path)];
+    if let Ok(resolved) = std::fs::canonicalize(path) {
+        let target = parent(&resolved);
+        if std::fs::canonicalize(&dirs[0]).ok().as_ref() != Some(&target) {
+            dirs.push(target);
+        }
+    }
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        if event.kind.is_access() {
-            return;
-        }
-        let ours = event
-            .paths
-            .iter()
-            .any(|p| p.file_name().map(|n| n.to_os_string()) == name);
-        if ours {
+        if !event.kind.is_access() {
             // A full channel already holds a pending reload.
             let _ = tx.try_send(false);
         }
     })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    for dir in &dirs {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    }
     Ok(watcher)
 }
 
