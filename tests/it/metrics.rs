@@ -1,8 +1,6 @@
 //! `/metrics` is valid exposition text, and its counters move as requests pass.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 /// Checks every line of an OpenMetrics text exposition; returns the sample count.
 fn check_exposition(text: &str) -> usize {

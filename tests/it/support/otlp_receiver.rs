@@ -1,7 +1,6 @@
 //! An OTLP trace collector for tests: OTLP/gRPC (the collector's `TraceService`, served
 //! by tonic) and OTLP/HTTP protobuf (`POST /v1/traces`), both decoding the real protobuf
 //! into [`ReceivedSpan`]s.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

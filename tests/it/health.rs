@@ -4,8 +4,6 @@
 //! Probes run every 50 ms; every wait polls for the flag with a generous deadline, so a
 //! slow machine makes a test slower, never wrong.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,10 +20,11 @@ use remora::health::{
     HealthCheckConfig, HealthChecker, HealthMetrics, OutlierConfig, OutlierDetector, Probe,
 };
 use remora::upstream::{EndpointObserver, EndpointUsed, Forward, UpstreamClients};
-use support::{eventually, full, TestBody};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 use tower::ServiceExt;
+
+use crate::support::{self, eventually, full, TestBody};
 
 const INTERVAL: Duration = Duration::from_millis(50);
 /// Generous: a probe of a live local server never takes this long, even on a busy machine.

@@ -2,14 +2,12 @@
 //! connection floods. Each malformed request is refused with 400 (431 for oversized heads)
 //! and the app behind the proxy sees nothing.
 
-mod support;
-
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use support::*;
+use crate::support::*;
 
 /// A sidecar in front of a recording upstream, with tight limits for these tests.
 async fn guarded() -> (remora::Sidecar, std::net::SocketAddr, Log) {

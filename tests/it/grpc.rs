@@ -1,8 +1,6 @@
 //! gRPC through the proxy: the four call kinds, status and trailers passed through,
 //! 4 MiB messages, long-lived streams, and gRPC-shaped errors from remora itself.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
@@ -14,6 +12,8 @@ use tonic::{Request, Response, Status, Streaming};
 use remora::echo::echo_client::EchoClient;
 use remora::echo::echo_server::{Echo, EchoServer};
 use remora::echo::{EchoReply, EchoRequest};
+
+use crate::support;
 
 const BIG: usize = 8 * 1024 * 1024;
 

@@ -1,8 +1,6 @@
 //! HTTP/1.1 through the proxy: routing, streaming bodies both ways, keep-alive and pooling,
 //! `Expect: 100-continue`, trailers, header hygiene and the errors remora makes itself.
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +12,7 @@ use hyper::body::{Frame, Incoming};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use support::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn routes_by_dedicated_port_and_by_host_on_the_shared_port() {

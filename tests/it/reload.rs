@@ -1,12 +1,10 @@
 //! Hot reload of the real binary: a changed file applies to new requests, SIGHUP reloads,
 //! and a broken file is refused with its location while the old config keeps serving.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 fn config(admin: u16, port: u16, endpoint: SocketAddr) -> String {
     format!(

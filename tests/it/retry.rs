@@ -1,10 +1,8 @@
 //! Retries through the real proxy: what is retried, where, how often, and what is not.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const POLICIES: &str = "  retries:
     standard:

@@ -5,16 +5,14 @@
 //!
 //! Per-request cost is measured by `bench/overhead.sh`, not here.
 
-mod otlp_receiver;
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use remora::trace::{AttemptSpans, OtlpProtocol, Propagation, TracingConfig};
 
-use otlp_receiver::ReceivedSpan;
+use crate::support;
+use crate::support::otlp_receiver::{self, ReceivedSpan};
 
 const WAIT: Duration = Duration::from_secs(5);
 

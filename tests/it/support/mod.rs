@@ -1,8 +1,11 @@
 //! Shared pieces of the scenario tests: programmable upstreams, a sidecar started from
-//! YAML on ephemeral ports, and raw-socket clients for what well-behaved clients never send.
-#![allow(dead_code)]
+//! YAML on ephemeral ports, and raw-socket clients for what well-behaved clients never send;
+//! [`echo`] (a scripted gRPC upstream), [`etcd_harness`] (a real etcd) and
+//! [`otlp_receiver`] (an OTLP collector) are the heavier pieces, each in its own module.
 
 pub mod echo;
+pub mod etcd_harness;
+pub mod otlp_receiver;
 
 use std::convert::Infallible;
 use std::future::Future;

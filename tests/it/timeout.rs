@@ -1,15 +1,13 @@
 //! Timeouts through the real proxy: the overall bound, gRPC deadlines honoured and
 //! passed on with the elapsed time subtracted.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use support::*;
+use crate::support::*;
 
 async fn slow(delay: Duration) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
