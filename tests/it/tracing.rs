@@ -387,9 +387,14 @@ async fn a_dead_collector_leaves_requests_alone_and_counts_dropped_spans() {
     );
 
     let admin = sidecar.addrs().admin.unwrap();
-    let (_, _, text) = support::get(&format!("http://{admin}/metrics")).await;
-    assert!(text.contains("remora_spans_dropped_total 20"), "{text}");
-    assert!(text.contains("remora_spans_exported_total 0"), "{text}");
+    assert_eq!(
+        support::metric(admin, "remora_spans_dropped_total").await,
+        20.0
+    );
+    assert_eq!(
+        support::metric(admin, "remora_spans_exported_total").await,
+        0.0
+    );
 }
 
 #[tokio::test]

@@ -5,7 +5,10 @@
 
 pub mod echo;
 pub mod etcd_harness;
+pub mod metrics_text;
 pub mod otlp_receiver;
+
+pub use metrics_text::{metric, metric_or_zero};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -363,17 +366,6 @@ pub async fn send(
         parts.headers,
         String::from_utf8_lossy(&body).into_owned(),
     )
-}
-
-/// The value of one sample line of the sidecar's `/metrics`, 0 when absent.
-pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
-    let (_, _, text) = get(&format!("http://{admin}/metrics")).await;
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
 /// An address where nothing listens: connections are refused at once. (A port bound and
