@@ -49,7 +49,6 @@ pub fn channel_body() -> (
 /// What an upstream saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
-    pub method: String,
     pub path: String,
     pub version: http::Version,
     pub headers: http::HeaderMap,
@@ -116,7 +115,6 @@ pub async fn recording(name: &'static str) -> (SocketAddr, Log) {
                 .unwrap_or_default();
             let path = parts.uri.path().to_string();
             seen.push(Seen {
-                method: parts.method.to_string(),
                 path: path.clone(),
                 version: parts.version,
                 headers: parts.headers,
@@ -331,7 +329,6 @@ where
                 .unwrap_or_default();
             let n = seen.len();
             seen.push(Seen {
-                method: parts.method.to_string(),
                 path: parts.uri.path().to_string(),
                 version: parts.version,
                 headers: parts.headers,
