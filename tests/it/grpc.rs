@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -79,17 +81,29 @@ impl Echo for EchoService {
 }
 
 async fn grpc_upstream() -> SocketAddr {
+    counting_grpc_upstream().await.0
+}
+
+/// The echo upstream, and how many TCP connections it has accepted.
+async fn counting_grpc_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let incoming = TcpListenerStream::new(listener).inspect(move |connection| {
+        if connection.is_ok() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
     let service = EchoServer::new(EchoService)
         .max_decoding_message_size(BIG)
         .max_encoding_message_size(BIG);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(incoming),
     );
-    addr
+    (addr, accepted)
 }
 
 async fn client(addr: SocketAddr) -> EchoClient<tonic::transport::Channel> {
@@ -185,9 +199,18 @@ async fn four_mebibyte_messages_both_ways() {
 
 #[tokio::test]
 async fn a_thousand_concurrent_small_calls_share_one_upstream_connection() {
-    // Hundreds of streams each holding a small unread message must not trip h2's
-    // small-DATA-frame budget on the upstream connection.
-    let (_proxy, client) = through_proxy().await;
+    // One HTTP/2 connection per endpoint (the default allows 4, opening another when one
+    // carries 100 streams): all 1000 calls are multiplexed on it. Hundreds of streams
+    // each holding a small unread message must not trip h2's small-DATA-frame budget on
+    // that connection.
+    let (upstream, accepted) = counting_grpc_upstream().await;
+    let proxy = support::sidecar(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         upstream: {{ http2_connections_per_endpoint: 1 }}\n\
+         services:\n  svc:\n    listen: 127.0.0.1:0\n    protocol: http2\n    endpoints: [{upstream}]\n"
+    ))
+    .await;
+    let client = client(proxy.addrs().service("svc").unwrap()).await;
     let calls = (0..1000).map(|i| {
         let mut client = client.clone();
         async move { client.unary(request(&i.to_string())).await }
@@ -199,6 +222,11 @@ async fn a_thousand_concurrent_small_calls_share_one_upstream_connection() {
         "{} failed, first: {:?}",
         failed.len(),
         failed.first()
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "upstream connections for 1000 calls"
     );
 }
 
