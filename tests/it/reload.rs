@@ -253,6 +253,49 @@ async fn a_config_symlink_swapped_for_another_is_picked_up() {
 }
 
 #[tokio::test]
+#[ignore = "fails: the watcher (src/config/reload.rs, file_watcher) only reacts to events \
+            whose file name is the config's (remora.yaml); a ..data swap produces events \
+            for ..data_tmp, ..data and the old directory only, so no reload happens"]
+async fn a_configmap_style_symlink_swap_is_picked_up() {
+    // The layout of a Kubernetes ConfigMap volume: the config is a symlink through
+    // `..data`, itself a symlink to a timestamped directory; an update writes a new
+    // directory and swaps `..data` to it by renaming a new symlink over it.
+    let (a, _) = recording("a").await;
+    let (b, _) = recording("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, port) = (free_port(), free_port());
+    let first = dir.path().join("..2024_01_01_00_00_00.1");
+    std::fs::create_dir(&first).unwrap();
+    std::fs::write(first.join("remora.yaml"), config(admin, port, a)).unwrap();
+    std::os::unix::fs::symlink("..2024_01_01_00_00_00.1", dir.path().join("..data")).unwrap();
+    let path = dir.path().join("remora.yaml");
+    std::os::unix::fs::symlink("..data/remora.yaml", &path).unwrap();
+    let process = Process::run(&path, SocketAddr::from(([127, 0, 0, 1], admin))).await;
+    assert_eq!(served_by(port).await, "a");
+
+    let second = dir.path().join("..2024_01_01_00_01_00.2");
+    std::fs::create_dir(&second).unwrap();
+    std::fs::write(second.join("remora.yaml"), config(admin, port, b)).unwrap();
+    std::os::unix::fs::symlink("..2024_01_01_00_01_00.2", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    std::fs::remove_dir_all(&first).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        config(admin, port, b),
+        "the swap is done: the config path now reads the new file"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            served_by(port).await == "b"
+        })
+        .await,
+        "the swapped config was not applied: {}",
+        process.log()
+    );
+    assert_eq!(reloads(admin, "ok").await, 1.0);
+}
+
+#[tokio::test]
 async fn a_changed_listener_address_is_logged_and_left_for_a_restart() {
     let (a, _) = recording("a").await;
     let (b, _) = recording("b").await;
