@@ -1,10 +1,13 @@
 //! The file registry on a real file: edits become snapshots, a broken file is an outage
-//! that keeps the last snapshot, and fixing it resumes.
+//! that keeps the last snapshot, and fixing it resumes; through a sidecar, its watch
+//! survives a config reload that keeps the service's discovery.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use remora::discovery::{FileConfig, FileRegistry, Instance, Registry, Snapshots};
+
+use crate::support;
 
 async fn next(watch: &mut Snapshots) -> Result<Vec<Instance>, String> {
     tokio::time::timeout(Duration::from_secs(5), watch.next())
@@ -72,4 +75,82 @@ async fn json_files_and_missing_files() {
     );
     let quiet = tokio::time::timeout(Duration::from_millis(600), watch.next()).await;
     assert!(quiet.is_err(), "unchanged snapshots are not repeated");
+}
+
+/// Which upstream (its `x-upstream`) answered a GET to `port`.
+async fn answered_by(port: std::net::SocketAddr) -> String {
+    let (status, headers, _) = support::get(&format!("http://{port}/")).await;
+    assert_eq!(status, 200);
+    headers["x-upstream"].to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_file_watch_survives_a_reload_that_keeps_the_service() {
+    let (a, _) = support::recording("a").await;
+    let (b, _) = support::recording("b").await;
+    let (c, _) = support::recording("c").await;
+    let dir = tempfile::tempdir().unwrap();
+    let instances = dir.path().join("instances.yaml");
+    std::fs::write(&instances, format!("svc: [{a}]\n")).unwrap();
+    // `extra` is what the reload changes; svc's discovery stays as it is.
+    let config = |extra: &str| {
+        remora::config::parse(
+            "test.yaml",
+            &format!(
+                "admin: {{ listen: 127.0.0.1:0 }}\n\
+                 registries:\n  files: {{ file: {{ path: {} }} }}\n\
+                 services:\n  svc:\n    listen: 127.0.0.1:0\n    discovery: {{ registry: files }}\n{extra}",
+                instances.display()
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let proxy = remora::Sidecar::start(config("")).await.unwrap();
+    let svc = proxy.addrs().service("svc").unwrap();
+    let admin = proxy.addrs().admin.unwrap();
+    assert_eq!(answered_by(svc).await, "a");
+    let updates = r#"remora_discovery_updates_total{service="svc",result="ok"}"#;
+    let before = support::metric(admin, updates).await;
+
+    // A reload that changes the service's timeout, not its discovery. A new watch would
+    // apply its first snapshot before the reload returns: the count shows there was none.
+    proxy
+        .handle()
+        .reload(config("    timeout: 5s\n"))
+        .await
+        .unwrap();
+    assert_eq!(
+        proxy.handle().config().services["svc"].timeout,
+        config("    timeout: 5s\n").services["svc"].timeout,
+        "the reload applied"
+    );
+    assert_eq!(
+        support::metric(admin, updates).await,
+        before,
+        "the same watch"
+    );
+
+    replace(&instances, &format!("svc: [{b}]\n"));
+    assert!(
+        support::eventually(Duration::from_secs(5), || async {
+            answered_by(svc).await == "b"
+        })
+        .await,
+        "an edit of the registry file after the reload never reached traffic"
+    );
+    assert_eq!(support::metric(admin, updates).await, before + 1.0);
+
+    // A reload that changes the discovery (another balancer) does start a new watch,
+    // which reads the file afresh: the count moves, and edits still reach traffic.
+    let round_robin = "    timeout: 5s\n    balancer: { algorithm: round_robin }\n";
+    proxy.handle().reload(config(round_robin)).await.unwrap();
+    assert_eq!(support::metric(admin, updates).await, before + 2.0);
+    replace(&instances, &format!("svc: [{c}]\n"));
+    assert!(
+        support::eventually(Duration::from_secs(5), || async {
+            answered_by(svc).await == "c"
+        })
+        .await,
+        "an edit after the second reload never reached traffic"
+    );
 }
