@@ -8,6 +8,7 @@
 
 mod support;
 
+mod admin;
 mod balance;
 mod breaker;
 mod cli;
