@@ -1,7 +1,7 @@
 //! Tracing through real sockets: one trace across two sidecars exported over OTLP to a
 //! collector that decodes the protobuf, B3 and Jaeger callers continued in W3C, sampling
-//! off still propagating, a dead collector costing nothing but dropped spans, and the
-//! request id.
+//! off still propagating, a dead or hung collector costing nothing but dropped spans,
+//! and the request id.
 //!
 //! Per-request cost is measured by `bench/overhead.sh`, not here.
 
@@ -395,6 +395,58 @@ async fn a_dead_collector_leaves_requests_alone_and_counts_dropped_spans() {
         support::metric(admin, "remora_spans_exported_total").await,
         0.0
     );
+}
+
+#[tokio::test]
+async fn a_collector_that_never_answers_delays_no_request() {
+    for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
+        let (collector, mut arrivals) = otlp_receiver::unresponsive().await;
+        let (upstream, _) = support::recording("up").await;
+        let sidecar = outbound(
+            upstream,
+            TracingConfig {
+                protocol,
+                queue_size: 4,
+                batch_size: 1,
+                batch_delay: Duration::from_millis(10),
+                // An export waits up to a minute for the collector's answer.
+                export_timeout: Duration::from_secs(60),
+                ..exporting("a", collector)
+            },
+        )
+        .await;
+        let (status, _) = get_with(&service_url(&sidecar, "/"), &[]).await;
+        assert_eq!(status, 200);
+        // The first call's span is being exported, and the collector will not answer.
+        tokio::time::timeout(WAIT, arrivals.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{protocol:?}: the export never reached the collector"))
+            .unwrap();
+
+        // While that export hangs, calls still complete: none waits on it (the bound is
+        // generous; waiting on the export would take up to its minute).
+        let url = service_url(&sidecar, "/");
+        for n in 0..20 {
+            let (status, _) = tokio::time::timeout(WAIT, get_with(&url, &[]))
+                .await
+                .unwrap_or_else(|_| panic!("{protocol:?}: call {n} waited on the exporter"));
+            assert_eq!(status, 200);
+        }
+        // Their spans: 4 fill the queue behind the hung export, 16 are dropped.
+        let admin = sidecar.addrs().admin.unwrap();
+        assert!(
+            support::eventually(WAIT, || async {
+                support::metric(admin, "remora_spans_dropped_total").await == 16.0
+            })
+            .await,
+            "{protocol:?}: {} spans dropped",
+            support::metric(admin, "remora_spans_dropped_total").await
+        );
+        assert_eq!(
+            support::metric(admin, "remora_spans_exported_total").await,
+            0.0
+        );
+    }
 }
 
 #[tokio::test]
