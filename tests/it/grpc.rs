@@ -283,3 +283,53 @@ async fn an_unknown_grpc_destination_is_unimplemented() {
         "unknown-destination"
     );
 }
+
+#[tokio::test]
+async fn a_grpc_call_remora_refuses_as_malformed_gets_internal() {
+    // remora does not parse gRPC messages; what it refuses itself is framing: a body
+    // whose chunk framing is broken, and CONNECT (it never tunnels). A gRPC caller gets
+    // the refusal as a gRPC status, and nothing reaches the upstream.
+    let (upstream, accepted) = counting_grpc_upstream().await;
+    let proxy = support::outbound_to(&[upstream], "http2").await;
+    let svc = proxy.addrs().service("svc").unwrap();
+
+    let response = support::raw(
+        svc,
+        b"POST /remora.echo.v1.Echo/Unary HTTP/1.1\r\nHost: svc\r\n\
+          content-type: application/grpc\r\nte: trailers\r\n\
+          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(support::status_of(&response), 200, "{response}");
+    let head = response.to_ascii_lowercase();
+    for header in [
+        "content-type: application/grpc",
+        "grpc-status: 13",
+        "x-remora-error: bad-request",
+    ] {
+        assert!(head.contains(header), "no {header:?} in {response}");
+    }
+
+    let stream = tokio::net::TcpStream::connect(svc).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let connect = http::Request::connect("svc:80")
+        .header("content-type", "application/grpc")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(connect).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["grpc-status"], "13", "INTERNAL");
+    assert_eq!(response.headers()["x-remora-error"], "bad-request");
+
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "the upstream saw nothing"
+    );
+}
