@@ -1,7 +1,5 @@
 //! Balancing through real sockets: `Forward` over an `EndpointSet` of live upstreams.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +14,7 @@ use remora::discovery::Instance;
 use remora::upstream::{Forward, UpstreamClients};
 use tower::ServiceExt;
 
-use support::*;
+use crate::support::*;
 
 /// An upstream answering 200 after `delay`.
 async fn answering_after(delay: Duration) -> std::net::SocketAddr {

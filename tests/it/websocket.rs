@@ -1,10 +1,10 @@
 //! Upgrades through the proxy: a WebSocket echo session end to end.
 
-mod support;
-
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::support;
 
 /// A WebSocket server that echoes every message with a prefix.
 async fn websocket_echo() -> std::net::SocketAddr {

@@ -8,13 +8,6 @@
 //! `register:` wiring; the config's `register:` section carries the same id and address,
 //! so when the sidecar registers itself too, both write the same key.
 
-mod etcd_harness;
-mod otlp_receiver;
-mod support;
-
-#[path = "../examples/services/mod.rs"]
-mod services;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +17,11 @@ use std::time::Duration;
 use remora::discovery::{EtcdConfig, EtcdRegistry, Instance, Registration, Registry};
 use remora::Sidecar;
 use tokio::net::TcpListener;
+
+use crate::support::{self, etcd_harness, otlp_receiver};
+
+#[path = "../../examples/services/mod.rs"]
+mod services;
 
 use services::knobs::Knobs;
 use services::INVENTORY_INSTANCE;

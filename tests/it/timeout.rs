@@ -1,7 +1,5 @@
-//! Timeouts through the real proxy: the overall bound, gRPC deadlines honoured and
-//! passed on with the elapsed time subtracted.
-
-mod support;
+//! Timeouts through the real proxy: the overall bound, a route's own bound over the
+//! service's, gRPC deadlines honoured and passed on with the elapsed time subtracted.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,7 +7,7 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use support::*;
+use crate::support::*;
 
 async fn slow(delay: Duration) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -123,4 +121,49 @@ fn parse_grpc_timeout(value: &str) -> Duration {
         "n" => Duration::from_nanos(n),
         _ => panic!("bad unit in {value}"),
     }
+}
+
+#[tokio::test]
+async fn a_route_with_its_own_timeout_overrides_the_service_default() {
+    // Every request is held until `release`, and announced (its path) on arrival.
+    let (release, held) = tokio::sync::watch::channel(false);
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let upstream = serve(move |request: Request<Incoming>| {
+        let mut held = held.clone();
+        let arrived_tx = arrived_tx.clone();
+        async move {
+            arrived_tx.send(request.uri().path().to_string()).unwrap();
+            let _ = held.wait_for(|go| *go).await;
+            Response::new(full("released"))
+        }
+    })
+    .await;
+    let service = "    timeout: 10s
+    routes:
+      - match: { path_prefix: /quick }
+        timeout: 100ms";
+    let proxy = with_policies("  {}", service, &[upstream]).await;
+    let url = |path: &str| format!("http://{}{path}", proxy.addrs().service("svc").unwrap());
+
+    // A call under the service's 10s timeout is in flight first...
+    let patient = tokio::spawn({
+        let url = url("/other");
+        async move { get(&url).await }
+    });
+    let first = tokio::time::timeout(Duration::from_secs(10), arrived.recv())
+        .await
+        .expect("the first call reached the upstream")
+        .unwrap();
+    assert_eq!(first, "/other");
+    // ...then the route's 100ms timeout ends a later call while both are held.
+    let (status, headers, _) = get(&url("/quick/x")).await;
+    assert_eq!(status, 504);
+    assert_eq!(headers["x-remora-error"], "timeout");
+    // Released only now: under the route's timeout the first call would have ended too.
+    release.send(true).unwrap();
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(10), patient)
+        .await
+        .expect("the first call completes once released")
+        .unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "released"));
 }

@@ -2,14 +2,12 @@
 //! connection floods. Each malformed request is refused with 400 (431 for oversized heads)
 //! and the app behind the proxy sees nothing.
 
-mod support;
-
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use support::*;
+use crate::support::*;
 
 /// A sidecar in front of a recording upstream, with tight limits for these tests.
 async fn guarded() -> (remora::Sidecar, std::net::SocketAddr, Log) {
@@ -234,10 +232,13 @@ async fn connections_over_the_cap_are_closed_at_once() {
     );
 
     let admin = proxy.addrs().admin.unwrap();
-    let (_, _, metrics) = get(&format!("http://{admin}/metrics")).await;
-    assert!(
-        metrics.contains("remora_connections_rejected_total{listener=\"inbound\"} 1"),
-        "{metrics}"
+    assert_eq!(
+        metric(
+            admin,
+            "remora_connections_rejected_total{listener=\"inbound\"}"
+        )
+        .await,
+        1.0
     );
 
     drop(held);

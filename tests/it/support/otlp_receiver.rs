@@ -1,7 +1,6 @@
 //! An OTLP trace collector for tests: OTLP/gRPC (the collector's `TraceService`, served
 //! by tonic) and OTLP/HTTP protobuf (`POST /v1/traces`), both decoding the real protobuf
 //! into [`ReceivedSpan`]s.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -204,4 +203,32 @@ pub async fn http() -> (SocketAddr, Received) {
     })
     .await;
     (addr, received)
+}
+
+/// A collector that accepts connections and reads whatever arrives but never answers,
+/// as a hung collector does; the first bytes of each connection are announced on the
+/// returned receiver. Connections stay open as long as the test runs.
+pub async fn unresponsive() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (announce, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let announce = announce.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut announced = false;
+                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    if !announced {
+                        announced = true;
+                        let _ = announce.send(());
+                    }
+                }
+            });
+        }
+    });
+    (addr, arrivals)
 }

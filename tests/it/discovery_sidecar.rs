@@ -2,12 +2,10 @@
 //! traffic that follows instances as they register, deregister, expire, and as etcd
 //! goes away and comes back.
 
-mod etcd_harness;
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::etcd_harness;
+use crate::support::*;
 
 /// A sidecar in front of a recording app named `name`, registering itself in etcd with
 /// a 2s TTL.

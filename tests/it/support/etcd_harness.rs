@@ -1,7 +1,6 @@
 //! A real etcd for the discovery tests: one single-member cluster on free loopback ports
 //! in a temporary data directory, killed on drop and restartable in place; and a
 //! [`Gate`], a TCP relay that a test can cut to disconnect a client from etcd.
-#![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Child, Command, Stdio};

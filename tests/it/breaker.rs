@@ -2,13 +2,11 @@
 //! touching the upstream, probes half-open and closes; endpoint breakers take a failing
 //! endpoint out of balancing instead of failing calls.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const POLICIES: &str = "  breakers:
     tight:

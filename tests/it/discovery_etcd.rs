@@ -2,8 +2,6 @@
 //! when a sidecar dies, deregistration is immediate, and watches and registrations
 //! survive an etcd restart and a compaction while disconnected.
 
-mod etcd_harness;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -11,7 +9,7 @@ use etcd_client::GetOptions;
 use futures_util::StreamExt;
 use remora::discovery::{DiscoveryError, EtcdConfig, EtcdRegistry, Instance, Registry, Snapshots};
 
-use etcd_harness::{Etcd, Gate};
+use crate::support::etcd_harness::{Etcd, Gate};
 
 fn registry(endpoint: String) -> EtcdRegistry {
     let mut config = EtcdConfig::new(vec![endpoint]);

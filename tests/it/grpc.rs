@@ -1,10 +1,10 @@
 //! gRPC through the proxy: the four call kinds, status and trailers passed through,
 //! 4 MiB messages, long-lived streams, and gRPC-shaped errors from remora itself.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -14,6 +14,8 @@ use tonic::{Request, Response, Status, Streaming};
 use remora::echo::echo_client::EchoClient;
 use remora::echo::echo_server::{Echo, EchoServer};
 use remora::echo::{EchoReply, EchoRequest};
+
+use crate::support;
 
 const BIG: usize = 8 * 1024 * 1024;
 
@@ -79,17 +81,29 @@ impl Echo for EchoService {
 }
 
 async fn grpc_upstream() -> SocketAddr {
+    counting_grpc_upstream().await.0
+}
+
+/// The echo upstream, and how many TCP connections it has accepted.
+async fn counting_grpc_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let incoming = TcpListenerStream::new(listener).inspect(move |connection| {
+        if connection.is_ok() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
     let service = EchoServer::new(EchoService)
         .max_decoding_message_size(BIG)
         .max_encoding_message_size(BIG);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(incoming),
     );
-    addr
+    (addr, accepted)
 }
 
 async fn client(addr: SocketAddr) -> EchoClient<tonic::transport::Channel> {
@@ -185,9 +199,18 @@ async fn four_mebibyte_messages_both_ways() {
 
 #[tokio::test]
 async fn a_thousand_concurrent_small_calls_share_one_upstream_connection() {
-    // Hundreds of streams each holding a small unread message must not trip h2's
-    // small-DATA-frame budget on the upstream connection.
-    let (_proxy, client) = through_proxy().await;
+    // One HTTP/2 connection per endpoint (the default allows 4, opening another when one
+    // carries 100 streams): all 1000 calls are multiplexed on it. Hundreds of streams
+    // each holding a small unread message must not trip h2's small-DATA-frame budget on
+    // that connection.
+    let (upstream, accepted) = counting_grpc_upstream().await;
+    let proxy = support::sidecar(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         upstream: {{ http2_connections_per_endpoint: 1 }}\n\
+         services:\n  svc:\n    listen: 127.0.0.1:0\n    protocol: http2\n    endpoints: [{upstream}]\n"
+    ))
+    .await;
+    let client = client(proxy.addrs().service("svc").unwrap()).await;
     let calls = (0..1000).map(|i| {
         let mut client = client.clone();
         async move { client.unary(request(&i.to_string())).await }
@@ -199,6 +222,11 @@ async fn a_thousand_concurrent_small_calls_share_one_upstream_connection() {
         "{} failed, first: {:?}",
         failed.len(),
         failed.first()
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "upstream connections for 1000 calls"
     );
 }
 
@@ -253,5 +281,55 @@ async fn an_unknown_grpc_destination_is_unimplemented() {
     assert_eq!(
         status.metadata().get("x-remora-error").unwrap(),
         "unknown-destination"
+    );
+}
+
+#[tokio::test]
+async fn a_grpc_call_remora_refuses_as_malformed_gets_internal() {
+    // remora does not parse gRPC messages; what it refuses itself is framing: a body
+    // whose chunk framing is broken, and CONNECT (it never tunnels). A gRPC caller gets
+    // the refusal as a gRPC status, and nothing reaches the upstream.
+    let (upstream, accepted) = counting_grpc_upstream().await;
+    let proxy = support::outbound_to(&[upstream], "http2").await;
+    let svc = proxy.addrs().service("svc").unwrap();
+
+    let response = support::raw(
+        svc,
+        b"POST /remora.echo.v1.Echo/Unary HTTP/1.1\r\nHost: svc\r\n\
+          content-type: application/grpc\r\nte: trailers\r\n\
+          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(support::status_of(&response), 200, "{response}");
+    let head = response.to_ascii_lowercase();
+    for header in [
+        "content-type: application/grpc",
+        "grpc-status: 13",
+        "x-remora-error: bad-request",
+    ] {
+        assert!(head.contains(header), "no {header:?} in {response}");
+    }
+
+    let stream = tokio::net::TcpStream::connect(svc).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let connect = http::Request::connect("svc:80")
+        .header("content-type", "application/grpc")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(connect).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["grpc-status"], "13", "INTERNAL");
+    assert_eq!(response.headers()["x-remora-error"], "bad-request");
+
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "the upstream saw nothing"
     );
 }

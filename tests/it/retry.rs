@@ -1,10 +1,14 @@
-//! Retries through the real proxy: what is retried, where, how often, and what is not.
+//! Retries through the real proxy: what is retried, where, how often (per service and
+//! per route), and what is not.
 
-mod support;
-
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::*;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::support::*;
 
 const POLICIES: &str = "  retries:
     standard:
@@ -217,4 +221,56 @@ async fn post_is_retried_when_its_connection_failed() {
         seen[4..].iter().all(|s| s.body.len() == large.len()),
         "whole bodies"
     );
+}
+
+#[tokio::test]
+async fn a_route_with_its_own_retry_policy_overrides_the_service_default() {
+    // Each path fails its first two requests with 503, then answers 200.
+    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let counts = seen.clone();
+    let upstream = serve(move |request: Request<Incoming>| {
+        let n = {
+            let mut counts = counts.lock().unwrap();
+            let count = counts.entry(request.uri().path().to_string()).or_default();
+            *count += 1;
+            *count
+        };
+        async move {
+            let status = if n <= 2 { 503 } else { 200 };
+            Response::builder()
+                .status(status)
+                .body(full(format!("try {n}")))
+                .unwrap()
+        }
+    })
+    .await;
+    let policies = "  retries:
+    two:
+      attempts: 2
+      retry_on: [503]
+      backoff: { base: 1ms, max: 1ms, jitter: 0% }
+    three:
+      attempts: 3
+      retry_on: [503]
+      backoff: { base: 1ms, max: 1ms, jitter: 0% }";
+    let service = "    retry: two
+    routes:
+      - match: { path_prefix: /more }
+        retry: three
+      - match: { path_prefix: /none }
+        retry: none";
+    let proxy = with_policies(policies, service, &[upstream]).await;
+    let tries = |path: &str| seen.lock().unwrap().get(path).copied().unwrap_or(0);
+
+    let (status, _, body) = get(&url(&proxy, "/default/x")).await;
+    assert_eq!((status.as_u16(), body.as_str()), (503, "try 2"));
+    assert_eq!(tries("/default/x"), 2, "the service's two attempts");
+
+    let (status, _, body) = get(&url(&proxy, "/more/x")).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "try 3"));
+    assert_eq!(tries("/more/x"), 3, "the route's three attempts");
+
+    let (status, _, body) = get(&url(&proxy, "/none/x")).await;
+    assert_eq!((status.as_u16(), body.as_str()), (503, "try 1"));
+    assert_eq!(tries("/none/x"), 1, "the route switches retries off");
 }

@@ -1,13 +1,11 @@
 //! HTTP/2 cleartext (prior knowledge) through the proxy, and protocol translation:
 //! the caller's protocol by default, or the one a service is configured with.
 
-mod support;
-
 use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Full};
 
-use support::*;
+use crate::support::*;
 
 async fn send(
     client: &hyper_util::client::legacy::Client<

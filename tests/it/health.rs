@@ -4,8 +4,6 @@
 //! Probes run every 50 ms; every wait polls for the flag with a generous deadline, so a
 //! slow machine makes a test slower, never wrong.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,10 +21,11 @@ use remora::health::{
     HealthCheckConfig, HealthChecker, HealthMetrics, OutlierConfig, OutlierDetector, Probe,
 };
 use remora::upstream::{EndpointObserver, Forward, UpstreamClients};
-use support::{eventually, full, TestBody};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 use tower::ServiceExt;
+
+use crate::support::{self, eventually, full, metrics_text, TestBody};
 
 const INTERVAL: Duration = Duration::from_millis(50);
 /// Generous: a probe of a live local server never takes this long, even on a busy machine.
@@ -71,12 +70,9 @@ fn encode(registry: &Registry) -> String {
     out
 }
 
-/// The value of one series in `registry`, 0 when absent.
-fn series(registry: &Registry, name: &str) -> f64 {
-    encode(registry)
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
+/// The value of `series` in `registry`; fails when no sample has it.
+fn series(registry: &Registry, series: &str) -> f64 {
+    metrics_text::value(&encode(registry), series)
 }
 
 /// An HTTP upstream whose `/healthz` answers 500 while `failing`, 200 otherwise; any
@@ -189,11 +185,20 @@ async fn a_failing_http_endpoint_leaves_rotation_and_comes_back() {
         "back before healthy_threshold passed probes"
     );
 
-    let text = encode(&registry);
-    assert!(
-        text.contains(r#"remora_health_transitions_total{service="users",state="unhealthy"} 1"#)
+    assert_eq!(
+        series(
+            &registry,
+            r#"remora_health_transitions_total{service="users",state="unhealthy"}"#
+        ),
+        1.0
     );
-    assert!(text.contains(r#"remora_health_transitions_total{service="users",state="healthy"} 1"#));
+    assert_eq!(
+        series(
+            &registry,
+            r#"remora_health_transitions_total{service="users",state="healthy"}"#
+        ),
+        1.0
+    );
     assert!(
         series(
             &registry,
@@ -226,10 +231,11 @@ async fn a_closed_port_fails_the_tcp_probe_and_a_vanished_endpoint_is_forgotten(
         "the closed port was never marked unhealthy"
     );
     assert!(!unhealthy(&set, live_addr));
+    let gauges = "remora_health_endpoints";
     let gauge = |state: &str| {
         series(
             &registry,
-            &format!(r#"remora_health_endpoints{{service="users",state="{state}"}}"#),
+            &format!(r#"{gauges}{{service="users",state="{state}"}}"#),
         )
     };
     assert_eq!((gauge("healthy"), gauge("unhealthy")), (1.0, 1.0));
@@ -247,7 +253,8 @@ async fn a_closed_port_fails_the_tcp_probe_and_a_vanished_endpoint_is_forgotten(
     assert!(eventually(DEADLINE, || async { unhealthy(&set, closed_addr) }).await);
     checker.stop().await;
     assert!(!unhealthy(&set, closed_addr));
-    assert!(!encode(&registry).contains("remora_health_endpoints{"));
+    let text = encode(&registry);
+    assert_eq!(metrics_text::samples_named(&text, gauges), [], "{text}");
     drop(live);
 }
 
@@ -273,9 +280,11 @@ async fn the_grpc_probe_follows_the_health_service() {
         })
     };
     let checker = HealthChecker::spawn("users".into(), grpc("users"), set.clone(), metrics);
+    // Absent until the first probe is counted, which is zero successes (reaching 3 proves
+    // the spelling).
     let successes = || {
-        series(
-            &registry,
+        metrics_text::value_or_zero(
+            &encode(&registry),
             r#"remora_health_probes_total{service="users",result="success"}"#,
         )
     };

@@ -1,8 +1,14 @@
 //! Shared pieces of the scenario tests: programmable upstreams, a sidecar started from
-//! YAML on ephemeral ports, and raw-socket clients for what well-behaved clients never send.
-#![allow(dead_code)]
+//! YAML on ephemeral ports, and raw-socket clients for what well-behaved clients never send;
+//! [`echo`] (a scripted gRPC upstream), [`etcd_harness`] (a real etcd) and
+//! [`otlp_receiver`] (an OTLP collector) are the heavier pieces, each in its own module.
 
 pub mod echo;
+pub mod etcd_harness;
+pub mod metrics_text;
+pub mod otlp_receiver;
+
+pub use metrics_text::{metric, metric_or_zero};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -43,7 +49,6 @@ pub fn channel_body() -> (
 /// What an upstream saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
-    pub method: String,
     pub path: String,
     pub version: http::Version,
     pub headers: http::HeaderMap,
@@ -110,7 +115,6 @@ pub async fn recording(name: &'static str) -> (SocketAddr, Log) {
                 .unwrap_or_default();
             let path = parts.uri.path().to_string();
             seen.push(Seen {
-                method: parts.method.to_string(),
                 path: path.clone(),
                 version: parts.version,
                 headers: parts.headers,
@@ -325,7 +329,6 @@ where
                 .unwrap_or_default();
             let n = seen.len();
             seen.push(Seen {
-                method: parts.method.to_string(),
                 path: parts.uri.path().to_string(),
                 version: parts.version,
                 headers: parts.headers,
@@ -360,17 +363,6 @@ pub async fn send(
         parts.headers,
         String::from_utf8_lossy(&body).into_owned(),
     )
-}
-
-/// The value of one sample line of the sidecar's `/metrics`, 0 when absent.
-pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
-    let (_, _, text) = get(&format!("http://{admin}/metrics")).await;
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
 /// An address where nothing listens: connections are refused at once. (A port bound and

@@ -1,14 +1,12 @@
 //! Rate limits and the concurrency cap through the real proxy.
 
-mod support;
-
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::net::TcpSocket;
 
-use support::*;
+use crate::support::*;
 
 fn url(proxy: &remora::Sidecar) -> String {
     format!("http://{}/", proxy.addrs().service("svc").unwrap())

@@ -1,14 +1,12 @@
 //! Fallbacks through the real proxy: each trigger degrades to the configured answer with
 //! `x-remora-fallback`, an alternate service takes the call, a stale answer is served.
 
-mod support;
-
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use support::*;
+use crate::support::*;
 
 fn url(proxy: &remora::Sidecar) -> String {
     format!("http://{}/price/7", proxy.addrs().service("svc").unwrap())

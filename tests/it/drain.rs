@@ -1,15 +1,13 @@
 //! Graceful shutdown of the real binary: SIGTERM turns `/ready` false, stops accepting,
 //! lets in-flight requests finish, and exits 0.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use support::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn sigterm_drains_an_in_flight_request_then_exits_zero() {

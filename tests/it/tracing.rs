@@ -1,12 +1,9 @@
 //! Tracing through real sockets: one trace across two sidecars exported over OTLP to a
 //! collector that decodes the protobuf, B3 and Jaeger callers continued in W3C, sampling
-//! off still propagating, a dead collector costing nothing but dropped spans, and the
-//! request id.
+//! off still propagating, a dead or hung collector costing nothing but dropped spans,
+//! and the request id.
 //!
 //! Per-request cost is measured by `bench/overhead.sh`, not here.
-
-mod otlp_receiver;
-mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,7 +11,8 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use remora::trace::{AttemptSpans, OtlpProtocol, Propagation, TracingConfig};
 
-use otlp_receiver::ReceivedSpan;
+use crate::support;
+use crate::support::otlp_receiver::{self, ReceivedSpan};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -389,9 +387,66 @@ async fn a_dead_collector_leaves_requests_alone_and_counts_dropped_spans() {
     );
 
     let admin = sidecar.addrs().admin.unwrap();
-    let (_, _, text) = support::get(&format!("http://{admin}/metrics")).await;
-    assert!(text.contains("remora_spans_dropped_total 20"), "{text}");
-    assert!(text.contains("remora_spans_exported_total 0"), "{text}");
+    assert_eq!(
+        support::metric(admin, "remora_spans_dropped_total").await,
+        20.0
+    );
+    assert_eq!(
+        support::metric(admin, "remora_spans_exported_total").await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_collector_that_never_answers_delays_no_request() {
+    for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
+        let (collector, mut arrivals) = otlp_receiver::unresponsive().await;
+        let (upstream, _) = support::recording("up").await;
+        let sidecar = outbound(
+            upstream,
+            TracingConfig {
+                protocol,
+                queue_size: 4,
+                batch_size: 1,
+                batch_delay: Duration::from_millis(10),
+                // An export waits up to a minute for the collector's answer.
+                export_timeout: Duration::from_secs(60),
+                ..exporting("a", collector)
+            },
+        )
+        .await;
+        let (status, _) = get_with(&service_url(&sidecar, "/"), &[]).await;
+        assert_eq!(status, 200);
+        // The first call's span is being exported, and the collector will not answer.
+        tokio::time::timeout(WAIT, arrivals.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{protocol:?}: the export never reached the collector"))
+            .unwrap();
+
+        // While that export hangs, calls still complete: none waits on it (the bound is
+        // generous; waiting on the export would take up to its minute).
+        let url = service_url(&sidecar, "/");
+        for n in 0..20 {
+            let (status, _) = tokio::time::timeout(WAIT, get_with(&url, &[]))
+                .await
+                .unwrap_or_else(|_| panic!("{protocol:?}: call {n} waited on the exporter"));
+            assert_eq!(status, 200);
+        }
+        // Their spans: 4 fill the queue behind the hung export, 16 are dropped.
+        let admin = sidecar.addrs().admin.unwrap();
+        assert!(
+            support::eventually(WAIT, || async {
+                support::metric(admin, "remora_spans_dropped_total").await == 16.0
+            })
+            .await,
+            "{protocol:?}: {} spans dropped",
+            support::metric(admin, "remora_spans_dropped_total").await
+        );
+        assert_eq!(
+            support::metric(admin, "remora_spans_exported_total").await,
+            0.0
+        );
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,41 @@
+//! remora's scenario tests, one module per capability, linked as one test binary: each
+//! drives the real proxy (a `remora::Sidecar` or the `remora` binary) through real
+//! sockets against programmable upstreams and asserts what a user would observe.
+//! [`support`] holds the upstreams, clients and harnesses (etcd, an OTLP collector)
+//! they share.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+mod support;
+
+mod admin;
+mod balance;
+mod breaker;
+mod cli;
+mod config;
+mod config_discovery;
+mod config_policies;
+mod demo;
+mod deploy;
+mod discovery_consul;
+mod discovery_dns;
+mod discovery_etcd;
+mod discovery_file;
+mod discovery_sidecar;
+mod drain;
+mod fallback;
+mod floors;
+mod grpc;
+mod h2c;
+mod health;
+mod hostile;
+mod http1;
+mod local_topology;
+mod metrics;
+mod rate_limit;
+mod reload;
+mod retry;
+mod timeout;
+mod tracing;
+mod validate_is_building;
+mod websocket;
