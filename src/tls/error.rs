@@ -19,6 +19,15 @@ pub struct CredentialsError {
     pub problem: Problem,
 }
 
+impl CredentialsError {
+    pub(super) fn new(file: impl Into<PathBuf>, problem: Problem) -> Self {
+        Self {
+            file: file.into(),
+            problem,
+        }
+    }
+}
+
 /// What is wrong with a file of certificate material.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
