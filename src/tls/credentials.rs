@@ -55,6 +55,8 @@ pub enum RequiredIdentity {
 pub struct Material {
     certified: Arc<CertifiedKey>,
     roots: Arc<RootCertStore>,
+    /// Verifies clients against `roots`; rebuilt with them.
+    client_verifier: Arc<dyn ClientCertVerifier>,
     info: CertificateInfo,
     identity: Option<Identity>,
     /// A hash of the files' bytes this was built from, to tell a change from a touch.
@@ -81,6 +83,10 @@ impl Material {
     /// The CA certificates peers must chain to.
     pub fn roots(&self) -> &Arc<RootCertStore> {
         &self.roots
+    }
+
+    pub(super) fn client_verifier(&self) -> &Arc<dyn ClientCertVerifier> {
+        &self.client_verifier
     }
 
     pub(super) fn fingerprint(&self) -> u64 {
@@ -268,6 +274,7 @@ fn build(
     Ok(Material {
         certified: Arc::new(certified),
         roots,
+        client_verifier,
         info,
         identity,
         fingerprint: contents.fingerprint(),

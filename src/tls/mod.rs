@@ -1,27 +1,33 @@
 //! Floor 3, the mesh's trust: mutual TLS between sidecars, with SPIFFE identities.
 //!
-//! A service's identity on the mesh is a SPIFFE ID, `spiffe://<trust-domain>/<service>`
-//! ([`Identity`]), carried as the one URI SAN of its certificate ([`CertificateInfo`]
-//! reads it back, with the serial number and validity). A sidecar holds one certificate,
-//! its key and a trust bundle, read from PEM files ([`Credentials`]) and re-read when
-//! they change ([`watch`]); they resolve the certificate of every new handshake, as a
-//! server and as a client. [`issue`] makes a CA and service certificates
-//! (`remora cert`).
+//! A sidecar holds one certificate, its key and a trust bundle, read from PEM files
+//! ([`Credentials`]) and re-read when they change ([`watch`]). Its inbound listeners
+//! present the certificate and require clients to present one that chains to the
+//! bundle ([`server_config`]); its upstream connections present the same certificate
+//! and accept only a server that chains to the bundle and carries the SPIFFE identity
+//! of the service they meant to reach ([`client_config`], [`SpiffeServerVerifier`]).
+//! The identity of a finished handshake's peer is [`peer_identity`]. [`detect`] tells
+//! a ClientHello from plaintext, for a listener in [`InboundTls::Permissive`] mode.
+//! [`issue`] makes a CA and service certificates (`remora cert`).
 //!
 //! A reload swaps the material for new handshakes only: an established connection keeps
-//! the keys it agreed on, since rustls asks the resolver for nothing after the
-//! handshake.
+//! the keys it agreed on, since rustls asks the resolver and the verifiers for nothing
+//! after the handshake.
 //!
-//! The crypto provider is rustls's `aws-lc-rs` provider, passed explicitly wherever one
-//! is needed ([`provider`]); the process-wide default is never installed or read, so no
+//! The crypto provider is rustls's `aws-lc-rs` provider, passed explicitly to every
+//! config ([`provider`]); the process-wide default is never installed or read, so no
 //! other crate's choice changes ours.
 
 mod certificate;
+mod config;
 mod credentials;
+mod detect;
 mod error;
 mod identity;
 pub mod issue;
 mod key_permissions;
+mod peer;
+mod verify;
 mod watch;
 
 #[cfg(test)]
@@ -30,10 +36,14 @@ mod test_support;
 use std::sync::Arc;
 
 pub use certificate::CertificateInfo;
+pub use config::{client_config, server_config, ALPN_PROTOCOLS};
 pub use credentials::{CredentialFiles, Credentials, Material, RequiredIdentity};
+pub use detect::{detect, Detected, InboundTls, DETECT_LEN};
 pub use error::{CredentialsError, Problem};
 pub use identity::{Identity, IdentityError, TrustDomain, SPIFFE_SCHEME};
 pub use key_permissions::key_file_exposure;
+pub use peer::peer_identity;
+pub use verify::{PeerIdentityError, SpiffeServerVerifier, TrustBundleClientVerifier};
 pub use watch::{watch, CredentialsWatcher};
 
 /// The crypto provider of every TLS config remora builds: rustls's `aws-lc-rs` provider.
