@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod health;
 pub mod policy;
 pub mod serve;
+pub mod tls;
 pub mod trace;
 pub mod upstream;
 

@@ -1,4 +1,5 @@
-//! The `remora` command: run a sidecar, validate a config, or watch the demo.
+//! The `remora` command: run a sidecar, validate a config, watch the demo, or issue mesh
+//! certificates.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -38,6 +39,48 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
     },
+    /// Make a CA and issue service certificates for mutual TLS between sidecars (SPIFFE
+    /// identities `spiffe://<trust-domain>/<service>`, ECDSA P-256 keys).
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Create a CA: writes `ca.pem` (the certificate every trust bundle holds) and
+    /// `ca-key.pem` (mode 0600) into DIR; refuses to replace an existing CA.
+    Ca {
+        /// The trust domain the CA issues identities in, e.g. `example.org`.
+        #[arg(long, value_name = "DOMAIN")]
+        trust_domain: String,
+        /// The directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// How long the CA certificate is valid.
+        #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+        validity: Duration,
+    },
+    /// Issue a service certificate signed by a CA: writes `<service>.pem` (the chain) and
+    /// `<service>-key.pem` (mode 0600) into DIR, replacing them atomically.
+    Issue {
+        /// The CA directory, holding `ca.pem` and `ca-key.pem`.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The service the certificate identifies, e.g. `orders`.
+        #[arg(long)]
+        service: String,
+        /// The trust domain; by default the one the CA names.
+        #[arg(long, value_name = "DOMAIN")]
+        trust_domain: Option<String>,
+        /// How long the certificate is valid.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        validity: Duration,
+        /// The directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,7 +98,57 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => runtime().block_on(run(config)),
         Command::Demo { duration } => runtime().block_on(remora::demo::run(duration)),
+        Command::Cert { command } => match cert(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("remora cert: {error}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// `remora cert ca` and `remora cert issue`: what they wrote goes to stdout.
+fn cert(command: CertCommand) -> Result<(), Box<dyn std::error::Error>> {
+    use remora::tls::issue::{CertificateAuthority, Validity};
+    use remora::tls::{Identity, TrustDomain};
+
+    match command {
+        CertCommand::Ca {
+            trust_domain,
+            out,
+            validity,
+        } => {
+            let domain = TrustDomain::parse(&trust_domain)?;
+            let ca = CertificateAuthority::generate(&domain, Validity::from_now(validity))?;
+            let (cert, key) = ca.write(&out)?;
+            println!("CA for trust domain {domain}");
+            println!("wrote {} and {}", cert.display(), key.display());
+        }
+        CertCommand::Issue {
+            ca,
+            service,
+            trust_domain,
+            validity,
+            out,
+        } => {
+            let authority = CertificateAuthority::load(&ca)?;
+            let domain = match (trust_domain, authority.trust_domain()) {
+                (Some(name), _) => TrustDomain::parse(&name)?,
+                (None, Some(domain)) => domain.clone(),
+                (None, None) => return Err(remora::tls::issue::IssueError::NoTrustDomain.into()),
+            };
+            let identity = Identity::try_new(domain, &service)?;
+            let issued = authority.issue(&identity, Validity::from_now(validity))?;
+            let (cert, key) = issued.write(&out)?;
+            println!(
+                "{identity}, valid for {}",
+                humantime::format_duration(validity)
+            );
+            println!("wrote {} and {}", cert.display(), key.display());
+        }
+    }
+    Ok(())
 }
 
 /// The async runtime: a current-thread runtime when the process may use only one CPU

@@ -11,7 +11,7 @@ fn floor(module: &str) -> Option<(u8, u8)> {
     Some(match module {
         "core" => (1, 0),
         "config" => (2, 0),
-        "access" | "discovery" => (3, 0),
+        "access" | "discovery" | "tls" => (3, 0),
         "trace" | "balance" => (3, 1),
         "upstream" => (3, 2),
         "health" | "policy" => (3, 3),
