@@ -8,6 +8,8 @@ need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 # The discovery tests start a real etcd.
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+# The TLS tests check what `remora cert` writes with an ordinary tool.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     sudo=""

@@ -36,6 +36,7 @@ mod rate_limit;
 mod reload;
 mod retry;
 mod timeout;
+mod tls;
 mod tracing;
 mod validate_is_building;
 mod websocket;
