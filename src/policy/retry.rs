@@ -7,8 +7,9 @@
 //!   method is still retried when its connection failed (the request never left), and
 //!   then `Forward` gives the unsent request back in its error ([`Unsent`]): it is never
 //!   copied, and its body streams whatever its size,
-//! - its body can be replayed: it is empty or fits `max_replay_bytes` (read ahead and
-//!   kept as `Bytes`; a larger body is sent once, untouched after the bytes read ahead),
+//! - its body can be replayed: it is empty, or the attempt before read all of it within
+//!   `max_replay_bytes` or let go of it having read no more (a [`Replay`] records what
+//!   an attempt sends; a body known to be larger is not recorded and is sent once),
 //! - the result is a failure the config's [`Conditions`] name,
 //! - attempts remain, the server did not refuse (`grpc-retry-pushback-ms` negative or
 //!   malformed), the call's [`Deadline`] leaves time for the wait, and the shared
@@ -26,12 +27,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::FutureExt as _;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
-use http_body::{Body as _, Frame};
-use http_body_util::BodyExt as _;
+use http_body::Body as _;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -42,7 +40,7 @@ use tower::{Layer, Service, ServiceExt as _};
 use super::backoff::Backoff;
 use super::budget::RetryBudget;
 use super::timeout::{TimeoutKind, TimeoutMetrics};
-use crate::core::body::ProxyBody;
+use crate::core::body::{ProxyBody, Replay};
 use crate::core::call::{deadline_of, AvoidEndpoints, CallInfo, Deadline, EndpointUsed};
 use crate::core::error::{ProxyError, Unsent};
 use crate::core::labels::{register_per_service, ByService, PerService, ServiceLabel};
@@ -357,7 +355,7 @@ where
         } else {
             Resend::Copy {
                 template: Template::of(&request, extensions),
-                body: Bytes::new(),
+                body: None,
             }
         };
         shared.prepare_attempt(&mut request, 1);
@@ -480,7 +478,11 @@ where
 #[allow(clippy::large_enum_variant)]
 enum Resend {
     /// A copy of the request, made for every retry: any condition may be retried.
-    Copy { template: Template, body: Bytes },
+    /// `body` is `None` for a request without one.
+    Copy {
+        template: Template,
+        body: Option<Replay>,
+    },
     /// The request itself, which `Forward` gives back in its error when no connection
     /// could be made: only failed connections are retried.
     Unsent,
@@ -501,13 +503,24 @@ impl Resend {
         }
     }
 
-    /// The request of the next attempt, after `result` (which gives back an unsent one).
+    /// The request of the next attempt, after `result` (which gives back an unsent one);
+    /// `None` when its body cannot be sent again.
     fn request(
         &self,
         result: &mut Result<Response<ProxyBody>, ProxyError>,
     ) -> Option<Request<ProxyBody>> {
         match self {
-            Self::Copy { template, body } => Some(template.request(body.clone())),
+            Self::Copy { template, body } => {
+                // An unsent request given back still holds its copy of the body.
+                if let Err(ProxyError::Connect { unsent, .. }) = result {
+                    *unsent = None;
+                }
+                let body = match body {
+                    None => ProxyBody::empty(),
+                    Some(replay) => replay.try_body()?,
+                };
+                Some(template.request(body))
+            }
             Self::Unsent => match result {
                 Err(ProxyError::Connect { unsent, .. }) => {
                     unsent.take().map(|Unsent(request)| *request)
@@ -551,24 +564,22 @@ impl Shared {
         if self.config.max_attempts == 1 || !self.method_retryable(request.method()) {
             return self.attempt(&mut inner, request, 1).await;
         }
-        let grpc = crate::core::grpc::speaks_grpc(&request);
         let (parts, body) = request.into_parts();
-        let body = match read_replayable(body, self.config.max_replay_bytes, grpc).await? {
-            Replay::Whole(body) => body,
-            Replay::Once(body) => {
-                let result = self
-                    .attempt(&mut inner, Request::from_parts(parts, body), 1)
-                    .await;
-                if self.config.conditions.matches(&result) {
-                    self.counters.not_replayable.inc();
-                }
-                return result;
+        if body.size_hint().lower() > self.config.max_replay_bytes as u64 {
+            // Too large to keep: sent once.
+            let result = self
+                .attempt(&mut inner, Request::from_parts(parts, body), 1)
+                .await;
+            if self.config.conditions.matches(&result) {
+                self.counters.not_replayable.inc();
             }
-        };
-        let request = Request::from_parts(parts, ProxyBody::full(body.clone()));
+            return result;
+        }
+        let (body, replay) = Replay::wrap(body, self.config.max_replay_bytes);
+        let request = Request::from_parts(parts, body);
         let resend = Resend::Copy {
             template: Template::of(&request, KeptExtensions::of(request.extensions())),
-            body,
+            body: Some(replay),
         };
         self.first_and_retries(inner, request, resend).await
     }
@@ -620,6 +631,18 @@ impl Shared {
         if !resend.may_retry(result) {
             return None;
         }
+        if let Resend::Copy { .. } = resend {
+            if !self.retries(result, attempt) {
+                return None;
+            }
+            // The body first: a retry it cannot carry is not withdrawn from the budget.
+            let Some(next) = resend.request(result) else {
+                self.counters.not_replayable.inc();
+                return None;
+            };
+            let delay = self.retry_delay(result, attempt, deadline)?;
+            return Some((delay, next));
+        }
         let delay = self.retry_delay(result, attempt, deadline)?;
         Some((delay, resend.request(result)?))
     }
@@ -660,6 +683,11 @@ impl Shared {
             };
             failed = failed_endpoint(&result);
         }
+    }
+
+    /// Whether attempt `attempt`, ended with `result`, is one the config retries.
+    fn retries(&self, result: &Result<Response<ProxyBody>, ProxyError>, attempt: u32) -> bool {
+        attempt < self.config.max_attempts && self.config.conditions.matches(result)
     }
 
     /// Tags attempt `n` and counts it.
@@ -727,7 +755,7 @@ impl Shared {
         attempt: u32,
         deadline: Option<Instant>,
     ) -> Option<Duration> {
-        if attempt >= self.config.max_attempts || !self.config.conditions.matches(result) {
+        if !self.retries(result, attempt) {
             return None;
         }
         let backoff = &self.config.backoff;
@@ -907,8 +935,8 @@ impl Template {
         }
     }
 
-    fn request(&self, body: Bytes) -> Request<ProxyBody> {
-        let mut request = Request::new(ProxyBody::full(body));
+    fn request(&self, body: ProxyBody) -> Request<ProxyBody> {
+        let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.version_mut() = self.version;
@@ -960,107 +988,15 @@ fn server_delay(result: &Result<Response<ProxyBody>, ProxyError>) -> ServerDelay
         })
 }
 
-/// A request body as retry holds it.
-enum Replay {
-    /// The whole body: every attempt sends a copy.
-    Whole(Bytes),
-    /// Too large, or not known to end: sent once (bytes read ahead, then the rest).
-    Once(ProxyBody),
-}
-
-/// Reads `body` ahead, keeping it whole if it ends within `limit` bytes.
-///
-/// A body whose size hint already exceeds `limit` is not read. A gRPC body is not waited
-/// on past a message boundary: a streaming call's client may wait for responses before
-/// sending more, so when no further frame is ready right away the call is sent once.
-///
-/// NOTE: an unknown-length plain HTTP body is waited on until it ends or passes `limit`;
-/// a (rare) HTTP/1.1 client that streams its request while awaiting the response is not
-/// served until then.
-async fn read_replayable(
-    mut body: ProxyBody,
-    limit: usize,
-    grpc: bool,
-) -> Result<Replay, ProxyError> {
-    if body.is_end_stream() {
-        return Ok(Replay::Whole(Bytes::new()));
-    }
-    if body.size_hint().lower() > limit as u64 {
-        return Ok(Replay::Once(body));
-    }
-    let mut buffered = BytesMut::new();
-    // Where the next whole gRPC message starts in `buffered`.
-    let mut message_end = 0;
-    loop {
-        let at_message_boundary = grpc && message_end > 0 && message_end == buffered.len();
-        let next = if at_message_boundary && !body.is_end_stream() {
-            match body.frame().now_or_never() {
-                Some(next) => next,
-                None => return Ok(Replay::Once(prefixed(buffered, None, body))),
-            }
-        } else {
-            body.frame().await
-        };
-        let frame = match next {
-            None => return Ok(Replay::Whole(buffered.freeze())),
-            Some(Ok(frame)) => frame,
-            Some(Err(error)) => {
-                return Err(ProxyError::BadRequest(format!(
-                    "reading the request body: {error}"
-                )))
-            }
-        };
-        let data = match frame.into_data() {
-            Ok(data) => data,
-            // Trailers are not kept for replay: send once.
-            Err(trailers) => return Ok(Replay::Once(prefixed(buffered, Some(trailers), body))),
-        };
-        if buffered.len() + data.len() > limit {
-            return Ok(Replay::Once(prefixed(
-                buffered,
-                Some(Frame::data(data)),
-                body,
-            )));
-        }
-        buffered.extend_from_slice(&data);
-        if grpc {
-            message_end = next_message_boundary(&buffered, message_end);
-        }
-    }
-}
-
-/// The end of the last whole gRPC message (5-byte prefix: flag, u32 length) in
-/// `buffered`, scanning from the boundary `from`.
-fn next_message_boundary(buffered: &[u8], mut from: usize) -> usize {
-    while let Some(prefix) = buffered.get(from..from + 5) {
-        let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-        let end = from + 5 + length;
-        if end > buffered.len() {
-            break;
-        }
-        from = end;
-    }
-    from
-}
-
-/// The bytes read ahead, then `next` (a frame read but not kept), then the rest.
-fn prefixed(buffered: BytesMut, next: Option<Frame<Bytes>>, rest: ProxyBody) -> ProxyBody {
-    let rest = match next {
-        Some(frame) => ProxyBody::prefixed(frame, rest),
-        None => rest,
-    };
-    if buffered.is_empty() {
-        return rest;
-    }
-    ProxyBody::prefixed(Frame::data(buffered.freeze()), rest)
-}
-
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
     use std::sync::Mutex;
 
+    use bytes::Bytes;
     use http::StatusCode;
+    use http_body::Frame;
+    use http_body_util::BodyExt as _;
     use hyper_util::rt::TokioIo;
     use tower::service_fn;
 
@@ -1694,14 +1630,5 @@ mod tests {
         for n in [1, 2, 9, 10, 11, 123, u32::MAX] {
             assert_eq!(attempt_value(n), HeaderValue::from(n));
         }
-    }
-
-    #[test]
-    fn grpc_message_boundaries() {
-        let two = [0, 0, 0, 0, 1, b'a', 0, 0, 0, 0, 2, b'b', b'c'];
-        assert_eq!(next_message_boundary(&two, 0), 13);
-        assert_eq!(next_message_boundary(&two[..12], 0), 6);
-        assert_eq!(next_message_boundary(&two[..3], 0), 0);
-        assert_eq!(next_message_boundary(&two, 6), 13);
     }
 }
