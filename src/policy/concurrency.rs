@@ -241,11 +241,10 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::policy::test_support::Upstream;
 
     struct Harness {
-        service: ConcurrencyLimit<
-            tower::util::BoxCloneSyncService<Request<ProxyBody>, Response<ProxyBody>, ProxyError>,
-        >,
+        service: ConcurrencyLimit<Upstream>,
         metrics: ConcurrencyMetrics,
     }
 
@@ -256,13 +255,10 @@ mod tests {
             let config = ConcurrencyConfig {
                 max_in_flight: NonZeroUsize::new(max).unwrap(),
             };
-            let inner = tower::service_fn(|_request: Request<ProxyBody>| async {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
-            });
+            let upstream = Upstream::ok().after(|_| Duration::from_secs(1));
             let layer = ConcurrencyLayer::new("svc".into(), config, &metrics);
             Self {
-                service: layer.layer(tower::util::BoxCloneSyncService::new(inner)),
+                service: layer.layer(upstream),
                 metrics,
             }
         }
@@ -336,9 +332,8 @@ mod tests {
         let config = ConcurrencyConfig {
             max_in_flight: NonZeroUsize::new(1).unwrap(),
         };
-        let inner = tower::service_fn(|_request: Request<ProxyBody>| async {
-            Err::<Response<ProxyBody>, _>(ProxyError::Timeout(Duration::from_secs(1)))
-        });
+        let inner =
+            Upstream::answering(|_| Err(ProxyError::Timeout(Duration::from_secs(1))).into());
         let mut service = ConcurrencyLayer::new("svc".into(), config, &metrics).layer(inner);
         for _ in 0..3 {
             let result = service

@@ -29,6 +29,8 @@ pub mod fallback;
 pub mod fault;
 pub mod rate_limit;
 pub mod retry;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod timeout;
 
 use std::sync::Arc;

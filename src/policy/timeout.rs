@@ -296,9 +296,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::grpc::set_grpc_timeout;
+    use crate::policy::test_support::Upstream;
     use http::HeaderValue;
-    use tower::{service_fn, ServiceExt};
+    use tower::ServiceExt;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -311,51 +311,43 @@ mod tests {
         )
     }
 
+    /// An upstream answering 200 after a second.
+    fn slow() -> Upstream {
+        Upstream::ok().after(|_| Duration::from_secs(1))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_proxied_call_is_bounded_from_its_arrival_and_keeps_its_deadline_in_call_info() {
         let (layer, _) = layer(Some(100 * MS));
-        let seen = Arc::new(std::sync::Mutex::new(None));
-        let log = seen.clone();
-        let slow = service_fn(move |request: Request<ProxyBody>| {
-            *log.lock().unwrap() = Some((
-                request
-                    .extensions()
-                    .get::<CallInfo>()
-                    .and_then(|c| c.deadline),
-                request.extensions().get::<Deadline>().copied(),
-            ));
-            async {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
-            }
-        });
+        let upstream = slow();
         let call = CallInfo::new("192.0.2.1:5000".parse().unwrap());
         tokio::time::advance(30 * MS).await;
         let mut request = Request::new(ProxyBody::empty());
         request.extensions_mut().insert(call);
         let started = Instant::now();
-        let result = layer.layer(slow).oneshot(request).await;
+        let result = layer.layer(upstream.clone()).oneshot(request).await;
         assert!(matches!(result, Err(ProxyError::Timeout(d)) if d == 100 * MS));
         assert_eq!(
             started.elapsed(),
             70 * MS,
             "100ms from arrival, 30ms of it spent"
         );
-        let (in_call, separate) = seen.lock().unwrap().take().unwrap();
+        let extensions = &upstream.seen()[0].extensions;
+        let in_call = extensions.get::<CallInfo>().and_then(|c| c.deadline);
         assert_eq!(in_call, Some(call.arrived + 100 * MS));
-        assert_eq!(separate, None, "no second extension for a proxied call");
+        assert_eq!(
+            extensions.get::<Deadline>(),
+            None,
+            "no second extension for a proxied call"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn overall_timeout_returns_timeout() {
         let (layer, metrics) = layer(Some(100 * MS));
-        let slow = service_fn(|_: Request<ProxyBody>| async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
-        });
         let started = Instant::now();
         let result = layer
-            .layer(slow)
+            .layer(slow())
             .oneshot(Request::new(ProxyBody::empty()))
             .await;
         assert!(matches!(result, Err(ProxyError::Timeout(d)) if d == 100 * MS));
@@ -366,35 +358,26 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn fast_calls_pass_and_no_bound_means_no_deadline() {
         let (layer, metrics) = layer(None);
-        let inner = service_fn(|request: Request<ProxyBody>| async move {
-            assert!(request.extensions().get::<Deadline>().is_none());
-            assert!(request.headers().get(&GRPC_TIMEOUT).is_none());
-            Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
-        });
+        let upstream = Upstream::ok();
         let result = layer
-            .layer(inner)
+            .layer(upstream.clone())
             .oneshot(Request::new(ProxyBody::empty()))
             .await;
         assert!(result.is_ok());
+        let seen = &upstream.seen()[0];
+        assert!(seen.extensions.get::<Deadline>().is_none());
+        assert!(seen.header(GRPC_TIMEOUT.as_str()).is_none());
         assert_eq!(metrics.count("svc", TimeoutKind::Request), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn grpc_timeout_bounds_the_call_when_smaller() {
         let (layer, _) = layer(Some(Duration::from_secs(10)));
-        let inner = service_fn(|mut request: Request<ProxyBody>| async move {
-            set_grpc_timeout(&mut request); // as `Forward` does before sending
-            let timeout = request.headers()[&GRPC_TIMEOUT].clone();
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let mut response = Response::new(ProxyBody::empty());
-            response.headers_mut().insert("seen", timeout);
-            Ok::<_, ProxyError>(response)
-        });
         let mut request = Request::new(ProxyBody::empty());
         request
             .headers_mut()
             .insert(&GRPC_TIMEOUT, HeaderValue::from_static("200m"));
-        let result = layer.layer(inner).oneshot(request).await;
+        let result = layer.layer(slow()).oneshot(request).await;
         assert!(matches!(result, Err(ProxyError::Timeout(d)) if d == 200 * MS));
 
         // A larger grpc-timeout loses to the configured bound, which is propagated.
@@ -403,21 +386,24 @@ mod tests {
             .headers_mut()
             .insert(&GRPC_TIMEOUT, HeaderValue::from_static("1M"));
         let (layer, _) = self::layer(Some(Duration::from_secs(2)));
-        let response = layer.layer(inner).oneshot(request).await.unwrap();
-        assert_eq!(response.headers()["seen"], "2S");
+        let upstream = slow();
+        layer
+            .layer(upstream.clone())
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(upstream.header_of_each(GRPC_TIMEOUT.as_str()), ["2S"]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn malformed_grpc_timeout_is_ignored() {
         let (layer, _) = layer(None);
-        let inner = service_fn(|request: Request<ProxyBody>| async move {
-            assert!(request.extensions().get::<Deadline>().is_none());
-            Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
-        });
+        let upstream = Upstream::ok();
         let mut request = Request::new(ProxyBody::empty());
         request
             .headers_mut()
             .insert(&GRPC_TIMEOUT, HeaderValue::from_static("soon"));
-        assert!(layer.layer(inner).oneshot(request).await.is_ok());
+        assert!(layer.layer(upstream.clone()).oneshot(request).await.is_ok());
+        assert!(upstream.seen()[0].extensions.get::<Deadline>().is_none());
     }
 }

@@ -2,8 +2,6 @@
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future;
@@ -17,6 +15,7 @@ use super::*;
 use crate::core::body::ProxyBody;
 use crate::core::call::CallInfo;
 use crate::core::error::ProxyError;
+use crate::policy::test_support::Upstream;
 
 fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap()
@@ -35,12 +34,9 @@ fn config(count: u32, per: Duration, burst: u32, key: RateLimitKey) -> RateLimit
 }
 
 struct Harness {
-    service: RateLimit<
-        tower::util::BoxCloneSyncService<Request<ProxyBody>, Response<ProxyBody>, ProxyError>,
-        FakeRelativeClock,
-    >,
+    service: RateLimit<Upstream, FakeRelativeClock>,
     clock: FakeRelativeClock,
-    calls: Arc<AtomicUsize>,
+    upstream: Upstream,
     metrics: RateLimitMetrics,
 }
 
@@ -48,17 +44,12 @@ impl Harness {
     fn new(config: &RateLimitConfig) -> Self {
         let clock = FakeRelativeClock::default();
         let metrics = RateLimitMetrics::register(&mut Registry::default());
-        let calls = Arc::new(AtomicUsize::new(0));
-        let counted = calls.clone();
-        let inner = tower::service_fn(move |_request: Request<ProxyBody>| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            future::ready(Ok::<_, ProxyError>(Response::new(ProxyBody::empty())))
-        });
+        let upstream = Upstream::ok();
         let layer = RateLimitLayer::with_clock("svc".into(), config, &metrics, clock.clone());
         Self {
-            service: layer.layer(tower::util::BoxCloneSyncService::new(inner)),
+            service: layer.layer(upstream.clone()),
             clock,
-            calls,
+            upstream,
             metrics,
         }
     }
@@ -117,7 +108,7 @@ async fn burst_then_refusal_with_exact_retry_after() {
     h.clock.advance(60 * MS);
     assert_eq!(h.send(plain()).await, None);
     assert_eq!(h.send(plain()).await, Some(100 * MS));
-    assert_eq!(h.calls.load(Ordering::SeqCst), 4);
+    assert_eq!(h.upstream.calls(), 4);
     assert_eq!(h.limited(), 3);
 }
 
@@ -180,7 +171,7 @@ async fn header_values_have_their_own_buckets_and_missing_ones_share() {
     assert_eq!(h.send(plain()).await, None);
     assert_eq!(h.send(plain()).await, None);
     assert_eq!(h.send(plain()).await, Some(250 * MS));
-    assert_eq!(h.calls.load(Ordering::SeqCst), 5);
+    assert_eq!(h.upstream.calls(), 5);
 }
 
 #[tokio::test]

@@ -1,87 +1,22 @@
 //! The service breaker driven through its service by a programmable upstream.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{Request, Response};
 use prometheus_client::registry::Registry;
-use tokio::sync::Semaphore;
-use tower::ServiceExt;
+use tower::{Layer, Service, ServiceExt};
 
 use super::*;
 use crate::core::outcome::Conditions;
 use crate::policy::circuit_breaker::FailureRate;
+use crate::policy::test_support::{self, Upstream};
 
 const SECOND: Duration = Duration::from_secs(1);
 const MILLI: Duration = Duration::from_millis(1);
 
-/// A programmable upstream: answers 503 while `failing`, 200 otherwise; with a gate,
-/// each call waits for a permit before answering.
-struct Upstream {
-    calls: AtomicUsize,
-    failing: AtomicBool,
-    /// Answers waiting for a permit, when `gated`.
-    gate: Semaphore,
-    gated: AtomicBool,
-    /// Answer this error instead of a status, when set.
-    error: Mutex<Option<fn() -> ProxyError>>,
-}
-
-impl Default for Upstream {
-    fn default() -> Self {
-        Self {
-            calls: AtomicUsize::new(0),
-            failing: AtomicBool::new(false),
-            gate: Semaphore::new(0),
-            gated: AtomicBool::new(false),
-            error: Mutex::new(None),
-        }
-    }
-}
-
-impl Upstream {
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn fail(&self, failing: bool) {
-        self.failing.store(failing, Ordering::SeqCst);
-    }
-
-    fn gate(&self, gated: bool) {
-        self.gated.store(gated, Ordering::SeqCst);
-    }
-}
-
-type Inner = tower::util::BoxCloneSyncService<Request<ProxyBody>, Response<ProxyBody>, ProxyError>;
-
-fn inner(upstream: &Arc<Upstream>) -> Inner {
-    let upstream = upstream.clone();
-    Inner::new(tower::service_fn(move |_request: Request<ProxyBody>| {
-        // Counted at call time, so a call not yet polled is counted too.
-        upstream.calls.fetch_add(1, Ordering::SeqCst);
-        let upstream = upstream.clone();
-        async move {
-            if upstream.gated.load(Ordering::SeqCst) {
-                if let Ok(permit) = upstream.gate.acquire().await {
-                    permit.forget();
-                }
-            }
-            if let Some(error) = *upstream.error.lock().unwrap() {
-                return Err(error());
-            }
-            let mut response = Response::new(ProxyBody::empty());
-            if upstream.failing.load(Ordering::SeqCst) {
-                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            }
-            Ok(response)
-        }
-    }))
-}
-
 struct Harness {
-    upstream: Arc<Upstream>,
-    service: ServiceBreaker<Inner>,
+    upstream: Upstream,
+    service: ServiceBreaker<Upstream>,
     handle: ServiceBreakerHandle,
     registry: Registry,
 }
@@ -91,9 +26,9 @@ impl Harness {
         let mut registry = Registry::with_prefix("remora");
         let metrics = BreakerMetrics::register(&mut registry);
         let layer = ServiceBreakerLayer::new("users".into(), config, metrics);
-        let upstream = Arc::new(Upstream::default());
+        let upstream = Upstream::ok();
         Self {
-            service: layer.layer(inner(&upstream)),
+            service: layer.layer(upstream.clone()),
             handle: layer.handle(),
             upstream,
             registry,
@@ -106,9 +41,21 @@ impl Harness {
     }
 
     /// Starts a call without polling it: admission happens here.
-    fn start(&mut self) -> ResponseFuture<<Inner as Service<Request<ProxyBody>>>::Future> {
+    fn start(&mut self) -> ResponseFuture<<Upstream as Service<Request<ProxyBody>>>::Future> {
         // The inner service is always ready.
         self.service.call(request())
+    }
+
+    /// Makes the upstream answer 503 (`true`) or 200 from now on.
+    fn fail(&self, failing: bool) {
+        let code = if failing { 503 } else { 200 };
+        self.upstream
+            .answer_with(move |_| test_support::status(code).into());
+    }
+
+    /// Makes the upstream fail with `error()` from now on.
+    fn fail_with(&self, error: fn() -> ProxyError) {
+        self.upstream.answer_with(move |_| Err(error()).into());
     }
 
     fn state(&self) -> BreakerState {
@@ -171,7 +118,7 @@ fn fits_in_a_service_stack() {
 #[tokio::test(start_paused = true)]
 async fn opens_after_exactly_n_consecutive_failures() {
     let h = Harness::new(consecutive(3, 1));
-    h.upstream.fail(true);
+    h.fail(true);
     for _ in 0..2 {
         assert_eq!(status(h.send().await), 503);
         assert_eq!(h.state(), BreakerState::Closed);
@@ -185,7 +132,7 @@ async fn opens_after_exactly_n_consecutive_failures() {
 async fn a_success_resets_the_count() {
     let h = Harness::new(consecutive(3, 1));
     for failing in [true, true, false, true, true] {
-        h.upstream.fail(failing);
+        h.fail(failing);
         h.send().await.unwrap();
     }
     assert_eq!(h.state(), BreakerState::Closed);
@@ -197,7 +144,7 @@ async fn a_success_resets_the_count() {
 #[tokio::test(start_paused = true)]
 async fn open_fails_fast_without_calling_the_service() {
     let h = Harness::new(consecutive(1, 1));
-    h.upstream.fail(true);
+    h.fail(true);
     h.send().await.unwrap();
     assert_eq!(h.state(), BreakerState::Open);
     for _ in 0..5 {
@@ -215,7 +162,7 @@ async fn open_fails_fast_without_calling_the_service() {
 #[tokio::test(start_paused = true)]
 async fn failure_rate_needs_min_requests() {
     let h = Harness::new(by_rate(0.5, 4));
-    h.upstream.fail(true);
+    h.fail(true);
     for _ in 0..3 {
         h.send().await.unwrap();
     }
@@ -230,11 +177,11 @@ async fn failure_rate_needs_min_requests() {
 async fn failure_rate_below_threshold_stays_closed() {
     let h = Harness::new(by_rate(0.5, 4));
     for failing in [true, false, false, false, true, false] {
-        h.upstream.fail(failing);
+        h.fail(failing);
         h.send().await.unwrap();
     }
     assert_eq!(h.state(), BreakerState::Closed);
-    h.upstream.fail(true);
+    h.fail(true);
     // 3 of 7 failed: below half.
     h.send().await.unwrap();
     assert_eq!(h.state(), BreakerState::Closed);
@@ -247,7 +194,7 @@ async fn failure_rate_below_threshold_stays_closed() {
 async fn the_window_slides() {
     // Old failures age out: three now and one ten seconds later are not four.
     let h = Harness::new(by_rate(0.5, 4));
-    h.upstream.fail(true);
+    h.fail(true);
     for _ in 0..3 {
         h.send().await.unwrap();
     }
@@ -258,7 +205,7 @@ async fn the_window_slides() {
 
     // The same within the window trips.
     let h = Harness::new(by_rate(0.5, 4));
-    h.upstream.fail(true);
+    h.fail(true);
     for _ in 0..3 {
         h.send().await.unwrap();
     }
@@ -270,13 +217,13 @@ async fn the_window_slides() {
 #[tokio::test(start_paused = true)]
 async fn half_open_admits_exactly_the_probes_and_their_success_closes() {
     let mut h = Harness::new(consecutive(1, 2));
-    h.upstream.fail(true);
+    h.fail(true);
     h.send().await.unwrap();
     tokio::time::advance(SECOND - MILLI).await;
     assert!(is_breaker_open(h.send().await));
     tokio::time::advance(MILLI).await;
 
-    h.upstream.fail(false);
+    h.fail(false);
     h.upstream.gate(true);
     let first = h.start();
     let second = h.start();
@@ -284,7 +231,7 @@ async fn half_open_admits_exactly_the_probes_and_their_success_closes() {
     assert!(is_breaker_open(h.start().await));
     assert_eq!(h.upstream.calls(), 3);
 
-    h.upstream.gate.add_permits(2);
+    h.upstream.release(2);
     assert_eq!(status(first.await), 200);
     assert_eq!(h.state(), BreakerState::HalfOpen);
     assert_eq!(status(second.await), 200);
@@ -298,7 +245,7 @@ async fn half_open_admits_exactly_the_probes_and_their_success_closes() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_probe_reopens_for_twice_as_long_up_to_the_cap() {
     let h = Harness::new(consecutive(1, 1));
-    h.upstream.fail(true);
+    h.fail(true);
     h.send().await.unwrap();
     assert_eq!(h.opened_for(), Some(SECOND));
     tokio::time::advance(SECOND).await;
@@ -315,10 +262,10 @@ async fn a_failed_probe_reopens_for_twice_as_long_up_to_the_cap() {
     assert_eq!(h.upstream.calls(), 4);
 
     // A successful probe closes and resets the backoff: the next trip opens for 1s.
-    h.upstream.fail(false);
+    h.fail(false);
     h.send().await.unwrap();
     assert_eq!(h.state(), BreakerState::Closed);
-    h.upstream.fail(true);
+    h.fail(true);
     h.send().await.unwrap();
     assert_eq!(h.opened_for(), Some(SECOND));
     tokio::time::advance(SECOND).await;
@@ -329,11 +276,11 @@ async fn a_failed_probe_reopens_for_twice_as_long_up_to_the_cap() {
 #[tokio::test(start_paused = true)]
 async fn a_dropped_probe_gives_its_slot_back() {
     let mut h = Harness::new(consecutive(1, 1));
-    h.upstream.fail(true);
+    h.fail(true);
     h.send().await.unwrap();
     tokio::time::advance(SECOND).await;
 
-    h.upstream.fail(false);
+    h.fail(false);
     h.upstream.gate(true);
     let probe = h.start();
     assert!(is_breaker_open(h.start().await));
@@ -342,7 +289,7 @@ async fn a_dropped_probe_gives_its_slot_back() {
 
     let probe = h.start();
     assert_eq!(h.upstream.calls(), 3);
-    h.upstream.gate.add_permits(1);
+    h.upstream.release(1);
     assert_eq!(status(probe.await), 200);
     assert_eq!(h.state(), BreakerState::Closed);
 }
@@ -352,10 +299,10 @@ async fn an_outcome_from_before_half_open_is_not_a_probe() {
     let mut h = Harness::new(consecutive(1, 1));
     // Admitted while closed, answered (200) only when polled, after the trip.
     let slow = h.start();
-    h.upstream.fail(true);
+    h.fail(true);
     h.send().await.unwrap();
     tokio::time::advance(SECOND).await;
-    h.upstream.fail(false);
+    h.fail(false);
     let probe = h.start();
     assert_eq!(h.state(), BreakerState::HalfOpen);
     // `slow` succeeds, but it is no probe: the breaker stays half-open.
@@ -368,12 +315,12 @@ async fn an_outcome_from_before_half_open_is_not_a_probe() {
 #[tokio::test(start_paused = true)]
 async fn no_healthy_endpoint_is_a_failure_and_remoras_own_refusals_are_not() {
     let h = Harness::new(consecutive(2, 1));
-    *h.upstream.error.lock().unwrap() = Some(|| ProxyError::Overloaded("users".into()));
+    h.fail_with(|| ProxyError::Overloaded("users".into()));
     for _ in 0..3 {
         assert!(h.send().await.is_err());
     }
     assert_eq!(h.state(), BreakerState::Closed);
-    *h.upstream.error.lock().unwrap() = Some(|| ProxyError::NoHealthyEndpoint("users".into()));
+    h.fail_with(|| ProxyError::NoHealthyEndpoint("users".into()));
     for _ in 0..2 {
         assert!(h.send().await.is_err());
     }
