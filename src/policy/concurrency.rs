@@ -241,7 +241,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::policy::test_support::Upstream;
+    use crate::policy::test_support::{proxied, Upstream};
 
     struct Harness {
         service: ConcurrencyLimit<Upstream>,
@@ -266,7 +266,7 @@ mod tests {
         async fn call(
             &mut self,
         ) -> ResponseFuture<impl Future<Output = Result<Response<ProxyBody>, ProxyError>>> {
-            let request = Request::new(ProxyBody::empty());
+            let request = proxied(Request::new(ProxyBody::empty()));
             self.service.ready().await.unwrap().call(request)
         }
 
@@ -340,7 +340,7 @@ mod tests {
                 .ready()
                 .await
                 .unwrap()
-                .call(Request::new(ProxyBody::empty()))
+                .call(proxied(Request::new(ProxyBody::empty())))
                 .await;
             assert!(matches!(result, Err(ProxyError::Timeout(_))));
         }

@@ -348,7 +348,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::policy::test_support::Upstream;
+    use crate::policy::test_support::{proxied, Upstream};
 
     struct Harness {
         service: Fault<Upstream>,
@@ -374,7 +374,7 @@ mod tests {
                 service
                     .ready()
                     .await?
-                    .call(Request::new(ProxyBody::empty()))
+                    .call(proxied(Request::new(ProxyBody::empty())))
                     .await
             }
         }
@@ -462,7 +462,7 @@ mod tests {
                 .ready()
                 .await
                 .unwrap()
-                .call(Request::new(ProxyBody::empty()))
+                .call(proxied(Request::new(ProxyBody::empty())))
                 .await;
             aborted += usize::from(result.is_err());
         }

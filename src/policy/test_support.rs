@@ -1,5 +1,8 @@
-//! What the policies' unit tests share: a programmable service to stand below a layer
-//! where `Forward` stands in a stack.
+//! What the policies' unit tests share: requests as the proxy hands them to a stack, and
+//! a programmable service to stand below a layer where `Forward` stands in a stack.
+//!
+//! [`proxied`] stamps a request with the [`CallInfo`] that `serve::proxy` puts on every
+//! call, so that the layers take the branches production takes.
 //!
 //! [`Upstream`] answers each call by a script (by call number, replaceable mid-test),
 //! after a delay the test chooses, optionally held at a gate; it counts calls when they
@@ -8,6 +11,7 @@
 //! "sending", and when told to refuse it gives the request back unsent.
 
 use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -22,8 +26,35 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::core::body::ProxyBody;
+use crate::core::call::CallInfo;
 use crate::core::error::{ProxyError, Unsent};
-use crate::core::grpc::set_grpc_timeout;
+use crate::core::grpc::{is_grpc, set_grpc_timeout};
+
+/// The client tests' calls come from.
+pub(crate) const CLIENT: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 5000));
+
+/// `request` as the proxy hands it to a stack: with the [`CallInfo`] `serve::proxy`
+/// stamps on every call (from [`CLIENT`], arriving now, no deadline yet, gRPC when its
+/// content type says so).
+pub(crate) fn proxied(request: Request<ProxyBody>) -> Request<ProxyBody> {
+    proxied_from(CLIENT, request)
+}
+
+/// [`proxied`], from `client`.
+pub(crate) fn proxied_from(
+    client: SocketAddr,
+    mut request: Request<ProxyBody>,
+) -> Request<ProxyBody> {
+    let call = CallInfo {
+        client,
+        arrived: Instant::now(),
+        deadline: None,
+        grpc: is_grpc(&request),
+    };
+    request.extensions_mut().insert(call);
+    request
+}
 
 /// What a call below a layer ends with.
 pub(crate) type Outcome = Result<Response<ProxyBody>, ProxyError>;

@@ -9,7 +9,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 
 use super::*;
-use crate::policy::test_support::{status, Outcome, Read, Upstream};
+use crate::policy::test_support::{proxied, status, Outcome, Read, Upstream};
 
 fn grpc_answer(code: &'static str) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::empty());
@@ -107,10 +107,12 @@ fn answering(outcome: fn() -> Outcome) -> Upstream {
 }
 
 fn get(path: &str) -> Request<ProxyBody> {
-    Request::get(path)
-        .header(header::HOST, "svc")
-        .body(ProxyBody::empty())
-        .unwrap()
+    proxied(
+        Request::get(path)
+            .header(header::HOST, "svc")
+            .body(ProxyBody::empty())
+            .unwrap(),
+    )
 }
 
 /// The error of an outcome that must have failed.
@@ -204,10 +206,12 @@ fn nonsense_configs_are_refused() {
 }
 
 fn grpc_request() -> Request<ProxyBody> {
-    Request::post("/pkg.Svc/Get")
-        .header(header::CONTENT_TYPE, "application/grpc+proto")
-        .body(ProxyBody::full(vec![0u8, 0, 0, 0, 0]))
-        .unwrap()
+    proxied(
+        Request::post("/pkg.Svc/Get")
+            .header(header::CONTENT_TYPE, "application/grpc+proto")
+            .body(ProxyBody::full(vec![0u8, 0, 0, 0, 0]))
+            .unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -289,9 +293,11 @@ fn reading_then_resetting() -> Upstream {
 }
 
 fn post(body: impl Into<Bytes>) -> Request<ProxyBody> {
-    Request::post("/orders?x=1")
-        .body(ProxyBody::full(body.into()))
-        .unwrap()
+    proxied(
+        Request::post("/orders?x=1")
+            .body(ProxyBody::full(body.into()))
+            .unwrap(),
+    )
 }
 
 #[tokio::test]

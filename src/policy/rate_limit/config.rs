@@ -27,7 +27,6 @@ pub enum RateLimitKey {
     /// One bucket per client IP (from [`CallInfo`](crate::core::call::CallInfo); the port is
     /// ignored). IPv4-mapped IPv6 addresses count as their IPv4 address, and an IPv6
     /// client counts by its /64 prefix, since one host commonly holds a whole /64.
-    /// Requests without a `CallInfo` share one bucket.
     ClientIp,
     /// One bucket per value of this header (its first value). Requests without the
     /// header share one "missing" bucket. A client chooses its header, so this is a

@@ -30,7 +30,8 @@ enum BucketKey {
     /// A digest of a header value: fixed-size state however long the value, and
     /// seeded per layer so that clients cannot aim for collisions.
     Header(u64),
-    /// No client address, or no header.
+    /// No header. (Also a request with no [`CallInfo`], which the proxy puts on every
+    /// call.)
     Missing,
 }
 
@@ -46,10 +47,12 @@ pub(super) enum KeyBy {
 impl KeyBy {
     fn key_of(&self, request: &Request<ProxyBody>) -> BucketKey {
         match self {
-            Self::ClientIp => match request.extensions().get::<CallInfo>() {
-                Some(call) => BucketKey::Ip(client_ip_key(call.client.ip())),
-                None => BucketKey::Missing,
-            },
+            Self::ClientIp => request
+                .extensions()
+                .get::<CallInfo>()
+                .map_or(BucketKey::Missing, |call| {
+                    BucketKey::Ip(client_ip_key(call.client.ip()))
+                }),
             Self::Header { name, digest } => match request.headers().get(name) {
                 Some(value) => BucketKey::Header(digest.hash_one(value.as_bytes())),
                 None => BucketKey::Missing,

@@ -7,7 +7,7 @@ use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 
 use crate::core::body::{ProxyBody, Replay};
-use crate::core::call::{CallInfo, Deadline};
+use crate::core::call::CallInfo;
 use crate::core::error::{ProxyError, Unsent};
 use crate::trace::CallTrace;
 
@@ -179,7 +179,6 @@ enum KeptExtensions {
     /// only when there is a retry.
     Known {
         call: Option<CallInfo>,
-        deadline: Option<Deadline>,
         trace: Option<CallTrace>,
     },
     /// Every extension (http 1 requires them to be `Clone`), for requests carrying others
@@ -192,23 +191,12 @@ impl KeptExtensions {
     fn of(call: Option<CallInfo>, extensions: &Extensions) -> Self {
         // A proxied call's usual map holds its `CallInfo` alone: no further lookup.
         if call.is_some() && extensions.len() == 1 {
-            return Self::Known {
-                call,
-                deadline: None,
-                trace: None,
-            };
+            return Self::Known { call, trace: None };
         }
-        let deadline = extensions.get::<Deadline>().copied();
         let trace = extensions.get::<CallTrace>().cloned();
-        let known = usize::from(call.is_some())
-            + usize::from(deadline.is_some())
-            + usize::from(trace.is_some());
+        let known = usize::from(call.is_some()) + usize::from(trace.is_some());
         if known == extensions.len() {
-            Self::Known {
-                call,
-                deadline,
-                trace,
-            }
+            Self::Known { call, trace }
         } else {
             Self::All(extensions.clone())
         }
@@ -216,17 +204,10 @@ impl KeptExtensions {
 
     fn to_extensions(&self) -> Extensions {
         match self {
-            Self::Known {
-                call,
-                deadline,
-                trace,
-            } => {
+            Self::Known { call, trace } => {
                 let mut extensions = Extensions::new();
                 if let Some(call) = call {
                     extensions.insert(*call);
-                }
-                if let Some(deadline) = deadline {
-                    extensions.insert(*deadline);
                 }
                 if let Some(trace) = trace {
                     extensions.insert(trace.clone());

@@ -13,7 +13,7 @@ use super::layer::Shared;
 use super::resend::Resend;
 use super::ATTEMPT_HEADER;
 use crate::core::body::ProxyBody;
-use crate::core::call::{deadline_of, CallInfo};
+use crate::core::call::CallInfo;
 use crate::core::error::ProxyError;
 
 /// The service [`RetryLayer`](super::RetryLayer) makes.
@@ -77,10 +77,7 @@ where
             let attempt = shared.send(&mut self.inner, request, 1);
             return ResponseFuture::alone(attempt);
         }
-        let deadline = match call {
-            Some(call) => call.deadline,
-            None => deadline_of(request.extensions()),
-        };
+        let deadline = call.and_then(|call| call.deadline);
         let resend = match sends {
             Sends::Once => Resend::Never,
             Sends::AgainIfUnsent => Resend::Unsent,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::HeaderValue;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
@@ -19,14 +19,16 @@ use super::metrics::{AttemptKind, AttemptLabels};
 use super::service::attempt_value;
 use super::{RetryConfig, RetryLayer, RetryMetrics, ATTEMPT_HEADER};
 use crate::core::body::{BoxError, ProxyBody};
-use crate::core::call::{AvoidEndpoints, CallInfo, Deadline, EndpointUsed};
+use crate::core::call::{AvoidEndpoints, CallInfo, EndpointUsed};
 use crate::core::error::ProxyError;
 use crate::core::grpc::GRPC_TIMEOUT;
 use crate::core::labels::{ByService, PerService, ServiceLabel};
 use crate::core::outcome::Conditions;
 use crate::policy::backoff::Backoff;
 use crate::policy::budget::RetryBudget;
-use crate::policy::test_support::{status, with_header, Read, Reply, Upstream};
+use crate::policy::test_support::{
+    proxied, proxied_from, status, with_header, Read, Reply, Upstream,
+};
 use crate::policy::timeout::{TimeoutConfig, TimeoutKind, TimeoutLayer, TimeoutMetrics};
 
 const MS: Duration = Duration::from_millis(1);
@@ -70,9 +72,22 @@ fn attempts(metrics: &RetryMetrics, attempt: AttemptKind) -> u64 {
 }
 
 fn get() -> Request<ProxyBody> {
-    Request::get("http://svc/x")
-        .body(ProxyBody::empty())
-        .unwrap()
+    proxied(
+        Request::get("http://svc/x")
+            .body(ProxyBody::empty())
+            .unwrap(),
+    )
+}
+
+/// A proxied `method` call to `http://svc/x` with `body`.
+fn with_body(method: Method, body: ProxyBody) -> Request<ProxyBody> {
+    proxied(
+        Request::builder()
+            .method(method)
+            .uri("http://svc/x")
+            .body(body)
+            .unwrap(),
+    )
 }
 
 /// The attempt numbers the upstream saw.
@@ -118,14 +133,18 @@ struct Foreign(u32);
 
 #[tokio::test(start_paused = true)]
 async fn every_attempt_carries_the_request_extensions() {
-    let client = CallInfo::new("192.0.2.7:4000".parse().unwrap());
     for foreign in [None, Some(Foreign(7))] {
         let upstream = ok_from(3);
         let (layer, _) = layer(config(3));
-        let mut request = get();
-        let deadline = Deadline(Instant::now() + Duration::from_secs(60));
-        request.extensions_mut().insert(client);
-        request.extensions_mut().insert(deadline);
+        let mut request = proxied_from("192.0.2.7:4000".parse().unwrap(), get());
+        // As the timeout layer above sets it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        request
+            .extensions_mut()
+            .get_mut::<CallInfo>()
+            .unwrap()
+            .deadline = Some(deadline);
+        let call = *request.extensions().get::<CallInfo>().unwrap();
         if let Some(foreign) = foreign.clone() {
             request.extensions_mut().insert(foreign);
         }
@@ -139,14 +158,12 @@ async fn every_attempt_carries_the_request_extensions() {
         assert_eq!(seen.len(), 3);
         for attempt in &seen {
             let extensions = &attempt.extensions;
+            let carried = extensions.get::<CallInfo>().unwrap();
             assert_eq!(
-                (
-                    extensions.get::<CallInfo>().map(|c| c.client),
-                    extensions.get::<Deadline>().copied(),
-                    extensions.get::<Foreign>().cloned(),
-                ),
-                (Some(client.client), Some(deadline), foreign.clone())
+                (carried.client, carried.arrived, carried.deadline),
+                (call.client, call.arrived, Some(deadline))
             );
+            assert_eq!(extensions.get::<Foreign>(), foreign.as_ref());
         }
     }
 }
@@ -218,9 +235,7 @@ fn refusing_once() -> Upstream {
 async fn a_failed_connection_gives_the_unsent_request_back_for_the_next_attempt() {
     let upstream = refusing_once();
     let (retry, metrics) = layer(config(3));
-    let post = Request::post("http://svc/x")
-        .body(ProxyBody::full("order"))
-        .unwrap();
+    let post = with_body(Method::POST, ProxyBody::full("order"));
     let response = retry.layer(upstream.clone()).oneshot(post).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(attempts_seen(&upstream), ["1", "2"]);
@@ -236,9 +251,7 @@ async fn a_failed_connection_gives_the_unsent_request_back_for_the_next_attempt(
 async fn a_body_given_back_unsent_is_sent_whole_by_the_retry() {
     let upstream = refusing_once();
     let (retry, _) = layer(config(3));
-    let put = Request::put("http://svc/x")
-        .body(ProxyBody::full("payload"))
-        .unwrap();
+    let put = with_body(Method::PUT, ProxyBody::full("payload"));
     let response = retry.layer(upstream.clone()).oneshot(put).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let bodies: Vec<_> = upstream.seen().into_iter().map(|s| s.body).collect();
@@ -247,11 +260,7 @@ async fn a_body_given_back_unsent_is_sent_whole_by_the_retry() {
 
 #[tokio::test(start_paused = true)]
 async fn post_is_retried_only_when_allowed() {
-    let post = || {
-        Request::post("http://svc/x")
-            .body(ProxyBody::full("order"))
-            .unwrap()
-    };
+    let post = || with_body(Method::POST, ProxyBody::full("order"));
     let upstream = always(503);
     let (retry, _) = layer(config(3));
     let response = retry.layer(upstream.clone()).oneshot(post()).await.unwrap();
@@ -271,9 +280,7 @@ async fn large_whole_body_is_sent_once() {
     let payload = Bytes::from(vec![7u8; 100 * 1024]);
     let upstream = always(503);
     let (retry, metrics) = layer(config(3));
-    let request = Request::put("http://svc/x")
-        .body(ProxyBody::full(payload.clone()))
-        .unwrap();
+    let request = with_body(Method::PUT, ProxyBody::full(payload.clone()));
     let response = retry
         .layer(upstream.clone())
         .oneshot(request)
@@ -297,7 +304,7 @@ async fn a_body_the_failed_attempt_still_holds_is_not_sent_again() {
     let body = ProxyBody::boxed(http_body_util::StreamBody::new(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     ));
-    let request = Request::put("http://svc/x").body(body).unwrap();
+    let request = with_body(Method::PUT, body);
     let (retry, metrics) = layer(config(3));
     let response = retry
         .layer(upstream.clone())
@@ -336,7 +343,9 @@ where
     let server = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
         let service = service.clone();
         async move {
-            let result = service.oneshot(request.map(ProxyBody::streamed)).await;
+            let result = service
+                .oneshot(proxied(request.map(ProxyBody::streamed)))
+                .await;
             Ok::<_, Infallible>(result.unwrap_or_else(|e| e.to_response(false)))
         }
     });
@@ -555,6 +564,31 @@ async fn overall_timeout_bounds_all_attempts() {
 #[tokio::test(start_paused = true)]
 async fn propagated_grpc_timeout_decreases_by_elapsed_time() {
     let upstream = ok_from(2).after(|n| if n == 1 { 200 * MS } else { Duration::ZERO });
+    // gRPC calls are POSTs: retried only when the config allows any method.
+    let (retry, _) = layer(config(3).with_retry_non_idempotent(true));
+    let timeout = TimeoutLayer::new(
+        TimeoutConfig::default(),
+        "svc".into(),
+        TimeoutMetrics::default(),
+    );
+    let service = timeout.layer(retry.layer(upstream.clone()));
+    let request = Request::post("http://svc/pkg.Svc/Get")
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(&GRPC_TIMEOUT, "1S")
+        .body(ProxyBody::empty())
+        .unwrap();
+    let response = service.oneshot(proxied(request)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // 200 ms for the first attempt, 10 ms backoff.
+    assert_eq!(
+        upstream.header_of_each(GRPC_TIMEOUT.as_str()),
+        ["1S", "790m"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_timeout_on_a_call_that_is_not_grpc_is_passed_on_untouched() {
+    let upstream = ok_from(2).after(|n| if n == 1 { 200 * MS } else { Duration::ZERO });
     let (retry, _) = layer(config(3));
     let timeout = TimeoutLayer::new(
         TimeoutConfig::default(),
@@ -568,11 +602,7 @@ async fn propagated_grpc_timeout_decreases_by_elapsed_time() {
         .insert(&GRPC_TIMEOUT, HeaderValue::from_static("1S"));
     let response = service.oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    // 200 ms for the first attempt, 10 ms backoff.
-    assert_eq!(
-        upstream.header_of_each(GRPC_TIMEOUT.as_str()),
-        ["1S", "790m"]
-    );
+    assert_eq!(upstream.header_of_each(GRPC_TIMEOUT.as_str()), ["1S", "1S"]);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::*;
 use crate::core::outcome::Conditions;
 use crate::policy::circuit_breaker::FailureRate;
-use crate::policy::test_support::{self, Upstream};
+use crate::policy::test_support::{self, proxied, Upstream};
 
 const SECOND: Duration = Duration::from_secs(1);
 const MILLI: Duration = Duration::from_millis(1);
@@ -74,7 +74,7 @@ impl Harness {
 }
 
 fn request() -> Request<ProxyBody> {
-    Request::new(ProxyBody::empty())
+    proxied(Request::new(ProxyBody::empty()))
 }
 
 fn gateway() -> Conditions {
