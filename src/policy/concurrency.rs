@@ -348,18 +348,4 @@ mod tests {
         assert_eq!(metrics.shed.get_or_create(&labels).get(), 0);
         assert_eq!(metrics.in_flight.get_or_create(&labels).get(), 0);
     }
-
-    #[test]
-    fn fits_the_service_stack() {
-        let metrics = ConcurrencyMetrics::register(&mut Registry::default());
-        let config = ConcurrencyConfig {
-            max_in_flight: NonZeroUsize::new(1).unwrap(),
-        };
-        let inner = tower::service_fn(|_request: Request<ProxyBody>| {
-            futures_util::future::ready(Ok::<_, ProxyError>(Response::new(ProxyBody::empty())))
-        });
-        let layer = ConcurrencyLayer::new("svc".into(), config, &metrics);
-        let _stack: crate::policy::ServiceStack =
-            tower::util::BoxCloneSyncService::new(layer.layer(inner));
-    }
 }

@@ -536,15 +536,4 @@ mod tests {
         let fine = DelayFault::try_new(12.5, Duration::from_millis(5)).unwrap();
         assert_eq!(fine.percent(), 12.5);
     }
-
-    #[test]
-    fn fits_the_service_stack() {
-        let metrics = FaultMetrics::register(&mut Registry::default());
-        let inner = tower::service_fn(|_request: Request<ProxyBody>| {
-            future::ready(Ok::<_, ProxyError>(Response::new(ProxyBody::empty())))
-        });
-        let layer = FaultLayer::new("svc".into(), abort(1.0), &metrics);
-        let _stack: crate::policy::ServiceStack =
-            tower::util::BoxCloneSyncService::new(layer.layer(inner));
-    }
 }

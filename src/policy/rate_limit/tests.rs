@@ -4,9 +4,8 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
-use futures_util::future;
 use governor::clock::FakeRelativeClock;
-use http::{HeaderName, Request, Response};
+use http::{HeaderName, Request};
 use prometheus_client::registry::Registry;
 use tower::{Layer, Service, ServiceExt};
 
@@ -234,16 +233,4 @@ fn nonsense_rates_are_refused() {
     let ok = config(10, Duration::from_secs(1), 20, RateLimitKey::Global);
     assert_eq!(ok.replenish_interval(), 100 * MS);
     assert_eq!(ok.burst(), nz(20));
-}
-
-#[test]
-fn fits_the_service_stack() {
-    let metrics = RateLimitMetrics::register(&mut Registry::default());
-    let config = config(1, Duration::from_secs(1), 1, RateLimitKey::ClientIp);
-    let inner = tower::service_fn(|_request: Request<ProxyBody>| {
-        future::ready(Ok::<_, ProxyError>(Response::new(ProxyBody::empty())))
-    });
-    let layer = RateLimitLayer::new("svc".into(), &config, &metrics);
-    let _stack: crate::policy::ServiceStack =
-        tower::util::BoxCloneSyncService::new(layer.layer(inner));
 }

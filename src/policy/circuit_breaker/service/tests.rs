@@ -109,12 +109,6 @@ fn is_breaker_open(result: Result<Response<ProxyBody>, ProxyError>) -> bool {
     matches!(result, Err(ProxyError::BreakerOpen(service)) if service == "users")
 }
 
-#[test]
-fn fits_in_a_service_stack() {
-    let h = Harness::new(consecutive(1, 1));
-    let _stack: crate::policy::ServiceStack = crate::policy::ServiceStack::new(h.service);
-}
-
 #[tokio::test(start_paused = true)]
 async fn opens_after_exactly_n_consecutive_failures() {
     let h = Harness::new(consecutive(3, 1));
