@@ -6,6 +6,11 @@
 //! response body still flowing after the headers is not counted: `ProxyBody` is a
 //! closed enum with nothing to hook a body's end, and the cap guards the upstream's
 //! request handling, which has ended once it answered.
+//!
+//! Not tower's `limit::ConcurrencyLimit`: that one makes a caller wait in `poll_ready`
+//! for a permit, a queue in front of the service, where this cap never queues and fails
+//! the extra call at once as [`ProxyError::Overloaded`] (which the fallback can degrade),
+//! counted per service and logged once per episode.
 
 use std::future::Future;
 use std::num::NonZeroUsize;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::Method;
 
 use crate::core::outcome::Conditions;
-use crate::policy::backoff::Backoff;
+use crate::policy::backoff::RetryBackoff;
 use crate::policy::budget::RetryBudget;
 
 /// A rejected retry configuration.
@@ -27,7 +27,7 @@ pub struct RetryConfig {
     /// Bound on each attempt (`ProxyError::Timeout`, a `timeout` condition); non-zero.
     pub(super) per_try_timeout: Option<Duration>,
     /// Wait between attempts; also caps a server's `Retry-After` / pushback.
-    pub(super) backoff: Backoff,
+    pub(super) backoff: RetryBackoff,
     /// Shared by every clone of the layer built from this config.
     pub(super) budget: Arc<RetryBudget>,
     /// Whether POST, PATCH, CONNECT (and unknown methods) are retried too.
@@ -48,7 +48,7 @@ impl RetryConfig {
     pub fn try_new(
         max_attempts: u32,
         conditions: Conditions,
-        backoff: Backoff,
+        backoff: RetryBackoff,
         budget: Arc<RetryBudget>,
     ) -> Result<Self, InvalidRetryConfig> {
         if max_attempts == 0 {

@@ -12,14 +12,14 @@ use crate::core::labels::{register_per_service, ByService, PerService, ServiceLa
 
 /// First attempt or retry, as a label value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AttemptKind {
+pub enum FirstOrRetry {
     /// The call's first attempt.
     First,
     /// Any later attempt.
     Retry,
 }
 
-impl EncodeLabelValue for AttemptKind {
+impl EncodeLabelValue for FirstOrRetry {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         use std::fmt::Write as _;
         encoder.write_str(match self {
@@ -35,7 +35,7 @@ pub struct AttemptLabels {
     /// The service called.
     pub service: ServiceLabel,
     /// First attempt or retry.
-    pub attempt: AttemptKind,
+    pub attempt: FirstOrRetry,
 }
 
 /// Retry's counters.
@@ -86,8 +86,8 @@ impl RetryMetrics {
                 })
                 .clone()
         };
-        let first = attempts(AttemptKind::First);
-        let retry = attempts(AttemptKind::Retry);
+        let first = attempts(FirstOrRetry::First);
+        let retry = attempts(FirstOrRetry::Retry);
         let labels = ByService::of(service);
         let retries = self.retries.get_or_create(&labels).clone();
         let budget_exhausted = self.budget_exhausted.get_or_create(&labels).clone();

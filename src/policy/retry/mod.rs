@@ -28,7 +28,7 @@
 //! all and is sent once; a body the failed attempt still holds unfinished (an answer that came
 //! before the client finished sending, an open client stream) is not sent again.
 //!
-//! **Backoff and pushback.** The wait before retry `n` is the [`Backoff`]'s
+//! **Backoff and pushback.** The wait before retry `n` is the [`RetryBackoff`]'s
 //! `base × 2ⁿ⁻¹`, jittered and capped; a server's `Retry-After` (seconds) or
 //! `grpc-retry-pushback-ms` replaces it, capped at the backoff's maximum (`pushback`).
 //! An attempt may be bounded by a per-try timeout, which counts as a `timeout` failure.
@@ -38,7 +38,7 @@
 //! headers arrived, by construction.
 //!
 //! [`RetryBudget`]: crate::policy::budget::RetryBudget
-//! [`Backoff`]: crate::policy::backoff::Backoff
+//! [`RetryBackoff`]: crate::policy::backoff::RetryBackoff
 //! [`Unsent`]: crate::core::error::Unsent
 //! [`Conditions`]: crate::core::outcome::Conditions
 //! [`Replay`]: crate::core::body::Replay
@@ -59,7 +59,7 @@ use http::header::HeaderName;
 pub use config::{InvalidRetryConfig, RetryConfig};
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
-pub use metrics::{AttemptKind, AttemptLabels, RetryMetrics};
+pub use metrics::{AttemptLabels, FirstOrRetry, RetryMetrics};
 pub use service::Retry;
 
 /// Header telling the upstream which attempt (1-based) of the call this is.

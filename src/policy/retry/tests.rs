@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
-use super::metrics::{AttemptKind, AttemptLabels};
+use super::metrics::{AttemptLabels, FirstOrRetry};
 use super::service::attempt_value;
 use super::{RetryConfig, RetryLayer, RetryMetrics, ATTEMPT_HEADER};
 use crate::core::body::{BoxError, ProxyBody};
@@ -24,7 +24,7 @@ use crate::core::error::ProxyError;
 use crate::core::grpc::GRPC_TIMEOUT;
 use crate::core::labels::{ByService, PerService, ServiceLabel};
 use crate::core::outcome::Conditions;
-use crate::policy::backoff::Backoff;
+use crate::policy::backoff::RetryBackoff;
 use crate::policy::budget::RetryBudget;
 use crate::policy::test_support::{
     proxied, proxied_from, status, with_header, Read, Reply, Upstream,
@@ -44,7 +44,7 @@ fn gateway_errors() -> Conditions {
 }
 
 fn config(max_attempts: u32) -> RetryConfig {
-    let backoff = Backoff::try_new(10 * MS, Duration::from_secs(5), 0.0).unwrap();
+    let backoff = RetryBackoff::try_new(10 * MS, Duration::from_secs(5), 0.0).unwrap();
     let budget = RetryBudget::try_new(0.2, 100, Duration::from_secs(10)).unwrap();
     RetryConfig::try_new(max_attempts, gateway_errors(), backoff, Arc::new(budget)).unwrap()
 }
@@ -61,7 +61,7 @@ fn counter(family: &PerService<Counter>) -> u64 {
     family.get_or_create(&ByService::of(&"svc".into())).get()
 }
 
-fn attempts(metrics: &RetryMetrics, attempt: AttemptKind) -> u64 {
+fn attempts(metrics: &RetryMetrics, attempt: FirstOrRetry) -> u64 {
     metrics
         .attempts
         .get_or_create(&AttemptLabels {
@@ -122,8 +122,8 @@ async fn flaky_upstream_succeeds_on_third_attempt() {
         times(&upstream, started),
         [Duration::ZERO, 10 * MS, 30 * MS]
     );
-    assert_eq!(attempts(&metrics, AttemptKind::First), 1);
-    assert_eq!(attempts(&metrics, AttemptKind::Retry), 2);
+    assert_eq!(attempts(&metrics, FirstOrRetry::First), 1);
+    assert_eq!(attempts(&metrics, FirstOrRetry::Retry), 2);
     assert_eq!(counter(&metrics.retries), 2);
 }
 
@@ -449,7 +449,7 @@ async fn open_grpc_stream_is_forwarded_without_waiting_for_its_end() {
 async fn budget_stops_a_retry_storm() {
     // 100 calls deposit 0.1 × 100 = 10 retries (no floor); every attempt fails.
     let upstream = always(503).after(|_| MS);
-    let backoff = Backoff::try_new(10 * MS, Duration::from_secs(1), 0.0).unwrap();
+    let backoff = RetryBackoff::try_new(10 * MS, Duration::from_secs(1), 0.0).unwrap();
     let budget = RetryBudget::try_new(0.1, 0, Duration::from_secs(10)).unwrap();
     let config = RetryConfig::try_new(3, gateway_errors(), backoff, Arc::new(budget)).unwrap();
     let (retry, metrics) = layer(config);
@@ -608,8 +608,8 @@ async fn a_grpc_timeout_on_a_call_that_is_not_grpc_is_passed_on_untouched() {
 #[test]
 fn rejects_nonsense() {
     let budget = Arc::new(RetryBudget::default());
-    let err =
-        RetryConfig::try_new(0, Conditions::default(), Backoff::default(), budget).unwrap_err();
+    let err = RetryConfig::try_new(0, Conditions::default(), RetryBackoff::default(), budget)
+        .unwrap_err();
     assert!(err.to_string().contains("max_attempts must be at least 1"));
     assert!(config(2)
         .with_per_try_timeout(Some(Duration::ZERO))
