@@ -1,9 +1,10 @@
 //! What one call carries through the layers: request and response extensions.
 //!
 //! The proxy stamps every call with one [`CallInfo`] (one allocation for everything the
-//! layers need to know about it); retry marks the endpoints to avoid; the bottom of the
-//! stack says which endpoint answered. The types live on this floor so that every layer
-//! can read them without knowing who sets them.
+//! layers need to know about it; the timeout layer records the call's deadline in it);
+//! retry marks the endpoints to avoid; the bottom of the stack says which endpoint
+//! answered. The types live on this floor so that every layer can read them without
+//! knowing who sets them.
 
 use std::net::SocketAddr;
 
@@ -34,19 +35,6 @@ impl CallInfo {
             deadline: None,
             grpc: false,
         }
-    }
-}
-
-/// Request extension: when the call must be answered. Set by [`TimeoutLayer`] on a
-/// request that carries no [`CallInfo`] (a proxied call keeps its deadline there).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadline(pub Instant);
-
-/// When the call of a request with `extensions` must be answered, if a timeout layer said.
-pub fn deadline_of(extensions: &http::Extensions) -> Option<Instant> {
-    match extensions.get::<CallInfo>() {
-        Some(call) => call.deadline,
-        None => extensions.get::<Deadline>().map(|d| d.0),
     }
 }
 

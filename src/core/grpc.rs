@@ -9,7 +9,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use tokio::time::Instant;
 
 use super::body::ProxyBody;
-use super::call::{CallInfo, Deadline};
+use super::call::CallInfo;
 
 /// The `grpc-timeout` header.
 pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -21,13 +21,13 @@ pub fn is_grpc_content(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// Whether a request's caller speaks gRPC: as the proxy noted it in the call's
-/// [`CallInfo`], else (a request the proxy did not stamp) from its content type.
+/// Whether a call's caller speaks gRPC, as the proxy noted it in the call's
+/// [`CallInfo`] (looked up once per call, not per layer).
 pub fn speaks_grpc<B>(request: &Request<B>) -> bool {
-    match request.extensions().get::<CallInfo>() {
-        Some(call) => call.grpc,
-        None => is_grpc(request),
-    }
+    request
+        .extensions()
+        .get::<CallInfo>()
+        .is_some_and(|call| call.grpc)
 }
 
 /// Whether the caller speaks gRPC (its errors must be gRPC statuses).
@@ -105,28 +105,24 @@ pub fn percent_encode_grpc_message(message: &str) -> String {
     out
 }
 
-/// Rewrites `grpc-timeout` to the time left until the request's [`Deadline`].
+/// Rewrites `grpc-timeout` to the time left until the call's deadline.
 ///
-/// Only gRPC requests (a `grpc-timeout` header or an `application/grpc` content type)
-/// with a `Deadline` are touched: the upstream then sees the caller's deadline minus the
-/// time already spent here.
+/// Only gRPC calls ([`CallInfo::grpc`]: an `application/grpc` content type) with a
+/// deadline (set by the timeout layer) are touched: the upstream then sees the caller's
+/// deadline minus the time already spent here.
 pub fn set_grpc_timeout(request: &mut Request<ProxyBody>) {
-    let (deadline, grpc) = match request.extensions().get::<CallInfo>() {
-        Some(call) => (call.deadline, call.grpc),
-        None => (
-            request.extensions().get::<Deadline>().map(|d| d.0),
-            is_grpc(request) || request.headers().contains_key(&GRPC_TIMEOUT),
-        ),
-    };
-    let Some(deadline) = deadline else {
+    let Some(&CallInfo {
+        deadline: Some(deadline),
+        grpc: true,
+        ..
+    }) = request.extensions().get::<CallInfo>()
+    else {
         return;
     };
-    if grpc {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        request
-            .headers_mut()
-            .insert(&GRPC_TIMEOUT, encode_grpc_timeout(significant(remaining)));
-    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    request
+        .headers_mut()
+        .insert(&GRPC_TIMEOUT, encode_grpc_timeout(significant(remaining)));
 }
 
 /// `remaining`, rounded down to three significant digits: at most 1% sooner, never later.
@@ -306,15 +302,30 @@ mod tests {
         }
     }
 
+    /// A request stamped as the proxy stamps calls, its deadline set as the timeout
+    /// layer sets it.
+    fn call(grpc: bool, deadline: Instant) -> Request<ProxyBody> {
+        let mut request = Request::new(ProxyBody::empty());
+        if grpc {
+            request
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        }
+        let mut call = CallInfo::new("192.0.2.1:5000".parse().unwrap());
+        call.grpc = is_grpc(&request);
+        call.deadline = Some(deadline);
+        request.extensions_mut().insert(call);
+        request
+    }
+
+    fn set_deadline(request: &mut Request<ProxyBody>, deadline: Instant) {
+        let call = request.extensions_mut().get_mut::<CallInfo>().unwrap();
+        call.deadline = Some(deadline);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn set_grpc_timeout_subtracts_elapsed_time() {
-        let mut request = Request::new(ProxyBody::empty());
-        request
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        request
-            .extensions_mut()
-            .insert(Deadline(Instant::now() + Duration::from_secs(3)));
+        let mut request = call(true, Instant::now() + Duration::from_secs(3));
         set_grpc_timeout(&mut request);
         assert_eq!(request.headers()[&GRPC_TIMEOUT], "3S");
         tokio::time::advance(1250 * MS).await;
@@ -326,18 +337,21 @@ mod tests {
 
         // Passed on to three significant digits, rounded down.
         tokio::time::advance(1250 * MS).await;
-        request.extensions_mut().insert(Deadline(
+        set_deadline(
+            &mut request,
             Instant::now() + Duration::from_nanos(29_987_654_321),
-        ));
+        );
         set_grpc_timeout(&mut request);
         assert_eq!(request.headers()[&GRPC_TIMEOUT], "29900m");
 
-        // Plain HTTP requests get no grpc-timeout.
-        let mut plain = Request::new(ProxyBody::empty());
-        plain
-            .extensions_mut()
-            .insert(Deadline(Instant::now() + Duration::from_secs(3)));
+        // Plain HTTP calls get no grpc-timeout, even one that came with a grpc-timeout.
+        let mut plain = call(false, Instant::now() + Duration::from_secs(3));
         set_grpc_timeout(&mut plain);
         assert!(plain.headers().get(&GRPC_TIMEOUT).is_none());
+        plain
+            .headers_mut()
+            .insert(&GRPC_TIMEOUT, HeaderValue::from_static("9S"));
+        set_grpc_timeout(&mut plain);
+        assert_eq!(plain.headers()[&GRPC_TIMEOUT], "9S", "passed on untouched");
     }
 }

@@ -2,6 +2,15 @@
 //!
 //! Exponential (`base × 2ⁿ` before the n-th retry, n from 0), capped at a maximum, with
 //! proportional jitter so that clients failing together do not retry together.
+//!
+//! Not tower's `retry::backoff::ExponentialBackoff`: that one hands out only a sleep
+//! future per step of a stateful session, never the wait itself nor its maximum, and
+//! retry needs both before it sleeps (to check the wait against the call's deadline, and
+//! to cap a server's `Retry-After` or pushback at the maximum); its jitter is also added
+//! on top of the wait, where this one takes a share off it.
+//!
+//! Named `RetryBackoff`: discovery's `Backoff` (waits between attempts to reach a
+//! registry, a stateful doubling without jitter) is another thing.
 
 use std::time::Duration;
 
@@ -10,9 +19,13 @@ use std::time::Duration;
 #[error("invalid backoff: {0}")]
 pub struct InvalidBackoff(&'static str);
 
-/// An exponential backoff, validated once at construction.
+/// The name the build floor imports (`build::resolve`): to go once it names
+/// [`RetryBackoff`].
+pub type Backoff = RetryBackoff;
+
+/// Retry's exponential backoff, validated once at construction.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Backoff {
+pub struct RetryBackoff {
     /// Delay before the first retry; non-zero.
     base: Duration,
     /// Cap on every delay, including delays a server asked for; `>= base`.
@@ -21,7 +34,7 @@ pub struct Backoff {
     jitter: f64,
 }
 
-impl Backoff {
+impl RetryBackoff {
     /// A backoff from `base` doubling up to `max`.
     ///
     /// Jitter is proportional: a delay `d` becomes a uniform pick in
@@ -62,7 +75,7 @@ impl Backoff {
     }
 }
 
-impl Default for Backoff {
+impl Default for RetryBackoff {
     /// 25 ms doubling to 1 s, half of each delay randomised.
     fn default() -> Self {
         Self {
@@ -81,7 +94,7 @@ mod tests {
 
     #[test]
     fn sequence_doubles_and_caps_exactly_without_jitter() {
-        let backoff = Backoff::try_new(10 * MS, 100 * MS, 0.0).unwrap();
+        let backoff = RetryBackoff::try_new(10 * MS, 100 * MS, 0.0).unwrap();
         let delays: Vec<_> = (0..6).map(|n| backoff.delay(n)).collect();
         assert_eq!(
             delays,
@@ -93,7 +106,7 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_its_fraction() {
-        let backoff = Backoff::try_new(100 * MS, 100 * MS, 0.25).unwrap();
+        let backoff = RetryBackoff::try_new(100 * MS, 100 * MS, 0.25).unwrap();
         for _ in 0..1000 {
             let delay = backoff.delay(0);
             assert!(delay >= 75 * MS && delay <= 100 * MS, "{delay:?}");
@@ -102,7 +115,7 @@ mod tests {
 
     #[test]
     fn rejects_nonsense() {
-        let err = |b, m, j| Backoff::try_new(b, m, j).unwrap_err().to_string();
+        let err = |b, m, j| RetryBackoff::try_new(b, m, j).unwrap_err().to_string();
         assert_eq!(
             err(MS, MS / 2, 0.0),
             "invalid backoff: maximum must be ≥ base"
@@ -113,6 +126,6 @@ mod tests {
         );
         assert!(err(MS, MS, 1.5).contains("jitter"));
         assert!(err(MS, MS, f64::NAN).contains("jitter"));
-        assert!(Backoff::try_new(MS, MS, 1.0).is_ok());
+        assert!(RetryBackoff::try_new(MS, MS, 1.0).is_ok());
     }
 }

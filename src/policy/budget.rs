@@ -6,6 +6,13 @@
 //! hit by a retry storm (each call retried `max_attempts − 1` times under load).
 //!
 //! One budget is shared by every clone of a service's retry layer (`Arc`).
+//!
+//! Not tower's `retry::budget::TpsBudget`, which does the same bookkeeping but deposits
+//! only at the present moment (retry dates a call's deposit by its arrival, so a call
+//! that queued above the layer counts where it arrived), turns the ratio into whole
+//! tokens per deposit and withdrawal (0.3 retries per call would become one in three),
+//! and panics outside a 1 to 60 s window where remora's configuration allows 100 ms to 1
+//! h and reports the error.
 
 use std::sync::Mutex;
 use std::time::Duration;

@@ -6,6 +6,11 @@
 //! response body still flowing after the headers is not counted: `ProxyBody` is a
 //! closed enum with nothing to hook a body's end, and the cap guards the upstream's
 //! request handling, which has ended once it answered.
+//!
+//! Not tower's `limit::ConcurrencyLimit`: that one makes a caller wait in `poll_ready`
+//! for a permit, a queue in front of the service, where this cap never queues and fails
+//! the extra call at once as [`ProxyError::Overloaded`] (which the fallback can degrade),
+//! counted per service and logged once per episode.
 
 use std::future::Future;
 use std::num::NonZeroUsize;
@@ -241,11 +246,10 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::policy::test_support::{proxied, Upstream};
 
     struct Harness {
-        service: ConcurrencyLimit<
-            tower::util::BoxCloneSyncService<Request<ProxyBody>, Response<ProxyBody>, ProxyError>,
-        >,
+        service: ConcurrencyLimit<Upstream>,
         metrics: ConcurrencyMetrics,
     }
 
@@ -256,13 +260,10 @@ mod tests {
             let config = ConcurrencyConfig {
                 max_in_flight: NonZeroUsize::new(max).unwrap(),
             };
-            let inner = tower::service_fn(|_request: Request<ProxyBody>| async {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
-            });
+            let upstream = Upstream::ok().after(|_| Duration::from_secs(1));
             let layer = ConcurrencyLayer::new("svc".into(), config, &metrics);
             Self {
-                service: layer.layer(tower::util::BoxCloneSyncService::new(inner)),
+                service: layer.layer(upstream),
                 metrics,
             }
         }
@@ -270,7 +271,7 @@ mod tests {
         async fn call(
             &mut self,
         ) -> ResponseFuture<impl Future<Output = Result<Response<ProxyBody>, ProxyError>>> {
-            let request = Request::new(ProxyBody::empty());
+            let request = proxied(Request::new(ProxyBody::empty()));
             self.service.ready().await.unwrap().call(request)
         }
 
@@ -336,35 +337,20 @@ mod tests {
         let config = ConcurrencyConfig {
             max_in_flight: NonZeroUsize::new(1).unwrap(),
         };
-        let inner = tower::service_fn(|_request: Request<ProxyBody>| async {
-            Err::<Response<ProxyBody>, _>(ProxyError::Timeout(Duration::from_secs(1)))
-        });
+        let inner =
+            Upstream::answering(|_| Err(ProxyError::Timeout(Duration::from_secs(1))).into());
         let mut service = ConcurrencyLayer::new("svc".into(), config, &metrics).layer(inner);
         for _ in 0..3 {
             let result = service
                 .ready()
                 .await
                 .unwrap()
-                .call(Request::new(ProxyBody::empty()))
+                .call(proxied(Request::new(ProxyBody::empty())))
                 .await;
             assert!(matches!(result, Err(ProxyError::Timeout(_))));
         }
         let labels = ConcurrencyMetrics::labels(&"svc".into());
         assert_eq!(metrics.shed.get_or_create(&labels).get(), 0);
         assert_eq!(metrics.in_flight.get_or_create(&labels).get(), 0);
-    }
-
-    #[test]
-    fn fits_the_service_stack() {
-        let metrics = ConcurrencyMetrics::register(&mut Registry::default());
-        let config = ConcurrencyConfig {
-            max_in_flight: NonZeroUsize::new(1).unwrap(),
-        };
-        let inner = tower::service_fn(|_request: Request<ProxyBody>| {
-            futures_util::future::ready(Ok::<_, ProxyError>(Response::new(ProxyBody::empty())))
-        });
-        let layer = ConcurrencyLayer::new("svc".into(), config, &metrics);
-        let _stack: crate::policy::ServiceStack =
-            tower::util::BoxCloneSyncService::new(layer.layer(inner));
     }
 }

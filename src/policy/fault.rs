@@ -344,34 +344,26 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use tokio::time::Instant;
     use tower::ServiceExt;
 
     use super::*;
+    use crate::policy::test_support::{proxied, Upstream};
 
     struct Harness {
-        service: Fault<
-            tower::util::BoxCloneSyncService<Request<ProxyBody>, Response<ProxyBody>, ProxyError>,
-        >,
-        calls: Arc<AtomicUsize>,
+        service: Fault<Upstream>,
+        upstream: Upstream,
         metrics: FaultMetrics,
     }
 
     impl Harness {
         fn new(config: FaultConfig, seed: u64) -> Self {
             let metrics = FaultMetrics::register(&mut Registry::default());
-            let calls = Arc::new(AtomicUsize::new(0));
-            let counted = calls.clone();
-            let inner = tower::service_fn(move |_request: Request<ProxyBody>| {
-                counted.fetch_add(1, Ordering::SeqCst);
-                future::ready(Ok::<_, ProxyError>(Response::new(ProxyBody::empty())))
-            });
+            let upstream = Upstream::ok();
             let layer = FaultLayer::with_seed("svc".into(), config, &metrics, seed);
             Self {
-                service: layer.layer(tower::util::BoxCloneSyncService::new(inner)),
-                calls,
+                service: layer.layer(upstream.clone()),
+                upstream,
                 metrics,
             }
         }
@@ -382,7 +374,7 @@ mod tests {
                 service
                     .ready()
                     .await?
-                    .call(Request::new(ProxyBody::empty()))
+                    .call(proxied(Request::new(ProxyBody::empty())))
                     .await
             }
         }
@@ -430,12 +422,12 @@ mod tests {
     async fn zero_percent_never_aborts_and_hundred_percent_always_does() {
         let mut never = Harness::new(abort(0.0), 1);
         assert_eq!(never.aborted_of(10_000).await, 0);
-        assert_eq!(never.calls.load(Ordering::SeqCst), 10_000);
+        assert_eq!(never.upstream.calls(), 10_000);
         assert_eq!(never.aborts(), 0);
 
         let mut always = Harness::new(abort(100.0), 1);
         assert_eq!(always.aborted_of(10_000).await, 10_000);
-        assert_eq!(always.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(always.upstream.calls(), 0);
         assert_eq!(always.aborts(), 10_000);
     }
 
@@ -449,7 +441,7 @@ mod tests {
                 (4_800..=5_200).contains(&aborted),
                 "seed {seed}: {aborted} aborted"
             );
-            assert_eq!(h.calls.load(Ordering::SeqCst), 10_000 - aborted);
+            assert_eq!(h.upstream.calls(), 10_000 - aborted);
             assert_eq!(h.aborts(), aborted as u64);
             // The same seed draws the same faults.
             assert_eq!(
@@ -462,17 +454,15 @@ mod tests {
     #[tokio::test]
     async fn the_thread_local_generator_draws_too() {
         let metrics = FaultMetrics::register(&mut Registry::default());
-        let inner = tower::service_fn(|_request: Request<ProxyBody>| {
-            future::ready(Ok::<_, ProxyError>(Response::new(ProxyBody::empty())))
-        });
-        let mut service = FaultLayer::new("svc".into(), abort(50.0), &metrics).layer(inner);
+        let mut service =
+            FaultLayer::new("svc".into(), abort(50.0), &metrics).layer(Upstream::ok());
         let mut aborted = 0;
         for _ in 0..10_000 {
             let result = service
                 .ready()
                 .await
                 .unwrap()
-                .call(Request::new(ProxyBody::empty()))
+                .call(proxied(Request::new(ProxyBody::empty())))
                 .await;
             aborted += usize::from(result.is_err());
         }
@@ -490,11 +480,11 @@ mod tests {
         let started = Instant::now();
         let call = tokio::spawn(h.send());
         tokio::time::sleep(Duration::from_millis(1999)).await;
-        assert_eq!(h.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(h.upstream.calls(), 0);
         tokio::time::sleep(Duration::from_millis(1)).await;
         call.await.unwrap().unwrap();
         assert_eq!(started.elapsed(), Duration::from_secs(2));
-        assert_eq!(h.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(h.upstream.calls(), 1);
         assert_eq!(h.delays(), 1);
 
         // A zero-percent delay passes at once.
@@ -523,7 +513,7 @@ mod tests {
             Err(ProxyError::FaultInjected(StatusCode::SERVICE_UNAVAILABLE))
         ));
         assert_eq!(started.elapsed(), Duration::from_millis(300));
-        assert_eq!(h.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(h.upstream.calls(), 0);
         assert_eq!((h.delays(), h.aborts()), (1, 1));
     }
 
@@ -545,16 +535,5 @@ mod tests {
         );
         let fine = DelayFault::try_new(12.5, Duration::from_millis(5)).unwrap();
         assert_eq!(fine.percent(), 12.5);
-    }
-
-    #[test]
-    fn fits_the_service_stack() {
-        let metrics = FaultMetrics::register(&mut Registry::default());
-        let inner = tower::service_fn(|_request: Request<ProxyBody>| {
-            future::ready(Ok::<_, ProxyError>(Response::new(ProxyBody::empty())))
-        });
-        let layer = FaultLayer::new("svc".into(), abort(1.0), &metrics);
-        let _stack: crate::policy::ServiceStack =
-            tower::util::BoxCloneSyncService::new(layer.layer(inner));
     }
 }

@@ -1,12 +1,15 @@
 //! The overall bound on a call: every attempt and every backoff sleep fit inside it.
 //!
 //! The bound is the configured request timeout or, for a gRPC call, the caller's
-//! deadline (`grpc-timeout`), whichever ends first. A proxied call records it in its
-//! [`CallInfo`] (another request in a [`Deadline`] extension) so that the layers below
-//! (retry) can tell how much time is left. A gRPC call's deadline is propagated upstream
-//! by rewriting `grpc-timeout` to the time remaining ([`set_grpc_timeout`]), once per
-//! attempt by `Forward`, right before it is sent, so that queueing, backoff and injected
-//! delays are all subtracted.
+//! deadline (`grpc-timeout`), whichever ends first, counted from the call's arrival. The
+//! call records it in its [`CallInfo`] so that the layers below (retry) can tell how
+//! much time is left. A gRPC call's deadline is propagated upstream by rewriting
+//! `grpc-timeout` to the time remaining ([`set_grpc_timeout`]), once per attempt by
+//! `Forward`, right before it is sent, so that queueing, backoff and injected delays are
+//! all subtracted. Whether a call is gRPC is [`CallInfo::grpc`] (its content type): a
+//! `grpc-timeout` on any other call is passed on untouched and bounds nothing.
+//!
+//! [`set_grpc_timeout`]: crate::core::grpc::set_grpc_timeout
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,7 +27,7 @@ use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
 use crate::core::body::ProxyBody;
-use crate::core::call::{CallInfo, Deadline};
+use crate::core::call::CallInfo;
 use crate::core::error::ProxyError;
 use crate::core::grpc::{parse_grpc_timeout, GRPC_TIMEOUT};
 use crate::core::labels::ServiceLabel;
@@ -182,29 +185,20 @@ where
         let configured = self.layer.shared.config.request;
         let (mut parts, body) = request.into_parts();
         // A proxied call carries its arrival (bounds run from it: read, not the clock),
-        // whether it is gRPC, and the deadline, all in one extension.
-        let (deadline, arrived) = match parts.extensions.get_mut::<CallInfo>() {
-            Some(call) => {
-                let incoming = if call.grpc {
-                    incoming_grpc_timeout(&parts.headers)
-                } else {
-                    None
-                };
-                let deadline = earliest(call.arrived, [configured, incoming], call.deadline);
-                call.deadline = deadline;
-                (deadline, call.arrived)
-            }
-            None => {
-                let now = Instant::now();
-                let incoming = incoming_grpc_timeout(&parts.headers);
-                let earlier = parts.extensions.get::<Deadline>().map(|d| d.0);
-                let deadline = earliest(now, [configured, incoming], earlier);
-                if let Some(deadline) = deadline {
-                    parts.extensions.insert(Deadline(deadline));
-                }
-                (deadline, now)
-            }
+        // whether it is gRPC, and the deadline, all in one extension. NOTE: the proxy
+        // stamps every call; a request without a `CallInfo` is bounded by the configured
+        // timeout from now, which no layer below can read.
+        let call = parts.extensions.get_mut::<CallInfo>();
+        let arrived = call.as_ref().map_or_else(Instant::now, |call| call.arrived);
+        let incoming = match &call {
+            Some(call) if call.grpc => incoming_grpc_timeout(&parts.headers),
+            _ => None,
         };
+        let earlier = call.as_ref().and_then(|call| call.deadline);
+        let deadline = earliest(arrived, [configured, incoming], earlier);
+        if let Some(call) = call {
+            call.deadline = deadline;
+        }
         let request = Request::from_parts(parts, body);
         let Some(deadline) = deadline else {
             return ResponseFuture {
@@ -296,9 +290,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::grpc::set_grpc_timeout;
-    use http::HeaderValue;
-    use tower::{service_fn, ServiceExt};
+    use crate::policy::test_support::{proxied, Upstream};
+    use tower::ServiceExt;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -311,53 +304,57 @@ mod tests {
         )
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_proxied_call_is_bounded_from_its_arrival_and_keeps_its_deadline_in_call_info() {
-        let (layer, _) = layer(Some(100 * MS));
-        let seen = Arc::new(std::sync::Mutex::new(None));
-        let log = seen.clone();
-        let slow = service_fn(move |request: Request<ProxyBody>| {
-            *log.lock().unwrap() = Some((
-                request
-                    .extensions()
-                    .get::<CallInfo>()
-                    .and_then(|c| c.deadline),
-                request.extensions().get::<Deadline>().copied(),
-            ));
-            async {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
-            }
-        });
-        let call = CallInfo::new("192.0.2.1:5000".parse().unwrap());
-        tokio::time::advance(30 * MS).await;
+    /// An upstream answering 200 after a second.
+    fn slow() -> Upstream {
+        Upstream::ok().after(|_| Duration::from_secs(1))
+    }
+
+    /// A proxied call; a gRPC one (by its content type) when `grpc_timeout` is given,
+    /// carrying it.
+    fn call(grpc_timeout: Option<&'static str>) -> Request<ProxyBody> {
         let mut request = Request::new(ProxyBody::empty());
-        request.extensions_mut().insert(call);
+        if let Some(timeout) = grpc_timeout {
+            let headers = request.headers_mut();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            headers.insert(&GRPC_TIMEOUT, http::HeaderValue::from_static(timeout));
+        }
+        proxied(request)
+    }
+
+    /// The deadline the layer recorded in the call `upstream` saw first.
+    fn recorded_deadline(upstream: &Upstream) -> Option<Instant> {
+        upstream.seen()[0]
+            .extensions
+            .get::<CallInfo>()
+            .and_then(|call| call.deadline)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_is_bounded_from_its_arrival_and_keeps_its_deadline_in_call_info() {
+        let (layer, _) = layer(Some(100 * MS));
+        let upstream = slow();
+        let request = call(None);
+        let arrived = request.extensions().get::<CallInfo>().unwrap().arrived;
+        tokio::time::advance(30 * MS).await;
         let started = Instant::now();
-        let result = layer.layer(slow).oneshot(request).await;
+        let result = layer.layer(upstream.clone()).oneshot(request).await;
         assert!(matches!(result, Err(ProxyError::Timeout(d)) if d == 100 * MS));
         assert_eq!(
             started.elapsed(),
             70 * MS,
             "100ms from arrival, 30ms of it spent"
         );
-        let (in_call, separate) = seen.lock().unwrap().take().unwrap();
-        assert_eq!(in_call, Some(call.arrived + 100 * MS));
-        assert_eq!(separate, None, "no second extension for a proxied call");
+        assert_eq!(recorded_deadline(&upstream), Some(arrived + 100 * MS));
     }
 
     #[tokio::test(start_paused = true)]
     async fn overall_timeout_returns_timeout() {
         let (layer, metrics) = layer(Some(100 * MS));
-        let slow = service_fn(|_: Request<ProxyBody>| async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
-        });
         let started = Instant::now();
-        let result = layer
-            .layer(slow)
-            .oneshot(Request::new(ProxyBody::empty()))
-            .await;
+        let result = layer.layer(slow()).oneshot(call(None)).await;
         assert!(matches!(result, Err(ProxyError::Timeout(d)) if d == 100 * MS));
         assert_eq!(started.elapsed(), 100 * MS);
         assert_eq!(metrics.count("svc", TimeoutKind::Request), 1);
@@ -366,58 +363,58 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn fast_calls_pass_and_no_bound_means_no_deadline() {
         let (layer, metrics) = layer(None);
-        let inner = service_fn(|request: Request<ProxyBody>| async move {
-            assert!(request.extensions().get::<Deadline>().is_none());
-            assert!(request.headers().get(&GRPC_TIMEOUT).is_none());
-            Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
-        });
-        let result = layer
-            .layer(inner)
-            .oneshot(Request::new(ProxyBody::empty()))
-            .await;
+        let upstream = Upstream::ok();
+        let result = layer.layer(upstream.clone()).oneshot(call(None)).await;
         assert!(result.is_ok());
+        assert_eq!(recorded_deadline(&upstream), None);
+        assert!(upstream.seen()[0].header(GRPC_TIMEOUT.as_str()).is_none());
         assert_eq!(metrics.count("svc", TimeoutKind::Request), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn grpc_timeout_bounds_the_call_when_smaller() {
         let (layer, _) = layer(Some(Duration::from_secs(10)));
-        let inner = service_fn(|mut request: Request<ProxyBody>| async move {
-            set_grpc_timeout(&mut request); // as `Forward` does before sending
-            let timeout = request.headers()[&GRPC_TIMEOUT].clone();
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let mut response = Response::new(ProxyBody::empty());
-            response.headers_mut().insert("seen", timeout);
-            Ok::<_, ProxyError>(response)
-        });
-        let mut request = Request::new(ProxyBody::empty());
-        request
-            .headers_mut()
-            .insert(&GRPC_TIMEOUT, HeaderValue::from_static("200m"));
-        let result = layer.layer(inner).oneshot(request).await;
+        let result = layer.layer(slow()).oneshot(call(Some("200m"))).await;
         assert!(matches!(result, Err(ProxyError::Timeout(d)) if d == 200 * MS));
 
         // A larger grpc-timeout loses to the configured bound, which is propagated.
-        let mut request = Request::new(ProxyBody::empty());
+        let (layer, _) = self::layer(Some(Duration::from_secs(2)));
+        let upstream = slow();
+        layer
+            .layer(upstream.clone())
+            .oneshot(call(Some("1M")))
+            .await
+            .unwrap();
+        assert_eq!(upstream.header_of_each(GRPC_TIMEOUT.as_str()), ["2S"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grpc_timeout_on_a_call_that_is_not_grpc_bounds_nothing() {
+        let (layer, metrics) = layer(None);
+        let upstream = slow();
+        let mut request = call(None);
         request
             .headers_mut()
-            .insert(&GRPC_TIMEOUT, HeaderValue::from_static("1M"));
-        let (layer, _) = self::layer(Some(Duration::from_secs(2)));
-        let response = layer.layer(inner).oneshot(request).await.unwrap();
-        assert_eq!(response.headers()["seen"], "2S");
+            .insert(&GRPC_TIMEOUT, http::HeaderValue::from_static("200m"));
+        let result = layer.layer(upstream.clone()).oneshot(request).await;
+        assert!(
+            result.is_ok(),
+            "a plain call is not bounded by grpc-timeout"
+        );
+        assert_eq!(recorded_deadline(&upstream), None);
+        assert_eq!(upstream.header_of_each(GRPC_TIMEOUT.as_str()), ["200m"]);
+        assert_eq!(metrics.count("svc", TimeoutKind::Request), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn malformed_grpc_timeout_is_ignored() {
         let (layer, _) = layer(None);
-        let inner = service_fn(|request: Request<ProxyBody>| async move {
-            assert!(request.extensions().get::<Deadline>().is_none());
-            Ok::<_, ProxyError>(Response::new(ProxyBody::empty()))
-        });
-        let mut request = Request::new(ProxyBody::empty());
-        request
-            .headers_mut()
-            .insert(&GRPC_TIMEOUT, HeaderValue::from_static("soon"));
-        assert!(layer.layer(inner).oneshot(request).await.is_ok());
+        let upstream = Upstream::ok();
+        let result = layer
+            .layer(upstream.clone())
+            .oneshot(call(Some("soon")))
+            .await;
+        assert!(result.is_ok());
+        assert_eq!(recorded_deadline(&upstream), None);
     }
 }

@@ -3,8 +3,9 @@
 //! Proxied bodies stream through untouched (`Incoming`); bodies remora writes itself are
 //! small and whole (`Full`, or `Trailed` when it ends in trailers). An enum rather than a
 //! boxed trait object keeps the hot path free of a per-request allocation; only a policy
-//! that must watch or replay a body's frames pays for `Boxed`, and only where it applies,
-//! and only a gRPC response whose status comes in trailers pays for `Watched`.
+//! that must watch a body's frames pays for `Boxed`, and only where it applies, only a
+//! request that may be sent again pays for `Replay` (its recording), and only a gRPC
+//! response whose status comes in trailers pays for `Watched`.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,9 +18,11 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 mod pooled;
+mod replay;
 mod watch;
 
 pub use pooled::{ConnectionHome, Lease, PooledBody, StreamSlot};
+pub use replay::{Replay, ReplayBody};
 pub use watch::{watch, BodyEnd, GrpcStatusBody, StatusWaiter};
 
 /// Any error a body can fail with.
@@ -44,17 +47,15 @@ pin_project! {
             data: Option<Bytes>,
             trailers: Option<HeaderMap>,
         },
-        /// A body a policy wraps to watch or replay its frames (one allocation, paid
-        /// only by the requests that policy applies to).
+        /// A body a policy wraps to watch its frames (one allocation, paid only by the
+        /// requests that policy applies to).
         Boxed {
             #[pin]
             body: BoxBody<Bytes, BoxError>,
         },
-        /// A frame already read from a body (retry's bounded read-ahead), then the rest
-        /// of that body. Boxed because the rest is itself a `ProxyBody`.
-        Prefixed {
-            first: Option<Frame<Bytes>>,
-            rest: Box<ProxyBody>,
+        /// One copy of a body that may be sent again ([`Replay`]).
+        Replay {
+            body: ReplayBody,
         },
         /// An upstream's response, streamed; its connection goes back to the pool (or
         /// its HTTP/2 stream slot is freed) when the body ends.
@@ -115,14 +116,6 @@ impl ProxyBody {
             body,
         }
     }
-
-    /// `first` (a frame already read from `rest`), then the rest of that body.
-    pub fn prefixed(first: Frame<Bytes>, rest: ProxyBody) -> Self {
-        Self::Prefixed {
-            first: Some(first),
-            rest: Box::new(rest),
-        }
-    }
 }
 
 impl Default for ProxyBody {
@@ -154,12 +147,7 @@ impl Body for ProxyBody {
                     .map(Ok),
             ),
             ProxyBodyProj::Boxed { body } => body.poll_frame(cx),
-            ProxyBodyProj::Prefixed { first, rest } => {
-                if let Some(frame) = first.take() {
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                Pin::new(rest.as_mut()).poll_frame(cx)
-            }
+            ProxyBodyProj::Replay { body } => Pin::new(body).poll_frame(cx),
             ProxyBodyProj::Pooled { body } => body.poll_frame(cx),
             ProxyBodyProj::Watched { body } => Pin::new(body.as_mut()).poll_frame(cx),
         }
@@ -171,7 +159,7 @@ impl Body for ProxyBody {
             Self::Full { data } => data.is_none(),
             Self::Trailed { data, trailers } => data.is_none() && trailers.is_none(),
             Self::Boxed { body } => body.is_end_stream(),
-            Self::Prefixed { first, rest } => first.is_none() && rest.is_end_stream(),
+            Self::Replay { body } => body.is_end_stream(),
             Self::Pooled { body } => body.is_end_stream(),
             Self::Watched { body } => body.is_end_stream(),
         }
@@ -188,19 +176,7 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Self::Boxed { body } => body.size_hint(),
-            Self::Prefixed { first, rest } => {
-                let ahead = first
-                    .as_ref()
-                    .and_then(Frame::data_ref)
-                    .map_or(0, |d| d.len() as u64);
-                let rest = rest.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(rest.lower() + ahead);
-                if let Some(upper) = rest.upper() {
-                    hint.set_upper(upper + ahead);
-                }
-                hint
-            }
+            Self::Replay { body } => body.size_hint(),
             Self::Pooled { body } => body.size_hint(),
             Self::Watched { body } => body.size_hint(),
         }

@@ -11,7 +11,6 @@
 //! limiter sits above by design, so its refusals are never degraded; an integrator can
 //! place one below, or an inbound stack can use it).
 
-mod replay;
 mod respond;
 mod stale;
 
@@ -29,7 +28,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::core::body::ProxyBody;
+use crate::core::body::{ProxyBody, Replay};
 use crate::core::error::ProxyError;
 use crate::core::grpc::grpc_code;
 use crate::core::labels::ServiceLabel;
@@ -40,6 +39,9 @@ pub use stale::StaleCache;
 
 /// Header naming the trigger a fallback answer replaced.
 pub const FALLBACK_HEADER: &str = "x-remora-fallback";
+
+/// Most request-body bytes kept to send the request again to an alternate service.
+const REPLAY_LIMIT: usize = 64 * 1024;
 
 /// A fallback configuration that makes no sense.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -200,7 +202,8 @@ pub enum FallbackAction {
     /// A fixed answer.
     Respond(StaticResponse),
     /// The answer of an alternate (degraded) service's stack, when the request body
-    /// can be sent again (see `replay`: at most 64 KiB of it was read).
+    /// can be sent again: the primary read all of it within 64 KiB, or let go of it
+    /// having read at most that much (an open breaker, a refused connection).
     Forward(ServiceStack),
     /// For GET, the last good answer to the same target, while fresh enough.
     Stale(StaleCache),
@@ -357,15 +360,16 @@ enum Prepared {
 struct Alternate {
     parts: http::request::Parts,
     /// `None`: the request had no body.
-    replay: Option<replay::Replay>,
+    replay: Option<Replay>,
 }
 
 impl Alternate {
+    /// The request, if its body can be sent again now that the primary has answered.
     fn request(self: Box<Self>) -> Option<Request<ProxyBody>> {
         let Self { parts, replay } = *self;
         let body = match replay {
             None => ProxyBody::empty(),
-            Some(replay) => replay.body()?,
+            Some(replay) => replay.try_body()?,
         };
         Some(Request::from_parts(parts, body))
     }
@@ -473,7 +477,7 @@ enum Settled {
 }
 
 /// What `request` needs kept for its fallback; for an alternate service, a copy of it
-/// (and a tee of its body).
+/// (and of its body, recorded as the primary reads it).
 fn prepare(action: &FallbackAction, request: &mut Request<ProxyBody>) -> Prepared {
     match action {
         FallbackAction::Respond(_) => Prepared::Respond {
@@ -487,7 +491,7 @@ fn prepare(action: &FallbackAction, request: &mut Request<ProxyBody>) -> Prepare
             let (body, replay) = if body.is_end_stream() {
                 (body, None)
             } else {
-                let (body, replay) = replay::tee(body);
+                let (body, replay) = Replay::wrap(body, REPLAY_LIMIT);
                 (body, Some(replay))
             };
             *request = Request::from_parts(parts, body);

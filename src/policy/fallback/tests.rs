@@ -1,25 +1,15 @@
 //! The fallback layer driven by programmed inner services.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http::{HeaderMap, Method, StatusCode};
+use http::{header, HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
 use tower::util::BoxCloneSyncService;
-use tower::{service_fn, Layer, ServiceExt};
+use tower::{Layer, ServiceExt};
 
 use super::*;
-use http::header;
-
-type Outcome = Result<Response<ProxyBody>, ProxyError>;
-
-fn status(code: u16) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full("upstream"));
-    *response.status_mut() = StatusCode::from_u16(code).unwrap();
-    response
-}
+use crate::policy::test_support::{proxied, status, Outcome, Read, Upstream};
 
 fn grpc_answer(code: &'static str) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::empty());
@@ -63,7 +53,7 @@ fn firing_outcomes() -> Vec<(Trigger, fn() -> Outcome)> {
                 unsent: None,
             })
         }),
-        (Trigger::Upstream5xx, || Ok(status(503))),
+        (Trigger::Upstream5xx, || status(503)),
         (Trigger::UpstreamReset, || Err(upstream_error())),
         (Trigger::GrpcCodes(vec![tonic::Code::Unavailable]), || {
             Ok(grpc_answer("14"))
@@ -111,25 +101,18 @@ fn unserved(metrics: &FallbackMetrics, action: &'static str) -> u64 {
         .get()
 }
 
-/// An inner service answering every call with `outcome()`.
-fn answering(
-    outcome: fn() -> Outcome,
-) -> impl Service<
-    Request<ProxyBody>,
-    Response = Response<ProxyBody>,
-    Error = ProxyError,
-    Future = impl Future<Output = Outcome> + Send,
-> + Clone
-       + Send
-       + 'static {
-    service_fn(move |_request: Request<ProxyBody>| async move { outcome() })
+/// An inner service answering every call with `outcome()`, leaving bodies unread.
+fn answering(outcome: fn() -> Outcome) -> Upstream {
+    Upstream::answering(move |_| outcome().into()).reading(Read::Nothing)
 }
 
 fn get(path: &str) -> Request<ProxyBody> {
-    Request::get(path)
-        .header(header::HOST, "svc")
-        .body(ProxyBody::empty())
-        .unwrap()
+    proxied(
+        Request::get(path)
+            .header(header::HOST, "svc")
+            .body(ProxyBody::empty())
+            .unwrap(),
+    )
 }
 
 /// The error of an outcome that must have failed.
@@ -183,7 +166,7 @@ async fn outcomes_not_listed_pass_through() {
         }
     }
     let ok = layer
-        .layer(answering(|| Ok(status(200))))
+        .layer(answering(|| status(200)))
         .oneshot(get("/"))
         .await
         .unwrap();
@@ -223,10 +206,12 @@ fn nonsense_configs_are_refused() {
 }
 
 fn grpc_request() -> Request<ProxyBody> {
-    Request::post("/pkg.Svc/Get")
-        .header(header::CONTENT_TYPE, "application/grpc+proto")
-        .body(ProxyBody::full(vec![0u8, 0, 0, 0, 0]))
-        .unwrap()
+    proxied(
+        Request::post("/pkg.Svc/Get")
+            .header(header::CONTENT_TYPE, "application/grpc+proto")
+            .body(ProxyBody::full(vec![0u8, 0, 0, 0, 0]))
+            .unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -287,81 +272,58 @@ async fn grpc_callers_get_a_framed_message_then_status_ok() {
     assert_eq!(frame, message);
 }
 
-/// What the alternate service saw.
-#[derive(Debug, Clone, PartialEq)]
-struct Seen {
-    method: Method,
-    path: String,
-    body: Bytes,
+/// An alternate stack that reads its requests whole and answers 200 "alternate".
+fn alternate() -> (ServiceStack, Upstream) {
+    let upstream = Upstream::answering(|_| Ok(Response::new(ProxyBody::full("alternate"))).into());
+    (BoxCloneSyncService::new(upstream.clone()), upstream)
 }
 
-/// An alternate stack that records its requests and answers 200 "alternate".
-fn alternate() -> (ServiceStack, Arc<Mutex<Vec<Seen>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    let stack = BoxCloneSyncService::new(service_fn(move |request: Request<ProxyBody>| {
-        let log = log.clone();
-        async move {
-            let (parts, body) = request.into_parts();
-            let body = body.collect().await.unwrap().to_bytes();
-            log.lock().unwrap().push(Seen {
-                method: parts.method,
-                path: parts.uri.to_string(),
-                body,
-            });
-            Ok::<_, ProxyError>(Response::new(ProxyBody::full("alternate")))
-        }
-    }));
-    (stack, seen)
+/// (method, target, body) of each request `upstream` saw.
+fn requests(upstream: &Upstream) -> Vec<(Method, String, Bytes)> {
+    upstream
+        .seen()
+        .into_iter()
+        .map(|s| (s.method, s.uri.to_string(), s.body))
+        .collect()
 }
 
 /// A primary that reads the whole request body, then fails with a reset.
-fn reading_then_resetting(
-    reads: Arc<AtomicUsize>,
-) -> impl Service<
-    Request<ProxyBody>,
-    Response = Response<ProxyBody>,
-    Error = ProxyError,
-    Future = impl Future<Output = Outcome> + Send,
-> + Clone
-       + Send
-       + 'static {
-    service_fn(move |request: Request<ProxyBody>| {
-        let reads = reads.clone();
-        async move {
-            let body = request.into_body().collect().await.unwrap().to_bytes();
-            reads.fetch_add(body.len(), Ordering::SeqCst);
-            Err(upstream_error())
-        }
-    })
+fn reading_then_resetting() -> Upstream {
+    Upstream::answering(|_| Err(upstream_error()).into())
 }
 
 fn post(body: impl Into<Bytes>) -> Request<ProxyBody> {
-    Request::post("/orders?x=1")
-        .body(ProxyBody::full(body.into()))
-        .unwrap()
+    proxied(
+        Request::post("/orders?x=1")
+            .body(ProxyBody::full(body.into()))
+            .unwrap(),
+    )
 }
 
 #[tokio::test]
 async fn forward_sends_the_same_request_to_the_alternate() {
     let (stack, seen) = alternate();
     let (layer, metrics) = layer(vec![Trigger::UpstreamReset], FallbackAction::Forward(stack));
-    let reads = Arc::new(AtomicUsize::new(0));
+    let primary = reading_then_resetting();
     let response = layer
-        .layer(reading_then_resetting(reads.clone()))
+        .layer(primary.clone())
         .oneshot(post("payload"))
         .await
         .unwrap();
-    assert_eq!(reads.load(Ordering::SeqCst), 7, "the primary read the body");
+    assert_eq!(
+        primary.seen()[0].body,
+        "payload",
+        "the primary read the body"
+    );
     assert_eq!(response.headers()[FALLBACK_HEADER], "upstream_reset");
     assert_eq!(body_of(response).await, "alternate");
     assert_eq!(
-        *seen.lock().unwrap(),
-        vec![Seen {
-            method: Method::POST,
-            path: "/orders?x=1".into(),
-            body: Bytes::from_static(b"payload"),
-        }]
+        requests(&seen),
+        [(
+            Method::POST,
+            "/orders?x=1".into(),
+            Bytes::from_static(b"payload")
+        )]
     );
     assert_eq!(served(&metrics, "upstream_reset", "forward"), 1);
 }
@@ -371,35 +333,32 @@ async fn forward_of_a_get_on_5xx() {
     let (stack, seen) = alternate();
     let (layer, _) = layer(vec![Trigger::Upstream5xx], FallbackAction::Forward(stack));
     let response = layer
-        .layer(answering(|| Ok(status(502))))
+        .layer(answering(|| status(502)))
         .oneshot(get("/items"))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()[FALLBACK_HEADER], "upstream_5xx");
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.len(), 1);
     assert_eq!(
-        (seen[0].method.clone(), seen[0].path.as_str()),
-        (Method::GET, "/items")
+        requests(&seen),
+        [(Method::GET, "/items".into(), Bytes::new())]
     );
-    assert!(seen[0].body.is_empty());
 }
 
 #[tokio::test]
 async fn a_large_body_read_by_the_primary_is_not_forwarded() {
     let (stack, seen) = alternate();
     let (layer, metrics) = layer(vec![Trigger::UpstreamReset], FallbackAction::Forward(stack));
-    let reads = Arc::new(AtomicUsize::new(0));
+    let primary = reading_then_resetting();
     let error = expect_err(
         layer
-            .layer(reading_then_resetting(reads.clone()))
+            .layer(primary.clone())
             .oneshot(post(vec![b'x'; 100 * 1024]))
             .await,
     );
     assert_eq!(error.reason(), "upstream-reset", "the original outcome");
-    assert_eq!(reads.load(Ordering::SeqCst), 100 * 1024);
-    assert!(seen.lock().unwrap().is_empty(), "alternate was called");
+    assert_eq!(primary.seen()[0].body.len(), 100 * 1024);
+    assert_eq!(seen.calls(), 0, "alternate was called");
     assert_eq!(unserved(&metrics, "forward"), 1);
 }
 
@@ -413,7 +372,7 @@ async fn a_large_body_the_primary_never_read_is_forwarded_whole() {
         .await
         .unwrap();
     assert_eq!(response.headers()[FALLBACK_HEADER], "breaker_open");
-    assert_eq!(seen.lock().unwrap()[0].body.len(), 100 * 1024);
+    assert_eq!(seen.seen()[0].body.len(), 100 * 1024);
 }
 
 #[tokio::test]
@@ -434,31 +393,20 @@ async fn a_failing_alternate_leaves_the_original_outcome() {
     assert_eq!(unserved(&metrics, "forward"), 1);
 }
 
-/// A primary that succeeds with `body` until `failing` is set, then times out.
-fn flaky(
-    failing: Arc<AtomicUsize>,
-    body: &'static [u8],
-) -> impl Service<
-    Request<ProxyBody>,
-    Response = Response<ProxyBody>,
-    Error = ProxyError,
-    Future = impl Future<Output = Outcome> + Send,
-> + Clone
-       + Send
-       + 'static {
-    service_fn(move |_request: Request<ProxyBody>| {
-        let failing = failing.load(Ordering::SeqCst) != 0;
-        async move {
-            if failing {
-                return Err(ProxyError::Timeout(Duration::from_secs(1)));
-            }
-            let mut response = Response::new(ProxyBody::full(body));
-            response
-                .headers_mut()
-                .insert("x-version", HeaderValue::from_static("v1"));
-            Ok(response)
-        }
+/// A primary that answers `body` (version v1), until it is told to fail.
+fn serving(body: &'static [u8]) -> Upstream {
+    Upstream::answering(move |_| {
+        let mut response = Response::new(ProxyBody::full(body));
+        response
+            .headers_mut()
+            .insert("x-version", HeaderValue::from_static("v1"));
+        Ok(response).into()
     })
+}
+
+/// Makes `primary` time out from now on.
+fn fail(primary: &Upstream) {
+    primary.answer_with(|_| Err(ProxyError::Timeout(Duration::from_secs(1))).into());
 }
 
 fn stale_layer(
@@ -473,15 +421,15 @@ fn stale_layer(
 #[tokio::test(start_paused = true)]
 async fn stale_serves_the_last_good_answer_while_fresh() {
     let (layer, metrics, cache) = stale_layer(8, 1024);
-    let failing = Arc::new(AtomicUsize::new(0));
-    let service = layer.layer(flaky(failing.clone(), b"catalog"));
+    let primary = serving(b"catalog");
+    let service = layer.layer(primary.clone());
 
     let response = service.clone().oneshot(get("/items?page=1")).await.unwrap();
     assert!(cache.is_empty(), "stored before its body was sent");
     assert_eq!(body_of(response).await, "catalog");
     assert_eq!(cache.len(), 1);
 
-    failing.store(1, Ordering::SeqCst);
+    fail(&primary);
     tokio::time::advance(Duration::from_secs(10)).await;
     let response = service.clone().oneshot(get("/items?page=1")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -509,13 +457,13 @@ async fn stale_serves_the_last_good_answer_while_fresh() {
 #[tokio::test]
 async fn stale_does_not_keep_oversized_answers() {
     let (layer, metrics, cache) = stale_layer(8, 4);
-    let failing = Arc::new(AtomicUsize::new(0));
-    let service = layer.layer(flaky(failing.clone(), b"too large"));
+    let primary = serving(b"too large");
+    let service = layer.layer(primary.clone());
     let response = service.clone().oneshot(get("/big")).await.unwrap();
     assert_eq!(body_of(response).await, "too large", "still sent whole");
     assert!(cache.is_empty());
 
-    failing.store(1, Ordering::SeqCst);
+    fail(&primary);
     let error = expect_err(service.oneshot(get("/big")).await);
     assert_eq!(error.reason(), "timeout");
     assert_eq!(unserved(&metrics, "stale"), 1);
@@ -524,7 +472,7 @@ async fn stale_does_not_keep_oversized_answers() {
 #[tokio::test]
 async fn stale_keeps_at_most_max_entries() {
     let (layer, _, cache) = stale_layer(3, 1024);
-    let service = layer.layer(flaky(Arc::new(AtomicUsize::new(0)), b"x"));
+    let service = layer.layer(serving(b"x"));
     for page in 0..10 {
         let response = service
             .clone()
@@ -539,12 +487,12 @@ async fn stale_keeps_at_most_max_entries() {
 #[tokio::test]
 async fn stale_ignores_other_methods() {
     let (layer, metrics, cache) = stale_layer(8, 1024);
-    let failing = Arc::new(AtomicUsize::new(0));
-    let service = layer.layer(flaky(failing.clone(), b"created"));
+    let primary = serving(b"created");
+    let service = layer.layer(primary.clone());
     let response = service.clone().oneshot(post("a")).await.unwrap();
     body_of(response).await;
     assert!(cache.is_empty(), "a POST answer was recorded");
-    failing.store(1, Ordering::SeqCst);
+    fail(&primary);
     let error = expect_err(service.oneshot(post("a")).await);
     assert_eq!(error.reason(), "timeout");
     assert_eq!(unserved(&metrics, "stale"), 0, "a POST is not a stale miss");
