@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use super::resolve::{self, BuildError};
 use crate::balance::EndpointSet;
-use crate::config::RegistryConfig;
+use crate::config::RegistrySection;
 use crate::discovery::{
     DiscoveryError, DiscoveryLabels, Freshness, Instance, Registry, UpdateLabels,
 };
@@ -44,7 +44,7 @@ pub enum Source {
     /// A registry, looked up under `name`.
     Registry {
         /// The registry's settings.
-        config: RegistryConfig,
+        config: RegistrySection,
         /// The name looked up.
         name: String,
     },

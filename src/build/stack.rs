@@ -16,7 +16,7 @@ use super::resolve::{self, BuildError, NONE};
 use super::route::RouteMatcher;
 use crate::balance::EndpointSet;
 use crate::config::{
-    FieldPath, InboundConfig, PoliciesConfig, RouteConfig, ServiceConfig, UpstreamProtocol,
+    FieldPath, InboundSection, PoliciesSection, RouteSection, ServiceSection, UpstreamProtocol,
 };
 use crate::policy::circuit_breaker::{EndpointBreakers, ServiceBreakerLayer};
 use crate::policy::concurrency::{ConcurrencyConfig, ConcurrencyLayer};
@@ -37,7 +37,7 @@ fn optional<L: Layer<S>, S>(layer: Option<L>, inner: S) -> Either<L::Service, S>
 }
 
 /// The matcher of `route` (validation guarantees it names one match).
-fn matcher(route: &RouteConfig) -> Option<RouteMatcher> {
+fn matcher(route: &RouteSection) -> Option<RouteMatcher> {
     let matches = &route.matches;
     if let Some(prefix) = &matches.path_prefix {
         return Some(RouteMatcher::PathPrefix(
@@ -69,7 +69,7 @@ pub struct PolicyRefs<'a> {
 }
 
 impl<'a> PolicyRefs<'a> {
-    fn of_service(service: &'a ServiceConfig) -> Self {
+    fn of_service(service: &'a ServiceSection) -> Self {
         Self {
             timeout: service.timeout.as_deref(),
             retry: service.retry.as_deref(),
@@ -80,7 +80,7 @@ impl<'a> PolicyRefs<'a> {
     }
 
     /// A route's references: each one it names replaces the service's.
-    fn of_route(route: &'a RouteConfig, service: Self) -> Self {
+    fn of_route(route: &'a RouteSection, service: Self) -> Self {
         Self {
             timeout: route.timeout.as_deref().or(service.timeout),
             retry: route.retry.as_deref().or(service.retry),
@@ -104,7 +104,7 @@ pub struct StackTarget<'a> {
     /// The default policies.
     pub refs: PolicyRefs<'a>,
     /// Routes with policies of their own.
-    pub routes: &'a [RouteConfig],
+    pub routes: &'a [RouteSection],
     /// The service breaker's policy name.
     pub breaker: Option<&'a str>,
     /// The endpoint breakers' policy name.
@@ -120,7 +120,7 @@ impl<'a> StackTarget<'a> {
     pub fn service(
         name: Arc<str>,
         endpoints: Arc<EndpointSet>,
-        service: &'a ServiceConfig,
+        service: &'a ServiceSection,
     ) -> Self {
         Self {
             path: FieldPath::root().key("services").key(name.as_ref()),
@@ -140,7 +140,7 @@ impl<'a> StackTarget<'a> {
     pub fn inbound(
         name: Arc<str>,
         endpoints: Arc<EndpointSet>,
-        inbound: &'a InboundConfig,
+        inbound: &'a InboundSection,
     ) -> Self {
         Self {
             path: FieldPath::root().key("inbound"),
@@ -193,7 +193,7 @@ pub struct ServiceStacks {
 pub struct RouteStack {
     /// Which requests it takes.
     pub matcher: RouteMatcher,
-    /// Its `route` metrics label ([`RouteConfig::label`]).
+    /// Its `route` metrics label ([`RouteSection::label`]).
     pub label: Arc<str>,
     /// The stack its requests go through.
     pub stack: Stack,
@@ -201,7 +201,7 @@ pub struct RouteStack {
 
 /// Builds stacks from one config's policies.
 pub struct StackBuilder<'c> {
-    policies: &'c PoliciesConfig,
+    policies: &'c PoliciesSection,
     metrics: &'c PolicyMetrics,
     clients: UpstreamClients,
 }
@@ -209,7 +209,7 @@ pub struct StackBuilder<'c> {
 impl<'c> StackBuilder<'c> {
     /// A builder for `policies`, counting into `metrics`, sending over `clients`.
     pub fn new(
-        policies: &'c PoliciesConfig,
+        policies: &'c PoliciesSection,
         metrics: &'c PolicyMetrics,
         clients: UpstreamClients,
     ) -> Self {

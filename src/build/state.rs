@@ -16,7 +16,7 @@ use super::pump::{Discovered, DiscoveryKey, Source};
 use super::resolve::BuildError;
 use super::route::{RouteTable, Target};
 use super::stack::{StackBuilder, StackTarget};
-use crate::config::{Config, FieldPath, LimitsConfig};
+use crate::config::{Config, FieldPath, LimitsSection};
 use crate::discovery::{Registry, StaticRegistry};
 use crate::policy::{BreakerSource, ServiceStack};
 use crate::upstream::UpstreamClients;
@@ -199,7 +199,7 @@ async fn start_discovery(
 }
 
 /// The HTTP server settings every proxy listener uses, from `limits`.
-pub fn server_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+pub fn server_builder(limits: &LimitsSection) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

@@ -15,7 +15,7 @@ use super::validate::Issue;
 /// A registry: exactly one of the backends.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
+pub struct RegistrySection {
     /// etcd: instances under `<prefix>/<service>/<id>` as JSON, watched.
     #[serde(default)]
     pub etcd: Option<EtcdSection>,
@@ -288,7 +288,7 @@ fn default_deregister_delay() -> Duration {
 }
 
 /// Which backend a registry uses, for messages.
-pub fn backend_of(registry: &RegistryConfig) -> Option<&'static str> {
+pub fn backend_of(registry: &RegistrySection) -> Option<&'static str> {
     let given: Vec<&'static str> = [
         registry.etcd.as_ref().map(|_| "etcd"),
         registry.consul.as_ref().map(|_| "consul"),

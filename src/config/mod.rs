@@ -40,7 +40,7 @@ pub use crate::core::protocol::UpstreamProtocol;
 pub use discovery::{
     backend_of, BalancerAlgorithm, BalancerSection, ConsulSection, DiscoveryRef, DnsSection,
     EtcdSection, FileSection, GrpcProbeSection, HealthCheckSection, HttpProbeSection,
-    OutlierSection, RegisterSection, RegistryConfig, TcpProbeSection,
+    OutlierSection, RegisterSection, RegistrySection, TcpProbeSection,
 };
 pub use env::EnvLookup;
 pub use error::{ConfigError, Diagnostic, DiagnosticKind, FieldPath, PathSegment};

@@ -15,7 +15,7 @@ use super::*;
 /// Named policies, referenced from services, routes and `inbound`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct PoliciesConfig {
+pub struct PoliciesSection {
     /// Overall time limits: `fast: 300ms`.
     #[serde(default)]
     pub timeouts: BTreeMap<String, TimeoutPolicy>,

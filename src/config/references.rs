@@ -4,10 +4,10 @@
 //! validation as at start, so the rule lives in one place.
 
 use super::error::{closest, FieldPath};
-use super::policies::PoliciesConfig;
+use super::policies::PoliciesSection;
 use super::schema::Config;
 use super::validate::Issue;
-use super::RouteConfig;
+use super::RouteSection;
 use crate::core::labels::DEFAULT_ROUTE;
 
 /// Every problem with the policies and their references.
@@ -125,7 +125,7 @@ fn check_ref(
 
 /// A timeout reference is a `policies.timeouts` name or a duration written in place.
 fn check_timeout(
-    policies: &PoliciesConfig,
+    policies: &PoliciesSection,
     path: &FieldPath,
     value: Option<&str>,
     issues: &mut Vec<Issue>,
@@ -162,7 +162,7 @@ fn check_in_flight(path: &FieldPath, value: Option<usize>, issues: &mut Vec<Issu
 
 /// Each route's label (its `name`, or its match text) is its own: two routes, or a route
 /// and the requests no route takes, never count into one series unnoticed.
-fn check_route_names(path: &FieldPath, routes: &[RouteConfig], issues: &mut Vec<Issue>) {
+fn check_route_names(path: &FieldPath, routes: &[RouteSection], issues: &mut Vec<Issue>) {
     for (i, route) in routes.iter().enumerate() {
         let label = route.label();
         let name_path = path.index(i).key("name");
@@ -183,9 +183,9 @@ fn check_route_names(path: &FieldPath, routes: &[RouteConfig], issues: &mut Vec<
 }
 
 fn check_route(
-    policies: &PoliciesConfig,
+    policies: &PoliciesSection,
     path: &FieldPath,
-    route: &RouteConfig,
+    route: &RouteSection,
     issues: &mut Vec<Issue>,
 ) {
     let matches = &route.matches;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 /// A path prefix or gRPC method with its own policies.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteConfig {
+pub struct RouteSection {
     /// The route's `route` label in metrics; by default its match text.
     #[serde(default)]
     pub name: Option<String>,
@@ -30,7 +30,7 @@ pub struct RouteConfig {
     pub fault: Option<String>,
 }
 
-impl RouteConfig {
+impl RouteSection {
     /// The route's metrics label: its `name`, else what it matches as written (the path
     /// prefix, `package.Service/Method` or `package.Service`).
     pub fn label(&self) -> &str {

@@ -21,37 +21,37 @@ pub struct Config {
     pub service: String,
     /// Admin listener: health, readiness, metrics, effective config.
     #[serde(default)]
-    pub admin: AdminConfig,
+    pub admin: AdminSection,
     /// Traffic from other services' sidecars to the local app.
     #[serde(default)]
-    pub inbound: Option<InboundConfig>,
+    pub inbound: Option<InboundSection>,
     /// The shared outbound listener that routes the local app's calls by Host / :authority.
     #[serde(default)]
-    pub outbound: Option<OutboundConfig>,
+    pub outbound: Option<OutboundSection>,
     /// Named service registries that services discover endpoints from.
     #[serde(default)]
-    pub registries: BTreeMap<String, super::RegistryConfig>,
+    pub registries: BTreeMap<String, super::RegistrySection>,
     /// Registers the local app in a registry while the sidecar runs.
     #[serde(default)]
     pub register: Option<super::RegisterSection>,
     /// Named resilience policies that services, routes and `inbound` reference.
     #[serde(default)]
-    pub policies: super::PoliciesConfig,
+    pub policies: super::PoliciesSection,
     /// Named upstream services the local app may call. Nothing else is reachable.
     #[serde(default)]
-    pub services: BTreeMap<String, ServiceConfig>,
+    pub services: BTreeMap<String, ServiceSection>,
     /// Limits that protect every listener from hostile or broken clients.
     #[serde(default)]
-    pub limits: LimitsConfig,
+    pub limits: LimitsSection,
     /// Upstream connection behaviour shared by every service.
     #[serde(default)]
-    pub upstream: UpstreamConfig,
+    pub upstream: UpstreamSection,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(default = "default_drain_timeout", with = "super::scalar::duration")]
     pub drain_timeout: Duration,
     /// Logging.
     #[serde(default)]
-    pub log: LogConfig,
+    pub log: LogSection,
     /// Trace propagation and OTLP export.
     #[serde(default)]
     pub tracing: super::TracingSection,
@@ -60,7 +60,7 @@ pub struct Config {
 /// The admin listener.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct AdminConfig {
+pub struct AdminSection {
     /// Address of the admin listener.
     #[serde(default = "default_admin_listen", with = "super::scalar::socket_addr")]
     pub listen: SocketAddr,
@@ -69,7 +69,7 @@ pub struct AdminConfig {
 /// The inbound direction: other sidecars -> local app.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct InboundConfig {
+pub struct InboundSection {
     /// Address the inbound listener binds.
     #[serde(
         default = "default_inbound_listen",
@@ -102,7 +102,7 @@ pub struct InboundConfig {
 /// The shared outbound listener.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct OutboundConfig {
+pub struct OutboundSection {
     /// Address the shared outbound listener binds.
     #[serde(
         default = "default_outbound_listen",
@@ -114,7 +114,7 @@ pub struct OutboundConfig {
 /// One upstream service.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServiceConfig {
+pub struct ServiceSection {
     /// A dedicated outbound port for this service: everything arriving there goes to it.
     #[serde(default, with = "super::scalar::opt_socket_addr")]
     pub listen: Option<SocketAddr>,
@@ -171,13 +171,13 @@ pub struct ServiceConfig {
     pub fault: Option<String>,
     /// Path prefixes or gRPC methods with policies of their own; the first match wins.
     #[serde(default)]
-    pub routes: Vec<super::RouteConfig>,
+    pub routes: Vec<super::RouteSection>,
 }
 
 /// Per-listener protections.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
+pub struct LimitsSection {
     /// Maximum open connections per listener; further connections are closed at accept.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -198,7 +198,7 @@ pub struct LimitsConfig {
 /// Upstream connection pool settings.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
+pub struct UpstreamSection {
     /// Time allowed to establish a TCP connection to an endpoint.
     #[serde(default = "default_connect_timeout", with = "super::scalar::duration")]
     pub connect_timeout: Duration,
@@ -223,7 +223,7 @@ pub struct UpstreamConfig {
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct LogConfig {
+pub struct LogSection {
     /// Level filter (`info`, `remora=debug,hyper=warn`); `RUST_LOG` overrides it.
     #[serde(default = "default_log_level")]
     pub level: String,
@@ -289,7 +289,7 @@ fn default_log_level() -> String {
     "info".to_string()
 }
 
-impl Default for AdminConfig {
+impl Default for AdminSection {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
@@ -297,7 +297,7 @@ impl Default for AdminConfig {
     }
 }
 
-impl Default for LimitsConfig {
+impl Default for LimitsSection {
     fn default() -> Self {
         Self {
             max_connections: default_max_connections(),
@@ -308,7 +308,7 @@ impl Default for LimitsConfig {
     }
 }
 
-impl Default for UpstreamConfig {
+impl Default for UpstreamSection {
     fn default() -> Self {
         Self {
             connect_timeout: default_connect_timeout(),
@@ -320,7 +320,7 @@ impl Default for UpstreamConfig {
     }
 }
 
-impl Default for LogConfig {
+impl Default for LogSection {
     fn default() -> Self {
         Self {
             level: default_log_level(),

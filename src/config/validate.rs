@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use super::error::FieldPath;
-use super::schema::{Config, ServiceConfig};
+use super::schema::{Config, ServiceSection};
 
 /// hyper refuses HTTP/1 read buffers smaller than this.
 pub const MIN_HEADER_BYTES: usize = 8192;
@@ -182,7 +182,7 @@ fn check_destinations(config: &Config, issues: &mut Vec<Issue>) {
     }
 }
 
-fn check_service(config: &Config, name: &str, service: &ServiceConfig, issues: &mut Vec<Issue>) {
+fn check_service(config: &Config, name: &str, service: &ServiceSection, issues: &mut Vec<Issue>) {
     let path = FieldPath::root().key("services").key(name);
     check_name(&path, name, true, issues);
     if service.endpoints.is_empty() && service.discovery.is_none() {
@@ -347,24 +347,24 @@ fn check_log(config: &Config, issues: &mut Vec<Issue>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::schema::{InboundConfig, OutboundConfig};
+    use crate::config::schema::{InboundSection, OutboundSection};
     use crate::core::protocol::UpstreamProtocol;
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().expect("test address")
     }
 
-    fn service(endpoints: &[&str]) -> ServiceConfig {
-        ServiceConfig {
+    fn service(endpoints: &[&str]) -> ServiceSection {
+        ServiceSection {
             endpoints: endpoints.iter().map(|e| addr(e)).collect(),
-            ..ServiceConfig::default()
+            ..ServiceSection::default()
         }
     }
 
     /// A valid config: inbound, outbound and one service.
     fn base() -> Config {
         let mut config: Config = serde_saphyr::from_str("{}").expect("defaults");
-        config.inbound = Some(InboundConfig {
+        config.inbound = Some(InboundSection {
             listen: addr("0.0.0.0:15006"),
             app: addr("127.0.0.1:8080"),
             protocol: UpstreamProtocol::Auto,
@@ -374,7 +374,7 @@ mod tests {
             fallback: None,
             fault: None,
         });
-        config.outbound = Some(OutboundConfig {
+        config.outbound = Some(OutboundSection {
             listen: addr("127.0.0.1:15001"),
         });
         config

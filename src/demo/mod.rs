@@ -36,7 +36,7 @@ use self::probe::{PolicyCounts, PolicyProbe, PolicySample};
 use self::scenes::{Scene, SceneRunner, TourPlan};
 use self::stats::{ServiceStats, Tally};
 use self::topology::{ServiceSpec, Topology};
-use crate::config::{ConfigError, LogConfig};
+use crate::config::{ConfigError, LogSection};
 use crate::serve::sidecar::StartError;
 
 /// How long the apps, sidecars and load together may take to stop before the demo
@@ -224,9 +224,9 @@ pub enum DemoError {
 pub async fn run(duration: Option<Duration>) -> ExitCode {
     // Only real trouble is logged, on stderr, so that it does not bury the table;
     // `RUST_LOG` asks for more.
-    crate::serve::telemetry::init_logging(&LogConfig {
+    crate::serve::telemetry::init_logging(&LogSection {
         level: "error".to_string(),
-        ..LogConfig::default()
+        ..LogSection::default()
     });
     let screen = if std::io::stdout().is_terminal() {
         Screen::Redraw

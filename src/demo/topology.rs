@@ -35,9 +35,9 @@ use super::registry::{DemoRegistry, Listing, REGISTRY_NAME};
 use super::DemoError;
 use crate::config::{
     self, BackoffPolicy, BreakerPolicy, BudgetPolicy, Condition, Config, DiscoveryRef,
-    FailureRatePolicy, FallbackPolicy, FallbackTrigger, FileSection, GrpcCodeName, InboundConfig,
-    OutboundConfig, Percent, PoliciesConfig, Rate, RateLimitKeyName, RateLimitPolicy,
-    RegistryConfig, RetryPolicy, ServiceConfig, StaticResponsePolicy, TimeoutPolicy,
+    FailureRatePolicy, FallbackPolicy, FallbackTrigger, FileSection, GrpcCodeName, InboundSection,
+    OutboundSection, Percent, PoliciesSection, Rate, RateLimitKeyName, RateLimitPolicy,
+    RegistrySection, RetryPolicy, ServiceSection, StaticResponsePolicy, TimeoutPolicy,
     UpstreamProtocol,
 };
 use crate::serve::sidecar::Sidecar;
@@ -308,7 +308,7 @@ async fn start_instances(spec: &ServiceSpec) -> Result<Vec<Instance>, DemoError>
                 source,
             })?;
         let mut config = base_config(&name)?;
-        config.inbound = Some(InboundConfig {
+        config.inbound = Some(InboundSection {
             listen: loopback_any_port(),
             app: app.addr,
             protocol: protocol_of(spec.kind),
@@ -354,17 +354,17 @@ fn frontend_config(
     registry: Option<&DemoRegistry>,
 ) -> Result<Config, DemoError> {
     let mut config = base_config(FRONTEND)?;
-    config.outbound = Some(OutboundConfig {
+    config.outbound = Some(OutboundSection {
         listen: loopback_any_port(),
     });
     if let Some(registry) = registry {
         config.registries.insert(
             REGISTRY_NAME.to_string(),
-            RegistryConfig {
+            RegistrySection {
                 file: Some(FileSection {
                     path: registry.path().to_path_buf(),
                 }),
-                ..RegistryConfig::default()
+                ..RegistrySection::default()
             },
         );
     }
@@ -393,7 +393,7 @@ fn frontend_config(
         let has_rate_limit = add_policies(&mut config.policies, spec);
         config.services.insert(
             name.clone(),
-            ServiceConfig {
+            ServiceSection {
                 listen,
                 protocol: protocol_of(spec.kind),
                 endpoints,
@@ -403,7 +403,7 @@ fn frontend_config(
                 breaker: Some(name.clone()),
                 rate_limit: has_rate_limit.then(|| name.clone()),
                 fallback: Some(name.clone()),
-                ..ServiceConfig::default()
+                ..ServiceSection::default()
             },
         );
     }
@@ -412,8 +412,8 @@ fn frontend_config(
 
 /// The policies the frontend applies to `spec`, for a person to inspect (e.g. in
 /// `/config` of the frontend's admin port) and for tests.
-pub fn frontend_policies(spec: &ServiceSpec) -> PoliciesConfig {
-    let mut policies = PoliciesConfig::default();
+pub fn frontend_policies(spec: &ServiceSpec) -> PoliciesSection {
+    let mut policies = PoliciesSection::default();
     add_policies(&mut policies, spec);
     policies
 }
@@ -425,7 +425,7 @@ pub fn frontend_policies(spec: &ServiceSpec) -> PoliciesConfig {
 /// (their budget allows half the calls again), while every instance failing trips the
 /// breaker within a few dozen calls; an open breaker retries after 2 s (4 s at most),
 /// so recovery shows within a scene.
-fn add_policies(policies: &mut PoliciesConfig, spec: &ServiceSpec) -> bool {
+fn add_policies(policies: &mut PoliciesSection, spec: &ServiceSpec) -> bool {
     let name = spec.name.clone();
     let grpc = spec.kind == AppKind::Grpc;
     policies

@@ -19,10 +19,6 @@ use std::time::Duration;
 #[error("invalid backoff: {0}")]
 pub struct InvalidBackoff(&'static str);
 
-/// The name the build floor imports (`build::resolve`): to go once it names
-/// [`RetryBackoff`].
-pub type Backoff = RetryBackoff;
-
 /// Retry's exponential backoff, validated once at construction.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryBackoff {

@@ -23,7 +23,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 use tower::{Layer, Service};
 
 use crate::core::body::ProxyBody;
@@ -46,7 +46,7 @@ pub struct ConcurrencyMetrics {
 
 impl ConcurrencyMetrics {
     /// Registers the concurrency-cap metrics.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut MetricsRegistry) -> Self {
         Self {
             shed: register_per_service(
                 registry,
@@ -256,7 +256,7 @@ mod tests {
     impl Harness {
         /// A cap of `max` over an upstream that answers after one second.
         fn new(max: usize) -> Self {
-            let metrics = ConcurrencyMetrics::register(&mut Registry::default());
+            let metrics = ConcurrencyMetrics::register(&mut MetricsRegistry::default());
             let config = ConcurrencyConfig {
                 max_in_flight: NonZeroUsize::new(max).unwrap(),
             };
@@ -333,7 +333,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_inner_error_releases_its_slot() {
-        let metrics = ConcurrencyMetrics::register(&mut Registry::default());
+        let metrics = ConcurrencyMetrics::register(&mut MetricsRegistry::default());
         let config = ConcurrencyConfig {
             max_in_flight: NonZeroUsize::new(1).unwrap(),
         };

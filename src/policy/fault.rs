@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures_util::future::{self, Either};
 use http::{Request, Response, StatusCode};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 use rand::rngs::{SmallRng, SysRng};
 use rand::{RngExt, SeedableRng};
 use tower::{Layer, Service};
@@ -136,7 +136,7 @@ pub struct FaultMetrics {
 
 impl FaultMetrics {
     /// Registers the fault-injection metrics.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut MetricsRegistry) -> Self {
         Self {
             delays: register_per_service(
                 registry,
@@ -358,7 +358,7 @@ mod tests {
 
     impl Harness {
         fn new(config: FaultConfig, seed: u64) -> Self {
-            let metrics = FaultMetrics::register(&mut Registry::default());
+            let metrics = FaultMetrics::register(&mut MetricsRegistry::default());
             let upstream = Upstream::ok();
             let layer = FaultLayer::with_seed("svc".into(), config, &metrics, seed);
             Self {
@@ -453,7 +453,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_thread_local_generator_draws_too() {
-        let metrics = FaultMetrics::register(&mut Registry::default());
+        let metrics = FaultMetrics::register(&mut MetricsRegistry::default());
         let mut service =
             FaultLayer::new("svc".into(), abort(50.0), &metrics).layer(Upstream::ok());
         let mut aborted = 0;

@@ -36,7 +36,7 @@ pub mod timeout;
 use std::sync::Arc;
 
 use http::{Request, Response};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 use tower::util::{BoxCloneSyncService, Either};
 
 use crate::core::body::ProxyBody;
@@ -97,7 +97,7 @@ pub struct PolicyMetrics {
 
 impl PolicyMetrics {
     /// Registers every policy metric in `registry`.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut MetricsRegistry) -> Self {
         Self {
             retry: RetryMetrics::register(registry),
             timeout: TimeoutMetrics::register(registry),

@@ -22,7 +22,7 @@ use pin_project_lite::pin_project;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
@@ -91,7 +91,7 @@ pub struct TimeoutMetrics {
 
 impl TimeoutMetrics {
     /// Registers the timeout counter.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut MetricsRegistry) -> Self {
         let metrics = Self::default();
         registry.register(
             "timeouts",

@@ -7,11 +7,11 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogFormat, LogSection};
 
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `config.level`.
 /// Calling it twice is harmless (the second call does nothing).
-pub fn init_logging(config: &LogConfig) {
+pub fn init_logging(config: &LogSection) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));

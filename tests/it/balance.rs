@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use remora::balance::{Balancer, BalancerConfig, EndpointSet, HashAlgorithm, HashKey};
-use remora::config::{UpstreamConfig, UpstreamProtocol};
+use remora::config::{UpstreamProtocol, UpstreamSection};
 use remora::core::body::ProxyBody;
 use remora::core::call::EndpointUsed;
 use remora::discovery::Instance;
@@ -30,7 +30,7 @@ fn forward_to(set: &Arc<EndpointSet>) -> Forward {
         "svc".into(),
         set.clone(),
         UpstreamProtocol::Http1,
-        UpstreamClients::new(remora::build::resolve::pool(&UpstreamConfig::default())),
+        UpstreamClients::new(remora::build::resolve::pool(&UpstreamSection::default())),
     )
 }
 

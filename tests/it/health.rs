@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use prometheus_client::registry::Registry;
 use remora::balance::EndpointSet;
-use remora::config::{UpstreamConfig, UpstreamProtocol};
+use remora::config::{UpstreamProtocol, UpstreamSection};
 use remora::core::body::ProxyBody;
 use remora::core::call::EndpointUsed;
 use remora::discovery::Instance;
@@ -126,7 +126,7 @@ fn forward(set: &Arc<EndpointSet>) -> Forward {
         "users".into(),
         set.clone(),
         UpstreamProtocol::Http1,
-        UpstreamClients::new(remora::build::resolve::pool(&UpstreamConfig::default())),
+        UpstreamClients::new(remora::build::resolve::pool(&UpstreamSection::default())),
     )
 }
 

@@ -8,13 +8,13 @@ use http::HeaderName;
 use super::{conditions, At, BuildError};
 
 /// The name of a registry's backend.
-pub fn registry_backend(config: &crate::config::RegistryConfig) -> &'static str {
+pub fn registry_backend(config: &crate::config::RegistrySection) -> &'static str {
     crate::config::backend_of(config).unwrap_or("invalid")
 }
 
 /// A registry client for `config`.
 pub fn registry(
-    config: &crate::config::RegistryConfig,
+    config: &crate::config::RegistrySection,
 ) -> Result<Arc<dyn crate::discovery::Registry>, BuildError> {
     use crate::discovery::{
         ConsulConfig, ConsulRegistry, DnsConfig, DnsRefresh, DnsRegistry, EtcdConfig, EtcdRegistry,
@@ -162,7 +162,7 @@ pub fn outlier(
 }
 
 /// The connection pools' settings of `upstream` (validation keeps the HTTP/2 spread ≥ 1).
-pub fn pool(upstream: &crate::config::UpstreamConfig) -> crate::upstream::PoolConfig {
+pub fn pool(upstream: &crate::config::UpstreamSection) -> crate::upstream::PoolConfig {
     crate::upstream::PoolConfig {
         connect_timeout: upstream.connect_timeout,
         idle_timeout: upstream.pool_idle_timeout,

@@ -7,11 +7,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::config::{
-    BreakerPolicy, Condition, FallbackPolicy, FallbackTrigger, FaultPolicy, PoliciesConfig,
+    BreakerPolicy, Condition, FallbackPolicy, FallbackTrigger, FaultPolicy, PoliciesSection,
     RateLimitKeyName, RateLimitPolicy, RetryPolicy,
 };
 use crate::core::outcome::Conditions;
-use crate::policy::backoff::Backoff;
+use crate::policy::backoff::RetryBackoff;
 use crate::policy::budget::RetryBudget;
 use crate::policy::circuit_breaker::{BreakerConfig, FailureRate};
 use crate::policy::fallback::{
@@ -52,7 +52,7 @@ pub fn conditions(list: &[Condition]) -> Conditions {
 
 /// A timeout reference: a `policies.timeouts` name, a duration, or `none`.
 pub fn timeout(
-    policies: &PoliciesConfig,
+    policies: &PoliciesSection,
     value: Option<&str>,
 ) -> Result<TimeoutConfig, BuildError> {
     let request = match value {
@@ -73,7 +73,7 @@ pub fn timeout(
 
 /// A retry policy, with its own budget.
 pub fn retry(policy: &RetryPolicy) -> Result<RetryConfig, BuildError> {
-    let backoff = Backoff::try_new(
+    let backoff = RetryBackoff::try_new(
         policy.backoff.base,
         policy.backoff.max,
         policy.backoff.jitter.0,

@@ -293,7 +293,7 @@ impl EndpointBreaker {
 #[cfg(test)]
 mod tests {
     use http::StatusCode;
-    use prometheus_client::registry::Registry;
+    use prometheus_client::registry::Registry as MetricsRegistry;
 
     use super::*;
     use crate::core::outcome::Conditions;
@@ -318,7 +318,7 @@ mod tests {
     struct Harness {
         set: Arc<EndpointSet>,
         breakers: EndpointBreakers,
-        registry: Registry,
+        registry: MetricsRegistry,
     }
 
     impl Harness {
@@ -326,7 +326,7 @@ mod tests {
             let set = Arc::new(EndpointSet::new());
             let instances: Vec<Instance> = ports.iter().map(|&p| Instance::new(addr(p))).collect();
             set.update(&instances);
-            let mut registry = Registry::with_prefix("remora");
+            let mut registry = MetricsRegistry::with_prefix("remora");
             let metrics = BreakerMetrics::register(&mut registry);
             let breakers = EndpointBreakers::new("users".into(), config(), set.clone(), metrics);
             Self {

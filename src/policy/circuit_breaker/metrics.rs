@@ -10,7 +10,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 
 use super::state::{BreakerState, Transition};
 use crate::core::labels::ServiceLabel;
@@ -55,7 +55,7 @@ pub struct BreakerMetrics {
 
 impl BreakerMetrics {
     /// Registers the breaker metrics in `registry`.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut MetricsRegistry) -> Self {
         let metrics = Self::default();
         registry.register(
             "breaker_state",

@@ -25,7 +25,7 @@ use http_body::Body;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::core::body::{ProxyBody, Replay};
@@ -281,7 +281,7 @@ pub struct FallbackMetrics {
 
 impl FallbackMetrics {
     /// Registers the fallback metrics in `registry`.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut MetricsRegistry) -> Self {
         let metrics = Self::default();
         registry.register(
             "fallbacks",

@@ -72,7 +72,7 @@ fn degraded() -> StaticResponse {
 }
 
 fn layer(on: Vec<Trigger>, action: FallbackAction) -> (FallbackLayer, FallbackMetrics) {
-    let metrics = FallbackMetrics::register(&mut Registry::default());
+    let metrics = FallbackMetrics::register(&mut prometheus_client::registry::Registry::default());
     let config = FallbackConfig::try_new(on.into_iter().collect(), action).unwrap();
     (
         FallbackLayer::new(Arc::from("svc"), config, metrics.clone()),

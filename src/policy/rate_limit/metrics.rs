@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 
 use crate::core::labels::{register_per_service, ByService, PerService};
 
@@ -15,7 +15,7 @@ pub struct RateLimitMetrics {
 
 impl RateLimitMetrics {
     /// Registers the rate-limit metrics.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut MetricsRegistry) -> Self {
         Self {
             limited: register_per_service(
                 registry,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use governor::clock::FakeRelativeClock;
 use http::{HeaderName, Request};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 use tower::{Layer, Service, ServiceExt};
 
 use super::layer::Limiter;
@@ -41,7 +41,7 @@ struct Harness {
 impl Harness {
     fn new(config: &RateLimitConfig) -> Self {
         let clock = FakeRelativeClock::default();
-        let metrics = RateLimitMetrics::register(&mut Registry::default());
+        let metrics = RateLimitMetrics::register(&mut MetricsRegistry::default());
         let upstream = Upstream::ok();
         let layer = RateLimitLayer::with_clock("svc".into(), config, &metrics, clock.clone());
         Self {

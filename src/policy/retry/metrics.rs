@@ -6,7 +6,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 
 use crate::core::labels::{register_per_service, ByService, PerService, ServiceLabel};
 
@@ -53,7 +53,7 @@ pub struct RetryMetrics {
 
 impl RetryMetrics {
     /// Registers retry's counters.
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut MetricsRegistry) -> Self {
         let attempts = Family::<AttemptLabels, Counter>::default();
         registry.register(
             "retry_attempts",

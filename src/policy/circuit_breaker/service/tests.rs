@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use http::{Request, Response};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::Registry as MetricsRegistry;
 use tower::{Layer, Service, ServiceExt};
 
 use super::*;
@@ -18,12 +18,12 @@ struct Harness {
     upstream: Upstream,
     service: ServiceBreaker<Upstream>,
     handle: ServiceBreakerHandle,
-    registry: Registry,
+    registry: MetricsRegistry,
 }
 
 impl Harness {
     fn new(config: BreakerConfig) -> Self {
-        let mut registry = Registry::with_prefix("remora");
+        let mut registry = MetricsRegistry::with_prefix("remora");
         let metrics = BreakerMetrics::register(&mut registry);
         let layer = ServiceBreakerLayer::new("users".into(), config, metrics);
         let upstream = Upstream::ok();
