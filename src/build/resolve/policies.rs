@@ -269,7 +269,7 @@ pub fn fallback(
         let body = Bytes::from(respond.body.clone());
         FallbackAction::Respond(StaticResponse::try_new(status, headers, body, grpc).at("respond")?)
     } else if let Some(target) = &policy.forward_to {
-        FallbackAction::Forward(
+        FallbackAction::ForwardTo(
             alternate(target)
                 .ok_or_else(|| format!("unknown service `{target}`"))
                 .at("forward_to")?,

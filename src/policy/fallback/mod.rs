@@ -204,7 +204,7 @@ pub enum FallbackAction {
     /// The answer of an alternate (degraded) service's stack, when the request body
     /// can be sent again: the primary read all of it within 64 KiB, or let go of it
     /// having read at most that much (an open breaker, a refused connection).
-    Forward(ServiceStack),
+    ForwardTo(ServiceStack),
     /// For GET, the last good answer to the same target, while fresh enough.
     Stale(StaleCache),
 }
@@ -214,7 +214,7 @@ impl FallbackAction {
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Respond(_) => "respond",
-            Self::Forward(_) => "forward",
+            Self::ForwardTo(_) => "forward",
             Self::Stale(_) => "stale",
         }
     }
@@ -350,7 +350,7 @@ enum Prepared {
     Respond {
         grpc: bool,
     },
-    Forward(Box<Alternate>),
+    ForwardTo(Box<Alternate>),
     /// The cache key; `None` for requests whose answers are not cached (not GET, or
     /// carrying credentials): those pass through.
     Stale(Option<String>),
@@ -484,7 +484,7 @@ fn prepare(action: &FallbackAction, request: &mut Request<ProxyBody>) -> Prepare
             grpc: crate::core::grpc::speaks_grpc(request),
         },
         FallbackAction::Stale(_) => Prepared::Stale(stale::cache_key(request)),
-        FallbackAction::Forward(_) => {
+        FallbackAction::ForwardTo(_) => {
             let taken = std::mem::replace(request, Request::new(ProxyBody::empty()));
             let (parts, body) = taken.into_parts();
             let copy = parts.clone();
@@ -495,7 +495,7 @@ fn prepare(action: &FallbackAction, request: &mut Request<ProxyBody>) -> Prepare
                 (body, Some(replay))
             };
             *request = Request::from_parts(parts, body);
-            Prepared::Forward(Box::new(Alternate {
+            Prepared::ForwardTo(Box::new(Alternate {
                 parts: copy,
                 replay,
             }))
@@ -523,7 +523,7 @@ impl Policy {
                     None => policy.unserved(result),
                 },
             },
-            (FallbackAction::Forward(stack), Prepared::Forward(alternate)) => {
+            (FallbackAction::ForwardTo(stack), Prepared::ForwardTo(alternate)) => {
                 let Some(trigger) = trigger else {
                     return Settled::Now(result);
                 };

@@ -303,7 +303,10 @@ fn post(body: impl Into<Bytes>) -> Request<ProxyBody> {
 #[tokio::test]
 async fn forward_sends_the_same_request_to_the_alternate() {
     let (stack, seen) = alternate();
-    let (layer, metrics) = layer(vec![Trigger::UpstreamReset], FallbackAction::Forward(stack));
+    let (layer, metrics) = layer(
+        vec![Trigger::UpstreamReset],
+        FallbackAction::ForwardTo(stack),
+    );
     let primary = reading_then_resetting();
     let response = layer
         .layer(primary.clone())
@@ -331,7 +334,7 @@ async fn forward_sends_the_same_request_to_the_alternate() {
 #[tokio::test]
 async fn forward_of_a_get_on_5xx() {
     let (stack, seen) = alternate();
-    let (layer, _) = layer(vec![Trigger::Upstream5xx], FallbackAction::Forward(stack));
+    let (layer, _) = layer(vec![Trigger::Upstream5xx], FallbackAction::ForwardTo(stack));
     let response = layer
         .layer(answering(|| status(502)))
         .oneshot(get("/items"))
@@ -348,7 +351,10 @@ async fn forward_of_a_get_on_5xx() {
 #[tokio::test]
 async fn a_large_body_read_by_the_primary_is_not_forwarded() {
     let (stack, seen) = alternate();
-    let (layer, metrics) = layer(vec![Trigger::UpstreamReset], FallbackAction::Forward(stack));
+    let (layer, metrics) = layer(
+        vec![Trigger::UpstreamReset],
+        FallbackAction::ForwardTo(stack),
+    );
     let primary = reading_then_resetting();
     let error = expect_err(
         layer
@@ -365,7 +371,7 @@ async fn a_large_body_read_by_the_primary_is_not_forwarded() {
 #[tokio::test]
 async fn a_large_body_the_primary_never_read_is_forwarded_whole() {
     let (stack, seen) = alternate();
-    let (layer, _) = layer(vec![Trigger::BreakerOpen], FallbackAction::Forward(stack));
+    let (layer, _) = layer(vec![Trigger::BreakerOpen], FallbackAction::ForwardTo(stack));
     let response = layer
         .layer(answering(|| Err(ProxyError::BreakerOpen("s".into()))))
         .oneshot(post(vec![b'x'; 100 * 1024]))
@@ -380,7 +386,7 @@ async fn a_failing_alternate_leaves_the_original_outcome() {
     let failing: ServiceStack = BoxCloneSyncService::new(answering(|| {
         Err(ProxyError::NoHealthyEndpoint("alt".into()))
     }));
-    let (layer, metrics) = layer(vec![Trigger::Timeout], FallbackAction::Forward(failing));
+    let (layer, metrics) = layer(vec![Trigger::Timeout], FallbackAction::ForwardTo(failing));
     let error = expect_err(
         layer
             .layer(answering(|| {

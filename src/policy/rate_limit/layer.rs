@@ -45,9 +45,9 @@ impl<C> RateLimitLayer<C>
 where
     C: Clock + Send + Sync + 'static,
 {
-    /// A layer limiting `service`'s calls on `clock` (tests pass governor's
-    /// `FakeRelativeClock`).
-    pub fn with_clock(
+    /// A layer limiting `service`'s calls on `clock` (the system clock in production;
+    /// the tests pass governor's `FakeRelativeClock`).
+    pub(super) fn with_clock(
         service: Arc<str>,
         config: &RateLimitConfig,
         metrics: &RateLimitMetrics,
