@@ -22,7 +22,7 @@ use super::*;
 pub struct Attempt(AttemptRecord);
 
 #[derive(Debug)]
-pub(super) enum AttemptRecord {
+enum AttemptRecord {
     /// Nothing to record.
     None,
     /// A try with its own span.
@@ -85,7 +85,7 @@ pub fn attempt<B>(request: &mut Request<B>, endpoint: SocketAddr) -> Attempt {
 }
 
 /// Records the attributes of an attempt span.
-pub(super) fn attempt_attributes(
+fn attempt_attributes(
     recording: &mut Recording,
     method: &'static str,
     endpoint: SocketAddr,
@@ -101,7 +101,7 @@ pub(super) fn attempt_attributes(
 
 impl CallInner {
     /// Records the kept first try as a span of its own (a retry is starting).
-    pub(super) fn record_first_try(&self) {
+    fn record_first_try(&self) {
         let first = self
             .first_try
             .lock()
@@ -169,7 +169,7 @@ impl Attempt {
 
 /// When `result` is a gRPC answer whose status comes in its trailers: the attempt span
 /// (its HTTP status recorded now) to settle at the trailers.
-pub(super) fn waiting_for_trailers(
+fn waiting_for_trailers(
     span: &Arc<LiveSpan>,
     result: &Result<Response<ProxyBody>, ProxyError>,
 ) -> Option<trailers::AttemptWaiting> {

@@ -74,7 +74,7 @@ pub(super) fn call_attributes<B>(
 }
 
 /// The host and port the caller addressed (`:authority` or `Host`), borrowed.
-pub(super) fn destination<B>(request: &Request<B>) -> Option<(&str, Option<u16>)> {
+fn destination<B>(request: &Request<B>) -> Option<(&str, Option<u16>)> {
     let authority = match request.uri().authority() {
         Some(authority) => authority.as_str(),
         None => request.headers().get(http::header::HOST)?.to_str().ok()?,
@@ -97,7 +97,7 @@ pub(super) fn destination<B>(request: &Request<B>) -> Option<(&str, Option<u16>)
     Some((host, port.and_then(|p| p.parse().ok())))
 }
 
-pub(super) fn protocol_version(version: Version) -> &'static str {
+fn protocol_version(version: Version) -> &'static str {
     match version {
         Version::HTTP_09 => "0.9",
         Version::HTTP_10 => "1.0",

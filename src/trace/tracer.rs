@@ -25,7 +25,7 @@ pub(super) struct Inner {
     /// propagated, nothing recorded.
     pub(super) sink: Option<Sink>,
     /// Kept to flush on shutdown.
-    pub(super) flusher: Option<Flusher>,
+    flusher: Option<Flusher>,
     pub(super) propagators: Propagators,
     /// Fraction of new traces sampled.
     pub(super) ratio: f64,
@@ -55,7 +55,7 @@ impl Tracing {
         Self::with_sink(&TracingConfig::default(), TracingMetrics::default(), None)
     }
 
-    pub(super) fn with_sink(
+    fn with_sink(
         config: &TracingConfig,
         metrics: TracingMetrics,
         exporting: Option<(Sink, Flusher)>,
@@ -198,7 +198,7 @@ impl Tracing {
 
 /// The ratio sampler of the OpenTelemetry specification: keyed on the trace id's low 63
 /// bits, so every sidecar decides the same for one trace.
-pub(super) fn ratio_sampled(trace_id: TraceId, ratio: f64) -> bool {
+fn ratio_sampled(trace_id: TraceId, ratio: f64) -> bool {
     if ratio >= 1.0 {
         return true;
     }
