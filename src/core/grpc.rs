@@ -207,7 +207,7 @@ fn in_unit(amount: u64, units: &[(u8, u64)]) -> (u64, u8) {
     let fits = |length: u64| amount / length <= MAX_GRPC_TIMEOUT_VALUE;
     let (unit, length) = units
         .iter()
-        .find(|(_, length)| amount % length == 0 && fits(*length))
+        .find(|(_, length)| amount.is_multiple_of(*length) && fits(*length))
         .or_else(|| units.iter().rev().find(|(_, length)| fits(*length)))
         .copied()
         .unwrap_or(units[0]);
