@@ -270,8 +270,10 @@ fn default_max_header_bytes() -> usize {
 fn default_max_concurrent_streams() -> u32 {
     1024
 }
+/// Well past the kernel's first SYN retransmit (sent 1s after the SYN): a SYN an
+/// endpoint dropped under a burst is retried before the call gives up.
 fn default_connect_timeout() -> Duration {
-    Duration::from_secs(1)
+    Duration::from_secs(3)
 }
 fn default_pool_idle_timeout() -> Duration {
     Duration::from_secs(90)
