@@ -17,7 +17,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry as MetricsRegistry;
 
-use crate::core::labels::{Direction, GrpcCode, RouteLabel, ServiceLabel, DEFAULT_ROUTE};
+use crate::core::labels::{
+    Classification, Direction, GrpcCode, RouteLabel, ServiceLabel, DEFAULT_ROUTE,
+};
 
 /// Labels of the request counter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -32,6 +34,8 @@ pub struct RequestLabels {
     pub status: u16,
     /// The gRPC status sent to the caller (empty for answers that are not gRPC).
     pub grpc_code: GrpcCode,
+    /// Success or failure, gRPC status counted ([`Classification`]).
+    pub classification: Classification,
 }
 
 /// Labels of the latency histogram.
@@ -216,6 +220,7 @@ impl Metrics {
                     route: RouteLabel(route.label.clone()),
                     status,
                     grpc_code,
+                    classification: Classification::of(status, grpc_code),
                 })
                 .clone()
         })
@@ -252,6 +257,7 @@ impl Metrics {
                 route,
                 status,
                 grpc_code,
+                classification: Classification::of(status, grpc_code),
             })
             .inc();
     }
@@ -367,13 +373,13 @@ mod tests {
         let text = metrics.encode();
         assert!(
             text.contains(
-                r#"remora_requests_total{direction="outbound",service="shop",route="default",status="200",grpc_code=""} 3"#
+                r#"remora_requests_total{direction="outbound",service="shop",route="default",status="200",grpc_code="",classification="success"} 3"#
             ),
             "{text}"
         );
         assert!(
             text.contains(
-                r#"remora_requests_total{direction="outbound",service="shop",route="default",status="418",grpc_code=""} 1"#
+                r#"remora_requests_total{direction="outbound",service="shop",route="default",status="418",grpc_code="",classification="success"} 1"#
             ),
             "{text}"
         );
@@ -410,16 +416,16 @@ mod tests {
             metrics.count_request(&series, 200, GrpcCode::of(code));
         }
         let text = metrics.encode();
-        let line = |status: u16, code: &str| {
+        let line = |status: u16, code: &str, class: &str| {
             format!(
-                r#"remora_requests_total{{direction="inbound",service="shop",route="quotes",status="{status}",grpc_code="{code}"}}"#
+                r#"remora_requests_total{{direction="inbound",service="shop",route="quotes",status="{status}",grpc_code="{code}",classification="{class}"}}"#
             )
         };
         for (series, count) in [
-            (line(200, "5"), 2),
-            (line(200, "0"), 1),
-            (line(503, "14"), 1),
-            (line(200, "unknown"), 3),
+            (line(200, "5", "failure"), 2),
+            (line(200, "0", "success"), 1),
+            (line(503, "14", "failure"), 1),
+            (line(200, "unknown", "failure"), 3),
         ] {
             assert!(
                 text.contains(&format!("{series} {count}\n")),

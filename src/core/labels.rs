@@ -94,6 +94,43 @@ impl EncodeLabelValue for GrpcCode {
     }
 }
 
+/// Whether an answer is a success or a failure, as the `classification` label: gRPC
+/// answers by their status (anything but OK fails, whatever the HTTP status), others by
+/// their HTTP status (5xx fails). A gRPC failure is an HTTP 200, so a dashboard's error
+/// ratio must read this, not `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Classification {
+    /// A 1xx-4xx answer, or gRPC status OK.
+    Success,
+    /// A 5xx answer, or a gRPC status other than OK (or none at all).
+    Failure,
+}
+
+impl Classification {
+    /// The class of an answer with HTTP `status` and `grpc_code`.
+    pub fn of(status: u16, grpc_code: GrpcCode) -> Self {
+        let failed = match grpc_code {
+            GrpcCode::NotGrpc => status >= 500,
+            GrpcCode::Code(code) => code != 0 || status >= 500,
+            GrpcCode::Unknown => true,
+        };
+        if failed {
+            Self::Failure
+        } else {
+            Self::Success
+        }
+    }
+}
+
+impl EncodeLabelValue for Classification {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+        })
+    }
+}
+
 /// Labels of a metric counted per service and nothing else (shed calls, rate-limited
 /// calls, retries, ejections, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -82,7 +82,7 @@ async fn metrics_are_valid_text_and_move_with_traffic() {
     assert!(check_exposition(&after) > 20);
     let requests = metric(
         admin,
-        "remora_requests_total{direction=\"outbound\",service=\"svc\",route=\"default\",status=\"200\",grpc_code=\"\"}",
+        "remora_requests_total{direction=\"outbound\",service=\"svc\",route=\"default\",status=\"200\",grpc_code=\"\",classification=\"success\"}",
     )
     .await;
     assert_eq!(requests, 5.0);
@@ -99,10 +99,17 @@ async fn metrics_are_valid_text_and_move_with_traffic() {
     assert_eq!(latency, 5.0);
 }
 
-/// `remora_requests_total` of one label combination (outbound).
+/// `remora_requests_total` of one label combination (outbound); its classification is
+/// the one the combination must have (a gRPC status other than OK fails whatever the
+/// HTTP status; otherwise 5xx fails).
 fn requests(service: &str, route: &str, status: u16, grpc_code: &str) -> String {
+    let failed = match grpc_code {
+        "" => status >= 500,
+        code => code != "0" || status >= 500,
+    };
+    let class = if failed { "failure" } else { "success" };
     format!(
-        "remora_requests_total{{direction=\"outbound\",service=\"{service}\",route=\"{route}\",status=\"{status}\",grpc_code=\"{grpc_code}\"}}"
+        "remora_requests_total{{direction=\"outbound\",service=\"{service}\",route=\"{route}\",status=\"{status}\",grpc_code=\"{grpc_code}\",classification=\"{class}\"}}"
     )
 }
 
@@ -144,6 +151,17 @@ async fn requests_are_counted_by_route_and_grpc_code() {
     let unary = "remora.echo.v1.Echo/Unary";
     assert_eq!(metric(admin, &requests("rpc", unary, 200, "0")).await, 2.0);
     assert_eq!(metric(admin, &requests("rpc", unary, 200, "5")).await, 1.0);
+    // A gRPC failure is an HTTP 200: the classification says it failed.
+    assert_eq!(
+        metric(
+            admin,
+            "remora_requests_total{direction=\"outbound\",service=\"rpc\",\
+             route=\"remora.echo.v1.Echo/Unary\",status=\"200\",grpc_code=\"5\",\
+             classification=\"failure\"}"
+        )
+        .await,
+        1.0
+    );
     assert_eq!(
         metric(admin, &requests("rpc", "streams", 200, "5")).await,
         1.0
