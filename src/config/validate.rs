@@ -8,11 +8,10 @@ use std::net::SocketAddr;
 
 use super::error::FieldPath;
 use super::schema::{Config, ServiceSection};
+use crate::core::labels::{is_service_name, SERVICE_NAME_RULE};
 
 /// hyper refuses HTTP/1 read buffers smaller than this.
 pub const MIN_HEADER_BYTES: usize = 8192;
-/// Longest name accepted for a service (a DNS name's limit).
-const MAX_NAME_LEN: usize = 253;
 
 /// One problem found by validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,17 +89,8 @@ fn check_something_to_proxy(config: &Config, issues: &mut Vec<Issue>) {
 
 /// Service names appear in Host headers, metrics labels and logs: keep them DNS-like.
 fn check_name(path: &FieldPath, name: &str, at_key: bool, issues: &mut Vec<Issue>) {
-    let mut chars = name.chars();
-    let valid = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
-        && name.len() <= MAX_NAME_LEN;
-    if !valid {
-        let message = format!(
-            "invalid service name {name:?}: use lowercase letters, digits, `-`, `_` and `.`, \
-             starting with a letter or digit (at most {MAX_NAME_LEN} characters)"
-        );
+    if !is_service_name(name) {
+        let message = format!("invalid service name {name:?}: {SERVICE_NAME_RULE}");
         issues.push(if at_key {
             Issue::at_key(path.clone(), message)
         } else {

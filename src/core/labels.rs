@@ -45,6 +45,25 @@ impl EncodeLabelValue for ServiceLabel {
     }
 }
 
+/// Longest service name: a DNS name's length.
+pub const MAX_SERVICE_NAME_LEN: usize = 253;
+
+/// How a service name is spelled, for the message that refuses one.
+pub const SERVICE_NAME_RULE: &str = "use lowercase letters, digits, `-`, `_` and `.`, \
+     starting with a letter or digit (at most 253 characters)";
+
+/// Whether `name` is spelled as a service name must be. Service names appear in Host
+/// headers, metric labels, logs and identities (a URI path): the config refuses any
+/// other spelling, and so does an identity.
+pub fn is_service_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+        && name.len() <= MAX_SERVICE_NAME_LEN
+}
+
 /// The `route` label of requests no configured route takes (and of those no service
 /// takes).
 pub const DEFAULT_ROUTE: &str = "default";

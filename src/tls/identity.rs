@@ -11,14 +11,13 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::core::labels::{is_service_name, SERVICE_NAME_RULE};
+
 /// The scheme every SPIFFE ID starts with.
 pub const SPIFFE_SCHEME: &str = "spiffe://";
 
 /// SPIFFE's bound on a trust domain name.
 const MAX_TRUST_DOMAIN_LEN: usize = 255;
-
-/// The bound on a service name, as in the config's `services`.
-const MAX_SERVICE_LEN: usize = 253;
 
 /// A SPIFFE ID, a trust domain or a service name that is not one, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -175,21 +174,10 @@ impl FromStr for Identity {
 /// Service names appear in Host headers, metric labels and logs, and here in a URI path:
 /// the same DNS-like spelling the config asks of them.
 fn check_service(name: &str) -> Result<(), IdentityError> {
-    let mut chars = name.chars();
-    let valid = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
-        && name.len() <= MAX_SERVICE_LEN;
-    if valid {
+    if is_service_name(name) {
         Ok(())
     } else {
-        Err(IdentityError::new(
-            "service name",
-            name,
-            "use lowercase letters, digits, `-`, `_` and `.`, starting with a letter or \
-             digit (at most 253 characters)",
-        ))
+        Err(IdentityError::new("service name", name, SERVICE_NAME_RULE))
     }
 }
 
