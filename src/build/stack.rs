@@ -393,16 +393,20 @@ impl SharedLayers {
         service: &Arc<str>,
         name: &str,
     ) -> Result<RetryLayer, BuildError> {
-        if let Some(layer) = self.retry.get(name) {
-            return Ok(layer.clone());
-        }
-        let path = definition("retries", name);
-        let policy = lookup(&builder.policies.retries, &path, name)?;
-        let config = resolve::retry(policy).map_err(|e| e.within(&path))?;
-        let layer = RetryLayer::new(config, service.clone(), builder.metrics.retry.clone())
-            .with_timeout_metrics(builder.metrics.timeout.clone());
-        self.retry.insert(name.to_string(), layer.clone());
-        Ok(layer)
+        shared(
+            &mut self.retry,
+            &builder.policies.retries,
+            "retries",
+            name,
+            |policy| {
+                let layer = RetryLayer::new(
+                    resolve::retry(policy)?,
+                    service.clone(),
+                    builder.metrics.retry.clone(),
+                );
+                Ok(layer.with_timeout_metrics(builder.metrics.timeout.clone()))
+            },
+        )
     }
 
     fn rate_limit(
@@ -411,15 +415,18 @@ impl SharedLayers {
         service: &Arc<str>,
         name: &str,
     ) -> Result<RateLimitLayer, BuildError> {
-        if let Some(layer) = self.rate_limit.get(name) {
-            return Ok(layer.clone());
-        }
-        let path = definition("rate_limits", name);
-        let policy = lookup(&builder.policies.rate_limits, &path, name)?;
-        let config = resolve::rate_limit(policy).map_err(|e| e.within(&path))?;
-        let layer = RateLimitLayer::new(service.clone(), &config, &builder.metrics.rate_limit);
-        self.rate_limit.insert(name.to_string(), layer.clone());
-        Ok(layer)
+        let definitions = &builder.policies.rate_limits;
+        shared(
+            &mut self.rate_limit,
+            definitions,
+            "rate_limits",
+            name,
+            |policy| {
+                let config = resolve::rate_limit(policy)?;
+                let metrics = &builder.metrics.rate_limit;
+                Ok(RateLimitLayer::new(service.clone(), &config, metrics))
+            },
+        )
     }
 
     fn fault(
@@ -428,14 +435,38 @@ impl SharedLayers {
         service: &Arc<str>,
         name: &str,
     ) -> Result<FaultLayer, BuildError> {
-        if let Some(layer) = self.fault.get(name) {
-            return Ok(layer.clone());
-        }
-        let path = definition("faults", name);
-        let policy = lookup(&builder.policies.faults, &path, name)?;
-        let config = resolve::fault(policy).map_err(|e| e.within(&path))?;
-        let layer = FaultLayer::new(service.clone(), config, &builder.metrics.fault);
-        self.fault.insert(name.to_string(), layer.clone());
-        Ok(layer)
+        shared(
+            &mut self.fault,
+            &builder.policies.faults,
+            "faults",
+            name,
+            |policy| {
+                let config = resolve::fault(policy)?;
+                Ok(FaultLayer::new(
+                    service.clone(),
+                    config,
+                    &builder.metrics.fault,
+                ))
+            },
+        )
     }
+}
+
+/// The layer of the policy `name` (defined in `section` of `definitions`), built once per
+/// service and found in `cache` after that; a refusal names the definition's field.
+fn shared<P, L: Clone>(
+    cache: &mut HashMap<String, L>,
+    definitions: &std::collections::BTreeMap<String, P>,
+    section: &str,
+    name: &str,
+    build: impl FnOnce(&P) -> Result<L, BuildError>,
+) -> Result<L, BuildError> {
+    if let Some(layer) = cache.get(name) {
+        return Ok(layer.clone());
+    }
+    let path = definition(section, name);
+    let policy = lookup(definitions, &path, name)?;
+    let layer = build(policy).map_err(|e| e.within(&path))?;
+    cache.insert(name.to_string(), layer.clone());
+    Ok(layer)
 }
