@@ -16,9 +16,10 @@ use super::pump::{Discovered, DiscoveryKey, Source};
 use super::resolve::BuildError;
 use super::route::{RouteTable, Target};
 use super::stack::{StackBuilder, StackTarget};
-use crate::config::{Config, FieldPath, LimitsSection};
+use crate::config::{Config, FieldPath, LimitsSection, MeshTlsSection};
 use crate::discovery::{Registry, StaticRegistry};
 use crate::policy::{BreakerSource, ServiceStack};
+use crate::tls::{Credentials, CredentialsWatcher};
 use crate::upstream::UpstreamClients;
 
 /// What a request needs, built from one config.
@@ -37,6 +38,48 @@ pub struct State {
     /// Each service's endpoints and their watch, by service name; shared with the next
     /// state when the service's source does not change.
     pub discovery: HashMap<String, Arc<Discovered>>,
+    /// The sidecar's own certificate material, kept current with its files; shared with
+    /// the next state when the `tls` section does not change.
+    pub mesh: Option<Arc<Mesh>>,
+}
+
+/// The sidecar's identity in the mesh: its credentials and the watch on their files.
+#[derive(Debug)]
+pub struct Mesh {
+    /// The section they were read from.
+    section: MeshTlsSection,
+    /// The certificate, key and bundle every handshake uses.
+    pub credentials: Arc<Credentials>,
+    /// Re-reads the files when they change; stops when the last state using it goes.
+    _watch: Option<CredentialsWatcher>,
+}
+
+impl Mesh {
+    /// The previous state's mesh when its section is `section`, else the files read
+    /// anew and watched.
+    fn start(section: &MeshTlsSection, previous: Option<&State>) -> Result<Arc<Mesh>, BuildError> {
+        if let Some(mesh) = previous
+            .and_then(|state| state.mesh.as_ref())
+            .filter(|mesh| mesh.section == *section)
+        {
+            return Ok(mesh.clone());
+        }
+        let credentials = crate::build::resolve::mesh_credentials(section)
+            .map_err(|e| e.within(&FieldPath::root().key("tls")))?;
+        let watch = match crate::tls::watch(credentials.clone()) {
+            Ok(watch) => Some(watch),
+            Err(error) => {
+                // Still served; a rotation needs a restart until the directory can be watched.
+                tracing::warn!(%error, "certificate files are not watched for changes");
+                None
+            }
+        };
+        Ok(Arc::new(Mesh {
+            section: section.clone(),
+            credentials,
+            _watch: watch,
+        }))
+    }
 }
 
 impl State {
@@ -49,6 +92,10 @@ impl State {
         metrics: &Metrics,
         previous: Option<&State>,
     ) -> Result<State, BuildError> {
+        let mesh = match &config.tls {
+            Some(section) => Some(Mesh::start(section, previous)?),
+            None => None,
+        };
         let mut registries: HashMap<&str, Arc<dyn Registry>> = HashMap::new();
         for (name, registry) in &config.registries {
             let client = crate::build::resolve::registry(registry)
@@ -158,6 +205,7 @@ impl State {
             inbound,
             breakers,
             discovery,
+            mesh,
         })
     }
 }

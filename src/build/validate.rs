@@ -99,8 +99,14 @@ pub fn check(config: &Config) -> Vec<Issue> {
             let at = path.key("outlier_detection");
             refused(at, resolve::outlier(outlier).map(drop));
         }
+        if let Some(tls) = service.tls.as_ref().filter(|tls| !tls.mesh) {
+            refused(path.key("tls"), resolve::external_tls(tls).map(drop));
+        }
     }
     refused(root.key("tracing"), resolve::tracing(config).map(drop));
+    if let Some(tls) = &config.tls {
+        refused(root.key("tls"), resolve::mesh_credentials(tls).map(drop));
+    }
     issues
 }
 

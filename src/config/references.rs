@@ -7,7 +7,7 @@ use super::error::{closest, FieldPath};
 use super::policies::PoliciesSection;
 use super::schema::Config;
 use super::validate::Issue;
-use super::RouteSection;
+use super::{RouteMatch, RouteSection};
 use crate::core::labels::DEFAULT_ROUTE;
 
 /// Every problem with the policies and their references.
@@ -188,49 +188,7 @@ fn check_route(
     route: &RouteSection,
     issues: &mut Vec<Issue>,
 ) {
-    let matches = &route.matches;
-    let given = [
-        matches.path_prefix.is_some(),
-        matches.grpc_method.is_some(),
-        matches.grpc_service.is_some(),
-    ]
-    .iter()
-    .filter(|given| **given)
-    .count();
-    let match_path = path.key("match");
-    if given != 1 {
-        issues.push(Issue::at(
-            match_path.clone(),
-            "a route matches on exactly one of `path_prefix`, `grpc_method`, `grpc_service`",
-        ));
-    }
-    if let Some(prefix) = &matches.path_prefix {
-        if !prefix.starts_with('/') {
-            issues.push(Issue::at(
-                match_path.key("path_prefix"),
-                format!("invalid path prefix {prefix:?}: it must start with `/`"),
-            ));
-        }
-    }
-    if let Some(method) = &matches.grpc_method {
-        let valid = method.split_once('/').is_some_and(|(service, method)| {
-            !service.is_empty() && !method.is_empty() && !method.contains('/')
-        });
-        if !valid {
-            issues.push(Issue::at(
-                match_path.key("grpc_method"),
-                format!("invalid gRPC method {method:?}: write it `package.Service/Method`"),
-            ));
-        }
-    }
-    if let Some(service) = &matches.grpc_service {
-        if service.is_empty() || service.contains('/') {
-            issues.push(Issue::at(
-                match_path.key("grpc_service"),
-                format!("invalid gRPC service {service:?}: write it `package.Service`"),
-            ));
-        }
-    }
+    check_route_match(&path.key("match"), &route.matches, issues);
     check_timeout(
         policies,
         path,
@@ -265,6 +223,56 @@ fn check_route(
         names(&policies.faults),
         issues,
     );
+}
+
+/// A route match names exactly one well-formed thing: a path prefix, a gRPC method or a
+/// gRPC service.
+pub(crate) fn check_route_match(
+    match_path: &FieldPath,
+    matches: &RouteMatch,
+    issues: &mut Vec<Issue>,
+) {
+    let given = [
+        matches.path_prefix.is_some(),
+        matches.grpc_method.is_some(),
+        matches.grpc_service.is_some(),
+    ]
+    .iter()
+    .filter(|given| **given)
+    .count();
+    if given != 1 {
+        issues.push(Issue::at(
+            match_path.clone(),
+            "a route matches on exactly one of `path_prefix`, `grpc_method`, `grpc_service`",
+        ));
+    }
+    if let Some(prefix) = &matches.path_prefix {
+        if !prefix.starts_with('/') {
+            issues.push(Issue::at(
+                match_path.key("path_prefix"),
+                format!("invalid path prefix {prefix:?}: it must start with `/`"),
+            ));
+        }
+    }
+    if let Some(method) = &matches.grpc_method {
+        let valid = method.split_once('/').is_some_and(|(service, method)| {
+            !service.is_empty() && !method.is_empty() && !method.contains('/')
+        });
+        if !valid {
+            issues.push(Issue::at(
+                match_path.key("grpc_method"),
+                format!("invalid gRPC method {method:?}: write it `package.Service/Method`"),
+            ));
+        }
+    }
+    if let Some(service) = &matches.grpc_service {
+        if service.is_empty() || service.contains('/') {
+            issues.push(Issue::at(
+                match_path.key("grpc_service"),
+                format!("invalid gRPC service {service:?}: write it `package.Service`"),
+            ));
+        }
+    }
 }
 
 /// A fallback's `forward_to` names a service of the config.

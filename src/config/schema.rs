@@ -55,6 +55,9 @@ pub struct Config {
     /// Trace propagation and OTLP export.
     #[serde(default)]
     pub tracing: super::TracingSection,
+    /// The sidecar's own certificate, key and trust bundle: its identity in the mesh.
+    #[serde(default)]
+    pub tls: Option<super::MeshTlsSection>,
 }
 
 /// The admin listener.
@@ -97,6 +100,17 @@ pub struct InboundSection {
     /// A `policies.faults` name.
     #[serde(default)]
     pub fault: Option<String>,
+    /// `strict`, `permissive` or `off` (default: `strict` when the sidecar has a
+    /// certificate, else `off`).
+    #[serde(default)]
+    pub tls: Option<super::InboundTlsMode>,
+    /// Who may call the app (where no `authorize` rule matches): service names of the
+    /// trust domain, SPIFFE IDs, or `"*"` for the whole trust domain (the default).
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// Per-route callers, first match wins; a request no rule matches is under `allow`.
+    #[serde(default)]
+    pub authorize: Vec<super::AuthorizeRule>,
 }
 
 /// The shared outbound listener.
@@ -172,6 +186,11 @@ pub struct ServiceSection {
     /// Path prefixes or gRPC methods with policies of their own; the first match wins.
     #[serde(default)]
     pub routes: Vec<super::RouteSection>,
+    /// TLS to the service's endpoints: mutual TLS with a meshed sidecar, or TLS to an
+    /// external server. Without it, an endpoint that its registry says speaks mutual TLS
+    /// (a remora that registered itself) gets it anyway.
+    #[serde(default)]
+    pub tls: Option<super::TlsSection>,
 }
 
 /// Per-listener protections.

@@ -74,6 +74,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Issue> {
     check_log(config, &mut issues);
     super::references::check(config, &mut issues);
     super::discovery::check(config, &mut issues);
+    super::tls::check(config, &mut issues);
     issues
 }
 
@@ -363,6 +364,9 @@ mod tests {
             max_in_flight: None,
             fallback: None,
             fault: None,
+            tls: None,
+            allow: None,
+            authorize: Vec::new(),
         });
         config.outbound = Some(OutboundSection {
             listen: addr("127.0.0.1:15001"),

@@ -317,6 +317,9 @@ async fn start_instances(spec: &ServiceSpec) -> Result<Vec<Instance>, DemoError>
             max_in_flight: None,
             fallback: None,
             fault: None,
+            tls: None,
+            allow: None,
+            authorize: Vec::new(),
         });
         let sidecar = Sidecar::start(validated(&config)?)
             .await

@@ -281,7 +281,7 @@ fn build(
     })
 }
 
-fn read_certificates(
+pub(super) fn read_certificates(
     pem_bytes: &[u8],
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, Problem> {
@@ -294,7 +294,7 @@ fn read_certificates(
     Ok(chain)
 }
 
-fn trust_anchors(pem_bytes: &[u8]) -> Result<RootCertStore, Problem> {
+pub(super) fn trust_anchors(pem_bytes: &[u8]) -> Result<RootCertStore, Problem> {
     let mut roots = RootCertStore::empty();
     for certificate in read_certificates(pem_bytes, "CA certificate")? {
         roots
@@ -304,7 +304,7 @@ fn trust_anchors(pem_bytes: &[u8]) -> Result<RootCertStore, Problem> {
     Ok(roots)
 }
 
-fn pem_problem(error: pem::Error, what: &'static str) -> Problem {
+pub(super) fn pem_problem(error: pem::Error, what: &'static str) -> Problem {
     match error {
         pem::Error::NoItemsFound => Problem::NoPem(what),
         other => Problem::MalformedPem(other.to_string()),

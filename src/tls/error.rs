@@ -84,6 +84,9 @@ pub enum Problem {
         /// What verification said.
         reason: String,
     },
+    /// The system offers no root certificates to verify a server with.
+    #[error("no system root certificates ({0}): name a CA file with `ca`")]
+    NoSystemRoots(String),
     /// The files' directory cannot be watched for changes.
     #[error("cannot watch for changes: {0}")]
     Unwatchable(String),

@@ -19,6 +19,7 @@
 //! other crate's choice changes ours.
 
 mod certificate;
+mod client;
 mod config;
 mod credentials;
 mod detect;
@@ -36,6 +37,7 @@ mod test_support;
 use std::sync::Arc;
 
 pub use certificate::CertificateInfo;
+pub use client::ExternalTls;
 pub use config::{client_config, server_config, ALPN_PROTOCOLS};
 pub use credentials::{CredentialFiles, Credentials, Material, RequiredIdentity};
 pub use detect::{detect, Detected, InboundTls, DETECT_LEN};

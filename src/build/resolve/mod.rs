@@ -8,6 +8,7 @@
 
 mod discovery;
 mod policies;
+mod tls;
 mod tracing;
 
 use std::fmt;
@@ -20,6 +21,7 @@ pub use discovery::{
 pub use policies::{
     breaker, conditions, fallback, fault, max_in_flight, rate_limit, retry, timeout, NONE,
 };
+pub use tls::{external_tls, mesh_credentials};
 pub use tracing::tracing;
 
 /// A section that does not convert into its mechanism's settings.
