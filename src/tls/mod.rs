@@ -45,7 +45,9 @@ pub use error::{CredentialsError, Problem};
 pub use identity::{Identity, IdentityError, TrustDomain, SPIFFE_SCHEME};
 pub use key_permissions::key_file_exposure;
 pub use peer::peer_identity;
-pub use verify::{PeerIdentityError, SpiffeServerVerifier, TrustBundleClientVerifier};
+pub use verify::{
+    ClientIdentityError, PeerIdentityError, SpiffeServerVerifier, TrustBundleClientVerifier,
+};
 pub use watch::{watch, CredentialsWatcher};
 
 /// The crypto provider of every TLS config remora builds: rustls's `aws-lc-rs` provider.

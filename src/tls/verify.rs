@@ -1,5 +1,6 @@
 //! How each side of a mesh connection checks the other: both chain to the current trust
-//! bundle, and a client also checks that the server is the service it meant to reach.
+//! bundle, a client also checks that the server is the service it meant to reach, and a
+//! server that the client is of its own trust domain.
 //!
 //! Both verifiers read the trust bundle from [`Credentials`] at each handshake, so a
 //! rotated bundle (a new CA added beside the old one) applies to the next handshake
@@ -18,7 +19,7 @@ use rustls::{
 
 use super::certificate::CertificateInfo;
 use super::credentials::Credentials;
-use super::identity::Identity;
+use super::identity::{Identity, TrustDomain};
 
 /// A server whose certificate chains to the bundle but names another identity (or none).
 ///
@@ -43,6 +44,38 @@ impl std::fmt::Debug for PeerIdentityError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Display::fmt(self, f)
     }
+}
+
+/// A client whose certificate chains to the bundle but is not of the server's trust
+/// domain (or names no usable identity). `Debug` prints the message, as
+/// [`PeerIdentityError`]'s does.
+#[derive(thiserror::Error)]
+pub enum ClientIdentityError {
+    /// The client is of another trust domain.
+    #[error("client identity {found} is not of trust domain {expected}")]
+    OtherTrustDomain {
+        /// What the certificate says.
+        found: Identity,
+        /// The server's own trust domain.
+        expected: TrustDomain,
+    },
+    /// The certificate has no usable SPIFFE identity.
+    #[error("client certificate: {0}")]
+    Missing(String),
+    /// The server's own certificate has no identity, so no trust domain to admit.
+    #[error("the server's own certificate has no SPIFFE identity: no client is admitted")]
+    NoOwnIdentity,
+}
+
+impl std::fmt::Debug for ClientIdentityError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// A certificate error rustls reports as its own, carrying `error`.
+fn refuse(error: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
 }
 
 /// Verifies a server as a mesh peer: its certificate chains to the trust bundle and its
@@ -104,9 +137,6 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.algorithms.all,
         )?;
-        let refuse = |error: PeerIdentityError| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
-        };
         let found = CertificateInfo::parse(end_entity)
             .and_then(|info| info.identity())
             .map_err(|problem| {
@@ -148,10 +178,14 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 }
 
 /// Requires every client to present a certificate that chains to the current trust
-/// bundle (rustls's `WebPkiClientVerifier`, rebuilt with each bundle).
+/// bundle (rustls's `WebPkiClientVerifier`, rebuilt with each bundle) and names one
+/// SPIFFE identity of the server's own trust domain (that of the current certificate).
 ///
-/// Which identities may call is authorization, not authentication: it belongs to the
-/// request path, which reads the peer's identity ([`super::peer_identity`]).
+/// Why the trust domain here: a bundle may hold a CA that also signs for other domains
+/// (a shared root, a federation step); a caller from outside the mesh never gets past
+/// the handshake, whatever the request path admits. Which identities *of the domain*
+/// may call is authorization, not authentication: it belongs to the request path, which
+/// reads the peer's identity ([`super::peer_identity`]).
 #[derive(Debug)]
 pub struct TrustBundleClientVerifier {
     credentials: Arc<Credentials>,
@@ -190,10 +224,24 @@ impl ClientCertVerifier for TrustBundleClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.credentials
-            .current()
+        let material = self.credentials.current();
+        let verified = material
             .client_verifier()
-            .verify_client_cert(end_entity, intermediates, now)
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let expected = material
+            .identity()
+            .map(Identity::trust_domain)
+            .ok_or_else(|| refuse(ClientIdentityError::NoOwnIdentity))?;
+        let found = CertificateInfo::parse(end_entity)
+            .and_then(|info| info.identity())
+            .map_err(|problem| refuse(ClientIdentityError::Missing(problem.to_string())))?;
+        if found.trust_domain() != expected {
+            return Err(refuse(ClientIdentityError::OtherTrustDomain {
+                found,
+                expected: expected.clone(),
+            }));
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -216,5 +264,67 @@ impl ClientCertVerifier for TrustBundleClientVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::string::Ia5String;
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
+
+    use super::*;
+    use crate::tls::issue::Validity;
+    use crate::tls::test_support::{hour, Pki};
+    use crate::tls::RequiredIdentity;
+
+    /// A client certificate `pki`'s CA signs with `uris` as its URI SANs: what `issue`
+    /// refuses to make (another trust domain, no identity).
+    fn signed(pki: &Pki, uris: &[&str]) -> CertificateDer<'static> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|uri| SanType::URI(Ia5String::try_from(uri.to_string()).unwrap()))
+            .collect();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.signed_by(&key, pki.ca.issuer()).unwrap().der().clone()
+    }
+
+    fn refusal(verifier: &TrustBundleClientVerifier, leaf: &CertificateDer<'_>) -> String {
+        verifier
+            .verify_client_cert(leaf, &[], UnixTime::now())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_client_must_be_of_the_servers_trust_domain() {
+        let pki = Pki::new();
+        let files = pki.write("orders");
+        let credentials = Credentials::load(files, RequiredIdentity::Any).unwrap();
+        let verifier = TrustBundleClientVerifier::new(Arc::new(credentials));
+
+        let payments = pki.issue("payments", Validity::from_now(hour()));
+        verifier
+            .verify_client_cert(&payments.chain()[0], &[], UnixTime::now())
+            .unwrap();
+        let same_domain = signed(&pki, &["spiffe://example.org/payments"]);
+        verifier
+            .verify_client_cert(&same_domain, &[], UnixTime::now())
+            .unwrap();
+
+        let other = signed(&pki, &["spiffe://other.org/payments"]);
+        let error = refusal(&verifier, &other);
+        assert!(
+            error.contains("spiffe://other.org/payments is not of trust domain example.org"),
+            "{error}"
+        );
+        let anonymous = signed(&pki, &[]);
+        let error = refusal(&verifier, &anonymous);
+        assert!(error.contains("no SPIFFE identity"), "{error}");
+        let istio = signed(&pki, &["spiffe://example.org/ns/default/sa/payments"]);
+        let error = refusal(&verifier, &istio);
+        assert!(error.contains("more than one segment"), "{error}");
     }
 }
