@@ -17,6 +17,7 @@ use super::stack::ServiceStacks;
 use crate::balance::EndpointSet;
 use crate::build::metrics::{RouteMetrics, ServiceMetrics};
 use crate::core::labels::DEFAULT_ROUTE;
+pub use crate::core::matcher::RouteMatcher;
 use crate::policy::Stack;
 
 /// A service as the request path sees it: where to send and how.
@@ -203,31 +204,6 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
-/// Which requests of a service a route takes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteMatcher {
-    /// Paths under this segment prefix.
-    PathPrefix(String),
-    /// Exactly this path (`/package.Service/Method`).
-    Path(String),
-    /// Paths starting with this (`/package.Service/`).
-    Prefix(String),
-}
-
-impl RouteMatcher {
-    /// Whether a request with `path` takes this route.
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            Self::PathPrefix(prefix) => match path.strip_prefix(prefix.as_str()) {
-                Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
-                None => false,
-            },
-            Self::Path(exact) => path == exact,
-            Self::Prefix(prefix) => path.starts_with(prefix.as_str()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,18 +269,5 @@ mod tests {
         assert_eq!(strip_port("[::1]:8080"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
         assert_eq!(strip_port("a"), "a");
-    }
-
-    #[test]
-    fn route_matchers() {
-        let prefix = RouteMatcher::PathPrefix("/api".into());
-        assert!(prefix.matches("/api") && prefix.matches("/api/x"));
-        assert!(!prefix.matches("/apiary"));
-        let method = RouteMatcher::Path("/shop.Prices/Quote".into());
-        assert!(method.matches("/shop.Prices/Quote"));
-        assert!(!method.matches("/shop.Prices/QuoteAll"));
-        let service = RouteMatcher::Prefix("/shop.Prices/".into());
-        assert!(service.matches("/shop.Prices/Quote"));
-        assert!(!service.matches("/shop.PricesV2/Quote"));
     }
 }

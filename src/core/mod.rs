@@ -2,7 +2,7 @@
 //!
 //! Bodies (streamed, pooled, watched for their gRPC status), the error a call fails
 //! with and the answer it becomes, the per-call extensions, gRPC on the wire, metric
-//! label types and outcome classification. This floor imports nothing of remora; the
+//! label types, outcome classification and path matchers. This floor imports nothing of remora; the
 //! floors above (config, the mechanisms, build, serve) import it.
 
 pub mod body;
@@ -10,5 +10,6 @@ pub mod call;
 pub mod error;
 pub mod grpc;
 pub mod labels;
+pub mod matcher;
 pub mod outcome;
 pub mod protocol;
