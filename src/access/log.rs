@@ -30,6 +30,9 @@ pub struct Entry<'a> {
     pub duration_ms: f64,
     /// The endpoint that answered, if one did.
     pub upstream: Option<SocketAddr>,
+    /// The caller's SPIFFE ID, when it came over mutual TLS (the field is left out of
+    /// the line otherwise).
+    pub peer_identity: Option<&'a str>,
 }
 
 /// Writes `entry`'s line.
@@ -47,6 +50,7 @@ pub fn log(entry: &Entry<'_>) {
         grpc_status = entry.grpc_status,
         duration_ms = entry.duration_ms,
         upstream = entry.upstream.map(tracing::field::display),
+        peer_identity = entry.peer_identity,
         "access"
     );
 }

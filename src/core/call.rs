@@ -7,12 +7,16 @@
 //! knowing who sets them.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
 /// Request extension set on every proxied call: one extension (one allocation) for what
 /// the layers need to know about the call.
-#[derive(Debug, Clone, Copy)]
+///
+/// NOTE: not `Copy` since it holds the peer's identity; cloning it costs a reference
+/// count at most (nothing for a plaintext caller).
+#[derive(Debug, Clone)]
 pub struct CallInfo {
     /// The address of the client connection (rate-limit keys and hashing use it).
     pub client: SocketAddr,
@@ -24,6 +28,10 @@ pub struct CallInfo {
     /// Whether the caller speaks gRPC (an `application/grpc` content type), looked up
     /// once for every layer that asks.
     pub grpc: bool,
+    /// The caller's SPIFFE ID (`spiffe://<trust domain>/<service>`) when it connected
+    /// over mutual TLS; read from its certificate once per connection and shared by
+    /// every call on it. `None` for a plaintext caller.
+    pub peer_identity: Option<Arc<str>>,
 }
 
 impl CallInfo {
@@ -34,6 +42,7 @@ impl CallInfo {
             arrived: Instant::now(),
             deadline: None,
             grpc: false,
+            peer_identity: None,
         }
     }
 }

@@ -51,6 +51,7 @@ pub(crate) fn proxied_from(
         arrived: Instant::now(),
         deadline: None,
         grpc: is_grpc(&request),
+        peer_identity: None,
     };
     request.extensions_mut().insert(call);
     request

@@ -126,9 +126,24 @@ pub struct RequestTrace {
     pub(super) request_id: HeaderValue,
     pub(super) method: Method,
     pub(super) uri: Uri,
+    /// The caller's SPIFFE ID, when it came over mutual TLS.
+    pub(super) peer_identity: Option<Arc<str>>,
 }
 
 impl RequestTrace {
+    /// Names the caller's SPIFFE identity (when it has one) on the span
+    /// (`remora.peer.identity`) and in the access log line. A reference count, no more.
+    pub fn with_peer_identity(mut self, identity: Option<&Arc<str>>) -> Self {
+        let Some(identity) = identity else {
+            return self;
+        };
+        if let Some(span) = &self.call.0.span {
+            span.record(|recording| recording.attributes.str(PEER_IDENTITY, identity));
+        }
+        self.peer_identity = Some(identity.clone());
+        self
+    }
+
     /// Runs `future` with the request span current (so that [`event`] lands on it),
     /// then [`finish`](Self::finish)es with its response.
     pub async fn run<F>(self, future: F) -> Response<ProxyBody>
@@ -218,6 +233,7 @@ impl RequestTrace {
             grpc_status,
             duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
             upstream: endpoint,
+            peer_identity: self.peer_identity.as_deref(),
         });
     }
 }

@@ -11,6 +11,9 @@ use crate::core::labels::Direction;
 
 use super::*;
 
+/// The span attribute (and event attribute) naming the caller's SPIFFE ID.
+pub const PEER_IDENTITY: &str = "remora.peer.identity";
+
 /// Records a decision (retry, breaker, fallback, ...) as an event on the current span.
 /// Build `attributes` only when [`recording`] says the span keeps them.
 pub fn event(name: impl Into<Cow<'static, str>>, attributes: Vec<KeyValue>) {

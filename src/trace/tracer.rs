@@ -148,6 +148,7 @@ impl Tracing {
             request_id,
             method: request.method().clone(),
             uri: request.uri().clone(),
+            peer_identity: None,
         }
     }
 

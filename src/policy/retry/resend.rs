@@ -207,7 +207,7 @@ impl KeptExtensions {
             Self::Known { call, trace } => {
                 let mut extensions = Extensions::new();
                 if let Some(call) = call {
-                    extensions.insert(*call);
+                    extensions.insert(call.clone());
                 }
                 if let Some(trace) = trace {
                     extensions.insert(trace.clone());

@@ -69,15 +69,15 @@ where
             Sends::Once
         };
         // One look at the extensions serves the budget, the deadline and the copy.
-        let call = request.extensions().get::<CallInfo>().copied();
-        let arrived = call.map_or_else(Instant::now, |call| call.arrived);
+        let call = request.extensions().get::<CallInfo>().cloned();
+        let arrived = call.as_ref().map_or_else(Instant::now, |call| call.arrived);
         config.budget.deposit_at(arrived);
         if matches!(sends, Sends::Once) && config.per_try_timeout.is_none() {
             // Never sent again, never bounded here: nothing to keep.
             let attempt = shared.send(&mut self.inner, request, 1);
             return ResponseFuture::alone(attempt);
         }
-        let deadline = call.and_then(|call| call.deadline);
+        let deadline = call.as_ref().and_then(|call| call.deadline);
         let resend = match sends {
             Sends::Once => Resend::Never,
             Sends::AgainIfUnsent => Resend::Unsent,

@@ -144,7 +144,7 @@ async fn every_attempt_carries_the_request_extensions() {
             .get_mut::<CallInfo>()
             .unwrap()
             .deadline = Some(deadline);
-        let call = *request.extensions().get::<CallInfo>().unwrap();
+        let call = request.extensions().get::<CallInfo>().unwrap().clone();
         if let Some(foreign) = foreign.clone() {
             request.extensions_mut().insert(foreign);
         }
