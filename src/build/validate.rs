@@ -105,7 +105,17 @@ pub fn check(config: &Config) -> Vec<Issue> {
     }
     refused(root.key("tracing"), resolve::tracing(config).map(drop));
     if let Some(tls) = &config.tls {
-        refused(root.key("tls"), resolve::mesh_credentials(tls).map(drop));
+        match resolve::mesh_credentials(tls) {
+            Ok(credentials) => {
+                let material = credentials.current();
+                let own = material.identity().map(|id| id.trust_domain());
+                if let (Some(inbound), Some(own)) = (&config.inbound, own) {
+                    let at = root.key("inbound");
+                    refused(at, resolve::authorization(inbound, own).map(drop));
+                }
+            }
+            Err(error) => refused(root.key("tls"), Err(error)),
+        }
     }
     issues
 }

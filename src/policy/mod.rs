@@ -21,6 +21,7 @@
 //! no layer boxes the service below it, so a call costs no allocation per layer. No
 //! layer here knows YAML: each takes the typed settings its own module defines.
 
+pub mod authorize;
 pub mod backoff;
 pub mod budget;
 pub mod circuit_breaker;

@@ -6,6 +6,7 @@
 //! knows where the section sits (validation, the state builder) puts it in place. No
 //! mechanism sees YAML, and nothing here builds a layer.
 
+mod authorize;
 mod discovery;
 mod policies;
 mod tls;
@@ -15,6 +16,7 @@ use std::fmt;
 
 use crate::config::FieldPath;
 
+pub use authorize::{authorization, route_matcher};
 pub use discovery::{
     balancer, health_check, outlier, pool, registration, registry, registry_backend,
 };
