@@ -54,6 +54,16 @@ pub struct ListenerLabels {
     pub listener: String,
 }
 
+/// Labels of inbound calls refused by authorization.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DeniedLabels {
+    /// The listener (`inbound`).
+    pub listener: &'static str,
+    /// The caller's SPIFFE ID, or `unauthenticated` for a plaintext caller. Bounded by
+    /// the identities of the trust domain: the handshake admits no other.
+    pub caller: String,
+}
+
 /// Labels of config reload outcomes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -73,6 +83,11 @@ pub struct Metrics {
     pub connections_rejected: Family<ListenerLabels, Counter>,
     /// Configuration reloads by outcome.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// TLS handshakes that failed (or timed out) per listener: the peer never reached
+    /// the app.
+    pub tls_handshake_failures: Family<ListenerLabels, Counter>,
+    /// Calls refused by inbound authorization, by caller.
+    pub requests_denied: Family<DeniedLabels, Counter>,
     /// Every resilience policy's metrics.
     pub policy: crate::policy::PolicyMetrics,
     /// Discovery updates and staleness.
@@ -125,6 +140,18 @@ impl Metrics {
             "Configuration reloads, by result",
             reloads.clone(),
         );
+        let tls_handshake_failures = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes refused, failed or timed out, by listener",
+            tls_handshake_failures.clone(),
+        );
+        let requests_denied = Family::<DeniedLabels, Counter>::default();
+        registry.register(
+            "requests_denied",
+            "Inbound calls refused by authorization, by listener and caller",
+            requests_denied.clone(),
+        );
         let policy = crate::policy::PolicyMetrics::register(&mut registry);
         let discovery = crate::discovery::DiscoveryMetrics::register(&mut registry);
         let balancer = crate::balance::BalancerMetrics::register(&mut registry);
@@ -140,6 +167,8 @@ impl Metrics {
             connections,
             connections_rejected,
             reloads,
+            tls_handshake_failures,
+            requests_denied,
         }
     }
 

@@ -16,10 +16,11 @@ use super::pump::{Discovered, DiscoveryKey, Source};
 use super::resolve::BuildError;
 use super::route::{RouteTable, Target};
 use super::stack::{StackBuilder, StackTarget};
-use crate::config::{Config, FieldPath, LimitsSection, MeshTlsSection};
+use crate::config::{Config, FieldPath, InboundTlsMode, LimitsSection, MeshTlsSection};
 use crate::discovery::{Registry, StaticRegistry};
+use crate::policy::authorize::Authorization;
 use crate::policy::{BreakerSource, ServiceStack};
-use crate::tls::{Credentials, CredentialsWatcher};
+use crate::tls::{Credentials, CredentialsWatcher, InboundTls, TrustDomain};
 use crate::upstream::UpstreamClients;
 
 /// What a request needs, built from one config.
@@ -41,6 +42,11 @@ pub struct State {
     /// The sidecar's own certificate material, kept current with its files; shared with
     /// the next state when the `tls` section does not change.
     pub mesh: Option<Arc<Mesh>>,
+    /// Whether the inbound listener terminates mutual TLS (`Off` without a mesh).
+    pub inbound_tls: InboundTls,
+    /// Who may call the local app; `None` when no allow list is written (every caller
+    /// the inbound listener admits reaches the app).
+    pub authorization: Option<Authorization>,
 }
 
 /// The sidecar's identity in the mesh: its credentials and the watch on their files.
@@ -50,6 +56,9 @@ pub struct Mesh {
     section: MeshTlsSection,
     /// The certificate, key and bundle every handshake uses.
     pub credentials: Arc<Credentials>,
+    /// The inbound listener's TLS server config, on `credentials` (built once per mesh:
+    /// it reads the current material at each handshake).
+    pub server_config: Arc<rustls::ServerConfig>,
     /// Re-reads the files when they change; stops when the last state using it goes.
     _watch: Option<CredentialsWatcher>,
 }
@@ -66,6 +75,8 @@ impl Mesh {
         }
         let credentials = crate::build::resolve::mesh_credentials(section)
             .map_err(|e| e.within(&FieldPath::root().key("tls")))?;
+        let server = crate::tls::server_config(&credentials)
+            .map_err(|e| BuildError::at(FieldPath::root().key("tls"), e))?;
         let watch = match crate::tls::watch(credentials.clone()) {
             Ok(watch) => Some(watch),
             Err(error) => {
@@ -77,8 +88,15 @@ impl Mesh {
         Ok(Arc::new(Mesh {
             section: section.clone(),
             credentials,
+            server_config: Arc::new(server),
             _watch: watch,
         }))
+    }
+
+    /// The trust domain of the sidecar's current certificate.
+    pub fn trust_domain(&self) -> Option<TrustDomain> {
+        let material = self.credentials.current();
+        material.identity().map(|id| id.trust_domain().clone())
     }
 }
 
@@ -198,7 +216,19 @@ impl State {
             None => None,
         };
         drop(builder);
+        let authorization = match (&config.inbound, &mesh) {
+            (Some(inbound), Some(mesh)) => inbound_authorization(inbound, mesh)?,
+            _ => None,
+        };
+        let inbound_tls = match (config.inbound_tls(), &mesh) {
+            (InboundTlsMode::Strict, Some(_)) => InboundTls::Strict,
+            (InboundTlsMode::Permissive, Some(_)) => InboundTls::Permissive,
+            // Validation refuses a TLS mode without a mesh.
+            _ => InboundTls::Off,
+        };
         Ok(State {
+            inbound_tls,
+            authorization,
             server: server_builder(&config.limits),
             config: Arc::new(config),
             routes,
@@ -208,6 +238,24 @@ impl State {
             mesh,
         })
     }
+}
+
+/// `inbound`'s allow lists, read against the mesh's trust domain.
+fn inbound_authorization(
+    inbound: &crate::config::InboundSection,
+    mesh: &Mesh,
+) -> Result<Option<Authorization>, BuildError> {
+    let at = FieldPath::root().key("inbound");
+    let Some(own) = mesh.trust_domain() else {
+        if inbound.allow.is_none() && inbound.authorize.is_empty() {
+            return Ok(None);
+        }
+        return Err(BuildError::at(
+            at,
+            "authorization needs the sidecar's certificate to carry a SPIFFE identity",
+        ));
+    };
+    crate::build::resolve::authorization(inbound, &own).map_err(|e| e.within(&at))
 }
 
 /// The name under which the local app is known to discovery and metrics.

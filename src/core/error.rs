@@ -74,6 +74,9 @@ pub enum ProxyError {
     /// A configured fault aborted the call.
     #[error("fault injected: status {0}")]
     FaultInjected(StatusCode),
+    /// Inbound authorization refused the caller (its SPIFFE ID, or `unauthenticated`).
+    #[error("caller {0} is not allowed to call this")]
+    Forbidden(String),
 }
 
 impl ProxyError {
@@ -90,6 +93,7 @@ impl ProxyError {
             Self::Overloaded(_) => "overloaded",
             Self::BreakerOpen(_) => "breaker-open",
             Self::FaultInjected(_) => "fault-injected",
+            Self::Forbidden(_) => "forbidden",
         }
     }
 
@@ -105,6 +109,7 @@ impl ProxyError {
             Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -121,6 +126,7 @@ impl ProxyError {
             Self::FaultInjected(status) => grpc_code_for_http(*status),
             Self::BadRequest(_) => tonic::Code::Internal,
             Self::Timeout(_) => tonic::Code::DeadlineExceeded,
+            Self::Forbidden(_) => tonic::Code::PermissionDenied,
         }
     }
 
@@ -195,6 +201,17 @@ mod tests {
         let response = ProxyError::Timeout(Duration::from_secs(1)).to_response(false);
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(response.headers()[ERROR_HEADER], "timeout");
+    }
+
+    #[test]
+    fn forbidden_is_403_or_permission_denied() {
+        let error = ProxyError::Forbidden("spiffe://example.org/batch".into());
+        let response = error.to_response(false);
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(response.headers()[ERROR_HEADER], "forbidden");
+        let grpc = error.to_response(true);
+        assert_eq!(grpc.status(), StatusCode::OK);
+        assert_eq!(grpc.headers()["grpc-status"], "7");
     }
 
     #[test]

@@ -1,22 +1,39 @@
-//! Accept loops: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, connection caps,
-//! slow-client protection and graceful drain.
+//! Accept loops: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, mutual TLS on the
+//! inbound listener, connection caps, slow-client protection and graceful drain.
 //!
 //! Each listener runs one accept loop. A connection is served by hyper's auto builder,
 //! which tells HTTP/2 from HTTP/1 by the connection preface. On shutdown the loop stops
 //! accepting, asks every connection to finish (HTTP/1: close after the current response;
 //! HTTP/2: GOAWAY) and waits up to `drain_timeout` for them.
+//!
+//! The inbound listener terminates mutual TLS per the state's mode (`State::inbound_tls`):
+//! `Strict` handshakes every connection, `Permissive` peeks at the first bytes and
+//! handshakes a ClientHello (plaintext is served as it is), `Off` serves plaintext. The
+//! handshake runs in the connection's task, bounded by `limits.header_read_timeout`; a
+//! failed one is logged at debug and counted, and never reaches the app. The caller's
+//! SPIFFE ID is read from its certificate once per connection and handed to the proxy
+//! service. Outbound listeners are always plaintext: the local app talks to its own
+//! sidecar over loopback.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::build::metrics::ListenerLabels;
+use crate::build::state::State;
 use crate::serve::proxy::{Entry, ProxyService};
 use crate::serve::shared::Shared;
+use crate::tls::{detect, Detected, InboundTls, DETECT_LEN};
 
 /// A bound proxy listener waiting to be served.
 pub struct ProxyListener {
@@ -43,6 +60,11 @@ pub async fn serve(
         .connections_rejected
         .get_or_create(&labels)
         .clone();
+    let handshake_failures = shared
+        .metrics
+        .tls_handshake_failures
+        .get_or_create(&labels)
+        .clone();
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
@@ -58,7 +80,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let state = shared.state.load();
+        let state = shared.state.load_full();
         let limit = state.config.limits.max_connections;
         if usize::try_from(open.get()).unwrap_or(usize::MAX) >= limit {
             rejected.inc();
@@ -67,18 +89,19 @@ pub async fn serve(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let service = ProxyService::new(shared.clone(), listener.entry.clone(), peer);
-        let connection = state
-            .server
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let connection = Connection {
+            shared: shared.clone(),
+            entry: listener.entry.clone(),
+            peer,
+            tls: Termination::of(&listener.entry, &state),
+            state: state.clone(),
+            watcher: graceful.watcher(),
+            handshake_failures: handshake_failures.clone(),
+        };
         let open = open.clone();
         open.inc();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
+            connection.run(stream).await;
             open.dec();
         });
     }
@@ -97,4 +120,123 @@ pub async fn serve(
             );
         }
     }
+}
+
+/// How a connection's first bytes are treated, per the listener and the state's mode.
+enum Termination {
+    /// Served as plaintext.
+    Plaintext,
+    /// A mutual TLS handshake first; anything else is refused.
+    Tls(TlsAcceptor),
+    /// A ClientHello is handshaken, anything else served as plaintext.
+    Detect(TlsAcceptor),
+}
+
+impl Termination {
+    fn of(entry: &Entry, state: &State) -> Self {
+        let (Entry::Inbound, Some(mesh)) = (entry, &state.mesh) else {
+            return Self::Plaintext;
+        };
+        let acceptor = || TlsAcceptor::from(mesh.server_config.clone());
+        match state.inbound_tls {
+            InboundTls::Strict => Self::Tls(acceptor()),
+            InboundTls::Permissive => Self::Detect(acceptor()),
+            InboundTls::Off => Self::Plaintext,
+        }
+    }
+}
+
+/// One accepted connection, until its task serves it.
+struct Connection {
+    shared: Arc<Shared>,
+    entry: Entry,
+    peer: SocketAddr,
+    tls: Termination,
+    /// The state at accept: its server settings and handshake timeout serve the
+    /// connection (requests load the current state each).
+    state: Arc<State>,
+    /// Held from accept, so a drain waits for handshakes in progress too.
+    watcher: Watcher,
+    handshake_failures: Counter,
+}
+
+impl Connection {
+    /// Handshakes when the mode says so, then serves HTTP until the connection ends.
+    async fn run(self, tcp: TcpStream) {
+        let timeout = self.state.config.limits.header_read_timeout;
+        let acceptor = match &self.tls {
+            Termination::Plaintext => None,
+            Termination::Tls(acceptor) => Some(acceptor.clone()),
+            Termination::Detect(acceptor) => match first_bytes(&tcp, timeout).await {
+                Some(Detected::Tls) => Some(acceptor.clone()),
+                Some(_) => None,
+                None => return,
+            },
+        };
+        let Some(acceptor) = acceptor else {
+            return self.serve(tcp, None).await;
+        };
+        let handshake = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
+        let tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => return self.refused(&error),
+            Err(_) => return self.refused(&"handshake timed out"),
+        };
+        // Once per connection: every call on it shares the one string.
+        let identity = crate::tls::peer_identity(tls.get_ref().1)
+            .map(|identity| Arc::<str>::from(identity.to_string()));
+        self.serve(tls, identity).await;
+    }
+
+    fn refused(&self, error: &dyn std::fmt::Display) {
+        self.handshake_failures.inc();
+        tracing::debug!(peer = %self.peer, %error, "TLS handshake failed");
+    }
+
+    /// Serves HTTP/1.1 and HTTP/2 (with upgrades) over `io`, plaintext or TLS alike.
+    async fn serve<I>(self, io: I, identity: Option<Arc<str>>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            shared,
+            entry,
+            peer,
+            state,
+            watcher,
+            ..
+        } = self;
+        let service = ProxyService::new(shared, entry, peer, identity);
+        let server: &auto::Builder<TokioExecutor> = &state.server;
+        let connection = server
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        drop(state);
+        if let Err(error) = watcher.watch(connection).await {
+            tracing::debug!(%peer, %error, "connection ended with an error");
+        }
+    }
+}
+
+/// What the first bytes of `tcp` are, without reading them; `None` when the peer
+/// closed or sent too little within `timeout`.
+async fn first_bytes(tcp: &TcpStream, timeout: Duration) -> Option<Detected> {
+    let peek = async {
+        let mut buf = [0u8; DETECT_LEN];
+        loop {
+            let n = tcp.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            match detect(&buf[..n]) {
+                Detected::NeedMore => {
+                    // A ClientHello split before its sixth byte: rare; peeking again at
+                    // once would return the same bytes, so wait a little for more.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                detected => return Some(detected),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, peek).await.ok().flatten()
 }

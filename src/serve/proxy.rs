@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tower::ServiceExt;
 
-use crate::build::metrics::{Metrics, Series};
+use crate::build::metrics::{DeniedLabels, Metrics, Series};
 use crate::build::route::{RouteId, Target};
 use crate::build::state::State;
 use crate::core::body::ProxyBody;
@@ -58,16 +58,26 @@ pub struct ProxyService {
     peer: SocketAddr,
     /// `peer`'s `x-forwarded-for` element, formatted once per connection.
     forwarded_for: ForwardedFor,
+    /// The caller's SPIFFE ID, read from its certificate once per connection (`None`
+    /// for a plaintext connection).
+    peer_identity: Option<Arc<str>>,
 }
 
 impl ProxyService {
-    /// The service for a connection from `peer` accepted by a listener of kind `entry`.
-    pub fn new(shared: Arc<Shared>, entry: Entry, peer: SocketAddr) -> Self {
+    /// The service for a connection from `peer` (whose certificate says it is
+    /// `peer_identity`, over mutual TLS) accepted by a listener of kind `entry`.
+    pub fn new(
+        shared: Arc<Shared>,
+        entry: Entry,
+        peer: SocketAddr,
+        peer_identity: Option<Arc<str>>,
+    ) -> Self {
         Self {
             shared,
             entry,
             forwarded_for: ForwardedFor::new(peer.ip()),
             peer,
+            peer_identity,
         }
     }
 }
@@ -88,7 +98,8 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         let trace = this
             .shared
             .tracing
-            .start(&mut request, this.entry.direction());
+            .start(&mut request, this.entry.direction())
+            .with_peer_identity(this.peer_identity.as_ref());
         Box::pin(async move { Ok(trace.run(this.handle(request)).await) })
     }
 }
@@ -98,6 +109,12 @@ const ADDED_HEADERS: usize = 8;
 
 /// Failed requests logged per second at most; the rest are counted in metrics only.
 static FAILURE_LOG: LogBudget = LogBudget::new(10);
+
+/// Denied calls logged per second at most, like [`FAILURE_LOG`].
+static DENIAL_LOG: LogBudget = LogBudget::new(10);
+
+/// The `caller` of a denied call without an identity.
+const UNAUTHENTICATED: &str = "unauthenticated";
 
 /// A per-second budget of log lines, so an outage does not turn into a log flood.
 struct LogBudget {
@@ -173,6 +190,12 @@ impl ProxyService {
             }
         };
         crate::trace::routed(&request, &target.name); // tracing: name the service on the span
+        if let (Entry::Inbound, Some(authorization)) = (&self.entry, &state.authorization) {
+            let identity = self.peer_identity.as_deref();
+            if !authorization.admits(request.uri().path(), identity) {
+                return self.deny(&target, identity, grpc, started);
+            }
+        }
         let route_id = target.route_for(request.uri().path());
         let route = target.route(route_id);
         let call = CallInfo {
@@ -180,6 +203,7 @@ impl ProxyService {
             arrived: started,
             deadline: None,
             grpc,
+            peer_identity: self.peer_identity.clone(),
         };
         let forwarded = send_through(&route.stack, request, call, &self.forwarded_for).await;
         let mut response = match forwarded {
@@ -240,6 +264,50 @@ impl ProxyService {
             return response;
         };
         metrics.record_request_cached(&series, status, grpc_code, started.elapsed());
+        response
+    }
+}
+
+impl ProxyService {
+    /// Answers an inbound call authorization refused (403, or gRPC PERMISSION_DENIED),
+    /// counted, logged (within [`DENIAL_LOG`]) and recorded on the span: nothing of it
+    /// reaches the app.
+    fn deny(
+        &self,
+        target: &Target,
+        identity: Option<&str>,
+        grpc: bool,
+        started: tokio::time::Instant,
+    ) -> Response<ProxyBody> {
+        let caller = identity.unwrap_or(UNAUTHENTICATED);
+        let metrics = &self.shared.metrics;
+        metrics
+            .requests_denied
+            .get_or_create(&DeniedLabels {
+                listener: "inbound",
+                caller: caller.to_string(),
+            })
+            .inc();
+        if crate::trace::recording() {
+            crate::trace::event(
+                "authorization denied",
+                vec![opentelemetry::KeyValue::new(
+                    crate::trace::PEER_IDENTITY,
+                    caller.to_string(),
+                )],
+            );
+        }
+        if let Some(suppressed) = DENIAL_LOG.admit() {
+            tracing::info!(peer = %self.peer, caller, suppressed, "authorization denied");
+        }
+        let response = ProxyError::Forbidden(caller.to_string()).to_response(grpc);
+        metrics.record_request(
+            Direction::Inbound,
+            &target.name,
+            response.status().as_u16(),
+            grpc_code_in_headers(response.headers()).unwrap_or(GrpcCode::Unknown),
+            started.elapsed(),
+        );
         response
     }
 }

@@ -225,9 +225,10 @@ impl ClientCertVerifier for TrustBundleClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let material = self.credentials.current();
-        let verified = material
-            .client_verifier()
-            .verify_client_cert(end_entity, intermediates, now)?;
+        let verified =
+            material
+                .client_verifier()
+                .verify_client_cert(end_entity, intermediates, now)?;
         let expected = material
             .identity()
             .map(Identity::trust_domain)
@@ -288,7 +289,11 @@ mod tests {
             .collect();
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        params.signed_by(&key, pki.ca.issuer()).unwrap().der().clone()
+        params
+            .signed_by(&key, pki.ca.issuer())
+            .unwrap()
+            .der()
+            .clone()
     }
 
     fn refusal(verifier: &TrustBundleClientVerifier, leaf: &CertificateDer<'_>) -> String {
