@@ -10,6 +10,8 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 # The TLS tests check what `remora cert` writes with an ordinary tool.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The inbound mutual-TLS tests call the sidecar with curl (and openssl s_client).
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     sudo=""

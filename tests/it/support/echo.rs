@@ -92,6 +92,25 @@ pub async fn serve() -> SocketAddr {
     addr
 }
 
+/// Serves the scripted echo service on an ephemeral port, counting the calls that reach
+/// it.
+pub async fn serve_counting() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let service = EchoServer::with_interceptor(Scripted, move |request| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(request)
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (addr, calls)
+}
+
 /// A client of the echo service at `addr` (a sidecar's port).
 pub async fn client(addr: SocketAddr) -> EchoClient<tonic::transport::Channel> {
     EchoClient::connect(format!("http://{addr}")).await.unwrap()
