@@ -19,9 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -94,7 +92,7 @@ pub async fn serve(
             entry: listener.entry.clone(),
             peer,
             tls: Termination::of(&listener.entry, &state),
-            state: state.clone(),
+            state,
             watcher: graceful.watcher(),
             handshake_failures: handshake_failures.clone(),
         };
@@ -170,7 +168,10 @@ impl Connection {
             Termination::Detect(acceptor) => match first_bytes(&tcp, timeout).await {
                 Some(Detected::Tls) => Some(acceptor.clone()),
                 Some(_) => None,
-                None => return,
+                None => {
+                    tracing::debug!(peer = %self.peer, "connection closed or silent before its first bytes");
+                    return;
+                }
             },
         };
         let Some(acceptor) = acceptor else {
@@ -207,8 +208,8 @@ impl Connection {
             ..
         } = self;
         let service = ProxyService::new(shared, entry, peer, identity);
-        let server: &auto::Builder<TokioExecutor> = &state.server;
-        let connection = server
+        let connection = state
+            .server
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
         drop(state);

@@ -280,6 +280,27 @@ async fn a_strict_inbound_refuses_every_caller_without_a_certificate_of_its_trus
 }
 
 #[tokio::test]
+async fn a_websocket_session_upgrades_over_mutual_tls() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let pki = Pki::new();
+    let app = crate::websocket::websocket_echo().await;
+    let sidecar = support::sidecar(&pki.sidecar_yaml(app, "  protocol: http1\n")).await;
+    let frontend = pki.issue("spiffe://example.org/frontend", hour());
+    let config = client(&pki, Some(&frontend), &[b"http/1.1"]);
+    let tls = tls_stream(sidecar.addrs().inbound.unwrap(), &config)
+        .await
+        .unwrap();
+    let (mut socket, response) = tokio_tungstenite::client_async("ws://orders/chat", tls)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    socket.send(Message::text("hello")).await.unwrap();
+    let reply = socket.next().await.unwrap().unwrap();
+    assert_eq!(reply, Message::text("echo:hello"));
+}
+
+#[tokio::test]
 async fn a_permissive_inbound_serves_plaintext_and_mtls_on_one_port() {
     let pki = Pki::new();
     let (app, seen) = support::recording("app").await;
