@@ -25,6 +25,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::build::metrics::ListenerLabels;
@@ -161,11 +162,12 @@ struct Connection {
 impl Connection {
     /// Handshakes when the mode says so, then serves HTTP until the connection ends.
     async fn run(self, tcp: TcpStream) {
-        let timeout = self.state.config.limits.header_read_timeout;
+        // One bound for the first bytes and the handshake together.
+        let deadline = Instant::now() + self.state.config.limits.header_read_timeout;
         let acceptor = match &self.tls {
             Termination::Plaintext => None,
             Termination::Tls(acceptor) => Some(acceptor.clone()),
-            Termination::Detect(acceptor) => match first_bytes(&tcp, timeout).await {
+            Termination::Detect(acceptor) => match first_bytes(&tcp, deadline).await {
                 Some(Detected::Tls) => Some(acceptor.clone()),
                 Some(_) => None,
                 None => {
@@ -177,7 +179,7 @@ impl Connection {
         let Some(acceptor) = acceptor else {
             return self.serve(tcp, None).await;
         };
-        let handshake = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
+        let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await;
         let tls = match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => return self.refused(&error),
@@ -220,8 +222,8 @@ impl Connection {
 }
 
 /// What the first bytes of `tcp` are, without reading them; `None` when the peer
-/// closed or sent too little within `timeout`.
-async fn first_bytes(tcp: &TcpStream, timeout: Duration) -> Option<Detected> {
+/// closed or sent too little by `deadline`.
+async fn first_bytes(tcp: &TcpStream, deadline: Instant) -> Option<Detected> {
     let peek = async {
         let mut buf = [0u8; DETECT_LEN];
         loop {
@@ -239,5 +241,5 @@ async fn first_bytes(tcp: &TcpStream, timeout: Duration) -> Option<Detected> {
             }
         }
     };
-    tokio::time::timeout(timeout, peek).await.ok().flatten()
+    tokio::time::timeout_at(deadline, peek).await.ok().flatten()
 }

@@ -24,6 +24,7 @@ use remora::tls::{CertificateInfo, Identity};
 use remora::trace::TracingConfig;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -236,10 +237,18 @@ async fn a_strict_inbound_refuses_every_caller_without_a_certificate_of_its_trus
     let pki = Pki::new();
     let other_ca = Pki::new();
     let (app, seen) = support::recording("app").await;
-    let sidecar = support::sidecar(&pki.sidecar_yaml(app, "  tls: strict\n")).await;
+    let yaml = pki.sidecar_yaml(
+        app,
+        "  tls: strict\nlimits: { header_read_timeout: 500ms }\n",
+    );
+    let sidecar = support::sidecar(&yaml).await;
     let inbound = sidecar.addrs().inbound.unwrap();
     let admin = sidecar.addrs().admin.unwrap();
 
+    // A caller that never starts its handshake is closed at the header read timeout.
+    let mut silent = TcpStream::connect(inbound).await.unwrap();
+    let closed = tokio::time::timeout(WAIT, silent.read(&mut [0u8; 16])).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
     let plaintext = support::raw(inbound, b"GET / HTTP/1.1\r\nHost: orders\r\n\r\n").await;
     assert!(!plaintext.contains("HTTP/1.1"), "{plaintext}");
     let now = SystemTime::now();
@@ -268,7 +277,7 @@ async fn a_strict_inbound_refuses_every_caller_without_a_certificate_of_its_trus
     assert_eq!(seen.len(), 0, "{:?}", seen.all());
     // Every refusal counted, and the listener still serves a caller of the domain.
     let counted = support::eventually(WAIT, || async {
-        metric(admin, handshake_failures()).await == 5.0
+        metric(admin, handshake_failures()).await == 6.0
     })
     .await;
     assert!(counted, "{}", metric(admin, handshake_failures()).await);
