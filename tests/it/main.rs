@@ -32,6 +32,7 @@ mod hostile;
 mod http1;
 mod local_topology;
 mod metrics;
+mod mtls_outbound;
 mod rate_limit;
 mod reload;
 mod retry;

@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::support;
 
 /// A WebSocket server that echoes every message with a prefix.
-async fn websocket_echo() -> std::net::SocketAddr {
+pub(crate) async fn websocket_echo() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
