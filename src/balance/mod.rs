@@ -178,6 +178,9 @@ pub struct EndpointView {
     pub ejected: bool,
     /// Held out by its circuit breaker.
     pub breaker_open: bool,
+    /// The SPIFFE ID its registry entry advertises for mutual TLS (`remora_mtls`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertised_mtls: Option<String>,
 }
 
 /// One discovery snapshot and what the balancer precomputed for it.
@@ -489,6 +492,7 @@ impl EndpointSet {
                 unhealthy: e.readiness.unhealthy.load(Ordering::Relaxed),
                 ejected: e.readiness.ejected.load(Ordering::Relaxed),
                 breaker_open: e.readiness.breaker_open.load(Ordering::Relaxed),
+                advertised_mtls: e.advertised_mtls.as_deref().map(str::to_string),
             })
             .collect()
     }

@@ -549,6 +549,7 @@ async fn views_show_what_the_balancer_sees() {
             unhealthy: false,
             ejected: false,
             breaker_open: false,
+            advertised_mtls: None,
         }
     );
     assert!(!views[1].ready && views[1].breaker_open);

@@ -380,6 +380,10 @@ async fn an_advertised_instance_is_called_over_mtls_without_a_tls_block() {
     let (status, upstream, _) = orders_status(&caller).await;
     assert_eq!((status, upstream.as_str()), (200, "tls"));
     assert_eq!(front.accepted(), [from_frontend("http/1.1")]);
+    let admin = caller.addrs().admin.unwrap();
+    let endpoints = get(&format!("http://{admin}/endpoints")).await.2;
+    let shown = format!("\"advertised_mtls\": \"{}\"", spiffe("somebody-else"));
+    assert!(endpoints.contains(&shown), "{endpoints}");
 
     // The entry loses its advertisement: the endpoint is replaced, and plaintext.
     registry_file(&pki, front.addr, None);
@@ -390,6 +394,33 @@ async fn an_advertised_instance_is_called_over_mtls_without_a_tls_block() {
         .await,
         "the endpoint went back to plaintext"
     );
+}
+
+#[tokio::test]
+async fn a_mesh_service_expects_its_discovery_name_by_default() {
+    let pki = Pki::new();
+    let (app, log) = recording("orders").await;
+    let front = TlsFront::start(pki.issue("orders").mesh_server_config(), app).await;
+    let path = registry_file(&pki, front.addr, None);
+    // Called `shop` here, discovered as `orders`: the server must be `orders`.
+    let caller = sidecar(&format!(
+        "service: frontend\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         tls: {}\n\
+         registries:\n  files: {{ file: {{ path: {} }} }}\n\
+         services:\n  shop:\n    listen: 127.0.0.1:0\n    discovery: {{ registry: files, name: orders }}\n    tls: {{ mesh: true }}\n",
+        pki.issue("frontend").yaml(),
+        path.display()
+    ))
+    .await;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            get(&url(&caller, "shop", "/")).await.0 == 200
+        })
+        .await
+    );
+    assert_eq!(front.accepted(), [from_frontend("http/1.1")]);
+    assert!(log.len() >= 1);
 }
 
 #[tokio::test]
