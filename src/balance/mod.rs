@@ -83,6 +83,10 @@ pub struct Endpoint {
     /// success would change nothing), so that a success is not recorded at all; 0 when
     /// none is known to be. Written by that set under its breaker's lock.
     pub settled_breaker: AtomicU64,
+    /// The SPIFFE ID its registry entry advertises (metadata `remora_mtls`): the endpoint
+    /// is a sidecar that speaks mutual TLS. Only a claim: the caller expects the identity
+    /// it names the service by. Fixed for the endpoint's life (a change is a new endpoint).
+    pub advertised_mtls: Option<Arc<str>>,
 }
 
 /// Flags that hold an endpoint out of balancing; each is set and cleared by its owner.
@@ -123,7 +127,15 @@ impl Endpoint {
             rtt: PeakEwma::new(),
             readiness: Readiness::default(),
             settled_breaker: AtomicU64::new(0),
+            advertised_mtls: None,
         }
+    }
+
+    /// The endpoint of `instance`: its address, weight and advertised mutual TLS.
+    pub fn of_instance(instance: &Instance) -> Self {
+        let mut endpoint = Self::with_weight(instance.addr, instance.weight);
+        endpoint.advertised_mtls = advertised_mtls(instance).map(Arc::from);
+        endpoint
     }
 
     /// Its share of traffic relative to the others, at least 1.
@@ -135,6 +147,16 @@ impl Endpoint {
     pub fn is_ready(&self) -> bool {
         self.readiness.is_ready()
     }
+}
+
+/// The SPIFFE ID `instance` advertises as a mutual-TLS sidecar, if it does (an empty
+/// value does not).
+fn advertised_mtls(instance: &Instance) -> Option<&str> {
+    instance
+        .metadata
+        .get(crate::discovery::MTLS_METADATA)
+        .map(String::as_str)
+        .filter(|id| !id.is_empty())
 }
 
 /// One endpoint as `/endpoints` shows it.
@@ -156,6 +178,9 @@ pub struct EndpointView {
     pub ejected: bool,
     /// Held out by its circuit breaker.
     pub breaker_open: bool,
+    /// The SPIFFE ID its registry entry advertises for mutual TLS (`remora_mtls`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertised_mtls: Option<String>,
 }
 
 /// One discovery snapshot and what the balancer precomputed for it.
@@ -310,8 +335,10 @@ impl EndpointSet {
     }
 
     /// Replaces the set with `instances`, keeping the counters, RTT estimates and
-    /// readiness of endpoints that stay (by address; later duplicates are ignored) and
-    /// taking their new weights, then rebuilds what the balancer precomputes.
+    /// readiness of endpoints that stay (same address and same advertised mutual TLS;
+    /// later duplicates of an address are ignored) and taking their new weights, then
+    /// rebuilds what the balancer precomputes. An endpoint whose advertisement changed is
+    /// replaced: a new endpoint, on the other pool.
     pub fn update(&self, instances: &[Instance]) {
         let _updating = self.updating.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.current.load();
@@ -320,12 +347,17 @@ impl EndpointSet {
             if next.iter().any(|e| e.addr == instance.addr) {
                 continue;
             }
-            let endpoint = match current.endpoints.iter().find(|e| e.addr == instance.addr) {
+            let advertised = advertised_mtls(instance);
+            let kept = current
+                .endpoints
+                .iter()
+                .find(|e| e.addr == instance.addr && e.advertised_mtls.as_deref() == advertised);
+            let endpoint = match kept {
                 Some(kept) => {
                     kept.weight.store(instance.weight.max(1), Ordering::Relaxed);
                     kept.clone()
                 }
-                None => Arc::new(Endpoint::with_weight(instance.addr, instance.weight)),
+                None => Arc::new(Endpoint::of_instance(instance)),
             };
             next.push(endpoint);
         }
@@ -460,6 +492,7 @@ impl EndpointSet {
                 unhealthy: e.readiness.unhealthy.load(Ordering::Relaxed),
                 ejected: e.readiness.ejected.load(Ordering::Relaxed),
                 breaker_open: e.readiness.breaker_open.load(Ordering::Relaxed),
+                advertised_mtls: e.advertised_mtls.as_deref().map(str::to_string),
             })
             .collect()
     }

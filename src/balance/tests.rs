@@ -549,6 +549,7 @@ async fn views_show_what_the_balancer_sees() {
             unhealthy: false,
             ejected: false,
             breaker_open: false,
+            advertised_mtls: None,
         }
     );
     assert!(!views[1].ready && views[1].breaker_open);
@@ -562,4 +563,47 @@ fn weights_reduce_by_their_divisor_and_scale_to_fit() {
     assert_eq!(reduced_weights(&[100, 200, 300], 1000), [1, 2, 3]);
     assert_eq!(reduced_weights(&[3, 1], 1000), [3, 1]);
     assert_eq!(reduced_weights(&[1000, 1, 3000], 400), [99, 1, 299]);
+}
+
+fn advertising(port: u16, id: &str) -> Instance {
+    let mut instance = instance(port);
+    instance
+        .metadata
+        .insert(crate::discovery::MTLS_METADATA.to_string(), id.to_string());
+    instance
+}
+
+#[test]
+fn an_endpoint_whose_mtls_advertisement_changes_is_replaced() {
+    let set = set_of(
+        Balancer::RoundRobin,
+        0,
+        &[instance(1), advertising(2, "spiffe://d/b")],
+    );
+    let (one, two) = (endpoint(&set, 1), endpoint(&set, 2));
+    assert_eq!(one.advertised_mtls, None);
+    assert_eq!(two.advertised_mtls.as_deref(), Some("spiffe://d/b"));
+
+    // Same claims: kept. A claim appears, changes or goes: a new endpoint.
+    set.update(&[instance(1), advertising(2, "spiffe://d/b")]);
+    assert!(Arc::ptr_eq(&one, &endpoint(&set, 1)));
+    assert!(Arc::ptr_eq(&two, &endpoint(&set, 2)));
+    set.update(&[
+        advertising(1, "spiffe://d/a"),
+        advertising(2, "spiffe://d/c"),
+    ]);
+    assert!(!Arc::ptr_eq(&one, &endpoint(&set, 1)));
+    assert_eq!(
+        endpoint(&set, 2).advertised_mtls.as_deref(),
+        Some("spiffe://d/c")
+    );
+    let before = endpoint(&set, 1);
+    set.update(&[advertising(1, ""), instance(2)]);
+    assert_eq!(
+        endpoint(&set, 1).advertised_mtls,
+        None,
+        "an empty claim is none"
+    );
+    assert!(!Arc::ptr_eq(&before, &endpoint(&set, 1)));
+    assert_eq!(endpoint(&set, 2).advertised_mtls, None);
 }

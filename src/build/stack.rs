@@ -26,7 +26,7 @@ use crate::policy::rate_limit::RateLimitLayer;
 use crate::policy::retry::RetryLayer;
 use crate::policy::timeout::TimeoutLayer;
 use crate::policy::{BreakerSource, CoreStack, PolicyMetrics, ServiceStack, Stack};
-use crate::upstream::{EndpointObserver, Forward, UpstreamClients};
+use crate::upstream::{EndpointObserver, EndpointTls, Forward, UpstreamClients};
 
 /// `inner` under `layer` when there is one, else `inner` alone.
 fn optional<L: Layer<S>, S>(layer: Option<L>, inner: S) -> Either<L::Service, S> {
@@ -113,6 +113,8 @@ pub struct StackTarget<'a> {
     pub max_in_flight: Option<usize>,
     /// Told of every attempt (outlier ejection); the endpoint breakers join them.
     pub observers: Vec<Arc<dyn EndpointObserver>>,
+    /// Which endpoints are reached over TLS (default: none).
+    pub tls: EndpointTls,
 }
 
 impl<'a> StackTarget<'a> {
@@ -133,6 +135,7 @@ impl<'a> StackTarget<'a> {
             endpoint_breaker: service.endpoint_breaker.as_deref(),
             max_in_flight: service.max_in_flight,
             observers: Vec::new(),
+            tls: EndpointTls::Plaintext,
         }
     }
 
@@ -159,6 +162,7 @@ impl<'a> StackTarget<'a> {
             endpoint_breaker: None,
             max_in_flight: inbound.max_in_flight,
             observers: Vec::new(),
+            tls: EndpointTls::Plaintext,
         }
     }
 }
@@ -244,7 +248,8 @@ impl<'c> StackBuilder<'c> {
             target.protocol,
             self.clients.clone(),
         )
-        .with_observers(observers);
+        .with_observers(observers)
+        .with_tls(target.tls.clone());
         let service_breaker = match target.breaker {
             Some(policy) => {
                 let config = self.breaker(policy)?;

@@ -13,7 +13,7 @@ use hyper_util::server::conn::auto;
 
 use super::metrics::Metrics;
 use super::pump::{Discovered, DiscoveryKey, Source};
-use super::resolve::BuildError;
+use super::resolve::{BuildError, ServiceTls};
 use super::route::{RouteTable, Target};
 use super::stack::{StackBuilder, StackTarget};
 use crate::config::{Config, FieldPath, InboundTlsMode, LimitsSection, MeshTlsSection};
@@ -150,6 +150,16 @@ impl State {
                 health_check: service.health_check.clone(),
                 outlier: service.outlier_detection.clone(),
             };
+            let tls = crate::build::resolve::endpoint_tls(
+                &ServiceTls {
+                    service: name,
+                    section: service.tls.as_ref(),
+                    discovery_name: &lookup,
+                    discovered: service.discovery.is_some(),
+                },
+                mesh.as_ref().map(|mesh| &mesh.credentials),
+            )
+            .map_err(|e| e.within(&FieldPath::root().key("services").key(name).key("tls")))?;
             let discovered =
                 start_discovery(previous, name, key, &lookup, registry, metrics).await?;
             let mut target = StackTarget::service(
@@ -157,6 +167,7 @@ impl State {
                 discovered.endpoints.clone(),
                 service,
             );
+            target.tls = tls;
             if let Some(outlier) = &discovered.outlier {
                 target.observers.push(outlier.clone());
             }

@@ -83,6 +83,15 @@ pub fn check(config: &Config) -> Vec<Issue> {
         let at = root.key("registries").key(name);
         refused(at, resolve::registry(registry).map(drop));
     }
+    // The sidecar's own credentials, read once: the mesh blocks of services use them.
+    let own = match config.tls.as_ref().map(resolve::mesh_credentials) {
+        Some(Ok(own)) => Some(own),
+        Some(Err(error)) => {
+            refused(root.key("tls"), Err(error));
+            None
+        }
+        None => None,
+    };
     for (name, service) in &config.services {
         let path = root.key("services").key(name);
         refused(
@@ -99,22 +108,33 @@ pub fn check(config: &Config) -> Vec<Issue> {
             let at = path.key("outlier_detection");
             refused(at, resolve::outlier(outlier).map(drop));
         }
-        if let Some(tls) = service.tls.as_ref().filter(|tls| !tls.mesh) {
-            refused(path.key("tls"), resolve::external_tls(tls).map(drop));
-        }
+        // A mesh block without credentials is the document's own issue (reported once).
+        let Some(tls) = service
+            .tls
+            .as_ref()
+            .filter(|tls| !tls.mesh || own.is_some())
+        else {
+            continue;
+        };
+        let lookup = service.discovery.as_ref().and_then(|d| d.name.as_deref());
+        let service_tls = resolve::ServiceTls {
+            service: name,
+            section: Some(tls),
+            discovery_name: lookup.unwrap_or(name),
+            discovered: service.discovery.is_some(),
+        };
+        refused(
+            path.key("tls"),
+            resolve::endpoint_tls(&service_tls, own.as_ref()).map(drop),
+        );
     }
     refused(root.key("tracing"), resolve::tracing(config).map(drop));
-    if let Some(tls) = &config.tls {
-        match resolve::mesh_credentials(tls) {
-            Ok(credentials) => {
-                let material = credentials.current();
-                let own = material.identity().map(|id| id.trust_domain());
-                if let (Some(inbound), Some(own)) = (&config.inbound, own) {
-                    let at = root.key("inbound");
-                    refused(at, resolve::authorization(inbound, own).map(drop));
-                }
-            }
-            Err(error) => refused(root.key("tls"), Err(error)),
+    if let Some(credentials) = &own {
+        let material = credentials.current();
+        let own_domain = material.identity().map(|id| id.trust_domain());
+        if let (Some(inbound), Some(own_domain)) = (&config.inbound, own_domain) {
+            let at = root.key("inbound");
+            refused(at, resolve::authorization(inbound, own_domain).map(drop));
         }
     }
     issues

@@ -58,6 +58,10 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
+/// The instance metadata key under which a sidecar that serves mutual TLS advertises its
+/// SPIFFE ID. An underscore, not a dot: Consul's meta keys allow only `[A-Za-z0-9_-]`.
+pub const MTLS_METADATA: &str = "remora_mtls";
+
 /// One instance of a service as a registry knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {

@@ -164,7 +164,7 @@ impl Sidecar {
         }
         let admin = tokio::spawn(crate::serve::admin::serve(admin_tcp, shared.clone()));
         tracing::info!(?addrs, "remora started");
-        let registration = start_registration(&shared.state.load().config)?;
+        let registration = start_registration(&shared.state.load())?;
         Ok(Sidecar {
             shared,
             addrs,
@@ -204,8 +204,10 @@ impl Sidecar {
     }
 }
 
-/// Starts the local app's registration when the config asks for one.
-fn start_registration(config: &Config) -> Result<Option<SelfRegistration>, StartError> {
+/// Starts the local app's registration when the config asks for one; a sidecar whose
+/// inbound listener speaks mutual TLS advertises its identity with it.
+fn start_registration(state: &State) -> Result<Option<SelfRegistration>, StartError> {
+    let config = &state.config;
     let (Some(section), Some(inbound)) = (&config.register, &config.inbound) else {
         return Ok(None);
     };
@@ -216,8 +218,14 @@ fn start_registration(config: &Config) -> Result<Option<SelfRegistration>, Start
     })?;
     let registry = crate::build::resolve::registry(registry)
         .map_err(|e| e.within(&root.key("registries").key(&section.registry)))?;
+    let material = state
+        .mesh
+        .as_ref()
+        .filter(|_| config.inbound_tls() != crate::config::InboundTlsMode::Off)
+        .map(|mesh| mesh.credentials.current());
+    let mtls = material.as_ref().and_then(|material| material.identity());
     Ok(Some(SelfRegistration::start(
-        crate::build::resolve::registration(section, &config.service),
+        crate::build::resolve::registration(section, &config.service, mtls),
         inbound.app,
         registry,
     )))

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
 use super::pool::{PoolConfig, Pools, SendError};
+use super::tls::UpstreamTls;
 use crate::core::body::{ConnectionHome, Lease, ProxyBody};
 
 /// An idle connection and since when it is idle.
@@ -48,7 +49,8 @@ impl Http1Pool {
         }
     }
 
-    /// Sends `request` on an idle connection, or on a new one when none is ready.
+    /// Sends `request` on an idle connection, or on a new one (over `tls`, when given)
+    /// when none is ready.
     ///
     /// A request that a pooled connection gave back unsent (it closed as the request
     /// arrived) is sent on the next one; only a failure to connect is a `Connect` error.
@@ -56,6 +58,7 @@ impl Http1Pool {
         self: &Arc<Self>,
         pools: &Arc<Pools>,
         addr: SocketAddr,
+        tls: Option<&UpstreamTls>,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
         while let Some(mut sender) = self.checkout() {
@@ -67,7 +70,7 @@ impl Http1Pool {
                 },
             }
         }
-        let mut sender = match pools.connect_http1(addr).await {
+        let mut sender = match pools.connect_http1(addr, tls).await {
             Ok(sender) => sender,
             Err(error) => return Err(SendError::Connect(error, Box::new(request))),
         };

@@ -18,6 +18,7 @@ use hyper::client::conn::http2::SendRequest;
 use tokio::sync::Notify;
 
 use super::pool::{PoolConfig, Pools, SendError};
+use super::tls::UpstreamTls;
 use crate::core::body::{Lease, ProxyBody, StreamSlot};
 
 /// One HTTP/2 connection of the set.
@@ -98,11 +99,13 @@ impl Http2Pool {
         }
     }
 
-    /// Sends `request` on the least loaded connection, opening one when needed.
+    /// Sends `request` on the least loaded connection, opening one (over `tls`, when
+    /// given) when needed.
     pub(super) async fn send(
         &self,
         pools: &Arc<Pools>,
         addr: SocketAddr,
+        tls: Option<&UpstreamTls>,
         request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
         let mut request = request;
@@ -137,7 +140,7 @@ impl Http2Pool {
                 }
             }
         }
-        let connected = pools.connect_http2(addr).await;
+        let connected = pools.connect_http2(addr, tls).await;
         let sent = {
             let mut connections = self.lock();
             connections.connecting -= 1;

@@ -5,9 +5,12 @@
 //!   [`PooledBody`], which gives a connection back when its response body ends;
 //! - `http1`: an endpoint's idle HTTP/1.1 keep-alive connections (a LIFO stack);
 //! - `http2`: an endpoint's few multiplexed HTTP/2 connections (least loaded first);
-//! - `hygiene`: hop-by-hop headers, `x-forwarded-*`, upgrade requests.
+//! - `hygiene`: hop-by-hop headers, `x-forwarded-*`, upgrade requests;
+//! - `tls`: TLS origination: [`UpstreamTls`] (a client config per pool, keyed apart from
+//!   plaintext) and [`EndpointTls`] (which endpoints of a service are reached over it).
 //!
-//! A service's `protocol` decides whether a request leaves over HTTP/1.1 or HTTP/2.
+//! A service's `protocol` decides whether a request leaves over HTTP/1.1 or HTTP/2; its
+//! [`EndpointTls`] whether the connection under it is TLS.
 
 mod http1;
 mod http2;
@@ -15,6 +18,7 @@ mod hygiene;
 mod pool;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,6 +40,7 @@ use crate::core::protocol::UpstreamProtocol;
 pub use hygiene::{requested_upgrade, set_forwarded, strip_hop_by_hop, ForwardedFor};
 use pool::SendError;
 pub use pool::{ConnectError, PoolConfig, PoolConfigError, UpstreamClients};
+pub use tls::{Advertised, EndpointTls, TlsError, UpstreamTls};
 
 /// Whether a request to a service of `protocol` leaves over HTTP/2, given what the
 /// caller spoke.
@@ -85,6 +90,8 @@ struct ForwardShared {
     clients: UpstreamClients,
     /// Told of every attempt's outcome.
     observers: Arc<[Arc<dyn EndpointObserver>]>,
+    /// Which endpoints are reached over TLS.
+    tls: EndpointTls,
 }
 
 impl std::fmt::Debug for dyn EndpointObserver {
@@ -108,6 +115,7 @@ impl Forward {
                 protocol,
                 clients,
                 observers: Arc::from(Vec::new()),
+                tls: EndpointTls::Plaintext,
             }),
         }
     }
@@ -115,6 +123,12 @@ impl Forward {
     /// Adds observers told of every attempt's outcome.
     pub fn with_observers(mut self, observers: Vec<Arc<dyn EndpointObserver>>) -> Self {
         Arc::make_mut(&mut self.shared).observers = Arc::from(observers);
+        self
+    }
+
+    /// Reaches the endpoints over TLS as `tls` says (default: plaintext).
+    pub fn with_tls(mut self, tls: EndpointTls) -> Self {
+        Arc::make_mut(&mut self.shared).tls = tls;
         self
     }
 }
@@ -149,8 +163,9 @@ impl tower::Service<Request<ProxyBody>> for Forward {
             // The deadline as it stands now, after queueing, backoff and injected delays.
             crate::core::grpc::set_grpc_timeout(&mut request);
             let http2 = uses_http2(this.protocol, request.version());
+            let tls = this.tls.of(&endpoint);
             let uri = std::mem::take(request.uri_mut());
-            *request.uri_mut() = absolute_uri(&endpoint.authority, uri)?;
+            *request.uri_mut() = absolute_uri(&endpoint.authority, tls.is_some(), uri)?;
             *request.version_mut() = if http2 {
                 Version::HTTP_2
             } else {
@@ -161,17 +176,19 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                 to_origin_form(&mut request, &endpoint);
             }
 
-            let pool = this.clients.endpoint(endpoint.addr);
+            let pool = this.clients.endpoint(endpoint.addr, tls);
             // Balancing: counts the attempt in flight and samples its RTT at response
             // headers; dropped with this future (timeout, cancel), it still ends.
             let load = this.endpoints.start(&endpoint);
             let result = if http2 {
+                let tls = pool.tls.as_deref();
                 pool.http2
-                    .send(this.clients.pools(), pool.addr, request)
+                    .send(this.clients.pools(), pool.addr, tls, request)
                     .await
             } else {
+                let tls = pool.tls.as_deref();
                 pool.http1
-                    .send(this.clients.pools(), pool.addr, request)
+                    .send(this.clients.pools(), pool.addr, tls, request)
                     .await
             };
             let elapsed = load.finish(result.is_ok());
@@ -213,10 +230,15 @@ impl tower::Service<Request<ProxyBody>> for Forward {
     }
 }
 
-/// `http://<endpoint>/<original path and query>`, reusing the original's parts.
-fn absolute_uri(authority: &http::uri::Authority, original: Uri) -> Result<Uri, ProxyError> {
+/// `http://<endpoint>/<original path and query>` (`https` over TLS), reusing the
+/// original's parts.
+fn absolute_uri(
+    authority: &http::uri::Authority,
+    tls: bool,
+    original: Uri,
+) -> Result<Uri, ProxyError> {
     let mut parts = original.into_parts();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
     parts.authority = Some(authority.clone());
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));

@@ -3,7 +3,9 @@
 //! made.
 //!
 //! [`UpstreamClients`] owns the pools of one config. A request looks its endpoint's pool
-//! up (a read lock on a map), checks a connection out, and gets back the response with
+//! up (a read lock on a map, keyed by the address and the TLS settings, so plaintext and
+//! TLS connections, or connections of two TLS configs, to one address never mix),
+//! checks a connection out, and gets back the response with
 //! a [`Lease`]: the HTTP/1 connection returns to its pool, or the HTTP/2 stream slot is
 //! freed, when the response body ends (see [`PooledBody`]). No task is spawned per
 //! request; one task drives each connection, and one reaper per [`UpstreamClients`]
@@ -12,6 +14,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -21,16 +24,18 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::http1::Http1Pool;
 use super::http2::Http2Pool;
+use super::tls::{TlsError, UpstreamTls};
 use crate::core::body::{Lease, PooledBody, ProxyBody};
 
 /// How connections to upstream endpoints are made and kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
-    /// Time allowed to establish a TCP connection.
+    /// Time allowed to establish a TCP connection, and then its TLS handshake.
     pub connect_timeout: Duration,
     /// Idle connections (HTTP/1 connections in a pool, HTTP/2 connections without a
     /// stream) are closed after this long.
@@ -88,6 +93,9 @@ pub enum ConnectError {
     /// The HTTP/2 handshake failed.
     #[error("handshake: {0}")]
     Handshake(#[source] hyper::Error),
+    /// The TLS handshake failed or timed out.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Why one exchange with an endpoint failed.
@@ -110,18 +118,27 @@ pub(super) struct Pools {
     pub(super) config: PoolConfig,
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
-    /// Endpoint -> its pool. Entries are added on first use and removed by the reaper
-    /// once they hold no connection.
-    endpoints: RwLock<HashMap<SocketAddr, Arc<EndpointPool>>>,
+    /// Endpoint and TLS settings -> its pool. Entries are added on first use and removed
+    /// by the reaper once they hold no connection.
+    endpoints: RwLock<HashMap<PoolKey, Arc<EndpointPool>>>,
     /// Whether the reaper task runs (started with the first connection, inside the
     /// runtime).
     reaper: AtomicBool,
 }
 
-/// One endpoint's connections.
+/// What tells pools apart: the address, and the [`UpstreamTls`] id (`None`: plaintext).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PoolKey {
+    addr: SocketAddr,
+    tls: Option<NonZeroU64>,
+}
+
+/// One endpoint's connections, all made with the same TLS settings (or none).
 #[derive(Debug)]
 pub(super) struct EndpointPool {
     pub(super) addr: SocketAddr,
+    /// How its connections speak TLS; `None`: plaintext.
+    pub(super) tls: Option<Arc<UpstreamTls>>,
     pub(super) http1: Arc<Http1Pool>,
     pub(super) http2: Http2Pool,
 }
@@ -159,10 +176,18 @@ impl UpstreamClients {
         &self.pools.config
     }
 
-    /// `addr`'s pool, made on first use.
-    pub(super) fn endpoint(&self, addr: SocketAddr) -> Arc<EndpointPool> {
+    /// The pool of `addr` reached with `tls` (`None`: plaintext), made on first use.
+    pub(super) fn endpoint(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&Arc<UpstreamTls>>,
+    ) -> Arc<EndpointPool> {
+        let key = PoolKey {
+            addr,
+            tls: tls.map(|tls| tls.id()),
+        };
         if let Ok(endpoints) = self.pools.endpoints.read() {
-            if let Some(pool) = endpoints.get(&addr) {
+            if let Some(pool) = endpoints.get(&key) {
                 return pool.clone();
             }
         }
@@ -171,8 +196,8 @@ impl UpstreamClients {
             Err(poisoned) => poisoned.into_inner(),
         };
         endpoints
-            .entry(addr)
-            .or_insert_with(|| Arc::new(EndpointPool::new(addr, &self.pools.config)))
+            .entry(key)
+            .or_insert_with(|| Arc::new(EndpointPool::new(addr, tls.cloned(), &self.pools.config)))
             .clone()
     }
 
@@ -196,9 +221,10 @@ impl UpstreamClients {
 }
 
 impl EndpointPool {
-    fn new(addr: SocketAddr, config: &PoolConfig) -> Self {
+    fn new(addr: SocketAddr, tls: Option<Arc<UpstreamTls>>, config: &PoolConfig) -> Self {
         Self {
             addr,
+            tls,
             http1: Arc::new(Http1Pool::new(config)),
             http2: Http2Pool::new(config),
         }
@@ -206,12 +232,34 @@ impl EndpointPool {
 }
 
 impl Pools {
-    /// A new HTTP/1.1 connection to `addr`, driven by its own task.
+    /// A new HTTP/1.1 connection to `addr` (over `tls`, when given), driven by its own
+    /// task.
     pub(super) async fn connect_http1(
         self: &Arc<Self>,
         addr: SocketAddr,
+        tls: Option<&UpstreamTls>,
     ) -> Result<http1::SendRequest<ProxyBody>, ConnectError> {
         let stream = self.connect_tcp(addr).await?;
+        let sender = match tls {
+            None => self.handshake_http1(addr, stream).await?,
+            Some(tls) => {
+                let timeout = self.config.connect_timeout;
+                let stream = tls.handshake(stream, false, timeout).await?;
+                self.handshake_http1(addr, stream).await?
+            }
+        };
+        self.start_reaper();
+        Ok(sender)
+    }
+
+    async fn handshake_http1<T>(
+        &self,
+        addr: SocketAddr,
+        stream: T,
+    ) -> Result<http1::SendRequest<ProxyBody>, ConnectError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, connection) = self
             .http1
             .handshake(TokioIo::new(stream))
@@ -223,17 +271,37 @@ impl Pools {
                 tracing::debug!(%addr, %error, "upstream connection ended with an error");
             }
         });
-        self.start_reaper();
         Ok(sender)
     }
 
-    /// A new HTTP/2 (prior knowledge) connection to `addr`, driven by its own task,
-    /// and the server's stream limit as that task keeps it.
+    /// A new HTTP/2 (prior knowledge, or ALPN `h2` over `tls`) connection to `addr`,
+    /// driven by its own task, and the server's stream limit as that task keeps it.
     pub(super) async fn connect_http2(
         self: &Arc<Self>,
         addr: SocketAddr,
+        tls: Option<&UpstreamTls>,
     ) -> Result<(http2::SendRequest<ProxyBody>, Arc<AtomicUsize>), ConnectError> {
         let stream = self.connect_tcp(addr).await?;
+        let connected = match tls {
+            None => self.handshake_http2(addr, stream).await?,
+            Some(tls) => {
+                let timeout = self.config.connect_timeout;
+                let stream = tls.handshake(stream, true, timeout).await?;
+                self.handshake_http2(addr, stream).await?
+            }
+        };
+        self.start_reaper();
+        Ok(connected)
+    }
+
+    async fn handshake_http2<T>(
+        &self,
+        addr: SocketAddr,
+        stream: T,
+    ) -> Result<(http2::SendRequest<ProxyBody>, Arc<AtomicUsize>), ConnectError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, mut connection) = self
             .http2
             .handshake(TokioIo::new(stream))
@@ -253,7 +321,6 @@ impl Pools {
                 tracing::debug!(%addr, %error, "upstream connection ended with an error");
             }
         });
-        self.start_reaper();
         Ok((sender, max_streams))
     }
 

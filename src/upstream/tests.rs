@@ -237,3 +237,69 @@ fn pool_config_refuses_zero_http2_limits() {
         Err(PoolConfigError::NoHttp2Streams)
     );
 }
+
+/// A TLS client config trusting nothing (its handshakes fail at the certificate).
+fn tls(alpn: &[&[u8]]) -> Arc<UpstreamTls> {
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name = rustls::pki_types::ServerName::try_from("orders").unwrap();
+    Arc::new(UpstreamTls::new(config, name))
+}
+
+#[test]
+fn each_pool_offers_only_the_protocol_it_speaks() {
+    let tls = tls(&[b"h2", b"http/1.1"]);
+    assert_eq!(tls.alpn(false), [b"http/1.1".to_vec()]);
+    assert_eq!(tls.alpn(true), [b"h2".to_vec()]);
+}
+
+#[tokio::test]
+async fn plaintext_and_each_tls_config_have_pools_of_their_own() {
+    let clients = UpstreamClients::new(config());
+    let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let (one, two) = (tls(&[]), tls(&[]));
+    assert_ne!(one.id(), two.id());
+    let plain = clients.endpoint(addr, None);
+    let first = clients.endpoint(addr, Some(&one));
+    assert!(Arc::ptr_eq(&plain, &clients.endpoint(addr, None)));
+    assert!(Arc::ptr_eq(&first, &clients.endpoint(addr, Some(&one))));
+    assert!(!Arc::ptr_eq(&plain, &first));
+    assert!(!Arc::ptr_eq(&first, &clients.endpoint(addr, Some(&two))));
+    assert!(plain.tls.is_none());
+    assert_eq!(first.tls.as_ref().map(|t| t.id()), Some(one.id()));
+}
+
+#[tokio::test]
+async fn a_silent_tls_server_times_out_as_a_connect_error() {
+    // Accepts, then never answers the ClientHello.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let mut settings = config();
+    settings.connect_timeout = Duration::from_millis(100);
+    let clients = UpstreamClients::new(settings);
+    let tls = EndpointTls::Always(tls(&[]));
+    for protocol in [UpstreamProtocol::Http1, UpstreamProtocol::Http2] {
+        let error = forward(silent, protocol, &clients)
+            .with_tls(tls.clone())
+            .oneshot(request("/", Version::HTTP_11))
+            .await
+            .err()
+            .expect("a silent server fails");
+        assert!(matches!(error, ProxyError::Connect { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(
+            message.contains("TLS handshake timed out after 100ms"),
+            "{message}"
+        );
+    }
+}

@@ -173,10 +173,13 @@ pub fn pool(upstream: &crate::config::UpstreamSection) -> crate::upstream::PoolC
     }
 }
 
-/// What the sidecar of `service` registers, from its `register` section.
+/// What the sidecar of `service` registers, from its `register` section. `mtls`: the
+/// sidecar's own identity when its inbound listener speaks mutual TLS, advertised to
+/// callers as the metadata `remora_mtls` (callers upgrade to mutual TLS on seeing it).
 pub fn registration(
     section: &crate::config::RegisterSection,
     service: &str,
+    mtls: Option<&crate::tls::Identity>,
 ) -> crate::discovery::self_registration::RegistrationPlan {
     let id = section
         .id
@@ -185,6 +188,12 @@ pub fn registration(
     let mut instance = crate::discovery::Instance::new(section.address).with_id(id);
     instance.weight = section.weight;
     instance.metadata = section.metadata.clone();
+    if let Some(identity) = mtls {
+        instance.metadata.insert(
+            crate::discovery::MTLS_METADATA.to_string(),
+            identity.to_string(),
+        );
+    }
     crate::discovery::self_registration::RegistrationPlan {
         service: section.name.clone().unwrap_or_else(|| service.to_string()),
         instance,

@@ -1,12 +1,14 @@
 //! Shared pieces of the scenario tests: programmable upstreams, a sidecar started from
 //! YAML on ephemeral ports, and raw-socket clients for what well-behaved clients never send;
 //! [`echo`] (a scripted gRPC upstream), [`etcd_harness`] (a real etcd) and
-//! [`otlp_receiver`] (an OTLP collector) are the heavier pieces, each in its own module.
+//! [`otlp_receiver`] (an OTLP collector) are the heavier pieces, each in its own module;
+//! [`tls_front`] makes certificates and terminates TLS in front of plaintext upstreams.
 
 pub mod echo;
 pub mod etcd_harness;
 pub mod metrics_text;
 pub mod otlp_receiver;
+pub mod tls_front;
 
 pub use metrics_text::{metric, metric_or_zero};
 
