@@ -3,6 +3,7 @@
 //! [`echo`] (a scripted gRPC upstream), [`etcd_harness`] (a real etcd) and
 //! [`otlp_receiver`] (an OTLP collector) are the heavier pieces, each in its own module.
 
+pub mod certs;
 pub mod echo;
 pub mod etcd_harness;
 pub mod metrics_text;
