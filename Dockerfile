@@ -39,7 +39,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:bookworm-slim AS base
 # No shell tools are added: the health check below uses bash's /dev/tcp.
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin remora
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin remora \
+ && mkdir -p /ca /certs && chown 10001:10001 /ca /certs
+# A new named volume mounted on /ca or /certs takes this owner, so `remora cert` can
+# write there as the unprivileged user.
 USER 10001:10001
 
 FROM base AS examples

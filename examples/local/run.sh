@@ -58,6 +58,16 @@ wait_port() {
   echo "nothing listens on 127.0.0.1:$1; logs in $RUN_DIR" >&2; exit 1
 }
 
+# Mutual TLS between the sidecars: a CA for the trust domain and a day-long certificate
+# per service, in $RUN_DIR/certs (the configs read $CERT_DIR).
+export CERT_DIR=$RUN_DIR/certs
+"$BIN/remora" cert ca --trust-domain remora.example --out "$RUN_DIR/ca" >/dev/null
+mkdir -p "$CERT_DIR"
+cp "$RUN_DIR/ca/ca.pem" "$CERT_DIR/ca.pem"
+for service in frontend orders inventory; do
+  "$BIN/remora" cert issue --ca "$RUN_DIR/ca" --service "$service" --out "$CERT_DIR" >/dev/null
+done
+
 start etcd -- etcd --name=local --data-dir="$RUN_DIR/etcd" \
   --listen-client-urls="$ETCD_ENDPOINT" --advertise-client-urls="$ETCD_ENDPOINT" \
   --listen-peer-urls=http://127.0.0.1:${ETCD_PEER_PORT:-2380} \
@@ -94,6 +104,11 @@ cat <<INFO
   admin:    frontend :15000, orders :15010, inventory :15020 :15030 :15040
             (/endpoints, /breakers, /metrics)
   break a replica: kill the pid of inventory-2-sidecar above
+  mTLS:     sidecars speak mutual TLS (certificates in $CERT_DIR); see a peer's
+            identity with: openssl s_client -connect 127.0.0.1:15016 \\
+              -cert $CERT_DIR/frontend.pem -key $CERT_DIR/frontend-key.pem \\
+              -CAfile $CERT_DIR/ca.pem </dev/null | grep -A1 'Subject Alternative'
+            and in the sidecars' access logs (peer_identity)
   traces:   ${OTLP_ENDPOINT:-not exported (set OTLP_ENDPOINT)}
   Ctrl-C stops everything.
 

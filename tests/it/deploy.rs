@@ -90,8 +90,8 @@ fn shares_with(service: &Value) -> Option<&str> {
         .strip_prefix("service:")
 }
 
-/// `(host path, container path)` of each volume, host paths relative to the compose dir.
-fn volumes(service: &Value) -> Vec<(PathBuf, String)> {
+/// `(source, container path)` of each volume in short syntax.
+fn mounts(service: &Value) -> Vec<(String, String)> {
     let Some(list) = service.get("volumes").and_then(Value::as_array) else {
         return Vec::new();
     };
@@ -103,19 +103,44 @@ fn volumes(service: &Value) -> Vec<(PathBuf, String)> {
                 .split(':')
                 .collect();
             assert!(parts.len() >= 2, "volume {v}");
-            (compose_dir().join(parts[0]), parts[1].to_string())
+            (parts[0].to_string(), parts[1].to_string())
         })
         .collect()
 }
 
-/// A sidecar's config, loaded as `remora validate` would with the sidecar's environment.
-fn sidecar_config(name: &str, service: &Value) -> remora::config::Config {
+/// Whether a volume source is a host path rather than a named volume.
+fn is_bind(source: &str) -> bool {
+    source.starts_with('.') || source.starts_with('/')
+}
+
+/// `(host path, container path)` of each bind mount, host paths relative to the
+/// compose dir.
+fn volumes(service: &Value) -> Vec<(PathBuf, String)> {
+    mounts(service)
+        .into_iter()
+        .filter(|(source, _)| is_bind(source))
+        .map(|(source, target)| (compose_dir().join(source), target))
+        .collect()
+}
+
+/// The services the examples' certificates are issued for.
+const MESH_SERVICES: [&str; 3] = ["frontend", "orders", "inventory"];
+
+/// What the compose `certs` service and `examples/local/run.sh` write.
+fn issued_certificates() -> tempfile::TempDir {
+    crate::support::certs::issue_mesh("remora.example", &MESH_SERVICES)
+}
+
+/// A sidecar's config, loaded as `remora validate` would with the sidecar's environment,
+/// its certificates read from `certs` (standing in for the `certs` volume).
+fn sidecar_config(name: &str, service: &Value, certs: &Path) -> remora::config::Config {
     let (file, _) = volumes(service)
         .into_iter()
         .find(|(_, target)| target == CONFIG_PATH)
         .unwrap_or_else(|| panic!("{name} mounts no config at {CONFIG_PATH}"));
     let text = std::fs::read_to_string(&file).unwrap();
-    let env = environment(service);
+    let mut env = environment(service);
+    env.insert("CERT_DIR".into(), certs.display().to_string());
     let lookup = |key: &str| env.get(key).cloned();
     remora::build::parse_with_env(&file.display().to_string(), &text, &lookup)
         .unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -168,8 +193,16 @@ fn every_service_named_exists() {
 #[test]
 fn every_mounted_file_exists_and_every_config_loads() {
     let compose = compose();
+    let certs = issued_certificates();
+    let declared = compose["volumes"].as_object().cloned().unwrap_or_default();
     let mut configs = 0;
     for (name, service) in services(&compose) {
+        for (source, _) in mounts(service).iter().filter(|(s, _)| !is_bind(s)) {
+            assert!(
+                declared.contains_key(source),
+                "{name} mounts the volume {source}, which is not declared"
+            );
+        }
         for (file, target) in volumes(service) {
             assert!(
                 file.exists(),
@@ -177,7 +210,7 @@ fn every_mounted_file_exists_and_every_config_loads() {
                 file.display()
             );
             if target == CONFIG_PATH {
-                sidecar_config(name, service);
+                sidecar_config(name, service, certs.path());
                 configs += 1;
             }
         }
@@ -190,6 +223,7 @@ fn sidecar_ports_agree_with_configs_and_apps() {
     let compose = compose();
     let services = services(&compose);
     let prometheus = std::fs::read_to_string(compose_dir().join("prometheus.yml")).unwrap();
+    let certs = issued_certificates();
     // Inbound address of each app's sidecar, by the app's fixed IP.
     let mut inbound_by_ip: BTreeMap<Ipv4Addr, (String, u16)> = BTreeMap::new();
     let mut sidecars = Vec::new();
@@ -198,7 +232,7 @@ fn sidecar_ports_agree_with_configs_and_apps() {
             continue;
         };
         let app = &services[app_name];
-        let config = sidecar_config(name, service);
+        let config = sidecar_config(name, service, certs.path());
         let app_env = environment(app);
         let app_listen: SocketAddr = app_env["LISTEN"].parse().unwrap();
 
@@ -382,15 +416,80 @@ fn apps_are_the_cargo_examples_the_image_builds() {
 #[test]
 fn local_configs_load_with_their_defaults() {
     let dir = root().join("examples/local/config");
+    let certs = issued_certificates();
     let mut loaded = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
-        let nothing = |_: &str| None;
-        remora::build::parse_with_env(&path.display().to_string(), &text, &nothing)
+        // run.sh sets CERT_DIR to where it issued the certificates.
+        let cert_dir = certs.path().display().to_string();
+        let only_certs = |key: &str| (key == "CERT_DIR").then(|| cert_dir.clone());
+        remora::build::parse_with_env(&path.display().to_string(), &text, &only_certs)
             .unwrap_or_else(|e| panic!("{e}"));
         loaded += 1;
     }
     assert_eq!(loaded, 3);
     assert!(Path::new(&root().join("examples/local/run.sh")).exists());
+}
+
+/// Mutual TLS is on by default: every sidecar has a certificate from the `certs`
+/// volume, issued by the `certs` service for its service, which it waits for; calls
+/// between sidecars are authorized to the callers the topology needs and no more.
+#[test]
+fn sidecars_speak_mutual_tls_with_certificates_the_certs_service_issues() {
+    let compose = compose();
+    let services = services(&compose);
+    let certs = issued_certificates();
+    let issuer = &services["certs"];
+    let script = issuer["command"][0].as_str().expect("a script");
+    assert!(
+        script.contains("remora cert ca --trust-domain remora.example"),
+        "{script}"
+    );
+    for service in MESH_SERVICES {
+        assert!(script.contains(service), "certs does not issue for {service}");
+    }
+    let mut allowed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, service) in services {
+        if shares_with(service).is_none() {
+            continue;
+        }
+        let config = sidecar_config(name, service, certs.path());
+        let tls = config.tls.as_ref().unwrap_or_else(|| panic!("{name}: no tls"));
+        let cert = tls.cert.file_name().unwrap().to_str().unwrap();
+        assert_eq!(cert, format!("{}.pem", config.service), "{name}");
+        assert!(
+            mounts(service)
+                .iter()
+                .any(|(s, t)| s == "certs" && t == "/certs"),
+            "{name} does not mount the certs volume"
+        );
+        assert!(
+            service["depends_on"]["certs"]["condition"] == "service_healthy",
+            "{name} does not wait for its certificate"
+        );
+        if let Some(inbound) = &config.inbound {
+            if config.inbound_tls() == remora::config::InboundTlsMode::Strict {
+                allowed.insert(
+                    config.service.clone(),
+                    inbound.allow.clone().expect("an explicit allow list"),
+                );
+            }
+        }
+        for (upstream, settings) in &config.services {
+            let meshed = settings.tls.as_ref().is_some_and(|t| t.mesh);
+            // Discovered services upgrade on the registry's word.
+            assert!(
+                meshed || settings.discovery.is_some(),
+                "{name}: {upstream} is called in plaintext"
+            );
+        }
+    }
+    let expected: BTreeMap<String, Vec<String>> = [
+        ("inventory".to_string(), vec!["orders".to_string()]),
+        ("orders".to_string(), vec!["frontend".to_string()]),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(allowed, expected);
 }

@@ -2,11 +2,9 @@
 //! services (frontend -> orders -> inventory x3, the code of `examples/services`), and a
 //! sidecar each, started from `examples/local/config/*.yaml` with only the addresses
 //! changed (free loopback ports), exporting to an OTLP receiver.
-//!
-//! NOTE: the inventory replicas are registered in etcd by the test through
-//! `EtcdRegistry::register`, so that the test does not depend on the sidecar's own
-//! `register:` wiring; the config's `register:` section carries the same id and address,
-//! so when the sidecar registers itself too, both write the same key.
+//! The sidecars speak mutual TLS as the configs say, with certificates issued as
+//! `run.sh` issues them; each inventory sidecar registers itself in etcd, advertising
+//! mutual TLS, and orders' sidecar upgrades to it from that record alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -14,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use remora::discovery::{EtcdConfig, EtcdRegistry, Instance, Registration, Registry};
 use remora::Sidecar;
 use tokio::net::TcpListener;
 
@@ -60,13 +57,13 @@ async fn app_listener() -> (TcpListener, SocketAddr) {
 
 struct Replica {
     sidecar: Option<Sidecar>,
-    registration: Option<Registration>,
     served: Arc<AtomicU64>,
     inbound: SocketAddr,
 }
 
 struct Topology {
     _etcd: etcd_harness::Etcd,
+    _certs: tempfile::TempDir,
     received: otlp_receiver::Received,
     replicas: Vec<Replica>,
     orders: Sidecar,
@@ -77,12 +74,14 @@ impl Topology {
     async fn start() -> Topology {
         let etcd = etcd_harness::Etcd::start().await;
         let (collector, received) = otlp_receiver::grpc().await;
+        // What run.sh issues with `remora cert`: the sidecars speak mutual TLS.
+        let certs = support::certs::issue_mesh("remora.example", &["frontend", "orders", "inventory"]);
         let common = [
             ("ETCD_ENDPOINT", etcd.endpoint()),
             ("OTLP_ENDPOINT", format!("http://{collector}")),
+            ("CERT_DIR", certs.path().display().to_string()),
         ];
         let any = || "127.0.0.1:0".to_string();
-        let registry = EtcdRegistry::new(EtcdConfig::new(vec![etcd.endpoint()])).unwrap();
 
         let mut replicas = Vec::new();
         for instance in REPLICAS {
@@ -100,17 +99,8 @@ impl Topology {
                 ("REGISTER_ADDR", inbound.to_string()),
             ]);
             let sidecar = sidecar("inventory.yaml", &vars).await;
-            let registration = registry
-                .register(
-                    "inventory",
-                    Instance::new(inbound).with_id(instance),
-                    Duration::from_secs(2),
-                )
-                .await
-                .unwrap();
             replicas.push(Replica {
                 sidecar: Some(sidecar),
-                registration: Some(registration),
                 served,
                 inbound,
             });
@@ -145,6 +135,7 @@ impl Topology {
 
         Topology {
             _etcd: etcd,
+            _certs: certs,
             received,
             replicas,
             orders,
@@ -250,10 +241,9 @@ async fn checkouts_flow_through_every_replica_survive_a_dead_one_and_trace_as_on
         traces.len()
     );
 
-    // inventory-2's sidecar dies (and so stops renewing its registration): calls that
-    // meet it are retried on the other replicas; none fails, none degrades.
+    // inventory-2's sidecar stops (and withdraws its registration): calls that meet it
+    // are retried on the other replicas; none fails, none degrades.
     let dead = &mut topology.replicas[1];
-    dead.registration.take(); // dropped, not deregistered: a crash
     let sidecar = dead.sidecar.take().unwrap();
     tokio::time::timeout(WAIT, sidecar.shutdown())
         .await
@@ -272,7 +262,7 @@ async fn checkouts_flow_through_every_replica_survive_a_dead_one_and_trace_as_on
         served_before
     );
 
-    // Its registration expires, and orders' sidecar drops the endpoint.
+    // Its registration is gone, and orders' sidecar drops the endpoint.
     let alive = [all[0], all[2]];
     topology.wait_for_inventory(&alive).await;
     let third = topology.checkouts(12).await;

@@ -4,6 +4,7 @@
 //! [`otlp_receiver`] (an OTLP collector) are the heavier pieces, each in its own module;
 //! [`tls_front`] makes certificates and terminates TLS in front of plaintext upstreams.
 
+pub mod certs;
 pub mod echo;
 pub mod etcd_harness;
 pub mod metrics_text;
