@@ -447,7 +447,10 @@ fn sidecars_speak_mutual_tls_with_certificates_the_certs_service_issues() {
         "{script}"
     );
     for service in MESH_SERVICES {
-        assert!(script.contains(service), "certs does not issue for {service}");
+        assert!(
+            script.contains(service),
+            "certs does not issue for {service}"
+        );
     }
     let mut allowed: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, service) in services {
@@ -455,7 +458,10 @@ fn sidecars_speak_mutual_tls_with_certificates_the_certs_service_issues() {
             continue;
         }
         let config = sidecar_config(name, service, certs.path());
-        let tls = config.tls.as_ref().unwrap_or_else(|| panic!("{name}: no tls"));
+        let tls = config
+            .tls
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: no tls"));
         let cert = tls.cert.file_name().unwrap().to_str().unwrap();
         assert_eq!(cert, format!("{}.pem", config.service), "{name}");
         assert!(

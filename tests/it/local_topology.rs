@@ -75,7 +75,8 @@ impl Topology {
         let etcd = etcd_harness::Etcd::start().await;
         let (collector, received) = otlp_receiver::grpc().await;
         // What run.sh issues with `remora cert`: the sidecars speak mutual TLS.
-        let certs = support::certs::issue_mesh("remora.example", &["frontend", "orders", "inventory"]);
+        let certs =
+            support::certs::issue_mesh("remora.example", &["frontend", "orders", "inventory"]);
         let common = [
             ("ETCD_ENDPOINT", etcd.endpoint()),
             ("OTLP_ENDPOINT", format!("http://{collector}")),
