@@ -33,6 +33,7 @@ mod http1;
 mod local_topology;
 mod metrics;
 mod mtls_inbound;
+mod mtls_mesh;
 mod mtls_outbound;
 mod rate_limit;
 mod reload;
