@@ -34,6 +34,10 @@ use x509_cert::Certificate;
 use super::certificate::CertificateInfo;
 use super::identity::{Identity, IdentityError, TrustDomain};
 
+mod host;
+
+pub use host::HostCertificate;
+
 /// The CA certificate's file name in a CA directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
 /// The CA key's file name in a CA directory.
