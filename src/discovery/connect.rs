@@ -4,6 +4,13 @@
 //! addresses in turn, starting one further at each connection, so a cluster member that
 //! is down costs one failed attempt.
 //!
+//! A server that refuses remora's client certificate (or its absence) does so after a
+//! TLS 1.3 handshake has completed on remora's side: its alert arrives on the first
+//! read (or as a broken pipe on the next write), where the HTTP client reports only a
+//! closed connection. The connector keeps the last such I/O error, and whether a server
+//! asked for a client certificate that is not configured ([`Connector::last_failure`]),
+//! so the registry can say why.
+//!
 //! The rustls config comes from the build floor (CA file or system roots, optional
 //! client certificate, remora's crypto provider); this module only sets the ALPN
 //! protocol its caller speaks and the name the server's certificate must carry.
@@ -11,14 +18,17 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
+use rustls::client::ResolvesClientCert;
 use rustls::pki_types::ServerName;
+use rustls::sign::CertifiedKey;
+use rustls::SignatureScheme;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -49,7 +59,14 @@ pub(super) struct Connector {
     targets: Arc<[Target]>,
     tls: Option<TlsConnector>,
     next: Arc<AtomicUsize>,
+    /// The last read or write error of a TLS connection (an alert from the server).
+    failure: Failure,
+    /// Set when a server asked for a client certificate and none is configured.
+    asked_for_certificate: Option<Arc<AskedForCertificate>>,
 }
+
+/// Where connections report their last I/O error.
+type Failure = Arc<Mutex<Option<String>>>;
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,15 +106,48 @@ impl Connector {
         if targets.is_empty() {
             return Err("no server address".into());
         }
+        let mut asked_for_certificate = None;
         let tls = tls.map(|tls| {
             let mut config = tls.config.clone();
             config.alpn_protocols = vec![alpn.to_vec()];
+            if !config.client_auth_cert_resolver.has_certs() {
+                let asked = Arc::new(AskedForCertificate {
+                    inner: config.client_auth_cert_resolver.clone(),
+                    asked: AtomicBool::new(false),
+                });
+                config.client_auth_cert_resolver = asked.clone();
+                asked_for_certificate = Some(asked);
+            }
             TlsConnector::from(Arc::new(config))
         });
         Ok(Self {
             targets: targets.into(),
             tls,
             next: Arc::new(AtomicUsize::new(0)),
+            failure: Failure::default(),
+            asked_for_certificate,
+        })
+    }
+
+    /// The last I/O error of a TLS connection since the last call (a server's alert:
+    /// "received fatal alert: CertificateRequired"), for the message of a call that
+    /// failed with "connection closed".
+    pub(super) fn last_failure(&self) -> Option<String> {
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()?;
+        let asked = self
+            .asked_for_certificate
+            .as_ref()
+            .is_some_and(|asked| asked.asked.load(Ordering::Relaxed));
+        Some(match asked {
+            true => format!(
+                "{failure}; the server asked for a client certificate and none is configured \
+                 (set `cert` and `key` in the `tls` block)"
+            ),
+            false => failure,
         })
     }
 
@@ -128,7 +178,7 @@ impl Connector {
                 let stream = tls.connect(name.clone(), tcp).await.map_err(|error| {
                     io::Error::new(error.kind(), format!("TLS handshake: {error}"))
                 })?;
-                Ok(Stream::Tls(Box::new(stream)))
+                Ok(Stream::Tls(Box::new(stream), self.failure.clone()))
             }
             _ => Ok(Stream::Plain(tcp)),
         }
@@ -151,13 +201,44 @@ impl tower::Service<Uri> for Connector {
     }
 }
 
+/// The client certificate resolver of a config without one, noting whether a server
+/// asked for a certificate.
+#[derive(Debug)]
+struct AskedForCertificate {
+    inner: Arc<dyn ResolvesClientCert>,
+    asked: AtomicBool,
+}
+
+impl ResolvesClientCert for AskedForCertificate {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.asked.store(true, Ordering::Relaxed);
+        self.inner.resolve(root_hint_subjects, sigschemes)
+    }
+
+    fn has_certs(&self) -> bool {
+        self.inner.has_certs()
+    }
+}
+
 /// A connection to a registry server, plain or TLS.
 #[derive(Debug)]
 pub(super) enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
-    /// TLS over TCP (boxed: the session is large).
-    Tls(Box<TlsStream<TcpStream>>),
+    /// TLS over TCP (boxed: the session is large), reporting its I/O errors.
+    Tls(Box<TlsStream<TcpStream>>, Failure),
+}
+
+/// Keeps `result`'s error in `failure`.
+fn noted<T>(result: Poll<io::Result<T>>, failure: &Failure) -> Poll<io::Result<T>> {
+    if let Poll::Ready(Err(error)) = &result {
+        *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
+    }
+    result
 }
 
 impl Connection for Stream {
@@ -174,7 +255,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+            Self::Tls(tls, failure) => noted(Pin::new(tls.as_mut()).poll_read(cx, buf), failure),
         }
     }
 }
@@ -187,21 +268,21 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+            Self::Tls(tls, failure) => noted(Pin::new(tls.as_mut()).poll_write(cx, buf), failure),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+            Self::Tls(tls, failure) => noted(Pin::new(tls.as_mut()).poll_flush(cx), failure),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+            Self::Tls(tls, _) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -212,14 +293,17 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+            Self::Tls(tls, failure) => noted(
+                Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+                failure,
+            ),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Self::Plain(tcp) => tcp.is_write_vectored(),
-            Self::Tls(tls) => tls.is_write_vectored(),
+            Self::Tls(tls, _) => tls.is_write_vectored(),
         }
     }
 }

@@ -121,7 +121,7 @@ impl EtcdRegistry {
         };
         // The URI names the channel's authority; the connector picks the member.
         let endpoint = tonic::transport::Endpoint::from_shared(self.config.endpoints[0].clone())
-            .map_err(|e| DiscoveryError::new(NAME, format!("connect: {}", chain(&e))))?
+            .map_err(|e| self.failed("connect", &e))?
             .connect_timeout(self.config.connect_timeout)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(3))
@@ -130,10 +130,10 @@ impl EtcdRegistry {
             let channel = endpoint
                 .connect_with_connector(connector.clone())
                 .await
-                .map_err(|e| DiscoveryError::new(NAME, format!("connect: {}", chain(&e))))?;
+                .map_err(|e| self.failed("connect", &e))?;
             Client::from_channel(etcd_client::Channel::Tonic(channel), Some(options))
                 .await
-                .map_err(|e| DiscoveryError::new(NAME, format!("connect: {}", chain(&e))))
+                .map_err(|e| self.failed("connect", &e))
         };
         match tokio::time::timeout(self.config.request_timeout, channel).await {
             Ok(result) => result,
@@ -147,6 +147,16 @@ impl EtcdRegistry {
         }
     }
 
+    /// `what` failed with `error`: its causes, and over TLS the last connection error
+    /// (a server's alert arrives where the client sees only a closed connection).
+    fn failed(&self, what: &str, error: &dyn std::error::Error) -> DiscoveryError {
+        let mut message = format!("{what}: {}", chain(error));
+        if let Some(failure) = self.connector.as_ref().and_then(Connector::last_failure) {
+            message.push_str(&format!(" (TLS connection: {failure})"));
+        }
+        DiscoveryError::new(NAME, message)
+    }
+
     /// Runs one unary call within `request_timeout`.
     async fn timed<T>(
         &self,
@@ -155,10 +165,7 @@ impl EtcdRegistry {
     ) -> Result<T, DiscoveryError> {
         match tokio::time::timeout(self.config.request_timeout, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(DiscoveryError::new(
-                NAME,
-                format!("{what}: {}", chain(&error)),
-            )),
+            Ok(Err(error)) => Err(self.failed(what, &error)),
             Err(_) => Err(DiscoveryError::new(
                 NAME,
                 format!("{what}: no answer within {:?}", self.config.request_timeout),
@@ -385,7 +392,7 @@ impl EtcdRegistry {
             let message = watch
                 .message()
                 .await
-                .map_err(|e| DiscoveryError::new(NAME, format!("watch {prefix}: {}", chain(&e))))?;
+                .map_err(|e| self.failed(&format!("watch {prefix}"), &e))?;
             let Some(response) = message else {
                 return Err(
                     DiscoveryError::new(NAME, format!("watch {prefix}: stream ended")).into(),

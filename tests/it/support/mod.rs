@@ -7,6 +7,7 @@ pub mod echo;
 pub mod etcd_harness;
 pub mod metrics_text;
 pub mod otlp_receiver;
+pub mod pki;
 
 pub use metrics_text::{metric, metric_or_zero};
 
