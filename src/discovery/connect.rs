@@ -308,6 +308,22 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// `error` and its sources, `: `-separated: hyper, tonic and etcd-client keep the
+/// cause (an unknown issuer, a refused connection) below a generic message.
+pub(super) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The host and port of a URL or `host:port` text, the port defaulting to `default`.
 pub(super) fn host_port(authority: &http::uri::Authority, default: u16) -> (String, u16) {
     (

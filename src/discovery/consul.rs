@@ -31,7 +31,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::connect::{host_port, Connector, RegistryTls};
+use super::connect::{chain, host_port, Connector, RegistryTls};
 use super::feed::{self, Closed, Feed};
 use super::{Backoff, DiscoveryError, Instance, Registration, Registry};
 
@@ -102,6 +102,8 @@ struct Inner {
     authority: Authority,
     config: ConsulConfig,
     client: Client<Connector, Full<Bytes>>,
+    /// The client's connector, asked why a TLS connection closed.
+    connector: Connector,
 }
 
 /// What the agent answered.
@@ -169,13 +171,14 @@ impl ConsulRegistry {
             ));
         }
         Backoff::for_registry(NAME, config.min_backoff, config.max_backoff)?;
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = Client::builder(TokioExecutor::new()).build(connector.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 scheme,
                 authority,
                 config,
                 client,
+                connector,
             }),
         })
     }
@@ -210,7 +213,7 @@ impl ConsulRegistry {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| failed(e.to_string()))?;
+                .map_err(|e| failed(self.why(&e)))?;
             let status = response.status();
             let index = response
                 .headers()
@@ -231,6 +234,16 @@ impl ConsulRegistry {
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| failed(format!("no answer within {timeout:?}")))?
+    }
+
+    /// Why a request failed: `error` and its causes, and over TLS the last connection
+    /// error (a refused client certificate shows only as a closed connection).
+    fn why(&self, error: &dyn std::error::Error) -> String {
+        let mut text = chain(error);
+        if let Some(failure) = self.inner.connector.last_failure() {
+            text = format!("{text} (TLS connection: {failure})");
+        }
+        text
     }
 
     /// Fails on a non-success status, quoting the agent's message.

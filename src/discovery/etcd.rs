@@ -27,7 +27,7 @@ use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, Wat
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
-use super::connect::{host_port, Connector, RegistryTls};
+use super::connect::{chain, host_port, Connector, RegistryTls};
 use super::feed::{self, Closed, Feed};
 use super::{Backoff, DiscoveryError, Instance, Registration, Registry};
 
@@ -215,22 +215,6 @@ fn tls_connector(config: &EtcdConfig) -> Result<Option<Connector>, DiscoveryErro
     Connector::new(&servers, Some(tls), b"h2")
         .map(Some)
         .map_err(|e| DiscoveryError::new(NAME, e))
-}
-
-/// `error` and its sources, `: `-separated: tonic and etcd-client keep the TLS cause
-/// (an unknown issuer, a missing client certificate) below a generic message.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 impl Registry for EtcdRegistry {
