@@ -40,7 +40,7 @@ pub(crate) struct FakeConsul {
     health_queries: AtomicUsize,
     passes: AtomicUsize,
     /// The `X-Consul-Token` of each request (empty when absent).
-    tokens: Mutex<Vec<String>>,
+    pub(crate) tokens: Mutex<Vec<String>>,
 }
 
 fn millis(go: &str) -> Duration {

@@ -35,6 +35,7 @@ mod metrics;
 mod rate_limit;
 mod reload;
 mod retry;
+mod secrets;
 mod timeout;
 mod tls;
 mod tracing;
