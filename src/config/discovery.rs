@@ -43,7 +43,7 @@ pub struct EtcdSection {
     /// TLS toward the cluster (`https://` endpoints): its CA, a client certificate.
     /// Without it, `https://` endpoints are checked against the system's roots.
     #[serde(default)]
-    pub tls: Option<TlsSection>,
+    pub tls: Option<Box<TlsSection>>,
 }
 
 /// Consul settings.
@@ -59,7 +59,7 @@ pub struct ConsulSection {
     /// HTTPS toward the agent: its CA, a client certificate. Without it, an `https://`
     /// address is checked against the system's roots.
     #[serde(default)]
-    pub tls: Option<TlsSection>,
+    pub tls: Option<Box<TlsSection>>,
 }
 
 /// DNS settings.

@@ -185,8 +185,8 @@ impl Config {
     pub fn private_key_files(&self) -> Vec<&std::path::Path> {
         let services = self.services.values().map(|s| s.tls.as_ref());
         let registries = self.registries.values().flat_map(|r| {
-            let etcd = r.etcd.as_ref().and_then(|etcd| etcd.tls.as_ref());
-            let consul = r.consul.as_ref().and_then(|consul| consul.tls.as_ref());
+            let etcd = r.etcd.as_ref().and_then(|etcd| etcd.tls.as_deref());
+            let consul = r.consul.as_ref().and_then(|consul| consul.tls.as_deref());
             [etcd, consul]
         });
         let clients = services

@@ -308,12 +308,7 @@ async fn an_unreachable_agent_is_an_outage_and_registration_fails() {
 
 // ---- over HTTPS ----
 
-fn https_config(
-    addr: SocketAddr,
-    pki: &Pki,
-    ca: &std::path::PathBuf,
-    present: bool,
-) -> ConsulConfig {
+fn https_config(addr: SocketAddr, pki: &Pki, ca: &std::path::Path, present: bool) -> ConsulConfig {
     let mut config = ConsulConfig::new(format!("https://{addr}"));
     config.wait = Duration::from_secs(2);
     config.token = Some("s3cret-token".into());

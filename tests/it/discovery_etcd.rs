@@ -203,7 +203,7 @@ async fn a_revision_compacted_while_disconnected_leads_to_a_relist() {
 
 /// A registry of the etcd's HTTPS listener, trusting `ca`, with the client certificate
 /// when `present`.
-fn tls_registry(etcd: &Etcd, pki: &Pki, ca: &std::path::PathBuf, present: bool) -> EtcdRegistry {
+fn tls_registry(etcd: &Etcd, pki: &Pki, ca: &std::path::Path, present: bool) -> EtcdRegistry {
     let mut config = EtcdConfig::new(vec![etcd.tls_endpoint()]);
     config.prefix = "/test/services".into();
     config.min_backoff = Duration::from_millis(100);

@@ -24,14 +24,14 @@ pub fn registry(
         let mut settings = EtcdConfig::new(etcd.endpoints.clone());
         settings.prefix = etcd.prefix.clone();
         let https = etcd.endpoints.iter().any(|url| url.starts_with("https://"));
-        settings.tls = registry_tls(etcd.tls.as_ref(), https).map_err(|e| e.under("etcd"))?;
+        settings.tls = registry_tls(etcd.tls.as_deref(), https).map_err(|e| e.under("etcd"))?;
         return Ok(Arc::new(EtcdRegistry::new(settings).at("etcd")?));
     }
     if let Some(consul) = &config.consul {
         let mut settings = ConsulConfig::new(consul.address.clone());
         settings.token = consul.token.clone().filter(|t| !t.is_empty());
         let https = consul.address.starts_with("https://");
-        settings.tls = registry_tls(consul.tls.as_ref(), https).map_err(|e| e.under("consul"))?;
+        settings.tls = registry_tls(consul.tls.as_deref(), https).map_err(|e| e.under("consul"))?;
         return Ok(Arc::new(ConsulRegistry::new(settings).at("consul")?));
     }
     if let Some(dns) = &config.dns {

@@ -3,7 +3,7 @@
 //! localhost, a client certificate, and a second CA that trusts none of them; all
 //! written as PEM files, made with `remora::tls::issue`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,9 +60,9 @@ impl Pki {
     }
 
     /// A client config trusting `ca`, presenting the client certificate when `present`.
-    pub fn client(&self, ca: &PathBuf, present: bool) -> rustls::ClientConfig {
+    pub fn client(&self, ca: &Path, present: bool) -> rustls::ClientConfig {
         let external = ExternalTls {
-            ca: Some(ca.clone()),
+            ca: Some(ca.to_path_buf()),
             client: present.then(|| (self.client_cert.clone(), self.client_key.clone())),
         };
         external.client_config().unwrap()
