@@ -46,8 +46,8 @@ pub struct EtcdSection {
     pub tls: Option<Box<TlsSection>>,
 }
 
-/// Consul settings.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// Consul settings. `Debug` hides the token; `/config` shows [`Config::redacted`].
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsulSection {
     /// The agent's address: `host:port` (plain HTTP), `http://host:port` or
@@ -60,6 +60,16 @@ pub struct ConsulSection {
     /// address is checked against the system's roots.
     #[serde(default)]
     pub tls: Option<Box<TlsSection>>,
+}
+
+impl std::fmt::Debug for ConsulSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulSection")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| super::REDACTED))
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// DNS settings.

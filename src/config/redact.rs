@@ -44,6 +44,11 @@ registries:
         assert!(!shown.contains("s3cret-token"), "{shown}");
         assert!(shown.contains(REDACTED), "{shown}");
         assert!(shown.contains("/etc/consul/ca.pem"), "{shown}");
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("s3cret-token"),
+            "Debug hides it too: {debug}"
+        );
         assert_eq!(
             config.registries["main"]
                 .consul
