@@ -116,47 +116,25 @@ struct Answer {
 impl ConsulRegistry {
     /// Checks `config`.
     pub fn new(config: ConsulConfig) -> Result<Self, DiscoveryError> {
-        let (written_https, bare) = match config.address.split_once("://") {
-            Some(("https", rest)) => (true, rest),
-            Some(("http", rest)) => (false, rest),
-            Some((scheme, _)) => {
-                return Err(DiscoveryError::new(
-                    NAME,
-                    format!(
-                        "address {:?}: scheme {scheme} is neither http nor https",
-                        config.address
-                    ),
-                ))
+        let refuse =
+            |why: &str| DiscoveryError::new(NAME, format!("address {:?}: {why}", config.address));
+        let (written, bare) = match config.address.split_once("://") {
+            Some((scheme, rest)) => (Some(scheme), rest),
+            None => (None, config.address.as_str()),
+        };
+        let scheme = match (written, &config.tls) {
+            (Some("https") | None, Some(_)) => "https",
+            (Some("http") | None, None) => "http",
+            (Some("http"), Some(_)) => {
+                return Err(refuse("plain http, but TLS is configured: write https://"))
             }
-            None => (false, config.address.as_str()),
+            (Some("https"), None) => return Err(refuse("https needs a TLS config")),
+            (Some(other), _) => return Err(refuse(&format!("{other} is neither http nor https"))),
         };
         let authority = bare
             .trim_end_matches('/')
             .parse::<Authority>()
-            .map_err(|e| DiscoveryError::new(NAME, format!("address {:?}: {e}", config.address)))?;
-        let explicit_http = config.address.starts_with("http://");
-        let scheme = match (&config.tls, written_https) {
-            (Some(_), _) if explicit_http => {
-                return Err(DiscoveryError::new(
-                    NAME,
-                    format!(
-                        "address {:?} is plain http but TLS is configured: write https://",
-                        config.address
-                    ),
-                ))
-            }
-            (Some(_), _) => "https",
-            (None, true) => {
-                return Err(DiscoveryError::new(
-                    NAME,
-                    format!(
-                        "address {:?} is https but no TLS config was given",
-                        config.address
-                    ),
-                ))
-            }
-            (None, false) => "http",
-        };
+            .map_err(|e| refuse(&e.to_string()))?;
         let default_port = if scheme == "https" { 8501 } else { 8500 };
         let connector = Connector::new(
             &[host_port(&authority, default_port)],
