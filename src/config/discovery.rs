@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{closest, FieldPath};
 use super::schema::Config;
+use super::tls::TlsSection;
 use super::validate::Issue;
 
 /// A registry: exactly one of the backends.
@@ -34,22 +35,41 @@ pub struct RegistrySection {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdSection {
-    /// Client URLs of the cluster.
+    /// Client URLs of the cluster, all `http://` or all `https://`.
     pub endpoints: Vec<String>,
     /// Key prefix of every service.
     #[serde(default = "default_etcd_prefix")]
     pub prefix: String,
+    /// TLS toward the cluster (`https://` endpoints): its CA, a client certificate.
+    /// Without it, `https://` endpoints are checked against the system's roots.
+    #[serde(default)]
+    pub tls: Option<Box<TlsSection>>,
 }
 
-/// Consul settings.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// Consul settings. `Debug` hides the token; `/config` shows [`Config::redacted`].
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsulSection {
-    /// The agent's HTTP address, `host:port`.
+    /// The agent's address: `host:port` (plain HTTP), `http://host:port` or
+    /// `https://host:port`.
     pub address: String,
-    /// ACL token, sent as `X-Consul-Token`.
+    /// ACL token, sent as `X-Consul-Token`; a secret, hidden in `/config` and logs.
     #[serde(default)]
     pub token: Option<String>,
+    /// HTTPS toward the agent: its CA, a client certificate. Without it, an `https://`
+    /// address is checked against the system's roots.
+    #[serde(default)]
+    pub tls: Option<Box<TlsSection>>,
+}
+
+impl std::fmt::Debug for ConsulSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulSection")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| super::REDACTED))
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// DNS settings.
@@ -329,6 +349,27 @@ pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {
                         format!("invalid etcd URL {url:?}: write it like `http://127.0.0.1:2379`"),
                     ));
                 }
+            }
+            let https = etcd.endpoints.iter().filter(|u| u.starts_with("https://"));
+            match https.count() {
+                0 if etcd.tls.is_some() => issues.push(Issue::at(
+                    path.key("etcd").key("tls"),
+                    "TLS needs https:// endpoints",
+                )),
+                0 => {}
+                n if n != etcd.endpoints.len() => issues.push(Issue::at(
+                    path.key("etcd").key("endpoints"),
+                    "endpoints must be all http:// or all https://",
+                )),
+                _ => {}
+            }
+        }
+        if let Some(consul) = &registry.consul {
+            if consul.tls.is_some() && consul.address.starts_with("http://") {
+                issues.push(Issue::at(
+                    path.key("consul").key("tls"),
+                    "TLS needs an https:// (or bare host:port) address",
+                ));
             }
         }
         if let Some(dns) = &registry.dns {

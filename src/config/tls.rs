@@ -141,6 +141,73 @@ pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {
             check_client(config, &at, tls, issues);
         }
     }
+    for (name, registry) in &config.registries {
+        let at = root.key("registries").key(name);
+        if let Some(tls) = registry.etcd.as_ref().and_then(|etcd| etcd.tls.as_ref()) {
+            check_external(config, &at.key("etcd").key("tls"), tls, issues);
+        }
+        if let Some(tls) = registry
+            .consul
+            .as_ref()
+            .and_then(|consul| consul.tls.as_ref())
+        {
+            check_external(config, &at.key("consul").key("tls"), tls, issues);
+        }
+    }
+    if let Some(tls) = &config.tracing.tls {
+        check_external(config, &root.key("tracing").key("tls"), tls, issues);
+        let endpoint = config.tracing.endpoint.as_deref().unwrap_or_default();
+        if !endpoint.starts_with("https://") {
+            issues.push(Issue::at(
+                root.key("tracing").key("endpoint"),
+                "a `tracing.tls` block needs an https:// collector endpoint",
+            ));
+        }
+    }
+}
+
+/// The checks of a client `tls` block toward a server outside the mesh (a registry, the
+/// trace collector), at `at`.
+fn check_external(config: &Config, at: &FieldPath, tls: &TlsSection, issues: &mut Vec<Issue>) {
+    if tls.mesh {
+        issues.push(Issue::at(
+            at.key("mesh"),
+            "only a service's endpoints can be mesh peers; name a `ca` (and `cert`, `key`)",
+        ));
+        return;
+    }
+    check_client(config, at, tls, issues);
+}
+
+impl Config {
+    /// Every private key file the config names: the sidecar's own (`tls.key`) and each
+    /// client block's, once each, in document order.
+    pub fn private_key_files(&self) -> Vec<&std::path::Path> {
+        let services = self.services.values().map(|s| s.tls.as_ref());
+        let registries = self.registries.values().flat_map(|r| {
+            let etcd = r.etcd.as_ref().and_then(|etcd| etcd.tls.as_deref());
+            let consul = r.consul.as_ref().and_then(|consul| consul.tls.as_deref());
+            [etcd, consul]
+        });
+        let clients = services
+            .chain(registries)
+            .chain([self.tracing.tls.as_ref()])
+            .flatten()
+            .filter_map(|tls| tls.key.as_deref());
+        let mut keys: Vec<&std::path::Path> = Vec::new();
+        for key in self
+            .tls
+            .as_ref()
+            .map(|tls| tls.key.as_path())
+            .into_iter()
+            .chain(clients)
+        {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        keys
+    }
 }
 
 /// The checks of a client `tls` block at `at`.

@@ -12,9 +12,14 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub struct TracingSection {
     /// The OTLP collector (`http://127.0.0.1:4317` for gRPC, `http://127.0.0.1:4318` for
-    /// HTTP). Without it, trace context is still propagated but no span is exported.
+    /// HTTP, `https://...` over TLS). Without it, trace context is still propagated but
+    /// no span is exported.
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// TLS toward an `https://` collector: its CA, a client certificate. Without it, an
+    /// `https://` collector is checked against the system's roots.
+    #[serde(default)]
+    pub tls: Option<super::TlsSection>,
     /// `grpc` or `http` (HTTP/protobuf).
     #[serde(default)]
     pub protocol: OtlpProtocolName,
@@ -61,6 +66,7 @@ impl Default for TracingSection {
     fn default() -> Self {
         Self {
             endpoint: None,
+            tls: None,
             protocol: OtlpProtocolName::default(),
             sampling: default_sampling(),
             propagate: Vec::new(),

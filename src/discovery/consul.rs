@@ -9,6 +9,11 @@
 //! TTL/3; if it stops, the check turns critical after the TTL (and the instance leaves
 //! every `passing=true` answer), and Consul removes the service after
 //! `deregister_critical_after`.
+//!
+//! Over HTTPS (an `https://` address, or a TLS config) the agent's certificate is
+//! checked against its host name or the configured server name, and a client
+//! certificate is presented when configured. The ACL token travels in a header, so
+//! it is never written to a log: [`ConsulConfig`]'s `Debug` hides it.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,12 +26,12 @@ use futures_util::stream::BoxStream;
 use http::uri::Authority;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::connect::{chain, host_port, Connector, RegistryTls};
 use super::feed::{self, Closed, Feed};
 use super::{Backoff, DiscoveryError, Instance, Registration, Registry};
 
@@ -36,12 +41,16 @@ const NAME: &str = "consul";
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// Settings of the `consul` registry.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConsulConfig {
-    /// The agent's HTTP address (`127.0.0.1:8500`, `consul:8500`).
+    /// The agent's address: `host:port` (`127.0.0.1:8500`, `consul:8500`), or a URL
+    /// (`http://consul:8500`, `https://consul:8501`).
     pub address: String,
-    /// Sent as `X-Consul-Token` when set.
+    /// Sent as `X-Consul-Token` when set. A secret: never logged.
     pub token: Option<String>,
+    /// HTTPS toward the agent; required with an `https://` address, refused with an
+    /// `http://` one.
+    pub tls: Option<RegistryTls>,
     /// How long the agent may hold a blocking query.
     pub wait: Duration,
     /// How long a registered instance may stay critical before Consul removes it.
@@ -59,11 +68,24 @@ impl ConsulConfig {
         Self {
             address: address.into(),
             token: None,
+            tls: None,
             wait: Duration::from_secs(30),
             deregister_critical_after: Duration::from_secs(60),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
         }
+    }
+}
+
+impl std::fmt::Debug for ConsulConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulConfig")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .field("wait", &self.wait)
+            .field("deregister_critical_after", &self.deregister_critical_after)
+            .finish_non_exhaustive()
     }
 }
 
@@ -75,9 +97,13 @@ pub struct ConsulRegistry {
 
 #[derive(Debug)]
 struct Inner {
+    /// `http` or `https`.
+    scheme: &'static str,
     authority: Authority,
     config: ConsulConfig,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
+    /// The client's connector, asked why a TLS connection closed.
+    connector: Connector,
 }
 
 /// What the agent answered.
@@ -90,10 +116,32 @@ struct Answer {
 impl ConsulRegistry {
     /// Checks `config`.
     pub fn new(config: ConsulConfig) -> Result<Self, DiscoveryError> {
-        let authority = config
-            .address
+        let refuse =
+            |why: &str| DiscoveryError::new(NAME, format!("address {:?}: {why}", config.address));
+        let (written, bare) = match config.address.split_once("://") {
+            Some((scheme, rest)) => (Some(scheme), rest),
+            None => (None, config.address.as_str()),
+        };
+        let scheme = match (written, &config.tls) {
+            (Some("https") | None, Some(_)) => "https",
+            (Some("http") | None, None) => "http",
+            (Some("http"), Some(_)) => {
+                return Err(refuse("plain http, but TLS is configured: write https://"))
+            }
+            (Some("https"), None) => return Err(refuse("https needs a TLS config")),
+            (Some(other), _) => return Err(refuse(&format!("{other} is neither http nor https"))),
+        };
+        let authority = bare
+            .trim_end_matches('/')
             .parse::<Authority>()
-            .map_err(|e| DiscoveryError::new(NAME, format!("address {:?}: {e}", config.address)))?;
+            .map_err(|e| refuse(&e.to_string()))?;
+        let default_port = if scheme == "https" { 8501 } else { 8500 };
+        let connector = Connector::new(
+            &[host_port(&authority, default_port)],
+            config.tls.as_ref(),
+            b"http/1.1",
+        )
+        .map_err(|e| DiscoveryError::new(NAME, e))?;
         if config.wait < Duration::from_secs(1) || config.wait > Duration::from_secs(600) {
             return Err(DiscoveryError::new(
                 NAME,
@@ -101,12 +149,14 @@ impl ConsulRegistry {
             ));
         }
         Backoff::for_registry(NAME, config.min_backoff, config.max_backoff)?;
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let client = Client::builder(TokioExecutor::new()).build(connector.clone());
         Ok(Self {
             inner: Arc::new(Inner {
+                scheme,
                 authority,
                 config,
                 client,
+                connector,
             }),
         })
     }
@@ -127,7 +177,7 @@ impl ConsulRegistry {
     ) -> Result<Answer, DiscoveryError> {
         let failed =
             |message: String| DiscoveryError::new(NAME, format!("{method} {path}: {message}"));
-        let uri = format!("http://{}{path}", self.inner.authority);
+        let uri = format!("{}://{}{path}", self.inner.scheme, self.inner.authority);
         let mut request = Request::builder().method(method.clone()).uri(uri);
         if let Some(token) = &self.inner.config.token {
             request = request.header("x-consul-token", token);
@@ -141,7 +191,7 @@ impl ConsulRegistry {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| failed(e.to_string()))?;
+                .map_err(|e| failed(self.why(&e)))?;
             let status = response.status();
             let index = response
                 .headers()
@@ -162,6 +212,16 @@ impl ConsulRegistry {
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| failed(format!("no answer within {timeout:?}")))?
+    }
+
+    /// Why a request failed: `error` and its causes, and over TLS the last connection
+    /// error (a refused client certificate shows only as a closed connection).
+    fn why(&self, error: &dyn std::error::Error) -> String {
+        let mut text = chain(error);
+        if let Some(failure) = self.inner.connector.last_failure() {
+            text = format!("{text} (TLS connection: {failure})");
+        }
+        text
     }
 
     /// Fails on a non-success status, quoting the agent's message.

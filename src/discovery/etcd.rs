@@ -9,6 +9,14 @@
 //! Registration puts the instance under a lease and keeps the lease alive every TTL/3.
 //! When the lease is lost (the keep-alive reports TTL 0, or the stream breaks because
 //! etcd restarted), a new lease is granted and the key is put again under it.
+//!
+//! Over TLS (`https://` endpoints) the client is a tonic channel whose connections are
+//! made by discovery's own [`Connector`] with remora's rustls config, ALPN `h2`: one
+//! connection at a time, to the first member that answers, the next member after a
+//! failure. etcd-client's TLS features are not used, since they build their own rustls
+//! config from PEM bytes (and `tls` would bring ring).
+//! NOTE: plaintext endpoints keep etcd-client's balanced channel (one connection per
+//! member, calls spread over them); TLS ones fail over instead of spreading.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -19,6 +27,7 @@ use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, Wat
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
+use super::connect::{chain, host_port, Connector, RegistryTls};
 use super::feed::{self, Closed, Feed};
 use super::{Backoff, DiscoveryError, Instance, Registration, Registry};
 
@@ -27,8 +36,12 @@ const NAME: &str = "etcd";
 /// Settings of the `etcd` registry.
 #[derive(Debug, Clone)]
 pub struct EtcdConfig {
-    /// Client URLs of the cluster (`http://10.0.0.2:2379`).
+    /// Client URLs of the cluster (`http://10.0.0.2:2379`, `https://10.0.0.2:2379`):
+    /// all `http://` or all `https://`.
     pub endpoints: Vec<String>,
+    /// TLS toward the cluster; required with `https://` endpoints, refused with
+    /// `http://` ones.
+    pub tls: Option<RegistryTls>,
     /// Key prefix of every service, without a trailing slash.
     pub prefix: String,
     /// Limit on establishing a connection.
@@ -46,6 +59,7 @@ impl EtcdConfig {
     pub fn new(endpoints: Vec<String>) -> Self {
         Self {
             endpoints,
+            tls: None,
             prefix: "/remora/services".into(),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
@@ -59,6 +73,8 @@ impl EtcdConfig {
 #[derive(Debug, Clone)]
 pub struct EtcdRegistry {
     config: Arc<EtcdConfig>,
+    /// With TLS: the connector of every channel.
+    connector: Option<Connector>,
 }
 
 impl EtcdRegistry {
@@ -78,8 +94,10 @@ impl EtcdRegistry {
             return Err(DiscoveryError::new(NAME, "timeouts must be non-zero"));
         }
         Backoff::for_registry(NAME, config.min_backoff, config.max_backoff)?;
+        let connector = tls_connector(&config)?;
         Ok(Self {
             config: Arc::new(config),
+            connector,
         })
     }
 
@@ -97,8 +115,46 @@ impl EtcdRegistry {
         let options = ConnectOptions::new()
             .with_connect_timeout(self.config.connect_timeout)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
-        let connect = Client::connect(&self.config.endpoints, Some(options));
-        self.timed("connect", connect).await
+        let Some(connector) = &self.connector else {
+            let connect = Client::connect(&self.config.endpoints, Some(options));
+            return self.timed("connect", connect).await;
+        };
+        // The URI names the channel's authority; the connector picks the member.
+        let endpoint = tonic::transport::Endpoint::from_shared(self.config.endpoints[0].clone())
+            .map_err(|e| self.failed("connect", &e))?
+            .connect_timeout(self.config.connect_timeout)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true);
+        let channel = async {
+            let channel = endpoint
+                .connect_with_connector(connector.clone())
+                .await
+                .map_err(|e| self.failed("connect", &e))?;
+            Client::from_channel(etcd_client::Channel::Tonic(channel), Some(options))
+                .await
+                .map_err(|e| self.failed("connect", &e))
+        };
+        match tokio::time::timeout(self.config.request_timeout, channel).await {
+            Ok(result) => result,
+            Err(_) => Err(DiscoveryError::new(
+                NAME,
+                format!(
+                    "connect: no answer within {:?}",
+                    self.config.request_timeout
+                ),
+            )),
+        }
+    }
+
+    /// `what` failed with `error`: its causes, and over TLS the last connection error
+    /// (a server's alert arrives where the client sees only a closed connection).
+    fn failed(&self, what: &str, error: &dyn std::error::Error) -> DiscoveryError {
+        let mut message = format!("{what}: {}", chain(error));
+        if let Some(failure) = self.connector.as_ref().and_then(Connector::last_failure) {
+            message.push_str(&format!(" (TLS connection: {failure})"));
+        }
+        DiscoveryError::new(NAME, message)
     }
 
     /// Runs one unary call within `request_timeout`.
@@ -109,13 +165,56 @@ impl EtcdRegistry {
     ) -> Result<T, DiscoveryError> {
         match tokio::time::timeout(self.config.request_timeout, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(DiscoveryError::new(NAME, format!("{what}: {error}"))),
+            Ok(Err(error)) => Err(self.failed(what, &error)),
             Err(_) => Err(DiscoveryError::new(
                 NAME,
                 format!("{what}: no answer within {:?}", self.config.request_timeout),
             )),
         }
     }
+}
+
+/// The TLS connector of `config`'s endpoints, when they are `https://`; refuses a mix
+/// of schemes and a TLS config that does not match them.
+fn tls_connector(config: &EtcdConfig) -> Result<Option<Connector>, DiscoveryError> {
+    let https = config
+        .endpoints
+        .iter()
+        .filter(|e| e.starts_with("https://"))
+        .count();
+    if https == 0 {
+        if config.tls.is_some() {
+            return Err(DiscoveryError::new(
+                NAME,
+                "TLS is configured but the endpoints are http://: write https://",
+            ));
+        }
+        return Ok(None);
+    }
+    if https != config.endpoints.len() {
+        return Err(DiscoveryError::new(
+            NAME,
+            "endpoints must be all http:// or all https://",
+        ));
+    }
+    let Some(tls) = &config.tls else {
+        return Err(DiscoveryError::new(
+            NAME,
+            "https:// endpoints need a TLS config",
+        ));
+    };
+    let mut servers = Vec::with_capacity(config.endpoints.len());
+    for url in &config.endpoints {
+        let authority = url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|uri| uri.authority().cloned())
+            .ok_or_else(|| DiscoveryError::new(NAME, format!("invalid endpoint URL {url:?}")))?;
+        servers.push(host_port(&authority, 2379));
+    }
+    Connector::new(&servers, Some(tls), b"h2")
+        .map(Some)
+        .map_err(|e| DiscoveryError::new(NAME, e))
 }
 
 impl Registry for EtcdRegistry {
@@ -277,7 +376,7 @@ impl EtcdRegistry {
             let message = watch
                 .message()
                 .await
-                .map_err(|e| DiscoveryError::new(NAME, format!("watch {prefix}: {e}")))?;
+                .map_err(|e| self.failed(&format!("watch {prefix}"), &e))?;
             let Some(response) = message else {
                 return Err(
                     DiscoveryError::new(NAME, format!("watch {prefix}: stream ended")).into(),

@@ -28,6 +28,7 @@
 //! whether the endpoints are stale and since when, for `/endpoints` and metrics.
 
 mod backoff;
+mod connect;
 mod consul;
 mod dns;
 mod etcd;
@@ -41,6 +42,7 @@ pub mod self_registration;
 mod r#static;
 
 pub use backoff::Backoff;
+pub use connect::RegistryTls;
 pub use consul::{ConsulConfig, ConsulRegistry};
 pub use dns::{DnsConfig, DnsRefresh, DnsRegistry};
 pub use etcd::{EtcdConfig, EtcdRegistry};

@@ -56,9 +56,10 @@ fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<ProxyBody> 
             shared.metrics.encode(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
+        // Secrets (the Consul token) never leave the process.
         "/config" => with_type(
             StatusCode::OK,
-            crate::config::to_yaml(&shared.state.load().config),
+            crate::config::to_yaml(&shared.state.load().config.redacted()),
             "application/yaml",
         ),
         "/endpoints" => with_type(StatusCode::OK, endpoints_json(shared), "application/json"),

@@ -108,6 +108,7 @@ impl Sidecar {
         config: Config,
         tracing: crate::trace::TracingConfig,
     ) -> Result<Sidecar, StartError> {
+        warn_about_exposed_keys(&config);
         let mut proxies = Vec::new();
         let mut addrs = BoundAddrs::default();
         if let Some(inbound) = &config.inbound {
@@ -201,6 +202,16 @@ impl Sidecar {
         self.admin.abort();
         self.shared.tracing.flush().await;
         tracing::info!("stopped");
+    }
+}
+
+/// Warns once per private key file of `config` that others on the host can read (a
+/// warning, not a refusal: see `tls::key_file_exposure`). Reloads do not warn again.
+fn warn_about_exposed_keys(config: &Config) {
+    for key in config.private_key_files() {
+        if let Some(exposure) = crate::tls::key_file_exposure(key) {
+            tracing::warn!("{exposure}");
+        }
     }
 }
 

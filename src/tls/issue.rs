@@ -6,6 +6,8 @@
 //! service's SPIFFE ID as its one URI SAN, the service name as a DNS SAN (for ordinary
 //! tools that check host names), and the extended key usages `serverAuth` and
 //! `clientAuth`: a sidecar presents the same certificate in both directions.
+//! [`CertificateAuthority::issue_host`] makes the certificate of a host outside the mesh
+//! (IP and DNS SANs, no identity), for servers such as etcd that check a host name.
 //!
 //! Keys are ECDSA P-256: a small key and certificate (a 64-byte signature), handshakes
 //! faster than with RSA-2048 (signing is an order of magnitude cheaper), and every TLS
@@ -33,6 +35,10 @@ use x509_cert::Certificate;
 
 use super::certificate::CertificateInfo;
 use super::identity::{Identity, IdentityError, TrustDomain};
+
+mod host;
+
+pub use host::HostCertificate;
 
 /// The CA certificate's file name in a CA directory.
 pub const CA_CERT_FILE: &str = "ca.pem";

@@ -8,7 +8,8 @@
 //! of the service they meant to reach ([`client_config`], [`SpiffeServerVerifier`]).
 //! The identity of a finished handshake's peer is [`peer_identity`]. [`detect`] tells
 //! a ClientHello from plaintext, for a listener in [`InboundTls::Permissive`] mode.
-//! [`issue`] makes a CA and service certificates (`remora cert`).
+//! [`issue`] makes a CA and service certificates (`remora cert`), and certificates for
+//! hosts outside the mesh (IP and DNS names: a test etcd, Consul or collector).
 //!
 //! A reload swaps the material for new handshakes only: an established connection keeps
 //! the keys it agreed on, since rustls asks the resolver and the verifiers for nothing

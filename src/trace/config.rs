@@ -27,12 +27,26 @@ pub enum Propagation {
     Jaeger,
 }
 
+/// TLS toward an `https://` collector.
+#[derive(Debug, Clone)]
+pub struct CollectorTls {
+    /// Roots, optional client certificate and provider; the exporter sets the ALPN
+    /// protocol (`h2` for gRPC, `http/1.1` for HTTP).
+    pub config: rustls::ClientConfig,
+    /// The name sent as SNI and checked against the certificate (default: the
+    /// endpoint's host).
+    pub server_name: Option<String>,
+}
+
 /// Tracing settings of one sidecar; `config/` builds it from YAML.
 #[derive(Debug, Clone)]
 pub struct TracingConfig {
     /// The collector, e.g. `http://127.0.0.1:4317`; `None` propagates context without
     /// recording or exporting spans.
     pub endpoint: Option<String>,
+    /// TLS toward the collector: required by an `https://` endpoint, refused with an
+    /// `http://` one.
+    pub tls: Option<CollectorTls>,
     /// How to talk to the collector.
     pub protocol: OtlpProtocol,
     /// Fraction of new traces sampled, in `[0, 1]`; a caller's decision is followed.
@@ -73,6 +87,7 @@ impl Default for TracingConfig {
     fn default() -> Self {
         Self {
             endpoint: None,
+            tls: None,
             protocol: OtlpProtocol::Grpc,
             sampling_ratio: 1.0,
             propagate: vec![Propagation::W3c],
@@ -99,7 +114,8 @@ pub enum TracingError {
     /// A time limit is zero.
     #[error("{0} must be longer than zero")]
     ZeroDuration(&'static str),
-    /// The endpoint is not an `http://` URL.
+    /// The endpoint is not an `http://` or `https://` URL, or its scheme does not
+    /// match the TLS config.
     #[error("invalid collector address {endpoint:?}: {reason}")]
     Endpoint {
         /// As configured.
@@ -125,7 +141,23 @@ impl TracingConfig {
             return Err(TracingError::ZeroDuration("export_timeout"));
         }
         if let Some(endpoint) = &self.endpoint {
-            collector_uri(endpoint, self.protocol)?;
+            let uri = collector_uri(endpoint, self.protocol)?;
+            let refuse = |reason: &str| TracingError::Endpoint {
+                endpoint: endpoint.clone(),
+                reason: reason.to_string(),
+            };
+            match (uri.scheme_str() == Some("https"), &self.tls) {
+                (true, None) => return Err(refuse("an https:// collector needs a TLS config")),
+                (false, Some(_)) => return Err(refuse("TLS is configured: write https://")),
+                (true, Some(tls)) => {
+                    let host = uri.host().unwrap_or_default();
+                    let name = tls.server_name.as_deref().unwrap_or(host);
+                    let name = name.trim_start_matches('[').trim_end_matches(']');
+                    rustls::pki_types::ServerName::try_from(name)
+                        .map_err(|_| refuse(&format!("{name:?} is not a valid TLS server name")))?;
+                }
+                (false, None) => {}
+            }
         }
         Ok(())
     }
@@ -138,15 +170,11 @@ pub(super) fn collector_uri(endpoint: &str, protocol: OtlpProtocol) -> Result<Ur
         reason,
     };
     let uri: Uri = endpoint.parse().map_err(|e| refuse(format!("{e}")))?;
-    if uri.scheme_str() == Some("https") {
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    if !scheme_ok || uri.authority().is_none() {
         return Err(refuse(
-            "TLS to the collector is not supported: export to a collector or agent \
-             on the same host or network over http://"
-                .into(),
+            "write it like `http://127.0.0.1:4317` or `https://collector:4317`".into(),
         ));
-    }
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-        return Err(refuse("write it like `http://127.0.0.1:4317`".into()));
     }
     let bare = matches!(uri.path(), "" | "/");
     let uri = match protocol {

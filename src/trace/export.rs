@@ -5,8 +5,8 @@
 //! path never waits; only the span that fills a batch wakes the export task, which
 //! otherwise wakes once per batch delay. That task drains the queue in batches, encodes each
 //! batch ([`Encoder`]) and sends it to the collector ([`Collector`]: OTLP/gRPC over h2c,
-//! or OTLP/HTTP with a protobuf body) within a time limit; a batch that fails or times
-//! out is counted as dropped too.
+//! or OTLP/HTTP with a protobuf body, each over TLS for an `https://` collector) within
+//! a time limit; a batch that fails or times out is counted as dropped too.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -19,11 +19,12 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry as MetricsRegistry;
+use rustls::pki_types::ServerName;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::otlp::Encoder;
 use super::span::FinishedSpan;
-use super::OtlpProtocol;
+use super::{CollectorTls, OtlpProtocol};
 
 /// Span export counters, registered in the sidecar's Prometheus registry.
 #[derive(Debug, Clone, Default)]
@@ -234,6 +235,8 @@ impl Exporter {
 pub(super) enum ExportError {
     #[error("connect to the collector: {0}")]
     Connect(#[source] std::io::Error),
+    #[error("TLS handshake with the collector: {0}")]
+    Tls(#[source] std::io::Error),
     #[error("collector connection: {0}")]
     Http(#[from] hyper::Error),
     #[error("collector answered HTTP {0}")]
@@ -247,6 +250,8 @@ pub(super) enum ExportError {
 pub(super) struct Collector {
     uri: Uri,
     protocol: OtlpProtocol,
+    /// For an `https://` collector: the connector and the name its certificate carries.
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     connection: Option<Connection>,
 }
 
@@ -259,11 +264,25 @@ enum Connection {
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 impl Collector {
-    /// A collector at `uri` (as [`collector_uri`](super::collector_uri) made it).
-    pub(super) fn new(uri: Uri, protocol: OtlpProtocol) -> Self {
+    /// A collector at `uri` (as [`collector_uri`](super::collector_uri) made it), over
+    /// `tls` when given (the config's validation checked the server name).
+    pub(super) fn new(uri: Uri, protocol: OtlpProtocol, tls: Option<&CollectorTls>) -> Self {
+        let tls = tls.and_then(|tls| {
+            let host = uri.host().unwrap_or_default();
+            let name = tls.server_name.as_deref().unwrap_or(host);
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            let name = ServerName::try_from(name.to_string()).ok()?;
+            let mut config = tls.config.clone();
+            config.alpn_protocols = vec![match protocol {
+                OtlpProtocol::Grpc => b"h2".to_vec(),
+                OtlpProtocol::HttpProtobuf => b"http/1.1".to_vec(),
+            }];
+            Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+        });
         Self {
             uri,
             protocol,
+            tls,
             connection: None,
         }
     }
@@ -342,12 +361,29 @@ impl Collector {
     async fn connect(&self) -> Result<Connection, ExportError> {
         let host = self.uri.host().unwrap_or("localhost");
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = self.uri.port_u16().unwrap_or(80);
+        let default_port = if self.tls.is_some() { 443 } else { 80 };
+        let port = self.uri.port_u16().unwrap_or(default_port);
         let stream = tokio::net::TcpStream::connect((host, port))
             .await
             .map_err(ExportError::Connect)?;
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
+        match &self.tls {
+            None => self.handshake(TokioIo::new(stream)).await,
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(ExportError::Tls)?;
+                self.handshake(TokioIo::new(stream)).await
+            }
+        }
+    }
+
+    /// The HTTP connection of the protocol over `io`, its task spawned.
+    async fn handshake<I>(&self, io: I) -> Result<Connection, ExportError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         Ok(match self.protocol {
             OtlpProtocol::Grpc => {
                 let (send, connection) = http2::handshake(TokioExecutor::new(), io).await?;

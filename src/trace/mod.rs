@@ -40,7 +40,9 @@ pub mod trailers;
 
 pub use attempt::{attempt, Attempt};
 pub use call::{routed, CallTrace, RequestTrace};
-pub use config::{AttemptSpans, OtlpProtocol, Propagation, TracingConfig, TracingError};
+pub use config::{
+    AttemptSpans, CollectorTls, OtlpProtocol, Propagation, TracingConfig, TracingError,
+};
 pub use semconv::{event, recording, PEER_IDENTITY};
 pub use tracer::Tracing;
 

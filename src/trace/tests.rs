@@ -17,10 +17,21 @@ fn config_bounds_are_checked() {
     assert!(config.validate().is_err());
     config.endpoint = Some("https://collector:4317".into());
     let refused = config.validate().unwrap_err().to_string();
-    assert!(
-        refused.contains("TLS to the collector is not supported"),
-        "{refused}"
-    );
+    assert!(refused.contains("needs a TLS config"), "{refused}");
+    let tls = CollectorTls {
+        config: rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        server_name: None,
+    };
+    config.tls = Some(tls.clone());
+    assert!(config.validate().is_ok());
+    config.endpoint = Some("http://collector:4317".into());
+    let refused = config.validate().unwrap_err().to_string();
+    assert!(refused.contains("write https://"), "{refused}");
+    config.tls = None;
     config.endpoint = Some("http://127.0.0.1:4318".into());
     config.protocol = OtlpProtocol::HttpProtobuf;
     assert_eq!(

@@ -79,7 +79,8 @@ impl Tracing {
         let Some(endpoint) = &config.endpoint else {
             return Ok(Self::with_sink(config, metrics, None));
         };
-        let collector = Collector::new(collector_uri(endpoint, config.protocol)?, config.protocol);
+        let uri = collector_uri(endpoint, config.protocol)?;
+        let collector = Collector::new(uri, config.protocol, config.tls.as_ref());
         let limits = QueueLimits {
             queue_size: config.queue_size,
             batch_size: config.batch_size,

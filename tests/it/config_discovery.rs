@@ -131,3 +131,62 @@ fn http2_pool_settings_are_read_and_checked() {
     ));
     assert!(error.contains("upstream.http2_connections_per_endpoint: http2_connections_per_endpoint must be at least 1"), "{error}");
 }
+
+#[test]
+fn registry_and_collector_tls_blocks_are_checked_and_located() {
+    let registry =
+        |etcd: &str| BASE.replace("{ etcd: { endpoints: [http://127.0.0.1:2379] } }", etcd);
+    let error = error_of(&registry(
+        "{ etcd: { endpoints: [http://127.0.0.1:2379], tls: { ca: ca.pem } } }",
+    ));
+    assert!(
+        error.contains("remora.yaml:4:55: registries.main.etcd.tls: TLS needs https:// endpoints"),
+        "{error}"
+    );
+    let error = error_of(&registry(
+        "{ etcd: { endpoints: [http://a:2379, https://b:2379] } }",
+    ));
+    assert!(
+        error.contains(
+            "registries.main.etcd.endpoints: endpoints must be all http:// or all https://"
+        ),
+        "{error}"
+    );
+    let error = error_of(&registry(
+        "{ etcd: { endpoints: [https://a:2379], tls: { mesh: true } } }",
+    ));
+    assert!(
+        error.contains(
+            "registries.main.etcd.tls.mesh: only a service's endpoints can be mesh peers"
+        ),
+        "{error}"
+    );
+    let error = error_of(&registry(
+        "{ consul: { address: https://consul:8501, tls: { ca: /nonexistent/ca.pem } } }",
+    ));
+    assert!(
+        error.contains("registries.main.consul.tls.ca:") && error.contains("/nonexistent/ca.pem"),
+        "{error}"
+    );
+    let error = error_of(&registry(
+        "{ consul: { address: 'http://consul:8500', tls: { cert: c.pem } } }",
+    ));
+    assert!(
+        error.contains("registries.main.consul.tls: TLS needs an https://")
+            && error.contains("registries.main.consul.tls.key: a client certificate needs both"),
+        "{error}"
+    );
+    let error = error_of(&format!(
+        "{BASE}tracing:\n  endpoint: http://collector:4317\n  tls: {{ ca: ca.pem }}\n"
+    ));
+    assert!(
+        error.contains(
+            "tracing.endpoint: a `tracing.tls` block needs an https:// collector endpoint"
+        ),
+        "{error}"
+    );
+    let error = error_of(&format!(
+        "{BASE}tracing:\n  endpoint: https://collector:4317\n  tls: {{ ca: /nonexistent/ca.pem }}\n"
+    ));
+    assert!(error.contains("tracing.tls.ca:"), "{error}");
+}

@@ -1,6 +1,7 @@
 //! The consul registry against a fake Consul agent that honours blocking queries and TTL
 //! checks: snapshots follow registrations, passes keep checks alive, deregistration is
-//! immediate, a stopped sidecar's check goes critical, and watches do not busy-poll.
+//! immediate, a stopped sidecar's check goes critical, and watches do not busy-poll;
+//! over HTTPS (with a client certificate) the same, with the ACL token sent each time.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -16,7 +17,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use remora::discovery::{ConsulConfig, ConsulRegistry, Instance, Registry, Snapshots};
+use remora::discovery::{ConsulConfig, ConsulRegistry, Instance, Registry, RegistryTls, Snapshots};
+
+use crate::support::pki::Pki;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -31,11 +34,13 @@ struct Entry {
 
 /// A Consul agent reduced to the endpoints remora uses.
 #[derive(Default)]
-struct FakeConsul {
+pub(crate) struct FakeConsul {
     services: Mutex<BTreeMap<String, Entry>>,
     index: Mutex<Option<watch::Sender<u64>>>,
     health_queries: AtomicUsize,
     passes: AtomicUsize,
+    /// The `X-Consul-Token` of each request (empty when absent).
+    pub(crate) tokens: Mutex<Vec<String>>,
 }
 
 fn millis(go: &str) -> Duration {
@@ -92,6 +97,11 @@ impl FakeConsul {
 
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let method = request.method().clone();
+        let token = request
+            .headers()
+            .get("x-consul-token")
+            .map(|t| t.to_str().unwrap().to_string());
+        self.tokens.lock().unwrap().push(token.unwrap_or_default());
         let path = request.uri().path().to_string();
         let query = request.uri().query().unwrap_or("").to_string();
         let body = request.into_body().collect().await.unwrap().to_bytes();
@@ -161,6 +171,13 @@ impl FakeConsul {
 }
 
 async fn start_fake() -> (Arc<FakeConsul>, SocketAddr) {
+    start_fake_with(None).await
+}
+
+/// A fake agent; over TLS with `tls`.
+pub(crate) async fn start_fake_with(
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (Arc<FakeConsul>, SocketAddr) {
     let fake = Arc::new(FakeConsul::default());
     *fake.index.lock().unwrap() = Some(watch::channel(1).0);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -170,14 +187,24 @@ async fn start_fake() -> (Arc<FakeConsul>, SocketAddr) {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
             let fake = server.clone();
+            let tls = tls.clone().map(tokio_rustls::TlsAcceptor::from);
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
                     let fake = fake.clone();
                     async move { Ok::<_, Infallible>(fake.handle(request).await) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let _ = match tls {
+                    None => builder.serve_connection(TokioIo::new(tcp), service).await,
+                    Some(tls) => {
+                        let Ok(stream) = tls.accept(tcp).await else {
+                            return;
+                        };
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                };
             });
         }
     });
@@ -277,4 +304,74 @@ async fn an_unreachable_agent_is_an_outage_and_registration_fails() {
         .register("orders", instance("a", 1), Duration::from_secs(1))
         .await;
     assert!(refused.is_err());
+}
+
+// ---- over HTTPS ----
+
+fn https_config(addr: SocketAddr, pki: &Pki, ca: &std::path::Path, present: bool) -> ConsulConfig {
+    let mut config = ConsulConfig::new(format!("https://{addr}"));
+    config.wait = Duration::from_secs(2);
+    config.token = Some("s3cret-token".into());
+    config.tls = Some(RegistryTls {
+        config: pki.client(ca, present),
+        server_name: None,
+    });
+    config
+}
+
+#[tokio::test]
+async fn over_https_discovery_and_registration_work_and_send_the_token() {
+    let pki = Pki::new();
+    let (fake, addr) = start_fake_with(Some(pki.server(&[b"http/1.1"], true))).await;
+    let registry = ConsulRegistry::new(https_config(addr, &pki, &pki.ca, true)).unwrap();
+    let mut watch = registry.watch("orders");
+    assert!(next(&mut watch, Duration::from_secs(2)).await.is_empty());
+    let registered = registry
+        .register("orders", instance("a", 1), Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut watch, Duration::from_secs(1)).await,
+        vec![instance("a", 1)]
+    );
+    registered.deregister().await.unwrap();
+    assert!(next(&mut watch, Duration::from_secs(1)).await.is_empty());
+    let tokens = fake.tokens.lock().unwrap().clone();
+    assert!(tokens.len() >= 4, "{tokens:?}");
+    assert!(tokens.iter().all(|t| t == "s3cret-token"), "{tokens:?}");
+    // The token never shows in the registry's settings as logged.
+    let shown = format!("{:?}", https_config(addr, &pki, &pki.ca, true));
+    assert!(!shown.contains("s3cret-token"), "{shown}");
+}
+
+#[tokio::test]
+async fn over_https_an_unknown_ca_or_a_missing_client_certificate_is_named() {
+    let pki = Pki::new();
+    let (_fake, addr) = start_fake_with(Some(pki.server(&[b"http/1.1"], true))).await;
+    let registry = ConsulRegistry::new(https_config(addr, &pki, &pki.other_ca, true)).unwrap();
+    let refused = registry
+        .register("orders", instance("a", 1), Duration::from_secs(3))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("UnknownIssuer"), "{refused}");
+
+    let registry = ConsulRegistry::new(https_config(addr, &pki, &pki.ca, false)).unwrap();
+    let refused = registry
+        .register("orders", instance("a", 1), Duration::from_secs(3))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("the server asked for a client certificate and none is configured"),
+        "{refused}"
+    );
+
+    // https:// without a TLS config, and http:// with one, are refused up front.
+    let mut config = https_config(addr, &pki, &pki.ca, true);
+    config.tls = None;
+    assert!(ConsulRegistry::new(config).is_err());
+    let mut config = https_config(addr, &pki, &pki.ca, true);
+    config.address = format!("http://{addr}");
+    assert!(ConsulRegistry::new(config).is_err());
 }

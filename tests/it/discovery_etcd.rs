@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
 use futures_util::StreamExt;
-use remora::discovery::{DiscoveryError, EtcdConfig, EtcdRegistry, Instance, Registry, Snapshots};
+use remora::discovery::{
+    DiscoveryError, EtcdConfig, EtcdRegistry, Instance, Registry, RegistryTls, Snapshots,
+};
 
-use crate::support::etcd_harness::{Etcd, Gate};
+use crate::support::etcd_harness::{Etcd, EtcdTls, Gate};
+use crate::support::pki::Pki;
 
 fn registry(endpoint: String) -> EtcdRegistry {
     let mut config = EtcdConfig::new(vec![endpoint]);
@@ -194,4 +197,92 @@ async fn a_revision_compacted_while_disconnected_leads_to_a_relist() {
 
     let (snapshot, _) = until(&mut watch, Duration::from_secs(10), has(&["b"])).await;
     assert_eq!(snapshot, vec![instance("b", 2)]);
+}
+
+// ---- over TLS ----
+
+/// A registry of the etcd's HTTPS listener, trusting `ca`, with the client certificate
+/// when `present`.
+fn tls_registry(etcd: &Etcd, pki: &Pki, ca: &std::path::Path, present: bool) -> EtcdRegistry {
+    let mut config = EtcdConfig::new(vec![etcd.tls_endpoint()]);
+    config.prefix = "/test/services".into();
+    config.min_backoff = Duration::from_millis(100);
+    config.max_backoff = Duration::from_millis(500);
+    config.connect_timeout = Duration::from_millis(500);
+    config.request_timeout = Duration::from_secs(2);
+    config.tls = Some(RegistryTls {
+        config: pki.client(ca, present),
+        server_name: None,
+    });
+    EtcdRegistry::new(config).unwrap()
+}
+
+async fn etcd_over_tls(pki: &Pki) -> Etcd {
+    Etcd::start_tls(EtcdTls {
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+        client_ca: pki.ca.clone(),
+    })
+    .await
+}
+
+#[tokio::test]
+async fn over_tls_with_a_client_certificate_watches_and_registrations_work() {
+    let pki = Pki::new();
+    let etcd = etcd_over_tls(&pki).await;
+    let registry = tls_registry(&etcd, &pki, &pki.ca, true);
+    let mut watch = registry.watch("orders");
+    let (first, errors) = until(&mut watch, Duration::from_secs(5), |_| true).await;
+    assert!(first.is_empty() && errors.is_empty(), "{errors:?}");
+
+    let registered = registry
+        .register("orders", instance("a", 1), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (snapshot, _) = until(&mut watch, Duration::from_secs(2), has(&["a"])).await;
+    assert_eq!(snapshot[0], instance("a", 1));
+    // What remora wrote over TLS is what the plain listener reads.
+    assert!(lease_of(&etcd, "/test/services/orders/a").await.is_some());
+    registered.deregister().await.unwrap();
+    until(&mut watch, Duration::from_secs(2), has(&[])).await;
+}
+
+#[tokio::test]
+async fn over_tls_a_missing_client_certificate_or_an_unknown_ca_is_a_clear_error() {
+    let pki = Pki::new();
+    let etcd = etcd_over_tls(&pki).await;
+
+    // The server refuses after the handshake: the error says what it sent and why.
+    let anonymous = tls_registry(&etcd, &pki, &pki.ca, false);
+    let refused = anonymous
+        .register("orders", instance("a", 1), Duration::from_secs(5))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("the server asked for a client certificate and none is configured"),
+        "names the missing certificate: {refused}"
+    );
+    let mut watch = anonymous.watch("orders");
+    let outage = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        outage.contains("the server asked for a client certificate"),
+        "{outage}"
+    );
+
+    let distrusting = tls_registry(&etcd, &pki, &pki.other_ca, true);
+    let refused = distrusting
+        .register("orders", instance("a", 1), Duration::from_secs(5))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("invalid peer certificate") && refused.contains("UnknownIssuer"),
+        "names the untrusted server certificate: {refused}"
+    );
 }

@@ -1,7 +1,8 @@
 //! Tracing through real sockets: one trace across two sidecars exported over OTLP to a
 //! collector that decodes the protobuf, B3 and Jaeger callers continued in W3C, sampling
 //! off still propagating, a dead or hung collector costing nothing but dropped spans,
-//! and the request id.
+//! the request id, and export to a collector over TLS (gRPC and HTTP, with a client
+//! certificate).
 //!
 //! Per-request cost is measured by `bench/overhead.sh`, not here.
 
@@ -9,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use remora::trace::{AttemptSpans, OtlpProtocol, Propagation, TracingConfig};
+use remora::trace::{AttemptSpans, CollectorTls, OtlpProtocol, Propagation, TracingConfig};
 
 use crate::support;
 use crate::support::otlp_receiver::{self, ReceivedSpan};
@@ -703,4 +704,36 @@ async fn an_abandoned_grpc_stream_still_ends_its_spans() {
         Some("cancelled"),
         "{attempt:#?}"
     );
+}
+
+#[tokio::test]
+async fn spans_reach_a_collector_over_tls_by_grpc_and_by_http() {
+    let pki = crate::support::pki::Pki::new();
+    let upstream = support::serve(|_| async { http::Response::new(support::full("ok")) }).await;
+    for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
+        let (collector, received) = match protocol {
+            OtlpProtocol::Grpc => otlp_receiver::grpc_tls(pki.server(&[b"h2"], true)).await,
+            OtlpProtocol::HttpProtobuf => {
+                otlp_receiver::http_tls(pki.server(&[b"http/1.1"], true)).await
+            }
+        };
+        let tracing = TracingConfig {
+            endpoint: Some(format!("https://localhost:{}", collector.port())),
+            tls: Some(CollectorTls {
+                config: pki.client(&pki.ca, true),
+                server_name: None,
+            }),
+            protocol,
+            ..exporting("orders", collector)
+        };
+        let sidecar = outbound(upstream, tracing).await;
+        let (status, _) = get_with(&service_url(&sidecar, "/over-tls"), &[]).await;
+        assert_eq!(status, 200);
+        let spans = received.wait_for(1, WAIT).await;
+        assert!(!spans.is_empty(), "{protocol:?}: no span arrived over TLS");
+        assert!(spans.iter().all(|span| span.service == "orders"));
+        let metrics = sidecar.handle().tracing().metrics().clone();
+        assert_eq!(metrics.dropped.get(), 0, "{protocol:?}");
+        sidecar.shutdown().await;
+    }
 }

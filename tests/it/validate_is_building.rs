@@ -137,10 +137,16 @@ policies:
 /// `validate` accepted it: (what changes in BASE, the field refused, a word of why).
 const REFUSED: &[(&str, &str, &str, &str)] = &[
     (
-        "tracing over https",
+        "a collector CA file that is not there",
         "",
-        "tracing:\n  endpoint: https://collector:4317\n",
-        "tracing.endpoint: invalid collector address",
+        "tracing:\n  endpoint: https://collector:4317\n  tls: { ca: /nonexistent/ca.pem }\n",
+        "tracing.tls.ca: /nonexistent/ca.pem",
+    ),
+    (
+        "an etcd CA file that is not there",
+        "",
+        "registries:\n  main: { etcd: { endpoints: [https://etcd:2379], tls: { ca: /nonexistent/etcd-ca.pem } } }\n",
+        "registries.main.etcd.tls.ca: /nonexistent/etcd-ca.pem",
     ),
     (
         "more than 100 attempts",

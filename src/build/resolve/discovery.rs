@@ -23,11 +23,15 @@ pub fn registry(
     if let Some(etcd) = &config.etcd {
         let mut settings = EtcdConfig::new(etcd.endpoints.clone());
         settings.prefix = etcd.prefix.clone();
+        let https = etcd.endpoints.iter().any(|url| url.starts_with("https://"));
+        settings.tls = registry_tls(etcd.tls.as_deref(), https).map_err(|e| e.under("etcd"))?;
         return Ok(Arc::new(EtcdRegistry::new(settings).at("etcd")?));
     }
     if let Some(consul) = &config.consul {
         let mut settings = ConsulConfig::new(consul.address.clone());
         settings.token = consul.token.clone().filter(|t| !t.is_empty());
+        let https = consul.address.starts_with("https://");
+        settings.tls = registry_tls(consul.tls.as_deref(), https).map_err(|e| e.under("consul"))?;
         return Ok(Arc::new(ConsulRegistry::new(settings).at("consul")?));
     }
     if let Some(dns) = &config.dns {
@@ -46,6 +50,25 @@ pub fn registry(
         ));
     }
     Err("a registry takes exactly one of `etcd`, `consul`, `dns`, `file`".into())
+}
+
+/// A registry's TLS: its `tls` block read, or the system's roots for an `https://`
+/// server without one; `None` for plain HTTP.
+fn registry_tls(
+    section: Option<&crate::config::TlsSection>,
+    https: bool,
+) -> Result<Option<crate::discovery::RegistryTls>, BuildError> {
+    let default = crate::config::TlsSection::default();
+    let section = match section {
+        Some(section) => section,
+        None if https => &default,
+        None => return Ok(None),
+    };
+    let config = super::external_tls(section).map_err(|e| e.under("tls"))?;
+    Ok(Some(crate::discovery::RegistryTls {
+        config,
+        server_name: section.server_name.clone(),
+    }))
 }
 
 /// A service's balancer.

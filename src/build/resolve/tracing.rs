@@ -1,4 +1,5 @@
-//! The `tracing` section -> the tracer's settings.
+//! The `tracing` section -> the tracer's settings, the collector's TLS config read from
+//! its files (or the system's roots for an `https://` collector without a `tls` block).
 
 use super::{field, BuildError};
 use crate::config::Config;
@@ -20,8 +21,26 @@ pub fn tracing(config: &Config) -> Result<TracingConfig, BuildError> {
             propagate.push(format);
         }
     }
+    let https = section
+        .endpoint
+        .as_deref()
+        .is_some_and(|endpoint| endpoint.starts_with("https://"));
+    let default = crate::config::TlsSection::default();
+    let tls = match &section.tls {
+        Some(tls) => Some(tls),
+        None if https => Some(&default),
+        None => None,
+    };
+    let tls = match tls {
+        Some(tls) => Some(crate::trace::CollectorTls {
+            config: super::external_tls(tls).map_err(|e| e.under("tls"))?,
+            server_name: tls.server_name.clone(),
+        }),
+        None => None,
+    };
     let tracing = TracingConfig {
         endpoint: section.endpoint.clone(),
+        tls,
         protocol: match section.protocol {
             OtlpProtocolName::Grpc => OtlpProtocol::Grpc,
             OtlpProtocolName::Http => OtlpProtocol::HttpProtobuf,

@@ -1,5 +1,6 @@
 //! A real etcd for the discovery tests: one single-member cluster on free loopback ports
-//! in a temporary data directory, killed on drop and restartable in place; and a
+//! in a temporary data directory, killed on drop and restartable in place, optionally
+//! with a second client listener over mutual TLS ([`Etcd::start_tls`]); and a
 //! [`Gate`], a TCP relay that a test can cut to disconnect a client from etcd.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -19,7 +20,20 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// The HTTPS client listener, beside the plain one the harness itself uses.
+    tls: Option<(EtcdTls, u16)>,
     child: Option<Child>,
+}
+
+/// The PEM files of an HTTPS client listener that requires client certificates.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The server's certificate (with a SAN for 127.0.0.1).
+    pub cert: std::path::PathBuf,
+    /// Its key.
+    pub key: std::path::PathBuf,
+    /// The CA client certificates must chain to.
+    pub client_ca: std::path::PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -36,10 +50,33 @@ impl Etcd {
             dir: tempfile::tempdir().expect("a temporary directory"),
             client_port: free_port(),
             peer_port: free_port(),
+            tls: None,
             child: None,
         };
         etcd.spawn().await;
         etcd
+    }
+
+    /// Starts etcd with a second client listener, `https://`, that presents `tls.cert`
+    /// and requires a client certificate chaining to `tls.client_ca`
+    /// (`--client-cert-auth`). The plain listener stays, for the harness and the test's
+    /// own reads and writes.
+    pub async fn start_tls(tls: EtcdTls) -> Etcd {
+        let mut etcd = Etcd {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            client_port: free_port(),
+            peer_port: free_port(),
+            tls: Some((tls, free_port())),
+            child: None,
+        };
+        etcd.spawn().await;
+        etcd
+    }
+
+    /// The HTTPS client URL of [`start_tls`](Self::start_tls).
+    pub fn tls_endpoint(&self) -> String {
+        let (_, port) = self.tls.as_ref().expect("started with start_tls");
+        format!("https://127.0.0.1:{port}")
     }
 
     /// The client URL.
@@ -75,7 +112,15 @@ impl Etcd {
 
     /// Starts etcd again after [`kill`](Self::kill).
     pub async fn spawn(&mut self) {
-        let client = self.endpoint();
+        let mut client = self.endpoint();
+        let mut secure = Vec::new();
+        if let Some((tls, port)) = &self.tls {
+            client.push_str(&format!(",https://127.0.0.1:{port}"));
+            secure.push(format!("--cert-file={}", tls.cert.display()));
+            secure.push(format!("--key-file={}", tls.key.display()));
+            secure.push(format!("--trusted-ca-file={}", tls.client_ca.display()));
+            secure.push("--client-cert-auth".to_string());
+        }
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -93,6 +138,7 @@ impl Etcd {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=test={peer}"))
+            .args(&secure)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn();

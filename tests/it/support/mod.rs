@@ -9,6 +9,7 @@ pub mod echo;
 pub mod etcd_harness;
 pub mod metrics_text;
 pub mod otlp_receiver;
+pub mod pki;
 pub mod tls_front;
 
 pub use metrics_text::{metric, metric_or_zero};
@@ -222,11 +223,16 @@ impl Process {
     /// Starts `remora run -c <config>` with stderr captured to a file beside the config,
     /// and waits until `admin` answers `/live`.
     pub async fn run(config: &std::path::Path, admin: SocketAddr) -> Process {
+        Self::run_logging(config, admin, "info").await
+    }
+
+    /// Like [`run`](Self::run), logging what `filter` (a `RUST_LOG` value) lets through.
+    pub async fn run_logging(config: &std::path::Path, admin: SocketAddr, filter: &str) -> Process {
         let stderr = config.with_extension("stderr");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_remora"))
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();

@@ -1,6 +1,6 @@
 //! An OTLP trace collector for tests: OTLP/gRPC (the collector's `TraceService`, served
 //! by tonic) and OTLP/HTTP protobuf (`POST /v1/traces`), both decoding the real protobuf
-//! into [`ReceivedSpan`]s.
+//! into [`ReceivedSpan`]s; each also behind TLS ([`grpc_tls`], [`http_tls`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -138,6 +138,76 @@ pub async fn grpc() -> (SocketAddr, Received) {
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     (addr, received)
+}
+
+/// An OTLP/gRPC collector over TLS (`tls` offers ALPN `h2`) on an ephemeral port.
+pub async fn grpc_tls(tls: Arc<rustls::ServerConfig>) -> (SocketAddr, Received) {
+    let received = Received::default();
+    let service = TraceServiceServer::new(Collector(received.clone()));
+    let service = hyper_util::service::TowerToHyperService::new(service);
+    (serve_tls(tls, service).await, received)
+}
+
+/// An OTLP/HTTP protobuf collector over TLS on an ephemeral port.
+pub async fn http_tls(tls: Arc<rustls::ServerConfig>) -> (SocketAddr, Received) {
+    let received = Received::default();
+    let sink = received.clone();
+    let service =
+        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let sink = sink.clone();
+            async move {
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                let request = ExportTraceServiceRequest::decode(body).unwrap();
+                sink.collect(request);
+                let reply = ExportTraceServiceResponse {
+                    partial_success: None,
+                };
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .header("content-type", "application/x-protobuf")
+                        .body(crate::support::full(reply.encode_to_vec()))
+                        .unwrap(),
+                )
+            }
+        });
+    (serve_tls(tls, service).await, received)
+}
+
+/// Serves `service` (HTTP/1.1 or HTTP/2) over TLS with `tls` on an ephemeral port.
+async fn serve_tls<S, B>(tls: Arc<rustls::ServerConfig>, service: S) -> SocketAddr
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, service) = (acceptor.clone(), service.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    addr
 }
 
 /// An OTLP/gRPC collector that refuses every export with `UNAVAILABLE`, counting the

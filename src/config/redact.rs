@@ -1,0 +1,63 @@
+//! The effective config as others may read it (`/config` on the admin listener): every
+//! secret replaced by [`REDACTED`]. Paths stay: a key file's path is not the key.
+//!
+//! The secrets are the values that authenticate remora to something it calls: today
+//! the Consul ACL token. A new secret field (a header value, a password) is added here
+//! when it is added to the schema; the admin test checks the token stays hidden.
+
+use super::schema::Config;
+
+/// What a secret reads as once redacted.
+pub const REDACTED: &str = "<redacted>";
+
+impl Config {
+    /// This config with every secret replaced by [`REDACTED`] (an unset one stays
+    /// unset).
+    pub fn redacted(&self) -> Config {
+        let mut config = self.clone();
+        for registry in config.registries.values_mut() {
+            if let Some(token) = registry.consul.as_mut().and_then(|c| c.token.as_mut()) {
+                *token = REDACTED.to_string();
+            }
+        }
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_consul_token_is_hidden_and_paths_are_kept() {
+        let yaml = "service: orders
+inbound: { listen: 127.0.0.1:0, app: 127.0.0.1:8080 }
+registries:
+  main:
+    consul:
+      address: https://consul:8501
+      token: s3cret-token
+      tls: { ca: /etc/consul/ca.pem }
+";
+        let config = crate::config::parse("test.yaml", yaml, &|_| Vec::new()).unwrap();
+        let shown = crate::config::to_yaml(&config.redacted());
+        assert!(!shown.contains("s3cret-token"), "{shown}");
+        assert!(shown.contains(REDACTED), "{shown}");
+        assert!(shown.contains("/etc/consul/ca.pem"), "{shown}");
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("s3cret-token"),
+            "Debug hides it too: {debug}"
+        );
+        assert_eq!(
+            config.registries["main"]
+                .consul
+                .as_ref()
+                .unwrap()
+                .token
+                .as_deref(),
+            Some("s3cret-token"),
+            "the config itself keeps the token"
+        );
+    }
+}
