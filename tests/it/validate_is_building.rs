@@ -11,11 +11,22 @@ use std::time::{Duration, Instant};
 use remora::config::Config;
 use remora::Sidecar;
 
-/// Variables the example configs read without a default.
+/// Variables the example configs read without a default; `CERT_DIR` holds the
+/// certificates the examples' `remora cert` step issues.
 fn env(name: &str) -> Option<String> {
+    static CERTS: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     match name {
         "INSTANCE" => Some("inventory-1".into()),
         "REGISTER_ADDR" => Some("127.0.0.1:15026".into()),
+        "CERT_DIR" => {
+            let certs = CERTS.get_or_init(|| {
+                crate::support::certs::issue_mesh(
+                    "remora.example",
+                    &["frontend", "orders", "inventory"],
+                )
+            });
+            Some(certs.path().display().to_string())
+        }
         _ => std::env::var(name).ok(),
     }
 }
