@@ -36,23 +36,6 @@ fn optional<L: Layer<S>, S>(layer: Option<L>, inner: S) -> Either<L::Service, S>
     }
 }
 
-/// The matcher of `route` (validation guarantees it names one match).
-fn matcher(route: &RouteSection) -> Option<RouteMatcher> {
-    let matches = &route.matches;
-    if let Some(prefix) = &matches.path_prefix {
-        return Some(RouteMatcher::PathPrefix(
-            prefix.trim_end_matches('/').to_string(),
-        ));
-    }
-    if let Some(method) = &matches.grpc_method {
-        return Some(RouteMatcher::Path(format!("/{method}")));
-    }
-    matches
-        .grpc_service
-        .as_ref()
-        .map(|service| RouteMatcher::Prefix(format!("/{service}/")))
-}
-
 /// The policies one stack references, whether it serves a service, a route or inbound.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PolicyRefs<'a> {
@@ -294,7 +277,7 @@ impl<'c> StackBuilder<'c> {
         let mut routes = Vec::new();
         for (i, route) in target.routes.iter().enumerate() {
             let path = target.path.key("routes").index(i);
-            let matcher = matcher(route)
+            let matcher = super::resolve::route_matcher(&route.matches)
                 .ok_or_else(|| BuildError::at(path.key("match"), "a route needs a match"))?;
             let refs = PolicyRefs::of_route(route, target.refs);
             let stack = build(refs, &mut shared).map_err(|e| e.within(&path))?;

@@ -313,15 +313,33 @@ impl CertificateAuthority {
                 });
             }
         }
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, identity.service());
-        params.distinguished_name = name;
-        params.subject_alt_names = vec![
+        let sans = vec![
             SanType::URI(Ia5String::try_from(identity.to_string())?),
             SanType::DnsName(Ia5String::try_from(identity.service())?),
         ];
+        let (chain, key) = self.sign_leaf(identity.service(), sans, validity)?;
+        Ok(IssuedCertificate {
+            identity: identity.clone(),
+            chain,
+            key,
+        })
+    }
+
+    /// A leaf certificate named `common_name` with `sans`, for both ends of a
+    /// connection (`serverAuth` and `clientAuth`), with a new ECDSA P-256 key: the
+    /// chain (the leaf, then this CA when it is an intermediate) and the key.
+    pub(crate) fn sign_leaf(
+        &self,
+        common_name: &str,
+        sans: Vec<SanType>,
+        validity: Validity,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivatePkcs8KeyDer<'static>), IssueError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, common_name);
+        params.distinguished_name = name;
+        params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -336,11 +354,7 @@ impl CertificateAuthority {
         if !self.self_signed {
             chain.push(self.certificate.clone());
         }
-        Ok(IssuedCertificate {
-            identity: identity.clone(),
-            chain,
-            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
-        })
+        Ok((chain, PrivatePkcs8KeyDer::from(key.serialize_der())))
     }
 }
 

@@ -7,13 +7,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::string::Ia5String;
-use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
-};
+use rcgen::SanType;
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
-use super::{pem_encode, random_serial, write_file, CertificateAuthority, IssueError, Validity};
+use super::{pem_encode, write_file, CertificateAuthority, IssueError, Validity};
 
 impl CertificateAuthority {
     /// A certificate for a host reached as any of `names` (each an IP address or a DNS
@@ -28,35 +25,15 @@ impl CertificateAuthority {
                 "a host certificate needs at least one name".to_string(),
             ));
         };
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        let mut subject = DistinguishedName::new();
-        subject.push(DnType::CommonName, *first);
-        params.distinguished_name = subject;
-        for name in names {
-            params.subject_alt_names.push(match name.parse::<IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(Ia5String::try_from(*name)?),
-            });
-        }
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.serial_number = Some(random_serial()?);
-        validity.apply(&mut params)?;
-        let leaf = params.signed_by(&key, &self.issuer)?.der().clone();
-        let mut chain = vec![leaf];
-        if !self.self_signed {
-            chain.push(self.certificate.clone());
-        }
-        Ok(HostCertificate {
-            chain,
-            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
-        })
+        let sans = names
+            .iter()
+            .map(|name| match name.parse::<IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ia5String::try_from(*name).map(SanType::DnsName),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (chain, key) = self.sign_leaf(first, sans, validity)?;
+        Ok(HostCertificate { chain, key })
     }
 }
 
