@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::build::state::State;
 use crate::core::body::ProxyBody;
 use crate::serve::shared::Shared;
 
@@ -57,11 +58,15 @@ fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<ProxyBody> 
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
         // Secrets (the Consul token) never leave the process.
-        "/config" => with_type(
-            StatusCode::OK,
-            crate::config::to_yaml(&shared.state.load().config.redacted()),
-            "application/yaml",
-        ),
+        "/config" => {
+            let state = shared.state.load();
+            let yaml = crate::config::to_yaml(&state.config.redacted());
+            with_type(
+                StatusCode::OK,
+                format!("{}{yaml}", identity_comment(&state)),
+                "application/yaml",
+            )
+        }
         "/endpoints" => with_type(StatusCode::OK, endpoints_json(shared), "application/json"),
         "/breakers" => with_type(StatusCode::OK, breakers_json(shared), "application/json"),
         _ => text(
@@ -69,6 +74,29 @@ fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<ProxyBody> 
             "admin endpoints: /live /ready /metrics /config /endpoints /breakers\n",
         ),
     }
+}
+
+/// Who this sidecar is in the mesh, as comment lines above the config: the identity its
+/// current certificate carries (after rotations, not only at start), the certificate's
+/// serial and validity, and the inbound TLS mode. Empty without a `tls` section.
+fn identity_comment(state: &State) -> String {
+    let Some(mesh) = &state.mesh else {
+        return String::new();
+    };
+    let material = mesh.credentials.current();
+    let certificate = material.certificate();
+    let identity = material
+        .identity()
+        .map_or_else(|| "none".to_string(), ToString::to_string);
+    format!(
+        "# identity: {identity}\n\
+         # certificate: serial {}, valid {} to {}\n\
+         # inbound tls: {}\n",
+        certificate.serial_hex(),
+        humantime::format_rfc3339_seconds(certificate.not_before()),
+        humantime::format_rfc3339_seconds(certificate.not_after()),
+        format!("{:?}", state.inbound_tls).to_lowercase(),
+    )
 }
 
 #[derive(Serialize)]

@@ -104,6 +104,15 @@ async fn http1_and_h2_cross_mutual_tls_and_the_app_sees_plaintext() {
     let raw = support::raw(inbound, b"GET /plain HTTP/1.1\r\nHost: callee\r\n\r\n").await;
     assert!(!raw.starts_with("HTTP/1.1 200"), "{raw}");
     assert_eq!(log.len(), 3, "the plaintext call reached the app");
+
+    // Each sidecar's /config says who it is.
+    let admin = mesh.callee.addrs().admin.unwrap();
+    let (_, _, config) = support::get(&format!("http://{admin}/config")).await;
+    assert!(
+        config.starts_with("# identity: spiffe://mesh.test/callee\n# certificate: serial "),
+        "{config}"
+    );
+    assert!(config.contains("# inbound tls: strict\n"), "{config}");
 }
 
 #[tokio::test]
