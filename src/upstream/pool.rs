@@ -120,17 +120,59 @@ pub(super) struct Pools {
     http2: http2::Builder<TokioExecutor>,
     /// Endpoint and TLS settings -> its pool. Entries are added on first use and removed
     /// by the reaper once they hold no connection.
-    endpoints: RwLock<HashMap<PoolKey, Arc<EndpointPool>>>,
+    endpoints: RwLock<EndpointPools>,
     /// Whether the reaper task runs (started with the first connection, inside the
     /// runtime).
     reaper: AtomicBool,
 }
 
-/// What tells pools apart: the address, and the [`UpstreamTls`] id (`None`: plaintext).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct PoolKey {
-    addr: SocketAddr,
-    tls: Option<NonZeroU64>,
+/// The pools of every endpoint: plaintext ones by address, TLS ones by address and
+/// [`UpstreamTls`] id, so that connections made with different TLS settings (or none)
+/// never mix.
+///
+/// NOTE: two maps rather than one keyed by `(address, Option<id>)`: a plaintext request
+/// hashes the address alone, as it did before TLS existed (the hot path's cost).
+#[derive(Debug, Default)]
+struct EndpointPools {
+    plaintext: HashMap<SocketAddr, Arc<EndpointPool>>,
+    tls: HashMap<(SocketAddr, NonZeroU64), Arc<EndpointPool>>,
+}
+
+impl EndpointPools {
+    fn get(&self, addr: SocketAddr, tls: Option<&Arc<UpstreamTls>>) -> Option<&Arc<EndpointPool>> {
+        match tls {
+            None => self.plaintext.get(&addr),
+            Some(tls) => self.tls.get(&(addr, tls.id())),
+        }
+    }
+
+    fn get_or_insert(
+        &mut self,
+        addr: SocketAddr,
+        tls: Option<&Arc<UpstreamTls>>,
+        config: &PoolConfig,
+    ) -> Arc<EndpointPool> {
+        let make = || Arc::new(EndpointPool::new(addr, tls.cloned(), config));
+        match tls {
+            None => self.plaintext.entry(addr).or_insert_with(make).clone(),
+            Some(tls) => self
+                .tls
+                .entry((addr, tls.id()))
+                .or_insert_with(make)
+                .clone(),
+        }
+    }
+
+    /// Keeps the pools for which `keep` says so.
+    fn retain(&mut self, mut keep: impl FnMut(&Arc<EndpointPool>) -> bool) {
+        self.plaintext.retain(|_, pool| keep(pool));
+        self.tls.retain(|_, pool| keep(pool));
+    }
+
+    #[cfg(test)]
+    fn values(&self) -> impl Iterator<Item = &Arc<EndpointPool>> {
+        self.plaintext.values().chain(self.tls.values())
+    }
 }
 
 /// One endpoint's connections, all made with the same TLS settings (or none).
@@ -165,7 +207,7 @@ impl UpstreamClients {
                 config,
                 http1,
                 http2,
-                endpoints: RwLock::new(HashMap::new()),
+                endpoints: RwLock::new(EndpointPools::default()),
                 reaper: AtomicBool::new(false),
             }),
         }
@@ -182,12 +224,8 @@ impl UpstreamClients {
         addr: SocketAddr,
         tls: Option<&Arc<UpstreamTls>>,
     ) -> Arc<EndpointPool> {
-        let key = PoolKey {
-            addr,
-            tls: tls.map(|tls| tls.id()),
-        };
         if let Ok(endpoints) = self.pools.endpoints.read() {
-            if let Some(pool) = endpoints.get(&key) {
+            if let Some(pool) = endpoints.get(addr, tls) {
                 return pool.clone();
             }
         }
@@ -195,10 +233,7 @@ impl UpstreamClients {
             Ok(endpoints) => endpoints,
             Err(poisoned) => poisoned.into_inner(),
         };
-        endpoints
-            .entry(key)
-            .or_insert_with(|| Arc::new(EndpointPool::new(addr, tls.cloned(), &self.pools.config)))
-            .clone()
+        endpoints.get_or_insert(addr, tls, &self.pools.config)
     }
 
     /// The pools, for sending.
@@ -360,7 +395,7 @@ async fn reap(pools: Weak<Pools>, every: Duration) {
             Err(poisoned) => poisoned.into_inner(),
         };
         let idle_timeout = pools.config.idle_timeout;
-        endpoints.retain(|_, pool| {
+        endpoints.retain(|pool| {
             let http1 = pool.http1.close_idle(idle_timeout);
             let http2 = pool.http2.close_idle(idle_timeout);
             // Kept while it holds connections or while a request or a response body

@@ -169,6 +169,38 @@ async fn a_server_of_another_identity_is_refused_before_the_app_sees_anything() 
 }
 
 #[tokio::test]
+async fn a_reload_that_adds_a_tls_block_moves_new_calls_to_tls() {
+    let pki = Pki::new();
+    let (secure, _) = recording("tls").await;
+    let (plain, _) = recording("plain").await;
+    let config = pki.issue("orders").mesh_server_config();
+    let front = TlsFront::permissive(config, secure, plain).await;
+    let yaml = |extra: &str| {
+        format!(
+            "service: frontend\nadmin: {{ listen: 127.0.0.1:0 }}\ntls: {}\nservices:\n{}",
+            pki.issue("frontend").yaml(),
+            service("orders", "http1", front.addr, extra)
+        )
+    };
+    let frontend = sidecar(&yaml("")).await;
+    assert_eq!(
+        get(&url(&frontend, "orders", "/")).await.1["x-upstream"],
+        "plain"
+    );
+
+    let config = remora::build::parse("test.yaml", &yaml("    tls: { mesh: true }\n")).unwrap();
+    frontend.handle().reload(config).await.unwrap();
+    assert_eq!(
+        get(&url(&frontend, "orders", "/")).await.1["x-upstream"],
+        "tls"
+    );
+    assert_eq!(
+        front.accepted(),
+        [Accepted::Plaintext, from_frontend("http/1.1")]
+    );
+}
+
+#[tokio::test]
 async fn a_server_of_another_ca_is_refused_as_unknown() {
     let (pki, other) = (Pki::new(), Pki::new());
     let (app, log) = recording("orders").await;
