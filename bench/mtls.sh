@@ -29,7 +29,7 @@ BASE_PORT=${BASE_PORT:-28500}
 
 # shellcheck source=bench/common.sh
 source bench/common.sh
-install_missing wrk=wrk h2load=nghttp2-client protoc=protobuf-compiler openssl=openssl
+install_missing wrk=wrk h2load=nghttp2-client protoc=protobuf-compiler openssl=openssl >&2
 
 if [ $((RATE % RATE_CONNECTIONS)) -ne 0 ]; then
     echo "mtls.sh: RATE ($RATE) must be a multiple of RATE_CONNECTIONS ($RATE_CONNECTIONS)" >&2

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -21,6 +22,7 @@ use crate::config::RegistrySection;
 use crate::discovery::{
     DiscoveryError, DiscoveryLabels, Freshness, Instance, Registry, UpdateLabels,
 };
+use crate::upstream::EndpointTls;
 
 /// Everything that shapes a service's endpoint set: equal keys share one
 /// [`Discovered`] across reloads.
@@ -73,6 +75,9 @@ pub struct Discovered {
     pub endpoints: Arc<EndpointSet>,
     /// Passive outlier ejection, when configured (an observer of every attempt).
     pub outlier: Option<Arc<crate::health::OutlierDetector>>,
+    /// How requests reach the endpoints, which active health checks follow: set by the
+    /// state that starts the discovery, and by each later state that keeps it.
+    pub tls: Arc<ArcSwap<EndpointTls>>,
     /// Active health checks; they stop with this.
     _health: Option<crate::health::HealthCheckHandle>,
     /// How fresh the set is.
@@ -98,9 +103,11 @@ impl Discovered {
         name: &str,
         key: DiscoveryKey,
         registry: &dyn Registry,
+        tls: EndpointTls,
         all_metrics: &crate::build::metrics::Metrics,
     ) -> Result<Arc<Discovered>, BuildError> {
         let metrics = &all_metrics.discovery;
+        let tls = Arc::new(ArcSwap::from_pointee(tls));
         let service_name: Arc<str> = Arc::from(service);
         let balancer = resolve::balancer(&key.balancer).map_err(|e| e.under("balancer"))?;
         let endpoints = Arc::new(
@@ -144,6 +151,7 @@ impl Discovered {
                 service_name.clone(),
                 resolve::health_check(section).map_err(|e| e.under("health_check"))?,
                 endpoints.clone(),
+                tls.clone(),
                 all_metrics.health.clone(),
             )),
             None => None,
@@ -161,6 +169,7 @@ impl Discovered {
             key,
             endpoints,
             outlier,
+            tls,
             _health: health,
             freshness,
             pump: pump.abort_handle(),

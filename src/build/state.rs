@@ -21,7 +21,7 @@ use crate::discovery::{Registry, StaticRegistry};
 use crate::policy::authorize::Authorization;
 use crate::policy::{BreakerSource, ServiceStack};
 use crate::tls::{Credentials, CredentialsWatcher, InboundTls, TrustDomain};
-use crate::upstream::UpstreamClients;
+use crate::upstream::{EndpointTls, UpstreamClients};
 
 /// What a request needs, built from one config.
 #[derive(Debug)]
@@ -124,6 +124,7 @@ impl State {
         let mut cores = Vec::new();
         let clients = UpstreamClients::new(crate::build::resolve::pool(&config.upstream));
         let builder = StackBuilder::new(&config.policies, &metrics.policy, clients);
+        let mut probe_tls = Vec::new();
         for (name, service) in &config.services {
             let (source, lookup, registry) = match &service.discovery {
                 Some(reference) => (
@@ -161,7 +162,9 @@ impl State {
             )
             .map_err(|e| e.within(&FieldPath::root().key("services").key(name).key("tls")))?;
             let discovered =
-                start_discovery(previous, name, key, &lookup, registry, metrics).await?;
+                start_discovery(previous, name, key, &lookup, registry, &tls, metrics).await?;
+            // A kept discovery's health checks follow this state's TLS once it is built.
+            probe_tls.push((discovered.tls.clone(), tls.clone()));
             let mut target = StackTarget::service(
                 Arc::from(name.as_str()),
                 discovered.endpoints.clone(),
@@ -183,8 +186,16 @@ impl State {
                     health_check: None,
                     outlier: None,
                 };
-                let discovered =
-                    start_discovery(previous, INBOUND_APP, key, INBOUND_APP, None, metrics).await?;
+                let discovered = start_discovery(
+                    previous,
+                    INBOUND_APP,
+                    key,
+                    INBOUND_APP,
+                    None,
+                    &Default::default(),
+                    metrics,
+                )
+                .await?;
                 let target = StackTarget::inbound(
                     Arc::from(INBOUND_APP),
                     discovered.endpoints.clone(),
@@ -237,6 +248,9 @@ impl State {
             // Validation refuses a TLS mode without a mesh.
             _ => InboundTls::Off,
         };
+        for (cell, tls) in probe_tls {
+            cell.store(Arc::new(tls));
+        }
         Ok(State {
             inbound_tls,
             authorization,
@@ -280,6 +294,7 @@ async fn start_discovery(
     key: DiscoveryKey,
     lookup: &str,
     registry: Option<Arc<dyn Registry>>,
+    tls: &EndpointTls,
     metrics: &Metrics,
 ) -> Result<Arc<Discovered>, BuildError> {
     if let Some(found) = previous
@@ -300,9 +315,16 @@ async fn start_discovery(
             return Err(BuildError::at(path.key("discovery"), "unknown registry"));
         }
     };
-    Discovered::start(service, lookup, key, registry.as_ref(), metrics)
-        .await
-        .map_err(|e| e.within(&FieldPath::root().key("services").key(service)))
+    Discovered::start(
+        service,
+        lookup,
+        key,
+        registry.as_ref(),
+        tls.clone(),
+        metrics,
+    )
+    .await
+    .map_err(|e| e.within(&FieldPath::root().key("services").key(service)))
 }
 
 /// The HTTP server settings every proxy listener uses, from `limits`.

@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -31,6 +32,7 @@ use super::probe::{PreparedProbe, Probe, ProbeError};
 use super::tracker::{Health, HealthTracker};
 use super::HealthMetrics;
 use crate::balance::{Endpoint, EndpointSet};
+use crate::upstream::EndpointTls;
 
 /// Probes in flight at once per service: bounds the sockets a large service's round opens.
 pub const MAX_CONCURRENT_PROBES: usize = 32;
@@ -199,6 +201,9 @@ pub struct HealthChecker {
     service: Arc<str>,
     config: Arc<HealthCheckConfig>,
     endpoints: Arc<EndpointSet>,
+    /// How requests reach each endpoint (plaintext, TLS, TLS where advertised): probes
+    /// go the same way. Set by each config build, read at each round.
+    tls: Arc<ArcSwap<EndpointTls>>,
     metrics: HealthMetrics,
     tracker: HealthTracker,
 }
@@ -227,6 +232,7 @@ impl HealthChecker {
         service: Arc<str>,
         config: HealthCheckConfig,
         endpoints: Arc<EndpointSet>,
+        tls: Arc<ArcSwap<EndpointTls>>,
         metrics: HealthMetrics,
     ) -> HealthCheckHandle {
         let tracker = HealthTracker::new(config.unhealthy_threshold, config.healthy_threshold);
@@ -234,6 +240,7 @@ impl HealthChecker {
             service,
             config: Arc::new(config),
             endpoints,
+            tls,
             metrics,
             tracker,
         };
@@ -271,11 +278,16 @@ impl HealthChecker {
         self.tracker.sync(&snapshot);
         self.publish_counts();
         let config = self.config.clone();
+        let tls = self.tls.load_full();
         let mut results = futures_util::stream::iter(snapshot.iter().cloned())
             .map(|endpoint| {
                 let config = config.clone();
+                let tls = tls.of(&endpoint).cloned();
                 async move {
-                    let result = config.prepared.run(endpoint.addr, config.timeout).await;
+                    let result = config
+                        .prepared
+                        .run(endpoint.addr, tls.as_deref(), config.timeout)
+                        .await;
                     (endpoint, result)
                 }
             })

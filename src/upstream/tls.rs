@@ -81,7 +81,7 @@ impl UpstreamTls {
 
     /// The handshake over `stream`, for the HTTP/2 pool (`true`) or the HTTP/1 pool,
     /// bounded by `timeout`.
-    pub(super) async fn handshake(
+    pub async fn handshake(
         &self,
         stream: TcpStream,
         http2: bool,
@@ -145,7 +145,7 @@ pub enum EndpointTls {
 impl EndpointTls {
     /// The TLS to reach `endpoint` with; `None`: plaintext.
     #[inline]
-    pub(super) fn of(&self, endpoint: &Endpoint) -> Option<&Arc<UpstreamTls>> {
+    pub fn of(&self, endpoint: &Endpoint) -> Option<&Arc<UpstreamTls>> {
         match self {
             Self::Plaintext => None,
             Self::Always(tls) => Some(tls),

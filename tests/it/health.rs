@@ -148,6 +148,7 @@ async fn a_failing_http_endpoint_leaves_rotation_and_comes_back() {
         "users".into(),
         check(Probe::http("/healthz")),
         set.clone(),
+        Default::default(),
         metrics,
     );
 
@@ -224,7 +225,13 @@ async fn a_closed_port_fails_the_tcp_probe_and_a_vanished_endpoint_is_forgotten(
     };
     let set = endpoint_set(&[live_addr, closed_addr]);
     let (registry, metrics) = health_registry();
-    let checker = HealthChecker::spawn("users".into(), check(Probe::Tcp), set.clone(), metrics);
+    let checker = HealthChecker::spawn(
+        "users".into(),
+        check(Probe::Tcp),
+        set.clone(),
+        Default::default(),
+        metrics,
+    );
 
     assert!(
         eventually(DEADLINE, || async { unhealthy(&set, closed_addr) }).await,
@@ -279,7 +286,13 @@ async fn the_grpc_probe_follows_the_health_service() {
             service: service.into(),
         })
     };
-    let checker = HealthChecker::spawn("users".into(), grpc("users"), set.clone(), metrics);
+    let checker = HealthChecker::spawn(
+        "users".into(),
+        grpc("users"),
+        set.clone(),
+        Default::default(),
+        metrics,
+    );
     // Absent until the first probe is counted, which is zero successes (reaching 3 proves
     // the spelling).
     let successes = || {
@@ -318,10 +331,17 @@ async fn the_grpc_probe_follows_the_health_service() {
         "users".into(),
         grpc("nobody"),
         unknown_set.clone(),
+        Default::default(),
         metrics.clone(),
     );
     let server_set = endpoint_set(&[addr]);
-    let server = HealthChecker::spawn("users".into(), grpc(""), server_set.clone(), metrics);
+    let server = HealthChecker::spawn(
+        "users".into(),
+        grpc(""),
+        server_set.clone(),
+        Default::default(),
+        metrics,
+    );
     assert!(eventually(DEADLINE, || async { unhealthy(&unknown_set, addr) }).await);
     assert!(!unhealthy(&server_set, addr));
     drop((unknown, server));

@@ -21,6 +21,12 @@ struct Mesh {
 
 impl Mesh {
     async fn start(app: SocketAddr) -> Mesh {
+        Self::with_service_extra(app, "").await
+    }
+
+    /// Like [`Mesh::start`], with `extra` YAML lines (indented 4) in the caller's
+    /// service.
+    async fn with_service_extra(app: SocketAddr, extra: &str) -> Mesh {
         let certs = certs::issue_mesh("mesh.test", &["caller", "callee"]);
         let tls = |service: &str| {
             let dir = certs.path().display();
@@ -41,7 +47,7 @@ impl Mesh {
             "service: caller\n\
              admin: {{ listen: 127.0.0.1:0 }}\n\
              {}\
-             services:\n  callee:\n    listen: 127.0.0.1:0\n    endpoints: [{inbound}]\n    tls: {{ mesh: true }}\n",
+             services:\n  callee:\n    listen: 127.0.0.1:0\n    endpoints: [{inbound}]\n    tls: {{ mesh: true }}\n{extra}",
             tls("caller")
         ))
         .await;
@@ -148,4 +154,36 @@ async fn grpc_calls_of_every_kind_cross_mutual_tls() {
     }
     drop(tx);
     assert!(replies.next().await.is_none());
+}
+
+/// Active health checks reach a meshed endpoint the way requests do, over mutual TLS:
+/// the strict inbound lets them through, and the endpoint stays healthy.
+#[tokio::test]
+async fn http_health_checks_probe_a_meshed_endpoint_over_mutual_tls() {
+    let (app, log) = support::recording("callee").await;
+    let checks = "    health_check:\n      http: { path: /healthz }\n      interval: 50ms\n      \
+                  timeout: 1s\n      unhealthy_threshold: 1\n";
+    let mesh = Mesh::with_service_extra(app, checks).await;
+    let admin = mesh.caller.addrs().admin.unwrap();
+    let probed = support::eventually(std::time::Duration::from_secs(10), || async {
+        log.all()
+            .iter()
+            .filter(|seen| seen.path == "/healthz")
+            .count()
+            >= 3
+    })
+    .await;
+    assert!(
+        probed,
+        "the app saw {:?}",
+        log.all().iter().map(|s| &s.path).collect::<Vec<_>>()
+    );
+    let failed = r#"remora_health_probes_total{service="callee",result="failure"}"#;
+    assert_eq!(support::metric_or_zero(admin, failed).await, 0.0);
+    let passed = r#"remora_health_probes_total{service="callee",result="success"}"#;
+    assert!(support::metric(admin, passed).await >= 3.0);
+    let (_, _, endpoints) = support::get(&format!("http://{admin}/endpoints")).await;
+    assert!(!endpoints.contains("\"unhealthy\":true"), "{endpoints}");
+    let (status, _, _) = support::get(&format!("http://{}/after", mesh.entry())).await;
+    assert_eq!(status, 200);
 }

@@ -4,26 +4,54 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tonic::transport::Endpoint;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use super::ProbeError;
+use crate::upstream::UpstreamTls;
 
-/// Asks `addr` whether `service` (the server, when empty) is serving.
+/// Asks `addr` (over `tls` when given, ALPN `h2`) whether `service` (the server, when
+/// empty) is serving.
 pub(super) async fn check(
     addr: SocketAddr,
+    tls: Option<&UpstreamTls>,
     service: &str,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(ProbeError::GrpcTransport)?
         .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
-        .await
-        .map_err(ProbeError::GrpcTransport)?;
+        .timeout(timeout);
+    let channel = match tls {
+        None => endpoint
+            .connect()
+            .await
+            .map_err(ProbeError::GrpcTransport)?,
+        Some(tls) => {
+            // The channel's one connection: TCP, then the handshake requests make.
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(ProbeError::Connect)?;
+            let stream = tls.handshake(stream, true, timeout).await?;
+            let mut stream = Some(stream);
+            let connector = tower::service_fn(move |_: http::Uri| {
+                let stream = stream.take();
+                async move {
+                    stream
+                        .map(TokioIo::new)
+                        .ok_or_else(|| std::io::Error::other("a probe's channel connects once"))
+                }
+            });
+            endpoint
+                .connect_with_connector(connector)
+                .await
+                .map_err(ProbeError::GrpcTransport)?
+        }
+    };
     let answer = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: service.to_string(),

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -14,10 +15,12 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Uri};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::{parse_host, parse_path, valid_status_range, ProbeError};
 use crate::health::HealthCheckConfigError;
+use crate::upstream::UpstreamTls;
 
 /// The `User-Agent` of every HTTP probe, so that upstream logs can tell probes apart.
 const PROBE_USER_AGENT: HeaderValue = HeaderValue::from_static("remora-health-check");
@@ -56,13 +59,33 @@ impl HttpProbe {
         })
     }
 
-    /// Asks `addr` for the path; healthy when the status is expected.
-    pub(super) async fn check(&self, addr: SocketAddr) -> Result<(), ProbeError> {
+    /// Asks `addr` (over `tls` when given) for the path; healthy when the status is
+    /// expected.
+    pub(super) async fn check(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&UpstreamTls>,
+        timeout: Duration,
+    ) -> Result<(), ProbeError> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(ProbeError::Connect)?;
         // Best effort: a probe is one small request either way.
         let _ = stream.set_nodelay(true);
+        match tls {
+            None => self.exchange(addr, stream).await,
+            Some(tls) => {
+                let stream = tls.handshake(stream, false, timeout).await?;
+                self.exchange(addr, stream).await
+            }
+        }
+    }
+
+    /// The request and its answer over a connected `stream`.
+    async fn exchange<S>(&self, addr: SocketAddr, stream: S) -> Result<(), ProbeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
                 .await

@@ -18,6 +18,7 @@ use ::http::uri::PathAndQuery;
 use ::http::{HeaderValue, StatusCode};
 
 use super::HealthCheckConfigError;
+use crate::upstream::{TlsError, UpstreamTls};
 
 /// What a health check asks of each endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,13 +90,20 @@ pub(super) enum PreparedProbe {
 }
 
 impl PreparedProbe {
-    /// Probes `addr` once, giving up after `timeout` (connecting included).
-    pub(super) async fn run(&self, addr: SocketAddr, timeout: Duration) -> Result<(), ProbeError> {
+    /// Probes `addr` once, over `tls` when given (as requests reach it), giving up after
+    /// `timeout` (connecting included). A TCP probe only connects: TLS is not its
+    /// business.
+    pub(super) async fn run(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&UpstreamTls>,
+        timeout: Duration,
+    ) -> Result<(), ProbeError> {
         let probe = async {
             match self {
-                Self::Http(http) => http.check(addr).await,
+                Self::Http(http) => http.check(addr, tls, timeout).await,
                 Self::Tcp => tcp::check(addr).await,
-                Self::Grpc { service } => grpc::check(addr, service, timeout).await,
+                Self::Grpc { service } => grpc::check(addr, tls, service, timeout).await,
             }
         };
         tokio::time::timeout(timeout, probe)
@@ -113,6 +121,9 @@ pub enum ProbeError {
     /// The TCP connection failed.
     #[error("connect: {0}")]
     Connect(#[source] std::io::Error),
+    /// The TLS handshake failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The HTTP exchange failed.
     #[error("http: {0}")]
     Http(#[source] hyper::Error),
