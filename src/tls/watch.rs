@@ -16,7 +16,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::credentials::{Contents, CredentialFiles, Credentials};
+use super::credentials::{Contents, Credentials};
 use super::error::{CredentialsError, Problem};
 
 /// Events closer together than this are one change (a rename and a chmod, three files).
@@ -39,8 +39,30 @@ impl Drop for CredentialsWatcher {
 
 /// Starts watching `credentials`' files (call from within a tokio runtime).
 pub fn watch(credentials: Arc<Credentials>) -> Result<CredentialsWatcher, CredentialsError> {
+    let files = credentials.files().clone();
+    let paths = [&files.certificate, &files.private_key, &files.trust_bundle];
+    // What was last read: the files the current material came from, to begin with (they
+    // may have changed between the load and this watch).
+    let mut last = Some(credentials.current().fingerprint());
+    let task = follow_files(&paths, move || {
+        apply_if_changed(&credentials, &mut last);
+        true
+    })?;
+    Ok(CredentialsWatcher { task })
+}
+
+/// Calls `on_change` (from a task) after each change in the directories of `paths`
+/// (debounced) and every [`RECHECK`] without one, until it returns `false`. Call from
+/// within a tokio runtime.
+pub(super) fn follow_files<F>(
+    paths: &[&PathBuf],
+    mut on_change: F,
+) -> Result<JoinHandle<()>, CredentialsError>
+where
+    F: FnMut() -> bool + Send + 'static,
+{
     // One pending signal is enough: every signal means "read the files".
-    let (tx, changes) = mpsc::channel(1);
+    let (tx, mut changes) = mpsc::channel(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match event {
             Ok(event) => !event.kind.is_access(),
@@ -52,41 +74,32 @@ pub fn watch(credentials: Arc<Credentials>) -> Result<CredentialsWatcher, Creden
         }
     })
     .map_err(|e| {
-        CredentialsError::new(
-            &credentials.files().certificate,
-            Problem::Unwatchable(e.to_string()),
-        )
+        let first = paths.first().map(|p| p.to_path_buf()).unwrap_or_default();
+        CredentialsError::new(first, Problem::Unwatchable(e.to_string()))
     })?;
-    for directory in directories(credentials.files()) {
+    for directory in directories(paths) {
         watcher
             .watch(&directory, RecursiveMode::NonRecursive)
             .map_err(|e| CredentialsError::new(&directory, Problem::Unwatchable(e.to_string())))?;
     }
-    let task = tokio::spawn(follow(credentials, changes, watcher));
-    Ok(CredentialsWatcher { task })
-}
-
-async fn follow(
-    credentials: Arc<Credentials>,
-    mut changes: mpsc::Receiver<()>,
-    _watcher: notify::RecommendedWatcher,
-) {
-    // What was last read: the files the current material came from, to begin with (they
-    // may have changed between the load and this watch).
-    let mut last = Some(credentials.current().fingerprint());
-    loop {
-        tokio::select! {
-            changed = changes.recv() => {
-                if changed.is_none() {
-                    return;
+    Ok(tokio::spawn(async move {
+        let _watcher = watcher;
+        loop {
+            tokio::select! {
+                changed = changes.recv() => {
+                    if changed.is_none() {
+                        return;
+                    }
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while changes.try_recv().is_ok() {}
                 }
-                tokio::time::sleep(DEBOUNCE).await;
-                while changes.try_recv().is_ok() {}
+                () = tokio::time::sleep(RECHECK) => {}
             }
-            () = tokio::time::sleep(RECHECK) => {}
+            if !on_change() {
+                return;
+            }
         }
-        apply_if_changed(&credentials, &mut last);
-    }
+    }))
 }
 
 /// Reads the files and applies them if they differ from `last`; logs the outcome.
@@ -122,9 +135,9 @@ fn apply_if_changed(credentials: &Credentials, last: &mut Option<u64>) {
 }
 
 /// The directories holding the files and, for symlinks, their targets.
-fn directories(files: &CredentialFiles) -> Vec<PathBuf> {
+fn directories(paths: &[&PathBuf]) -> Vec<PathBuf> {
     let mut directories: Vec<PathBuf> = Vec::new();
-    for path in [&files.certificate, &files.private_key, &files.trust_bundle] {
+    for path in paths {
         let linked = std::path::absolute(path).ok();
         let target = std::fs::canonicalize(path).ok();
         for file in [linked, target].into_iter().flatten() {

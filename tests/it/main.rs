@@ -41,6 +41,7 @@ mod retry;
 mod secrets;
 mod timeout;
 mod tls;
+mod tls_client;
 mod tracing;
 mod validate_is_building;
 mod websocket;
