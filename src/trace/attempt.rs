@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{Request, Response};
+use opentelemetry::trace::TraceContextExt;
 
 use crate::core::body::watch;
 use crate::core::body::ProxyBody;
@@ -70,8 +71,9 @@ pub fn attempt<B>(request: &mut Request<B>, endpoint: SocketAddr) -> Attempt {
     // The try's own facts only: what the request is (path, protocol, service, gRPC
     // method) is on the call span, its parent.
     let method = method_name(request.method());
+    let parent = inner.retried.get().unwrap_or(&inner.cx);
     let (cx, span) = inner.tracing.start_span(
-        &inner.cx,
+        parent,
         Cow::Borrowed("attempt"),
         Kind::Client,
         SystemTime::now(),
@@ -101,28 +103,38 @@ fn attempt_attributes(
 
 impl CallInner {
     /// Records the kept first try as a span of its own (a retry is starting).
+    ///
+    /// The first try went upstream with the call span's id as its parent, so the spans
+    /// the upstream made for it name that id. The try's span takes that id over, and the
+    /// call span is exported under a new one, the parent of the try and of the tries to
+    /// come: every try appears once, with its upstream's spans under it, and a call
+    /// that is never retried costs nothing for it.
     fn record_first_try(&self) {
         let first = self
             .first_try
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        let Some(first) = first else {
+        let (Some(first), Some(call), Some(sink)) = (first, &self.span, &self.tracing.0.sink)
+        else {
             return;
         };
-        let (_, span) = self.tracing.start_span(
-            &self.cx,
-            Cow::Borrowed("attempt"),
+        let renamed = call.hand_over_id();
+        let span = LiveSpan::start(
+            sink,
+            call.context().clone(),
+            &renamed,
             Kind::Client,
+            Cow::Borrowed("attempt"),
             first.started,
-            |recording| {
-                attempt_attributes(recording, first.method, first.endpoint, 1);
-                first.outcome.record(recording);
-            },
+            64,
         );
-        if let Some(span) = span {
-            span.end_at(first.ended);
-        }
+        span.record(|recording| {
+            attempt_attributes(recording, first.method, first.endpoint, 1);
+            first.outcome.record(recording);
+        });
+        span.end_at(first.ended);
+        let _ = self.retried.set(self.cx.with_remote_span_context(renamed));
     }
 }
 

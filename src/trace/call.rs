@@ -39,6 +39,9 @@ pub(super) struct CallInner {
     /// The first try, kept while the call records and `AttemptSpans::Retries` folds it
     /// into the call span: recorded as a span of its own if a retry follows.
     pub(super) first_try: std::sync::Mutex<Option<FirstTry>>,
+    /// The parent of tries after the first, once the first try took over the call
+    /// span's id (`AttemptSpans::Retries`): the call span under its new id.
+    pub(super) retried: OnceLock<Context>,
 }
 
 /// What is kept of a call's first try, to record its span if the call is retried.

@@ -283,6 +283,9 @@ pub(super) struct FinishedSpan {
 #[derive(Debug)]
 pub(super) struct LiveSpan {
     context: SpanContext,
+    /// The id the span is exported with instead of `context`'s, once set (see
+    /// [`LiveSpan::hand_over_id`]).
+    exported_id: std::sync::OnceLock<SpanId>,
     parent: Option<(SpanId, bool)>,
     kind: Kind,
     start: SystemTime,
@@ -304,6 +307,7 @@ impl LiveSpan {
     ) -> Arc<Self> {
         Arc::new(Self {
             context,
+            exported_id: std::sync::OnceLock::new(),
             parent: parent
                 .is_valid()
                 .then(|| (parent.span_id(), parent.is_remote())),
@@ -322,6 +326,22 @@ impl LiveSpan {
     /// The span's ids, as propagated.
     pub(super) fn context(&self) -> &SpanContext {
         &self.context
+    }
+
+    /// Gives the span a new id for its export and returns its context under that id;
+    /// its old id is the caller's to give to another span (spans that named it as
+    /// their parent then hang under that one). Only the first call renames.
+    pub(super) fn hand_over_id(&self) -> SpanContext {
+        let id = *self
+            .exported_id
+            .get_or_init(|| SpanId::from(fastrand::u64(1..)));
+        SpanContext::new(
+            self.context.trace_id(),
+            id,
+            self.context.trace_flags(),
+            false,
+            self.context.trace_state().clone(),
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Recording>> {
@@ -360,8 +380,18 @@ impl LiveSpan {
 
     /// Queues the ended span for export.
     fn queue(&self, recording: Recording, end: SystemTime) {
+        let context = match self.exported_id.get() {
+            None => self.context.clone(),
+            Some(id) => SpanContext::new(
+                self.context.trace_id(),
+                *id,
+                self.context.trace_flags(),
+                false,
+                self.context.trace_state().clone(),
+            ),
+        };
         self.sink.send(FinishedSpan {
-            context: self.context.clone(),
+            context,
             parent: self.parent,
             kind: self.kind,
             start: self.start,

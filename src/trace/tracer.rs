@@ -141,6 +141,7 @@ impl Tracing {
             service: OnceLock::new(),
             direction,
             first_try: std::sync::Mutex::new(None),
+            retried: std::sync::OnceLock::new(),
         }));
         request.extensions_mut().insert(call.clone());
         RequestTrace {

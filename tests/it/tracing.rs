@@ -527,6 +527,61 @@ async fn a_retried_call_shows_each_attempt() {
     assert_eq!(attempts, ["1", "2", "3"]);
 }
 
+/// The default (`attempt_spans: retries`) across two sidecars: every try of a retried
+/// call appears once, with the spans the next sidecar made for that try under it (the
+/// first try too, whose span is only made once the retry starts).
+#[tokio::test]
+async fn by_default_each_try_of_a_retried_call_has_its_upstream_spans_under_it() {
+    let (collector, received) = otlp_receiver::grpc().await;
+    let (app_b, _log) = support::scripted(|n| if n < 2 { 503 } else { 200 }).await;
+    let sidecar_b = inbound(app_b, exporting("b", collector)).await;
+    let sidecar_a = start(
+        &format!(
+            "admin: {{ listen: 127.0.0.1:0 }}\n\
+             policies:\n  retries:\n    again: {{ attempts: 3, retry_on: [503], backoff: {{ base: 1ms, max: 2ms, jitter: 0% }} }}\n\
+             services:\n  svc:\n    listen: 127.0.0.1:0\n    endpoints: [{}]\n    retry: again\n",
+            sidecar_b.addrs().inbound.unwrap()
+        ),
+        exporting("a", collector),
+    )
+    .await;
+    let (status, _) = get_with(&service_url(&sidecar_a, "/flaky"), &[]).await;
+    assert_eq!(status, 200);
+    sidecar_a.handle().tracing().flush().await;
+    sidecar_b.handle().tracing().flush().await;
+    // a: the call and three tries; b: a server span per try.
+    let spans = received.wait_for(7, WAIT).await;
+    let call = find(&spans, "a", SpanKind::Client, false);
+    let tries: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.service == "a" && s.name == "attempt")
+        .collect();
+    assert_eq!(tries.len(), 3, "{spans:#?}");
+    let servers: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.service == "b" && s.kind == SpanKind::Server)
+        .collect();
+    assert_eq!(servers.len(), 3, "{spans:#?}");
+    for attempt in &tries {
+        assert_eq!(attempt.parent_span_id, call.span_id, "{attempt:#?}");
+        let under: Vec<_> = servers
+            .iter()
+            .filter(|server| server.parent_span_id == attempt.span_id)
+            .collect();
+        assert_eq!(
+            under.len(),
+            1,
+            "try {:?} has {} server spans of b under it: {spans:#?}",
+            attempt.attr("remora.attempt"),
+            under.len()
+        );
+    }
+    assert!(
+        servers.iter().all(|s| s.parent_span_id != call.span_id),
+        "no try of b hangs off the call span directly: {spans:#?}"
+    );
+}
+
 #[tokio::test]
 async fn decisions_are_span_events() {
     let (collector, received) = otlp_receiver::grpc().await;
