@@ -38,7 +38,6 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
        target/release/examples/inventory target/release/examples/loadgen /out/
 
 FROM debian:bookworm-slim AS base
-# No shell tools are added: the health check below uses bash's /dev/tcp.
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin remora \
  && mkdir -p /ca /certs && chown 10001:10001 /ca /certs
 # A new named volume mounted on /ca or /certs takes this owner, so `remora cert` can
@@ -53,13 +52,13 @@ FROM base AS remora
 COPY --from=builder /out/remora /usr/local/bin/remora
 # A placeholder so the image starts on its own; mount the real config over it.
 COPY config/minimal.yaml /etc/remora/remora.yaml
-# The admin port the health check asks; set it when `admin.listen` uses another port.
-ENV REMORA_ADMIN_PORT=15000
+# `remora run`, `validate` and `live` read the config from here unless given -c.
+ENV REMORA_CONFIG=/etc/remora/remora.yaml
 # admin, shared outbound, inbound (remora's defaults).
 EXPOSE 15000 15001 15006
-# GET /live on the admin listener (loopback, which admin.listen's default binds):
-# healthy when the answer's status line is 200.
+# GET /live on the admin address the config names (loopback when it binds every
+# address): `remora live` exits 0 on a 200.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${REMORA_ADMIN_PORT} && printf 'GET /live HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && IFS= read -r -t 2 status <&3 && [[ $status == HTTP/1.?' 200 '* ]]"]
+  CMD ["remora", "live"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["remora", "run", "--config", "/etc/remora/remora.yaml"]

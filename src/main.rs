@@ -21,16 +21,24 @@ enum Command {
     /// Run a sidecar. The config reloads on file change and on SIGHUP; SIGTERM or Ctrl-C
     /// drains in-flight requests (up to `drain_timeout`) and exits 0.
     Run {
-        /// The YAML config file (see config/reference.yaml for every option).
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
+        /// The log level filter (`debug`, `remora=debug,hyper=warn`); replaces the
+        /// config's `log.level` and `RUST_LOG`.
+        #[arg(long, value_name = "FILTER")]
+        log_level: Option<String>,
     },
     /// Check a config file: exit 0 if it is valid, otherwise print where it is wrong and
     /// exit 1.
     Validate {
-        /// The YAML config file.
-        #[arg(value_name = "FILE")]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
+    },
+    /// Ask the admin listener the config names whether the sidecar is live (GET /live):
+    /// exit 0 when it answers 200, else 1. For container health checks.
+    Live {
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Start example services, a sidecar for each and a load generator in this process,
     /// and print a live table of what flows through them. Needs nothing else.
@@ -45,6 +53,39 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+}
+
+/// Where the config is: `-c FILE`, `--config FILE`, a bare `FILE`, or `REMORA_CONFIG`,
+/// the same for `run` and `validate`.
+#[derive(clap::Args)]
+struct ConfigFile {
+    /// The YAML config file (see config/reference.yaml for every option).
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        env = "REMORA_CONFIG"
+    )]
+    flag: Option<PathBuf>,
+    /// The YAML config file, as an argument.
+    #[arg(value_name = "FILE", conflicts_with = "flag")]
+    argument: Option<PathBuf>,
+}
+
+impl ConfigFile {
+    /// The file named, or the usage error that names none.
+    fn path(self) -> Result<PathBuf, ExitCode> {
+        match self.argument.or(self.flag) {
+            Some(path) => Ok(path),
+            None => {
+                eprintln!(
+                    "remora: no config file: give it with -c FILE (or --config FILE, or \
+                     REMORA_CONFIG)"
+                );
+                Err(ExitCode::from(2))
+            }
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -86,17 +127,18 @@ enum CertCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { config } => match remora::build::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("{error}");
-                ExitCode::FAILURE
-            }
+        Command::Validate { config } => match config.path() {
+            Err(code) => code,
+            Ok(config) => validate(&config),
         },
-        Command::Run { config } => runtime().block_on(run(config)),
+        Command::Run { config, log_level } => match config.path() {
+            Err(code) => code,
+            Ok(config) => runtime().block_on(run(config, log_level)),
+        },
+        Command::Live { config } => match config.path() {
+            Err(code) => code,
+            Ok(config) => live(&config),
+        },
         Command::Demo { duration } => runtime().block_on(remora::demo::run(duration)),
         Command::Cert { command } => match cert(command) {
             Ok(()) => ExitCode::SUCCESS,
@@ -105,6 +147,61 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// `remora live`: GET /live on the config's admin address (loopback when it binds every
+/// address), with a 2-second limit on each step.
+fn live(config: &std::path::Path) -> ExitCode {
+    use std::io::{Read, Write};
+    let config = match remora::config::load(config, &|_| Vec::new()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut admin = config.admin.listen;
+    if admin.ip().is_unspecified() {
+        admin.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let limit = Duration::from_secs(2);
+    let answer = (|| -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect_timeout(&admin, limit)?;
+        stream.set_read_timeout(Some(limit))?;
+        stream.set_write_timeout(Some(limit))?;
+        stream.write_all(b"GET /live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 64];
+        let read = stream.read(&mut head)?;
+        Ok(String::from_utf8_lossy(&head[..read]).into_owned())
+    })();
+    match answer {
+        Ok(answer) if answer.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(answer) => {
+            eprintln!(
+                "{admin}/live: {}",
+                answer.lines().next().unwrap_or("no answer")
+            );
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("{admin}/live: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `remora validate`: exit 0 and say so, or print where the config is wrong and exit 1.
+fn validate(config: &std::path::Path) -> ExitCode {
+    match remora::build::load(config) {
+        Ok(_) => {
+            println!("{}: ok", config.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -176,7 +273,7 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
-async fn run(path: PathBuf) -> ExitCode {
+async fn run(path: PathBuf, log_level: Option<String>) -> ExitCode {
     let config = match remora::build::load(&path) {
         Ok(config) => config,
         Err(error) => {
@@ -184,7 +281,10 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    remora::serve::telemetry::init_logging(&config.log);
+    if let Err(error) = remora::serve::telemetry::init_logging(&config.log, log_level.as_deref()) {
+        eprintln!("remora: --log-level: {error}");
+        return ExitCode::from(2);
+    }
     // Before any listener is up: once the admin port answers, SIGHUP must reload.
     let hangups = remora::serve::reload::listen_for_sighup();
     let sidecar = match remora::Sidecar::start(config).await {

@@ -224,10 +224,12 @@ pub enum DemoError {
 pub async fn run(duration: Option<Duration>) -> ExitCode {
     // Only real trouble is logged, on stderr, so that it does not bury the table;
     // `RUST_LOG` asks for more.
-    crate::serve::telemetry::init_logging(&LogSection {
+    let quiet = LogSection {
         level: "error".to_string(),
         ..LogSection::default()
-    });
+    };
+    // No flag: nothing to refuse.
+    let _ = crate::serve::telemetry::init_logging(&quiet, None);
     let screen = if std::io::stdout().is_terminal() {
         Screen::Redraw
     } else {

@@ -9,12 +9,19 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSection};
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides `config.level`.
+/// Installs the global subscriber, filtered by `flag` (`--log-level`) when given, else
+/// by `RUST_LOG` when set, else by `config.level`; refuses a flag that is no filter.
 /// Calling it twice is harmless (the second call does nothing).
-pub fn init_logging(config: &LogSection) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+pub fn init_logging(
+    config: &LogSection,
+    flag: Option<&str>,
+) -> Result<(), tracing_subscriber::filter::ParseError> {
+    let filter = match flag {
+        Some(level) => EnvFilter::try_new(level)?,
+        None => EnvFilter::try_from_default_env()
+            .or_else(|_| EnvFilter::try_new(&config.level))
+            .unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -23,4 +30,5 @@ pub fn init_logging(config: &LogSection) {
         LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    Ok(())
 }

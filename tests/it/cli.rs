@@ -67,3 +67,126 @@ fn help_names_every_command() {
         assert!(help.contains(command), "{help}");
     }
 }
+
+fn remora_with_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_remora"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+/// `run` and `validate` take the config the same ways: `-c`, `--config`, a bare file,
+/// or `REMORA_CONFIG`; without any, a usage error that says how.
+#[test]
+fn run_and_validate_take_the_config_the_same_ways() {
+    let minimal = format!("{}/config/minimal.yaml", env!("CARGO_MANIFEST_DIR"));
+    for args in [
+        vec!["validate", "-c", &minimal],
+        vec!["validate", "--config", &minimal],
+        vec!["validate", &minimal],
+    ] {
+        let out = remora(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = remora_with_env(&["validate"], &[("REMORA_CONFIG", &minimal)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for command in ["run", "validate"] {
+        let out = remora_with_env(&[command], &[]);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("-c FILE") && stderr.contains("REMORA_CONFIG"),
+            "{stderr}"
+        );
+    }
+}
+
+/// `--log-level` replaces the config's level; a filter that does not parse is refused
+/// before anything starts.
+#[test]
+fn run_takes_a_log_level_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("remora.yaml");
+    std::fs::write(
+        &path,
+        "admin: { listen: 127.0.0.1:0 }\nservices:\n  svc:\n    listen: 127.0.0.1:0\n    endpoints: [127.0.0.1:9]\nlog: { level: error }\n",
+    )
+    .unwrap();
+    let out = remora_with_env(
+        &[
+            "run",
+            "-c",
+            path.to_str().unwrap(),
+            "--log-level",
+            "remora=[nope",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--log-level"));
+
+    // At debug, the start is logged; the config's `error` level would hide it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remora"))
+        .args(["run", "-c", path.to_str().unwrap(), "--log-level", "debug"])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("DEBUG") || stderr.contains("INFO"),
+        "{stderr}"
+    );
+}
+
+/// `remora live` asks the admin address the config names: 0 while the sidecar runs,
+/// 1 once it is gone (the Docker health check).
+#[test]
+fn live_asks_the_admin_listener_the_config_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("remora.yaml");
+    let admin = crate::support::free_port();
+    std::fs::write(
+        &path,
+        format!(
+            "admin: {{ listen: 0.0.0.0:{admin} }}\nservices:\n  svc:\n    listen: 127.0.0.1:0\n    endpoints: [127.0.0.1:9]\n"
+        ),
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remora"))
+        .args(["run", "-c", path])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut live = remora(&["live", "-c", path]);
+    while !live.status.success() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        live = remora(&["live", "-c", path]);
+    }
+    assert!(
+        live.status.success(),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let dead = remora(&["live", "-c", path]);
+    assert_eq!(dead.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&dead.stderr).contains(&format!("127.0.0.1:{admin}/live")));
+}

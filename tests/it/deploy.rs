@@ -391,6 +391,11 @@ fn apps_are_the_cargo_examples_the_image_builds() {
         )),
         "the image reads its config where compose mounts it"
     );
+    assert!(
+        dockerfile.contains(&format!("ENV REMORA_CONFIG={CONFIG_PATH}"))
+            && dockerfile.contains(r#"CMD ["remora", "live"]"#),
+        "the health check asks the admin address of the mounted config"
+    );
     for (name, service) in services(&compose) {
         let target = service["build"]["target"].as_str();
         if target == Some("examples") {
