@@ -260,6 +260,46 @@ async fn inbound_app_may_be_a_name() {
     );
 }
 
+#[tokio::test]
+async fn a_reload_keeps_a_names_watch_unless_its_list_or_resolver_changes() {
+    let mut zone = Zone::start().await;
+    let (port, _) = on_one_port(&[6], &["named"]).await;
+    let (literal, _) = recording("literal").await;
+    zone.set_a("orders.test.local.", 60, &[6]).await;
+    let yaml = |endpoints: &str, min: &str| {
+        format!(
+            "service: frontend\n\
+             admin: {{ listen: 127.0.0.1:0 }}\n\
+             resolver: {{ nameserver: {}, ttl: {{ min: {min}, max: 1s }}, timeout: 300ms }}\n\
+             services:\n  orders:\n    listen: 127.0.0.1:0\n    endpoints: [{endpoints}]\n",
+            zone.server
+        )
+    };
+    let config = |text: String| remora::build::parse("test.yaml", &text).unwrap();
+    let named = format!("orders.test.local:{port}");
+    let caller = sidecar(&yaml(&named, "100ms")).await;
+    assert_eq!(answered_by(&caller).await.as_deref(), Some("named"));
+
+    // The same list and resolver: the watch and its set carry over, so the set stays
+    // whole while the DNS server is gone.
+    zone.stop();
+    let handle = caller.handle();
+    handle.reload(config(yaml(&named, "100ms"))).await.unwrap();
+    assert_eq!(answered_by(&caller).await.as_deref(), Some("named"));
+
+    // Another resolver setting: a new watch, which finds no server and starts empty.
+    handle.reload(config(yaml(&named, "200ms"))).await.unwrap();
+    assert_eq!(listed(&caller, "orders").await, vec![]);
+
+    // A list of addresses alone: static again.
+    handle
+        .reload(config(yaml(&literal.to_string(), "200ms")))
+        .await
+        .unwrap();
+    assert_eq!(answered_by(&caller).await.as_deref(), Some("literal"));
+    assert_eq!(endpoints_of(&caller, "orders").await["source"], "static");
+}
+
 #[test]
 fn malformed_names_are_refused_where_they_are_written() {
     let text = "service: frontend\n\
