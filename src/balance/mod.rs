@@ -87,6 +87,9 @@ pub struct Endpoint {
     /// is a sidecar that speaks mutual TLS. Only a claim: the caller expects the identity
     /// it names the service by. Fixed for the endpoint's life (a change is a new endpoint).
     pub advertised_mtls: Option<Arc<str>>,
+    /// The name DNS resolved it from (metadata `dns_name`), for `/endpoints`. Fixed for
+    /// the endpoint's life, like `advertised_mtls`.
+    pub dns_name: Option<Arc<str>>,
 }
 
 /// Flags that hold an endpoint out of balancing; each is set and cleared by its owner.
@@ -128,13 +131,16 @@ impl Endpoint {
             readiness: Readiness::default(),
             settled_breaker: AtomicU64::new(0),
             advertised_mtls: None,
+            dns_name: None,
         }
     }
 
-    /// The endpoint of `instance`: its address, weight and advertised mutual TLS.
+    /// The endpoint of `instance`: its address, weight, advertised mutual TLS and the
+    /// name it was resolved from.
     pub fn of_instance(instance: &Instance) -> Self {
         let mut endpoint = Self::with_weight(instance.addr, instance.weight);
         endpoint.advertised_mtls = advertised_mtls(instance).map(Arc::from);
+        endpoint.dns_name = dns_name(instance).map(Arc::from);
         endpoint
     }
 
@@ -147,6 +153,12 @@ impl Endpoint {
     pub fn is_ready(&self) -> bool {
         self.readiness.is_ready()
     }
+}
+
+/// The name `instance` was resolved from, if DNS found it.
+fn dns_name(instance: &Instance) -> Option<&str> {
+    let name = instance.metadata.get(crate::discovery::DNS_NAME_METADATA);
+    name.map(String::as_str)
 }
 
 /// The SPIFFE ID `instance` advertises as a mutual-TLS sidecar, if it does (an empty
@@ -181,6 +193,9 @@ pub struct EndpointView {
     /// The SPIFFE ID its registry entry advertises for mutual TLS (`remora_mtls`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertised_mtls: Option<String>,
+    /// The name it was resolved from (`orders:8080`), when DNS found it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// One discovery snapshot and what the balancer precomputed for it.
@@ -348,10 +363,12 @@ impl EndpointSet {
                 continue;
             }
             let advertised = advertised_mtls(instance);
-            let kept = current
-                .endpoints
-                .iter()
-                .find(|e| e.addr == instance.addr && e.advertised_mtls.as_deref() == advertised);
+            let name = dns_name(instance);
+            let kept = current.endpoints.iter().find(|e| {
+                e.addr == instance.addr
+                    && e.advertised_mtls.as_deref() == advertised
+                    && e.dns_name.as_deref() == name
+            });
             let endpoint = match kept {
                 Some(kept) => {
                     kept.weight.store(instance.weight.max(1), Ordering::Relaxed);
@@ -493,6 +510,7 @@ impl EndpointSet {
                 ejected: e.readiness.ejected.load(Ordering::Relaxed),
                 breaker_open: e.readiness.breaker_open.load(Ordering::Relaxed),
                 advertised_mtls: e.advertised_mtls.as_deref().map(str::to_string),
+                name: e.dns_name.as_deref().map(str::to_string),
             })
             .collect()
     }

@@ -550,6 +550,7 @@ async fn views_show_what_the_balancer_sees() {
             ejected: false,
             breaker_open: false,
             advertised_mtls: None,
+            name: None,
         }
     );
     assert!(!views[1].ready && views[1].breaker_open);
@@ -606,4 +607,19 @@ fn an_endpoint_whose_mtls_advertisement_changes_is_replaced() {
     );
     assert!(!Arc::ptr_eq(&before, &endpoint(&set, 1)));
     assert_eq!(endpoint(&set, 2).advertised_mtls, None);
+}
+
+#[test]
+fn views_name_where_dns_found_each_endpoint() {
+    let mut named = instance(1);
+    named.metadata.insert(
+        crate::discovery::DNS_NAME_METADATA.into(),
+        "orders:8080".into(),
+    );
+    let set = set_of(Balancer::default(), 50, &[named, instance(2)]);
+    let views = set.views();
+    assert_eq!(views[0].name.as_deref(), Some("orders:8080"));
+    assert_eq!(views[1].name, None);
+    let json = serde_json::to_value(&views[1]).unwrap();
+    assert!(json.get("name").is_none(), "no name for a literal address");
 }

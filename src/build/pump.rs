@@ -18,9 +18,10 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use super::resolve::{self, BuildError};
 use crate::balance::EndpointSet;
-use crate::config::RegistrySection;
+use crate::config::{Destination, FieldPath, RegistrySection, ResolverSection};
 use crate::discovery::{
-    DiscoveryError, DiscoveryLabels, Freshness, Instance, Registry, UpdateLabels,
+    DiscoveryError, DiscoveryLabels, DnsRegistry, Freshness, Instance, NamedEndpoints, Registry,
+    StaticRegistry, UpdateLabels,
 };
 use crate::upstream::EndpointTls;
 
@@ -41,8 +42,15 @@ pub struct DiscoveryKey {
 /// Where a service's endpoints come from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
-    /// A list in the config.
+    /// A list of addresses in the config.
     Static(Vec<SocketAddr>),
+    /// A list in the config with `host:port` names among its entries.
+    Named {
+        /// The list as written.
+        endpoints: Vec<Destination>,
+        /// How its names are resolved (a change restarts their watches).
+        resolver: ResolverSection,
+    },
     /// A registry, looked up under `name`.
     Registry {
         /// The registry's settings.
@@ -53,10 +61,58 @@ pub enum Source {
 }
 
 impl Source {
+    /// The source of a list written in the config: with names, they are resolved
+    /// through DNS; a list of addresses alone needs no resolver.
+    pub fn listed(endpoints: &[Destination], resolver: &ResolverSection) -> Source {
+        match endpoints
+            .iter()
+            .map(Destination::addr)
+            .collect::<Option<Vec<_>>>()
+        {
+            Some(addrs) => Self::Static(addrs),
+            None => Self::Named {
+                endpoints: endpoints.to_vec(),
+                resolver: resolver.clone(),
+            },
+        }
+    }
+
+    /// The registry a listed source reads from, `None` for a registry source (the
+    /// state's registries hold those). `lookup` is the name it is watched under.
+    pub fn listed_registry(&self, lookup: &str) -> Result<Option<Arc<dyn Registry>>, BuildError> {
+        match self {
+            Self::Static(addrs) => {
+                let mut fixed = StaticRegistry::new();
+                fixed.insert(lookup, addrs);
+                Ok(Some(Arc::new(fixed)))
+            }
+            Self::Named {
+                endpoints,
+                resolver,
+            } => {
+                let at = FieldPath::root().key("resolver");
+                let config = resolve::resolver(resolver).map_err(|e| e.within(&at))?;
+                let dns = DnsRegistry::new(config).map_err(|e| BuildError::at(at, e))?;
+                let addrs: Vec<SocketAddr> =
+                    endpoints.iter().filter_map(Destination::addr).collect();
+                let names: Vec<String> = endpoints
+                    .iter()
+                    .filter(|e| e.addr().is_none())
+                    .map(ToString::to_string)
+                    .collect();
+                let mut listed = NamedEndpoints::new(dns);
+                listed.insert(lookup, &addrs, &names);
+                Ok(Some(Arc::new(listed)))
+            }
+            Self::Registry { .. } => Ok(None),
+        }
+    }
+
     /// A short label for `/endpoints`.
     pub fn label(&self) -> String {
         match self {
             Self::Static(_) => "static".into(),
+            Self::Named { .. } => "static+dns".into(),
             Self::Registry { config, name } => {
                 let backend = crate::build::resolve::registry_backend(config);
                 format!("{backend}:{name}")

@@ -17,7 +17,7 @@ use super::resolve::{BuildError, ServiceTls};
 use super::route::{RouteTable, Target};
 use super::stack::{StackBuilder, StackTarget};
 use crate::config::{Config, FieldPath, InboundTlsMode, LimitsSection, MeshTlsSection};
-use crate::discovery::{Registry, StaticRegistry};
+use crate::discovery::Registry;
 use crate::policy::authorize::Authorization;
 use crate::policy::{BreakerSource, ServiceStack};
 use crate::tls::{Credentials, CredentialsWatcher, InboundTls, TrustDomain};
@@ -140,7 +140,7 @@ impl State {
                     registries.get(reference.registry.as_str()).cloned(),
                 ),
                 None => (
-                    Source::Static(service.endpoints.clone()),
+                    Source::listed(&service.endpoints, &config.resolver),
                     name.clone(),
                     None,
                 ),
@@ -180,8 +180,9 @@ impl State {
         }
         let inbound_core = match &config.inbound {
             Some(inbound) => {
+                let app = std::slice::from_ref(&inbound.app);
                 let key = DiscoveryKey {
-                    source: Source::Static(vec![inbound.app]),
+                    source: Source::listed(app, &config.resolver),
                     balancer: Default::default(),
                     health_check: None,
                     outlier: None,
@@ -303,14 +304,10 @@ async fn start_discovery(
     {
         return Ok(found.clone());
     }
-    let registry: Arc<dyn Registry> = match (&key.source, registry) {
-        (Source::Static(addrs), _) => {
-            let mut fixed = StaticRegistry::new();
-            fixed.insert(lookup, addrs);
-            Arc::new(fixed)
-        }
-        (Source::Registry { .. }, Some(registry)) => registry,
-        (Source::Registry { .. }, None) => {
+    let registry: Arc<dyn Registry> = match (key.source.listed_registry(lookup)?, registry) {
+        (Some(listed), _) => listed,
+        (None, Some(registry)) => registry,
+        (None, None) => {
             let path = FieldPath::root().key("services").key(service);
             return Err(BuildError::at(path.key("discovery"), "unknown registry"));
         }

@@ -83,6 +83,10 @@ pub fn check(config: &Config) -> Vec<Issue> {
         let at = root.key("registries").key(name);
         refused(at, resolve::registry(registry).map(drop));
     }
+    refused(
+        root.key("resolver"),
+        resolve::resolver(&config.resolver).map(drop),
+    );
     // The sidecar's own credentials, read once: the mesh blocks of services use them.
     let own = match config.tls.as_ref().map(resolve::mesh_credentials) {
         Some(Ok(own)) => Some(own),

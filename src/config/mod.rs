@@ -25,6 +25,7 @@ mod discovery;
 mod env;
 mod error;
 mod locate;
+mod names;
 mod outcomes;
 mod policies;
 mod redact;
@@ -46,6 +47,7 @@ pub use discovery::{
 };
 pub use env::EnvLookup;
 pub use error::{ConfigError, Diagnostic, DiagnosticKind, FieldPath, PathSegment};
+pub use names::{Destination, ResolverSection, TtlBounds};
 pub use outcomes::*;
 pub use policies::*;
 pub use redact::REDACTED;

@@ -5,7 +5,6 @@
 //! string so the error names the value and points at it. Used through
 //! `#[serde(with = "...")]` in the schema.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -69,36 +68,6 @@ pub(crate) mod opt_socket_addr {
             Some(addr) => s.collect_str(addr),
             None => s.serialize_none(),
         }
-    }
-}
-
-/// `Vec<SocketAddr>` fields.
-pub(crate) mod socket_addrs {
-    use super::*;
-    use serde::ser::SerializeSeq;
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Vec<SocketAddr>, D::Error> {
-        let addrs = Vec::<AddrText>::deserialize(d)?;
-        Ok(addrs.into_iter().map(|addr| addr.0).collect())
-    }
-
-    pub(crate) fn serialize<S: Serializer>(addrs: &[SocketAddr], s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(addrs.len()))?;
-        for addr in addrs {
-            seq.serialize_element(&DisplayAsStr(addr))?;
-        }
-        seq.end()
-    }
-}
-
-/// Serializes any `Display` value as a string.
-struct DisplayAsStr<'a, T>(&'a T);
-
-impl<T: fmt::Display> serde::Serialize for DisplayAsStr<'_, T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self.0)
     }
 }
 

@@ -46,6 +46,9 @@ pub struct Config {
     /// Upstream connection behaviour shared by every service.
     #[serde(default)]
     pub upstream: UpstreamSection,
+    /// How names among endpoints and `inbound.app` are resolved.
+    #[serde(default)]
+    pub resolver: super::ResolverSection,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(default = "default_drain_timeout", with = "super::scalar::duration")]
     pub drain_timeout: Duration,
@@ -79,9 +82,9 @@ pub struct InboundSection {
         with = "super::scalar::socket_addr"
     )]
     pub listen: SocketAddr,
-    /// Address of the local app (normally `127.0.0.1:<app port>`).
-    #[serde(with = "super::scalar::socket_addr")]
-    pub app: SocketAddr,
+    /// Address of the local app (normally `127.0.0.1:<app port>`), or a `host:port`
+    /// name resolved like a service's endpoints.
+    pub app: super::Destination,
     /// Protocol spoken to the local app.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
@@ -143,9 +146,10 @@ pub struct ServiceSection {
     /// Protocol spoken to the upstream: `http1`, `http2`, or `auto` (the caller's).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
-    /// Static endpoint list (`ip:port`); a service has these or `discovery`.
-    #[serde(default, with = "super::scalar::socket_addrs")]
-    pub endpoints: Vec<SocketAddr>,
+    /// Static endpoint list (`ip:port` or `host:port`, a name standing for every
+    /// address it resolves to); a service has these or `discovery`.
+    #[serde(default)]
+    pub endpoints: Vec<super::Destination>,
     /// Endpoints from a registry instead of a static list.
     #[serde(default)]
     pub discovery: Option<super::DiscoveryRef>,

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use super::error::FieldPath;
+use super::names::Destination;
 use super::schema::{Config, ServiceSection};
 use crate::core::labels::{is_service_name, SERVICE_NAME_RULE};
 
@@ -145,32 +146,63 @@ fn check_listeners(config: &Config, issues: &mut Vec<Issue>) {
 }
 
 /// Destinations must be routable and must not be remora itself (a request loop).
+/// A name is compared with the listeners only when it is `localhost`: what other names
+/// resolve to is known only once they do.
 fn check_destinations(config: &Config, issues: &mut Vec<Issue>) {
     let listeners = listeners(config);
     let root = FieldPath::root();
     let mut destinations = Vec::new();
     if let Some(inbound) = &config.inbound {
-        destinations.push((root.key("inbound").key("app"), inbound.app));
+        destinations.push((root.key("inbound").key("app"), &inbound.app));
     }
     for (name, service) in &config.services {
         let endpoints = root.key("services").key(name.as_str()).key("endpoints");
         for (i, endpoint) in service.endpoints.iter().enumerate() {
-            destinations.push((endpoints.index(i), *endpoint));
+            destinations.push((endpoints.index(i), endpoint));
         }
     }
-    for (path, addr) in destinations {
-        if addr.port() == 0 || addr.ip().is_unspecified() {
+    for (path, destination) in destinations {
+        let addrs = match destination {
+            Destination::Addr(addr) if addr.port() == 0 || addr.ip().is_unspecified() => {
+                issues.push(Issue::at(
+                    path,
+                    format!("{addr} is not a destination: it needs a specific IP address and a non-zero port"),
+                ));
+                continue;
+            }
+            Destination::Addr(addr) => vec![*addr],
+            Destination::Name { .. } if destination.port() == 0 => {
+                issues.push(Issue::at(
+                    path,
+                    format!("{destination} is not a destination: it needs a non-zero port"),
+                ));
+                continue;
+            }
+            Destination::Name { host, port } if is_localhost(host) => vec![
+                SocketAddr::from(([127, 0, 0, 1], *port)),
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, *port)),
+            ],
+            Destination::Name { .. } => continue,
+        };
+        let looping = addrs.iter().find_map(|addr| {
+            listeners
+                .iter()
+                .find(|(_, l)| overlaps(*l, *addr))
+                .map(|(listener, _)| listener)
+        });
+        if let Some(listener) = looping {
             issues.push(Issue::at(
                 path,
-                format!("{addr} is not a destination: it needs a specific IP address and a non-zero port"),
-            ));
-        } else if let Some((listener, _)) = listeners.iter().find(|(_, l)| overlaps(*l, addr)) {
-            issues.push(Issue::at(
-                path,
-                format!("{addr} is remora's own listener `{listener}`: requests would loop"),
+                format!("{destination} is remora's own listener `{listener}`: requests would loop"),
             ));
         }
     }
+}
+
+/// `localhost`, which resolves to the loopback addresses.
+fn is_localhost(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
 }
 
 fn check_service(config: &Config, name: &str, service: &ServiceSection, issues: &mut Vec<Issue>) {
@@ -180,7 +212,7 @@ fn check_service(config: &Config, name: &str, service: &ServiceSection, issues: 
         issues.push(Issue::at(
             path.key("endpoints"),
             format!(
-                "service `{name}` has no endpoints: list at least one `ip:port`, \
+                "service `{name}` has no endpoints: list at least one `ip:port` or `host:port`, \
                  or name a registry under `discovery`"
             ),
         ));
@@ -347,7 +379,7 @@ mod tests {
 
     fn service(endpoints: &[&str]) -> ServiceSection {
         ServiceSection {
-            endpoints: endpoints.iter().map(|e| addr(e)).collect(),
+            endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
             ..ServiceSection::default()
         }
     }
@@ -357,7 +389,7 @@ mod tests {
         let mut config: Config = serde_saphyr::from_str("{}").expect("defaults");
         config.inbound = Some(InboundSection {
             listen: addr("0.0.0.0:15006"),
-            app: addr("127.0.0.1:8080"),
+            app: addr("127.0.0.1:8080").into(),
             protocol: UpstreamProtocol::Auto,
             timeout: None,
             rate_limit: None,
@@ -427,6 +459,22 @@ mod tests {
         assert_eq!(
             messages(&config),
             vec!["services.self.endpoints[0]: 127.0.0.1:15001 is remora's own listener `outbound.listen`: requests would loop"]
+        );
+    }
+
+    #[test]
+    fn names_are_checked_for_loops_only_as_localhost() {
+        let mut config = base();
+        config.services.insert(
+            "named".to_string(),
+            service(&["orders:15001", "localhost:15001", "orders:0"]),
+        );
+        assert_eq!(
+            messages(&config),
+            vec![
+                "services.named.endpoints[1]: localhost:15001 is remora's own listener `outbound.listen`: requests would loop",
+                "services.named.endpoints[2]: orders:0 is not a destination: it needs a non-zero port",
+            ]
         );
     }
 

@@ -310,7 +310,7 @@ async fn start_instances(spec: &ServiceSpec) -> Result<Vec<Instance>, DemoError>
         let mut config = base_config(&name)?;
         config.inbound = Some(InboundSection {
             listen: loopback_any_port(),
-            app: app.addr,
+            app: app.addr.into(),
             protocol: protocol_of(spec.kind),
             timeout: None,
             rate_limit: None,
@@ -377,6 +377,7 @@ fn frontend_config(
                 instances
                     .iter()
                     .filter_map(|instance| instance.sidecar.addrs().inbound)
+                    .map(Into::into)
                     .collect(),
                 None,
             ),

@@ -4,14 +4,20 @@
 //! or an SRV name `_service._proto.name` (every target of the lowest priority, with the
 //! record's port and weight). Records are re-resolved when their TTL runs out, bounded by
 //! [`DnsRefresh::Ttl`]'s `min` and `max`, or at a fixed interval. A failed resolution,
-//! NXDOMAIN included, is an outage: DNS never empties an endpoint set.
+//! NXDOMAIN included, is an outage: DNS never empties an endpoint set. Every instance
+//! carries the name it was resolved from as metadata [`DNS_NAME_METADATA`].
+//!
+//! The same registry resolves the names written among a static list's endpoints
+//! ([`NamedEndpoints`](super::NamedEndpoints)).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, BoxStream, StreamExt};
-use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{
+    LookupIpStrategy, NameServerConfigGroup, ResolverConfig, ResolverOpts,
+};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::{ResolveError, TokioResolver};
 
@@ -19,6 +25,10 @@ use super::feed::{self, Closed, Feed};
 use super::{Backoff, DiscoveryError, Instance, Registry};
 
 const NAME: &str = "dns";
+
+/// The instance metadata key holding the name an instance was resolved from, as the
+/// watch was given it (`orders:8080`, `_http._tcp.orders`).
+pub const DNS_NAME_METADATA: &str = "dns_name";
 
 /// When to resolve again after a successful resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,22 +77,37 @@ pub struct DnsRegistry {
     refresh: DnsRefresh,
 }
 
+impl DnsRefresh {
+    /// Refuses bounds that are zero or inverted, and a zero interval.
+    pub fn check(&self) -> Result<(), DiscoveryError> {
+        let invalid = |message: &str| Err(DiscoveryError::new(NAME, message));
+        match *self {
+            Self::Ttl { min, max } if min.is_zero() || max < min => {
+                invalid("refresh needs 0 < min <= max")
+            }
+            Self::Every(interval) if interval.is_zero() => {
+                invalid("refresh interval must be non-zero")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl DnsConfig {
+    /// Refuses what [`DnsRegistry::new`] would, without building a resolver.
+    pub fn check(&self) -> Result<(), DiscoveryError> {
+        self.refresh.check()?;
+        if self.timeout.is_zero() {
+            return Err(DiscoveryError::new(NAME, "timeout must be non-zero"));
+        }
+        Ok(())
+    }
+}
+
 impl DnsRegistry {
     /// Checks `config` and builds the resolver.
     pub fn new(config: DnsConfig) -> Result<Self, DiscoveryError> {
-        let invalid = |message: &str| Err(DiscoveryError::new(NAME, message));
-        match config.refresh {
-            DnsRefresh::Ttl { min, max } if min.is_zero() || max < min => {
-                return invalid("refresh needs 0 < min <= max");
-            }
-            DnsRefresh::Every(interval) if interval.is_zero() => {
-                return invalid("refresh interval must be non-zero");
-            }
-            _ => {}
-        }
-        if config.timeout.is_zero() {
-            return invalid("timeout must be non-zero");
-        }
+        config.check()?;
         let mut builder = match config.nameserver {
             Some(server) => {
                 let servers =
@@ -103,6 +128,8 @@ impl DnsRegistry {
         let options: &mut ResolverOpts = builder.options_mut();
         options.timeout = config.timeout;
         options.attempts = 2;
+        // Every address of a name, not only its A records when it has some.
+        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         Ok(Self {
             resolver: Arc::new(builder.build()),
             refresh: config.refresh,
@@ -127,7 +154,8 @@ impl Registry for DnsRegistry {
             }
         };
         let this = self.clone();
-        feed::spawn(move |feed| async move { this.run(target, feed).await })
+        let name = service.to_string();
+        feed::spawn(move |feed| async move { this.run(target, name, feed).await })
     }
 }
 
@@ -165,7 +193,7 @@ impl Target {
 }
 
 impl DnsRegistry {
-    async fn run(self, target: Target, feed: Feed) -> Result<(), Closed> {
+    async fn run(self, target: Target, name: String, feed: Feed) -> Result<(), Closed> {
         let (min, max) = match self.refresh {
             DnsRefresh::Ttl { min, max } => (min, max),
             DnsRefresh::Every(interval) => (interval, interval),
@@ -177,7 +205,11 @@ impl DnsRegistry {
             // interval shorter than the TTL must reach the server.
             self.resolver.clear_cache();
             match self.resolve(&target).await {
-                Ok((instances, valid_until)) => {
+                Ok((mut instances, valid_until)) => {
+                    for instance in &mut instances {
+                        let key = DNS_NAME_METADATA.to_string();
+                        instance.metadata.insert(key, name.clone());
+                    }
                     backoff.reset();
                     if last.as_ref() != Some(&instances) {
                         last = Some(instances.clone());

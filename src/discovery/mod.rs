@@ -3,7 +3,9 @@
 //! A [`Registry`] turns a service name into a stream of full snapshots of its instances.
 //! The sidecar pumps each snapshot into the service's [`EndpointSet`](crate::balance::EndpointSet);
 //! the balancer never waits on a registry. A backend is one file implementing the trait:
-//! `static` (the YAML's own list), `file`, `dns`, `etcd` and `consul`.
+//! `static` (the YAML's own list), `file`, `dns`, `etcd` and `consul`; a YAML list with
+//! `host:port` names among its addresses is [`NamedEndpoints`], each name watched
+//! through the `dns` backend.
 //!
 //! A registry that can also hold entries (etcd, consul) implements
 //! [`register`](Registry::register): the returned [`Registration`] keeps the entry's lease
@@ -36,6 +38,7 @@ mod feed;
 mod file;
 mod freshness;
 mod metrics;
+mod names;
 mod record;
 mod registration;
 pub mod self_registration;
@@ -44,11 +47,12 @@ mod r#static;
 pub use backoff::Backoff;
 pub use connect::RegistryTls;
 pub use consul::{ConsulConfig, ConsulRegistry};
-pub use dns::{DnsConfig, DnsRefresh, DnsRegistry};
+pub use dns::{DnsConfig, DnsRefresh, DnsRegistry, DNS_NAME_METADATA};
 pub use etcd::{EtcdConfig, EtcdRegistry};
 pub use file::{FileConfig, FileRegistry};
 pub use freshness::Freshness;
 pub use metrics::{DiscoveryLabels, DiscoveryMetrics, UpdateLabels};
+pub use names::NamedEndpoints;
 pub use r#static::StaticRegistry;
 pub use record::InstanceRecord;
 pub use registration::Registration;

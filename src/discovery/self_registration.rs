@@ -6,7 +6,6 @@
 //! waits `deregister_delay` so callers learn of the departure, and only then drains. A
 //! sidecar that dies without deregistering disappears when its TTL expires.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,8 +37,9 @@ pub struct SelfRegistration {
 }
 
 impl SelfRegistration {
-    /// Starts registering as `plan` says, once `app` is reachable.
-    pub fn start(plan: RegistrationPlan, app: SocketAddr, registry: Arc<dyn Registry>) -> Self {
+    /// Starts registering as `plan` says, once `app` (`ip:port` or `host:port`) is
+    /// reachable.
+    pub fn start(plan: RegistrationPlan, app: String, registry: Arc<dyn Registry>) -> Self {
         let RegistrationPlan {
             service: name,
             instance,
@@ -91,11 +91,14 @@ impl SelfRegistration {
 }
 
 /// Waits until `app` accepts a TCP connection.
-async fn wait_until_reachable(app: SocketAddr) {
+///
+/// NOTE: a name is resolved by the system's resolver here, not by the `resolver`
+/// section's server: reachability is all this asks.
+async fn wait_until_reachable(app: String) {
     let mut logged = false;
     loop {
-        let attempt =
-            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(app)).await;
+        let connect = tokio::net::TcpStream::connect(app.as_str());
+        let attempt = tokio::time::timeout(Duration::from_secs(1), connect).await;
         if matches!(attempt, Ok(Ok(_))) {
             return;
         }

@@ -102,7 +102,7 @@ fn identity_comment(state: &State) -> String {
 #[derive(Serialize)]
 struct ServiceEndpoints {
     service: String,
-    /// `static`, or `<backend>:<name>`.
+    /// `static`, `static+dns` (a list with names), or `<backend>:<name>`.
     source: String,
     /// True while the registry fails and the last known endpoints serve.
     stale: bool,

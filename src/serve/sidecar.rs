@@ -237,7 +237,7 @@ fn start_registration(state: &State) -> Result<Option<SelfRegistration>, StartEr
     let mtls = material.as_ref().and_then(|material| material.identity());
     Ok(Some(SelfRegistration::start(
         crate::build::resolve::registration(section, &config.service, mtls),
-        inbound.app,
+        inbound.app.to_string(),
         registry,
     )))
 }

@@ -87,8 +87,8 @@ fn bad_socket_address() {
     assert_header(
         &rendered,
         "9:9",
-        "services.orders.endpoints[1]: invalid socket address \"10.0.0.1:\": \
-         expected `ip:port`, e.g. `127.0.0.1:8080` or `[::1]:8080`",
+        "services.orders.endpoints[1]: invalid address \"10.0.0.1:\": \
+         the port must be a number from 0 to 65535",
     );
 }
 
@@ -192,8 +192,8 @@ fn positions_after_a_substitution_on_the_same_line_are_in_the_original_text() {
     assert_header(
         &rendered,
         "7:38",
-        "services.orders.endpoints[1]: invalid socket address \"nope\": \
-         expected `ip:port`, e.g. `127.0.0.1:8080` or `[::1]:8080`",
+        "services.orders.endpoints[1]: invalid address \"nope\": \
+         expected `host:port` or `ip:port`, e.g. `orders:8080`, `10.0.0.7:8080` or `[::1]:8080`",
     );
 }
 
@@ -246,6 +246,7 @@ fn reference_config_loads_with_its_documented_defaults() {
     assert_eq!(config.inbound, defaults.inbound);
     assert_eq!(config.limits, defaults.limits);
     assert_eq!(config.upstream, defaults.upstream);
+    assert_eq!(config.resolver, defaults.resolver);
     assert_eq!(config.drain_timeout, defaults.drain_timeout);
     assert_eq!(config.log, defaults.log);
     assert_eq!(config.service, defaults.service);

@@ -239,7 +239,8 @@ fn sidecar_ports_agree_with_configs_and_apps() {
         // The app listens where the sidecar forwards, on loopback only.
         let inbound = config.inbound.as_ref().expect("an inbound listener");
         assert_eq!(
-            inbound.app, app_listen,
+            inbound.app.addr(),
+            Some(app_listen),
             "{name}: inbound.app vs {app_name}'s LISTEN"
         );
         assert!(
@@ -331,7 +332,7 @@ fn sidecar_ports_agree_with_configs_and_apps() {
     for config in &sidecars {
         for (service, upstream) in &config.services {
             for endpoint in &upstream.endpoints {
-                let SocketAddr::V4(v4) = endpoint else {
+                let Some(SocketAddr::V4(v4)) = endpoint.addr() else {
                     panic!("{endpoint}")
                 };
                 let (app, port) = inbound_by_ip.get(v4.ip()).unwrap_or_else(|| {

@@ -2,84 +2,22 @@
 //! whose in-memory zone the test changes: changes show at the next re-resolution, A and
 //! SRV records both, and a name that does not resolve is an outage.
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use hickory_server::authority::{AuthorityObject, Catalog, ZoneType};
-use hickory_server::proto::rr::rdata::{A, SOA, SRV};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record};
-use hickory_server::store::in_memory::InMemoryAuthority;
-use hickory_server::ServerFuture;
+use hickory_server::proto::rr::rdata::SRV;
+use hickory_server::proto::rr::RData;
 use remora::discovery::{DnsConfig, DnsRefresh, DnsRegistry, Instance, Registry, Snapshots};
-use tokio::net::UdpSocket;
 
-const ZONE: &str = "test.local.";
+use crate::support::dns::{a, name, Zone};
 
-struct Zone {
-    authority: Arc<InMemoryAuthority>,
-    server: SocketAddr,
-    serial: u32,
-}
-
-fn name(text: &str) -> Name {
-    Name::from_ascii(text).unwrap()
-}
-
-impl Zone {
-    async fn start() -> Zone {
-        let origin = name(ZONE);
-        let authority = Arc::new(InMemoryAuthority::empty(
-            origin.clone(),
-            ZoneType::Primary,
-            false,
-        ));
-        let soa = SOA::new(
-            name("ns.test.local."),
-            name("admin.test.local."),
-            1,
-            60,
-            60,
-            60,
-            1,
-        );
-        authority
-            .upsert(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1)
-            .await;
-        let mut catalog = Catalog::new();
-        let object: Arc<dyn AuthorityObject> = authority.clone();
-        catalog.upsert(LowerName::new(&origin), vec![object]);
-        let mut server = ServerFuture::new(catalog);
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = socket.local_addr().unwrap();
-        server.register_socket(socket);
-        tokio::spawn(async move { server.block_until_done().await });
-        Zone {
-            authority,
-            server: addr,
-            serial: 1,
-        }
-    }
-
-    async fn add(&mut self, owner: &str, ttl: u32, rdata: RData) {
-        self.serial += 1;
-        let record = Record::from_rdata(name(owner), ttl, rdata);
-        assert!(self.authority.upsert(record, self.serial).await);
-    }
-
-    fn registry(&self, refresh: DnsRefresh) -> DnsRegistry {
-        DnsRegistry::new(DnsConfig {
-            nameserver: Some(self.server),
-            refresh,
-            timeout: Duration::from_millis(500),
-        })
-        .unwrap()
-    }
-}
-
-fn a(last: u8) -> RData {
-    RData::A(A(Ipv4Addr::new(127, 0, 0, last)))
+fn registry(zone: &Zone, refresh: DnsRefresh) -> DnsRegistry {
+    DnsRegistry::new(DnsConfig {
+        nameserver: Some(zone.server),
+        refresh,
+        timeout: Duration::from_millis(500),
+    })
+    .unwrap()
 }
 
 async fn next(watch: &mut Snapshots, within: Duration) -> Result<Vec<Instance>, String> {
@@ -98,11 +36,14 @@ fn addrs(snapshot: &[Instance]) -> Vec<String> {
 async fn a_records_are_re_resolved_at_their_ttl_and_at_fixed_intervals() {
     let mut zone = Zone::start().await;
     zone.add("orders.test.local.", 1, a(1)).await;
-    let ttl_driven = zone.registry(DnsRefresh::Ttl {
-        min: Duration::from_millis(200),
-        max: Duration::from_secs(30),
-    });
-    let fixed = zone.registry(DnsRefresh::Every(Duration::from_millis(300)));
+    let ttl_driven = registry(
+        &zone,
+        DnsRefresh::Ttl {
+            min: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        },
+    );
+    let fixed = registry(&zone, DnsRefresh::Every(Duration::from_millis(300)));
     let mut by_ttl = ttl_driven.watch("orders.test.local.:8080");
     let mut by_interval = fixed.watch("orders.test.local.:8080");
     for watch in [&mut by_ttl, &mut by_interval] {
@@ -136,10 +77,13 @@ async fn srv_records_give_ports_and_weights() {
         srv(5, 9000, "orders.test.local."),
     )
     .await;
-    let registry = zone.registry(DnsRefresh::Ttl {
-        min: Duration::from_millis(200),
-        max: Duration::from_secs(30),
-    });
+    let registry = registry(
+        &zone,
+        DnsRefresh::Ttl {
+            min: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        },
+    );
     let mut watch = registry.watch("_http._tcp.test.local.");
     let first = next(&mut watch, Duration::from_secs(2)).await.unwrap();
     assert_eq!(addrs(&first), ["127.0.0.1:9000"]);

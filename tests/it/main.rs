@@ -35,6 +35,7 @@ mod metrics;
 mod mtls_inbound;
 mod mtls_mesh;
 mod mtls_outbound;
+mod names;
 mod rate_limit;
 mod reload;
 mod retry;

@@ -52,6 +52,26 @@ pub fn registry(
     Err("a registry takes exactly one of `etcd`, `consul`, `dns`, `file`".into())
 }
 
+/// The settings of the resolver of names among endpoints and `inbound.app`.
+pub fn resolver(
+    section: &crate::config::ResolverSection,
+) -> Result<crate::discovery::DnsConfig, BuildError> {
+    use crate::discovery::{DnsConfig, DnsRefresh};
+    let refresh = DnsRefresh::Ttl {
+        min: section.ttl.min,
+        max: section.ttl.max,
+    };
+    // The registry's words without its name: this is no registry.
+    refresh.check().map_err(|e| e.message).at("ttl")?;
+    let config = DnsConfig {
+        nameserver: section.nameserver,
+        refresh,
+        timeout: section.timeout,
+    };
+    config.check().map_err(|e| e.message).at("timeout")?;
+    Ok(config)
+}
+
 /// A registry's TLS: its `tls` block read, or the system's roots for an `https://`
 /// server without one; `None` for plain HTTP.
 fn registry_tls(

@@ -18,7 +18,7 @@ use crate::config::FieldPath;
 
 pub use authorize::{authorization, route_matcher};
 pub use discovery::{
-    balancer, health_check, outlier, pool, registration, registry, registry_backend,
+    balancer, health_check, outlier, pool, registration, registry, registry_backend, resolver,
 };
 pub use policies::{
     breaker, conditions, fallback, fault, max_in_flight, rate_limit, retry, timeout, NONE,

@@ -2,9 +2,11 @@
 //! YAML on ephemeral ports, and raw-socket clients for what well-behaved clients never send;
 //! [`echo`] (a scripted gRPC upstream), [`etcd_harness`] (a real etcd) and
 //! [`otlp_receiver`] (an OTLP collector) are the heavier pieces, each in its own module;
-//! [`tls_front`] makes certificates and terminates TLS in front of plaintext upstreams.
+//! [`tls_front`] makes certificates and terminates TLS in front of plaintext upstreams;
+//! [`dns`] serves a DNS zone the test changes.
 
 pub mod certs;
+pub mod dns;
 pub mod echo;
 pub mod etcd_harness;
 pub mod metrics_text;
@@ -82,6 +84,15 @@ where
     Fut: Future<Output = Response<TestBody>> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(listener, handler)
+}
+
+/// Like [`serve`], on a listener the test bound (another loopback address, a given port).
+pub fn serve_on<F, Fut>(listener: TcpListener, handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -106,9 +117,15 @@ where
 /// An upstream that records each request (body read whole) and answers 200 with
 /// `echo:<path>` and an `x-upstream: <name>` header.
 pub async fn recording(name: &'static str) -> (SocketAddr, Log) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    recording_on(listener, name)
+}
+
+/// Like [`recording`], on a listener the test bound.
+pub fn recording_on(listener: TcpListener, name: &'static str) -> (SocketAddr, Log) {
     let log = Log::default();
     let seen = log.clone();
-    let addr = serve(move |request: Request<Incoming>| {
+    let addr = serve_on(listener, move |request: Request<Incoming>| {
         let seen = seen.clone();
         async move {
             let (parts, body) = request.into_parts();
@@ -129,8 +146,7 @@ pub async fn recording(name: &'static str) -> (SocketAddr, Log) {
                 .body(full(format!("echo:{path}")))
                 .unwrap()
         }
-    })
-    .await;
+    });
     (addr, log)
 }
 
