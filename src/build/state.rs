@@ -157,6 +157,7 @@ impl State {
                     section: service.tls.as_ref(),
                     discovery_name: &lookup,
                     discovered: service.discovery.is_some(),
+                    endpoint_host: crate::build::resolve::sole_endpoint_host(&service.endpoints),
                 },
                 mesh.as_ref().map(|mesh| &mesh.credentials),
             )

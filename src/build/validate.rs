@@ -126,6 +126,7 @@ pub fn check(config: &Config) -> Vec<Issue> {
             section: Some(tls),
             discovery_name: lookup.unwrap_or(name),
             discovered: service.discovery.is_some(),
+            endpoint_host: resolve::sole_endpoint_host(&service.endpoints),
         };
         refused(
             path.key("tls"),

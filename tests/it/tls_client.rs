@@ -130,3 +130,48 @@ async fn a_rewritten_client_certificate_is_presented_on_new_connections() {
         assert_eq!(serials.lock().unwrap().last().unwrap(), &second);
     }
 }
+
+/// A service outside the mesh written as `host:port` is checked against that host name
+/// when its `tls` block names no `server_name`.
+#[tokio::test]
+async fn a_named_endpoint_is_the_default_server_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let domain = TrustDomain::parse("outside.test").unwrap();
+    let ca = CertificateAuthority::generate(&domain, hour()).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.certificate_pem()).unwrap();
+    let (cert, key) = ca
+        .issue_host(&["api.test.local"], hour())
+        .unwrap()
+        .write(dir.path(), "api")
+        .unwrap();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let config = ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, PrivateKeyDer::from_pem_file(&key).unwrap())
+    .unwrap();
+    let (app, log) = crate::support::recording("api").await;
+    let front = crate::support::tls_front::TlsFront::start(config, app).await;
+
+    let mut zone = crate::support::dns::Zone::start().await;
+    zone.set_a("api.test.local.", 60, &[1]).await;
+    let caller = crate::support::sidecar(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         resolver: {{ nameserver: {} }}\n\
+         services:\n  api:\n    listen: 127.0.0.1:0\n    endpoints: [api.test.local:{}]\n    tls: {{ ca: {} }}\n",
+        zone.server,
+        front.addr.port(),
+        dir.path().join("ca.pem").display()
+    ))
+    .await;
+    let url = format!("http://{}/hello", caller.addrs().service("api").unwrap());
+    let (status, _, body) = crate::support::get(&url).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "echo:/hello"));
+    assert_eq!(log.len(), 1);
+}

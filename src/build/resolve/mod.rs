@@ -23,7 +23,7 @@ pub use discovery::{
 pub use policies::{
     breaker, conditions, fallback, fault, max_in_flight, rate_limit, retry, timeout, NONE,
 };
-pub use tls::{endpoint_tls, external_tls, mesh_credentials, ServiceTls};
+pub use tls::{endpoint_tls, external_tls, mesh_credentials, sole_endpoint_host, ServiceTls};
 pub use tracing::tracing;
 
 /// A section that does not convert into its mechanism's settings.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
 
-use crate::config::{FieldPath, MeshTlsSection, TlsSection};
+use crate::config::{Destination, FieldPath, MeshTlsSection, TlsSection};
 use crate::tls::{
     CredentialFiles, Credentials, CredentialsError, ExternalTls, Identity, RequiredIdentity,
     SPIFFE_SCHEME,
@@ -81,6 +81,19 @@ pub struct ServiceTls<'a> {
     pub discovery_name: &'a str,
     /// Whether its endpoints come from a registry (whose entries may advertise mutual TLS).
     pub discovered: bool,
+    /// The host name every one of its static endpoints is written with, when they share
+    /// one (`api.example.com:443`): the default `server_name` outside the mesh.
+    pub endpoint_host: Option<&'a str>,
+}
+
+/// The host name all of `endpoints` are written with, if they are all names of one host.
+pub fn sole_endpoint_host(endpoints: &[Destination]) -> Option<&str> {
+    let mut hosts = endpoints.iter().map(|endpoint| match endpoint {
+        Destination::Name { host, .. } => Some(host.trim_end_matches('.')),
+        Destination::Addr(_) => None,
+    });
+    let first = hosts.next()??;
+    hosts.all(|host| host == Some(first)).then_some(first)
 }
 
 /// A service's `tls` block -> its endpoints' TLS, with `own` the sidecar's credentials
@@ -107,7 +120,7 @@ pub fn endpoint_tls(
         let expected = expected_identity(section.identity.as_deref(), service.discovery_name, own)?;
         mesh_tls(own, expected)?
     } else {
-        let server_name = external_server_name(section)?;
+        let server_name = external_server_name(section, service.endpoint_host)?;
         UpstreamTls::new(external_tls(section)?, server_name)
     };
     Ok(EndpointTls::Always(Arc::new(tls)))
@@ -157,16 +170,20 @@ fn mesh_tls(own: &Arc<Credentials>, expected: Identity) -> Result<UpstreamTls, B
 ///
 /// NOTE: required, since endpoints are addresses today; an IP address is accepted only
 /// when written here (checked against the certificate's IP SANs, no SNI sent).
-fn external_server_name(section: &TlsSection) -> Result<ServerName<'static>, BuildError> {
+fn external_server_name(
+    section: &TlsSection,
+    endpoint_host: Option<&str>,
+) -> Result<ServerName<'static>, BuildError> {
     let at = FieldPath::root().key("server_name");
-    let Some(name) = &section.server_name else {
+    let Some(name) = section.server_name.as_deref().or(endpoint_host) else {
         return Err(BuildError::at(
             at,
             "TLS outside the mesh needs `server_name`, the name the server's certificate \
-             carries (endpoints are addresses; write the IP address here to check the \
-             certificate against it)",
+             carries, unless every endpoint is written with one host name (for addresses, \
+             write the IP address here to check the certificate against it)",
         ));
     };
+    let name = name.to_string();
     ServerName::try_from(name.clone()).map_err(|_| {
         BuildError::at(
             at,
