@@ -47,6 +47,14 @@ impl FieldPath {
         joined
     }
 
+    /// The last segment, when it is a key.
+    pub fn last_key(&self) -> Option<&str> {
+        match self.0.last() {
+            Some(PathSegment::Key(key)) => Some(key),
+            _ => None,
+        }
+    }
+
     /// The path without its last segment (the root stays the root).
     pub fn parent(&self) -> Self {
         let mut parent = self.clone();

@@ -24,6 +24,7 @@ mod decode;
 mod discovery;
 mod env;
 mod error;
+mod hints;
 mod locate;
 mod names;
 mod outcomes;
@@ -80,12 +81,28 @@ pub fn load(path: &Path, check: Check<'_>) -> Result<Config, ConfigError> {
         source,
     };
     let file = std::fs::File::open(path).map_err(read_error)?;
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     // Reads one byte past the limit, to tell "at the limit" from "over it".
     let limit = u64::try_from(MAX_CONFIG_BYTES).unwrap_or(u64::MAX);
     file.take(limit + 1)
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .map_err(read_error)?;
+    if let Some((_, _, before)) = hints::invalid_utf8(&bytes) {
+        let bad = bytes[before.len()];
+        return Err(ConfigError::Invalid(vec![diagnostic(
+            &origin,
+            &before,
+            Some(before.len()),
+            FieldPath::root(),
+            DiagnosticKind::Syntax,
+            format!(
+                "byte 0x{bad:02x} is not UTF-8: a configuration is UTF-8 text (was the file \
+                 saved in another encoding?)"
+            ),
+        )]));
+    }
+    // UTF-8, as just checked.
+    let text = String::from_utf8_lossy(&bytes);
     parse(&origin, &text, check)
 }
 
@@ -113,15 +130,41 @@ pub fn parse_with_env(
     })?;
     check_size(origin, &substituted.text)?;
     let located = |offset: Option<usize>| offset.map(|o| substituted.offsets.to_original(o));
+    if hints::is_blank(&substituted.text) {
+        return Err(ConfigError::Invalid(vec![diagnostic(
+            origin,
+            text,
+            None,
+            FieldPath::root(),
+            DiagnosticKind::Semantic,
+            hints::BLANK.to_string(),
+        )]));
+    }
 
     let mut config = decode::decode(&substituted.text).map_err(|e| {
+        let mut offset = e.offset;
+        let hint = match (e.kind, e.offset, e.path.last_key()) {
+            (DiagnosticKind::Syntax, Some(at), _) => hints::syntax_hint(&substituted.text, at),
+            (DiagnosticKind::MissingField, Some(at), Some(key)) => {
+                hints::misplaced_key(&substituted.text, at, key).map(|(found, hint)| {
+                    // The real mistake is where the key is written.
+                    offset = Some(found);
+                    hint
+                })
+            }
+            _ => None,
+        };
+        let message = match hint {
+            Some(hint) => format!("{}; {hint}", e.message),
+            None => e.message,
+        };
         ConfigError::Invalid(vec![diagnostic(
             origin,
             text,
-            located(e.offset),
+            located(offset),
             e.path,
             e.kind,
-            e.message,
+            message,
         )])
     })?;
 

@@ -277,3 +277,57 @@ fn hosts_are_lowercased() {
     let config = remora::build::parse("remora.yaml", text).expect("valid");
     assert_eq!(config.services["orders"].hosts, vec!["orders.example.com"]);
 }
+
+/// The text of the error `remora::build::load` gives for a file holding `bytes`.
+fn file_error(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("remora.yaml");
+    std::fs::write(&path, bytes).unwrap();
+    let error = remora::build::load(&path).expect_err("refused");
+    error
+        .to_string()
+        .replace(&path.display().to_string(), "remora.yaml")
+}
+
+/// YAML mistakes are reported at their real line, with their cause.
+#[test]
+fn yaml_mistakes_get_their_line_and_cause() {
+    // A required key indented less than its siblings lands in the enclosing mapping.
+    let error = file_error(b"inbound:\n  listen: 127.0.0.1:15006\n app: 127.0.0.1:8080\n");
+    assert!(error.starts_with("remora.yaml:3:2: inbound.app: missing required field `app`; `app` is written at line 3 indented 1 spaces, while the other fields of this mapping are indented 2"), "{error}");
+
+    // A key short of its siblings in a nested mapping.
+    let error = file_error(
+        b"services:\n  orders:\n    listen: 127.0.0.1:9001\n    endpoints: [10.0.0.1:80]\n   timeout: 2s\n",
+    );
+    assert!(error.starts_with("remora.yaml:5:4:"), "{error}");
+    assert!(
+        error.contains("`timeout` is indented 3 spaces: its siblings above are indented 4"),
+        "{error}"
+    );
+
+    // A sequence never closed.
+    let error = file_error(
+        b"services:\n  orders:\n    listen: 127.0.0.1:9001\n    endpoints: [10.0.0.1:80\n    timeout: 2s\n",
+    );
+    assert!(
+        error.contains("the `[` opened at line 4, column 16 is never closed"),
+        "{error}"
+    );
+
+    // Nothing at all, or only comments.
+    for text in [&b""[..], b"# a comment\n\n# another\n"] {
+        let error = file_error(text);
+        assert!(
+            error.contains("the file is empty (only blank lines and comments)"),
+            "{error}"
+        );
+    }
+
+    // Bytes that are not UTF-8, with their position.
+    let error = file_error(b"service: caf\xe9\nservices: {}\n");
+    assert!(
+        error.starts_with("remora.yaml:1:13: byte 0xe9 is not UTF-8"),
+        "{error}"
+    );
+}
