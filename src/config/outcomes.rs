@@ -1,5 +1,13 @@
 //! The vocabulary of outcomes: gRPC code names, the failure conditions of `retry_on`
 //! and `failure_on`, and the triggers of a fallback's `on`.
+//!
+//! One word, one meaning, wherever it is accepted (`-` and `_` alike):
+//! - what an upstream did: `connect_failure`, `reset`, `5xx`, `gateway_error` (502, 503,
+//!   504), an HTTP status (`503`), a gRPC code (`unavailable`);
+//! - `try_timeout`: one try ran out of its `per_try_timeout`; `timeout`: the whole call
+//!   ran out of its time (a fallback trigger);
+//! - what remora decided (fallback triggers): `breaker_open`, `rate_limited`,
+//!   `no_endpoint`, `overloaded`.
 
 use std::fmt;
 
@@ -70,8 +78,8 @@ pub enum Condition {
     ConnectFailure,
     /// The upstream reset the exchange.
     Reset,
-    /// The call or try timed out.
-    Timeout,
+    /// A try ran out of its per-try timeout.
+    TryTimeout,
     /// 502, 503 or 504.
     GatewayError,
     /// Any 5xx.
@@ -85,12 +93,23 @@ pub enum Condition {
 impl Condition {
     pub(super) fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let condition = match text {
-            "connect-failure" | "connect_failure" => Self::ConnectFailure,
+        let condition = match text.replace('-', "_").as_str() {
+            "connect_failure" => Self::ConnectFailure,
             "reset" => Self::Reset,
-            "timeout" => Self::Timeout,
-            "gateway-error" | "gateway_error" => Self::GatewayError,
+            "try_timeout" => Self::TryTimeout,
+            "gateway_error" => Self::GatewayError,
             "5xx" => Self::ServerError,
+            "timeout" => {
+                return Err("`timeout` is the whole call running out of time (a fallback \
+                     trigger); a try that runs out of its per-try timeout is `try_timeout`"
+                    .to_string())
+            }
+            "upstream_5xx" | "upstream_reset" => {
+                return Err(format!(
+                    "{text:?} is now `{}`",
+                    text.trim_start_matches("upstream_").trim_start_matches("upstream-")
+                ))
+            }
             _ => {
                 if let Ok(status) = text.parse::<u16>() {
                     return Self::status(status);
@@ -99,8 +118,8 @@ impl Condition {
                     Some(code) => Self::Grpc(code),
                     None => {
                         return Err(format!(
-                            "unknown condition {text:?}: expected `connect-failure`, `reset`, `timeout`, \
-                             `gateway-error`, `5xx`, an HTTP status like `503`, or a gRPC code like `unavailable`"
+                            "unknown condition {text:?}: expected `connect_failure`, `reset`, `try_timeout`, \
+                             `gateway_error`, `5xx`, an HTTP status like `503`, or a gRPC code like `unavailable`"
                         ))
                     }
                 }
@@ -124,7 +143,7 @@ impl<'de> Deserialize<'de> for Condition {
         impl Visitor<'_> for ConditionVisitor {
             type Value = Condition;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a condition such as `connect-failure`, `5xx`, `503` or `unavailable`")
+                f.write_str("a condition such as `connect_failure`, `5xx`, `503` or `unavailable`")
             }
             fn visit_str<E: de::Error>(self, text: &str) -> Result<Condition, E> {
                 Condition::parse(text).map_err(E::custom)
@@ -143,10 +162,10 @@ impl<'de> Deserialize<'de> for Condition {
 impl Serialize for Condition {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Self::ConnectFailure => s.serialize_str("connect-failure"),
+            Self::ConnectFailure => s.serialize_str("connect_failure"),
             Self::Reset => s.serialize_str("reset"),
-            Self::Timeout => s.serialize_str("timeout"),
-            Self::GatewayError => s.serialize_str("gateway-error"),
+            Self::TryTimeout => s.serialize_str("try_timeout"),
+            Self::GatewayError => s.serialize_str("gateway_error"),
             Self::ServerError => s.serialize_str("5xx"),
             Self::Status(status) => s.serialize_u16(*status),
             Self::Grpc(code) => s.serialize_str(grpc_code_name(*code)),
@@ -184,8 +203,8 @@ const TRIGGERS: [(&str, FallbackTrigger); 8] = [
     ("no_endpoint", FallbackTrigger::NoEndpoint),
     ("overloaded", FallbackTrigger::Overloaded),
     ("connect_failure", FallbackTrigger::ConnectFailure),
-    ("upstream_5xx", FallbackTrigger::Upstream5xx),
-    ("upstream_reset", FallbackTrigger::UpstreamReset),
+    ("5xx", FallbackTrigger::Upstream5xx),
+    ("reset", FallbackTrigger::UpstreamReset),
 ];
 
 impl<'de> Deserialize<'de> for FallbackTrigger {
@@ -195,12 +214,32 @@ impl<'de> Deserialize<'de> for FallbackTrigger {
         if let Some((_, trigger)) = TRIGGERS.iter().find(|(name, _)| *name == wanted) {
             return Ok(*trigger);
         }
-        if let Some(code) = wanted.strip_prefix("grpc:").and_then(grpc_code) {
+        if let Some(code) = grpc_code(&wanted) {
             return Ok(Self::Grpc(code));
+        }
+        let renamed = match wanted.as_str() {
+            "upstream_5xx" => Some("5xx"),
+            "upstream_reset" => Some("reset"),
+            "try_timeout" => {
+                return Err(de::Error::custom(
+                    "a fallback sees the whole call: `timeout` (the call ran out of time); \
+                     `try_timeout` is for `retry_on` and `failure_on`",
+                ))
+            }
+            _ => None,
+        };
+        if let Some(new) = renamed {
+            return Err(de::Error::custom(format!("{text:?} is now `{new}`")));
+        }
+        if let Some(code) = wanted.strip_prefix("grpc:") {
+            return Err(de::Error::custom(format!(
+                "{text:?}: write the gRPC code alone, as in `retry_on` (`{code}`)"
+            )));
         }
         let names: Vec<&str> = TRIGGERS.iter().map(|(name, _)| *name).collect();
         Err(de::Error::custom(format!(
-            "unknown fallback trigger {text:?}: expected one of {}, or `grpc:<code>`",
+            "unknown fallback trigger {text:?}: expected one of {}, or a gRPC code like \
+             `unavailable`",
             names.join(", ")
         )))
     }
@@ -209,7 +248,7 @@ impl<'de> Deserialize<'de> for FallbackTrigger {
 impl Serialize for FallbackTrigger {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Self::Grpc(code) => s.collect_str(&format_args!("grpc:{}", grpc_code_name(*code))),
+            Self::Grpc(code) => s.serialize_str(grpc_code_name(*code)),
             other => {
                 let name = TRIGGERS
                     .iter()

@@ -3,7 +3,7 @@
 //!
 //! The shape follows Dapr's resiliency spec with Envoy's vocabulary. Values that have a
 //! natural text form are written as text: durations `250ms`, rates `10/s`, percentages
-//! `50%`, failure conditions `connect-failure`, `503`, `unavailable`.
+//! `50%`, failure conditions `connect_failure`, `503`, `unavailable`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -48,7 +48,7 @@ pub struct RetryPolicy {
     /// Attempts in all, the first included (3 = the call and up to two retries).
     #[serde(default = "default_attempts")]
     pub attempts: u32,
-    /// What is retried: `connect-failure`, `reset`, `timeout`, `gateway-error`
+    /// What is retried: `connect_failure`, `reset`, `try_timeout`, `gateway_error`
     /// (502/503/504), `5xx`, an HTTP status (`503`), a gRPC code (`unavailable`).
     #[serde(default = "default_retry_on")]
     pub retry_on: Vec<Condition>,
@@ -156,7 +156,7 @@ pub struct RateLimitPolicy {
 #[serde(deny_unknown_fields)]
 pub struct FallbackPolicy {
     /// Triggers: `breaker_open`, `timeout`, `rate_limited`, `no_endpoint`, `overloaded`,
-    /// `connect_failure`, `upstream_5xx`, `upstream_reset`, `grpc:<code>`.
+    /// `connect_failure`, `5xx`, `reset`, a gRPC code.
     pub on: Vec<FallbackTrigger>,
     /// A fixed answer.
     #[serde(default)]
@@ -286,7 +286,7 @@ fn default_failure_on() -> Vec<Condition> {
     vec![
         Condition::ConnectFailure,
         Condition::Reset,
-        Condition::Timeout,
+        Condition::TryTimeout,
         Condition::ServerError,
     ]
 }

@@ -243,7 +243,7 @@ mod tests {
 remora_retries_total{service="catalog"} 12
 remora_retries_total{service="inventory"} 3
 remora_fallbacks_total{service="catalog",trigger="breaker_open",action="respond"} 40
-remora_fallbacks_total{service="catalog",trigger="upstream_5xx",action="respond"} 2
+remora_fallbacks_total{service="catalog",trigger="5xx",action="respond"} 2
 remora_rate_limited_total{service="catalog"} 7
 remora_timeouts_total{service="catalog",kind="request"} 1
 remora_timeouts_total{service="catalog",kind="per_try"} 4

@@ -470,7 +470,7 @@ fn add_policies(policies: &mut PoliciesSection, spec: &ServiceSpec) -> bool {
         },
     );
     let mut failure_on = retry_on;
-    failure_on.push(Condition::Timeout);
+    failure_on.push(Condition::TryTimeout);
     policies.breakers.insert(
         name.clone(),
         BreakerPolicy {

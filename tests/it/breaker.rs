@@ -14,7 +14,7 @@ const POLICIES: &str = "  breakers:
       open_for: 300ms
       max_open_for: 1s
       half_open_requests: 2
-      failure_on: [5xx, connect-failure]";
+      failure_on: [5xx, connect_failure]";
 
 fn url(proxy: &remora::Sidecar) -> String {
     format!("http://{}/", proxy.addrs().service("svc").unwrap())

@@ -10,7 +10,7 @@ policies:
   retries:
     standard:
       attempts: 3
-      retry_on: [connect-failure, reset, 503, unavailable]
+      retry_on: [connect_failure, reset, 503, unavailable]
       per_try_timeout: 100ms
       backoff: { base: 25ms, max: 250ms, jitter: 0% }
   breakers:
@@ -23,7 +23,7 @@ policies:
   rate_limits: { api: { rate: 10/s, burst: 100, key: client_ip } }
   fallbacks:
     default_price:
-      on: [breaker_open, timeout, rate_limited, no_endpoint, upstream_5xx, grpc:unavailable]
+      on: [breaker_open, timeout, rate_limited, no_endpoint, 5xx, unavailable]
       respond: { status: 200, headers: { content-type: application/json }, body: '{\"price\": 0}' }
   faults: { chaos: { delay: { percent: 10%, duration: 200ms }, abort: { percent: 5%, status: 503 } } }
 services:

@@ -37,17 +37,17 @@ fn dead() -> std::net::SocketAddr {
 async fn upstream_5xx() {
     let (upstream, _) = scripted(|_| 500).await;
     let proxy = with_policies(
-        &policies("upstream_5xx", ""),
+        &policies("5xx", ""),
         "    fallback: soft",
         &[upstream],
     )
     .await;
-    assert_fallback(&proxy, "upstream_5xx").await;
+    assert_fallback(&proxy, "5xx").await;
     let admin = proxy.addrs().admin.unwrap();
     assert_eq!(
         metric(
             admin,
-            "remora_fallbacks_total{service=\"svc\",trigger=\"upstream_5xx\",action=\"respond\"}"
+            "remora_fallbacks_total{service=\"svc\",trigger=\"5xx\",action=\"respond\"}"
         )
         .await,
         1.0
@@ -116,7 +116,7 @@ async fn rate_limited() {
 
 #[tokio::test]
 async fn no_endpoint() {
-    let extra = "  breakers:\n    one: { consecutive_failures: 1, open_for: 10s, failure_on: [connect-failure] }";
+    let extra = "  breakers:\n    one: { consecutive_failures: 1, open_for: 10s, failure_on: [connect_failure] }";
     let proxy = with_policies(
         &policies("no_endpoint", extra),
         "    fallback: soft\n    endpoint_breaker: one",
@@ -184,7 +184,7 @@ async fn a_stale_answer_is_served_when_the_upstream_fails() {
     let (upstream, _) = scripted(|n| if n == 0 { 200 } else { 503 }).await;
     let extra = "";
     let policies = format!(
-        "  fallbacks:\n    stale:\n      on: [upstream_5xx]\n      stale: {{ max_age: 1m }}\n{extra}"
+        "  fallbacks:\n    stale:\n      on: [5xx]\n      stale: {{ max_age: 1m }}\n{extra}"
     );
     let proxy = with_policies(&policies, "    fallback: stale", &[upstream]).await;
     let (status, _, body) = get(&url(&proxy)).await;
@@ -195,13 +195,13 @@ async fn a_stale_answer_is_served_when_the_upstream_fails() {
         (200, "answer 0"),
         "the stale copy"
     );
-    assert_eq!(headers["x-remora-fallback"], "upstream_5xx");
+    assert_eq!(headers["x-remora-fallback"], "5xx");
 }
 
 #[tokio::test]
 async fn grpc_callers_get_the_configured_grpc_status() {
     let (upstream, _) = scripted(|_| 503).await;
-    let policies = "  fallbacks:\n    soft:\n      on: [upstream_5xx]\n      respond: { grpc_status: unavailable, grpc_message: prices are degraded }";
+    let policies = "  fallbacks:\n    soft:\n      on: [5xx]\n      respond: { grpc_status: unavailable, grpc_message: prices are degraded }";
     let proxy = with_policies(policies, "    fallback: soft", &[upstream]).await;
     let request = Request::post(url(&proxy))
         .header("content-type", "application/grpc")
@@ -212,5 +212,5 @@ async fn grpc_callers_get_the_configured_grpc_status() {
     let response = http2_client().request(request).await.unwrap();
     assert_eq!(response.headers()["grpc-status"], "14");
     assert_eq!(response.headers()["grpc-message"], "prices are degraded");
-    assert_eq!(response.headers()["x-remora-fallback"], "upstream_5xx");
+    assert_eq!(response.headers()["x-remora-fallback"], "5xx");
 }

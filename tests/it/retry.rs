@@ -13,7 +13,7 @@ use crate::support::*;
 const POLICIES: &str = "  retries:
     standard:
       attempts: 3
-      retry_on: [connect-failure, reset, 503]
+      retry_on: [connect_failure, reset, 503]
       backoff: { base: 5ms, max: 20ms, jitter: 0% }";
 
 fn url(proxy: &remora::Sidecar, path: &str) -> String {
@@ -149,7 +149,7 @@ async fn the_rate_limit_counts_calls_not_retries() {
 async fn the_fallback_sees_an_exhausted_retry() {
     let (upstream, log) = scripted(|_| 503).await;
     let policies = format!(
-        "{POLICIES}\n  fallbacks:\n    soft:\n      on: [upstream_5xx]\n      respond: {{ status: 200, body: degraded }}"
+        "{POLICIES}\n  fallbacks:\n    soft:\n      on: [5xx]\n      respond: {{ status: 200, body: degraded }}"
     );
     let proxy = with_policies(
         &policies,
@@ -159,7 +159,7 @@ async fn the_fallback_sees_an_exhausted_retry() {
     .await;
     let (status, headers, body) = get(&url(&proxy, "/")).await;
     assert_eq!((status.as_u16(), body.as_str()), (200, "degraded"));
-    assert_eq!(headers["x-remora-fallback"], "upstream_5xx");
+    assert_eq!(headers["x-remora-fallback"], "5xx");
     assert_eq!(log.len(), 3, "the fallback answered after the last attempt");
 }
 
@@ -176,7 +176,7 @@ async fn a_per_try_timeout_moves_on_to_the_next_attempt() {
     let policies = "  retries:
     quick:
       attempts: 2
-      retry_on: [timeout]
+      retry_on: [try_timeout]
       per_try_timeout: 100ms
       backoff: { base: 1ms, max: 1ms, jitter: 0% }";
     let proxy = with_policies(policies, "    retry: quick", &[slow_then_fast]).await;
@@ -194,7 +194,7 @@ async fn post_is_retried_when_its_connection_failed() {
     let policies = "  retries:
     standard:
       attempts: 2
-      retry_on: [connect-failure, 503]
+      retry_on: [connect_failure, 503]
       backoff: { base: 1ms, max: 1ms, jitter: 0% }";
     let extra = "    retry: standard\n    balancer: { algorithm: round_robin }";
     let proxy = with_policies(policies, extra, &[dead, good]).await;

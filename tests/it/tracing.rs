@@ -590,7 +590,7 @@ async fn decisions_are_span_events() {
         &format!(
             "admin: {{ listen: 127.0.0.1:0 }}\n\
              policies:\n  rate_limits:\n    two: {{ rate: 2/m, burst: 2 }}\n\
-             \x20 fallbacks:\n    soft: {{ on: [upstream_5xx], respond: {{ status: 200, body: degraded }} }}\n\
+             \x20 fallbacks:\n    soft: {{ on: [5xx], respond: {{ status: 200, body: degraded }} }}\n\
              services:\n  svc:\n    listen: 127.0.0.1:0\n    endpoints: [{upstream}]\n    rate_limit: two\n    fallback: soft\n"
         ),
         exporting("a", collector),

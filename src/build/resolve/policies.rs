@@ -36,7 +36,7 @@ pub fn conditions(list: &[Condition]) -> Conditions {
         match *condition {
             Condition::ConnectFailure => conditions.connect_failure = true,
             Condition::Reset => conditions.reset = true,
-            Condition::Timeout => conditions.timeout = true,
+            Condition::TryTimeout => conditions.timeout = true,
             Condition::GatewayError => conditions.gateway_error = true,
             Condition::ServerError => conditions.server_error = true,
             Condition::Status(status) => {

@@ -121,8 +121,8 @@ impl TriggerKind {
             Self::NoEndpoint => "no_endpoint",
             Self::Overloaded => "overloaded",
             Self::ConnectFailure => "connect_failure",
-            Self::Upstream5xx => "upstream_5xx",
-            Self::UpstreamReset => "upstream_reset",
+            Self::Upstream5xx => "5xx",
+            Self::UpstreamReset => "reset",
             Self::GrpcStatus => "grpc_status",
         }
     }
