@@ -39,6 +39,7 @@ mod rate_limit;
 mod reload;
 mod retry;
 mod secrets;
+mod tcp;
 mod timeout;
 mod tls;
 mod tracing;
