@@ -78,6 +78,36 @@ async fn a_connection_reaches_an_endpoint_and_counts_on_it_while_open() {
 }
 
 #[tokio::test]
+async fn least_request_spreads_connections_by_how_many_are_open() {
+    let (a, b) = (echo().await, echo().await);
+    let config =
+        crate::balance::BalancerConfig::try_new(crate::balance::Balancer::LeastRequest, 0).unwrap();
+    let endpoints = Arc::new(EndpointSet::with_config(config));
+    endpoints.update(&[Instance::new(a), Instance::new(b)]);
+    let settings =
+        TcpConfig::try_new(Duration::from_secs(1), Duration::from_secs(60), 1, 100).unwrap();
+    let forward = TcpForward::new(Arc::from("cache"), endpoints.clone(), settings);
+    // Long-lived connections: each new one goes where fewer are open.
+    let mut open = Vec::new();
+    for _ in 0..6 {
+        open.push(forward.connect().await.unwrap());
+    }
+    let on = |addr| {
+        open.iter()
+            .filter(|c| c.open.endpoint().addr == addr)
+            .count()
+    };
+    assert_eq!((on(a), on(b)), (3, 3));
+    // Three close on one endpoint: the next three go there.
+    open.retain(|c| c.open.endpoint().addr != a);
+    for _ in 0..3 {
+        let connected = forward.connect().await.unwrap();
+        assert_eq!(connected.open.endpoint().addr, a);
+        open.push(connected);
+    }
+}
+
+#[tokio::test]
 async fn a_refused_endpoint_is_retried_on_another_and_observed_as_a_connect_failure() {
     let live = echo().await;
     let dead = closed().await;
