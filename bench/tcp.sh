@@ -44,7 +44,7 @@ pids+=($!)
 cat >"$WORK/haproxy.cfg" <<HAPROXY
 global
     nbthread 1
-    maxconn 20000
+    maxconn 8000
     log stderr format short local0 err
 
 defaults
