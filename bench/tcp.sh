@@ -67,11 +67,17 @@ pids+=($!)
 
 declare -A port=([direct]=$UPSTREAM_PORT [remora]=$REMORA_PORT [haproxy]=$HAPROXY_PORT)
 targets=(direct remora haproxy)
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for target in "${targets[@]}"; do
     for _ in $(seq 1 50); do
-        (exec 3<>"/dev/tcp/127.0.0.1/${port[$target]}") 2>/dev/null && break
+        listening "${port[$target]}" && break
         sleep 0.1
     done
+    if ! listening "${port[$target]}"; then
+        echo "tcp.sh: $target is not listening on ${port[$target]}; its log:" >&2
+        cat "$WORK/$target.log" "$WORK/upstream.log" >&2 2>/dev/null || true
+        exit 1
+    fi
 done
 
 bench() { timeout $((DURATION + 20)) taskset -c 0 "$BIN/examples/tcp_bench" "$@"; }
