@@ -182,6 +182,30 @@ async fn a_strict_tcp_inbound_refuses_plaintext_http_peers_and_callers_not_allow
 }
 
 #[tokio::test]
+async fn a_permissive_tcp_inbound_forwards_plaintext_and_mutual_tls_on_one_port() {
+    let redis = Redis::start().await;
+    let certs = mesh_certs();
+    let server = support::sidecar(&format!(
+        "service: cache\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         {}\
+         inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  protocol: tcp\n  tls: permissive\n",
+        own_tls(&certs, "cache"),
+        redis.addr()
+    ))
+    .await;
+    let inbound = server.addrs().inbound.unwrap();
+    let mut plain = TcpStream::connect(inbound).await.unwrap();
+    assert!(ping(&mut plain).await);
+    let client = client_sidecar(&certs, "app", inbound).await;
+    let mut meshed = TcpStream::connect(cache_port(&client)).await.unwrap();
+    assert!(ping(&mut meshed).await);
+    let admin = server.addrs().admin.unwrap();
+    let opened = r#"remora_tcp_connections_opened_total{direction="inbound",service="inbound"}"#;
+    assert_eq!(metric(admin, opened).await, 2.0);
+}
+
+#[tokio::test]
 async fn a_killed_endpoint_is_skipped_on_the_next_connect() {
     let mut first = Redis::start().await;
     let second = Redis::start().await;
