@@ -12,6 +12,8 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The inbound mutual-TLS tests call the sidecar with curl (and openssl s_client).
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The TCP passthrough tests start a real Redis.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     sudo=""

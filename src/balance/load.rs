@@ -1,5 +1,7 @@
 //! What one attempt puts on its endpoint: a unit of in-flight load while it waits for
-//! response headers, and an RTT sample when it ends.
+//! response headers, and an RTT sample when it ends. A TCP passthrough connection puts
+//! a unit of load on its endpoint for as long as it stays open ([`OpenConnection`]), so
+//! least-request and P2C balance TCP over open connections.
 //!
 //! [`Forward`](crate::upstream::Forward) takes an [`InFlight`] from
 //! [`EndpointSet::start`](super::EndpointSet::start) right before sending. The sample is
@@ -9,6 +11,7 @@
 //! away), which observers are not told of.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
@@ -63,5 +66,34 @@ impl Drop for InFlight<'_> {
                 .rtt
                 .record(self.started.elapsed(), self.params);
         }
+    }
+}
+
+/// A connection open on an endpoint (TCP passthrough), counted in its `in_flight` until
+/// dropped; the endpoint stays alive with it, whatever discovery does meanwhile.
+///
+/// Invariant: while it lives, the endpoint's `in_flight` counts it exactly once.
+#[derive(Debug)]
+#[must_use = "the connection stops counting when this is dropped"]
+pub struct OpenConnection {
+    endpoint: Arc<Endpoint>,
+}
+
+impl OpenConnection {
+    /// Counts a connection open on `endpoint`.
+    pub fn new(endpoint: Arc<Endpoint>) -> Self {
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self { endpoint }
+    }
+
+    /// The endpoint it is open on.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

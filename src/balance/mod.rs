@@ -41,7 +41,7 @@ mod round_robin;
 
 pub use config::{Balancer, BalancerConfig, BalancerConfigError, HashAlgorithm, HashKey};
 pub use ewma::PeakEwma;
-pub use load::InFlight;
+pub use load::{InFlight, OpenConnection};
 pub use metrics::BalancerMetrics;
 
 use std::net::SocketAddr;

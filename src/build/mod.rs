@@ -6,7 +6,8 @@
 //! - `pump`: discovery feeds that keep endpoint sets current;
 //! - `route`: the route table the proxy looks a request's service up in;
 //! - `metrics`: the Prometheus registry, aggregating every mechanism's metrics;
-//! - `state`: one config's whole snapshot (targets, discovery, breakers).
+//! - `state`: one config's whole snapshot (targets, discovery, breakers);
+//! - `tcp`: the targets of `protocol: tcp` services and of a TCP inbound listener.
 //!
 //! Config flows down through here and nowhere else: no mechanism names a YAML type.
 
@@ -16,6 +17,7 @@ pub mod resolve;
 pub mod route;
 pub mod stack;
 pub mod state;
+pub mod tcp;
 pub mod validate;
 
 pub use validate::{load, parse, parse_with_env};

@@ -47,6 +47,8 @@ pub struct State {
     /// Who may call the local app; `None` when no allow list is written (every caller
     /// the inbound listener admits reaches the app).
     pub authorization: Option<Authorization>,
+    /// The `protocol: tcp` services and the TCP inbound, for the TCP listeners.
+    pub tcp: super::tcp::TcpTargets,
 }
 
 /// The sidecar's identity in the mesh: its credentials and the watch on their files.
@@ -224,7 +226,10 @@ impl State {
             let endpoints = core.endpoints();
             let stacks = builder.finish(core, &alternate)?;
             let target = Target::new(Arc::from(name.as_str()), endpoints, stacks);
-            routes.insert(Arc::new(target), &service.hosts, &service.path_prefixes);
+            // A TCP service takes no HTTP calls: only its own port reaches it.
+            if !service.protocol.is_tcp() {
+                routes.insert(Arc::new(target), &service.hosts, &service.path_prefixes);
+            }
         }
         let inbound = match inbound_core {
             Some(core) => {
@@ -240,6 +245,7 @@ impl State {
             None => None,
         };
         drop(builder);
+        let tcp = super::tcp::targets(&config, &discovery, mesh.as_ref(), metrics)?;
         let authorization = match (&config.inbound, &mesh) {
             (Some(inbound), Some(mesh)) => inbound_authorization(inbound, mesh)?,
             _ => None,
@@ -254,6 +260,7 @@ impl State {
             cell.store(Arc::new(tls));
         }
         Ok(State {
+            tcp,
             inbound_tls,
             authorization,
             server: server_builder(&config.limits),
@@ -286,7 +293,7 @@ fn inbound_authorization(
 }
 
 /// The name under which the local app is known to discovery and metrics.
-const INBOUND_APP: &str = "inbound";
+pub(super) const INBOUND_APP: &str = "inbound";
 
 /// The discovery of `service` from `source`: the previous state's when the source is
 /// unchanged, else a new watch.

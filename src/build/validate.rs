@@ -112,6 +112,10 @@ pub fn check(config: &Config) -> Vec<Issue> {
             let at = path.key("outlier_detection");
             refused(at, resolve::outlier(outlier).map(drop));
         }
+        if service.protocol.is_tcp() {
+            let tcp = resolve::tcp(service.tcp.as_ref(), &config.upstream, &config.limits);
+            refused(path.key("tcp"), tcp.map(drop));
+        }
         // A mesh block without credentials is the document's own issue (reported once).
         let Some(tls) = service
             .tls
@@ -132,6 +136,10 @@ pub fn check(config: &Config) -> Vec<Issue> {
             path.key("tls"),
             resolve::endpoint_tls(&service_tls, own.as_ref()).map(drop),
         );
+    }
+    if let Some(inbound) = config.inbound.as_ref().filter(|i| i.protocol.is_tcp()) {
+        let tcp = resolve::tcp(inbound.tcp.as_ref(), &config.upstream, &config.limits);
+        refused(root.key("inbound").key("tcp"), tcp.map(drop));
     }
     refused(root.key("tracing"), resolve::tracing(config).map(drop));
     if let Some(credentials) = &own {

@@ -7,7 +7,8 @@
 //! 2. `decode`: YAML to [`Config`] with serde-saphyr under an input budget, tracking
 //!    the field path of a failure;
 //! 3. `validate`: normalisation (host names) and the checks of the document itself
-//!    (references, listeners, names) that serde cannot express;
+//!    (references, listeners, names, what `protocol: tcp` refuses in `tcp`) that serde
+//!    cannot express;
 //! 4. the caller's [`Check`]: the build floor passes the conversion of every section
 //!    into the settings of what it configures, so a value the mechanism refuses is
 //!    refused here, at its place in the file.
@@ -35,6 +36,7 @@ mod routes;
 mod scalar;
 mod schema;
 mod source;
+mod tcp;
 mod tls;
 mod trace;
 mod validate;
@@ -56,6 +58,7 @@ pub use routes::*;
 pub use scalar::parse_duration;
 pub use schema::*;
 pub use source::Position;
+pub use tcp::TcpSection;
 pub use tls::{AuthorizeRule, InboundTlsMode, MeshTlsSection, TlsSection, ALLOW_TRUST_DOMAIN};
 pub use trace::*;
 pub use validate::{Issue, MIN_HEADER_BYTES};

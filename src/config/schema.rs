@@ -85,7 +85,8 @@ pub struct InboundSection {
     /// Address of the local app (normally `127.0.0.1:<app port>`), or a `host:port`
     /// name resolved like a service's endpoints.
     pub app: super::Destination,
-    /// Protocol spoken to the local app.
+    /// Protocol spoken to the local app; `tcp` forwards each connection's bytes as they
+    /// are (no HTTP).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     /// Overall time limit of a call to the app: a `policies.timeouts` name or a duration.
@@ -114,6 +115,10 @@ pub struct InboundSection {
     /// Per-route callers, first match wins; a request no rule matches is under `allow`.
     #[serde(default)]
     pub authorize: Vec<super::AuthorizeRule>,
+    /// With `protocol: tcp`: the idle timeout, connection cap and connect attempts of
+    /// the raw TCP forwarding to the app.
+    #[serde(default)]
+    pub tcp: Option<super::TcpSection>,
 }
 
 /// The shared outbound listener.
@@ -143,7 +148,8 @@ pub struct ServiceSection {
     /// The longest matching prefix among services sharing a host wins.
     #[serde(default)]
     pub path_prefixes: Vec<String>,
-    /// Protocol spoken to the upstream: `http1`, `http2`, or `auto` (the caller's).
+    /// Protocol spoken to the upstream: `http1`, `http2`, or `auto` (the caller's); or
+    /// `tcp`: the `listen` port forwards raw TCP to the endpoints.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     /// Static endpoint list (`ip:port` or `host:port`, a name standing for every
@@ -195,6 +201,10 @@ pub struct ServiceSection {
     /// (a remora that registered itself) gets it anyway.
     #[serde(default)]
     pub tls: Option<super::TlsSection>,
+    /// With `protocol: tcp`: the idle timeout, connection cap and connect attempts of the
+    /// service's raw TCP forwarding.
+    #[serde(default)]
+    pub tcp: Option<super::TcpSection>,
 }
 
 /// Per-listener protections.

@@ -76,6 +76,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Issue> {
     super::references::check(config, &mut issues);
     super::discovery::check(config, &mut issues);
     super::tls::check(config, &mut issues);
+    super::tcp::check(config, &mut issues);
     issues
 }
 
@@ -399,6 +400,7 @@ mod tests {
             tls: None,
             allow: None,
             authorize: Vec::new(),
+            tcp: None,
         });
         config.outbound = Some(OutboundSection {
             listen: addr("127.0.0.1:15001"),

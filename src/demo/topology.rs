@@ -320,6 +320,7 @@ async fn start_instances(spec: &ServiceSpec) -> Result<Vec<Instance>, DemoError>
             tls: None,
             allow: None,
             authorize: Vec::new(),
+            tcp: None,
         });
         let sidecar = Sidecar::start(validated(&config)?)
             .await

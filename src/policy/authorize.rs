@@ -81,6 +81,13 @@ impl Authorization {
         Self { rules, otherwise }
     }
 
+    /// Whether a caller with `identity` (`None`: no identity) may open a connection that
+    /// has no paths (TCP passthrough): the default allow list decides (a TCP inbound has
+    /// no rules).
+    pub fn admits_connection(&self, identity: Option<&str>) -> bool {
+        self.otherwise.admits(identity)
+    }
+
     /// Whether a caller with `identity` (`None`: no identity) may call `path`.
     pub fn admits(&self, path: &str, identity: Option<&str>) -> bool {
         self.rules

@@ -223,7 +223,7 @@ impl Connection {
 
 /// What the first bytes of `tcp` are, without reading them; `None` when the peer
 /// closed or sent too little by `deadline`.
-async fn first_bytes(tcp: &TcpStream, deadline: Instant) -> Option<Detected> {
+pub(crate) async fn first_bytes(tcp: &TcpStream, deadline: Instant) -> Option<Detected> {
     let peek = async {
         let mut buf = [0u8; DETECT_LEN];
         loop {

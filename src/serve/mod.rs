@@ -1,5 +1,6 @@
-//! Floor 5, serve: what runs. The sidecar's shared state, its listeners, the proxy
-//! service every request goes through, the admin endpoints, config reload and logging.
+//! Floor 5, serve: what runs. The sidecar's shared state, its listeners (HTTP, and TCP
+//! passthrough in `tcp`), the proxy service every request goes through, the admin
+//! endpoints, config reload and logging.
 
 pub mod admin;
 pub mod listener;
@@ -7,4 +8,5 @@ pub mod proxy;
 pub mod reload;
 pub mod shared;
 pub mod sidecar;
+pub mod tcp;
 pub mod telemetry;

@@ -20,6 +20,7 @@ use crate::discovery::self_registration::SelfRegistration;
 use crate::serve::listener::{self, ProxyListener};
 use crate::serve::proxy::Entry;
 use crate::serve::shared::Shared;
+use crate::serve::tcp::{TcpEntry, TcpProxyListener};
 
 /// Addresses the sidecar's listeners are bound to (port 0 in the config is resolved).
 #[derive(Debug, Clone, Default)]
@@ -110,15 +111,24 @@ impl Sidecar {
     ) -> Result<Sidecar, StartError> {
         warn_about_exposed_keys(&config);
         let mut proxies = Vec::new();
+        let mut passthrough = Vec::new();
         let mut addrs = BoundAddrs::default();
         if let Some(inbound) = &config.inbound {
             let tcp = bind("inbound", inbound.listen).await?;
             addrs.inbound = tcp.local_addr().ok();
-            proxies.push(ProxyListener {
-                label: "inbound".into(),
-                entry: Entry::Inbound,
-                tcp,
-            });
+            if inbound.protocol.is_tcp() {
+                passthrough.push(TcpProxyListener {
+                    label: "inbound".into(),
+                    entry: TcpEntry::Inbound,
+                    tcp,
+                });
+            } else {
+                proxies.push(ProxyListener {
+                    label: "inbound".into(),
+                    entry: Entry::Inbound,
+                    tcp,
+                });
+            }
         }
         if let Some(outbound) = &config.outbound {
             let tcp = bind("outbound", outbound.listen).await?;
@@ -137,6 +147,11 @@ impl Sidecar {
             let tcp = bind(&label, listen).await?;
             if let Ok(addr) = tcp.local_addr() {
                 addrs.services.push((name.clone(), addr));
+            }
+            if service.protocol.is_tcp() {
+                let entry = TcpEntry::Service(Arc::from(name.as_str()));
+                passthrough.push(TcpProxyListener { label, entry, tcp });
+                continue;
             }
             proxies.push(ProxyListener {
                 label,
@@ -162,6 +177,10 @@ impl Sidecar {
         let mut listeners = JoinSet::new();
         for proxy in proxies {
             listeners.spawn(listener::serve(proxy, shared.clone(), shutdown.subscribe()));
+        }
+        for proxy in passthrough {
+            let serve = crate::serve::tcp::serve(proxy, shared.clone(), shutdown.subscribe());
+            listeners.spawn(serve);
         }
         let admin = tokio::spawn(crate::serve::admin::serve(admin_tcp, shared.clone()));
         tracing::info!(?addrs, "remora started");
@@ -305,6 +324,21 @@ fn warn_about_listener_changes(old: &Config, new: &Config) {
         }
         all
     };
+    let passthrough = |c: &Config| {
+        let mut tcp: Vec<String> = (c.services.iter())
+            .filter(|(_, service)| service.protocol.is_tcp())
+            .map(|(name, _)| format!("service:{name}"))
+            .collect();
+        if c.inbound.as_ref().is_some_and(|i| i.protocol.is_tcp()) {
+            tcp.push("inbound".into());
+        }
+        tcp
+    };
+    if passthrough(old) != passthrough(new) {
+        tracing::warn!(
+            "whether a listener passes TCP through or serves HTTP is set at start; restart remora to apply this change"
+        );
+    }
     let before = listeners(old);
     for (what, addr) in listeners(new) {
         let was = before

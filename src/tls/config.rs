@@ -1,6 +1,7 @@
 //! The rustls configs of a mesh connection's two ends, built on one [`Credentials`].
 //!
-//! Both offer ALPN `h2` then `http/1.1`, the protocols remora serves and forwards; both
+//! Both offer ALPN `h2` then `http/1.1`, the protocols remora serves and forwards (a TCP
+//! passthrough connection offers [`TCP_ALPN`] alone, on both ends); both
 //! use the credentials' crypto provider (never a process-wide default) and rustls's safe
 //! default protocol versions (TLS 1.3 and 1.2).
 //!
@@ -22,6 +23,19 @@ use super::verify::{SpiffeServerVerifier, TrustBundleClientVerifier};
 
 /// The ALPN protocols offered, most preferred first.
 pub const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// The ALPN protocol of a TCP passthrough connection between two sidecars. Offered
+/// alone on both ends, so an HTTP peer and a TCP peer never agree: the handshake fails
+/// (`no_application_protocol`) instead of one side reading the other's bytes as its own.
+pub const TCP_ALPN: &[u8] = b"remora-tcp";
+
+/// `config` for a TCP passthrough listener: the same certificate, verifier and settings,
+/// offering [`TCP_ALPN`] only.
+pub fn tcp_server_config(config: &ServerConfig) -> ServerConfig {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![TCP_ALPN.to_vec()];
+    config
+}
 
 /// A server that presents the current certificate and requires a client certificate
 /// chaining to the current trust bundle.

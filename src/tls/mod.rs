@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 pub use certificate::CertificateInfo;
 pub use client::ExternalTls;
-pub use config::{client_config, server_config, ALPN_PROTOCOLS};
+pub use config::{client_config, server_config, tcp_server_config, ALPN_PROTOCOLS, TCP_ALPN};
 pub use credentials::{CredentialFiles, Credentials, Material, RequiredIdentity};
 pub use detect::{detect, Detected, InboundTls, DETECT_LEN};
 pub use error::{CredentialsError, Problem};

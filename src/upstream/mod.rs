@@ -7,7 +7,9 @@
 //! - `http2`: an endpoint's few multiplexed HTTP/2 connections (least loaded first);
 //! - `hygiene`: hop-by-hop headers, `x-forwarded-*`, upgrade requests;
 //! - `tls`: TLS origination: [`UpstreamTls`] (a client config per pool, keyed apart from
-//!   plaintext) and [`EndpointTls`] (which endpoints of a service are reached over it).
+//!   plaintext) and [`EndpointTls`] (which endpoints of a service are reached over it);
+//! - `tcp`: TCP passthrough, [`TcpForward`] (one endpoint per connection, another on a
+//!   failed connect) and [`splice`] (the bytes both ways, with an idle timeout).
 //!
 //! A service's `protocol` decides whether a request leaves over HTTP/1.1 or HTTP/2; its
 //! [`EndpointTls`] whether the connection under it is TLS.
@@ -16,6 +18,7 @@ mod http1;
 mod http2;
 mod hygiene;
 mod pool;
+mod tcp;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -40,13 +43,18 @@ use crate::core::protocol::UpstreamProtocol;
 pub use hygiene::{requested_upgrade, set_forwarded, strip_hop_by_hop, ForwardedFor};
 use pool::SendError;
 pub use pool::{ConnectError, PoolConfig, PoolConfigError, UpstreamClients};
+pub use tcp::{
+    splice, ByteCounters, Connected, FailedReason, SpliceEnd, Spliced, TcpConfig, TcpConfigError,
+    TcpConnectError, TcpForward, TcpMetrics, TcpSeries, UpstreamStream,
+};
 pub use tls::{Advertised, EndpointTls, TlsError, UpstreamTls};
 
 /// Whether a request to a service of `protocol` leaves over HTTP/2, given what the
 /// caller spoke.
 fn uses_http2(protocol: UpstreamProtocol, caller: Version) -> bool {
     match protocol {
-        UpstreamProtocol::Http1 => false,
+        // A TCP service's HTTP stack is never called: its listener passes bytes through.
+        UpstreamProtocol::Http1 | UpstreamProtocol::Tcp => false,
         UpstreamProtocol::Http2 => true,
         UpstreamProtocol::Auto => caller == Version::HTTP_2,
     }

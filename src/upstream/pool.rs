@@ -360,14 +360,7 @@ impl Pools {
     }
 
     async fn connect_tcp(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
-        let timeout = self.config.connect_timeout;
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ConnectError::Timeout(timeout))??;
-        stream.set_nodelay(true)?;
-        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
-        socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
-        Ok(stream)
+        connect_tcp(addr, self.config.connect_timeout).await
     }
 
     /// Starts the reaper once; it ends when the pools are dropped.
@@ -380,6 +373,21 @@ impl Pools {
             .clamp(Duration::from_millis(100), Duration::from_secs(30));
         tokio::spawn(reap(pools, every));
     }
+}
+
+/// A TCP connection to `addr` within `timeout`, with Nagle off and keep-alive probes
+/// after a minute of silence (so a peer that vanished is noticed).
+pub(super) async fn connect_tcp(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout(timeout))??;
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+    socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+    Ok(stream)
 }
 
 /// Every `every`, closes connections idle for longer than the idle timeout and forgets

@@ -2,7 +2,8 @@
 //! client config, and why a handshake failed.
 //!
 //! - [`UpstreamTls`]: one client config split by pool (ALPN `http/1.1` for the HTTP/1
-//!   pool, `h2` for the HTTP/2 pool) and the server name to send, with an id that keys
+//!   pool, `h2` for the HTTP/2 pool; `remora-tcp` for TCP passthrough, which is never
+//!   pooled) and the server name to send, with an id that keys
 //!   the connection pools, so connections made with different TLS settings (or none) to
 //!   one address are never shared;
 //! - [`EndpointTls`]: a service's choice per endpoint: always plaintext, always TLS, or
@@ -42,6 +43,8 @@ pub struct UpstreamTls {
     http1: Arc<ClientConfig>,
     /// ALPN `h2` only.
     http2: Arc<ClientConfig>,
+    /// ALPN `remora-tcp` only ([`crate::tls::TCP_ALPN`]): a TCP passthrough connection.
+    tcp: Arc<ClientConfig>,
     server_name: ServerName<'static>,
 }
 
@@ -59,6 +62,7 @@ impl UpstreamTls {
             id: NonZeroU64::new(id).expect("ids start at 1 and a u64 does not wrap"),
             http1: with_alpn(b"http/1.1"),
             http2: with_alpn(b"h2"),
+            tcp: with_alpn(crate::tls::TCP_ALPN),
             server_name,
         }
     }
@@ -88,6 +92,25 @@ impl UpstreamTls {
         timeout: Duration,
     ) -> Result<TlsStream<TcpStream>, TlsError> {
         let config = if http2 { &self.http2 } else { &self.http1 };
+        self.handshake_with(config, stream, timeout).await
+    }
+
+    /// The handshake of a TCP passthrough connection over `stream` (ALPN `remora-tcp`),
+    /// bounded by `timeout`.
+    pub(super) async fn handshake_tcp(
+        &self,
+        stream: TcpStream,
+        timeout: Duration,
+    ) -> Result<TlsStream<TcpStream>, TlsError> {
+        self.handshake_with(&self.tcp, stream, timeout).await
+    }
+
+    async fn handshake_with(
+        &self,
+        config: &Arc<ClientConfig>,
+        stream: TcpStream,
+        timeout: Duration,
+    ) -> Result<TlsStream<TcpStream>, TlsError> {
         let handshake =
             TlsConnector::from(config.clone()).connect(self.server_name.clone(), stream);
         match tokio::time::timeout(timeout, handshake).await {

@@ -250,7 +250,10 @@ fn reference_config_loads_with_its_documented_defaults() {
     assert_eq!(config.drain_timeout, defaults.drain_timeout);
     assert_eq!(config.log, defaults.log);
     assert_eq!(config.service, defaults.service);
-    assert_eq!(config.services.len(), 2);
+    assert_eq!(config.services.len(), 3);
+    // The TCP example writes out its `tcp` block's defaults too.
+    let cache = &config.services["cache"];
+    assert_eq!(cache.tcp, Some(remora::config::TcpSection::default()));
 }
 
 #[test]

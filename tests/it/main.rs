@@ -40,6 +40,7 @@ mod rate_limit;
 mod reload;
 mod retry;
 mod secrets;
+mod tcp;
 mod timeout;
 mod tls;
 mod tls_client;

@@ -9,6 +9,7 @@
 mod authorize;
 mod discovery;
 mod policies;
+mod tcp;
 mod tls;
 mod tracing;
 
@@ -23,6 +24,7 @@ pub use discovery::{
 pub use policies::{
     breaker, conditions, fallback, fault, max_in_flight, rate_limit, retry, timeout, NONE,
 };
+pub use tcp::tcp;
 pub use tls::{endpoint_tls, external_tls, mesh_credentials, sole_endpoint_host, ServiceTls};
 pub use tracing::tracing;
 

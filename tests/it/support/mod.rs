@@ -1,7 +1,8 @@
 //! Shared pieces of the scenario tests: programmable upstreams, a sidecar started from
 //! YAML on ephemeral ports, and raw-socket clients for what well-behaved clients never send;
-//! [`echo`] (a scripted gRPC upstream), [`etcd_harness`] (a real etcd) and
-//! [`otlp_receiver`] (an OTLP collector) are the heavier pieces, each in its own module;
+//! [`echo`] (a scripted gRPC upstream), [`etcd_harness`] (a real etcd),
+//! [`otlp_receiver`] (an OTLP collector) and [`redis_harness`] (a real Redis) are the
+//! heavier pieces, each in its own module;
 //! [`tls_front`] makes certificates and terminates TLS in front of plaintext upstreams;
 //! [`dns`] serves a DNS zone the test changes.
 
@@ -12,6 +13,7 @@ pub mod etcd_harness;
 pub mod metrics_text;
 pub mod otlp_receiver;
 pub mod pki;
+pub mod redis_harness;
 pub mod tls_front;
 
 pub use metrics_text::{metric, metric_or_zero};
