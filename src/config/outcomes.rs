@@ -100,14 +100,17 @@ impl Condition {
             "gateway_error" => Self::GatewayError,
             "5xx" => Self::ServerError,
             "timeout" => {
-                return Err("`timeout` is the whole call running out of time (a fallback \
+                return Err(
+                    "`timeout` is the whole call running out of time (a fallback \
                      trigger); a try that runs out of its per-try timeout is `try_timeout`"
-                    .to_string())
+                        .to_string(),
+                )
             }
             "upstream_5xx" | "upstream_reset" => {
                 return Err(format!(
                     "{text:?} is now `{}`",
-                    text.trim_start_matches("upstream_").trim_start_matches("upstream-")
+                    text.trim_start_matches("upstream_")
+                        .trim_start_matches("upstream-")
                 ))
             }
             _ => {

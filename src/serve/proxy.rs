@@ -171,10 +171,23 @@ impl ProxyService {
         let state = self.shared.state.load_full();
         let grpc = is_grpc(&request);
         let direction = self.entry.direction();
-        let target = match route(&state, &self.entry, &request) {
+        let connect = request.method() == http::Method::CONNECT;
+        let routed = if connect {
+            // remora routes requests to configured services; it never opens raw tunnels.
+            Err(ProxyError::BadRequest("CONNECT is not supported".into()))
+        } else {
+            route(&state, &self.entry, &request)
+        };
+        let target = match routed {
             Ok(target) => target,
             Err(error) => {
-                let response = error.to_response(grpc);
+                let mut response = error.to_response(grpc);
+                if connect && request.version() < Version::HTTP_2 {
+                    // What follows a CONNECT on this connection was meant for a tunnel.
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 let service = unknown_service();
                 // remora's own answers carry a gRPC status in their headers.
                 let grpc_code = grpc_code_in_headers(response.headers());
@@ -351,16 +364,40 @@ impl StatusWaiter for RequestCount {
 }
 
 fn route<B>(state: &State, entry: &Entry, request: &Request<B>) -> Result<Arc<Target>, ProxyError> {
+    // An HTTP/1 request in absolute form (`GET http://host/...`) names its destination:
+    // a listener serves it only when that is where the listener goes.
+    let absolute = (request.version() < Version::HTTP_2)
+        .then(|| request.uri().authority())
+        .flatten();
     let found = match entry {
-        Entry::Inbound => state
-            .inbound
-            .clone()
-            .ok_or_else(|| "inbound app".to_string()),
-        Entry::Service(name) => state
-            .routes
-            .service(name)
-            .cloned()
-            .ok_or_else(|| name.to_string()),
+        Entry::Inbound => {
+            if let Some(authority) = absolute {
+                return Err(ProxyError::BadRequest(format!(
+                    "an absolute-form request (for {authority}) on the inbound listener: it \
+                     serves the local app, in origin form"
+                )));
+            }
+            state
+                .inbound
+                .clone()
+                .ok_or_else(|| "inbound app".to_string())
+        }
+        Entry::Service(name) => {
+            let target = state.routes.service(name).cloned();
+            if let (Some(authority), Some(target)) = (absolute, &target) {
+                let same = state
+                    .routes
+                    .route(request)
+                    .is_ok_and(|routed| Arc::ptr_eq(routed, target));
+                if !same {
+                    return Err(ProxyError::BadRequest(format!(
+                        "an absolute-form request for {authority} on the port of {name}, \
+                         which serves {name} only"
+                    )));
+                }
+            }
+            target.ok_or_else(|| name.to_string())
+        }
         Entry::SharedOutbound => state.routes.route(request).cloned(),
     };
     found.map_err(ProxyError::UnknownDestination)
@@ -373,10 +410,6 @@ async fn send_through(
     call: CallInfo,
     forwarded_for: &ForwardedFor,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    if request.method() == http::Method::CONNECT {
-        // remora routes requests to configured services; it never opens raw tunnels.
-        return Err(ProxyError::BadRequest("CONNECT is not supported".into()));
-    }
     let caller_version = request.version();
     let upgrade = (caller_version == Version::HTTP_11)
         .then(|| requested_upgrade(request.headers()))

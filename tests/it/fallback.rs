@@ -36,12 +36,7 @@ fn dead() -> std::net::SocketAddr {
 #[tokio::test]
 async fn upstream_5xx() {
     let (upstream, _) = scripted(|_| 500).await;
-    let proxy = with_policies(
-        &policies("5xx", ""),
-        "    fallback: soft",
-        &[upstream],
-    )
-    .await;
+    let proxy = with_policies(&policies("5xx", ""), "    fallback: soft", &[upstream]).await;
     assert_fallback(&proxy, "5xx").await;
     let admin = proxy.addrs().admin.unwrap();
     assert_eq!(

@@ -254,3 +254,56 @@ async fn connections_over_the_cap_are_closed_at_once() {
         "capacity returns when connections close: {ok}"
     );
 }
+
+/// After a refused CONNECT the connection is closed: bytes pipelined behind it (meant
+/// for a tunnel) are never read as a request.
+#[tokio::test]
+async fn a_refused_connect_closes_its_connection() {
+    let (_proxy, inbound, log) = guarded().await;
+    let response = raw(
+        inbound,
+        b"CONNECT app:443 HTTP/1.1\r\nHost: app:443\r\n\r\nGET /behind HTTP/1.1\r\nHost: app\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&response), 400, "{response}");
+    assert!(response.contains("connection: close"), "{response}");
+    assert_eq!(
+        response.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer only: {response}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(log.len(), 0, "the app saw {:?}", log.all());
+}
+
+/// An absolute-form request names its destination: a dedicated port serves it only for
+/// its own service, and the inbound listener (origin form only) never.
+#[tokio::test]
+async fn absolute_form_for_another_destination_is_refused_on_every_listener() {
+    let (upstream, log) = recording("orders").await;
+    let proxy = sidecar(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         inbound: {{ listen: 127.0.0.1:0, app: {upstream} }}\n\
+         services:\n  orders:\n    listen: 127.0.0.1:0\n    hosts: [orders.internal]\n    endpoints: [{upstream}]\n"
+    ))
+    .await;
+    let dedicated = proxy.addrs().service("orders").unwrap();
+    let foreign =
+        b"GET http://payments/charge HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n";
+    assert_eq!(status_of(&raw(dedicated, foreign).await), 400);
+    let inbound = proxy.addrs().inbound.unwrap();
+    assert_eq!(status_of(&raw(inbound, foreign).await), 400);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(log.len(), 0, "the app saw {:?}", log.all());
+
+    // Its own names are served, in absolute form as in origin form.
+    for request in [
+        &b"GET http://orders/a HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n"[..],
+        b"GET http://orders.internal:80/b HTTP/1.1\r\nHost: orders.internal\r\nConnection: close\r\n\r\n",
+        b"GET /c HTTP/1.1\r\nHost: anything\r\nConnection: close\r\n\r\n",
+    ] {
+        let response = raw(dedicated, request).await;
+        assert_eq!(status_of(&response), 200, "{response}");
+    }
+    assert_eq!(log.len(), 3);
+}
