@@ -26,6 +26,8 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY src src
 COPY examples examples
+# hyper, patched (third_party/README.md), through [patch.crates-io].
+COPY third_party third_party
 # The registry and target caches speed up rebuilds; binaries are copied out of the
 # cached target directory into /out in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

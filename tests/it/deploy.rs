@@ -397,6 +397,16 @@ fn apps_are_the_cargo_examples_the_image_builds() {
             && dockerfile.contains(r#"CMD ["remora", "live"]"#),
         "the health check asks the admin address of the mounted config"
     );
+    // What the build reads through [patch.crates-io] is in the build context.
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    for line in manifest.lines().filter(|l| l.contains("path = \"third_party/")) {
+        let dir = line.split('"').nth(1).unwrap();
+        let top = dir.split('/').next().unwrap();
+        assert!(
+            dockerfile.contains(&format!("COPY {top} {top}")),
+            "the image build does not copy {dir}"
+        );
+    }
     for (name, service) in services(&compose) {
         let target = service["build"]["target"].as_str();
         if target == Some("examples") {
