@@ -96,6 +96,8 @@ pub struct Metrics {
     pub balancer: crate::balance::BalancerMetrics,
     /// Health checks and outlier ejection.
     pub health: crate::health::HealthMetrics,
+    /// Copies sent to mirrors, and those dropped.
+    pub mirror: crate::routing::MirrorMetrics,
 }
 
 impl Default for Metrics {
@@ -156,7 +158,9 @@ impl Metrics {
         let discovery = crate::discovery::DiscoveryMetrics::register(&mut registry);
         let balancer = crate::balance::BalancerMetrics::register(&mut registry);
         let health = crate::health::HealthMetrics::register(&mut registry);
+        let mirror = crate::routing::MirrorMetrics::register(&mut registry);
         Self {
+            mirror,
             policy,
             discovery,
             balancer,

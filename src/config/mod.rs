@@ -29,6 +29,8 @@ mod outcomes;
 mod policies;
 mod redact;
 mod references;
+mod route_action;
+mod route_match;
 mod routes;
 mod scalar;
 mod schema;
