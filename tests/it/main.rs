@@ -38,6 +38,7 @@ mod mtls_outbound;
 mod rate_limit;
 mod reload;
 mod retry;
+mod routing;
 mod secrets;
 mod timeout;
 mod tls;
