@@ -168,11 +168,12 @@ impl<S> Mirror<S> {
             mirror: ServiceLabel(mirror.clone()),
             reason,
         };
-        let counters = Counters {
-            sent: metrics.sent.get_or_create(&labels).clone(),
-            full: metrics.dropped.get_or_create(&dropped("full")).clone(),
-            body: metrics.dropped.get_or_create(&dropped("body")).clone(),
-        };
+        // One lookup per statement: a family's guard lives to the end of its statement,
+        // and a second lookup that inserts into the same family would wait for it.
+        let sent = metrics.sent.get_or_create(&labels).clone();
+        let full = metrics.dropped.get_or_create(&dropped("full")).clone();
+        let body = metrics.dropped.get_or_create(&dropped("body")).clone();
+        let counters = Counters { sent, full, body };
         Self {
             name: mirror,
             stack,
