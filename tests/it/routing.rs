@@ -480,3 +480,29 @@ async fn bad_routes_are_refused_at_their_field() {
         assert!(error.starts_with("test.yaml:"), "located: {error}");
     }
 }
+
+#[tokio::test]
+async fn a_mirrored_call_says_so_on_its_span() {
+    let (collector, received) = otlp_receiver::grpc().await;
+    let (v1, _) = recording("v1").await;
+    let (shadow, copies) = recording("shadow").await;
+    let routes = "      - match: { path_prefix: / }\n        mirror: { service: shadow }\n";
+    let config = remora::build::parse(
+        "test.yaml",
+        &front_config(routes, &[("v1", v1), ("shadow", shadow)]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let tracing = remora::trace::TracingConfig {
+        endpoint: Some(format!("http://{collector}")),
+        service_name: "routing".into(),
+        batch_delay: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let proxy = remora::Sidecar::start_with(config, tracing).await.unwrap();
+    assert_eq!(call(&url(&proxy, "/traced"), &[]).await.0, 200);
+    assert!(eventually(Duration::from_secs(5), || async { copies.len() == 1 }).await);
+    proxy.handle().tracing().flush().await;
+    let spans = received.wait_for(1, Duration::from_secs(5)).await;
+    let events: Vec<String> = spans.iter().flat_map(|s| s.events.clone()).collect();
+    assert!(events.iter().any(|e| e == "mirrored"), "{events:?}");
+}
