@@ -75,6 +75,14 @@ impl Target {
 
     /// The route `request` takes: the most specific configured one that matches, else
     /// the default.
+    ///
+    /// NOTE: a walk over the sorted routes, cheapest conditions first within each
+    /// (method, path, headers, query); no allocation. One prefix route costs what the
+    /// path-only matcher did. A request that passes over 100 routes with header and
+    /// regex conditions pays 100 method/path checks plus the header lookups and lazy-DFA
+    /// runs of those whose path matched: a few microseconds at worst, expected to be a
+    /// few percent of a proxied call; an index by exact path or first segment is the
+    /// next step if the benchmark says otherwise.
     pub fn route_for<B>(&self, request: &Request<B>) -> RouteId {
         RouteId(
             self.routes
