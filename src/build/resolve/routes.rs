@@ -117,6 +117,11 @@ pub fn route_action<S: Clone>(
             .map(|text| super::hash_key(text, "sticky"))
             .transpose()
             .at("sticky")?;
+        if let Some(crate::balance::HashKey::Cookie(name)) = &sticky {
+            if name.is_empty() || name.contains([';', '=', ' ']) {
+                return Err(format!("invalid cookie name {name:?}")).at("sticky");
+            }
+        }
         let mut legs = Vec::with_capacity(route.backends.len());
         for (name, weight) in &route.backends {
             let leg = backend(name).ok_or_else(|| {
@@ -243,6 +248,10 @@ mod tests {
             (
                 "match: { path_prefix: / }\nbackends: { v1: 1, v2: 1 }\nsticky: 'query:x'\n",
                 "sticky: invalid sticky",
+            ),
+            (
+                "match: { path_prefix: / }\nbackends: { v1: 1, v2: 1 }\nsticky: 'cookie:'\n",
+                "sticky: invalid cookie name",
             ),
         ];
         for (yaml, expected) in cases {
