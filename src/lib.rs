@@ -16,6 +16,7 @@ pub mod demo;
 pub mod discovery;
 pub mod health;
 pub mod policy;
+pub mod routing;
 pub mod serve;
 pub mod tls;
 pub mod trace;

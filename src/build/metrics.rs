@@ -98,6 +98,8 @@ pub struct Metrics {
     pub health: crate::health::HealthMetrics,
     /// TCP passthrough connections and bytes.
     pub tcp: crate::upstream::TcpMetrics,
+    /// Copies sent to mirrors, and those dropped.
+    pub mirror: crate::routing::MirrorMetrics,
 }
 
 impl Default for Metrics {
@@ -159,8 +161,10 @@ impl Metrics {
         let balancer = crate::balance::BalancerMetrics::register(&mut registry);
         let health = crate::health::HealthMetrics::register(&mut registry);
         let tcp = crate::upstream::TcpMetrics::register(&mut registry);
+        let mirror = crate::routing::MirrorMetrics::register(&mut registry);
         Self {
             tcp,
+            mirror,
             policy,
             discovery,
             balancer,

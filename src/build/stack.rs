@@ -13,7 +13,6 @@ use tower::util::Either;
 use tower::Layer;
 
 use super::resolve::{self, BuildError, NONE};
-use super::route::RouteMatcher;
 use crate::balance::EndpointSet;
 use crate::config::{
     FieldPath, InboundSection, PoliciesSection, RouteSection, ServiceSection, UpstreamProtocol,
@@ -26,6 +25,7 @@ use crate::policy::rate_limit::RateLimitLayer;
 use crate::policy::retry::RetryLayer;
 use crate::policy::timeout::TimeoutLayer;
 use crate::policy::{BreakerSource, CoreStack, PolicyMetrics, ServiceStack, Stack};
+use crate::routing::{RequestMatcher, RouteAction};
 use crate::upstream::{EndpointObserver, EndpointTls, Forward, UpstreamClients};
 
 /// `inner` under `layer` when there is one, else `inner` alone.
@@ -155,8 +155,8 @@ pub struct CoreStacks<'a> {
     target: StackTarget<'a>,
     /// The default stack.
     pub default: CoreStack,
-    /// Each route's matcher, stack, policies and `route` label.
-    routes: Vec<(RouteMatcher, CoreStack, PolicyRefs<'a>, &'a str)>,
+    /// Each route's matcher, stack, policies and `route` label, in configured order.
+    routes: Vec<(RequestMatcher, CoreStack, PolicyRefs<'a>, &'a str)>,
     /// The breakers built for it.
     pub breakers: Vec<BreakerSource>,
 }
@@ -172,18 +172,21 @@ impl CoreStacks<'_> {
 pub struct ServiceStacks {
     /// For requests no route takes.
     pub default: Stack,
-    /// Routes, first match wins.
+    /// Routes, in configured order (the target sorts them by precedence).
     pub routes: Vec<RouteStack>,
 }
 
 /// A configured route of a service, built.
 pub struct RouteStack {
     /// Which requests it takes.
-    pub matcher: RouteMatcher,
+    pub matcher: RequestMatcher,
     /// Its `route` metrics label ([`RouteSection::label`]).
     pub label: Arc<str>,
-    /// The stack its requests go through.
+    /// The stack its requests go through (the leg of its own service, when it splits).
     pub stack: Stack,
+    /// What it does besides (backends, edits, answers, mirror); set once every
+    /// service's stacks exist, since a backend is another service's stack.
+    pub action: Option<RouteAction<Stack>>,
 }
 
 /// Builds stacks from one config's policies.
@@ -277,8 +280,8 @@ impl<'c> StackBuilder<'c> {
         let mut routes = Vec::new();
         for (i, route) in target.routes.iter().enumerate() {
             let path = target.path.key("routes").index(i);
-            let matcher = super::resolve::route_matcher(&route.matches)
-                .ok_or_else(|| BuildError::at(path.key("match"), "a route needs a match"))?;
+            let matcher =
+                resolve::route_match(&route.matches).map_err(|e| e.within(&path.key("match")))?;
             let refs = PolicyRefs::of_route(route, target.refs);
             let stack = build(refs, &mut shared).map_err(|e| e.within(&path))?;
             routes.push((matcher, stack, refs, route.label()));
@@ -330,6 +333,7 @@ impl<'c> StackBuilder<'c> {
                 matcher,
                 label: Arc::from(label),
                 stack: with_fallback(stack, refs)?,
+                action: None,
             });
         }
         Ok(ServiceStacks { default, routes })

@@ -19,7 +19,7 @@ use super::stack::{StackBuilder, StackTarget};
 use crate::config::{Config, FieldPath, InboundTlsMode, LimitsSection, MeshTlsSection};
 use crate::discovery::Registry;
 use crate::policy::authorize::Authorization;
-use crate::policy::{BreakerSource, ServiceStack};
+use crate::policy::{BreakerSource, ServiceStack, Stack};
 use crate::tls::{Credentials, CredentialsWatcher, InboundTls, TrustDomain};
 use crate::upstream::{EndpointTls, UpstreamClients};
 
@@ -220,11 +220,39 @@ impl State {
         let alternate = |name: &str| alternates.get(name).cloned();
 
         let mut breakers = Vec::new();
-        let mut routes = RouteTable::new();
+        let mut finished = Vec::with_capacity(cores.len());
         for (name, service, core) in cores {
             breakers.extend(core.breakers.iter().cloned());
             let endpoints = core.endpoints();
             let stacks = builder.finish(core, &alternate)?;
+            finished.push((name, service, endpoints, stacks));
+        }
+        // A route's backend or mirror is another service's whole default stack (its
+        // routes, and so their splits, are not: a split never leads to another).
+        let defaults: HashMap<&str, Stack> = finished
+            .iter()
+            .map(|(name, _, _, stacks)| (name.as_str(), stacks.default.clone()))
+            .collect();
+        let mut routes = RouteTable::new();
+        for (name, service, endpoints, mut stacks) in finished {
+            let at = FieldPath::root().key("services").key(name).key("routes");
+            for (i, route) in stacks.routes.iter_mut().enumerate() {
+                let own = route.stack.clone();
+                let backend = |wanted: &str| {
+                    if wanted == name.as_str() {
+                        Some(own.clone())
+                    } else {
+                        defaults.get(wanted).cloned()
+                    }
+                };
+                route.action = crate::build::resolve::route_action(
+                    name,
+                    &service.routes[i],
+                    &backend,
+                    &metrics.mirror,
+                )
+                .map_err(|e| e.within(&at.index(i)))?;
+            }
             let target = Target::new(Arc::from(name.as_str()), endpoints, stacks);
             // A TCP service takes no HTTP calls: only its own port reaches it.
             if !service.protocol.is_tcp() {

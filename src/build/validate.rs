@@ -116,6 +116,20 @@ pub fn check(config: &Config) -> Vec<Issue> {
             let tcp = resolve::tcp(service.tcp.as_ref(), &config.upstream, &config.limits);
             refused(path.key("tcp"), tcp.map(drop));
         }
+        // A backend or mirror is only looked up here, as a fallback's alternate is.
+        let known = |wanted: &str| config.services.contains_key(wanted).then_some(());
+        let mirrors = crate::routing::MirrorMetrics::default();
+        for (i, route) in service.routes.iter().enumerate() {
+            let at = path.key("routes").index(i);
+            refused(
+                at.key("match"),
+                resolve::route_match(&route.matches).map(drop),
+            );
+            refused(
+                at,
+                resolve::route_action(name, route, &known, &mirrors).map(drop),
+            );
+        }
         // A mesh block without credentials is the document's own issue (reported once).
         let Some(tls) = service
             .tls

@@ -32,6 +32,8 @@ mod outcomes;
 mod policies;
 mod redact;
 mod references;
+mod route_action;
+mod route_match;
 mod routes;
 mod scalar;
 mod schema;

@@ -165,6 +165,9 @@ fn check_in_flight(path: &FieldPath, value: Option<usize>, issues: &mut Vec<Issu
 fn check_route_names(path: &FieldPath, routes: &[RouteSection], issues: &mut Vec<Issue>) {
     for (i, route) in routes.iter().enumerate() {
         let label = route.label();
+        if label.is_empty() && route.name.is_none() {
+            continue; // asked for a `name` by the route's own check
+        }
         let name_path = path.index(i).key("name");
         if route.name.is_some() && (label.is_empty() || label == DEFAULT_ROUTE) {
             issues.push(Issue::at(
@@ -188,7 +191,8 @@ fn check_route(
     route: &RouteSection,
     issues: &mut Vec<Issue>,
 ) {
-    check_route_match(&path.key("match"), &route.matches, issues);
+    super::route_match::check(&path.key("match"), &route.matches, issues);
+    super::route_action::check(path, route, issues);
     check_timeout(
         policies,
         path,

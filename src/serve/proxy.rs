@@ -27,6 +27,7 @@ use crate::core::error::ProxyError;
 use crate::core::grpc::{grpc_status_at, is_grpc, GrpcStatusAt};
 use crate::core::labels::{Direction, GrpcCode};
 use crate::policy::Stack;
+use crate::routing::{Mirror, RouteAction};
 use crate::serve::shared::Shared;
 use crate::upstream::{requested_upgrade, set_forwarded, strip_hop_by_hop, ForwardedFor};
 
@@ -209,7 +210,7 @@ impl ProxyService {
                 return self.deny(&target, identity, grpc, started);
             }
         }
-        let route_id = target.route_for(request.uri().path());
+        let route_id = target.route_for(&request);
         let route = target.route(route_id);
         let call = CallInfo {
             client: self.peer,
@@ -218,7 +219,10 @@ impl ProxyService {
             grpc,
             peer_identity: self.peer_identity.clone(),
         };
-        let forwarded = send_through(&route.stack, request, call, &self.forwarded_for).await;
+        let forwarded = match &route.action {
+            None => send_through(&route.stack, request, call, &self.forwarded_for, None).await,
+            Some(action) => act(action, &route.stack, request, call, &self.forwarded_for).await,
+        };
         let mut response = match forwarded {
             Ok(response) => {
                 if let Some(trigger) = response
@@ -255,6 +259,9 @@ impl ProxyService {
                 error.to_response(grpc)
             }
         };
+        if let Some(action) = &route.action {
+            action.edit_response(&mut response);
+        }
         let series = Series {
             direction,
             service: &target.name,
@@ -403,12 +410,32 @@ fn route<B>(state: &State, entry: &Entry, request: &Request<B>) -> Result<Arc<Ta
     found.map_err(ProxyError::UnknownDestination)
 }
 
-/// Cleans `request` for its hop and sends it through `stack`.
+/// Does what a route's `action` says with `request`: answers it, or edits it and sends
+/// it through the backend the action picks (`own`, the route's stack, without a split),
+/// mirroring a share of it.
+async fn act(
+    action: &RouteAction<Stack>,
+    own: &Stack,
+    mut request: Request<Incoming>,
+    call: CallInfo,
+    forwarded_for: &ForwardedFor,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    if let Some(reply) = &action.reply {
+        return Ok(reply.answer(&request));
+    }
+    action.edit_request(&mut request);
+    let leg = action.leg(&request, own);
+    send_through(leg, request, call, forwarded_for, action.mirror.as_ref()).await
+}
+
+/// Cleans `request` for its hop and sends it through `stack`; a copy goes to `mirror`
+/// when it takes one.
 async fn send_through(
     stack: &Stack,
     request: Request<Incoming>,
     call: CallInfo,
     forwarded_for: &ForwardedFor,
+    mirror: Option<&Mirror<Stack>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let caller_version = request.version();
     let upgrade = (caller_version == Version::HTTP_11)
@@ -440,10 +467,19 @@ async fn send_through(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol);
     }
-    stack
+    // An upgrade is a tunnel: there is nothing to copy.
+    let (body, copy) = match mirror.filter(|_| !parts.headers.contains_key(header::UPGRADE)) {
+        Some(mirror) => mirror.tap(&parts, body),
+        None => (body, None),
+    };
+    let answered = stack
         .clone()
         .oneshot(Request::from_parts(parts, body))
-        .await
+        .await;
+    if let Some(copy) = copy {
+        copy.send();
+    }
+    answered
 }
 
 /// Whether an HTTP/1 request body is chunked.

@@ -146,14 +146,14 @@ fn a_breaker_that_cannot_open_is_refused() {
 }
 
 #[test]
-fn a_route_matches_on_exactly_one_thing() {
+fn a_route_matches_on_at_most_one_path() {
     let text = BASE.replace(
         "{ path_prefix: /slow }",
         "{ path_prefix: /slow, grpc_service: shop.Prices }",
     );
     let error = error_of(&text);
     assert!(
-        error.contains("services.prices.routes[0].match: a route matches on exactly one"),
+        error.contains("services.prices.routes[0].match: a route matches on at most one"),
         "{error}"
     );
 }

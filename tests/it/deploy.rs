@@ -399,7 +399,10 @@ fn apps_are_the_cargo_examples_the_image_builds() {
     );
     // What the build reads through [patch.crates-io] is in the build context.
     let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
-    for line in manifest.lines().filter(|l| l.contains("path = \"third_party/")) {
+    for line in manifest
+        .lines()
+        .filter(|l| l.contains("path = \"third_party/"))
+    {
         let dir = line.split('"').nth(1).unwrap();
         let top = dir.split('/').next().unwrap();
         assert!(

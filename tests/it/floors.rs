@@ -15,6 +15,7 @@ fn floor(module: &str) -> Option<(u8, u8)> {
         "trace" | "balance" => (3, 1),
         "upstream" => (3, 2),
         "health" | "policy" => (3, 3),
+        "routing" => (3, 4),
         "build" => (4, 0),
         "serve" | "demo" | "echo" => (5, 0),
         _ => return None,

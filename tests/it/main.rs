@@ -39,6 +39,7 @@ mod names;
 mod rate_limit;
 mod reload;
 mod retry;
+mod routing;
 mod secrets;
 mod tcp;
 mod timeout;

@@ -189,6 +189,24 @@ const REFUSED: &[(&str, &str, &str, &str)] = &[
         "status: 200",
         "policies.faults.chaos.abort.status:",
     ),
+    (
+        "a route regular expression that does not compile",
+        "    fault: chaos\n",
+        "    fault: chaos\n    routes:\n      - match: { path_regex: '(' }\n",
+        "services.prices.routes[0].match.path_regex:",
+    ),
+    (
+        "a split whose weights are all zero",
+        "    fault: chaos\n",
+        "    fault: chaos\n    routes:\n      - match: { path_prefix: / }\n        backends: { prices: 0 }\n",
+        "services.prices.routes[0].backends: every backend weight is 0",
+    ),
+    (
+        "a backend that is no service",
+        "    fault: chaos\n",
+        "    fault: chaos\n    routes:\n      - match: { path_prefix: / }\n        backends: { prices: 1, pricez: 1 }\n",
+        "services.prices.routes[0].backends.pricez: unknown service",
+    ),
 ];
 
 #[test]

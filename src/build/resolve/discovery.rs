@@ -101,22 +101,7 @@ pub fn balancer(
         let text = section.hash_key.as_deref().ok_or(
             "consistent hashing needs `hash_key`: `header:<name>`, `cookie:<name>` or `client_ip`",
         ).here()?;
-        if text == "client_ip" {
-            return Ok(HashKey::ClientIp);
-        }
-        if let Some(name) = text.strip_prefix("header:") {
-            return HeaderName::from_bytes(name.trim().as_bytes())
-                .map(HashKey::Header)
-                .map_err(|_| format!("invalid header name in hash_key {text:?}"))
-                .at("hash_key");
-        }
-        if let Some(name) = text.strip_prefix("cookie:") {
-            return Ok(HashKey::Cookie(name.trim().to_string()));
-        }
-        Err(format!(
-            "invalid hash_key {text:?}: expected `header:<name>`, `cookie:<name>` or `client_ip`"
-        ))
-        .at("hash_key")
+        hash_key(text, "hash_key").at("hash_key")
     };
     let balancer = match section.algorithm {
         Algorithm::P2c => Balancer::default(),
@@ -139,6 +124,26 @@ pub fn balancer(
     }
     let threshold = (section.panic_threshold.0 * 100.0).round() as u8;
     BalancerConfig::try_new(balancer, threshold).at("panic_threshold")
+}
+
+/// A hash key written `header:<name>`, `cookie:<name>` or `client_ip` (a balancer's
+/// `hash_key`, a route's `sticky`: `field` names it in the message).
+pub fn hash_key(text: &str, field: &str) -> Result<crate::balance::HashKey, String> {
+    use crate::balance::HashKey;
+    if text == "client_ip" {
+        return Ok(HashKey::ClientIp);
+    }
+    if let Some(name) = text.strip_prefix("header:") {
+        return HeaderName::from_bytes(name.trim().as_bytes())
+            .map(HashKey::Header)
+            .map_err(|_| format!("invalid header name in {field} {text:?}"));
+    }
+    if let Some(name) = text.strip_prefix("cookie:") {
+        return Ok(HashKey::Cookie(name.trim().to_string()));
+    }
+    Err(format!(
+        "invalid {field} {text:?}: expected `header:<name>`, `cookie:<name>` or `client_ip`"
+    ))
 }
 
 /// Active health checks.

@@ -9,6 +9,7 @@
 mod authorize;
 mod discovery;
 mod policies;
+mod routes;
 mod tcp;
 mod tls;
 mod tracing;
@@ -19,11 +20,13 @@ use crate::config::FieldPath;
 
 pub use authorize::{authorization, route_matcher};
 pub use discovery::{
-    balancer, health_check, outlier, pool, registration, registry, registry_backend, resolver,
+    balancer, hash_key, health_check, outlier, pool, registration, registry, registry_backend,
+    resolver,
 };
 pub use policies::{
     breaker, conditions, fallback, fault, max_in_flight, rate_limit, retry, timeout, NONE,
 };
+pub use routes::{route_action, route_match};
 pub use tcp::tcp;
 pub use tls::{endpoint_tls, external_tls, mesh_credentials, sole_endpoint_host, ServiceTls};
 pub use tracing::tracing;
