@@ -281,10 +281,13 @@ async fn run(path: PathBuf, log_level: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(error) = remora::serve::telemetry::init_logging(&config.log, log_level.as_deref()) {
-        eprintln!("remora: --log-level: {error}");
-        return ExitCode::from(2);
-    }
+    let _log = match remora::serve::telemetry::init_logging(&config.log, log_level.as_deref()) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("remora: --log-level: {error}");
+            return ExitCode::from(2);
+        }
+    };
     // Before any listener is up: once the admin port answers, SIGHUP must reload.
     let hangups = remora::serve::reload::listen_for_sighup();
     let sidecar = match remora::Sidecar::start(config).await {

@@ -1,11 +1,14 @@
 //! What a request leaves behind for an operator besides its span: its id
-//! (`x-request-id`, kept or made) and its access log line.
+//! (`x-request-id`, kept or made) and its access log line, written off the request
+//! path by a writer thread behind a bounded queue.
 //!
 //! The request's trace (`trace::RequestTrace`) decides when a call is over and calls
 //! [`log`]; this module knows only the line's fields and where it goes.
 
 mod log;
 mod request_id;
+mod writer;
 
 pub use log::{log, Entry, ACCESS_LOG_TARGET};
 pub use request_id::{new_request_id, REQUEST_ID};
+pub use writer::{dropped_lines, stderr_writer, QUEUED_LINES};

@@ -162,6 +162,7 @@ impl Metrics {
         let health = crate::health::HealthMetrics::register(&mut registry);
         let tcp = crate::upstream::TcpMetrics::register(&mut registry);
         let mirror = crate::routing::MirrorMetrics::register(&mut registry);
+        registry.register_collector(Box::new(DroppedLogLines));
         Self {
             tcp,
             mirror,
@@ -307,6 +308,29 @@ impl Metrics {
             let _ = writeln!(out, "# metrics encoding failed");
         }
         out
+    }
+}
+
+/// `remora_log_lines_dropped_total`: log lines the writer's queue had no room for, read
+/// from the process-wide writer when the metrics are encoded.
+#[derive(Debug)]
+struct DroppedLogLines;
+
+impl prometheus_client::collector::Collector for DroppedLogLines {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let counter =
+            prometheus_client::metrics::counter::ConstCounter::new(crate::access::dropped_lines());
+        let metric = encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines (access log included) dropped because the writer's queue was full",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
     }
 }
 

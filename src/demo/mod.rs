@@ -229,7 +229,7 @@ pub async fn run(duration: Option<Duration>) -> ExitCode {
         ..LogSection::default()
     };
     // No flag: nothing to refuse.
-    let _ = crate::serve::telemetry::init_logging(&quiet, None);
+    let _log = crate::serve::telemetry::init_logging(&quiet, None);
     let screen = if std::io::stdout().is_terminal() {
         Screen::Redraw
     } else {

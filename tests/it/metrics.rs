@@ -227,3 +227,12 @@ async fn an_abandoned_grpc_stream_counts_as_unknown() {
     .await;
     assert!(counted, "{series} never reached 1");
 }
+
+/// Log lines go through a bounded queue to a writer thread; what it had no room for is
+/// counted (none here: nothing logged floods it).
+#[tokio::test]
+async fn dropped_log_lines_are_counted() {
+    let proxy = outbound_to(&[dead_endpoint()], "http1").await;
+    let admin = proxy.addrs().admin.unwrap();
+    assert_eq!(metric(admin, "remora_log_lines_dropped_total").await, 0.0);
+}
