@@ -135,7 +135,10 @@ impl RequestMatcher {
                 return false;
             }
         }
-        if !self.path.matches(request.uri().path()) {
+        // Cheapest first: a regular expression over the path runs only once the method,
+        // the headers and any plain path test have let the request through.
+        let regex = matches!(self.path, PathMatch::Regex(_));
+        if !regex && !self.path.matches(request.uri().path()) {
             return false;
         }
         let headers = request.headers();
@@ -143,6 +146,9 @@ impl RequestMatcher {
             condition.holds(headers.get_all(name).iter().map(|v| v.as_bytes()))
         });
         if !headers_hold {
+            return false;
+        }
+        if regex && !self.path.matches(request.uri().path()) {
             return false;
         }
         if self.query.is_empty() {
