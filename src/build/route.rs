@@ -32,6 +32,11 @@ pub struct Target {
     /// Configured routes, most specific first ([`by_precedence`]): the first that
     /// matches is the one a request takes.
     routes: Vec<(RequestMatcher, Route)>,
+    /// The headers some route requires (at most 64), each looked up once per request.
+    required_headers: Vec<http::HeaderName>,
+    /// For each route, the bits of `required_headers` it requires: a route whose bits a
+    /// request lacks is passed over without testing it.
+    requires: Vec<u64>,
     /// Its latency handle, looked up once per config.
     pub metrics: ServiceMetrics,
 }
@@ -64,11 +69,32 @@ impl Target {
             })
             .collect();
         by_precedence(&mut routes);
+        let mut required_headers: Vec<http::HeaderName> = Vec::new();
+        for (matcher, _) in &routes {
+            for name in matcher.required_headers() {
+                if !required_headers.contains(name) && required_headers.len() < 64 {
+                    required_headers.push(name.clone());
+                }
+            }
+        }
+        let requires = routes
+            .iter()
+            .map(|(matcher, _)| {
+                matcher.required_headers().fold(0u64, |bits, name| {
+                    match required_headers.iter().position(|known| known == name) {
+                        Some(i) => bits | 1 << i,
+                        None => bits,
+                    }
+                })
+            })
+            .collect();
         Self {
             name,
             endpoints,
             default: Route::new(stacks.default, Arc::from(DEFAULT_ROUTE)),
             routes,
+            required_headers,
+            requires,
             metrics: Default::default(),
         }
     }
@@ -77,17 +103,41 @@ impl Target {
     /// the default.
     ///
     /// NOTE: a walk over the sorted routes, cheapest conditions first within each
-    /// (method, path, headers, query); no allocation. One prefix route costs what the
+    /// (the headers every route requires, looked up once per request; then method,
+    /// path, headers, query); no allocation. One prefix route costs what the
     /// path-only matcher did. A request that passes over 100 routes with header and
     /// regex conditions pays 100 method/path checks plus the header lookups and lazy-DFA
     /// runs of those whose path matched: a few microseconds at worst, expected to be a
     /// few percent of a proxied call; an index by exact path or first segment is the
     /// next step if the benchmark says otherwise.
     pub fn route_for<B>(&self, request: &Request<B>) -> RouteId {
+        if self.required_headers.is_empty() {
+            return RouteId(
+                self.routes
+                    .iter()
+                    .position(|(matcher, _)| matcher.matches(request)),
+            );
+        }
+        // Each header some route requires, looked up once for all of them.
+        let headers = request.headers();
+        let present = self
+            .required_headers
+            .iter()
+            .enumerate()
+            .fold(0u64, |bits, (i, name)| {
+                if headers.contains_key(name) {
+                    bits | 1 << i
+                } else {
+                    bits
+                }
+            });
         RouteId(
             self.routes
                 .iter()
-                .position(|(matcher, _)| matcher.matches(request)),
+                .zip(&self.requires)
+                .position(|((matcher, _), requires)| {
+                    requires & !present == 0 && matcher.matches(request)
+                }),
         )
     }
 

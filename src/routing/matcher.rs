@@ -128,6 +128,15 @@ impl RequestMatcher {
         &self.path
     }
 
+    /// The headers a request must carry for this matcher to take it (every header
+    /// condition but `absent`).
+    pub fn required_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        self.headers
+            .iter()
+            .filter(|(_, condition)| !matches!(condition, ValueMatch::Absent))
+            .map(|(name, _)| name)
+    }
+
     /// Whether `request` meets every condition. The cheap ones go first.
     pub fn matches<B>(&self, request: &Request<B>) -> bool {
         if let Some(method) = &self.method {
