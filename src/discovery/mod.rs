@@ -34,9 +34,11 @@ mod connect;
 mod consul;
 mod dns;
 mod etcd;
+mod eureka;
 mod feed;
 mod file;
 mod freshness;
+mod http;
 mod metrics;
 mod names;
 mod record;
@@ -49,9 +51,12 @@ pub use connect::RegistryTls;
 pub use consul::{ConsulConfig, ConsulRegistry};
 pub use dns::{DnsConfig, DnsRefresh, DnsRegistry, DNS_NAME_METADATA};
 pub use etcd::{EtcdConfig, EtcdRegistry};
+pub use eureka::{EurekaConfig, EurekaRegistry};
 pub use file::{FileConfig, FileRegistry};
 pub use freshness::Freshness;
-pub use metrics::{DiscoveryLabels, DiscoveryMetrics, UpdateLabels};
+pub use metrics::{
+    malformed_entries, DiscoveryLabels, DiscoveryMetrics, MalformedLabels, UpdateLabels,
+};
 pub use names::NamedEndpoints;
 pub use r#static::StaticRegistry;
 pub use record::InstanceRecord;
