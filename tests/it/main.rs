@@ -20,6 +20,7 @@ mod deploy;
 mod discovery_consul;
 mod discovery_dns;
 mod discovery_etcd;
+mod discovery_eureka;
 mod discovery_file;
 mod discovery_sidecar;
 mod drain;

@@ -134,11 +134,11 @@ impl Apps {
             .collect()
     }
 
-    /// The instances of `app` that take traffic (status `UP`), sorted by id, and the
-    /// number of its entries that could not be read.
-    pub(super) fn snapshot(&self, app: &str) -> (Vec<Instance>, usize) {
+    /// The instances of `app` that take traffic (status `UP`), sorted by id, and the ids
+    /// of its entries that could not be read, with why.
+    pub(super) fn snapshot(&self, app: &str) -> (Vec<Instance>, BTreeMap<String, String>) {
         let mut instances = Vec::new();
-        let mut malformed = 0;
+        let mut malformed = BTreeMap::new();
         for (id, entry) in &self.entries {
             if !entry.app.eq_ignore_ascii_case(app) || entry.status != UP {
                 continue;
@@ -146,8 +146,7 @@ impl Apps {
             match read_instance(id, &entry.document) {
                 Ok(instance) => instances.push(instance),
                 Err(why) => {
-                    tracing::warn!(registry = "eureka", app, instance = %id, %why, "ignoring an unreadable Eureka instance");
-                    malformed += 1;
+                    malformed.insert(id.clone(), why);
                 }
             }
         }
@@ -223,14 +222,14 @@ mod tests {
         let apps = Apps::full(fetched);
         assert_eq!(apps.hashcode(), "DOWN_1_UP_2_");
         let (orders, malformed) = apps.snapshot("orders");
-        assert_eq!(malformed, 0);
+        assert!(malformed.is_empty());
         assert_eq!(orders.len(), 1);
         assert_eq!(orders[0].addr, "10.0.0.1:8080".parse().unwrap());
         assert_eq!(orders[0].weight, 3);
         assert_eq!(orders[0].metadata.len(), 2);
         let (users, malformed) = apps.snapshot("USERS");
         assert!(users.is_empty());
-        assert_eq!(malformed, 1);
+        assert_eq!(malformed.into_keys().collect::<Vec<_>>(), ["u"]);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 mod apps;
 mod lease;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -151,17 +152,31 @@ impl EurekaRegistry {
         let mut backoff = self.backoff();
         let mut copy: Option<Apps> = None;
         let mut last: Option<Vec<Instance>> = None;
+        // Entries already counted as malformed: each is counted and logged once, when
+        // it appears, not at every poll.
+        let mut known_malformed = BTreeSet::new();
+        let mut known_unreadable = 0;
         loop {
             match self.refresh(&mut copy, &app).await {
                 Ok(unreadable) => {
                     backoff.reset();
                     let copy = copy.as_ref().expect("a refresh leaves a copy");
                     let (instances, malformed) = copy.snapshot(&app);
-                    if last.as_ref() != Some(&instances) {
-                        // Counted once per change that still carries them, not per poll.
-                        for _ in 0..malformed + unreadable {
+                    for (id, why) in &malformed {
+                        if !known_malformed.contains(id) {
+                            tracing::warn!(registry = NAME, app = %app, instance = %id, %why, "ignoring an unreadable Eureka instance");
                             count_malformed(NAME, service);
                         }
+                    }
+                    known_malformed = malformed.into_keys().collect();
+                    if unreadable > known_unreadable {
+                        tracing::warn!(registry = NAME, app = %app, unreadable, "ignoring Eureka instances without an instanceId or hostName");
+                        for _ in known_unreadable..unreadable {
+                            count_malformed(NAME, service);
+                        }
+                    }
+                    known_unreadable = unreadable;
+                    if last.as_ref() != Some(&instances) {
                         last = Some(instances.clone());
                         feed.snapshot(instances).await?;
                     }
