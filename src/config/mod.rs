@@ -46,7 +46,8 @@ pub use crate::core::protocol::UpstreamProtocol;
 pub use discovery::{
     backend_of, BalancerAlgorithm, BalancerSection, ConsulSection, DiscoveryRef, DnsSection,
     EtcdSection, EurekaSection, FileSection, GrpcProbeSection, HealthCheckSection,
-    HttpProbeSection, OutlierSection, RegisterSection, RegistrySection, TcpProbeSection,
+    HttpProbeSection, NacosSection, OutlierSection, RegisterSection, RegistrySection,
+    TcpProbeSection,
 };
 pub use env::EnvLookup;
 pub use error::{ConfigError, Diagnostic, DiagnosticKind, FieldPath, PathSegment};

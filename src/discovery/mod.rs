@@ -40,6 +40,7 @@ mod file;
 mod freshness;
 mod http;
 mod metrics;
+mod nacos;
 mod names;
 mod record;
 mod registration;
@@ -57,6 +58,7 @@ pub use freshness::Freshness;
 pub use metrics::{
     malformed_entries, DiscoveryLabels, DiscoveryMetrics, MalformedLabels, UpdateLabels,
 };
+pub use nacos::{NacosConfig, NacosRegistry};
 pub use names::NamedEndpoints;
 pub use r#static::StaticRegistry;
 pub use record::InstanceRecord;
