@@ -22,6 +22,7 @@ mod discovery_dns;
 mod discovery_etcd;
 mod discovery_eureka;
 mod discovery_file;
+mod discovery_nacos;
 mod discovery_sidecar;
 mod drain;
 mod fallback;
