@@ -31,10 +31,10 @@ pub struct RegistrySection {
     pub file: Option<FileSection>,
     /// Eureka: the REST API, a full fetch then deltas checked by hash code.
     #[serde(default)]
-    pub eureka: Option<EurekaSection>,
+    pub eureka: Option<Box<EurekaSection>>,
     /// Nacos: the open API v1, polled; registration with heartbeats.
     #[serde(default)]
-    pub nacos: Option<NacosSection>,
+    pub nacos: Option<Box<NacosSection>>,
 }
 
 /// Nacos settings. `Debug` hides the password; `/config` shows [`Config::redacted`].
