@@ -98,7 +98,8 @@ impl RestClient {
         })
     }
 
-    /// One request to `prefix + path` (with its query), answered within `timeout`.
+    /// One request to `prefix + path` (with its query), answered within `timeout`. Errors
+    /// name the path without the query.
     pub(super) async fn call(
         &self,
         method: Method,
@@ -107,10 +108,12 @@ impl RestClient {
         body: Option<(&'static str, Vec<u8>)>,
         timeout: Duration,
     ) -> Result<Answer, DiscoveryError> {
+        // The query stays out of messages: it may carry an access token.
+        let shown = path.split('?').next().unwrap_or(path);
         let failed = |message: String| {
             DiscoveryError::new(
                 self.registry,
-                format!("{method} {}{path}: {message}", self.prefix),
+                format!("{method} {}{shown}: {message}", self.prefix),
             )
         };
         let uri = format!("{}://{}{}{path}", self.scheme, self.authority, self.prefix);
