@@ -394,18 +394,18 @@ async fn an_outage_keeps_the_last_instances_serving_stale() {
 }
 
 #[tokio::test]
-async fn a_registration_renews_returns_after_being_forgotten_and_cancels_on_shutdown() {
+async fn a_registration_renews_returns_when_forgotten_survives_a_reload_and_cancels_on_shutdown() {
     let (fake, eureka) = start_fake().await;
     let (app, _) = recording("self").await;
     let inbound = free_port();
-    let registered = sidecar(&format!(
+    let yaml = format!(
         "service: inventory\n\
          admin: {{ listen: 127.0.0.1:0 }}\n\
          inbound: {{ listen: 127.0.0.1:{inbound}, app: {app} }}\n\
          registries:\n  main: {{ eureka: {{ url: \"http://{eureka}/eureka\", renew_interval: 200ms }} }}\n\
          register: {{ registry: main, address: 127.0.0.1:{inbound}, id: inv-1, ttl: 2s, deregister_delay: 10ms, metadata: {{ zone: a }} }}\n"
-    ))
-    .await;
+    );
+    let registered = sidecar(&yaml).await;
     let limit = Duration::from_secs(3);
     assert!(eventually(limit, || async { fake.document("inv-1").is_some() }).await);
     let document = fake.document("inv-1").unwrap();
@@ -432,6 +432,27 @@ async fn a_registration_renews_returns_after_being_forgotten_and_cancels_on_shut
     // Discovered by a caller, then cancelled on shutdown.
     let caller = caller(eureka).await;
     assert!(eventually(limit, || served_by(&caller, &["self"])).await);
+
+    // A reload that leaves the registry and registration alone keeps both: no new
+    // registration, no cancel, no new full fetch by the caller's watch.
+    let (registrations, full) = (
+        fake.registrations.load(Ordering::SeqCst),
+        fake.full_fetches.load(Ordering::SeqCst),
+    );
+    let config = |yaml: &str| remora::build::parse("test.yaml", yaml).unwrap();
+    registered.handle().reload(config(&yaml)).await.unwrap();
+    let caller_yaml = format!(
+        "service: frontend\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         registries:\n  main: {{ eureka: {{ url: \"http://{eureka}/eureka\", poll_interval: 100ms }} }}\n\
+         services:\n  inventory:\n    listen: 127.0.0.1:0\n    discovery: {{ registry: main }}\n    balancer: {{ algorithm: round_robin }}\n"
+    );
+    caller.handle().reload(config(&caller_yaml)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(served_by(&caller, &["self"]).await);
+    assert_eq!(fake.registrations.load(Ordering::SeqCst), registrations);
+    assert_eq!(fake.full_fetches.load(Ordering::SeqCst), full);
+    assert_eq!(fake.cancels.load(Ordering::SeqCst), 0);
     registered.shutdown().await;
     assert_eq!(fake.cancels.load(Ordering::SeqCst), 1);
     assert!(fake.document("inv-1").is_none(), "cancelled at once");
