@@ -14,15 +14,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use remora::discovery::{EurekaConfig, EurekaRegistry, Instance, Registry};
+use remora::discovery::{EurekaConfig, EurekaRegistry, Instance, Registry, RegistryTls};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use crate::support::pki::Pki;
 use crate::support::*;
 
 /// One instance the server holds.
@@ -211,7 +213,14 @@ impl FakeEureka {
 
 /// A fake Eureka on a loopback port, with its lease evictions running.
 async fn start_fake() -> (Arc<FakeEureka>, SocketAddr) {
-    let fake = Arc::new(FakeEureka::default());
+    serve(Arc::new(FakeEureka::default()), None).await
+}
+
+/// Serves `fake` on a loopback port, over TLS with `tls`, with its lease evictions running.
+async fn serve(
+    fake: Arc<FakeEureka>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (Arc<FakeEureka>, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = fake.clone();
@@ -219,13 +228,24 @@ async fn start_fake() -> (Arc<FakeEureka>, SocketAddr) {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
             let fake = server.clone();
+            let tls = tls.clone().map(tokio_rustls::TlsAcceptor::from);
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
                     let fake = fake.clone();
                     async move { Ok::<_, Infallible>(fake.handle(request).await) }
                 });
                 let builder = auto::Builder::new(TokioExecutor::new());
-                let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                let _ = match tls {
+                    None => builder.serve_connection(TokioIo::new(tcp), service).await,
+                    Some(tls) => {
+                        let Ok(stream) = tls.accept(tcp).await else {
+                            return;
+                        };
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                };
             });
         }
     });
@@ -482,5 +502,46 @@ async fn a_dropped_registration_expires_with_its_lease() {
     assert!(
         dropped.elapsed() >= Duration::from_millis(700),
         "held until the lease ran out"
+    );
+}
+
+#[tokio::test]
+async fn over_https_with_a_client_certificate_watch_and_registration_work() {
+    let pki = Pki::new();
+    let tls = Some(pki.server(&[b"http/1.1"], true));
+    let (fake, eureka) = serve(Arc::new(FakeEureka::default()), tls).await;
+    let https = |ca: &std::path::Path, present: bool| {
+        let mut config = EurekaConfig::new(format!("https://{eureka}/eureka"));
+        config.poll_interval = Duration::from_millis(100);
+        config.tls = Some(RegistryTls {
+            config: pki.client(ca, present),
+            server_name: None,
+        });
+        EurekaRegistry::new(config).unwrap()
+    };
+    let registry = https(&pki.ca, true);
+    let instance = Instance::new("127.0.0.1:9".parse().unwrap()).with_id("tls-1");
+    let registration = registry
+        .register("orders", instance.clone(), Duration::from_secs(3))
+        .await
+        .unwrap();
+    let mut watch = registry.watch("orders");
+    let first = tokio::time::timeout(Duration::from_secs(2), watch.next());
+    assert_eq!(first.await.unwrap().unwrap().unwrap(), vec![instance]);
+    registration.deregister().await.unwrap();
+    assert!(fake.document("tls-1").is_none());
+
+    let refused = https(&pki.ca, false)
+        .register(
+            "orders",
+            Instance::new("127.0.0.1:9".parse().unwrap()),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("the server asked for a client certificate and none is configured"),
+        "{refused}"
     );
 }

@@ -19,10 +19,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use remora::discovery::{Instance, NacosConfig, NacosRegistry, Registry};
+use remora::discovery::{Instance, NacosConfig, NacosRegistry, Registry, RegistryTls};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use crate::support::pki::Pki;
 use crate::support::*;
 
 /// One instance the server holds.
@@ -267,6 +268,14 @@ impl FakeNacos {
 
 /// A fake Nacos on a loopback port, with its heartbeat checks running.
 async fn start_fake(auth: Option<(&str, &str)>) -> (Arc<FakeNacos>, SocketAddr) {
+    start_fake_with(auth, None).await
+}
+
+/// A fake Nacos, over TLS with `tls`.
+async fn start_fake_with(
+    auth: Option<(&str, &str)>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (Arc<FakeNacos>, SocketAddr) {
     let fake = Arc::new(FakeNacos {
         auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
         ..FakeNacos::default()
@@ -278,13 +287,24 @@ async fn start_fake(auth: Option<(&str, &str)>) -> (Arc<FakeNacos>, SocketAddr) 
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
             let fake = server.clone();
+            let tls = tls.clone().map(tokio_rustls::TlsAcceptor::from);
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
                     let fake = fake.clone();
                     async move { Ok::<_, Infallible>(fake.handle(request).await) }
                 });
                 let builder = auto::Builder::new(TokioExecutor::new());
-                let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                let _ = match tls {
+                    None => builder.serve_connection(TokioIo::new(tcp), service).await,
+                    Some(tls) => {
+                        let Ok(stream) = tls.accept(tcp).await else {
+                            return;
+                        };
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                };
             });
         }
     });
@@ -517,4 +537,57 @@ async fn a_dropped_registration_turns_unhealthy_then_disappears() {
         })
         .await
     );
+}
+
+#[tokio::test]
+async fn over_https_the_token_and_the_client_certificate_are_presented() {
+    let pki = Pki::new();
+    let tls = Some(pki.server(&[b"http/1.1"], true));
+    let (fake, nacos) = start_fake_with(Some(("remora", "hunter2")), tls).await;
+    let https = |ca: &std::path::Path, present: bool| {
+        let mut config = NacosConfig::new(format!("https://{nacos}"));
+        config.namespace = "ns-1".into();
+        config.poll_interval = Duration::from_millis(100);
+        config.username = Some("remora".into());
+        config.password = Some("hunter2".into());
+        config.tls = Some(RegistryTls {
+            config: pki.client(ca, present),
+            server_name: None,
+        });
+        NacosRegistry::new(config).unwrap()
+    };
+    let registry = https(&pki.ca, true);
+    let instance = Instance::new("127.0.0.1:9".parse().unwrap()).with_id("tls-1");
+    let registration = registry
+        .register("inventory", instance, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let mut watch = registry.watch("inventory");
+    let first = tokio::time::timeout(
+        Duration::from_secs(2),
+        futures_util::StreamExt::next(&mut watch),
+    );
+    let snapshot = first.await.unwrap().unwrap().unwrap();
+    assert_eq!(snapshot.len(), 1);
+    assert_eq!(snapshot[0].addr, "127.0.0.1:9".parse().unwrap());
+    registration.deregister().await.unwrap();
+    assert!(fake.host("inventory", "127.0.0.1:9").is_none());
+    assert!(fake
+        .queries
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|q| q["accessToken"] == TOKEN));
+
+    let refused = https(&pki.other_ca, true)
+        .register(
+            "inventory",
+            Instance::new("127.0.0.1:9".parse().unwrap()),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("UnknownIssuer"), "{refused}");
+    assert!(!refused.contains("hunter2"), "{refused}");
 }

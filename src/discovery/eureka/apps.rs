@@ -181,7 +181,9 @@ fn read_instance(id: &str, document: &Value) -> Result<Instance, String> {
             metadata.insert(key.clone(), value);
         }
     }
-    let weight = match metadata.get("weight") {
+    // The weight is the instance's own field: out of the metadata, so that an instance
+    // registered by remora reads back as it was registered.
+    let weight = match metadata.remove("weight") {
         None => 1,
         Some(weight) => weight
             .parse::<u32>()
@@ -226,7 +228,7 @@ mod tests {
         assert_eq!(orders.len(), 1);
         assert_eq!(orders[0].addr, "10.0.0.1:8080".parse().unwrap());
         assert_eq!(orders[0].weight, 3);
-        assert_eq!(orders[0].metadata.len(), 2);
+        assert_eq!(orders[0].metadata.len(), 1);
         let (users, malformed) = apps.snapshot("USERS");
         assert!(users.is_empty());
         assert_eq!(malformed.into_keys().collect::<Vec<_>>(), ["u"]);
