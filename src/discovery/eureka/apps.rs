@@ -33,6 +33,9 @@ pub(super) struct Entry {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(super) struct Apps {
     entries: BTreeMap<String, Entry>,
+    /// `(app, status)` of the full fetch's instances without an id: outside the
+    /// snapshots, inside the hash code (the server counts them).
+    unreadable: Vec<(String, String)>,
 }
 
 /// What one fetch answered.
@@ -42,8 +45,9 @@ pub(super) struct Fetched {
     pub(super) hashcode: String,
     /// `(id, entry, action)`; `action` is `ADDED`, `MODIFIED` or `DELETED` in a delta.
     pub(super) instances: Vec<(String, Entry, String)>,
-    /// Instances without an id: they cannot be tracked, so they are left out.
-    pub(super) unreadable: usize,
+    /// `(app, status)` of instances without an id: they cannot be tracked, so they are
+    /// left out (a real server refuses a registration without `hostName`).
+    pub(super) unreadable: Vec<(String, String)>,
 }
 
 /// A JSON list, or the single object Eureka writes instead of a one-element list.
@@ -71,21 +75,22 @@ pub(super) fn parse(body: &[u8]) -> Result<Fetched, String> {
         .ok_or("no \"applications\" object in the answer")?;
     let hashcode = text(applications.get("apps__hashcode")).unwrap_or_default();
     let mut instances = Vec::new();
-    let mut unreadable = 0;
+    let mut unreadable = Vec::new();
     for application in list(applications.get("application")) {
         let app = text(application.get("name")).unwrap_or_default();
         for document in list(application.get("instance")) {
             let id = text(document.get("instanceId"))
                 .filter(|id| !id.is_empty())
                 .or_else(|| text(document.get("hostName")).filter(|h| !h.is_empty()));
+            let status = text(document.get("status")).unwrap_or_else(|| "UNKNOWN".into());
             let Some(id) = id else {
-                unreadable += 1;
+                unreadable.push((app.to_ascii_uppercase(), status));
                 continue;
             };
             let app = text(document.get("app")).unwrap_or_else(|| app.clone());
             let entry = Entry {
                 app: app.to_ascii_uppercase(),
-                status: text(document.get("status")).unwrap_or_else(|| "UNKNOWN".into()),
+                status,
                 document: document.clone(),
             };
             let action = text(document.get("actionType")).unwrap_or_else(|| "ADDED".into());
@@ -107,7 +112,15 @@ impl Apps {
             .into_iter()
             .map(|(id, entry, _)| (id, entry))
             .collect();
-        Self { entries }
+        Self {
+            entries,
+            unreadable: fetched.unreadable,
+        }
+    }
+
+    /// How many of `app`'s instances have no id.
+    pub(super) fn unreadable(&self, app: &str) -> usize {
+        self.unreadable.iter().filter(|(a, _)| a == app).count()
     }
 
     /// Applies a delta fetch.
@@ -125,8 +138,9 @@ impl Apps {
     /// alphabetical order (`DOWN_1_UP_3_`).
     pub(super) fn hashcode(&self) -> String {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for entry in self.entries.values() {
-            *counts.entry(entry.status.as_str()).or_default() += 1;
+        let statuses = self.entries.values().map(|entry| entry.status.as_str());
+        for status in statuses.chain(self.unreadable.iter().map(|(_, s)| s.as_str())) {
+            *counts.entry(status).or_default() += 1;
         }
         counts
             .iter()
@@ -256,5 +270,22 @@ mod tests {
             .map(|i| i.id)
             .collect();
         assert_eq!(ids, ["b", "c"]);
+    }
+
+    #[test]
+    fn an_instance_without_an_id_is_left_out_but_kept_in_the_hash_code() {
+        let body = r#"{"applications": {"apps__hashcode": "UP_2_", "application":
+            {"name": "ORDERS", "instance": [
+              {"instanceId": "a", "app": "ORDERS", "ipAddr": "10.0.0.1", "status": "UP",
+               "port": {"$": 80, "@enabled": "true"}},
+              {"app": "ORDERS", "ipAddr": "10.0.0.2", "status": "UP",
+               "port": {"$": 80, "@enabled": "true"}}
+            ]}}}"#;
+        let fetched = parse(body.as_bytes()).unwrap();
+        let expected = fetched.hashcode.clone();
+        let apps = Apps::full(fetched);
+        assert_eq!(apps.hashcode(), expected, "no full fetch at every poll");
+        assert_eq!(apps.unreadable("ORDERS"), 1);
+        assert_eq!(apps.snapshot("ORDERS").0.len(), 1);
     }
 }

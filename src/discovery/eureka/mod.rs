@@ -129,22 +129,20 @@ impl EurekaRegistry {
     }
 
     /// Brings `copy` up to date: a delta checked by hash code, or a full fetch when there
-    /// is no copy or the delta leaves it different from the server's.
-    async fn refresh(&self, copy: &mut Option<Apps>, app: &str) -> Result<usize, DiscoveryError> {
+    /// is no copy or the delta leaves it different from the server's. `Ok(true)` after a
+    /// full fetch.
+    async fn refresh(&self, copy: &mut Option<Apps>, app: &str) -> Result<bool, DiscoveryError> {
         if let Some(current) = copy.as_mut() {
             let delta = self.fetch("/apps/delta").await?;
-            let unreadable = delta.unreadable;
             let expected = delta.hashcode.clone();
             current.apply(delta);
             if current.hashcode() == expected {
-                return Ok(unreadable);
+                return Ok(false);
             }
             tracing::debug!(registry = NAME, app, local = %current.hashcode(), server = %expected, "hash codes differ after a delta; fetching in full");
         }
-        let full = self.fetch("/apps").await?;
-        let unreadable = full.unreadable;
-        *copy = Some(Apps::full(full));
-        Ok(unreadable)
+        *copy = Some(Apps::full(self.fetch("/apps").await?));
+        Ok(true)
     }
 
     async fn run_watch(self, service: &str, feed: Feed) -> Result<(), Closed> {
@@ -155,10 +153,9 @@ impl EurekaRegistry {
         // Entries already counted as malformed: each is counted and logged once, when
         // it appears, not at every poll.
         let mut known_malformed = BTreeSet::new();
-        let mut known_unreadable = 0;
         loop {
             match self.refresh(&mut copy, &app).await {
-                Ok(unreadable) => {
+                Ok(full) => {
                     backoff.reset();
                     let copy = copy.as_ref().expect("a refresh leaves a copy");
                     let (instances, malformed) = copy.snapshot(&app);
@@ -169,13 +166,15 @@ impl EurekaRegistry {
                         }
                     }
                     known_malformed = malformed.into_keys().collect();
-                    if unreadable > known_unreadable {
+                    // Without an id there is nothing to remember them by: counted at each
+                    // full fetch that lists them.
+                    let unreadable = if full { copy.unreadable(&app) } else { 0 };
+                    if unreadable > 0 {
                         tracing::warn!(registry = NAME, app = %app, unreadable, "ignoring Eureka instances without an instanceId or hostName");
-                        for _ in known_unreadable..unreadable {
+                        for _ in 0..unreadable {
                             count_malformed(NAME, service);
                         }
                     }
-                    known_unreadable = unreadable;
                     if last.as_ref() != Some(&instances) {
                         last = Some(instances.clone());
                         feed.snapshot(instances).await?;
