@@ -47,11 +47,17 @@ struct FakeNacos {
     registrations: AtomicUsize,
     beats: AtomicUsize,
     deregistrations: AtomicUsize,
+    /// Revoking every token issued so far increments it.
+    token_generation: AtomicUsize,
     /// Every query string the server saw (tokens checked by the test).
     queries: Mutex<Vec<BTreeMap<String, String>>>,
 }
 
-const TOKEN: &str = "token-1";
+/// The access token the server issues in `generation`; a new generation revokes the
+/// old tokens.
+fn token(generation: usize) -> String {
+    format!("token-{generation}")
+}
 
 fn decode(text: &str) -> String {
     let bytes = text.as_bytes();
@@ -176,11 +182,13 @@ impl FakeNacos {
             if self.auth.as_ref() != Some(&given) {
                 return reply(StatusCode::FORBIDDEN, "unknown user!".into());
             }
-            let answer = json!({"accessToken": TOKEN, "tokenTtl": 18000, "globalAdmin": false});
+            let token = token(self.token_generation.load(Ordering::SeqCst));
+            let answer = json!({"accessToken": token, "tokenTtl": 18000, "globalAdmin": false});
             return reply(StatusCode::OK, answer.to_string());
         }
         self.queries.lock().unwrap().push(query.clone());
-        if self.auth.is_some() && query.get("accessToken").map(String::as_str) != Some(TOKEN) {
+        let current = token(self.token_generation.load(Ordering::SeqCst));
+        if self.auth.is_some() && query.get("accessToken") != Some(&current) {
             return reply(StatusCode::FORBIDDEN, "user not found!".into());
         }
         let group = query
@@ -441,7 +449,7 @@ async fn an_outage_keeps_the_last_instances_serving_stale() {
 }
 
 #[tokio::test]
-async fn a_registration_beats_returns_after_being_forgotten_and_leaves_on_shutdown() {
+async fn a_registration_beats_logs_in_again_returns_when_forgotten_and_leaves_on_shutdown() {
     let (fake, nacos) = start_fake(Some(("remora", "hunter2"))).await;
     let (app, _) = recording("self").await;
     let inbound = free_port();
@@ -479,7 +487,22 @@ async fn a_registration_beats_returns_after_being_forgotten_and_leaves_on_shutdo
         .lock()
         .unwrap()
         .iter()
-        .all(|q| q["accessToken"] == TOKEN));
+        .all(|q| q["accessToken"].starts_with("token-")));
+
+    // The server revokes the token: a beat is refused (403), the next logs in again.
+    fake.token_generation.fetch_add(1, Ordering::SeqCst);
+    assert!(
+        eventually(limit, || async { fake.logins.load(Ordering::SeqCst) == 2 }).await,
+        "logged in again after a 403"
+    );
+    let beats = fake.beats.load(Ordering::SeqCst);
+    assert!(
+        eventually(limit, || async {
+            fake.beats.load(Ordering::SeqCst) > beats + 1
+        })
+        .await
+    );
+    assert_eq!(fake.host("inventory", &addr).unwrap()["healthy"], true);
     let admin = registered.addrs().admin.unwrap();
     let shown = get(&format!("http://{admin}/config")).await.2;
     assert!(
@@ -577,7 +600,7 @@ async fn over_https_the_token_and_the_client_certificate_are_presented() {
         .lock()
         .unwrap()
         .iter()
-        .all(|q| q["accessToken"] == TOKEN));
+        .all(|q| q["accessToken"].starts_with("token-")));
 
     let refused = https(&pki.other_ca, true)
         .register(
