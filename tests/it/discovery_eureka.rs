@@ -545,3 +545,51 @@ async fn over_https_with_a_client_certificate_watch_and_registration_work() {
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn watches_of_one_registry_share_one_poller_that_stops_with_them() {
+    let (fake, eureka) = start_fake().await;
+    fake.put(
+        eureka_instance("ORDERS", "o", "127.0.0.1:1".parse().unwrap(), "UP"),
+        None,
+    );
+    fake.put(
+        eureka_instance("USERS", "u", "127.0.0.1:2".parse().unwrap(), "UP"),
+        None,
+    );
+    let mut config = EurekaConfig::new(format!("http://{eureka}"));
+    config.poll_interval = Duration::from_millis(50);
+    let registry = EurekaRegistry::new(config).unwrap();
+    let mut orders = registry.watch("orders");
+    let mut users = registry.watch("users");
+    for (watch, id) in [(&mut orders, "o"), (&mut users, "u")] {
+        let first = tokio::time::timeout(Duration::from_secs(2), watch.next());
+        assert_eq!(first.await.unwrap().unwrap().unwrap()[0].id, id);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        fake.full_fetches.load(Ordering::SeqCst),
+        1,
+        "one copy for both"
+    );
+    let deltas = fake.delta_fetches.load(Ordering::SeqCst);
+    assert!(
+        deltas <= 8,
+        "one poller, not two: {deltas} deltas in 300ms at 50ms"
+    );
+
+    drop((orders, users));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopped = fake.delta_fetches.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        fake.delta_fetches.load(Ordering::SeqCst),
+        stopped,
+        "no watch, no polling"
+    );
+
+    // A new watch starts a new poller.
+    let mut again = registry.watch("orders");
+    let first = tokio::time::timeout(Duration::from_secs(2), again.next());
+    assert_eq!(first.await.unwrap().unwrap().unwrap()[0].id, "o");
+}

@@ -6,7 +6,8 @@
 //! full again ([`apps`]). Eureka has no push: the poll interval bounds how late a change
 //! is seen. Only instances whose status is `UP` get traffic; `DOWN`, `OUT_OF_SERVICE`,
 //! `STARTING` and the rest are held out. The copy is of every application because the
-//! delta and its hash code cover the whole registry.
+//! delta and its hash code cover the whole registry; one poller per registry keeps it
+//! for all of the registry's watches ([`poller`]).
 //!
 //! Registration posts an instance document with a lease, renews it with a heartbeat
 //! (a 404 answer means the server forgot it: register again) and cancels it on
@@ -14,6 +15,7 @@
 
 mod apps;
 mod lease;
+mod poller;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -28,6 +30,7 @@ use super::http::RestClient;
 use super::metrics::count_malformed;
 use super::{Backoff, DiscoveryError, Instance, Registration, Registry};
 use apps::Apps;
+use poller::{Polled, Slot};
 
 const NAME: &str = "eureka";
 
@@ -80,6 +83,8 @@ impl EurekaConfig {
 pub struct EurekaRegistry {
     client: RestClient,
     config: std::sync::Arc<EurekaConfig>,
+    /// The poller its watches share.
+    poller: Slot,
 }
 
 impl EurekaRegistry {
@@ -102,6 +107,7 @@ impl EurekaRegistry {
         Ok(Self {
             client,
             config: std::sync::Arc::new(config),
+            poller: Slot::default(),
         })
     }
 
@@ -131,7 +137,7 @@ impl EurekaRegistry {
     /// Brings `copy` up to date: a delta checked by hash code, or a full fetch when there
     /// is no copy or the delta leaves it different from the server's. `Ok(true)` after a
     /// full fetch.
-    async fn refresh(&self, copy: &mut Option<Apps>, app: &str) -> Result<bool, DiscoveryError> {
+    async fn refresh(&self, copy: &mut Option<Apps>) -> Result<bool, DiscoveryError> {
         if let Some(current) = copy.as_mut() {
             let delta = self.fetch("/apps/delta").await?;
             let expected = delta.hashcode.clone();
@@ -139,26 +145,26 @@ impl EurekaRegistry {
             if current.hashcode() == expected {
                 return Ok(false);
             }
-            tracing::debug!(registry = NAME, app, local = %current.hashcode(), server = %expected, "hash codes differ after a delta; fetching in full");
+            tracing::debug!(registry = NAME, local = %current.hashcode(), server = %expected, "hash codes differ after a delta; fetching in full");
         }
         *copy = Some(Apps::full(self.fetch("/apps").await?));
         Ok(true)
     }
 
+    /// Follows the shared poller and sends `service`'s instances when they change.
     async fn run_watch(self, service: &str, feed: Feed) -> Result<(), Closed> {
         let app = service.to_ascii_uppercase();
-        let mut backoff = self.backoff();
-        let mut copy: Option<Apps> = None;
+        let mut polled = self.subscribe();
         let mut last: Option<Vec<Instance>> = None;
         // Entries already counted as malformed: each is counted and logged once, when
         // it appears, not at every poll.
         let mut known_malformed = BTreeSet::new();
         loop {
-            match self.refresh(&mut copy, &app).await {
-                Ok(full) => {
-                    backoff.reset();
-                    let copy = copy.as_ref().expect("a refresh leaves a copy");
-                    let (instances, malformed) = copy.snapshot(&app);
+            let current = polled.borrow_and_update().clone();
+            match current {
+                Polled::Waiting => {}
+                Polled::Fresh { apps, full } => {
+                    let (instances, malformed) = apps.snapshot(&app);
                     for (id, why) in &malformed {
                         if !known_malformed.contains(id) {
                             tracing::warn!(registry = NAME, app = %app, instance = %id, %why, "ignoring an unreadable Eureka instance");
@@ -168,7 +174,7 @@ impl EurekaRegistry {
                     known_malformed = malformed.into_keys().collect();
                     // Without an id there is nothing to remember them by: counted at each
                     // full fetch that lists them.
-                    let unreadable = if full { copy.unreadable(&app) } else { 0 };
+                    let unreadable = if full { apps.unreadable(&app) } else { 0 };
                     if unreadable > 0 {
                         tracing::warn!(registry = NAME, app = %app, unreadable, "ignoring Eureka instances without an instanceId or hostName");
                         for _ in 0..unreadable {
@@ -179,17 +185,15 @@ impl EurekaRegistry {
                         last = Some(instances.clone());
                         feed.snapshot(instances).await?;
                     }
-                    tokio::time::sleep(self.config.poll_interval).await;
                 }
-                Err(error) => {
-                    tracing::warn!(registry = NAME, app = %app, %error, "eureka fetch failed; keeping the last instances");
-                    // Deltas missed during the outage are caught by the hash code, but a
-                    // full fetch after it is simpler to reason about.
-                    copy = None;
+                Polled::Failed(error) => {
                     last = None;
                     feed.outage(error).await?;
-                    backoff.wait().await;
                 }
+            }
+            if polled.changed().await.is_err() {
+                // The poller never stops while a watch holds a receiver.
+                return Ok(());
             }
         }
     }
