@@ -29,6 +29,79 @@ pub struct RegistrySection {
     /// A YAML or JSON file of services -> instances, watched.
     #[serde(default)]
     pub file: Option<FileSection>,
+    /// Eureka: the REST API, a full fetch then deltas checked by hash code.
+    #[serde(default)]
+    pub eureka: Option<Box<EurekaSection>>,
+    /// Nacos: the open API v1, polled; registration with heartbeats.
+    #[serde(default)]
+    pub nacos: Option<Box<NacosSection>>,
+}
+
+/// Nacos settings. `Debug` hides the password; `/config` shows [`Config::redacted`].
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NacosSection {
+    /// The server, `http://nacos:8848` (path default `/nacos`) or `https://...`.
+    pub address: String,
+    /// The namespace id (default: the public namespace).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The group of the services looked up and registered.
+    #[serde(default = "default_nacos_group")]
+    pub group: String,
+    /// The cluster registered in, and the only one watched when set.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Login for an access token; with `password`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// A secret, hidden in `/config` and logs.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Time between two reads of a watched service.
+    #[serde(default = "default_nacos_poll", with = "super::scalar::duration")]
+    pub poll_interval: Duration,
+    /// HTTPS toward the server: its CA, a client certificate. Without it, an `https://`
+    /// address is checked against the system's roots.
+    #[serde(default)]
+    pub tls: Option<Box<TlsSection>>,
+}
+
+impl std::fmt::Debug for NacosSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NacosSection")
+            .field("address", &self.address)
+            .field("namespace", &self.namespace)
+            .field("group", &self.group)
+            .field("cluster", &self.cluster)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| super::REDACTED))
+            .field("poll_interval", &self.poll_interval)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// Eureka settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EurekaSection {
+    /// The server's service URL, `http://eureka:8761/eureka` (path default `/eureka`)
+    /// or `https://...`.
+    pub url: String,
+    /// The application name this sidecar registers under (default: the registered name).
+    #[serde(default)]
+    pub app: Option<String>,
+    /// Heartbeat period of the registration (at most a third of `register.ttl`).
+    #[serde(default = "default_eureka_renew", with = "super::scalar::duration")]
+    pub renew_interval: Duration,
+    /// Time between delta fetches of a watch.
+    #[serde(default = "default_eureka_poll", with = "super::scalar::duration")]
+    pub poll_interval: Duration,
+    /// HTTPS toward the server: its CA, a client certificate. Without it, an `https://`
+    /// URL is checked against the system's roots.
+    #[serde(default)]
+    pub tls: Option<Box<TlsSection>>,
 }
 
 /// etcd settings.
@@ -294,6 +367,18 @@ fn default_max_ejection_percent() -> super::Percent {
     super::Percent(0.5)
 }
 
+fn default_nacos_group() -> String {
+    "DEFAULT_GROUP".into()
+}
+fn default_nacos_poll() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_eureka_renew() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_eureka_poll() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_etcd_prefix() -> String {
     "/remora/services".into()
 }
@@ -314,6 +399,8 @@ pub fn backend_of(registry: &RegistrySection) -> Option<&'static str> {
         registry.consul.as_ref().map(|_| "consul"),
         registry.dns.as_ref().map(|_| "dns"),
         registry.file.as_ref().map(|_| "file"),
+        registry.eureka.as_ref().map(|_| "eureka"),
+        registry.nacos.as_ref().map(|_| "nacos"),
     ]
     .into_iter()
     .flatten()
@@ -332,7 +419,7 @@ pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {
         if backend_of(registry).is_none() {
             issues.push(Issue::at(
                 path.clone(),
-                "a registry takes exactly one of `etcd`, `consul`, `dns`, `file`",
+                "a registry takes exactly one of `etcd`, `consul`, `dns`, `file`, `eureka`, `nacos`",
             ));
         }
         if let Some(etcd) = &registry.etcd {
@@ -369,6 +456,44 @@ pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {
                 issues.push(Issue::at(
                     path.key("consul").key("tls"),
                     "TLS needs an https:// (or bare host:port) address",
+                ));
+            }
+        }
+        if let Some(eureka) = &registry.eureka {
+            let url = &eureka.url;
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                issues.push(Issue::at(
+                    path.key("eureka").key("url"),
+                    format!(
+                        "invalid Eureka URL {url:?}: write it like `http://127.0.0.1:8761/eureka`"
+                    ),
+                ));
+            } else if eureka.tls.is_some() && url.starts_with("http://") {
+                issues.push(Issue::at(
+                    path.key("eureka").key("tls"),
+                    "TLS needs an https:// URL",
+                ));
+            }
+        }
+        if let Some(nacos) = &registry.nacos {
+            let address = &nacos.address;
+            if !address.starts_with("http://") && !address.starts_with("https://") {
+                issues.push(Issue::at(
+                    path.key("nacos").key("address"),
+                    format!(
+                        "invalid Nacos address {address:?}: write it like `http://127.0.0.1:8848`"
+                    ),
+                ));
+            } else if nacos.tls.is_some() && address.starts_with("http://") {
+                issues.push(Issue::at(
+                    path.key("nacos").key("tls"),
+                    "TLS needs an https:// address",
+                ));
+            }
+            if nacos.username.is_some() != nacos.password.is_some() {
+                issues.push(Issue::at(
+                    path.key("nacos"),
+                    "`username` and `password` go together",
                 ));
             }
         }
@@ -410,10 +535,10 @@ pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {
         let path = FieldPath::root().key("register");
         match config.registries.get(&register.registry) {
             None => issues.push(Issue::at(path.key("registry"), unknown(&register.registry))),
-            Some(registry) if registry.etcd.is_none() && registry.consul.is_none() => {
+            Some(registry) if registry.dns.is_some() || registry.file.is_some() => {
                 issues.push(Issue::at(
                     path.key("registry"),
-                    "only etcd and Consul registries take registrations",
+                    "only etcd, Consul, Eureka and Nacos registries take registrations",
                 ))
             }
             Some(_) => {}

@@ -47,8 +47,9 @@ mod values;
 pub use crate::core::protocol::UpstreamProtocol;
 pub use discovery::{
     backend_of, BalancerAlgorithm, BalancerSection, ConsulSection, DiscoveryRef, DnsSection,
-    EtcdSection, FileSection, GrpcProbeSection, HealthCheckSection, HttpProbeSection,
-    OutlierSection, RegisterSection, RegistrySection, TcpProbeSection,
+    EtcdSection, EurekaSection, FileSection, GrpcProbeSection, HealthCheckSection,
+    HttpProbeSection, NacosSection, OutlierSection, RegisterSection, RegistrySection,
+    TcpProbeSection,
 };
 pub use env::EnvLookup;
 pub use error::{ConfigError, Diagnostic, DiagnosticKind, FieldPath, PathSegment};

@@ -2,7 +2,7 @@
 //! secret replaced by [`REDACTED`]. Paths stay: a key file's path is not the key.
 //!
 //! The secrets are the values that authenticate remora to something it calls: today
-//! the Consul ACL token. A new secret field (a header value, a password) is added here
+//! the Consul ACL token and the Nacos password. A new secret field (a header value, a password) is added here
 //! when it is added to the schema; the admin test checks the token stays hidden.
 
 use super::schema::Config;
@@ -18,6 +18,9 @@ impl Config {
         for registry in config.registries.values_mut() {
             if let Some(token) = registry.consul.as_mut().and_then(|c| c.token.as_mut()) {
                 *token = REDACTED.to_string();
+            }
+            if let Some(password) = registry.nacos.as_mut().and_then(|n| n.password.as_mut()) {
+                *password = REDACTED.to_string();
             }
         }
         config
@@ -59,5 +62,20 @@ registries:
             Some("s3cret-token"),
             "the config itself keeps the token"
         );
+    }
+
+    #[test]
+    fn the_nacos_password_is_hidden() {
+        let yaml = "service: svc
+inbound: { listen: 127.0.0.1:0, app: 127.0.0.1:8080 }
+registries:
+  naming:
+    nacos: { address: http://nacos:8848, username: remora, password: hunter2 }
+";
+        let config = crate::config::parse("test.yaml", yaml, &|_| Vec::new()).unwrap();
+        let shown = crate::config::to_yaml(&config.redacted());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("remora"), "{shown}");
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 }

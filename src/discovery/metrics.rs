@@ -1,5 +1,7 @@
 //! Discovery's metrics: updates applied or failed, staleness and endpoint counts.
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -20,6 +22,35 @@ pub struct UpdateLabels {
     pub service: String,
     /// `ok` (a snapshot) or `error` (the registry failed; the last snapshot stays).
     pub result: &'static str,
+}
+
+/// Labels of entries a registry held that remora could not use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct MalformedLabels {
+    /// The backend (`eureka`, `nacos`).
+    pub registry: &'static str,
+    /// The service looked up.
+    pub service: String,
+}
+
+/// Entries ignored because they could not be read, by backend and service.
+///
+/// NOTE: process-wide, because a registry client is built from its YAML section alone
+/// (the build floor hands it no metrics) and outlives reloads; every [`DiscoveryMetrics`]
+/// registers this same family.
+pub fn malformed_entries() -> &'static Family<MalformedLabels, Counter> {
+    static FAMILY: OnceLock<Family<MalformedLabels, Counter>> = OnceLock::new();
+    FAMILY.get_or_init(Family::default)
+}
+
+/// Counts one ignored entry of `service` in `registry`.
+pub(crate) fn count_malformed(registry: &'static str, service: &str) {
+    malformed_entries()
+        .get_or_create(&MalformedLabels {
+            registry,
+            service: service.to_string(),
+        })
+        .inc();
 }
 
 /// Discovery metrics.
@@ -51,6 +82,11 @@ impl DiscoveryMetrics {
             "discovery_endpoints",
             "Endpoints in a service's current snapshot",
             metrics.endpoints.clone(),
+        );
+        registry.register(
+            "discovery_malformed_entries",
+            "Registry entries ignored because they could not be read, by backend and service",
+            malformed_entries().clone(),
         );
         metrics
     }

@@ -3,11 +3,12 @@
 //! A [`Registry`] turns a service name into a stream of full snapshots of its instances.
 //! The sidecar pumps each snapshot into the service's [`EndpointSet`](crate::balance::EndpointSet);
 //! the balancer never waits on a registry. A backend is one file implementing the trait:
-//! `static` (the YAML's own list), `file`, `dns`, `etcd` and `consul`; a YAML list with
+//! `static` (the YAML's own list), `file`, `dns`, `etcd`, `consul`, `eureka` and
+//! `nacos`; a YAML list with
 //! `host:port` names among its addresses is [`NamedEndpoints`], each name watched
 //! through the `dns` backend.
 //!
-//! A registry that can also hold entries (etcd, consul) implements
+//! A registry that can also hold entries (etcd, consul, eureka, nacos) implements
 //! [`register`](Registry::register): the returned [`Registration`] keeps the entry's lease
 //! or TTL check alive until it is deregistered or dropped.
 //!
@@ -34,10 +35,13 @@ mod connect;
 mod consul;
 mod dns;
 mod etcd;
+mod eureka;
 mod feed;
 mod file;
 mod freshness;
+mod http;
 mod metrics;
+mod nacos;
 mod names;
 mod record;
 mod registration;
@@ -49,9 +53,13 @@ pub use connect::RegistryTls;
 pub use consul::{ConsulConfig, ConsulRegistry};
 pub use dns::{DnsConfig, DnsRefresh, DnsRegistry, DNS_NAME_METADATA};
 pub use etcd::{EtcdConfig, EtcdRegistry};
+pub use eureka::{EurekaConfig, EurekaRegistry};
 pub use file::{FileConfig, FileRegistry};
 pub use freshness::Freshness;
-pub use metrics::{DiscoveryLabels, DiscoveryMetrics, UpdateLabels};
+pub use metrics::{
+    malformed_entries, DiscoveryLabels, DiscoveryMetrics, MalformedLabels, UpdateLabels,
+};
+pub use nacos::{NacosConfig, NacosRegistry};
 pub use names::NamedEndpoints;
 pub use r#static::StaticRegistry;
 pub use record::InstanceRecord;

@@ -1,8 +1,8 @@
 //! The sidecar registers its local app while it runs.
 //!
 //! Registration waits until the app accepts connections (an instance nobody can serve
-//! must not attract traffic), then holds a lease (etcd) or a passing TTL check (Consul)
-//! that the registry's keep-alive renews. On shutdown the sidecar deregisters *first*,
+//! must not attract traffic), then holds a lease (etcd, Eureka), a passing TTL check
+//! (Consul) or a healthy ephemeral instance (Nacos) that the registry's keep-alive renews. On shutdown the sidecar deregisters *first*,
 //! waits `deregister_delay` so callers learn of the departure, and only then drains. A
 //! sidecar that dies without deregistering disappears when its TTL expires.
 

@@ -84,7 +84,7 @@ fn a_health_check_takes_one_probe() {
 }
 
 #[test]
-fn registration_needs_an_etcd_or_consul_registry() {
+fn registration_needs_a_registry_that_holds_entries() {
     let text = BASE
         .replace(
             "  main: { etcd: { endpoints: [http://127.0.0.1:2379] } }",
@@ -96,7 +96,31 @@ fn registration_needs_an_etcd_or_consul_registry() {
         );
     let error = error_of(&text);
     assert!(
-        error.contains("register.registry: only etcd and Consul registries take registrations"),
+        error.contains(
+            "register.registry: only etcd, Consul, Eureka and Nacos registries take registrations"
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn eureka_and_nacos_sections_are_checked_where_written() {
+    let eureka = BASE.replace(
+        "  main: { etcd: { endpoints: [http://127.0.0.1:2379] } }",
+        "  main: { eureka: { url: \"eureka:8761\" } }",
+    );
+    let error = error_of(&eureka);
+    assert!(
+        error.contains("registries.main.eureka.url: invalid Eureka URL"),
+        "{error}"
+    );
+    let nacos = BASE.replace(
+        "  main: { etcd: { endpoints: [http://127.0.0.1:2379] } }",
+        "  main: { nacos: { address: \"http://127.0.0.1:8848\", username: remora } }",
+    );
+    let error = error_of(&nacos);
+    assert!(
+        error.contains("registries.main.nacos: `username` and `password` go together"),
         "{error}"
     );
 }

@@ -18,7 +18,7 @@ pub fn registry(
 ) -> Result<Arc<dyn crate::discovery::Registry>, BuildError> {
     use crate::discovery::{
         ConsulConfig, ConsulRegistry, DnsConfig, DnsRefresh, DnsRegistry, EtcdConfig, EtcdRegistry,
-        FileConfig, FileRegistry,
+        EurekaConfig, EurekaRegistry, FileConfig, FileRegistry, NacosConfig, NacosRegistry,
     };
     if let Some(etcd) = &config.etcd {
         let mut settings = EtcdConfig::new(etcd.endpoints.clone());
@@ -33,6 +33,27 @@ pub fn registry(
         let https = consul.address.starts_with("https://");
         settings.tls = registry_tls(consul.tls.as_deref(), https).map_err(|e| e.under("consul"))?;
         return Ok(Arc::new(ConsulRegistry::new(settings).at("consul")?));
+    }
+    if let Some(eureka) = &config.eureka {
+        let mut settings = EurekaConfig::new(eureka.url.clone());
+        settings.app = eureka.app.clone();
+        settings.renew_interval = eureka.renew_interval;
+        settings.poll_interval = eureka.poll_interval;
+        let https = eureka.url.starts_with("https://");
+        settings.tls = registry_tls(eureka.tls.as_deref(), https).map_err(|e| e.under("eureka"))?;
+        return Ok(Arc::new(EurekaRegistry::new(settings).at("eureka")?));
+    }
+    if let Some(nacos) = &config.nacos {
+        let mut settings = NacosConfig::new(nacos.address.clone());
+        settings.namespace = nacos.namespace.clone().unwrap_or_default();
+        settings.group = nacos.group.clone();
+        settings.cluster = nacos.cluster.clone();
+        settings.username = nacos.username.clone();
+        settings.password = nacos.password.clone();
+        settings.poll_interval = nacos.poll_interval;
+        let https = nacos.address.starts_with("https://");
+        settings.tls = registry_tls(nacos.tls.as_deref(), https).map_err(|e| e.under("nacos"))?;
+        return Ok(Arc::new(NacosRegistry::new(settings).at("nacos")?));
     }
     if let Some(dns) = &config.dns {
         let mut settings = DnsConfig {
@@ -49,7 +70,7 @@ pub fn registry(
             FileRegistry::new(FileConfig::new(file.path.clone())).at("file")?,
         ));
     }
-    Err("a registry takes exactly one of `etcd`, `consul`, `dns`, `file`".into())
+    Err("a registry takes exactly one of `etcd`, `consul`, `dns`, `file`, `eureka`, `nacos`".into())
 }
 
 /// The settings of the resolver of names among endpoints and `inbound.app`.
