@@ -4,7 +4,6 @@
 //! over HTTPS (with a client certificate) the same, with the ACL token sent each time.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,13 +14,10 @@ use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use remora::discovery::{ConsulConfig, ConsulRegistry, Instance, Registry, RegistryTls, Snapshots};
 
 use crate::support::pki::Pki;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// One registered service and its TTL check.
@@ -180,41 +176,14 @@ pub(crate) async fn start_fake_with(
 ) -> (Arc<FakeConsul>, SocketAddr) {
     let fake = Arc::new(FakeConsul::default());
     *fake.index.lock().unwrap() = Some(watch::channel(1).0);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let server = fake.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let fake = server.clone();
-            let tls = tls.clone().map(tokio_rustls::TlsAcceptor::from);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let fake = fake.clone();
-                    async move { Ok::<_, Infallible>(fake.handle(request).await) }
-                });
-                let builder = auto::Builder::new(TokioExecutor::new());
-                let _ = match tls {
-                    None => builder.serve_connection(TokioIo::new(tcp), service).await,
-                    Some(tls) => {
-                        let Ok(stream) = tls.accept(tcp).await else {
-                            return;
-                        };
-                        builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
-                    }
-                };
-            });
-        }
-    });
+    let addr = crate::support::fake_server::serve(tls, move |request| {
+        let fake = server.clone();
+        async move { fake.handle(request).await }
+    })
+    .await;
     let ticker = fake.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            ticker.expire();
-        }
-    });
+    crate::support::fake_server::tick(move || ticker.expire());
     (fake, addr)
 }
 

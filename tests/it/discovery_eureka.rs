@@ -7,7 +7,6 @@
 //! shutdown.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,11 +17,8 @@ use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use remora::discovery::{EurekaConfig, EurekaRegistry, Instance, Registry, RegistryTls};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 
 use crate::support::pki::Pki;
 use crate::support::*;
@@ -221,41 +217,14 @@ async fn serve(
     fake: Arc<FakeEureka>,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> (Arc<FakeEureka>, SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let server = fake.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let fake = server.clone();
-            let tls = tls.clone().map(tokio_rustls::TlsAcceptor::from);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let fake = fake.clone();
-                    async move { Ok::<_, Infallible>(fake.handle(request).await) }
-                });
-                let builder = auto::Builder::new(TokioExecutor::new());
-                let _ = match tls {
-                    None => builder.serve_connection(TokioIo::new(tcp), service).await,
-                    Some(tls) => {
-                        let Ok(stream) = tls.accept(tcp).await else {
-                            return;
-                        };
-                        builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
-                    }
-                };
-            });
-        }
-    });
+    let addr = crate::support::fake_server::serve(tls, move |request| {
+        let fake = server.clone();
+        async move { fake.handle(request).await }
+    })
+    .await;
     let ticker = fake.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            ticker.expire();
-        }
-    });
+    crate::support::fake_server::tick(move || ticker.expire());
     (fake, addr)
 }
 

@@ -10,6 +10,7 @@ pub mod certs;
 pub mod dns;
 pub mod echo;
 pub mod etcd_harness;
+pub mod fake_server;
 pub mod metrics_text;
 pub mod otlp_receiver;
 pub mod pki;
