@@ -163,6 +163,15 @@ impl Metrics {
         let tcp = crate::upstream::TcpMetrics::register(&mut registry);
         let mirror = crate::routing::MirrorMetrics::register(&mut registry);
         registry.register_collector(Box::new(DroppedLogLines));
+        registry.register(
+            "build",
+            "The remora build answering: its version and the target it was built for",
+            prometheus_client::metrics::info::Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("target_arch", std::env::consts::ARCH),
+                ("target_os", std::env::consts::OS),
+            ]),
+        );
         Self {
             tcp,
             mirror,

@@ -236,3 +236,17 @@ async fn dropped_log_lines_are_counted() {
     let admin = proxy.addrs().admin.unwrap();
     assert_eq!(metric(admin, "remora_log_lines_dropped_total").await, 0.0);
 }
+
+/// `remora_build_info` names the version answering, as Prometheus's other exporters do.
+#[tokio::test]
+async fn build_info_names_the_version() {
+    let proxy = outbound_to(&[dead_endpoint()], "http1").await;
+    let admin = proxy.addrs().admin.unwrap();
+    let series = format!(
+        "remora_build_info{{version=\"{}\",target_arch=\"{}\",target_os=\"{}\"}}",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    );
+    assert_eq!(metric(admin, &series).await, 1.0);
+}
