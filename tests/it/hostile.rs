@@ -2,6 +2,7 @@
 //! connection floods. Each malformed request is refused with 400 (431 for oversized heads)
 //! and the app behind the proxy sees nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -309,4 +310,57 @@ async fn transfer_encoding_after_a_bare_lf_with_content_length_is_refused() {
         b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 6\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n",
     )
     .await;
+}
+
+/// A malformed chunk after good ones (the second, the tenth): the request has reached
+/// the app by then, so remora aborts it upstream and the app never receives a complete
+/// request.
+#[tokio::test]
+async fn a_bad_later_chunk_never_completes_the_request_at_the_app() {
+    for good in [1usize, 9] {
+        let completed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (done, broken) = (completed.clone(), failed.clone());
+        let app = serve(move |request: http::Request<hyper::body::Incoming>| {
+            let (done, broken) = (done.clone(), broken.clone());
+            async move {
+                use http_body_util::BodyExt;
+                match request.into_body().collect().await {
+                    Ok(_) => done.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                    Err(_) => broken.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                };
+                http::Response::new(full("ok"))
+            }
+        })
+        .await;
+        let proxy = sidecar(&format!(
+            "admin: {{ listen: 127.0.0.1:0 }}\n\
+             inbound: {{ listen: 127.0.0.1:0, app: {app} }}\n"
+        ))
+        .await;
+        let inbound = proxy.addrs().inbound.unwrap();
+        let mut stream = TcpStream::connect(inbound).await.unwrap();
+        let mut request =
+            b"POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..good {
+            request.extend_from_slice(b"5\r\nhello\r\n");
+        }
+        stream.write_all(&request).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Not a chunk size, then what would have ended the body.
+        stream.write_all(b"zz\r\nhello\r\n0\r\n\r\n").await.unwrap();
+        let _ = read_all(&mut stream, Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            completed.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "after {good} good chunks, the app received a complete request"
+        );
+        // It did receive the start of it: the abort is what kept it incomplete.
+        assert_eq!(
+            failed.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "after {good} good chunks"
+        );
+    }
 }
