@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use remora::discovery::{EurekaConfig, EurekaRegistry, Instance, Registry, RegistryTls};
 use serde_json::{json, Value};
 
+use crate::support::fake_server::{outage_keeps_serving_stale, served_by};
 use crate::support::pki::Pki;
 use crate::support::*;
 
@@ -250,27 +251,6 @@ async fn caller(eureka: SocketAddr) -> remora::Sidecar {
     .await
 }
 
-async fn answered_by(caller: &remora::Sidecar) -> Option<String> {
-    let url = format!(
-        "http://{}/stock",
-        caller.addrs().service("inventory").unwrap()
-    );
-    let (status, headers, _) = get(&url).await;
-    (status == 200).then(|| headers["x-upstream"].to_str().unwrap().to_string())
-}
-
-/// Whether, over 20 calls, exactly the apps `names` answered.
-async fn served_by(caller: &remora::Sidecar, names: &[&str]) -> bool {
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..20 {
-        match answered_by(caller).await {
-            Some(name) => seen.insert(name),
-            None => return false,
-        };
-    }
-    seen.iter().map(String::as_str).eq(names.iter().copied())
-}
-
 #[tokio::test]
 async fn traffic_follows_status_changes_deltas_and_full_fetches() {
     let (fake, eureka) = start_fake().await;
@@ -355,31 +335,7 @@ async fn an_outage_keeps_the_last_instances_serving_stale() {
     let caller = caller(eureka).await;
     assert!(eventually(Duration::from_secs(3), || served_by(&caller, &["one"])).await);
 
-    fake.unavailable.store(true, Ordering::SeqCst);
-    let admin = caller.addrs().admin.unwrap();
-    let stale = "remora_discovery_stale{service=\"inventory\"}";
-    assert!(
-        eventually(Duration::from_secs(3), || async {
-            metric(admin, stale).await == 1.0
-        })
-        .await,
-        "the outage shows as staleness"
-    );
-    let endpoints = get(&format!("http://{admin}/endpoints")).await.2;
-    assert!(endpoints.contains("\"stale\": true"), "{endpoints}");
-    assert!(
-        served_by(&caller, &["one"]).await,
-        "the last known set serves"
-    );
-
-    fake.unavailable.store(false, Ordering::SeqCst);
-    assert!(
-        eventually(Duration::from_secs(6), || async {
-            metric(admin, stale).await == 0.0
-        })
-        .await,
-        "fresh again when the server returns"
-    );
+    outage_keeps_serving_stale(&caller, &fake.unavailable, &["one"]).await;
 }
 
 #[tokio::test]
