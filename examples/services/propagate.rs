@@ -1,10 +1,17 @@
-//! Trace headers a service passes from the request it serves to the calls it makes, so
-//! that the sidecars on both sides put their spans into one trace.
+//! Headers a service passes from the request it serves to the calls it makes: the trace
+//! headers, so that the sidecars on both sides put their spans into one trace, and the
+//! compose example's canary mark, which orders' sidecar routes on.
 
 use http::HeaderMap;
 
-/// W3C trace context, baggage and the request id, in that order.
-pub const TRACE_HEADERS: [&str; 4] = ["traceparent", "tracestate", "baggage", "x-request-id"];
+/// W3C trace context, baggage, the request id and the canary mark, in that order.
+pub const TRACE_HEADERS: [&str; 5] = [
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "x-request-id",
+    "x-canary",
+];
 
 /// Copies the trace headers present in `from` into `to`.
 pub fn copy(from: &HeaderMap, to: &mut HeaderMap) {

@@ -186,10 +186,11 @@ pub struct RegisterSection {
     /// The service name to register under (default: `service`).
     #[serde(default)]
     pub name: Option<String>,
-    /// The address other sidecars reach this one's inbound listener at.
-    #[serde(with = "super::scalar::socket_addr")]
-    pub address: SocketAddr,
-    /// The instance id (default: the address).
+    /// The address other sidecars reach this one's inbound listener at: `ip:port`, or
+    /// `host:port` with a name the system resolver turns into this host's address when
+    /// the sidecar registers (`inventory-1:15026` in docker-compose).
+    pub address: super::Destination,
+    /// The instance id (default: the address as written).
     #[serde(default)]
     pub id: Option<String>,
     /// Relative share of traffic.
@@ -546,10 +547,14 @@ pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {
         if register.ttl < Duration::from_secs(1) {
             issues.push(Issue::at(path.key("ttl"), "the TTL must be at least 1s"));
         }
-        if register.address.ip().is_unspecified() || register.address.port() == 0 {
+        let unspecified = register
+            .address
+            .addr()
+            .is_some_and(|a| a.ip().is_unspecified());
+        if unspecified || register.address.port() == 0 {
             issues.push(Issue::at(
                 path.key("address"),
-                "register the address others reach this sidecar at: a specific IP and port",
+                "register the address others reach this sidecar at: a specific IP or host name, and a port",
             ));
         }
         if config.inbound.is_none() {

@@ -206,6 +206,24 @@ fn is_localhost(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
 }
 
+/// Whether calls reach service `name` through another one: a route's backend or mirror,
+/// or a fallback's `forward_to` (a canary needs no listener of its own).
+fn reached_through_others(config: &Config, name: &str) -> bool {
+    let routed = config.services.iter().any(|(other, service)| {
+        other != name
+            && service.routes.iter().any(|route| {
+                route.backends.contains_key(name)
+                    || route.mirror.as_ref().is_some_and(|m| m.service == name)
+            })
+    });
+    routed
+        || config
+            .policies
+            .fallbacks
+            .values()
+            .any(|f| f.forward_to.as_deref() == Some(name))
+}
+
 fn check_service(config: &Config, name: &str, service: &ServiceSection, issues: &mut Vec<Issue>) {
     let path = FieldPath::root().key("services").key(name);
     check_name(&path, name, true, issues);
@@ -218,12 +236,16 @@ fn check_service(config: &Config, name: &str, service: &ServiceSection, issues: 
             ),
         ));
     }
-    if service.listen.is_none() && config.outbound.is_none() {
+    if service.listen.is_none()
+        && config.outbound.is_none()
+        && !reached_through_others(config, name)
+    {
         issues.push(Issue::at_key(
             path.clone(),
             format!(
-                "service `{name}` is unreachable: give it a `listen` address \
-                 or configure the shared `outbound` listener"
+                "service `{name}` is unreachable: give it a `listen` address, \
+                 configure the shared `outbound` listener, or name it in another \
+                 service's route `backends` or `mirror`, or a fallback's `forward_to`"
             ),
         ));
     }

@@ -6,6 +6,7 @@
 //! waits `deregister_delay` so callers learn of the departure, and only then drains. A
 //! sidecar that dies without deregistering disappears when its TTL expires.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,9 @@ pub struct RegistrationPlan {
     pub service: String,
     /// The instance (address, id, weight, metadata).
     pub instance: Instance,
+    /// The name the instance's address is resolved from when it was written as one
+    /// (`instance.addr` then holds only the port).
+    pub host: Option<String>,
     /// Lease or TTL check length; the registry's keep-alive renews it.
     pub ttl: Duration,
     /// Wait after deregistering, before draining, for callers to notice.
@@ -42,7 +46,8 @@ impl SelfRegistration {
     pub fn start(plan: RegistrationPlan, app: String, registry: Arc<dyn Registry>) -> Self {
         let RegistrationPlan {
             service: name,
-            instance,
+            mut instance,
+            host,
             ttl,
             deregister_delay,
         } = plan;
@@ -50,6 +55,9 @@ impl SelfRegistration {
         let slot = held.clone();
         let task = tokio::spawn(async move {
             wait_until_reachable(app).await;
+            if let Some(host) = host {
+                instance.addr = resolve_own_address(&host, instance.addr.port()).await;
+            }
             let mut backoff = Duration::from_millis(200);
             loop {
                 match registry.register(&name, instance.clone(), ttl).await {
@@ -87,6 +95,34 @@ impl SelfRegistration {
             Err(_) => tracing::warn!("deregistration timed out; the entry expires at its TTL"),
         }
         tokio::time::sleep(self.deregister_delay).await;
+    }
+}
+
+/// This host's address as `host` resolves, retried until the name resolves (in
+/// docker-compose a container's own name may take a moment to appear in Docker's DNS).
+/// The system resolver answers (`/etc/hosts` included): the name is this sidecar's own.
+/// Of several addresses the first IPv4 one is registered, else the first.
+async fn resolve_own_address(host: &str, port: u16) -> SocketAddr {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match tokio::net::lookup_host((host, port)).await {
+            Ok(addrs) => {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                let chosen = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first());
+                if let Some(&addr) = chosen {
+                    if addrs.len() > 1 {
+                        tracing::info!(%host, ?addrs, %addr, "the registered name has several addresses; registering one");
+                    }
+                    return addr;
+                }
+                tracing::warn!(%host, ?backoff, "the registered name resolves to no address; retrying");
+            }
+            Err(error) => {
+                tracing::warn!(%host, %error, ?backoff, "cannot resolve the registered name; retrying")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -4,7 +4,7 @@
 //! `examples/local` configs load too.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -124,7 +124,7 @@ fn volumes(service: &Value) -> Vec<(PathBuf, String)> {
 }
 
 /// The services the examples' certificates are issued for.
-const MESH_SERVICES: [&str; 3] = ["frontend", "orders", "inventory"];
+const MESH_SERVICES: [&str; 4] = ["frontend", "orders", "inventory", "inventory-v2"];
 
 /// What the compose `certs` service and `examples/local/run.sh` write.
 fn issued_certificates() -> tempfile::TempDir {
@@ -144,13 +144,6 @@ fn sidecar_config(name: &str, service: &Value, certs: &Path) -> remora::config::
     let lookup = |key: &str| env.get(key).cloned();
     remora::build::parse_with_env(&file.display().to_string(), &text, &lookup)
         .unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn fixed_ip(service: &Value) -> Option<Ipv4Addr> {
-    service["networks"]
-        .as_object()?
-        .values()
-        .find_map(|n| n.get("ipv4_address")?.as_str()?.parse().ok())
 }
 
 /// `host` and `port` of a `http://host:port[/...]` URL.
@@ -215,7 +208,10 @@ fn every_mounted_file_exists_and_every_config_loads() {
             }
         }
     }
-    assert_eq!(configs, 5, "frontend, orders and three inventory sidecars");
+    assert_eq!(
+        configs, 6,
+        "frontend, orders, three inventory sidecars and the canary's"
+    );
 }
 
 #[test]
@@ -224,8 +220,8 @@ fn sidecar_ports_agree_with_configs_and_apps() {
     let services = services(&compose);
     let prometheus = std::fs::read_to_string(compose_dir().join("prometheus.yml")).unwrap();
     let certs = issued_certificates();
-    // Inbound address of each app's sidecar, by the app's fixed IP.
-    let mut inbound_by_ip: BTreeMap<Ipv4Addr, (String, u16)> = BTreeMap::new();
+    // Inbound port of each app's sidecar, by the app's compose name.
+    let mut inbound_by_app: BTreeMap<String, u16> = BTreeMap::new();
     let mut sidecars = Vec::new();
     for (name, service) in services {
         let Some(app_name) = shares_with(service) else {
@@ -310,42 +306,42 @@ fn sidecar_ports_agree_with_configs_and_apps() {
         );
         assert_eq!(otlp_port, 4317, "Jaeger's OTLP/gRPC port");
 
-        let ip = fixed_ip(app).unwrap_or_else(|| panic!("{app_name} has no fixed address"));
+        // A registering sidecar registers its app's name (the shared namespace's
+        // address in Docker's DNS) and its inbound port.
         if let Some(register) = &config.register {
             assert_eq!(
-                register.address,
-                SocketAddr::from((ip, inbound.listen.port())),
+                register.address.to_string(),
+                format!("{app_name}:{}", inbound.listen.port()),
                 "{name} registers another address than its inbound listener's"
             );
         }
-        inbound_by_ip.insert(ip, (app_name.to_string(), inbound.listen.port()));
+        inbound_by_app.insert(app_name.to_string(), inbound.listen.port());
         sidecars.push(config);
     }
-    assert_eq!(sidecars.len(), 5);
+    assert_eq!(sidecars.len(), 6);
     assert_eq!(
         sidecars.iter().filter(|c| c.register.is_some()).count(),
-        3,
-        "three inventory replicas register themselves"
+        4,
+        "three inventory replicas and the canary register themselves"
     );
 
-    // Static endpoints point at another app's sidecar inbound listener.
+    // Static endpoints name another app, on its sidecar's inbound port.
     for config in &sidecars {
         for (service, upstream) in &config.services {
             for endpoint in &upstream.endpoints {
-                let Some(SocketAddr::V4(v4)) = endpoint.addr() else {
-                    panic!("{endpoint}")
+                let remora::config::Destination::Name { host, port } = endpoint else {
+                    panic!("{endpoint}: compose services are reached by name")
                 };
-                let (app, port) = inbound_by_ip.get(v4.ip()).unwrap_or_else(|| {
+                let inbound = inbound_by_app.get(host).unwrap_or_else(|| {
                     panic!(
                         "{}: {service} endpoint {endpoint} is no app",
                         config.service
                     )
                 });
-                assert_eq!(app, service, "{endpoint}");
+                assert_eq!(host, service, "{endpoint}");
                 assert_eq!(
-                    *port,
-                    v4.port(),
-                    "{endpoint}: not {app}'s sidecar inbound port"
+                    inbound, port,
+                    "{endpoint}: not {host}'s sidecar inbound port"
                 );
             }
         }
@@ -354,32 +350,65 @@ fn sidecar_ports_agree_with_configs_and_apps() {
     // The load generator enters through frontend's sidecar.
     let (host, port) = host_port(&environment(&services["loadgen"])["TARGET"]);
     assert_eq!(host, "frontend");
-    assert_eq!(
-        Some(port),
-        inbound_by_ip
-            .values()
-            .find(|(a, _)| a == "frontend")
-            .map(|(_, p)| *p)
-    );
+    assert_eq!(Some(&port), inbound_by_app.get("frontend"));
 }
 
+/// Containers find each other by name: no fixed address to keep in step with configs.
 #[test]
-fn fixed_addresses_lie_outside_the_dynamic_range() {
+fn no_container_has_a_fixed_address() {
     let compose = compose();
-    let ipam = &compose["networks"]["mesh"]["ipam"]["config"][0];
-    let range = |cidr: &str| {
-        let (ip, bits) = cidr.split_once('/').unwrap();
-        let ip = u32::from(ip.parse::<Ipv4Addr>().unwrap());
-        let mask = u32::MAX << (32 - bits.parse::<u32>().unwrap());
-        move |addr: Ipv4Addr| u32::from(addr) & mask == ip & mask
-    };
-    let in_subnet = range(ipam["subnet"].as_str().unwrap());
-    let in_dynamic = range(ipam["ip_range"].as_str().unwrap());
-    let ips: Vec<Ipv4Addr> = services(&compose).values().filter_map(fixed_ip).collect();
-    assert_eq!(ips.len(), 5);
-    for ip in ips {
-        assert!(in_subnet(ip) && !in_dynamic(ip), "{ip}");
+    for (name, service) in services(&compose) {
+        let networks = serde_json::to_string(&service["networks"]).unwrap();
+        assert!(!networks.contains("ipv4_address"), "{name}: {networks}");
     }
+    assert!(compose["networks"]["mesh"].get("ipam").is_none());
+}
+
+/// The canary: inventory-v2 registers as its own service, and orders' sidecar sends it
+/// every call marked `x-canary: true` and 10% of the rest.
+#[test]
+fn orders_sends_the_canary_its_marked_calls_and_a_tenth_of_the_rest() {
+    let compose = compose();
+    let services = services(&compose);
+    let certs = issued_certificates();
+    let canary = sidecar_config(
+        "inventory-v2-sidecar",
+        &services["inventory-v2-sidecar"],
+        certs.path(),
+    );
+    assert_eq!(canary.service, "inventory-v2");
+    assert!(canary.register.is_some(), "the canary registers itself");
+    let orders = sidecar_config("orders-sidecar", &services["orders-sidecar"], certs.path());
+    let inventory = &orders.services["inventory"];
+    let v2 = &orders.services["inventory-v2"];
+    assert!(
+        v2.discovery.is_some(),
+        "the canary is found in the registry"
+    );
+    let routes = serde_json::to_value(&inventory.routes).unwrap();
+    let routes = routes.as_array().expect("inventory has routes");
+    let marked = routes
+        .iter()
+        .find(|r| r["match"]["headers"]["x-canary"]["exact"] == "true")
+        .expect("a route for calls marked x-canary: true");
+    assert_eq!(marked["backends"], serde_json::json!({ "inventory-v2": 1 }));
+    let split = routes
+        .iter()
+        .find(|r| r["backends"].as_object().is_some_and(|b| b.len() == 2))
+        .expect("a split route for the rest");
+    assert_eq!(
+        split["backends"],
+        serde_json::json!({ "inventory": 90, "inventory-v2": 10 })
+    );
+    // The apps pass the mark along, so that it reaches orders' sidecar.
+    let propagate = std::fs::read_to_string(root().join("examples/services/propagate.rs")).unwrap();
+    assert!(propagate.contains("\"x-canary\""));
+    let prometheus = std::fs::read_to_string(compose_dir().join("prometheus.yml")).unwrap();
+    assert!(prometheus.contains("\"inventory-v2:15000\""));
+    let dashboard =
+        std::fs::read_to_string(root().join("examples/observability/grafana-dashboard.json"))
+            .unwrap();
+    assert!(dashboard.contains("Canary split"));
 }
 
 #[test]
@@ -512,6 +541,7 @@ fn sidecars_speak_mutual_tls_with_certificates_the_certs_service_issues() {
     }
     let expected: BTreeMap<String, Vec<String>> = [
         ("inventory".to_string(), vec!["orders".to_string()]),
+        ("inventory-v2".to_string(), vec!["orders".to_string()]),
         ("orders".to_string(), vec!["frontend".to_string()]),
     ]
     .into_iter()

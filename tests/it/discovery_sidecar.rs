@@ -10,6 +10,11 @@ use crate::support::*;
 /// A sidecar in front of a recording app named `name`, registering itself in etcd with
 /// a 2s TTL.
 async fn registered_instance(etcd: &str, name: &'static str) -> (remora::Sidecar, Log) {
+    registered_as(etcd, name, "127.0.0.1").await
+}
+
+/// The same, registering its inbound address as `host` (an IP or a name) writes it.
+async fn registered_as(etcd: &str, name: &'static str, host: &str) -> (remora::Sidecar, Log) {
     let (app, log) = recording(name).await;
     let inbound = free_port();
     let sidecar = sidecar(&format!(
@@ -17,7 +22,7 @@ async fn registered_instance(etcd: &str, name: &'static str) -> (remora::Sidecar
          admin: {{ listen: 127.0.0.1:0 }}\n\
          inbound: {{ listen: 127.0.0.1:{inbound}, app: {app} }}\n\
          registries:\n  main: {{ etcd: {{ endpoints: [{etcd}] }} }}\n\
-         register: {{ registry: main, address: 127.0.0.1:{inbound}, id: {name}, ttl: 2s, deregister_delay: 100ms }}\n"
+         register: {{ registry: main, address: {host}:{inbound}, id: {name}, ttl: 2s, deregister_delay: 100ms }}\n"
     ))
     .await;
     (sidecar, log)
@@ -41,6 +46,31 @@ async fn answered_by(caller: &remora::Sidecar) -> Option<String> {
     );
     let (status, headers, _) = get(&url).await;
     (status == 200).then(|| headers["x-upstream"].to_str().unwrap().to_string())
+}
+
+/// docker-compose's way: the sidecar registers its container's name, which the system
+/// resolver turns into the address callers reach (here `localhost` → 127.0.0.1).
+#[tokio::test]
+async fn a_registered_name_is_resolved_to_the_address_callers_reach() {
+    let etcd = etcd_harness::Etcd::start().await;
+    let endpoint = etcd.endpoint();
+    let (_named, log) = registered_as(&endpoint, "named", "localhost").await;
+    let caller = caller(&endpoint).await;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            answered_by(&caller).await.as_deref() == Some("named")
+        })
+        .await,
+        "the instance registered by name gets traffic"
+    );
+    assert!(log.len() > 0, "the app saw the calls");
+    let admin = caller.addrs().admin.unwrap();
+    let (_, _, body) = get(&format!("http://{admin}/endpoints")).await;
+    assert!(
+        body.contains("127.0.0.1:"),
+        "the registry holds the resolved address, not the name: {body}"
+    );
+    assert!(!body.contains("localhost"), "{body}");
 }
 
 #[tokio::test]

@@ -135,6 +135,27 @@ async fn a_header_match_sends_canaries_to_v2_and_everything_else_to_v1() {
     assert_eq!(metric(admin, canaries).await, 1.0);
 }
 
+/// A canary reached only through a route needs no listener of its own: no `listen`, no
+/// shared outbound listener, and the config is accepted and the canary served.
+#[tokio::test]
+async fn a_backend_reached_only_through_routes_needs_no_listener() {
+    let (v1, _) = recording("v1").await;
+    let (v2, _) = recording("v2").await;
+    let proxy = sidecar(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         services:\n  orders:\n    listen: 127.0.0.1:0\n    endpoints: [{v1}]\n    routes:\n\
+         \x20     - name: canary\n        match: {{ headers: {{ x-canary: {{ exact: 'true' }} }} }}\n        backends: {{ orders-v2: 1 }}\n\
+         \x20 orders-v2:\n    endpoints: [{v2}]\n"
+    ))
+    .await;
+    assert_eq!(
+        answered_by(&proxy, "/a", &[("x-canary", "true")]).await,
+        "v2"
+    );
+    assert_eq!(answered_by(&proxy, "/a", &[]).await, "v1");
+    assert!(proxy.addrs().service("orders-v2").is_none());
+}
+
 #[tokio::test]
 async fn a_90_10_split_lands_within_one_and_a_half_points() {
     let (v1, _) = recording("v1").await;

@@ -254,7 +254,16 @@ pub fn registration(
         .id
         .clone()
         .unwrap_or_else(|| section.address.to_string());
-    let mut instance = crate::discovery::Instance::new(section.address).with_id(id);
+    // A name is resolved when the sidecar registers; until then the address is a
+    // placeholder on the right port.
+    let (addr, host) = match &section.address {
+        crate::config::Destination::Addr(addr) => (*addr, None),
+        crate::config::Destination::Name { host, port } => (
+            std::net::SocketAddr::from(([0, 0, 0, 0], *port)),
+            Some(host.clone()),
+        ),
+    };
+    let mut instance = crate::discovery::Instance::new(addr).with_id(id);
     instance.weight = section.weight;
     instance.metadata = section.metadata.clone();
     if let Some(identity) = mtls {
@@ -266,6 +275,7 @@ pub fn registration(
     crate::discovery::self_registration::RegistrationPlan {
         service: section.name.clone().unwrap_or_else(|| service.to_string()),
         instance,
+        host,
         ttl: section.ttl,
         deregister_delay: section.deregister_delay,
     }
