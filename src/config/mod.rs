@@ -28,6 +28,7 @@ mod error;
 mod hints;
 mod locate;
 mod names;
+mod otel_env;
 mod outcomes;
 mod policies;
 mod redact;
@@ -174,6 +175,24 @@ pub fn parse_with_env(
         )])
     })?;
 
+    let otel_errors = otel_env::apply(&mut config.tracing, env);
+    if !otel_errors.is_empty() {
+        return Err(ConfigError::Invalid(
+            otel_errors
+                .into_iter()
+                .map(|message| {
+                    diagnostic(
+                        origin,
+                        text,
+                        None,
+                        FieldPath::root().key("tracing"),
+                        DiagnosticKind::Semantic,
+                        format!("in the environment: {message}"),
+                    )
+                })
+                .collect(),
+        ));
+    }
     validate::normalize(&mut config);
     let mut issues = validate::validate(&config);
     if issues.is_empty() {

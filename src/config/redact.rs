@@ -2,7 +2,8 @@
 //! secret replaced by [`REDACTED`]. Paths stay: a key file's path is not the key.
 //!
 //! The secrets are the values that authenticate remora to something it calls: today
-//! the Consul ACL token and the Nacos password. A new secret field (a header value, a password) is added here
+//! the Consul ACL token, the Nacos password and the OTLP export headers (API keys of hosted
+//! backends). A new secret field (a header value, a password) is added here
 //! when it is added to the schema; the admin test checks the token stays hidden.
 
 use super::schema::Config;
@@ -22,6 +23,9 @@ impl Config {
             if let Some(password) = registry.nacos.as_mut().and_then(|n| n.password.as_mut()) {
                 *password = REDACTED.to_string();
             }
+        }
+        for value in config.tracing.headers.0.values_mut() {
+            *value = REDACTED.to_string();
         }
         config
     }
@@ -62,6 +66,21 @@ registries:
             Some("s3cret-token"),
             "the config itself keeps the token"
         );
+    }
+
+    #[test]
+    fn export_header_values_are_hidden_and_their_names_kept() {
+        let yaml = "service: svc
+inbound: { listen: 127.0.0.1:0, app: 127.0.0.1:8080 }
+tracing:
+  endpoint: https://otlp.example.com:4317
+  headers: { x-api-key: very-secret }
+";
+        let config = crate::config::parse("test.yaml", yaml, &|_| Vec::new()).unwrap();
+        let shown = crate::config::to_yaml(&config.redacted());
+        assert!(!shown.contains("very-secret"), "{shown}");
+        assert!(shown.contains("x-api-key"), "{shown}");
+        assert!(!format!("{config:?}").contains("very-secret"));
     }
 
     #[test]

@@ -16,6 +16,17 @@ pub enum OtlpProtocol {
     HttpProtobuf,
 }
 
+/// Compression of export bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// As encoded.
+    #[default]
+    None,
+    /// gzip: a compressed gRPC frame with `grpc-encoding: gzip`, or an HTTP body with
+    /// `content-encoding: gzip`.
+    Gzip,
+}
+
 /// A trace-context header format written toward upstreams (every format is read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Propagation {
@@ -55,13 +66,20 @@ pub struct TracingConfig {
     pub propagate: Vec<Propagation>,
     /// The resource's `service.name`: the service this sidecar runs beside.
     pub service_name: String,
+    /// More resource attributes (`service.instance.id`, configured ones), in order.
+    pub resource: Vec<(String, String)>,
+    /// Headers sent with every export (API keys of hosted backends).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Compression of export bodies.
+    pub compression: Compression,
     /// Finished spans waiting for export at most; beyond it spans are dropped and counted.
     pub queue_size: usize,
     /// Spans per export call at most.
     pub batch_size: usize,
     /// How long a partial batch waits before it is exported.
     pub batch_delay: Duration,
-    /// How long one export may take; its spans count as dropped after that.
+    /// How long one batch's export may take, retries included; its spans count as
+    /// dropped after that.
     pub export_timeout: Duration,
     /// Whether to write one `remora::access` log line per request.
     pub access_log: bool,
@@ -92,6 +110,9 @@ impl Default for TracingConfig {
             sampling_ratio: 1.0,
             propagate: vec![Propagation::W3c],
             service_name: "remora".into(),
+            resource: Vec::new(),
+            headers: Vec::new(),
+            compression: Compression::None,
             queue_size: 2048,
             batch_size: 512,
             batch_delay: Duration::from_secs(1),

@@ -5,14 +5,16 @@
 //! path never waits; only the span that fills a batch wakes the export task, which
 //! otherwise wakes once per batch delay. That task drains the queue in batches, encodes each
 //! batch ([`Encoder`]) and sends it to the collector ([`Collector`]: OTLP/gRPC over h2c,
-//! or OTLP/HTTP with a protobuf body, each over TLS for an `https://` collector) within
-//! a time limit; a batch that fails or times out is counted as dropped too.
+//! or OTLP/HTTP with a protobuf body, each over TLS for an `https://` collector, with the
+//! configured headers, gzip-compressed if asked) within a time limit. A batch refused
+//! for now (an unreachable or busy collector) is sent again with backoff while that
+//! limit allows; a batch that fails for good or times out is counted as dropped too.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, HOST, TE};
+use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, HOST, TE};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::{http1, http2};
@@ -24,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::otlp::Encoder;
 use super::span::FinishedSpan;
-use super::{CollectorTls, OtlpProtocol};
+use super::{CollectorTls, Compression, OtlpProtocol};
 
 /// Span export counters, registered in the sidecar's Prometheus registry.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +35,8 @@ pub struct TracingMetrics {
     pub exported: Counter,
     /// Spans lost: queue full, export failed or timed out.
     pub dropped: Counter,
+    /// Export calls made again after a failure the collector may recover from.
+    pub retries: Counter,
 }
 
 impl TracingMetrics {
@@ -50,6 +54,11 @@ impl TracingMetrics {
             "Spans dropped because the export queue was full or an export failed",
             metrics.dropped.clone(),
         );
+        registry.register(
+            "span_export_retries",
+            "Span export calls made again after a transient failure (unreachable or busy collector)",
+            metrics.retries.clone(),
+        );
         metrics
     }
 }
@@ -63,7 +72,8 @@ pub(super) struct QueueLimits {
     pub batch_size: usize,
     /// How long a partial batch waits for more spans.
     pub delay: Duration,
-    /// How long one export call may take before its spans count as dropped.
+    /// How long one batch's export (its retries included) may take before its spans
+    /// count as dropped.
     pub export_timeout: Duration,
 }
 
@@ -183,8 +193,10 @@ async fn drain(
         };
         // Alone with the queue: nobody can add to it, so this export is the last.
         let last = Arc::strong_count(&sink.0) == 1;
+        // A flush (shutdown) tries each batch once: nobody waits on a dead collector.
+        let retry = flush.is_none() && !last;
         for batch in sink.take().chunks(limits.batch_size) {
-            exporter.export(batch).await;
+            exporter.export(batch, retry).await;
         }
         if let Some(done) = flush {
             let _ = done.send(());
@@ -203,31 +215,66 @@ struct Exporter {
     metrics: TracingMetrics,
 }
 
+/// The first wait before an export is tried again; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
 impl Exporter {
-    /// Exports `batch` within the export timeout and counts the outcome.
-    async fn export(&mut self, batch: &[FinishedSpan]) {
+    /// Exports `batch` within the export timeout, trying again after a transient failure
+    /// (with `retry`; exponential backoff with jitter, or the collector's `Retry-After`)
+    /// while the timeout allows, and counts the outcome. New spans meanwhile wait in the
+    /// bounded queue, dropped when it is full: retries never grow memory.
+    async fn export(&mut self, batch: &[FinishedSpan], retry: bool) {
         if batch.is_empty() {
             return;
         }
         let count = batch.len() as u64;
         let message = self.encoder.encode(batch, self.collector.prefix());
-        let sent = tokio::time::timeout(self.limits.export_timeout, self.collector.send(message));
-        match sent.await {
-            Ok(Ok(())) => {
-                self.metrics.exported.inc_by(count);
-            }
-            Ok(Err(error)) => {
+        let message = match self.collector.compress(message) {
+            Ok(message) => Bytes::from(message),
+            Err(error) => {
                 self.metrics.dropped.inc_by(count);
-                self.collector.reset();
-                tracing::debug!(%error, spans = count, "span export failed");
+                tracing::debug!(%error, spans = count, "span export: compression failed");
+                return;
             }
-            Err(_) => {
+        };
+        let deadline = tokio::time::Instant::now() + self.limits.export_timeout;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let sent = tokio::time::timeout_at(deadline, self.collector.send(message.clone()));
+            let error = match sent.await {
+                Ok(Ok(())) => {
+                    self.metrics.exported.inc_by(count);
+                    return;
+                }
+                Ok(Err(error)) => error,
+                Err(_) => {
+                    self.metrics.dropped.inc_by(count);
+                    self.collector.reset();
+                    tracing::debug!(spans = count, "span export timed out");
+                    return;
+                }
+            };
+            self.collector.reset();
+            let wait = error.retry_after().unwrap_or_else(|| jittered(backoff));
+            let transient = error.is_transient();
+            if !retry || !transient || tokio::time::Instant::now() + wait >= deadline {
                 self.metrics.dropped.inc_by(count);
-                self.collector.reset();
-                tracing::debug!(spans = count, "span export timed out");
+                tracing::debug!(%error, spans = count, transient, "span export failed");
+                return;
             }
+            tracing::debug!(%error, spans = count, ?wait, "span export failed; trying again");
+            self.metrics.retries.inc();
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
+}
+
+/// Between half of `backoff` and all of it, so that sidecars restarted together do not
+/// retry together.
+fn jittered(backoff: Duration) -> Duration {
+    backoff.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
 /// Why an export failed.
@@ -239,10 +286,38 @@ pub(super) enum ExportError {
     Tls(#[source] std::io::Error),
     #[error("collector connection: {0}")]
     Http(#[from] hyper::Error),
-    #[error("collector answered HTTP {0}")]
-    Status(http::StatusCode),
+    #[error("collector answered HTTP {status}")]
+    Status {
+        status: http::StatusCode,
+        /// The collector's `Retry-After`, in seconds.
+        retry_after: Option<Duration>,
+    },
     #[error("collector answered gRPC status {code}: {message}")]
     Grpc { code: String, message: String },
+}
+
+impl ExportError {
+    /// Whether the collector may take the same batch later (OTLP's retryable answers:
+    /// gRPC CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, OUT_OF_RANGE,
+    /// UNAVAILABLE, DATA_LOSS; HTTP 429, 502, 503, 504; a connection that failed).
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Http(_) => true,
+            Self::Tls(_) => false,
+            Self::Status { status, .. } => matches!(status.as_u16(), 429 | 502 | 503 | 504),
+            Self::Grpc { code, .. } => {
+                matches!(code.as_str(), "1" | "4" | "8" | "10" | "11" | "14" | "15")
+            }
+        }
+    }
+
+    /// How long the collector asked to wait (HTTP `Retry-After` in seconds).
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
 }
 
 /// The OTLP collector of one sidecar, over one kept connection (made again after a
@@ -252,6 +327,9 @@ pub(super) struct Collector {
     protocol: OtlpProtocol,
     /// For an `https://` collector: the connector and the name its certificate carries.
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    /// Sent with every export (API keys of hosted backends).
+    headers: Vec<(HeaderName, HeaderValue)>,
+    compression: Compression,
     connection: Option<Connection>,
 }
 
@@ -283,8 +361,46 @@ impl Collector {
             uri,
             protocol,
             tls,
+            headers: Vec::new(),
+            compression: Compression::None,
             connection: None,
         }
+    }
+
+    /// The same collector, sent `headers` with every export.
+    pub(super) fn with_headers(mut self, headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// The same collector, sent bodies compressed as `compression` says.
+    pub(super) fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// The encoded message (after [`prefix`](Self::prefix) bytes of room) compressed as
+    /// configured, the room kept; a gRPC frame's flag says whether it is compressed.
+    fn compress(&self, mut message: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        let prefix = self.prefix();
+        if self.compression == Compression::Gzip {
+            use std::io::Write as _;
+            let mut gzip = flate2::write::GzEncoder::new(
+                Vec::with_capacity(prefix + message.len() / 4),
+                flate2::Compression::fast(),
+            );
+            gzip.get_mut().resize(prefix, 0);
+            gzip.write_all(&message[prefix..])?;
+            message = gzip.finish()?;
+            if prefix > 0 {
+                message[0] = 1;
+            }
+        }
+        if prefix > 0 {
+            let len = u32::try_from(message.len() - prefix).unwrap_or(u32::MAX);
+            message[1..5].copy_from_slice(&len.to_be_bytes());
+        }
+        Ok(message)
     }
 
     /// Bytes to leave before the message: the gRPC frame header.
@@ -300,8 +416,8 @@ impl Collector {
         self.connection = None;
     }
 
-    /// Sends one encoded message (with [`prefix`](Self::prefix) bytes of room first).
-    async fn send(&mut self, message: Vec<u8>) -> Result<(), ExportError> {
+    /// Sends one message as [`compress`](Self::compress) made it.
+    async fn send(&mut self, message: Bytes) -> Result<(), ExportError> {
         let mut connection = match self.connection.take() {
             Some(connection) if connection.is_usable() => connection,
             _ => self.connect().await?,
@@ -316,32 +432,45 @@ impl Collector {
         result
     }
 
-    /// An OTLP/gRPC export request: the message in one uncompressed gRPC frame.
-    fn grpc_request(&self, mut message: Vec<u8>) -> Request<Full<Bytes>> {
-        let len = u32::try_from(message.len() - 5).unwrap_or(u32::MAX);
-        message[1..5].copy_from_slice(&len.to_be_bytes());
-        let mut request = Request::new(Full::new(Bytes::from(message)));
+    /// An OTLP/gRPC export request: the message in one gRPC frame.
+    fn grpc_request(&self, message: Bytes) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(message));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.grpc_uri();
         let headers = request.headers_mut();
+        self.add_headers(headers);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert(TE, HeaderValue::from_static("trailers"));
+        if self.compression == Compression::Gzip {
+            headers.insert("grpc-encoding", HeaderValue::from_static("gzip"));
+        }
         request
     }
 
+    /// The configured headers, before remora's own (which win).
+    fn add_headers(&self, headers: &mut http::HeaderMap) {
+        for (name, value) in &self.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+
     /// An OTLP/HTTP export request.
-    fn http_request(&self, message: Vec<u8>) -> Request<Full<Bytes>> {
-        let mut request = Request::new(Full::new(Bytes::from(message)));
+    fn http_request(&self, message: Bytes) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(message));
         *request.method_mut() = Method::POST;
         if let Some(path) = self.uri.path_and_query() {
             *request.uri_mut() = Uri::from(path.clone());
         }
         let headers = request.headers_mut();
+        self.add_headers(headers);
         headers.insert(HOST, self.host());
         headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-protobuf"),
         );
+        if self.compression == Compression::Gzip {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
         request
     }
 
@@ -425,7 +554,10 @@ async fn grpc_call(
     send.ready().await?;
     let response = send.send_request(request).await?;
     if response.status() != http::StatusCode::OK {
-        return Err(ExportError::Status(response.status()));
+        return Err(ExportError::Status {
+            status: response.status(),
+            retry_after: None,
+        });
     }
     let (head, body) = response.into_parts();
     let trailers = match head.headers.get("grpc-status") {
@@ -460,10 +592,18 @@ async fn http_call(
     send.ready().await?;
     let response = send.send_request(request).await?;
     let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
     response.into_body().collect().await?;
     if status.is_success() {
         Ok(())
     } else {
-        Err(ExportError::Status(status))
+        Err(ExportError::Status {
+            status,
+            retry_after,
+        })
     }
 }

@@ -41,7 +41,7 @@ pub mod trailers;
 pub use attempt::{attempt, Attempt};
 pub use call::{routed, CallTrace, RequestTrace};
 pub use config::{
-    AttemptSpans, CollectorTls, OtlpProtocol, Propagation, TracingConfig, TracingError,
+    AttemptSpans, CollectorTls, Compression, OtlpProtocol, Propagation, TracingConfig, TracingError,
 };
 pub use semconv::{event, recording, PEER_IDENTITY};
 pub use tracer::Tracing;

@@ -27,10 +27,13 @@ pub(super) struct Encoder {
 }
 
 impl Encoder {
-    /// An encoder whose resource names `service_name`.
-    pub(super) fn new(service_name: &str) -> Self {
+    /// An encoder whose resource names `service_name`, with `more` attributes.
+    pub(super) fn new(service_name: &str, more: &[(String, String)]) -> Self {
         let mut attributes = Attributes::new(field::RESOURCE_ATTRIBUTES, 64);
         attributes.add("service.name", AttrValue::Str(service_name));
+        for (key, value) in more {
+            attributes.str(key, value);
+        }
         attributes.str("telemetry.sdk.name", "remora");
         attributes.str("telemetry.sdk.language", "rust");
         let mut resource = Vec::new();
@@ -244,7 +247,7 @@ mod tests {
             recording: root,
         };
 
-        let mut encoder = Encoder::new("checkout");
+        let mut encoder = Encoder::new("checkout", &[]);
         let wire = encoder.encode(&[span, root], 5);
         assert_eq!(&wire[..5], &[0; 5]);
         let request = ExportTraceServiceRequest::decode(&wire[5..]).unwrap();

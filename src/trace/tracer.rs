@@ -80,14 +80,16 @@ impl Tracing {
             return Ok(Self::with_sink(config, metrics, None));
         };
         let uri = collector_uri(endpoint, config.protocol)?;
-        let collector = Collector::new(uri, config.protocol, config.tls.as_ref());
+        let collector = Collector::new(uri, config.protocol, config.tls.as_ref())
+            .with_headers(config.headers.clone())
+            .with_compression(config.compression);
         let limits = QueueLimits {
             queue_size: config.queue_size,
             batch_size: config.batch_size,
             delay: config.batch_delay,
             export_timeout: config.export_timeout,
         };
-        let encoder = otlp::Encoder::new(&config.service_name);
+        let encoder = otlp::Encoder::new(&config.service_name, &config.resource);
         let exporting = export::spawn(collector, encoder, limits, metrics.clone());
         Ok(Self::with_sink(config, metrics, Some(exporting)))
     }

@@ -38,6 +38,7 @@ mod mtls_inbound;
 mod mtls_mesh;
 mod mtls_outbound;
 mod names;
+mod otlp_export;
 mod rate_limit;
 mod reload;
 mod retry;

@@ -458,6 +458,8 @@ async fn spans_a_collector_refuses_are_counted_as_dropped() {
         upstream,
         TracingConfig {
             batch_size: 2,
+            // Each batch is tried again until this passes, then dropped.
+            export_timeout: Duration::from_millis(300),
             ..exporting("a", collector)
         },
     )

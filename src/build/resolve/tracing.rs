@@ -7,8 +7,8 @@ use crate::trace::{TracingConfig, TracingError};
 
 /// The tracing pipeline of a sidecar beside `config.service`.
 pub fn tracing(config: &Config) -> Result<TracingConfig, BuildError> {
-    use crate::config::{AttemptSpansName, OtlpProtocolName, PropagationName};
-    use crate::trace::{AttemptSpans, OtlpProtocol, Propagation};
+    use crate::config::{AttemptSpansName, CompressionName, OtlpProtocolName, PropagationName};
+    use crate::trace::{AttemptSpans, Compression, OtlpProtocol, Propagation};
     let section = &config.tracing;
     let mut propagate = vec![Propagation::W3c];
     for name in &section.propagate {
@@ -41,17 +41,29 @@ pub fn tracing(config: &Config) -> Result<TracingConfig, BuildError> {
     let tracing = TracingConfig {
         endpoint: section.endpoint.clone(),
         tls,
-        protocol: match section.protocol {
+        protocol: match section.protocol.unwrap_or_default() {
             OtlpProtocolName::Grpc => OtlpProtocol::Grpc,
             OtlpProtocolName::Http => OtlpProtocol::HttpProtobuf,
         },
         sampling_ratio: section.sampling.0,
         propagate,
-        service_name: config.service.clone(),
+        service_name: section
+            .resource
+            .get("service.name")
+            .cloned()
+            .unwrap_or_else(|| config.service.clone()),
+        resource: resource(config),
+        headers: export_headers(&section.headers)?,
+        compression: match section.compression.unwrap_or_default() {
+            CompressionName::None => Compression::None,
+            CompressionName::Gzip => Compression::Gzip,
+        },
         queue_size: section.queue_size,
         batch_size: section.batch_size,
         batch_delay: section.batch_delay,
-        export_timeout: section.export_timeout,
+        export_timeout: section
+            .export_timeout
+            .unwrap_or(crate::config::DEFAULT_EXPORT_TIMEOUT),
         access_log: section.access_log,
         attempt_spans: match section.attempt_spans {
             AttemptSpansName::Retries => AttemptSpans::Retries,
@@ -67,4 +79,71 @@ pub fn tracing(config: &Config) -> Result<TracingConfig, BuildError> {
         BuildError::at(field(name), error)
     })?;
     Ok(tracing)
+}
+
+/// The resource attributes besides `service.name`: `service.instance.id` first (the
+/// configured one, else the registration's id, else a random UUID of this process),
+/// then the configured ones in key order.
+fn resource(config: &Config) -> Vec<(String, String)> {
+    const INSTANCE: &str = "service.instance.id";
+    let configured = &config.tracing.resource;
+    let instance = configured
+        .get(INSTANCE)
+        .cloned()
+        .unwrap_or_else(|| match &config.register {
+            Some(register) => register
+                .id
+                .clone()
+                .unwrap_or_else(|| register.address.to_string()),
+            None => process_instance_id().to_string(),
+        });
+    let mut resource = vec![(INSTANCE.to_string(), instance)];
+    resource.extend(
+        configured
+            .iter()
+            .filter(|(key, _)| !matches!(key.as_str(), INSTANCE | "service.name"))
+            .map(|(key, value)| (key.clone(), value.clone())),
+    );
+    resource
+}
+
+/// A random UUID (version 4) drawn once per process: the instance id of a sidecar that
+/// does not register, the same across reloads.
+fn process_instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let id = crate::access::new_request_id();
+        String::from_utf8_lossy(id.as_bytes()).into_owned()
+    })
+}
+
+/// The export headers as HTTP header names and values, each refused at its key.
+fn export_headers(
+    headers: &crate::config::ExportHeaders,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, BuildError> {
+    headers
+        .0
+        .iter()
+        .map(|(name, value)| {
+            let at = || field("headers").key(name);
+            let header = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                BuildError::at(at(), format!("{name:?} is not a valid header name"))
+            })?;
+            if matches!(
+                header.as_str(),
+                "content-type" | "content-encoding" | "te" | "host" | "grpc-encoding"
+            ) || header.as_str().starts_with(':')
+            {
+                return Err(BuildError::at(
+                    at(),
+                    format!("{name} is set by the exporter itself"),
+                ));
+            }
+            let mut value = http::HeaderValue::from_str(value).map_err(|_| {
+                BuildError::at(at(), "the value holds characters a header cannot carry")
+            })?;
+            value.set_sensitive(true);
+            Ok((header, value))
+        })
+        .collect()
 }

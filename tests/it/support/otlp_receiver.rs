@@ -37,6 +37,8 @@ pub struct ReceivedSpan {
     /// 0 unset, 1 ok, 2 error.
     pub status_code: i32,
     pub events: Vec<String>,
+    /// The resource's attributes, `service.name` included.
+    pub resource: HashMap<String, String>,
 }
 
 impl ReceivedSpan {
@@ -46,13 +48,25 @@ impl ReceivedSpan {
     }
 }
 
-/// Everything received so far.
+/// Everything received so far: the spans, and the headers of each export request.
 #[derive(Debug, Clone, Default)]
-pub struct Received(Arc<Mutex<Vec<ReceivedSpan>>>);
+pub struct Received(
+    Arc<Mutex<Vec<ReceivedSpan>>>,
+    Arc<Mutex<Vec<http::HeaderMap>>>,
+);
 
 impl Received {
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.0.lock().unwrap().clone()
+    }
+
+    /// The headers (gRPC metadata) of every export request so far.
+    pub fn heads(&self) -> Vec<http::HeaderMap> {
+        self.1.lock().unwrap().clone()
+    }
+
+    fn head(&self, headers: http::HeaderMap) {
+        self.1.lock().unwrap().push(headers);
     }
 
     /// Waits until at least `count` spans arrived (or `limit` passed) and returns them.
@@ -67,12 +81,12 @@ impl Received {
     fn collect(&self, request: ExportTraceServiceRequest) {
         let mut spans = self.0.lock().unwrap();
         for resource_spans in request.resource_spans {
-            let service = resource_spans
+            let resource = resource_spans
                 .resource
                 .as_ref()
                 .map(|r| attributes(&r.attributes))
-                .and_then(|mut a| a.remove("service.name"))
                 .unwrap_or_default();
+            let service = resource.get("service.name").cloned().unwrap_or_default();
             for scope in resource_spans.scope_spans {
                 for span in scope.spans {
                     spans.push(ReceivedSpan {
@@ -85,6 +99,7 @@ impl Received {
                         attributes: attributes(&span.attributes),
                         status_code: span.status.as_ref().map_or(0, |s| s.code),
                         events: span.events.iter().map(|e| e.name.clone()).collect(),
+                        resource: resource.clone(),
                     });
                 }
             }
@@ -119,6 +134,7 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.head(request.metadata().clone().into_headers());
         self.0.collect(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
@@ -126,12 +142,13 @@ impl TraceService for Collector {
     }
 }
 
-/// An OTLP/gRPC collector on an ephemeral port.
+/// An OTLP/gRPC collector on an ephemeral port (it takes gzip-compressed exports).
 pub async fn grpc() -> (SocketAddr, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let received = Received::default();
-    let service = TraceServiceServer::new(Collector(received.clone()));
+    let service = TraceServiceServer::new(Collector(received.clone()))
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
@@ -210,6 +227,42 @@ where
     addr
 }
 
+/// An OTLP/gRPC collector that refuses its first `refusals` exports with `UNAVAILABLE`
+/// and takes the rest.
+pub async fn grpc_flaky(refusals: usize) -> (SocketAddr, Received) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Received::default();
+    let left = Arc::new(std::sync::atomic::AtomicUsize::new(refusals));
+    let service = TraceServiceServer::new(Flaky(Collector(received.clone()), left));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (addr, received)
+}
+
+struct Flaky(Collector, Arc<std::sync::atomic::AtomicUsize>);
+
+#[tonic::async_trait]
+impl TraceService for Flaky {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        use std::sync::atomic::Ordering;
+        let refuse = self
+            .1
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refuse {
+            return Err(tonic::Status::unavailable("starting"));
+        }
+        self.0.export(request).await
+    }
+}
+
 /// An OTLP/gRPC collector that refuses every export with `UNAVAILABLE`, counting the
 /// calls it refused.
 pub async fn grpc_refusing() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
@@ -238,7 +291,8 @@ impl TraceService for Refusing {
     }
 }
 
-/// An OTLP/HTTP protobuf collector (`POST /v1/traces`) on an ephemeral port.
+/// An OTLP/HTTP protobuf collector (`POST /v1/traces`) on an ephemeral port (it takes
+/// gzip bodies).
 pub async fn http() -> (SocketAddr, Received) {
     let received = Received::default();
     let sink = received.clone();
@@ -246,7 +300,19 @@ pub async fn http() -> (SocketAddr, Received) {
         let sink = sink.clone();
         async move {
             let path = request.uri().path().to_string();
-            let body = request.into_body().collect().await.unwrap().to_bytes();
+            let (head, body) = request.into_parts();
+            sink.head(head.headers.clone());
+            let mut body = body.collect().await.unwrap().to_bytes();
+            if head
+                .headers
+                .get("content-encoding")
+                .is_some_and(|v| v == "gzip")
+            {
+                let mut plain = Vec::new();
+                let mut gzip = flate2::read::GzDecoder::new(&body[..]);
+                std::io::Read::read_to_end(&mut gzip, &mut plain).unwrap();
+                body = plain.into();
+            }
             if path != "/v1/traces" {
                 return http::Response::builder()
                     .status(404)
