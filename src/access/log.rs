@@ -22,6 +22,25 @@ pub struct Entry<'a> {
     pub method: &'a http::Method,
     /// The request path.
     pub path: &'a str,
+    /// The `Host` (or the authority of an absolute-form or HTTP/2 request).
+    pub host: Option<&'a str>,
+    /// The caller's address (the connection's peer).
+    pub client: Option<SocketAddr>,
+    /// The request body's declared length (`Content-Length`), when it declared one.
+    pub request_bytes: Option<u64>,
+    /// The response body's declared length, when it declared one.
+    pub response_bytes: Option<u64>,
+    /// Tries made upstream (0 when remora answered without calling: no endpoint, an
+    /// open breaker, a rate limit, a fixed route answer...).
+    pub attempts: u32,
+    /// The answering endpoint's time to the response head, for the try that answered.
+    pub upstream_ms: Option<f64>,
+    /// Why remora answered itself or failed the call (`x-remora-error`:
+    /// `no-healthy-endpoint`,
+    /// `breaker-open`, `rate-limited`, `timeout`, `connect-failure`, ...).
+    pub reason: Option<&'a str>,
+    /// The trigger of the fallback answer served, when one was.
+    pub fallback: Option<&'a str>,
     /// The HTTP status sent back.
     pub status: u16,
     /// The gRPC status sent back, for gRPC calls.
@@ -45,11 +64,19 @@ pub fn log(entry: &Entry<'_>) {
         direction = entry.direction,
         service = entry.service,
         method = %entry.method,
+        host = entry.host,
         path = entry.path,
+        client = entry.client.map(tracing::field::display),
         status = entry.status,
         grpc_status = entry.grpc_status,
+        reason = entry.reason,
+        fallback = entry.fallback,
         duration_ms = entry.duration_ms,
         upstream = entry.upstream.map(tracing::field::display),
+        upstream_ms = entry.upstream_ms,
+        attempts = entry.attempts,
+        request_bytes = entry.request_bytes,
+        response_bytes = entry.response_bytes,
         peer_identity = entry.peer_identity,
         "access"
     );

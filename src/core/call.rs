@@ -52,6 +52,7 @@ impl CallInfo {
 #[derive(Debug, Clone, Default)]
 pub struct AvoidEndpoints(pub Vec<SocketAddr>);
 
-/// Response extension: the endpoint that answered.
+/// Response extension: the endpoint that answered, and how long it took to answer (from
+/// sending the request to the response head).
 #[derive(Debug, Clone, Copy)]
-pub struct EndpointUsed(pub SocketAddr);
+pub struct EndpointUsed(pub SocketAddr, pub std::time::Duration);

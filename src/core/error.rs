@@ -14,6 +14,9 @@ use super::grpc::{grpc_code_for_http, percent_encode_grpc_message};
 /// Header naming why remora answered instead of the upstream.
 pub const ERROR_HEADER: &str = "x-remora-error";
 
+/// Header marking a fallback answer, with the trigger that chose it.
+pub const FALLBACK_HEADER: &str = "x-remora-fallback";
+
 /// A request no connection took, given back with the error that stopped it.
 pub struct Unsent(pub Box<http::Request<ProxyBody>>);
 

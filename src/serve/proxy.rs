@@ -100,7 +100,8 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             .shared
             .tracing
             .start(&mut request, this.entry.direction())
-            .with_peer_identity(this.peer_identity.as_ref());
+            .with_peer_identity(this.peer_identity.as_ref())
+            .with_client(this.peer);
         Box::pin(async move { Ok(trace.run(this.handle(request)).await) })
     }
 }

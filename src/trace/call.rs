@@ -15,7 +15,7 @@ use opentelemetry::Context;
 use crate::core::body::watch;
 use crate::core::body::ProxyBody;
 use crate::core::call::EndpointUsed;
-use crate::core::error::{ProxyError, ERROR_HEADER};
+use crate::core::error::{ProxyError, ERROR_HEADER, FALLBACK_HEADER};
 use crate::core::grpc::{grpc_status, grpc_status_at, GrpcStatusAt};
 use crate::core::labels::Direction;
 
@@ -131,6 +131,53 @@ pub struct RequestTrace {
     pub(super) uri: Uri,
     /// The caller's SPIFFE ID, when it came over mutual TLS.
     pub(super) peer_identity: Option<Arc<str>>,
+    /// The caller's address.
+    pub(super) client: Option<SocketAddr>,
+    /// The request's `Host` (or authority), for the access log.
+    pub(super) host: Option<HeaderValue>,
+    /// The request body's declared length.
+    pub(super) request_bytes: Option<u64>,
+}
+
+/// What the access log line says of the answer, read from its head.
+#[derive(Debug)]
+pub(super) struct Answer {
+    pub(super) status: u16,
+    pub(super) endpoint: Option<EndpointUsed>,
+    /// `x-remora-error`: why remora answered itself.
+    pub(super) reason: Option<HeaderValue>,
+    /// `x-remora-fallback`: the trigger of a fallback answer.
+    pub(super) fallback: Option<HeaderValue>,
+    /// The declared body length.
+    pub(super) bytes: Option<u64>,
+}
+
+impl Answer {
+    fn of(response: &Response<ProxyBody>) -> Self {
+        let headers = response.headers();
+        Self {
+            status: response.status().as_u16(),
+            endpoint: response.extensions().get::<EndpointUsed>().copied(),
+            reason: headers.get(ERROR_HEADER).cloned(),
+            fallback: headers.get(FALLBACK_HEADER).cloned(),
+            bytes: content_length(headers),
+        }
+    }
+}
+
+/// A header's value as text, when it is set and visible ASCII.
+fn header_str(value: &Option<HeaderValue>) -> Option<&str> {
+    value.as_ref().and_then(|v| v.to_str().ok())
+}
+
+/// A declared `Content-Length`.
+pub(super) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 impl RequestTrace {
@@ -144,6 +191,12 @@ impl RequestTrace {
             span.record(|recording| recording.attributes.str(PEER_IDENTITY, identity));
         }
         self.peer_identity = Some(identity.clone());
+        self
+    }
+
+    /// Names the caller's address in the access log line.
+    pub fn with_client(mut self, client: SocketAddr) -> Self {
+        self.client = Some(client);
         self
     }
 
@@ -196,12 +249,9 @@ impl RequestTrace {
             });
         }
         if waits_for_trailers {
-            let reason = response.headers().get(ERROR_HEADER).cloned();
             let waiting = trailers::RequestWaiting {
                 trace: self,
-                status,
-                endpoint,
-                reason,
+                answer: Answer::of(&response),
             };
             watch(&mut response, Box::new(waiting));
             return response;
@@ -210,20 +260,16 @@ impl RequestTrace {
             span.end();
         }
         if call.tracing.0.access_log {
-            self.access_log(status, grpc_status, endpoint);
+            self.access_log(&Answer::of(&response), grpc_status);
         }
         response
     }
 
-    pub(super) fn access_log(
-        &self,
-        status: u16,
-        grpc_status: Option<u32>,
-        endpoint: Option<SocketAddr>,
-    ) {
+    pub(super) fn access_log(&self, answer: &Answer, grpc_status: Option<u32>) {
         let call = &self.call.0;
         let span = call.cx.span();
         let context = span.span_context();
+        let host = header_str(&self.host).or_else(|| self.uri.authority().map(|a| a.as_str()));
         crate::access::log(&crate::access::Entry {
             trace_id: &context.trace_id(),
             span_id: &context.span_id(),
@@ -232,10 +278,18 @@ impl RequestTrace {
             service: call.service.get().map_or("unknown", |s| &**s),
             method: &self.method,
             path: self.uri.path(),
-            status,
+            host,
+            client: self.client,
+            request_bytes: self.request_bytes,
+            response_bytes: answer.bytes,
+            attempts: call.attempts.load(std::sync::atomic::Ordering::Relaxed),
+            upstream_ms: answer.endpoint.map(|e| e.1.as_secs_f64() * 1000.0),
+            reason: header_str(&answer.reason),
+            fallback: header_str(&answer.fallback),
+            status: answer.status,
             grpc_status,
             duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
-            upstream: endpoint,
+            upstream: answer.endpoint.map(|e| e.0),
             peer_identity: self.peer_identity.as_deref(),
         });
     }

@@ -153,6 +153,9 @@ impl Tracing {
             method: request.method().clone(),
             uri: request.uri().clone(),
             peer_identity: None,
+            client: None,
+            host: request.headers().get(http::header::HOST).cloned(),
+            request_bytes: content_length(request.headers()),
         }
     }
 

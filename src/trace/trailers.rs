@@ -8,14 +8,12 @@
 //! Only gRPC responses whose headers carry no `grpc-status` wait (see
 //! [`grpc_status_at`]); every other response keeps its body and its plain path.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::HeaderValue;
 use opentelemetry::trace::Status;
 
 use super::span::{LiveSpan, Recording};
-use super::{error_status, header_text, RequestTrace};
+use super::{error_status, header_text, Answer, RequestTrace};
 use crate::core::body::{BodyEnd, StatusWaiter};
 use crate::core::labels::Direction;
 
@@ -31,12 +29,8 @@ pub struct AttemptWaiting {
 #[derive(Debug)]
 pub struct RequestWaiting {
     pub(super) trace: RequestTrace,
-    /// The HTTP status sent to the caller (already on the span).
-    pub(super) status: u16,
-    /// The endpoint that answered.
-    pub(super) endpoint: Option<SocketAddr>,
-    /// `x-remora-error` of the response, for the span status.
-    pub(super) reason: Option<HeaderValue>,
+    /// The answer's head (its HTTP status is on the span already).
+    pub(super) answer: Answer,
 }
 
 impl StatusWaiter for AttemptWaiting {
@@ -51,22 +45,18 @@ impl StatusWaiter for AttemptWaiting {
 
 impl StatusWaiter for RequestWaiting {
     fn settle(self: Box<Self>, end: BodyEnd<'_>) {
-        let Self {
-            trace,
-            status,
-            endpoint,
-            reason,
-        } = *self;
+        let Self { trace, answer } = *self;
         let call = &trace.call.0;
+        let grpc_status = end.grpc_status();
         if let Some(span) = &call.span {
             span.record(|recording| {
-                let reason = reason.as_ref().map(header_text);
-                record_end(recording, status, call.direction, reason, end);
+                let reason = answer.reason.as_ref().map(header_text);
+                record_end(recording, answer.status, call.direction, reason, end);
             });
             span.end();
         }
         if call.tracing.0.access_log {
-            trace.access_log(status, end.grpc_status(), endpoint);
+            trace.access_log(&answer, grpc_status);
         }
     }
 }
@@ -103,6 +93,7 @@ mod tests {
     use super::*;
     use crate::core::body::{watch, ProxyBody};
     use crate::core::grpc::{grpc_status_at, GrpcStatusAt};
+    use http::header::HeaderValue;
     use http::{HeaderMap, Response};
     use http_body_util::BodyExt;
 
@@ -143,9 +134,13 @@ mod tests {
         let trace = tracing.start(&mut request, Direction::Outbound);
         let waiting = RequestWaiting {
             trace,
-            status: 200,
-            endpoint: None,
-            reason: None,
+            answer: Answer {
+                status: 200,
+                endpoint: None,
+                reason: None,
+                fallback: None,
+                bytes: None,
+            },
         };
         watch(&mut response, Box::new(waiting));
         let (span, ended) = super::super::span::test_span();

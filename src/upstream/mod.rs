@@ -223,7 +223,7 @@ impl tower::Service<Request<ProxyBody>> for Forward {
             let mut response = result?;
             response
                 .extensions_mut()
-                .insert(EndpointUsed(endpoint.addr));
+                .insert(EndpointUsed(endpoint.addr, elapsed));
 
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(client_upgrade) = client_upgrade {

@@ -134,7 +134,7 @@ fn forward(set: &Arc<EndpointSet>) -> Forward {
 async fn call(forward: &Forward) -> (SocketAddr, StatusCode) {
     let request = Request::get("/").body(ProxyBody::empty()).unwrap();
     let response = forward.clone().oneshot(request).await.unwrap();
-    let EndpointUsed(addr) = *response.extensions().get::<EndpointUsed>().unwrap();
+    let EndpointUsed(addr, _) = *response.extensions().get::<EndpointUsed>().unwrap();
     (addr, response.status())
 }
 

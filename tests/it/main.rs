@@ -8,6 +8,7 @@
 
 mod support;
 
+mod access_log;
 mod admin;
 mod balance;
 mod breaker;

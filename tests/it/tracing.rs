@@ -13,6 +13,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use remora::trace::{AttemptSpans, CollectorTls, OtlpProtocol, Propagation, TracingConfig};
 
 use crate::support;
+use crate::support::log_lines::LogLines;
 use crate::support::otlp_receiver::{self, ReceivedSpan};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -617,45 +618,6 @@ async fn decisions_are_span_events() {
 
 /// Access log lines written on this thread while it lives (`#[tokio::test]` runs the
 /// sidecars' tasks on the test's thread).
-#[derive(Clone, Default)]
-struct LogLines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogLines {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl LogLines {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        let lines = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || lines.clone())
-            .with_ansi(false)
-            .with_env_filter("remora::access=info")
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    /// The access log lines of requests to `path`.
-    fn access(&self, path: &str) -> Vec<String> {
-        let text = self.text();
-        let path = format!("path={path:?} ");
-        text.lines()
-            .filter(|line| line.contains("remora::access") && line.contains(&path))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
 /// The request span named `name` of `service` (not an attempt) and its one attempt.
 fn call_and_attempt<'a>(
     spans: &'a [ReceivedSpan],

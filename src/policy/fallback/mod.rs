@@ -37,8 +37,7 @@ use crate::policy::ServiceStack;
 pub use respond::{GrpcReply, StaticResponse};
 pub use stale::StaleCache;
 
-/// Header naming the trigger a fallback answer replaced.
-pub const FALLBACK_HEADER: &str = "x-remora-fallback";
+pub use crate::core::error::FALLBACK_HEADER;
 
 /// Most request-body bytes kept to send the request again to an alternate service.
 const REPLAY_LIMIT: usize = 64 * 1024;

@@ -200,7 +200,9 @@ async fn next_attempt_avoids_failed_endpoints() {
                 unsent: None,
             }),
             2 => status(503).map(|mut response| {
-                response.extensions_mut().insert(EndpointUsed(second));
+                response
+                    .extensions_mut()
+                    .insert(EndpointUsed(second, std::time::Duration::ZERO));
                 response
             }),
             _ => status(200),

@@ -11,6 +11,7 @@ pub mod dns;
 pub mod echo;
 pub mod etcd_harness;
 pub mod fake_server;
+pub mod log_lines;
 pub mod metrics_text;
 pub mod otlp_receiver;
 pub mod pki;
