@@ -36,8 +36,7 @@ pub struct Entry<'a> {
     /// The answering endpoint's time to the response head, for the try that answered.
     pub upstream_ms: Option<f64>,
     /// Why remora answered itself or failed the call (`x-remora-error`:
-    /// `no-healthy-endpoint`,
-    /// `breaker-open`, `rate-limited`, `timeout`, `connect-failure`, ...).
+    /// `no-healthy-endpoint`, `breaker-open`, `rate-limited`, `timeout`, ...).
     pub reason: Option<&'a str>,
     /// The trigger of the fallback answer served, when one was.
     pub fallback: Option<&'a str>,
