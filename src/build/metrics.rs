@@ -98,6 +98,8 @@ pub struct Metrics {
     pub health: crate::health::HealthMetrics,
     /// TCP passthrough connections and bytes.
     pub tcp: crate::upstream::TcpMetrics,
+    /// Tries and latency per endpoint.
+    pub endpoints: crate::upstream::EndpointMetrics,
     /// Copies sent to mirrors, and those dropped.
     pub mirror: crate::routing::MirrorMetrics,
 }
@@ -161,8 +163,10 @@ impl Metrics {
         let balancer = crate::balance::BalancerMetrics::register(&mut registry);
         let health = crate::health::HealthMetrics::register(&mut registry);
         let tcp = crate::upstream::TcpMetrics::register(&mut registry);
+        let endpoints = crate::upstream::EndpointMetrics::register(&mut registry);
         let mirror = crate::routing::MirrorMetrics::register(&mut registry);
         registry.register_collector(Box::new(DroppedLogLines));
+        registry.register_collector(Box::new(super::process_metrics::ProcessMetrics));
         registry.register(
             "build",
             "The remora build answering: its version and the target it was built for",
@@ -174,6 +178,7 @@ impl Metrics {
         );
         Self {
             tcp,
+            endpoints,
             mirror,
             policy,
             discovery,

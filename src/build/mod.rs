@@ -12,6 +12,7 @@
 //! Config flows down through here and nowhere else: no mechanism names a YAML type.
 
 pub mod metrics;
+mod process_metrics;
 pub mod pump;
 pub mod resolve;
 pub mod route;

@@ -177,6 +177,9 @@ impl State {
             if let Some(outlier) = &discovered.outlier {
                 target.observers.push(outlier.clone());
             }
+            target.observers.push(Arc::new(
+                metrics.endpoints.observer(Arc::from(name.as_str())),
+            ));
             let core = builder.core(target)?;
             discovery.insert(name.clone(), discovered);
             cores.push((name, service, core));

@@ -14,6 +14,7 @@
 //! A service's `protocol` decides whether a request leaves over HTTP/1.1 or HTTP/2; its
 //! [`EndpointTls`] whether the connection under it is TLS.
 
+mod endpoint_metrics;
 mod http1;
 mod http2;
 mod hygiene;
@@ -40,6 +41,7 @@ use crate::core::call::{AvoidEndpoints, EndpointUsed};
 use crate::core::error::{ProxyError, Unsent};
 use crate::core::protocol::UpstreamProtocol;
 
+pub use endpoint_metrics::{EndpointMetrics, EndpointStats, MAX_ENDPOINTS};
 pub use hygiene::{requested_upgrade, set_forwarded, strip_hop_by_hop, ForwardedFor};
 use pool::SendError;
 pub use pool::{ConnectError, PoolConfig, PoolConfigError, UpstreamClients};

@@ -250,3 +250,69 @@ async fn build_info_names_the_version() {
     );
     assert_eq!(metric(admin, &series).await, 1.0);
 }
+
+/// The process's resources, read at the scrape: memory, CPU, threads, descriptors.
+#[tokio::test]
+async fn process_resources_are_exported() {
+    let proxy = outbound_to(&[dead_endpoint()], "http1").await;
+    let admin = proxy.addrs().admin.unwrap();
+    let rss = metric(admin, "remora_process_resident_memory_bytes").await;
+    assert!(rss > 1_000_000.0, "RSS {rss}");
+    // The test process holds at least the sidecar's listeners and the scrape's socket.
+    let fds = metric(admin, "remora_process_open_fds").await;
+    assert!(fds >= 3.0, "fds {fds}");
+    assert!(metric(admin, "remora_process_max_fds").await >= fds);
+    assert!(metric(admin, "remora_process_threads").await >= 1.0);
+    // CPU time counts in clock ticks (10 ms): spend some (on a loaded machine the
+    // wall time that takes varies), until the counter shows it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut cpu = 0.0;
+    while cpu < 0.02 && std::time::Instant::now() < deadline {
+        let busy = std::time::Instant::now();
+        while busy.elapsed() < std::time::Duration::from_millis(20) {
+            std::hint::black_box(busy.elapsed());
+        }
+        cpu = metric(admin, "remora_process_cpu_seconds_total").await;
+    }
+    assert!(cpu >= 0.02, "CPU time {cpu}");
+    let started = metric(admin, "remora_process_start_time_seconds").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started <= now + 2.0 && started > now - 3600.0,
+        "{started} vs {now}"
+    );
+}
+
+/// Each endpoint's tries are counted by outcome, with its own latency histogram: which
+/// replica answers what, and which one refuses connections.
+#[tokio::test]
+async fn tries_are_counted_per_endpoint() {
+    let (one, _) = recording("one").await;
+    let (two, _) = scripted(|_| 503).await;
+    let dead = dead_endpoint();
+    let proxy = sidecar(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         services:\n  svc:\n    listen: 127.0.0.1:0\n    endpoints: [{one}, {two}, {dead}]\n    balancer: {{ algorithm: round_robin }}\n"
+    ))
+    .await;
+    let url = format!("http://{}/", proxy.addrs().service("svc").unwrap());
+    for _ in 0..6 {
+        get(&url).await;
+    }
+    let admin = proxy.addrs().admin.unwrap();
+    let tries = |endpoint: std::net::SocketAddr, outcome: &str| {
+        format!(
+            "remora_endpoint_requests_total{{service=\"svc\",endpoint=\"{endpoint}\",outcome=\"{outcome}\"}}"
+        )
+    };
+    assert_eq!(metric(admin, &tries(one, "2xx")).await, 2.0);
+    assert_eq!(metric(admin, &tries(two, "5xx")).await, 2.0);
+    assert_eq!(metric(admin, &tries(dead, "connect-failure")).await, 2.0);
+    let answered = format!(
+        "remora_endpoint_request_duration_seconds_count{{service=\"svc\",endpoint=\"{one}\"}}"
+    );
+    assert_eq!(metric(admin, &answered).await, 2.0);
+}
