@@ -14,6 +14,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # The TCP passthrough tests start a real Redis.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# The ZooKeeper discovery tests start a real ZooKeeper (the package brings a Java runtime).
+[ -f /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     sudo=""
