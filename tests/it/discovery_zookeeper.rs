@@ -1,4 +1,5 @@
 //! The zookeeper registry against a real ZooKeeper, through running sidecars: instances
+//! registered by Apache Curator itself get traffic and Curator reads remora's, instances
 //! written as Curator writes them get traffic as they come and go, malformed ones are
 //! ignored and counted, remora's own registration is an ephemeral znode holding
 //! Curator's `ServiceInstance` JSON that a reload leaves alone, a shutdown deletes and a
@@ -10,6 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use zookeeper_client::{Acls, Client, CreateMode};
 
+use crate::support::curator_probe::CuratorProbe;
 use crate::support::fake_server::served_by;
 use crate::support::zk_harness::ZooKeeper;
 use crate::support::*;
@@ -161,6 +163,45 @@ async fn curator_instances_get_traffic_as_they_come_and_go_and_malformed_ones_ar
 }
 
 #[tokio::test]
+async fn curator_and_remora_find_each_other() {
+    let zk = ZooKeeper::start().await;
+    let curator = CuratorProbe::compile().await;
+    let (app, _) = recording("remora").await;
+    let remora = sidecar(&registered_yaml(&zk, app, "remora-1")).await;
+    let (java_app, _) = recording("java").await;
+    let java = curator
+        .register(&zk.server(), "inventory", "java-1", java_app)
+        .await;
+    let caller = caller(&zk).await;
+    assert!(
+        eventually(LIMIT, || served_by(&caller, &["java", "remora"])).await,
+        "an instance Curator registered gets traffic beside remora's"
+    );
+
+    // Curator reads remora's registration, payload and metadata included.
+    let listed = curator.list(&zk.server(), "inventory").await;
+    let inbound = remora.handle().config().register.as_ref().unwrap().address;
+    assert_eq!(
+        listed,
+        [
+            format!(
+                "java-1 127.0.0.1 {} DYNAMIC true java-1 {{zone=b}}",
+                java_app.port()
+            ),
+            format!(
+                "remora-1 127.0.0.1 {} DYNAMIC true remora-1 {{zone=a}}",
+                inbound.port()
+            ),
+        ],
+        "Curator's view of the service"
+    );
+
+    // Curator unregisters: the caller follows.
+    java.stop().await;
+    assert!(eventually(LIMIT, || served_by(&caller, &["remora"])).await);
+}
+
+#[tokio::test]
 async fn registration_is_an_ephemeral_curator_instance_kept_by_reloads_deleted_on_shutdown_and_expired_on_death(
 ) {
     let zk = ZooKeeper::start().await;
@@ -274,7 +315,12 @@ async fn an_outage_serves_the_last_set_stale_and_a_restart_re_registers_and_re_l
         eventually(LIMIT, || async { metric(admin, stale).await == 1.0 }).await,
         "the outage shows as staleness"
     );
-    assert!(endpoints(&caller).await.contains("\"stale\": true"));
+    let shown = endpoints(&caller).await;
+    assert!(shown.contains("\"stale\": true"), "{shown}");
+    assert!(
+        shown.contains("registry zookeeper: watch /services/inventory"),
+        "the error names the registry and the znode: {shown}"
+    );
     assert!(
         served_by(&caller, &["one"]).await,
         "the last known set serves"

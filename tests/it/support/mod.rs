@@ -4,9 +4,10 @@
 //! [`otlp_receiver`] (an OTLP collector) and [`redis_harness`] (a real Redis) are the
 //! heavier pieces, each in its own module;
 //! [`tls_front`] makes certificates and terminates TLS in front of plaintext upstreams;
-//! [`dns`] serves a DNS zone the test changes; [`zk_harness`] runs a real ZooKeeper.
+//! [`dns`] serves a DNS zone the test changes; [`zk_harness`] runs a real ZooKeeper, [`curator_probe`] Apache Curator against it.
 
 pub mod certs;
+pub mod curator_probe;
 pub mod dns;
 pub mod echo;
 pub mod etcd_harness;
