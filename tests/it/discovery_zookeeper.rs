@@ -270,6 +270,21 @@ async fn registration_is_an_ephemeral_curator_instance_kept_by_reloads_deleted_o
         (stat.czxid, stat.ephemeral_owner)
     );
 
+    // Someone deletes the znode while the session lives: it is created again in it.
+    client
+        .delete("/services/inventory/one", None)
+        .await
+        .unwrap();
+    assert!(
+        eventually(LIMIT, || async {
+            znode(&client, "one").await.is_some_and(|(again, _)| {
+                again.czxid != stat.czxid && again.ephemeral_owner == stat.ephemeral_owner
+            })
+        })
+        .await,
+        "created again in the same session"
+    );
+
     // A graceful shutdown deletes the znode before draining.
     one.shutdown().await;
     assert!(znode(&client, "one").await.is_none(), "deleted on shutdown");

@@ -174,7 +174,7 @@ impl ZookeeperRegistry {
                 let described = self.failed(what, path, &error);
                 Err(ZkFailure::Server(error, described))
             }
-            Err(_) => Err(ZkFailure::Other(DiscoveryError::new(
+            Err(_) => Err(ZkFailure::NoAnswer(DiscoveryError::new(
                 NAME,
                 format!(
                     "{what} {path}: no answer within {:?}",
@@ -195,7 +195,7 @@ enum ZkFailure {
     /// The server or the session answered with an error.
     Server(zookeeper_client::Error, DiscoveryError),
     /// No answer in time.
-    Other(DiscoveryError),
+    NoAnswer(DiscoveryError),
 }
 
 impl ZkFailure {
@@ -203,7 +203,7 @@ impl ZkFailure {
     fn code(&self) -> Option<&zookeeper_client::Error> {
         match self {
             ZkFailure::Server(code, _) => Some(code),
-            ZkFailure::Other(_) => None,
+            ZkFailure::NoAnswer(_) => None,
         }
     }
 }
@@ -211,7 +211,7 @@ impl ZkFailure {
 impl From<ZkFailure> for DiscoveryError {
     fn from(failure: ZkFailure) -> Self {
         match failure {
-            ZkFailure::Server(_, error) | ZkFailure::Other(error) => error,
+            ZkFailure::Server(_, error) | ZkFailure::NoAnswer(error) => error,
         }
     }
 }
