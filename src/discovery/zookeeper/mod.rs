@@ -19,7 +19,7 @@
 //! NOTE: plaintext only: zookeeper-client's TLS builds its own rustls config from PEM
 //! (and brings its own rustls features), which remora's TLS settings cannot feed.
 
-pub mod curator;
+mod curator;
 mod ephemeral;
 mod watch;
 
