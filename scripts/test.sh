@@ -14,6 +14,11 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # The TCP passthrough tests start a real Redis.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# The ZooKeeper discovery tests start a real ZooKeeper (the package brings a Java runtime).
+[ -f /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
+# ... and check what remora writes and reads with Apache Curator itself, compiled there.
+[ -f /usr/share/java/curator-x-discovery.jar ] || need+=(libcurator-discovery-java)
+command -v javac >/dev/null 2>&1 || need+=(default-jdk-headless)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     sudo=""

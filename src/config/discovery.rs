@@ -35,6 +35,42 @@ pub struct RegistrySection {
     /// Nacos: the open API v1, polled; registration with heartbeats.
     #[serde(default)]
     pub nacos: Option<Box<NacosSection>>,
+    /// ZooKeeper: Curator's service discovery layout, watched; ephemeral registration.
+    #[serde(default)]
+    pub zookeeper: Option<Box<ZookeeperSection>>,
+}
+
+/// ZooKeeper settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZookeeperSection {
+    /// The ensemble's client addresses, `host:port`.
+    pub servers: Vec<String>,
+    /// The znode holding every service (`<base>/<service>/<id>`); Spring Cloud
+    /// Zookeeper's `/services` by default.
+    #[serde(default = "default_zookeeper_base")]
+    pub base: String,
+    /// Session timeout of the watches' sessions (a registration's session uses
+    /// `register.ttl`); the server bounds it.
+    #[serde(
+        default = "default_zookeeper_session",
+        with = "super::scalar::duration"
+    )]
+    pub session_timeout: Duration,
+    /// What a registration writes in Curator's `payload`.
+    #[serde(default)]
+    pub payload: ZookeeperPayloadSection,
+}
+
+/// The `payload` of remora's registrations in ZooKeeper.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ZookeeperPayloadSection {
+    /// Spring Cloud Zookeeper's `ZookeeperInstance`, carrying the metadata.
+    #[default]
+    SpringCloud,
+    /// `null`: readable by any Curator client; the metadata is not carried.
+    None,
 }
 
 /// Nacos settings. `Debug` hides the password; `/config` shows [`Config::redacted`].
@@ -181,7 +217,7 @@ pub struct DiscoveryRef {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterSection {
-    /// A `registries` name (etcd or Consul).
+    /// A `registries` name (etcd, Consul, Eureka, Nacos or ZooKeeper).
     pub registry: String,
     /// The service name to register under (default: `service`).
     #[serde(default)]
@@ -380,6 +416,12 @@ fn default_eureka_renew() -> Duration {
 fn default_eureka_poll() -> Duration {
     Duration::from_secs(5)
 }
+fn default_zookeeper_base() -> String {
+    "/services".into()
+}
+fn default_zookeeper_session() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_etcd_prefix() -> String {
     "/remora/services".into()
 }
@@ -402,6 +444,7 @@ pub fn backend_of(registry: &RegistrySection) -> Option<&'static str> {
         registry.file.as_ref().map(|_| "file"),
         registry.eureka.as_ref().map(|_| "eureka"),
         registry.nacos.as_ref().map(|_| "nacos"),
+        registry.zookeeper.as_ref().map(|_| "zookeeper"),
     ]
     .into_iter()
     .flatten()
@@ -420,7 +463,7 @@ pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {
         if backend_of(registry).is_none() {
             issues.push(Issue::at(
                 path.clone(),
-                "a registry takes exactly one of `etcd`, `consul`, `dns`, `file`, `eureka`, `nacos`",
+                "a registry takes exactly one of `etcd`, `consul`, `dns`, `file`, `eureka`, `nacos`, `zookeeper`",
             ));
         }
         if let Some(etcd) = &registry.etcd {
@@ -498,6 +541,9 @@ pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {
                 ));
             }
         }
+        if let Some(zookeeper) = &registry.zookeeper {
+            check_zookeeper(zookeeper, &path.key("zookeeper"), issues);
+        }
         if let Some(dns) = &registry.dns {
             if dns.interval.is_some_and(|i| i.is_zero()) {
                 issues.push(Issue::at(
@@ -539,7 +585,7 @@ pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {
             Some(registry) if registry.dns.is_some() || registry.file.is_some() => {
                 issues.push(Issue::at(
                     path.key("registry"),
-                    "only etcd, Consul, Eureka and Nacos registries take registrations",
+                    "only etcd, Consul, Eureka, Nacos and ZooKeeper registries take registrations",
                 ))
             }
             Some(_) => {}
@@ -564,4 +610,62 @@ pub(crate) fn check(config: &Config, issues: &mut Vec<Issue>) {
             ));
         }
     }
+}
+
+/// A `zookeeper` registry's servers, base and timeout.
+fn check_zookeeper(zookeeper: &ZookeeperSection, path: &FieldPath, issues: &mut Vec<Issue>) {
+    if zookeeper.servers.is_empty() {
+        issues.push(Issue::at(
+            path.key("servers"),
+            "list at least one ZooKeeper server, like `127.0.0.1:2181`",
+        ));
+    }
+    for (i, server) in zookeeper.servers.iter().enumerate() {
+        if !is_host_port(server) {
+            issues.push(Issue::at(
+                path.key("servers").index(i),
+                format!("invalid ZooKeeper server {server:?}: write it like `127.0.0.1:2181`"),
+            ));
+        }
+    }
+    if let Err(message) = check_base(zookeeper.base.trim_end_matches('/')) {
+        issues.push(Issue::at(path.key("base"), message));
+    }
+    if zookeeper.session_timeout.is_zero() {
+        issues.push(Issue::at(
+            path.key("session_timeout"),
+            "the session timeout must be longer than zero",
+        ));
+    }
+}
+
+/// Whether `text` is `host:port` with a non-zero port.
+fn is_host_port(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    !host.is_empty() && !host.contains(['/', ',', ' ']) && port.parse::<u16>().is_ok_and(|p| p != 0)
+}
+
+/// A znode path under which services live: absolute, not the root, no empty, `.` or
+/// `..` segment.
+fn check_base(base: &str) -> Result<(), String> {
+    let Some(rest) = base.strip_prefix('/') else {
+        return Err(format!(
+            "the base {base:?} must start with '/', like `/services`"
+        ));
+    };
+    if rest.is_empty() {
+        return Err("the base must not be the root znode: write e.g. `/services`".into());
+    }
+    if rest
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(format!(
+            "the base {base:?} has an empty, `.` or `..` segment"
+        ));
+    }
+    Ok(())
 }

@@ -50,7 +50,7 @@ pub use discovery::{
     backend_of, BalancerAlgorithm, BalancerSection, ConsulSection, DiscoveryRef, DnsSection,
     EtcdSection, EurekaSection, FileSection, GrpcProbeSection, HealthCheckSection,
     HttpProbeSection, NacosSection, OutlierSection, RegisterSection, RegistrySection,
-    TcpProbeSection,
+    TcpProbeSection, ZookeeperPayloadSection, ZookeeperSection,
 };
 pub use env::EnvLookup;
 pub use error::{ConfigError, Diagnostic, DiagnosticKind, FieldPath, PathSegment};

@@ -27,7 +27,7 @@ pub struct UpdateLabels {
 /// Labels of entries a registry held that remora could not use.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct MalformedLabels {
-    /// The backend (`eureka`, `nacos`).
+    /// The backend (`eureka`, `nacos`, `zookeeper`).
     pub registry: &'static str,
     /// The service looked up.
     pub service: String,

@@ -3,12 +3,12 @@
 //! A [`Registry`] turns a service name into a stream of full snapshots of its instances.
 //! The sidecar pumps each snapshot into the service's [`EndpointSet`](crate::balance::EndpointSet);
 //! the balancer never waits on a registry. A backend is one file implementing the trait:
-//! `static` (the YAML's own list), `file`, `dns`, `etcd`, `consul`, `eureka` and
-//! `nacos`; a YAML list with
+//! `static` (the YAML's own list), `file`, `dns`, `etcd`, `consul`, `eureka`, `nacos`
+//! and `zookeeper`; a YAML list with
 //! `host:port` names among its addresses is [`NamedEndpoints`], each name watched
 //! through the `dns` backend.
 //!
-//! A registry that can also hold entries (etcd, consul, eureka, nacos) implements
+//! A registry that can also hold entries (etcd, consul, eureka, nacos, zookeeper) implements
 //! [`register`](Registry::register): the returned [`Registration`] keeps the entry's lease
 //! or TTL check alive until it is deregistered or dropped.
 //!
@@ -47,6 +47,7 @@ mod record;
 mod registration;
 pub mod self_registration;
 mod r#static;
+mod zookeeper;
 
 pub use backoff::Backoff;
 pub use connect::RegistryTls;
@@ -64,6 +65,7 @@ pub use names::NamedEndpoints;
 pub use r#static::StaticRegistry;
 pub use record::InstanceRecord;
 pub use registration::Registration;
+pub use zookeeper::{ZookeeperConfig, ZookeeperPayload, ZookeeperRegistry};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

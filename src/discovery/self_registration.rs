@@ -2,7 +2,8 @@
 //!
 //! Registration waits until the app accepts connections (an instance nobody can serve
 //! must not attract traffic), then holds a lease (etcd, Eureka), a passing TTL check
-//! (Consul) or a healthy ephemeral instance (Nacos) that the registry's keep-alive renews. On shutdown the sidecar deregisters *first*,
+//! (Consul), a healthy ephemeral instance (Nacos) or an ephemeral znode's session
+//! (ZooKeeper) that the registry's keep-alive renews. On shutdown the sidecar deregisters *first*,
 //! waits `deregister_delay` so callers learn of the departure, and only then drains. A
 //! sidecar that dies without deregistering disappears when its TTL expires.
 

@@ -97,7 +97,7 @@ fn registration_needs_a_registry_that_holds_entries() {
     let error = error_of(&text);
     assert!(
         error.contains(
-            "register.registry: only etcd, Consul, Eureka and Nacos registries take registrations"
+            "register.registry: only etcd, Consul, Eureka, Nacos and ZooKeeper registries take registrations"
         ),
         "{error}"
     );
@@ -122,6 +122,50 @@ fn eureka_and_nacos_sections_are_checked_where_written() {
     assert!(
         error.contains("registries.main.nacos: `username` and `password` go together"),
         "{error}"
+    );
+}
+
+#[test]
+fn zookeeper_sections_are_checked_where_written() {
+    let zookeeper = |section: &str| {
+        BASE.replace(
+            "  main: { etcd: { endpoints: [http://127.0.0.1:2379] } }",
+            &format!("  main:\n    zookeeper: {section}"),
+        )
+    };
+    let good = zookeeper("{ servers: [\"zk-1:2181\", \"zk-2:2181\"], base: /apps, payload: none }");
+    let config = remora::build::parse("remora.yaml", &good).unwrap_or_else(|e| panic!("{e}"));
+    assert!(remora::build::resolve::registry(&config.registries["main"]).is_ok());
+
+    let error = error_of(&zookeeper("{ servers: [\"zk-1:2181\", zk-2] }"));
+    assert!(
+        error.contains("remora.yaml:5:41")
+            && error.contains(
+                "registries.main.zookeeper.servers[1]: invalid ZooKeeper server \"zk-2\""
+            ),
+        "{error}"
+    );
+    let error = error_of(&zookeeper("{ servers: [\"zk-1:2181\"], base: services }"));
+    assert!(
+        error.contains("remora.yaml:5:48")
+            && error.contains(
+                "registries.main.zookeeper.base: the base \"services\" must start with '/'"
+            ),
+        "{error}"
+    );
+    let error = error_of(&zookeeper("{ servers: [], session_timeout: 0s }"));
+    assert!(
+        error.contains("zookeeper.servers: list at least one"),
+        "{error}"
+    );
+    assert!(
+        error.contains("zookeeper.session_timeout: the session timeout must be longer than zero"),
+        "{error}"
+    );
+    let error = error_of(&zookeeper("{ servers: [\"zk-1:2181\"], tls: {} }"));
+    assert!(
+        error.contains("unknown field `tls`"),
+        "TLS is refused: {error}"
     );
 }
 

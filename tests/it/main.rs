@@ -25,6 +25,7 @@ mod discovery_eureka;
 mod discovery_file;
 mod discovery_nacos;
 mod discovery_sidecar;
+mod discovery_zookeeper;
 mod drain;
 mod fallback;
 mod floors;

@@ -19,6 +19,7 @@ pub fn registry(
     use crate::discovery::{
         ConsulConfig, ConsulRegistry, DnsConfig, DnsRefresh, DnsRegistry, EtcdConfig, EtcdRegistry,
         EurekaConfig, EurekaRegistry, FileConfig, FileRegistry, NacosConfig, NacosRegistry,
+        ZookeeperConfig, ZookeeperPayload, ZookeeperRegistry,
     };
     if let Some(etcd) = &config.etcd {
         let mut settings = EtcdConfig::new(etcd.endpoints.clone());
@@ -55,6 +56,16 @@ pub fn registry(
         settings.tls = registry_tls(nacos.tls.as_deref(), https).map_err(|e| e.under("nacos"))?;
         return Ok(Arc::new(NacosRegistry::new(settings).at("nacos")?));
     }
+    if let Some(zookeeper) = &config.zookeeper {
+        let mut settings = ZookeeperConfig::new(zookeeper.servers.clone());
+        settings.base = zookeeper.base.clone();
+        settings.session_timeout = zookeeper.session_timeout;
+        settings.payload = match zookeeper.payload {
+            crate::config::ZookeeperPayloadSection::SpringCloud => ZookeeperPayload::SpringCloud,
+            crate::config::ZookeeperPayloadSection::None => ZookeeperPayload::Empty,
+        };
+        return Ok(Arc::new(ZookeeperRegistry::new(settings).at("zookeeper")?));
+    }
     if let Some(dns) = &config.dns {
         let mut settings = DnsConfig {
             nameserver: dns.nameserver,
@@ -70,7 +81,10 @@ pub fn registry(
             FileRegistry::new(FileConfig::new(file.path.clone())).at("file")?,
         ));
     }
-    Err("a registry takes exactly one of `etcd`, `consul`, `dns`, `file`, `eureka`, `nacos`".into())
+    Err(
+        "a registry takes exactly one of `etcd`, `consul`, `dns`, `file`, `eureka`, `nacos`, `zookeeper`"
+            .into(),
+    )
 }
 
 /// The settings of the resolver of names among endpoints and `inbound.app`.

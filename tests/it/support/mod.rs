@@ -4,9 +4,10 @@
 //! [`otlp_receiver`] (an OTLP collector) and [`redis_harness`] (a real Redis) are the
 //! heavier pieces, each in its own module;
 //! [`tls_front`] makes certificates and terminates TLS in front of plaintext upstreams;
-//! [`dns`] serves a DNS zone the test changes.
+//! [`dns`] serves a DNS zone the test changes; [`zk_harness`] runs a real ZooKeeper, [`curator_probe`] Apache Curator against it.
 
 pub mod certs;
+pub mod curator_probe;
 pub mod dns;
 pub mod echo;
 pub mod etcd_harness;
@@ -17,6 +18,7 @@ pub mod otlp_receiver;
 pub mod pki;
 pub mod redis_harness;
 pub mod tls_front;
+pub mod zk_harness;
 
 pub use metrics_text::{metric, metric_or_zero};
 
