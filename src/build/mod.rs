@@ -11,6 +11,7 @@
 //!
 //! Config flows down through here and nowhere else: no mechanism names a YAML type.
 
+pub mod carry;
 pub mod metrics;
 mod process_metrics;
 pub mod pump;

@@ -6,12 +6,14 @@
 //! another service's stack without its own fallback, so every service's core stack must
 //! exist first, and fallbacks never chain.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use tower::util::Either;
 use tower::Layer;
 
+use super::carry::{carried, CarryKey, PolicyCarry};
 use super::resolve::{self, BuildError, NONE};
 use crate::balance::EndpointSet;
 use crate::config::{
@@ -194,6 +196,10 @@ pub struct StackBuilder<'c> {
     policies: &'c PoliciesSection,
     metrics: &'c PolicyMetrics,
     clients: UpstreamClients,
+    /// The stateful layers of the config before, taken back where unchanged.
+    previous: Option<&'c PolicyCarry>,
+    /// The stateful layers built (or taken back) here, for the next config.
+    next: RefCell<PolicyCarry>,
 }
 
 impl<'c> StackBuilder<'c> {
@@ -207,7 +213,41 @@ impl<'c> StackBuilder<'c> {
             policies,
             metrics,
             clients,
+            previous: None,
+            next: RefCell::new(PolicyCarry::default()),
         }
+    }
+
+    /// The same builder, taking back the unchanged stateful layers of `previous` (an
+    /// open breaker stays open across a reload that leaves its policy alone).
+    pub fn carrying(mut self, previous: Option<&'c PolicyCarry>) -> Self {
+        self.previous = previous;
+        self
+    }
+
+    /// The stateful layers this builder made or took back.
+    pub fn into_carry(self) -> PolicyCarry {
+        self.next.into_inner()
+    }
+
+    /// The layer `kind` of `service` for `policy` defined as `definition` (its `Debug`
+    /// text), taken back from the previous config when defined the same, else built.
+    fn carried<T: Clone + Send + Sync + 'static>(
+        &self,
+        service: &Arc<str>,
+        kind: &'static str,
+        policy: &str,
+        definition: String,
+        build: impl FnOnce() -> Result<T, BuildError>,
+    ) -> Result<T, BuildError> {
+        let key = CarryKey::new(service, kind, policy);
+        carried(
+            self.previous,
+            &mut self.next.borrow_mut(),
+            key,
+            definition,
+            build,
+        )
     }
 
     /// Everything but the fallbacks: the layers are built once per service and shared
@@ -218,13 +258,21 @@ impl<'c> StackBuilder<'c> {
         let mut breakers = Vec::new();
         let mut observers: Vec<Arc<dyn EndpointObserver>> = target.observers.clone();
         if let Some(policy) = target.endpoint_breaker {
-            let config = self.breaker(policy)?;
-            let endpoint_breakers = Arc::new(EndpointBreakers::new(
-                name.clone(),
-                config,
-                target.endpoints.clone(),
-                self.metrics.breaker.clone(),
-            ));
+            // Tied to the endpoint set too: a new set (a new source) starts afresh.
+            let definition = format!(
+                "{:?} {:p}",
+                self.policies.breakers.get(policy),
+                Arc::as_ptr(&target.endpoints)
+            );
+            let endpoint_breakers =
+                self.carried(&name, "endpoint_breaker", policy, definition, || {
+                    Ok(Arc::new(EndpointBreakers::new(
+                        name.clone(),
+                        self.breaker(policy)?,
+                        target.endpoints.clone(),
+                        self.metrics.breaker.clone(),
+                    )))
+                })?;
             breakers.push(BreakerSource::Endpoints(endpoint_breakers.clone()));
             observers.push(endpoint_breakers);
         }
@@ -238,21 +286,36 @@ impl<'c> StackBuilder<'c> {
         .with_tls(target.tls.clone());
         let service_breaker = match target.breaker {
             Some(policy) => {
-                let config = self.breaker(policy)?;
-                let layer =
-                    ServiceBreakerLayer::new(name.clone(), config, self.metrics.breaker.clone());
+                let definition = format!("{:?}", self.policies.breakers.get(policy));
+                let layer = self.carried(&name, "breaker", policy, definition, || {
+                    let config = self.breaker(policy)?;
+                    Ok(ServiceBreakerLayer::new(
+                        name.clone(),
+                        config,
+                        self.metrics.breaker.clone(),
+                    ))
+                })?;
                 breakers.push(BreakerSource::Service(layer.handle()));
                 Some(layer)
             }
             None => None,
         };
-        let concurrency = resolve::max_in_flight(target.max_in_flight).map(|max_in_flight| {
-            ConcurrencyLayer::new(
-                name.clone(),
-                ConcurrencyConfig { max_in_flight },
-                &self.metrics.concurrency,
-            )
-        });
+        let concurrency = match resolve::max_in_flight(target.max_in_flight) {
+            Some(max_in_flight) => Some(self.carried(
+                &name,
+                "max_in_flight",
+                "",
+                max_in_flight.to_string(),
+                || {
+                    Ok(ConcurrencyLayer::new(
+                        name.clone(),
+                        ConcurrencyConfig { max_in_flight },
+                        &self.metrics.concurrency,
+                    ))
+                },
+            )?),
+            None => None,
+        };
 
         let mut shared = SharedLayers::default();
         let build =
@@ -391,12 +454,14 @@ impl SharedLayers {
             "retries",
             name,
             |policy| {
-                let layer = RetryLayer::new(
-                    resolve::retry(policy)?,
-                    service.clone(),
-                    builder.metrics.retry.clone(),
-                );
-                Ok(layer.with_timeout_metrics(builder.metrics.timeout.clone()))
+                builder.carried(service, "retry", name, format!("{policy:?}"), || {
+                    let layer = RetryLayer::new(
+                        resolve::retry(policy)?,
+                        service.clone(),
+                        builder.metrics.retry.clone(),
+                    );
+                    Ok(layer.with_timeout_metrics(builder.metrics.timeout.clone()))
+                })
             },
         )
     }
@@ -414,9 +479,11 @@ impl SharedLayers {
             "rate_limits",
             name,
             |policy| {
-                let config = resolve::rate_limit(policy)?;
-                let metrics = &builder.metrics.rate_limit;
-                Ok(RateLimitLayer::new(service.clone(), &config, metrics))
+                builder.carried(service, "rate_limit", name, format!("{policy:?}"), || {
+                    let config = resolve::rate_limit(policy)?;
+                    let metrics = &builder.metrics.rate_limit;
+                    Ok(RateLimitLayer::new(service.clone(), &config, metrics))
+                })
             },
         )
     }

@@ -49,6 +49,12 @@ pub struct State {
     pub authorization: Option<Authorization>,
     /// The `protocol: tcp` services and the TCP inbound, for the TCP listeners.
     pub tcp: super::tcp::TcpTargets,
+    /// The stateful policy layers (breakers, limiters, retry budgets, caps), taken back
+    /// by the next state where its config leaves their policy alone.
+    pub carry: super::carry::PolicyCarry,
+    /// The upstream connection pools; the next state keeps them (and their warm
+    /// connections) while the `upstream` section stays the same.
+    pub clients: UpstreamClients,
 }
 
 /// The sidecar's identity in the mesh: its credentials and the watch on their files.
@@ -124,8 +130,12 @@ impl State {
         }
         let mut discovery = HashMap::new();
         let mut cores = Vec::new();
-        let clients = UpstreamClients::new(crate::build::resolve::pool(&config.upstream));
-        let builder = StackBuilder::new(&config.policies, &metrics.policy, clients);
+        let clients = match previous.filter(|p| p.config.upstream == config.upstream) {
+            Some(previous) => previous.clients.clone(),
+            None => UpstreamClients::new(crate::build::resolve::pool(&config.upstream)),
+        };
+        let builder = StackBuilder::new(&config.policies, &metrics.policy, clients.clone())
+            .carrying(previous.map(|p| &p.carry));
         let mut probe_tls = Vec::new();
         for (name, service) in &config.services {
             let (source, lookup, registry) = match &service.discovery {
@@ -275,7 +285,7 @@ impl State {
             }
             None => None,
         };
-        drop(builder);
+        let carry = builder.into_carry();
         let tcp = super::tcp::targets(&config, &discovery, mesh.as_ref(), metrics)?;
         let authorization = match (&config.inbound, &mesh) {
             (Some(inbound), Some(mesh)) => inbound_authorization(inbound, mesh)?,
@@ -292,6 +302,8 @@ impl State {
         }
         Ok(State {
             tcp,
+            carry,
+            clients,
             inbound_tls,
             authorization,
             server: server_builder(&config.limits),

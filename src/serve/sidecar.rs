@@ -265,7 +265,8 @@ impl SidecarHandle {
     /// Applies `config` to new requests; in-flight requests finish on the old one.
     /// Listener addresses are bound at start: a change to them is logged, not applied.
     /// A config whose policies cannot be built is refused and the old one keeps serving.
-    /// NOTE: policy state (breakers, limiters, budgets) starts afresh with each reload.
+    /// Policy state (breakers, limiters, budgets, caps) and the connection pools carry
+    /// over where the new config leaves them alone (see `build::carry`).
     pub async fn reload(&self, config: Config) -> Result<(), String> {
         let current = self.shared.state.load_full();
         warn_about_listener_changes(&current.config, &config);

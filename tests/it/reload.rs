@@ -336,3 +336,83 @@ async fn a_changed_listener_address_is_logged_and_left_for_a_restart() {
         "the new address was bound"
     );
 }
+
+/// A config whose service `svc` (at `upstream`) has a breaker that opens after one
+/// failure and stays open a minute, a limit of one call a minute on `/limited`, and
+/// `extra` appended (an unrelated service, or another breaker threshold).
+fn stateful(upstream: SocketAddr, failures: u32, extra: &str) -> remora::config::Config {
+    remora::build::parse(
+        "test.yaml",
+        &format!(
+            "admin: {{ listen: 127.0.0.1:0 }}\n\
+             policies:\n\
+             \x20 breakers:\n    once: {{ consecutive_failures: {failures}, open_for: 1m, max_open_for: 1m, failure_on: [5xx] }}\n\
+             \x20 rate_limits:\n    one: {{ rate: 1/m, burst: 1 }}\n\
+             services:\n  svc:\n    listen: 127.0.0.1:0\n    endpoints: [{upstream}]\n    breaker: once\n\
+             \x20 limited:\n    listen: 127.0.0.1:0\n    endpoints: [{upstream}]\n    rate_limit: one\n{extra}"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Policy state outlives a reload that leaves the policy alone: an open breaker stays
+/// open and a spent limit stays spent when another service is added. A reload that
+/// changes the breaker's policy starts that breaker afresh, and leaves the limit spent.
+#[tokio::test]
+async fn policy_state_survives_reloads_that_leave_the_policy_alone() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let switch = failing.clone();
+    let (upstream, log) = scripted(move |_| {
+        if switch.load(Ordering::SeqCst) {
+            500
+        } else {
+            200
+        }
+    })
+    .await;
+    let proxy = remora::Sidecar::start(stateful(upstream, 1, ""))
+        .await
+        .unwrap();
+    let svc = format!("http://{}/", proxy.addrs().service("svc").unwrap());
+    let limited = format!("http://{}/", proxy.addrs().service("limited").unwrap());
+    assert_eq!(get(&svc).await.0, 500);
+    let (status, headers, _) = get(&svc).await;
+    assert_eq!(
+        (status.as_u16(), headers["x-remora-error"].to_str().unwrap()),
+        (503, "breaker-open")
+    );
+    assert_eq!(get(&limited).await.0, 500, "the one call the limit admits");
+    assert_eq!(get(&limited).await.0, 429);
+    failing.store(false, Ordering::SeqCst);
+
+    // An unrelated edit: another service.
+    let (other, _) = recording("other").await;
+    let extra = format!("  other:\n    listen: 127.0.0.1:0\n    endpoints: [{other}]\n");
+    proxy
+        .handle()
+        .reload(stateful(upstream, 1, &extra))
+        .await
+        .unwrap();
+    let calls = log.len();
+    let (status, headers, _) = get(&svc).await;
+    assert_eq!(
+        (status.as_u16(), headers["x-remora-error"].to_str().unwrap()),
+        (503, "breaker-open"),
+        "the open breaker stayed open"
+    );
+    assert_eq!(log.len(), calls, "and the upstream was not called");
+    assert_eq!(get(&limited).await.0, 429, "the spent limit stayed spent");
+
+    // The breaker's own policy changes: that breaker starts closed.
+    proxy
+        .handle()
+        .reload(stateful(upstream, 2, &extra))
+        .await
+        .unwrap();
+    assert_eq!(get(&svc).await.0, 200, "a changed policy starts afresh");
+    assert_eq!(
+        get(&limited).await.0,
+        429,
+        "the untouched limit is still spent"
+    );
+}
