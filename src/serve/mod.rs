@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod listener;
+pub mod listeners;
 pub mod proxy;
 pub mod reload;
 pub mod shared;

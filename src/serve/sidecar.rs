@@ -2,25 +2,24 @@
 //!
 //! [`State`] is everything a request needs that a config change can alter (routes,
 //! endpoints, clients, server limits). It is built whole from a [`Config`] and swapped
-//! atomically; listeners and the admin server are bound once at start.
+//! atomically. The data listeners follow the config (`listeners`); the admin listener
+//! is bound once at start.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use std::sync::{Mutex, PoisonError};
+
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::build::metrics::{Metrics, ReloadLabels};
 use crate::build::state::State;
 use crate::config::Config;
 use crate::discovery::self_registration::SelfRegistration;
-use crate::serve::listener::{self, ProxyListener};
-use crate::serve::proxy::Entry;
+use crate::serve::listeners::ListenerSet;
 use crate::serve::shared::Shared;
-use crate::serve::tcp::{TcpEntry, TcpProxyListener};
 
 /// Addresses the sidecar's listeners are bound to (port 0 in the config is resolved).
 #[derive(Debug, Clone, Default)]
@@ -62,6 +61,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// A data listener could not be bound.
+    #[error("{0}")]
+    Listener(#[from] crate::serve::listeners::BindError),
     /// A section could not be built into what it configures (validation refuses the
     /// same config with its location; this is the start of an unvalidated one).
     #[error("{0}")]
@@ -71,9 +73,10 @@ pub enum StartError {
 /// A running sidecar.
 pub struct Sidecar {
     shared: Arc<Shared>,
-    addrs: BoundAddrs,
-    shutdown: watch::Sender<bool>,
-    listeners: JoinSet<()>,
+    /// Where the admin listener is bound (bound once, at start).
+    admin_addr: Option<SocketAddr>,
+    /// The data listeners, which reloads add, move and remove.
+    listeners: Arc<Mutex<ListenerSet>>,
     admin: tokio::task::JoinHandle<()>,
     /// The local app's registration, when `register` is configured.
     registration: Option<SelfRegistration>,
@@ -83,6 +86,7 @@ pub struct Sidecar {
 #[derive(Clone, Debug)]
 pub struct SidecarHandle {
     shared: Arc<Shared>,
+    listeners: Arc<Mutex<ListenerSet>>,
 }
 
 async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -110,57 +114,9 @@ impl Sidecar {
         tracing: crate::trace::TracingConfig,
     ) -> Result<Sidecar, StartError> {
         warn_about_exposed_keys(&config);
-        let mut proxies = Vec::new();
-        let mut passthrough = Vec::new();
-        let mut addrs = BoundAddrs::default();
-        if let Some(inbound) = &config.inbound {
-            let tcp = bind("inbound", inbound.listen).await?;
-            addrs.inbound = tcp.local_addr().ok();
-            if inbound.protocol.is_tcp() {
-                passthrough.push(TcpProxyListener {
-                    label: "inbound".into(),
-                    entry: TcpEntry::Inbound,
-                    tcp,
-                });
-            } else {
-                proxies.push(ProxyListener {
-                    label: "inbound".into(),
-                    entry: Entry::Inbound,
-                    tcp,
-                });
-            }
-        }
-        if let Some(outbound) = &config.outbound {
-            let tcp = bind("outbound", outbound.listen).await?;
-            addrs.outbound = tcp.local_addr().ok();
-            proxies.push(ProxyListener {
-                label: "outbound".into(),
-                entry: Entry::SharedOutbound,
-                tcp,
-            });
-        }
-        for (name, service) in &config.services {
-            let Some(listen) = service.listen else {
-                continue;
-            };
-            let label = format!("service:{name}");
-            let tcp = bind(&label, listen).await?;
-            if let Ok(addr) = tcp.local_addr() {
-                addrs.services.push((name.clone(), addr));
-            }
-            if service.protocol.is_tcp() {
-                let entry = TcpEntry::Service(Arc::from(name.as_str()));
-                passthrough.push(TcpProxyListener { label, entry, tcp });
-                continue;
-            }
-            proxies.push(ProxyListener {
-                label,
-                entry: Entry::Service(Arc::from(name.as_str())),
-                tcp,
-            });
-        }
+        let (mut listeners, pending) = ListenerSet::bind(&config)?;
         let admin_tcp = bind("admin", config.admin.listen).await?;
-        addrs.admin = admin_tcp.local_addr().ok();
+        let admin_addr = admin_tcp.local_addr().ok();
 
         let mut metrics = Metrics::new();
         let tracing_metrics = crate::trace::TracingMetrics::register(metrics.registry_mut());
@@ -173,37 +129,39 @@ impl Sidecar {
             draining: AtomicBool::new(false),
             tracing,
         });
-        let (shutdown, _) = watch::channel(false);
-        let mut listeners = JoinSet::new();
-        for proxy in proxies {
-            listeners.spawn(listener::serve(proxy, shared.clone(), shutdown.subscribe()));
-        }
-        for proxy in passthrough {
-            let serve = crate::serve::tcp::serve(proxy, shared.clone(), shutdown.subscribe());
-            listeners.spawn(serve);
-        }
+        listeners.apply(pending, &shared);
+        let listeners = Arc::new(Mutex::new(listeners));
         let admin = tokio::spawn(crate::serve::admin::serve(admin_tcp, shared.clone()));
-        tracing::info!(?addrs, "remora started");
-        let registration = start_registration(&shared.state.load())?;
-        Ok(Sidecar {
+        let sidecar = Sidecar {
+            registration: start_registration(&shared.state.load())?,
             shared,
-            addrs,
-            shutdown,
+            admin_addr,
             listeners,
             admin,
-            registration,
-        })
+        };
+        tracing::info!(addrs = ?sidecar.addrs(), "remora started");
+        Ok(sidecar)
     }
 
-    /// Where the listeners are bound.
-    pub fn addrs(&self) -> &BoundAddrs {
-        &self.addrs
+    /// Where the listeners are bound now (a reload may have added or moved some).
+    pub fn addrs(&self) -> BoundAddrs {
+        let listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        BoundAddrs {
+            admin: self.admin_addr,
+            inbound: listeners.bound("inbound"),
+            outbound: listeners.bound("outbound"),
+            services: listeners.services(),
+        }
     }
 
     /// A handle for reloading the config.
     pub fn handle(&self) -> SidecarHandle {
         SidecarHandle {
             shared: self.shared.clone(),
+            listeners: self.listeners.clone(),
         }
     }
 
@@ -216,8 +174,12 @@ impl Sidecar {
             registration.deregister().await;
         }
         tracing::info!("shutting down: draining connections");
-        let _ = self.shutdown.send(true);
-        while self.listeners.join_next().await.is_some() {}
+        let mut draining = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stop_all();
+        while draining.join_next().await.is_some() {}
         self.admin.abort();
         self.shared.tracing.flush().await;
         tracing::info!("stopped");
@@ -263,8 +225,9 @@ fn start_registration(state: &State) -> Result<Option<SelfRegistration>, StartEr
 
 impl SidecarHandle {
     /// Applies `config` to new requests; in-flight requests finish on the old one.
-    /// Listener addresses are bound at start: a change to them is logged, not applied.
-    /// A config whose policies cannot be built is refused and the old one keeps serving.
+    /// Listeners it adds or moves are bound first, those it removes drain (see
+    /// [`ListenerSet`]). A config whose policies cannot be built, or whose new listener
+    /// cannot be bound, is refused and the old one keeps serving.
     /// Policy state (breakers, limiters, budgets, caps) and the connection pools carry
     /// over where the new config leaves them alone (see `build::carry`).
     pub async fn reload(&self, config: Config) -> Result<(), String> {
@@ -277,7 +240,21 @@ impl SidecarHandle {
                 return Err(error.to_string());
             }
         };
+        let mut listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let pending = match listeners.prepare(&state.config) {
+            Ok(pending) => pending,
+            Err(error) => {
+                drop(listeners);
+                self.reload_refused();
+                return Err(error.to_string());
+            }
+        };
         self.shared.state.store(Arc::new(state));
+        listeners.apply(pending, &self.shared);
+        drop(listeners);
         self.shared
             .metrics
             .reloads
@@ -316,43 +293,11 @@ fn warn_about_listener_changes(old: &Config, new: &Config) {
             "the tracing pipeline is built at start; restart remora to apply this change"
         );
     }
-    let listeners = |c: &Config| {
-        let mut all = vec![("admin".to_string(), Some(c.admin.listen))];
-        all.push(("inbound".into(), c.inbound.as_ref().map(|i| i.listen)));
-        all.push(("outbound".into(), c.outbound.as_ref().map(|o| o.listen)));
-        for (name, service) in &c.services {
-            all.push((format!("service:{name}"), service.listen));
-        }
-        all
-    };
-    let passthrough = |c: &Config| {
-        let mut tcp: Vec<String> = (c.services.iter())
-            .filter(|(_, service)| service.protocol.is_tcp())
-            .map(|(name, _)| format!("service:{name}"))
-            .collect();
-        if c.inbound.as_ref().is_some_and(|i| i.protocol.is_tcp()) {
-            tcp.push("inbound".into());
-        }
-        tcp
-    };
-    if passthrough(old) != passthrough(new) {
+    if old.admin.listen != new.admin.listen {
         tracing::warn!(
-            "whether a listener passes TCP through or serves HTTP is set at start; restart remora to apply this change"
+            was = %old.admin.listen,
+            now = %new.admin.listen,
+            "the admin listener is bound at start; restart remora to apply this change",
         );
-    }
-    let before = listeners(old);
-    for (what, addr) in listeners(new) {
-        let was = before
-            .iter()
-            .find(|(w, _)| *w == what)
-            .and_then(|(_, a)| *a);
-        if was != addr {
-            tracing::warn!(
-                listener = %what,
-                was = ?was,
-                now = ?addr,
-                "listener addresses are bound at start; restart remora to apply this change",
-            );
-        }
     }
 }

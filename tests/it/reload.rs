@@ -292,8 +292,10 @@ async fn a_configmap_style_symlink_swap_is_picked_up() {
     assert_eq!(reloads(admin, "ok").await, 1.0);
 }
 
+/// A listener moved by a reload of the file is bound at its new address, and the old
+/// address stops accepting once its connections drained.
 #[tokio::test]
-async fn a_changed_listener_address_is_logged_and_left_for_a_restart() {
+async fn a_moved_listener_is_bound_and_the_old_address_released() {
     let (a, _) = recording("a").await;
     let (b, _) = recording("b").await;
     let dir = tempfile::tempdir().unwrap();
@@ -303,14 +305,11 @@ async fn a_changed_listener_address_is_logged_and_left_for_a_restart() {
     let process = Process::run(&path, SocketAddr::from(([127, 0, 0, 1], admin))).await;
     assert_eq!(served_by(port).await, "a");
 
-    // The new address is on 127.0.0.3, where no other test listens: if remora bound
-    // it, a connection would be accepted.
-    let moved = SocketAddr::from(([127, 0, 0, 3], port));
+    let moved = free_port();
     let changed = config(admin, port, b).replace(
         &format!("listen: 127.0.0.1:{port}"),
-        &format!("listen: {moved}"),
+        &format!("listen: 127.0.0.1:{moved}"),
     );
-    assert!(changed.contains(&moved.to_string()));
     std::fs::write(&path, changed).unwrap();
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -320,21 +319,92 @@ async fn a_changed_listener_address_is_logged_and_left_for_a_restart() {
         "the config with a moved listener was not reloaded: {}",
         process.log()
     );
-    let log = process.log();
-    let warning = log
-        .lines()
-        .find(|line| line.contains("listener addresses are bound at start"))
-        .unwrap_or_else(|| panic!("no warning about the moved listener: {log}"));
-    assert!(warning.contains("WARN"), "{warning}");
-    assert!(warning.contains("restart remora"), "{warning}");
-    assert!(warning.contains("service:svc"), "{warning}");
-    assert!(warning.contains(&moved.to_string()), "{warning}");
-    // The rest of the config applies; the listener stays where it was bound.
-    assert_eq!(served_by(port).await, "b");
+    assert_eq!(served_by(moved).await, "b", "the new address serves");
+    let old = SocketAddr::from(([127, 0, 0, 1], port));
     assert!(
-        tokio::net::TcpStream::connect(moved).await.is_err(),
-        "the new address was bound"
+        eventually(Duration::from_secs(5), || async {
+            tokio::net::TcpStream::connect(old).await.is_err()
+        })
+        .await,
+        "the old address still accepts: {}",
+        process.log()
     );
+}
+
+/// A reload adds a service with a port of its own: bound and serving without a
+/// restart; a reload that removes it releases the port.
+#[tokio::test]
+async fn an_added_listener_is_bound_and_a_removed_one_released() {
+    let (a, _) = recording("a").await;
+    let (b, _) = recording("b").await;
+    let base = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         services:\n  svc:\n    listen: 127.0.0.1:0\n    endpoints: [{a}]\n"
+    );
+    let parse = |text: &str| remora::build::parse("test.yaml", text).unwrap();
+    let proxy = remora::Sidecar::start(parse(&base)).await.unwrap();
+    assert!(proxy.addrs().service("extra").is_none());
+    let svc = proxy.addrs().service("svc").unwrap();
+
+    let extra = free_port();
+    let added = format!("{base}  extra:\n    listen: 127.0.0.1:{extra}\n    endpoints: [{b}]\n");
+    proxy.handle().reload(parse(&added)).await.unwrap();
+    assert_eq!(
+        proxy.addrs().service("extra"),
+        Some(SocketAddr::from(([127, 0, 0, 1], extra)))
+    );
+    assert_eq!(served_by(extra).await, "b");
+    assert_eq!(
+        proxy.addrs().service("svc"),
+        Some(svc),
+        "the kept listener kept its port"
+    );
+    assert_eq!(served_by(svc.port()).await, "a");
+
+    proxy.handle().reload(parse(&base)).await.unwrap();
+    assert!(proxy.addrs().service("extra").is_none());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", extra))
+                .await
+                .is_err()
+        })
+        .await,
+        "the removed listener's port still accepts"
+    );
+    assert_eq!(served_by(svc.port()).await, "a");
+}
+
+/// A reload whose new listener cannot be bound (its port is taken) is refused whole:
+/// the old config keeps serving.
+#[tokio::test]
+async fn a_reload_whose_listener_cannot_be_bound_is_refused() {
+    let (a, _) = recording("a").await;
+    let (b, _) = recording("b").await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let text = |endpoint: SocketAddr, extra: &str| {
+        format!(
+            "admin: {{ listen: 127.0.0.1:0 }}\n\
+             services:\n  svc:\n    listen: 127.0.0.1:0\n    endpoints: [{endpoint}]\n{extra}"
+        )
+    };
+    let parse = |text: &str| remora::build::parse("test.yaml", text).unwrap();
+    let proxy = remora::Sidecar::start(parse(&text(a, ""))).await.unwrap();
+    let svc = proxy.addrs().service("svc").unwrap();
+    let extra = format!("  extra:\n    listen: 127.0.0.1:{taken_port}\n    endpoints: [{b}]\n");
+    let error = proxy
+        .handle()
+        .reload(parse(&text(b, &extra)))
+        .await
+        .expect_err("the taken port refuses the reload");
+    assert!(error.contains(&taken_port.to_string()), "{error}");
+    assert_eq!(
+        served_by(svc.port()).await,
+        "a",
+        "the old config still serves"
+    );
+    drop(taken);
 }
 
 /// A config whose service `svc` (at `upstream`) has a breaker that opens after one
