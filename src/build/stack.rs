@@ -416,7 +416,7 @@ impl SharedLayers {
             |policy| {
                 let config = resolve::rate_limit(policy)?;
                 let metrics = &builder.metrics.rate_limit;
-                Ok(RateLimitLayer::new(service.clone(), &config, metrics))
+                Ok(RateLimitLayer::new(service.clone(), name, &config, metrics))
             },
         )
     }

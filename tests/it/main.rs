@@ -39,6 +39,7 @@ mod mtls_mesh;
 mod mtls_outbound;
 mod names;
 mod rate_limit;
+mod rate_limit_shared;
 mod reload;
 mod retry;
 mod routing;
