@@ -247,7 +247,10 @@ fn a_shared_rate_limit_is_checked_where_it_is_written() {
     let error = error_of(&shared("redis: \"redis://cache:6379\", batch: 6"));
     assert!(error.starts_with("remora.yaml:"), "{error}");
     assert!(error.contains("shared.batch"), "{error}");
-    assert!(error.contains("batch of 6 is above the burst of 5"), "{error}");
+    assert!(
+        error.contains("batch of 6 is above the burst of 5"),
+        "{error}"
+    );
     let error = error_of(&shared("redis: \"memcached://cache\""));
     assert!(error.contains("shared.redis"), "{error}");
     let error = error_of(&shared("redis: \"redis://cache\", timeout: 5s"));

@@ -143,7 +143,11 @@ async fn a_frozen_redis_fails_open_within_the_deadline_and_the_limit_recovers() 
     let proxy = sidecar_with(&policies, upstream).await;
     let admin = proxy.addrs().admin.unwrap();
     assert_eq!(get(&url(&proxy)).await.0, 200);
-    assert_eq!(get(&url(&proxy)).await.0, 429);
+    let (status, headers, _) = get(&url(&proxy)).await;
+    assert_eq!(status, 429);
+    // Redis's bucket says when: one token a minute, just taken.
+    assert_eq!(headers["retry-after"], "60");
+    assert_eq!(headers["x-remora-error"], "rate-limited");
 
     // Connections stay open and nothing answers: only the deadline ends the wait.
     redis.freeze();
@@ -170,4 +174,26 @@ async fn a_frozen_redis_fails_open_within_the_deadline_and_the_limit_recovers() 
         "the limit did not use Redis again after it thawed"
     );
     assert_eq!(metric(admin, degraded).await, 0.0);
+}
+
+#[tokio::test]
+async fn without_redis_a_local_fallback_counts_on_this_replica_alone() {
+    let mut redis = Redis::start().await;
+    let (upstream, _log) = scripted(|_| 200).await;
+    let policies = policies(&redis, "1/m", 2, "timeout: 50ms, on_error: local");
+    let proxy = sidecar_with(&policies, upstream).await;
+    // Redis's bucket: two calls, then refusals.
+    let statuses = [get(&url(&proxy)).await.0, get(&url(&proxy)).await.0];
+    assert_eq!(statuses, [200, 200]);
+    assert_eq!(get(&url(&proxy)).await.0, 429);
+
+    // The replica's own bucket, untouched while Redis answered, takes over.
+    redis.kill();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let (status, took) = timed_get(&url(&proxy)).await;
+        assert!(took < Duration::from_millis(50 + 500), "took {took:?}");
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
 }

@@ -135,3 +135,63 @@ impl SharedLimitConfig {
         self.on_error
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    fn settled(
+        per_second: f64,
+        burst: u32,
+        batch: Option<u32>,
+    ) -> Result<u32, SharedLimitConfigError> {
+        let mut config = SharedLimitConfig::try_new(
+            "redis://127.0.0.1:6379",
+            Duration::from_millis(5),
+            OnError::Local,
+            batch.map(nz),
+        )
+        .unwrap();
+        config.settle_batch(per_second, nz(burst))?;
+        Ok(config.batch().get())
+    }
+
+    #[test]
+    fn the_default_batch_is_a_hundredth_of_a_second_within_one_to_ten_and_the_burst() {
+        assert_eq!(settled(50.0, 50, None), Ok(1));
+        assert_eq!(settled(500.0, 500, None), Ok(5));
+        assert_eq!(settled(100_000.0, 100_000, None), Ok(10));
+        assert_eq!(settled(100_000.0, 3, None), Ok(3));
+        assert_eq!(settled(50.0, 50, Some(7)), Ok(7));
+        assert_eq!(
+            settled(50.0, 5, Some(6)),
+            Err(SharedLimitConfigError::BatchAboveBurst {
+                batch: nz(6),
+                burst: nz(5)
+            })
+        );
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        let try_new = |url, ms| {
+            SharedLimitConfig::try_new(url, Duration::from_millis(ms), OnError::Open, None).err()
+        };
+        assert_eq!(
+            try_new("redis://cache", 0),
+            Some(SharedLimitConfigError::ZeroTimeout)
+        );
+        assert!(matches!(
+            try_new("redis://cache", 1001),
+            Some(SharedLimitConfigError::TimeoutTooLong(_))
+        ));
+        assert!(matches!(
+            try_new("http://cache", 5),
+            Some(SharedLimitConfigError::Url(_))
+        ));
+    }
+}

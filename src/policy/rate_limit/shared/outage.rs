@@ -153,3 +153,49 @@ impl Outage {
                 .is_ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry as MetricsRegistry;
+
+    use super::*;
+    use crate::policy::rate_limit::RateLimitMetrics;
+
+    fn outage() -> (Outage, SharedLimitMetrics) {
+        let metrics = RateLimitMetrics::register(&mut MetricsRegistry::default());
+        let shared = metrics.shared(&"svc".into(), "api");
+        let outage = Outage::new(
+            shared.clone(),
+            "svc".into(),
+            "api".into(),
+            "127.0.0.1:6379".into(),
+            OnError::Local,
+        );
+        (outage, shared)
+    }
+
+    #[test]
+    fn a_failure_stops_asking_until_an_answer() {
+        let (outage, metrics) = outage();
+        assert!(outage.may_ask());
+        outage.failed(Failure::Timeout, &"late");
+        assert!(!outage.may_ask(), "no call asks during the backoff");
+        assert_eq!(metrics.degraded.get(), 1);
+        assert_eq!(metrics.timeouts.get(), 1);
+        assert!(outage.retry_in() <= BACKOFF);
+        outage.answered();
+        assert!(outage.may_ask());
+        assert_eq!(metrics.degraded.get(), 0);
+    }
+
+    #[test]
+    fn after_the_backoff_one_call_probes() {
+        let (outage, metrics) = outage();
+        outage.failed(Failure::Redis, &"refused");
+        // As if the backoff had passed.
+        outage.retry_at.store(1, Ordering::Relaxed);
+        assert!(outage.may_ask(), "the first call after the backoff probes");
+        assert!(!outage.may_ask(), "the others keep the fallback meanwhile");
+        assert_eq!(metrics.errors.get(), 1);
+    }
+}
