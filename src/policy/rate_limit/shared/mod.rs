@@ -147,12 +147,12 @@ impl<C: Clock> SharedLimiter<C> {
                 Ok(())
             }
             Ok(Err(error)) => {
-                self.outage.failed(Failure::Redis, &error);
+                self.outage.failed(Failure::Redis, &key, &error);
                 self.fallback(request)
             }
             Err(_) => {
                 let error = format_args!("no answer within {:?}", self.timeout);
-                self.outage.failed(Failure::Timeout, &error);
+                self.outage.failed(Failure::Timeout, &key, &error);
                 self.fallback(request)
             }
         }
@@ -207,10 +207,16 @@ where
             let mut connection = limiter.connection();
             match tokio::time::timeout(CONNECT_TIMEOUT, limiter.gcra.load(&mut connection)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => limiter.outage.failed(Failure::Redis, &error),
+                Ok(Err(error)) => {
+                    limiter
+                        .outage
+                        .failed(Failure::Redis, "(loading the script)", &error)
+                }
                 Err(_) => {
                     let error = format_args!("no connection within {CONNECT_TIMEOUT:?}");
-                    limiter.outage.failed(Failure::Timeout, &error);
+                    limiter
+                        .outage
+                        .failed(Failure::Timeout, "(loading the script)", &error);
                 }
             }
         });

@@ -100,8 +100,8 @@ impl Outage {
         Duration::from_nanos(retry_at.saturating_sub(self.now())).max(Duration::from_millis(1))
     }
 
-    /// A Redis call failed: back off, and say so.
-    pub(super) fn failed(&self, failure: Failure, error: &dyn std::fmt::Display) {
+    /// A Redis call about the bucket `key` failed: back off, and say so.
+    pub(super) fn failed(&self, failure: Failure, key: &str, error: &dyn std::fmt::Display) {
         match failure {
             Failure::Timeout => self.metrics.timeouts.inc(),
             Failure::Redis => self.metrics.errors.inc(),
@@ -119,6 +119,7 @@ impl Outage {
                 service = %self.service,
                 limit = %self.limit,
                 redis = %self.peer,
+                key,
                 on_error = self.on_error.as_str(),
                 failures,
                 %error,
@@ -178,7 +179,7 @@ mod tests {
     fn a_failure_stops_asking_until_an_answer() {
         let (outage, metrics) = outage();
         assert!(outage.may_ask());
-        outage.failed(Failure::Timeout, &"late");
+        outage.failed(Failure::Timeout, "remora:rate_limit:svc:api:all", &"late");
         assert!(!outage.may_ask(), "no call asks during the backoff");
         assert_eq!(metrics.degraded.get(), 1);
         assert_eq!(metrics.timeouts.get(), 1);
@@ -191,7 +192,7 @@ mod tests {
     #[test]
     fn after_the_backoff_one_call_probes() {
         let (outage, metrics) = outage();
-        outage.failed(Failure::Redis, &"refused");
+        outage.failed(Failure::Redis, "remora:rate_limit:svc:api:all", &"refused");
         // As if the backoff had passed.
         outage.retry_at.store(1, Ordering::Relaxed);
         assert!(outage.may_ask(), "the first call after the backoff probes");
