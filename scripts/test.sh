@@ -12,7 +12,7 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The inbound mutual-TLS tests call the sidecar with curl (and openssl s_client).
 command -v curl >/dev/null 2>&1 || need+=(curl)
-# The TCP passthrough tests start a real Redis.
+# The TCP passthrough and shared rate-limit tests start a real Redis.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # The ZooKeeper discovery tests start a real ZooKeeper (the package brings a Java runtime).
 [ -f /usr/share/java/zookeeper.jar ] || need+=(zookeeper)

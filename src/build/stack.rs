@@ -482,7 +482,7 @@ impl SharedLayers {
                 builder.carried(service, "rate_limit", name, format!("{policy:?}"), || {
                     let config = resolve::rate_limit(policy)?;
                     let metrics = &builder.metrics.rate_limit;
-                    Ok(RateLimitLayer::new(service.clone(), &config, metrics))
+                    Ok(RateLimitLayer::new(service.clone(), name, &config, metrics))
                 })
             },
         )

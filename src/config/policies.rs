@@ -149,6 +149,42 @@ pub struct RateLimitPolicy {
     /// What is limited separately: `global`, `client_ip`, or `header:<name>`.
     #[serde(default)]
     pub key: RateLimitKeyName,
+    /// Share the budget among every replica through Redis; without it each replica
+    /// counts alone.
+    #[serde(default)]
+    pub shared: Option<SharedRateLimitPolicy>,
+}
+
+/// Where a shared rate limit keeps its buckets, and what it does when Redis fails.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedRateLimitPolicy {
+    /// The Redis holding the buckets: `redis://host:6379` (`rediss://` for TLS).
+    pub redis: String,
+    /// The most one decision may wait on Redis before `on_error` decides instead.
+    #[serde(default = "default_shared_timeout", with = "super::scalar::duration")]
+    pub timeout: Duration,
+    /// When Redis fails or is late: `open` (admit), `closed` (refuse) or `local`
+    /// (this replica's own limit at the same rate).
+    #[serde(default)]
+    pub on_error: SharedOnError,
+    /// Tokens taken from Redis per round trip and spent locally; default: 1% of a
+    /// second's budget, between 1 and 10.
+    #[serde(default)]
+    pub batch: Option<u32>,
+}
+
+/// What a shared rate limit does without Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedOnError {
+    /// Admit every call.
+    Open,
+    /// Refuse every call.
+    Closed,
+    /// Count on this replica alone, at the limit's rate.
+    #[default]
+    Local,
 }
 
 /// A fallback: what to answer instead of failing, and when.
@@ -242,6 +278,9 @@ pub struct AbortFaultPolicy {
     pub status: u16,
 }
 
+fn default_shared_timeout() -> Duration {
+    Duration::from_millis(5)
+}
 fn default_attempts() -> u32 {
     3
 }

@@ -2,8 +2,9 @@
 //! secret replaced by [`REDACTED`]. Paths stay: a key file's path is not the key.
 //!
 //! The secrets are the values that authenticate remora to something it calls: today
-//! the Consul ACL token, the Nacos password and the OTLP export headers (API keys of hosted
-//! backends). A new secret field (a header value, a password) is added here
+//! the Consul ACL token, the Nacos password, the OTLP export headers (API keys of hosted
+//! backends) and the credentials in a shared rate limit's Redis URL. A new secret field
+//! (a header value, a password) is added here
 //! when it is added to the schema; the admin test checks the token stays hidden.
 
 use super::schema::Config;
@@ -27,13 +28,39 @@ impl Config {
         for value in config.tracing.headers.0.values_mut() {
             *value = REDACTED.to_string();
         }
+        for limit in config.policies.rate_limits.values_mut() {
+            if let Some(shared) = limit.shared.as_mut() {
+                shared.redis = redact_userinfo(&shared.redis);
+            }
+        }
         config
+    }
+}
+
+/// `scheme://user:password@host/...` with its `user:password` part redacted.
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{REDACTED}{}", &rest[at..]),
+        None => url.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_credentials_are_hidden_and_the_host_is_kept() {
+        assert_eq!(
+            redact_userinfo("redis://app:s3cret@cache:6379/0"),
+            format!("redis://{REDACTED}@cache:6379/0")
+        );
+        assert_eq!(redact_userinfo("redis://cache:6379"), "redis://cache:6379");
+    }
 
     #[test]
     fn the_consul_token_is_hidden_and_paths_are_kept() {

@@ -533,6 +533,7 @@ fn add_policies(policies: &mut PoliciesSection, spec: &ServiceSpec) -> bool {
             // A fifth of a second's worth: smooths pacing jitter, not a burst scene.
             burst: Some((rate / 5).max(1)),
             key: RateLimitKeyName::Global,
+            shared: None,
         },
     );
     true

@@ -234,3 +234,29 @@ fn the_tracing_section_maps_onto_the_pipeline() {
         "{error}"
     );
 }
+
+#[test]
+fn a_shared_rate_limit_is_checked_where_it_is_written() {
+    let shared = |fields: &str| {
+        format!(
+            "service: orders\ninbound: {{ listen: 127.0.0.1:0, app: 127.0.0.1:8080 }}\n\
+             policies:\n  rate_limits:\n    api:\n      rate: 100/s\n      burst: 5\n      \
+             shared: {{ {fields} }}\n"
+        )
+    };
+    let error = error_of(&shared("redis: \"redis://cache:6379\", batch: 6"));
+    assert!(error.starts_with("remora.yaml:"), "{error}");
+    assert!(error.contains("shared.batch"), "{error}");
+    assert!(
+        error.contains("batch of 6 is above the burst of 5"),
+        "{error}"
+    );
+    let error = error_of(&shared("redis: \"memcached://cache\""));
+    assert!(error.contains("shared.redis"), "{error}");
+    let error = error_of(&shared("redis: \"redis://cache\", timeout: 5s"));
+    assert!(error.contains("shared.timeout"), "{error}");
+    let error = error_of(&shared("redis: \"redis://cache\", on_error: maybe"));
+    assert!(error.contains("on_error"), "{error}");
+    remora::build::parse("remora.yaml", &shared("redis: \"redis://cache:6379\""))
+        .expect("a shared limit with defaults is valid");
+}

@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::config::{
     BreakerPolicy, Condition, FallbackPolicy, FallbackTrigger, FaultPolicy, PoliciesSection,
-    RateLimitKeyName, RateLimitPolicy, RetryPolicy,
+    RateLimitKeyName, RateLimitPolicy, RetryPolicy, SharedOnError,
 };
 use crate::core::outcome::Conditions;
 use crate::policy::backoff::RetryBackoff;
@@ -18,6 +18,7 @@ use crate::policy::fallback::{
     FallbackAction, FallbackConfig, GrpcReply, StaleCache, StaticResponse, Trigger,
 };
 use crate::policy::fault::{AbortFault, DelayFault, FaultConfig};
+use crate::policy::rate_limit::shared::{OnError, SharedLimitConfig, SharedLimitConfigError};
 use crate::policy::rate_limit::{Rate, RateLimitConfig, RateLimitKey};
 use crate::policy::retry::RetryConfig;
 use crate::policy::timeout::TimeoutConfig;
@@ -153,7 +154,7 @@ pub fn rate_limit(policy: &RateLimitPolicy) -> Result<RateLimitConfig, BuildErro
             RateLimitKey::Header(HeaderName::from_bytes(name.as_bytes()).at("key")?)
         }
     };
-    RateLimitConfig::try_new(
+    let config = RateLimitConfig::try_new(
         Rate {
             count,
             per: policy.rate.per,
@@ -161,7 +162,35 @@ pub fn rate_limit(policy: &RateLimitPolicy) -> Result<RateLimitConfig, BuildErro
         burst,
         key,
     )
-    .at("rate")
+    .at("rate")?;
+    let Some(shared) = &policy.shared else {
+        return Ok(config);
+    };
+    let on_error = match shared.on_error {
+        SharedOnError::Open => OnError::Open,
+        SharedOnError::Closed => OnError::Closed,
+        SharedOnError::Local => OnError::Local,
+    };
+    let batch = match shared.batch {
+        Some(batch) => Some(
+            NonZeroU32::new(batch)
+                .ok_or("batch must be at least 1")
+                .at("shared.batch")?,
+        ),
+        None => None,
+    };
+    let shared = SharedLimitConfig::try_new(&shared.redis, shared.timeout, on_error, batch)
+        .map_err(|error| {
+            let field = match error {
+                SharedLimitConfigError::Url(_) => "shared.redis",
+                SharedLimitConfigError::ZeroTimeout | SharedLimitConfigError::TimeoutTooLong(_) => {
+                    "shared.timeout"
+                }
+                SharedLimitConfigError::BatchAboveBurst { .. } => "shared.batch",
+            };
+            BuildError::at(super::field(field), error)
+        })?;
+    config.share(shared).at("shared.batch")
 }
 
 /// Injected faults.

@@ -7,6 +7,8 @@ use std::time::Duration;
 use governor::Quota;
 use http::HeaderName;
 
+use super::shared::{SharedLimitConfig, SharedLimitConfigError};
+
 /// Keys a keyed limiter tracks unless configured otherwise (a few MiB of state).
 pub const DEFAULT_MAX_KEYS: NonZeroUsize = NonZeroUsize::new(100_000).unwrap();
 
@@ -43,6 +45,8 @@ pub struct RateLimitConfig {
     pub(super) key: RateLimitKey,
     /// Upper bound on the keys a keyed limiter tracks at once.
     pub(super) max_keys: NonZeroUsize,
+    /// Where the buckets are shared among replicas; `None` for a per-replica limit.
+    pub(super) shared: Option<SharedLimitConfig>,
 }
 
 /// Why a rate limit was refused.
@@ -96,7 +100,22 @@ impl RateLimitConfig {
             quota: quota.allow_burst(burst),
             key,
             max_keys: DEFAULT_MAX_KEYS,
+            shared: None,
         })
+    }
+
+    /// Shares the limit's buckets among replicas through Redis; settles the batch
+    /// against the rate and the burst.
+    pub fn share(mut self, mut shared: SharedLimitConfig) -> Result<Self, SharedLimitConfigError> {
+        let per_second = self.rate.count.get() as f64 / self.rate.per.as_secs_f64();
+        shared.settle_batch(per_second, self.burst())?;
+        self.shared = Some(shared);
+        Ok(self)
+    }
+
+    /// Where the buckets are shared, if they are.
+    pub fn shared(&self) -> Option<&SharedLimitConfig> {
+        self.shared.as_ref()
     }
 
     /// Caps the keys a keyed limiter tracks (default [`DEFAULT_MAX_KEYS`]).

@@ -62,7 +62,7 @@ impl KeyBy {
 }
 
 /// The address a client is counted by: IPv4 as is, IPv6 by its /64 prefix.
-fn client_ip_key(ip: IpAddr) -> IpAddr {
+pub(super) fn client_ip_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),

@@ -17,6 +17,7 @@ use super::config::{RateLimitConfig, RateLimitKey};
 use super::key::{KeyBy, KeyedLimiter};
 use super::metrics::RateLimitMetrics;
 use super::service::RateLimit;
+use super::shared::SharedLimiter;
 use crate::core::body::ProxyBody;
 
 /// Applies a rate limit to a service's calls.
@@ -35,9 +36,15 @@ impl<C: Clock> Clone for RateLimitLayer<C> {
 }
 
 impl RateLimitLayer {
-    /// A layer limiting `service`'s calls on the monotonic clock.
-    pub fn new(service: Arc<str>, config: &RateLimitConfig, metrics: &RateLimitMetrics) -> Self {
-        Self::with_clock(service, config, metrics, DefaultClock::default())
+    /// A layer limiting `service`'s calls by the limit named `limit`, on the monotonic
+    /// clock.
+    pub fn new(
+        service: Arc<str>,
+        limit: &str,
+        config: &RateLimitConfig,
+        metrics: &RateLimitMetrics,
+    ) -> Self {
+        Self::with_clock(service, limit, config, metrics, DefaultClock::default())
     }
 }
 
@@ -49,11 +56,12 @@ where
     /// the tests pass governor's `FakeRelativeClock`).
     pub(super) fn with_clock(
         service: Arc<str>,
+        limit: &str,
         config: &RateLimitConfig,
         metrics: &RateLimitMetrics,
         clock: C,
     ) -> Self {
-        let limiter = match &config.key {
+        let local = match &config.key {
             RateLimitKey::Global => {
                 Limiter::Global(RateLimiter::direct_with_clock(config.quota, clock))
             }
@@ -72,6 +80,21 @@ where
                 clock,
                 service.clone(),
             )),
+        };
+        let limiter = match &config.shared {
+            None => local,
+            Some(shared) => {
+                let limiter = Arc::new(SharedLimiter::new(
+                    config,
+                    shared,
+                    service.clone(),
+                    limit.into(),
+                    metrics,
+                    local,
+                ));
+                limiter.warm_up();
+                Limiter::Shared(limiter)
+            }
         };
         Self {
             shared: Arc::new(Shared {
@@ -103,20 +126,25 @@ pub(super) struct Shared<C: Clock> {
 type DirectLimiter<C> =
     RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
-/// One bucket for the service, or one per key.
+/// One bucket for the service, or one per key; in this replica or in Redis.
 pub(super) enum Limiter<C: Clock> {
     Global(DirectLimiter<C>),
     Keyed(KeyedLimiter<C>),
+    Shared(Arc<SharedLimiter<C>>),
 }
 
 impl<C: Clock> Limiter<C> {
     /// `Ok` when the call may pass, else how long until one with its key would.
+    ///
+    /// A shared limiter cannot answer here without Redis: the service asks it through
+    /// [`SharedLimiter::first_look`] instead, and this answers by its local fallback.
     pub(super) fn admit(&self, request: &Request<ProxyBody>) -> Result<(), Duration> {
         match self {
             Self::Global(limiter) => limiter
                 .check()
                 .map_err(|not_until| not_until.wait_time_from(limiter.clock().now())),
             Self::Keyed(keyed) => keyed.admit(request),
+            Self::Shared(shared) => shared.local().admit(request),
         }
     }
 }

@@ -11,12 +11,17 @@
 //! rotating IPv6 range) cannot grow memory without bound. When the table is full, calls
 //! with a key it does not hold share one overflow bucket of the same quota until a
 //! sweep drops the keys whose buckets have refilled.
+//!
+//! A limit with a `shared` part keeps its buckets in Redis instead ([`shared`]), so
+//! that every replica of a service spends one budget; its local limiter stays as the
+//! fallback for when Redis is down.
 
 mod config;
 mod key;
 mod layer;
 mod metrics;
 mod service;
+pub mod shared;
 #[cfg(test)]
 mod tests;
 

@@ -43,7 +43,8 @@ impl Harness {
         let clock = FakeRelativeClock::default();
         let metrics = RateLimitMetrics::register(&mut MetricsRegistry::default());
         let upstream = Upstream::ok();
-        let layer = RateLimitLayer::with_clock("svc".into(), config, &metrics, clock.clone());
+        let layer =
+            RateLimitLayer::with_clock("svc".into(), "limit", config, &metrics, clock.clone());
         Self {
             service: layer.layer(upstream.clone()),
             clock,
@@ -68,7 +69,7 @@ impl Harness {
     fn tracked_keys(&self) -> usize {
         match &self.service.shared.limiter {
             Limiter::Keyed(keyed) => keyed.tracked_keys(),
-            Limiter::Global(_) => 0,
+            Limiter::Global(_) | Limiter::Shared(_) => 0,
         }
     }
 }

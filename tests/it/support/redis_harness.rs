@@ -1,7 +1,9 @@
-//! A real Redis for the TCP passthrough tests: one `redis-server` on a free loopback
-//! port, in memory only (no snapshot, no append-only file), in a temporary directory,
-//! killed on drop; and a few RESP exchanges over a raw socket, for what a client
-//! library hides (when exactly a connection closes).
+//! A real Redis for the TCP passthrough and shared rate-limit tests: one
+//! `redis-server` on a free loopback port, in memory only (no snapshot, no append-only
+//! file), in a temporary directory, killed on drop, restartable on the same port and
+//! able to freeze (SIGSTOP) to play a Redis that accepts but never answers; and a few
+//! RESP exchanges over a raw socket, for what a client library hides (when exactly a
+//! connection closes).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -26,21 +28,7 @@ impl Redis {
     pub async fn start() -> Redis {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let port = super::free_port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => panic!(
-                "the redis-server binary is not installed; the TCP tests need a real Redis: {INSTALL}"
-            ),
-            Err(error) => panic!("cannot start redis-server: {error}"),
-        };
+        let child = spawn(port, dir.path());
         let mut redis = Redis {
             _dir: dir,
             port,
@@ -48,6 +36,33 @@ impl Redis {
         };
         redis.wait_ready().await;
         redis
+    }
+
+    /// Starts it again on the same port after [`Redis::kill`] (empty: no scripts, no
+    /// keys, as after a real crash without persistence).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = Some(spawn(self.port, self._dir.path()));
+        self.wait_ready().await;
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open, nothing is answered.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a frozen process (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("a running redis-server").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid} failed");
     }
 
     /// Where it listens.
@@ -87,6 +102,26 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Starts `redis-server` on `port` in `dir`. Panics (never skips) without the binary.
+fn spawn(port: u16, dir: &std::path::Path) -> Child {
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    match child {
+        Ok(child) => child,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => panic!(
+            "the redis-server binary is not installed; the TCP and shared rate-limit tests \
+             need a real Redis: {INSTALL}"
+        ),
+        Err(error) => panic!("cannot start redis-server: {error}"),
     }
 }
 
