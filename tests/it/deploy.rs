@@ -31,7 +31,19 @@ fn compose() -> Value {
 fn merge_keys(value: &mut Value) {
     match value {
         Value::Object(map) => {
-            if let Some(Value::Object(base)) = map.remove("<<") {
+            // `<<: *a` or `<<: [*a, *b]` (earlier maps win, the map's own keys first).
+            let bases = match map.remove("<<") {
+                Some(Value::Object(base)) => vec![base],
+                Some(Value::Array(items)) => items
+                    .into_iter()
+                    .filter_map(|item| match item {
+                        Value::Object(base) => Some(base),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for base in bases {
                 for (key, item) in base {
                     map.entry(key).or_insert(item);
                 }
@@ -291,12 +303,22 @@ fn sidecar_ports_agree_with_configs_and_apps() {
             );
         }
 
-        // Registries and the OTLP collector are other compose services.
+        // Registries and the OTLP collector are other compose services: etcd, and
+        // ZooKeeper in its profile.
         for registry in config.registries.values() {
-            for url in &registry.etcd.as_ref().expect("etcd").endpoints {
-                let (host, port) = host_port(url);
+            let (hosts, port) = match (&registry.etcd, &registry.zookeeper) {
+                (Some(etcd), _) => (etcd.endpoints.clone(), 2379),
+                (_, Some(zookeeper)) => (zookeeper.servers.clone(), 2181),
+                _ => panic!("{name}: a registry compose does not run"),
+            };
+            for server in hosts {
+                let url = match server.starts_with("http://") {
+                    true => server,
+                    false => format!("http://{server}"),
+                };
+                let (host, found) = host_port(&url);
                 assert!(services.contains_key(&host), "{name}: registry host {host}");
-                assert_eq!(port, 2379);
+                assert_eq!(found, port);
             }
         }
         let (otlp_host, otlp_port) = host_port(config.tracing.endpoint.as_deref().expect("OTLP"));
@@ -547,4 +569,57 @@ fn sidecars_speak_mutual_tls_with_certificates_the_certs_service_issues() {
     .into_iter()
     .collect();
     assert_eq!(allowed, expected);
+}
+
+/// The registry is etcd by default and ZooKeeper in the `zookeeper` profile: with
+/// REGISTRY=zookeeper every registering or discovering sidecar uses ZooKeeper, which
+/// that profile runs.
+#[test]
+fn the_registry_switches_to_zookeeper_with_its_profile() {
+    let compose = compose();
+    let services = services(&compose);
+    let zookeeper = &services["zookeeper"];
+    assert_eq!(zookeeper["profiles"], serde_json::json!(["zookeeper"]));
+    let certs = issued_certificates();
+    let mut switched = 0;
+    for (name, service) in services {
+        if shares_with(service).is_none() {
+            continue;
+        }
+        let env = environment(service);
+        let config = sidecar_config(name, service, certs.path());
+        let uses_registry =
+            config.register.is_some() || config.services.values().any(|s| s.discovery.is_some());
+        if !uses_registry {
+            continue;
+        }
+        assert_eq!(env.get("REGISTRY").map(String::as_str), Some("etcd"), "{name}");
+        assert!(
+            service["depends_on"]["zookeeper"]["required"] == false,
+            "{name} waits for ZooKeeper only in its profile"
+        );
+        // The same sidecar with REGISTRY=zookeeper.
+        let (file, _) = volumes(service)
+            .into_iter()
+            .find(|(_, target)| target == CONFIG_PATH)
+            .unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut env = env;
+        env.insert("REGISTRY".into(), "zookeeper".into());
+        env.insert("CERT_DIR".into(), certs.path().display().to_string());
+        let lookup = |key: &str| env.get(key).cloned();
+        let config = remora::build::parse_with_env(&file.display().to_string(), &text, &lookup)
+            .unwrap_or_else(|e| panic!("{name} with ZooKeeper: {e}"));
+        if let Some(register) = &config.register {
+            assert_eq!(register.registry, "zookeeper", "{name}");
+        }
+        for (service, upstream) in &config.services {
+            if let Some(discovery) = &upstream.discovery {
+                assert_eq!(discovery.registry, "zookeeper", "{name}: {service}");
+            }
+        }
+        assert!(config.registries["zookeeper"].zookeeper.is_some());
+        switched += 1;
+    }
+    assert_eq!(switched, 5, "orders, three inventory replicas and the canary");
 }

@@ -39,7 +39,7 @@ fn shipped_configs() -> Vec<(PathBuf, String)> {
         "config",
         "examples/compose/config",
         "examples/local/config",
-        "examples/zookeeper",
+        "examples/registries",
         "bench",
     ] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {
