@@ -593,7 +593,11 @@ fn the_registry_switches_to_zookeeper_with_its_profile() {
         if !uses_registry {
             continue;
         }
-        assert_eq!(env.get("REGISTRY").map(String::as_str), Some("etcd"), "{name}");
+        assert_eq!(
+            env.get("REGISTRY").map(String::as_str),
+            Some("etcd"),
+            "{name}"
+        );
         assert!(
             service["depends_on"]["zookeeper"]["required"] == false,
             "{name} waits for ZooKeeper only in its profile"
@@ -621,5 +625,8 @@ fn the_registry_switches_to_zookeeper_with_its_profile() {
         assert!(config.registries["zookeeper"].zookeeper.is_some());
         switched += 1;
     }
-    assert_eq!(switched, 5, "orders, three inventory replicas and the canary");
+    assert_eq!(
+        switched, 5,
+        "orders, three inventory replicas and the canary"
+    );
 }

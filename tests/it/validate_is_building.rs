@@ -251,3 +251,19 @@ fn validate_and_run_refuse_the_same_configs_at_the_same_place() {
         );
     }
 }
+
+/// The config the README shows is a config remora accepts.
+#[test]
+fn the_readme_config_validates() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```yaml\n")
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap())
+        .collect();
+    assert!(!blocks.is_empty(), "the README shows a config");
+    for block in blocks {
+        remora::build::parse("README.md", block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+    }
+}
