@@ -180,7 +180,18 @@ impl ConsulRegistry {
         let uri = format!("{}://{}{path}", self.inner.scheme, self.inner.authority);
         let mut request = Request::builder().method(method.clone()).uri(uri);
         if let Some(token) = &self.inner.config.token {
-            request = request.header("x-consul-token", token);
+            // Marked sensitive: hidden wherever the request is printed.
+            match http::HeaderValue::from_str(token) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    request = request.header("x-consul-token", value);
+                }
+                Err(_) => {
+                    return Err(failed(
+                        "the token holds characters a header cannot carry".into(),
+                    ))
+                }
+            }
         }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
