@@ -161,7 +161,7 @@ struct Connection {
 
 impl Connection {
     /// Handshakes when the mode says so, then serves HTTP until the connection ends.
-    async fn run(self, tcp: TcpStream) {
+    async fn run(self, mut tcp: TcpStream) {
         // One bound for the first bytes and the handshake together.
         let deadline = Instant::now() + self.state.config.limits.header_read_timeout;
         let acceptor = match &self.tls {
@@ -177,6 +177,10 @@ impl Connection {
             },
         };
         let Some(acceptor) = acceptor else {
+            if !super::preface::admit(&mut tcp, deadline).await {
+                tracing::debug!(peer = %self.peer, "closed, silent, or a bad HTTP/2 preface (GOAWAY sent)");
+                return;
+            }
             return self.serve(tcp, None).await;
         };
         let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await;

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod listener;
 pub mod listeners;
+mod preface;
 pub mod proxy;
 pub mod reload;
 pub mod shared;

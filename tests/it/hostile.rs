@@ -364,3 +364,54 @@ async fn a_bad_later_chunk_never_completes_the_request_at_the_app() {
         );
     }
 }
+
+/// What comes back for `first` bytes on a fresh connection, until the sidecar closes
+/// it (or 3 s pass).
+async fn answer_to(addr: std::net::SocketAddr, first: &[u8]) -> Vec<u8> {
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(first).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::io::AsyncReadExt::read_to_end(&mut client, &mut answer),
+    )
+    .await;
+    answer
+}
+
+/// Whether `bytes` hold a GOAWAY frame with error PROTOCOL_ERROR.
+fn has_protocol_error_goaway(bytes: &[u8]) -> bool {
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = usize::from(bytes[at]) << 16
+            | usize::from(bytes[at + 1]) << 8
+            | usize::from(bytes[at + 2]);
+        let kind = bytes[at + 3];
+        let payload = &bytes[at + 9..(at + 9 + len).min(bytes.len())];
+        if kind == 0x7 && payload.len() >= 8 && payload[4..8] == [0, 0, 0, 1] {
+            return true;
+        }
+        at += 9 + len;
+    }
+    false
+}
+
+/// A connection that starts as HTTP/2 (`PRI * HTTP/2.0`) but whose preface is wrong
+/// gets GOAWAY(PROTOCOL_ERROR), on a port that takes HTTP/1.1 and h2c alike.
+#[tokio::test]
+async fn a_wrong_h2_preface_gets_goaway_protocol_error() {
+    let (_proxy, addr, log) = guarded().await;
+    for preface in [
+        &b"PRI * HTTP/2.0\r\n\r\nXY\r\n\r\n"[..],
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\r"[..],
+    ] {
+        let answer = answer_to(addr, preface).await;
+        assert!(
+            has_protocol_error_goaway(&answer),
+            "{:?} got {:?}",
+            String::from_utf8_lossy(preface),
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    assert_eq!(log.len(), 0);
+}
