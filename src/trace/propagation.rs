@@ -24,7 +24,7 @@ use super::Propagation;
 
 /// The propagators of one sidecar: one reading every format, one writing the configured ones.
 #[derive(Debug)]
-pub(super) struct Propagators {
+pub(crate) struct Propagators {
     extract: TextMapCompositePropagator,
     inject: TextMapCompositePropagator,
     /// Every header any format reads: removed before injecting.
@@ -33,7 +33,7 @@ pub(super) struct Propagators {
 
 impl Propagators {
     /// Reads every format; writes W3C + baggage and those of `propagate`.
-    pub(super) fn new(propagate: &[Propagation]) -> Self {
+    pub(crate) fn new(propagate: &[Propagation]) -> Self {
         // Later propagators overwrite earlier ones in the composite: lowest priority first.
         let extract = TextMapCompositePropagator::new(vec![
             Box::new(JaegerPropagator),
@@ -63,13 +63,13 @@ impl Propagators {
     }
 
     /// The caller's context, or an empty one.
-    pub(super) fn extract(&self, headers: &HeaderMap) -> Context {
+    pub(crate) fn extract(&self, headers: &HeaderMap) -> Context {
         self.extract
             .extract_with_context(&Context::new(), &HeaderExtractor(headers))
     }
 
     /// Replaces the trace headers of `headers` with `cx`'s.
-    pub(super) fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
+    pub(crate) fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
         for name in &self.fields {
             headers.remove(name);
         }
