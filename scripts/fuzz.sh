@@ -91,12 +91,13 @@ for target in "${selected[@]}"; do
         -max_total_time="$seconds" -max_len="$(max_len "$target")" \
         -rss_limit_mb="$rss_mb" -timeout=10 -print_final_stats=1 \
         -artifact_prefix="$root/fuzz/artifacts/$target/" >"$log" 2>&1 || status=$?
-    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n 1)
+    # What libFuzzer printed last (a line found by none of these greps is no error).
+    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n 1 || true)
     if [ -z "$runs" ]; then
-        runs=$(grep -oE '^#[0-9]+' "$log" | tail -n 1 | tr -d '#')
+        runs=$(grep -oE '^#[0-9]+' "$log" | tail -n 1 | tr -d '#' || true)
     fi
-    coverage=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -n 1 | sed 's/cov: //; s/ ft: /\//')
-    artifact=$(grep -oE 'Test unit written to [^ ]+' "$log" | tail -n 1 | sed 's/Test unit written to //')
+    coverage=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -n 1 | sed 's/cov: //; s/ ft: /\//' || true)
+    artifact=$(grep -oE 'Test unit written to [^ ]+' "$log" | tail -n 1 | sed 's/Test unit written to //' || true)
     crashes=0
     if [ "$status" -ne 0 ]; then
         crashes=1
