@@ -14,6 +14,8 @@ pub mod config;
 pub mod core;
 pub mod demo;
 pub mod discovery;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod policy;
 pub mod routing;

@@ -20,17 +20,32 @@ impl fmt::Display for Position {
     }
 }
 
+/// Where each line after the first begins: YAML breaks lines at `\n`, `\r\n` and a
+/// bare `\r` (YAML 1.2, `b-break`), and the parser's line numbers count all three.
+fn line_starts(text: &str) -> impl Iterator<Item = usize> + '_ {
+    let bytes = text.as_bytes();
+    bytes
+        .iter()
+        .enumerate()
+        .filter_map(move |(at, byte)| match byte {
+            b'\n' => Some(at + 1),
+            b'\r' if bytes.get(at + 1) != Some(&b'\n') => Some(at + 1),
+            _ => None,
+        })
+}
+
+/// The length of the line `rest` begins with, without its break.
+fn line_len(rest: &str) -> usize {
+    rest.find(['\n', '\r']).unwrap_or(rest.len())
+}
+
 /// Byte offset of the start of `line` (1-based) in `text`.
 fn line_start(text: &str, line: usize) -> Option<usize> {
-    if line == 0 {
-        return None;
+    match line {
+        0 => None,
+        1 => Some(0),
+        _ => line_starts(text).nth(line - 2),
     }
-    if line == 1 {
-        return Some(0);
-    }
-    text.match_indices('\n')
-        .nth(line - 2)
-        .map(|(newline, _)| newline + 1)
 }
 
 /// The byte offset of a 1-based `line` and character `column` in `text`.
@@ -40,7 +55,7 @@ fn line_start(text: &str, line: usize) -> Option<usize> {
 pub(crate) fn offset_of(text: &str, line: usize, column: usize) -> Option<usize> {
     let start = line_start(text, line)?;
     let rest = &text[start..];
-    let line_len = rest.find('\n').unwrap_or(rest.len());
+    let line_len = line_len(rest);
     let within = rest[..line_len]
         .char_indices()
         .nth(column.saturating_sub(1))
@@ -54,10 +69,11 @@ pub(crate) fn position_of(text: &str, offset: usize) -> Position {
     while !text.is_char_boundary(offset) {
         offset -= 1;
     }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_begin = before.rfind('\n').map_or(0, |newline| newline + 1);
-    let column = before[line_begin..].chars().count() + 1;
+    let (breaks, line_begin) = line_starts(text)
+        .take_while(|start| *start <= offset)
+        .fold((0, 0), |(count, _), start| (count + 1, start));
+    let line = breaks + 1;
+    let column = text[line_begin..offset].chars().count() + 1;
     Position { line, column }
 }
 
@@ -67,8 +83,7 @@ pub(crate) fn snippet(text: &str, position: Position) -> String {
         return String::new();
     };
     let rest = &text[start..];
-    let line = &rest[..rest.find('\n').unwrap_or(rest.len())];
-    let line = line.strip_suffix('\r').unwrap_or(line);
+    let line = &rest[..line_len(rest)];
     // Tabs and control characters would misalign the caret or garble a terminal.
     let shown: String = line
         .chars()
@@ -105,6 +120,31 @@ mod tests {
     fn out_of_range_line_has_no_offset() {
         assert_eq!(offset_of(TEXT, 9, 1), None);
         assert_eq!(offset_of(TEXT, 0, 1), None);
+    }
+
+    #[test]
+    fn a_carriage_return_alone_breaks_a_line_as_in_yaml() {
+        let text = "a: 1\rb: 2\r\nc: é\n";
+        for (line, column, byte) in [(1, 1, 0), (2, 1, 5), (2, 4, 8), (3, 4, 14)] {
+            assert_eq!(offset_of(text, line, column), Some(byte), "{line}:{column}");
+            assert_eq!(position_of(text, byte), Position { line, column });
+        }
+        assert_eq!(offset_of(text, 4, 1), Some(17));
+        assert_eq!(offset_of(text, 5, 1), None);
+        let shown = snippet(text, Position { line: 2, column: 4 });
+        assert_eq!(shown, "  |\n2 | b: 2\n  |    ^");
+    }
+
+    /// Found by the `config` fuzz target: a syntax error after a bare `\r` (a line
+    /// break to the YAML parser) had no position, as the line it named did not exist.
+    #[test]
+    fn a_syntax_error_after_a_bare_carriage_return_is_located() {
+        let text = "'\r\0\0\0\0\0\0\0nt1\x0b";
+        let error =
+            crate::config::parse_with_env("c.yaml", text, &|_| None, &|_| Vec::new()).unwrap_err();
+        let diagnostic = &error.diagnostics()[0];
+        assert_eq!(diagnostic.kind, crate::config::DiagnosticKind::Syntax);
+        assert_eq!(diagnostic.position, Some(Position { line: 2, column: 1 }));
     }
 
     #[test]

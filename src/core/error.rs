@@ -168,7 +168,9 @@ impl ProxyError {
 
 /// `Retry-After` in whole seconds, rounded up so that a client waiting that long passes.
 fn retry_after_seconds(wait: Duration) -> HeaderValue {
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let seconds = wait
+        .as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0));
     HeaderValue::from(seconds.max(1))
 }
 
@@ -226,5 +228,18 @@ mod tests {
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
         assert_eq!(error.to_response(true).headers()["grpc-status"], "8");
+    }
+
+    /// Found by the `timing_headers` fuzz target: rounding the longest wait up overflowed.
+    #[test]
+    fn the_longest_wait_saturates_instead_of_overflowing() {
+        let error = ProxyError::RateLimited {
+            retry_after: Duration::new(u64::MAX, 1),
+        };
+        let response = error.to_response(false);
+        assert_eq!(
+            response.headers()[header::RETRY_AFTER],
+            u64::MAX.to_string()
+        );
     }
 }

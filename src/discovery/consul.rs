@@ -325,7 +325,7 @@ impl HealthEntry {
     }
 }
 
-fn parse_health(body: &[u8]) -> Result<Vec<Instance>, String> {
+pub(crate) fn parse_health(body: &[u8]) -> Result<Vec<Instance>, String> {
     let entries: Vec<HealthEntry> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let mut instances = Vec::with_capacity(entries.len());
     for entry in entries {

@@ -182,16 +182,7 @@ impl FileRegistry {
             .await
             .map_err(|e| error(e.to_string()))?;
         let is_json = self.path.extension().is_some_and(|e| e == "json");
-        let mut services = parse(&text, is_json).map_err(error)?;
-        let entries = services.remove(service).unwrap_or_default();
-        entries
-            .into_iter()
-            .map(|entry| {
-                entry
-                    .into_instance()
-                    .map_err(|e| error(format!("{service}: {e}")))
-            })
-            .collect()
+        instances(&text, is_json, service).map_err(error)
     }
 }
 
@@ -222,6 +213,16 @@ impl Entry {
             Entry::Record(record) => Ok(record.into()),
         }
     }
+}
+
+/// The instances of `service` in a discovery file's `text` (JSON when `is_json`, else YAML).
+pub(crate) fn instances(text: &str, is_json: bool, service: &str) -> Result<Vec<Instance>, String> {
+    let mut services = parse(text, is_json)?;
+    let entries = services.remove(service).unwrap_or_default();
+    entries
+        .into_iter()
+        .map(|entry| entry.into_instance().map_err(|e| format!("{service}: {e}")))
+        .collect()
 }
 
 fn parse(text: &str, is_json: bool) -> Result<HashMap<String, Vec<Entry>>, String> {

@@ -67,6 +67,12 @@ pub use record::InstanceRecord;
 pub use registration::Registration;
 pub use zookeeper::{ZookeeperConfig, ZookeeperPayload, ZookeeperRegistry};
 
+// The parsers of registry answers, for the fuzz targets (`crate::fuzzing`).
+pub(crate) use consul::parse_health as consul_health;
+pub(crate) use eureka::apps as eureka_apps;
+pub(crate) use file::instances as file_instances;
+pub(crate) use nacos::parse_list as nacos_list;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;

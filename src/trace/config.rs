@@ -30,7 +30,7 @@ pub enum Compression {
 /// A trace-context header format written toward upstreams (every format is read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Propagation {
-    /// W3C `traceparent` / `tracestate` (always written) and `baggage`.
+    /// W3C `traceparent` / `tracestate` (always written; `baggage` is passed on as sent).
     W3c,
     /// Zipkin B3, multi-header form (`X-B3-TraceId`, ...).
     B3,

@@ -50,6 +50,6 @@ use call::*;
 use config::*;
 pub use export::TracingMetrics;
 use export::{Collector, Flusher, QueueLimits, Sink};
-use propagation::Propagators;
+pub(crate) use propagation::Propagators;
 use semconv::*;
 use span::{Kind, LiveSpan, Recording, SpanHandle};

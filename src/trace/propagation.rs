@@ -5,9 +5,11 @@
 //!
 //! Every format is read on every request: W3C `traceparent`/`tracestate` and `baggage`,
 //! B3 single (`b3`) and multi (`X-B3-*`), and Jaeger `uber-trace-id`. When several are
-//! present, W3C wins, then B3, then Jaeger. Toward the upstream, W3C and baggage are
-//! always written, B3 (multi-header) and Jaeger when configured; every trace header the
-//! caller sent is removed first, so no stale parent reaches the upstream.
+//! present, W3C wins, then B3, then Jaeger. Toward the upstream, W3C is always written,
+//! B3 (multi-header) and Jaeger when configured; every trace header the caller sent is
+//! removed first, so no stale parent reaches the upstream. `baggage` is passed on as the
+//! caller sent it: remora adds nothing to it, and the opentelemetry writer would change
+//! its meaning (a property holding an encoded `,` became an entry of its own).
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::OnceLock;
@@ -24,16 +26,16 @@ use super::Propagation;
 
 /// The propagators of one sidecar: one reading every format, one writing the configured ones.
 #[derive(Debug)]
-pub(super) struct Propagators {
+pub(crate) struct Propagators {
     extract: TextMapCompositePropagator,
     inject: TextMapCompositePropagator,
-    /// Every header any format reads: removed before injecting.
+    /// Every trace header any format reads (not `baggage`): removed before injecting.
     fields: Vec<HeaderName>,
 }
 
 impl Propagators {
-    /// Reads every format; writes W3C + baggage and those of `propagate`.
-    pub(super) fn new(propagate: &[Propagation]) -> Self {
+    /// Reads every format and baggage; writes W3C and those of `propagate`.
+    pub(crate) fn new(propagate: &[Propagation]) -> Self {
         // Later propagators overwrite earlier ones in the composite: lowest priority first.
         let extract = TextMapCompositePropagator::new(vec![
             Box::new(JaegerPropagator),
@@ -43,12 +45,11 @@ impl Propagators {
         ]);
         let fields = extract
             .fields()
+            .filter(|name| *name != BAGGAGE)
             .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
             .collect();
-        let mut writers: Vec<Box<dyn TextMapPropagator + Send + Sync>> = vec![
-            Box::new(TraceContextPropagator::new()),
-            Box::new(BaggagePropagator::new()),
-        ];
+        let mut writers: Vec<Box<dyn TextMapPropagator + Send + Sync>> =
+            vec![Box::new(TraceContextPropagator::new())];
         if propagate.contains(&Propagation::B3) {
             writers.push(Box::new(B3Propagator));
         }
@@ -63,19 +64,22 @@ impl Propagators {
     }
 
     /// The caller's context, or an empty one.
-    pub(super) fn extract(&self, headers: &HeaderMap) -> Context {
+    pub(crate) fn extract(&self, headers: &HeaderMap) -> Context {
         self.extract
             .extract_with_context(&Context::new(), &HeaderExtractor(headers))
     }
 
     /// Replaces the trace headers of `headers` with `cx`'s.
-    pub(super) fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
+    pub(crate) fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
         for name in &self.fields {
             headers.remove(name);
         }
         self.inject.inject_context(cx, &mut HeaderInjector(headers));
     }
 }
+
+/// W3C baggage: read, and left in the headers as the caller wrote it.
+const BAGGAGE: &str = "baggage";
 
 /// Reads propagation fields from request headers.
 struct HeaderExtractor<'a>(&'a HeaderMap);
@@ -99,13 +103,12 @@ impl Injector for HeaderInjector<'_> {
         let name = match key {
             "traceparent" => HeaderName::from_static("traceparent"),
             "tracestate" => HeaderName::from_static("tracestate"),
-            "baggage" => HeaderName::from_static("baggage"),
             _ => match HeaderName::from_bytes(key.as_bytes()) {
                 Ok(name) => name,
                 Err(_) => return,
             },
         };
-        // An empty `tracestate` or `baggage` says nothing: not sent (W3C allows that).
+        // An empty `tracestate` says nothing: not sent (W3C allows that).
         if value.is_empty() {
             return;
         }
@@ -271,6 +274,7 @@ impl TextMapPropagator for JaegerPropagator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::baggage::BaggageExt;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -349,5 +353,28 @@ mod tests {
         );
         assert_eq!(map["x-b3-traceid"], "0af7651916cd43dd8448eb211c80319c");
         assert!(map.get("b3").is_none());
+    }
+
+    /// Found by the `trace_context` fuzz target: rewritten by the opentelemetry writer, a
+    /// property holding an encoded `,` became an entry of its own, and one holding a
+    /// control character dropped the whole header.
+    #[test]
+    fn baggage_reaches_the_upstream_as_the_caller_wrote_it() {
+        let propagators = Propagators::new(&[Propagation::B3]);
+        for baggage in ["user=alice;note=a%2Cadmin=true", "rojo=0e;p%06=1,tier=gold"] {
+            let mut map = headers(&[
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+                ("baggage", baggage),
+            ]);
+            let cx = propagators.extract(&map);
+            propagators.inject(&cx, &mut map);
+            assert_eq!(map["baggage"], baggage);
+            assert_eq!(map.get_all("baggage").iter().count(), 1);
+            let again = propagators.extract(&map);
+            assert_eq!(again.baggage().len(), cx.baggage().len());
+        }
     }
 }

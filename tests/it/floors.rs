@@ -17,7 +17,7 @@ fn floor(module: &str) -> Option<(u8, u8)> {
         "health" | "policy" => (3, 3),
         "routing" => (3, 4),
         "build" => (4, 0),
-        "serve" | "demo" | "echo" => (5, 0),
+        "serve" | "demo" | "echo" | "fuzzing" => (5, 0),
         _ => return None,
     })
 }

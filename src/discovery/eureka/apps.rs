@@ -31,7 +31,7 @@ pub(super) struct Entry {
 
 /// The local copy of the server's registry: instances by id.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub(super) struct Apps {
+pub(crate) struct Apps {
     entries: BTreeMap<String, Entry>,
     /// `(app, status)` of the full fetch's instances without an id: outside the
     /// snapshots, inside the hash code (the server counts them).
@@ -40,9 +40,9 @@ pub(super) struct Apps {
 
 /// What one fetch answered.
 #[derive(Debug)]
-pub(super) struct Fetched {
+pub(crate) struct Fetched {
     /// The server's hash code of its whole registry (after the delta, for a delta).
-    pub(super) hashcode: String,
+    pub(crate) hashcode: String,
     /// `(id, entry, action)`; `action` is `ADDED`, `MODIFIED` or `DELETED` in a delta.
     pub(super) instances: Vec<(String, Entry, String)>,
     /// `(app, status)` of instances without an id: they cannot be tracked, so they are
@@ -68,7 +68,7 @@ fn text(value: Option<&Value>) -> Option<String> {
 }
 
 /// Reads the `{"applications": {...}}` answer of a full or delta fetch.
-pub(super) fn parse(body: &[u8]) -> Result<Fetched, String> {
+pub(crate) fn parse(body: &[u8]) -> Result<Fetched, String> {
     let root: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let applications = root
         .get("applications")
@@ -106,7 +106,7 @@ pub(super) fn parse(body: &[u8]) -> Result<Fetched, String> {
 
 impl Apps {
     /// The copy a full fetch makes.
-    pub(super) fn full(fetched: Fetched) -> Self {
+    pub(crate) fn full(fetched: Fetched) -> Self {
         let entries = fetched
             .instances
             .into_iter()
@@ -119,12 +119,12 @@ impl Apps {
     }
 
     /// How many of `app`'s instances have no id.
-    pub(super) fn unreadable(&self, app: &str) -> usize {
+    pub(crate) fn unreadable(&self, app: &str) -> usize {
         self.unreadable.iter().filter(|(a, _)| a == app).count()
     }
 
     /// Applies a delta fetch.
-    pub(super) fn apply(&mut self, delta: Fetched) {
+    pub(crate) fn apply(&mut self, delta: Fetched) {
         for (id, entry, action) in delta.instances {
             if action == "DELETED" {
                 self.entries.remove(&id);
@@ -136,7 +136,7 @@ impl Apps {
 
     /// Eureka's reconcile hash code: `STATUS_count_` per status present, statuses in
     /// alphabetical order (`DOWN_1_UP_3_`).
-    pub(super) fn hashcode(&self) -> String {
+    pub(crate) fn hashcode(&self) -> String {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         let statuses = self.entries.values().map(|entry| entry.status.as_str());
         for status in statuses.chain(self.unreadable.iter().map(|(_, s)| s.as_str())) {
@@ -150,7 +150,7 @@ impl Apps {
 
     /// The instances of `app` that take traffic (status `UP`), sorted by id, and the ids
     /// of its entries that could not be read, with why.
-    pub(super) fn snapshot(&self, app: &str) -> (Vec<Instance>, BTreeMap<String, String>) {
+    pub(crate) fn snapshot(&self, app: &str) -> (Vec<Instance>, BTreeMap<String, String>) {
         let mut instances = Vec::new();
         let mut malformed = BTreeMap::new();
         for (id, entry) in &self.entries {

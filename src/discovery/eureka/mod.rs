@@ -13,7 +13,7 @@
 //! (a 404 answer means the server forgot it: register again) and cancels it on
 //! deregistration ([`lease`]).
 
-mod apps;
+pub(crate) mod apps;
 mod lease;
 mod poller;
 

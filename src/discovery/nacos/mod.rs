@@ -282,7 +282,7 @@ impl NacosRegistry {
 
 /// Reads an instance list: the instances that take traffic (enabled, healthy, weight
 /// above zero), sorted by id, and the entries that could not be read, with why.
-fn parse_list(body: &[u8]) -> Result<(Vec<Instance>, BTreeMap<String, String>), String> {
+pub(crate) fn parse_list(body: &[u8]) -> Result<(Vec<Instance>, BTreeMap<String, String>), String> {
     let root: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let hosts = root["hosts"].as_array().ok_or("no \"hosts\" list")?;
     let mut instances = Vec::new();

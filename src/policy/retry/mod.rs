@@ -60,6 +60,9 @@ pub use config::{InvalidRetryConfig, RetryConfig};
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 pub use metrics::{AttemptLabels, FirstOrRetry, RetryMetrics};
+pub(crate) use pushback::asked;
+#[doc(hidden)]
+pub use pushback::ServerDelay;
 pub use service::Retry;
 
 /// Header telling the upstream which attempt (1-based) of the call this is.

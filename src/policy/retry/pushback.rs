@@ -15,7 +15,7 @@ static GRPC_PUSHBACK: HeaderName = HeaderName::from_static("grpc-retry-pushback-
 
 /// What a failed attempt's answer says about retrying.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum ServerDelay {
+pub enum ServerDelay {
     /// Nothing: the backoff applies.
     Unspecified,
     /// Wait this long (`grpc-retry-pushback-ms`, or `Retry-After` in seconds).
@@ -32,7 +32,7 @@ pub(super) fn server_delay(result: &Result<Response<ProxyBody>, ProxyError>) -> 
     }
 }
 
-fn asked(headers: &HeaderMap) -> ServerDelay {
+pub(crate) fn asked(headers: &HeaderMap) -> ServerDelay {
     if let Some(pushback) = headers.get(&GRPC_PUSHBACK) {
         return match pushback.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
             Some(ms) => ServerDelay::After(Duration::from_millis(ms)),

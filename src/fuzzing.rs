@@ -1,0 +1,299 @@
+//! Entry points of the fuzz targets (`fuzz/`, a harness built apart from the crate): each
+//! runs the code remora runs on input it does not control, without a file or a socket
+//! of its own. Not an API: hidden from the docs, no stability promised.
+//!
+//! Floor 5: the HTTP entry point serves a connection the way a listener does.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderMap;
+use hyper_util::rt::TokioIo;
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::trace::TraceContextExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::build::metrics::Metrics;
+use crate::build::state::State;
+use crate::config::{Config, ConfigError};
+use crate::discovery::Instance;
+use crate::serve::proxy::{Entry, ProxyService};
+use crate::serve::shared::Shared;
+use crate::trace::{Propagation, Tracing, TracingConfig, TracingMetrics};
+
+pub use crate::policy::retry::ServerDelay;
+
+/// The variables `${VAR}` finds in [`config`]; any other is unset.
+pub const CONFIG_ENV: [(&str, &str); 2] = [("HOST", "127.0.0.1"), ("PORT", "8080")];
+
+/// Loads configuration text as `remora validate` does (substitution from
+/// [`CONFIG_ENV`], decoding, the document's checks, the build checks), named
+/// `fuzz.yaml` in errors.
+pub fn config(text: &str) -> Result<Config, ConfigError> {
+    let env = |name: &str| {
+        CONFIG_ENV
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.to_string())
+    };
+    crate::build::validate::parse_with_env("fuzz.yaml", text, &env)
+}
+
+/// The configuration the HTTP entry point serves: a fixed answer on `/reply` of the
+/// service `orders` (its own port, or the shared outbound listener for host `orders`);
+/// every other request is forwarded to an endpoint that refuses connections (port 1 of
+/// the loopback), and so is every request of the inbound listener.
+pub const HTTP_CONFIG: &str = "\
+admin: { listen: 127.0.0.1:0 }
+inbound: { listen: 127.0.0.1:0, app: 127.0.0.1:1 }
+outbound: { listen: 127.0.0.1:0 }
+limits: { header_read_timeout: 1s, max_header_bytes: 8192 }
+services:
+  orders:
+    listen: 127.0.0.1:0
+    endpoints: [127.0.0.1:1]
+    routes:
+      - match: { path_prefix: /reply }
+        respond: { status: 200, body: ok }
+";
+
+/// Which listener an HTTP connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The inbound listener (toward the local app).
+    Inbound,
+    /// The shared outbound listener (routed by Host and path).
+    Outbound,
+    /// The dedicated port of the service `orders`.
+    Service,
+}
+
+/// A sidecar's state built from [`HTTP_CONFIG`], and the runtime its connections run on.
+struct HttpHarness {
+    runtime: tokio::runtime::Runtime,
+    shared: Arc<Shared>,
+}
+
+fn http_harness() -> &'static HttpHarness {
+    static HARNESS: OnceLock<HttpHarness> = OnceLock::new();
+    HARNESS.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let config = config(HTTP_CONFIG).expect("the harness config is valid");
+        let tracing = TracingConfig {
+            access_log: false,
+            ..TracingConfig::default()
+        };
+        let shared = runtime.block_on(async {
+            let metrics = Arc::new(Metrics::new());
+            let state = State::build(config, &metrics, None)
+                .await
+                .expect("the harness state builds");
+            Arc::new(Shared {
+                state: ArcSwap::from_pointee(state),
+                metrics,
+                draining: AtomicBool::new(false),
+                tracing: Tracing::new(&tracing, TracingMetrics::default())
+                    .expect("tracing without export"),
+            })
+        });
+        HttpHarness { runtime, shared }
+    })
+}
+
+/// Serves `input` as the bytes a client sent on one connection to `listener` (then
+/// closed its side), through the server settings and the proxy service every listener
+/// uses; returns what the sidecar wrote back. Panics when the exchange does not end
+/// within 5 seconds.
+pub fn http_exchange(listener: Listener, input: &[u8]) -> Vec<u8> {
+    let harness = http_harness();
+    let entry = match listener {
+        Listener::Inbound => Entry::Inbound,
+        Listener::Outbound => Entry::SharedOutbound,
+        Listener::Service => Entry::Service(Arc::from("orders")),
+    };
+    let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
+    let service = ProxyService::new(harness.shared.clone(), entry, peer, None);
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let state = harness.shared.state.load_full();
+    // NOTE: the listeners' settings, but a client's end of input does not abort the
+    // answers to what it sent: a fuzz input is the whole of what a client writes
+    // before it waits for answers, and a closed side is how the harness says so.
+    let mut builder = state.server.clone();
+    builder.http1().half_close(true);
+    let exchange = async move {
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(server), service);
+        let (mut reader, mut writer) = tokio::io::split(client);
+        let talk = async {
+            // The server may stop reading (an error, a close): what it left unread is
+            // of no interest.
+            let _ = writer.write_all(input).await;
+            let _ = writer.shutdown().await;
+            let mut output = Vec::new();
+            let _ = reader.read_to_end(&mut output).await;
+            output
+        };
+        let (_, output) = tokio::join!(connection, talk);
+        output
+    };
+    harness
+        .runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), exchange).await })
+        .expect("the sidecar ends a closed connection within 5 s")
+}
+
+/// What the propagators read from request headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// Trace id and span id (hex), whether sampled, and the `tracestate` as written
+    /// back; `None` when no valid span context was found.
+    pub span: Option<(String, String, bool, String)>,
+    /// The baggage entries (name, value and its properties as written back).
+    pub baggage: BTreeMap<String, String>,
+}
+
+fn propagators() -> &'static crate::trace::Propagators {
+    static PROPAGATORS: OnceLock<crate::trace::Propagators> = OnceLock::new();
+    PROPAGATORS.get_or_init(|| {
+        crate::trace::Propagators::new(&[Propagation::W3c, Propagation::B3, Propagation::Jaeger])
+    })
+}
+
+/// Reads every trace format from `headers`, as the request path does.
+pub fn trace_extract(headers: &HeaderMap) -> TraceContext {
+    let cx = propagators().extract(headers);
+    let span = cx.span();
+    let context = span.span_context();
+    let span = context.is_valid().then(|| {
+        (
+            context.trace_id().to_string(),
+            context.span_id().to_string(),
+            context.is_sampled(),
+            context.trace_state().header(),
+        )
+    });
+    let baggage = cx
+        .baggage()
+        .iter()
+        .map(|(name, (value, metadata))| {
+            (name.to_string(), format!("{value};{}", metadata.as_str()))
+        })
+        .collect();
+    TraceContext { span, baggage }
+}
+
+/// Reads every trace format from `headers`, then writes that context back as the
+/// upstream request gets it (W3C, baggage, B3 multi and Jaeger), replacing the trace
+/// headers of `headers`.
+pub fn trace_reinject(headers: &HeaderMap) -> HeaderMap {
+    let cx = propagators().extract(headers);
+    let mut written = headers.clone();
+    propagators().inject(&cx, &mut written);
+    written
+}
+
+/// What a failed attempt's answer asks of a retry (`grpc-retry-pushback-ms`,
+/// `Retry-After`), read as the retry layer reads it.
+pub fn server_delay(headers: &HeaderMap) -> ServerDelay {
+    crate::policy::retry::asked(headers)
+}
+
+/// An etcd value (also a discovery file's record) as an instance.
+pub fn etcd_value(value: &[u8]) -> Result<Instance, String> {
+    Instance::from_json(value).map_err(|e| e.to_string())
+}
+
+/// A Consul health answer's passing instances.
+pub fn consul_health(body: &[u8]) -> Result<Vec<Instance>, String> {
+    crate::discovery::consul_health(body)
+}
+
+/// A Nacos instance list: the instances that take traffic, and the malformed ones.
+pub fn nacos_list(body: &[u8]) -> Result<(Vec<Instance>, BTreeMap<String, String>), String> {
+    crate::discovery::nacos_list(body)
+}
+
+/// A discovery file's instances of `service` (JSON when `is_json`, else YAML).
+pub fn discovery_file(text: &str, is_json: bool, service: &str) -> Result<Vec<Instance>, String> {
+    crate::discovery::file_instances(text, is_json, service)
+}
+
+/// What a Eureka watch of `app` sees after a full fetch answered `full`, then a delta
+/// fetch answered `delta`.
+#[derive(Debug)]
+pub struct EurekaRefresh {
+    /// The instances of `app` after the full fetch, and its malformed entries.
+    pub full: (Vec<Instance>, BTreeMap<String, String>),
+    /// The same after the delta, when the delta was readable.
+    pub delta: Option<(Vec<Instance>, BTreeMap<String, String>)>,
+    /// Whether the copy's hash code matched the delta's after applying it.
+    pub in_sync: bool,
+}
+
+/// A Eureka full fetch and a delta applied to it, as the watch does.
+pub fn eureka_refresh(full: &[u8], delta: &[u8], app: &str) -> Result<EurekaRefresh, String> {
+    use crate::discovery::eureka_apps::{parse, Apps};
+    let mut apps = Apps::full(parse(full)?);
+    let app = app.to_ascii_uppercase();
+    let first = apps.snapshot(&app);
+    let _ = apps.unreadable(&app);
+    let Ok(delta) = parse(delta) else {
+        return Ok(EurekaRefresh {
+            full: first,
+            delta: None,
+            in_sync: false,
+        });
+    };
+    let expected = delta.hashcode.clone();
+    apps.apply(delta);
+    Ok(EurekaRefresh {
+        full: first,
+        delta: Some(apps.snapshot(&app)),
+        in_sync: apps.hashcode() == expected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(output: &[u8]) -> &str {
+        std::str::from_utf8(&output[..12.min(output.len())]).unwrap_or("")
+    }
+
+    #[test]
+    fn the_http_harness_answers_replies_and_refuses_both_framings() {
+        let ok = http_exchange(
+            Listener::Outbound,
+            b"GET /reply HTTP/1.1\r\nHost: orders\r\n\r\n",
+        );
+        assert_eq!(
+            status(&ok),
+            "HTTP/1.1 200",
+            "{}",
+            String::from_utf8_lossy(&ok)
+        );
+        let refused = http_exchange(
+            Listener::Service,
+            b"POST /reply HTTP/1.1\r\nHost: orders\r\nContent-Length: 3\r\n\
+              Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        );
+        assert_eq!(status(&refused), "HTTP/1.1 400");
+        let forwarded = http_exchange(Listener::Inbound, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(status(&forwarded), "HTTP/1.1 502");
+    }
+
+    #[test]
+    fn the_config_entry_point_substitutes_its_variables() {
+        let text = "admin: { listen: \"${HOST}:${PORT}\" }\n\
+                    inbound: { listen: 127.0.0.1:0, app: 127.0.0.1:1 }\n";
+        let config = config(text).unwrap();
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:8080");
+    }
+}
