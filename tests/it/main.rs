@@ -26,6 +26,7 @@ mod discovery_file;
 mod discovery_nacos;
 mod discovery_sidecar;
 mod discovery_zookeeper;
+mod docs;
 mod drain;
 mod fallback;
 mod floors;

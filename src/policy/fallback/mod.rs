@@ -1,15 +1,15 @@
 //! Fallback (degrade): a default answer instead of a failure.
 //!
-//! The layer sits above the overall timeout, retries and the breaker, and below the
-//! rate limit, so it sees the final outcome of a call. When that outcome is one of the
+//! The layer sits outermost: above the rate limit, the concurrency cap, the overall
+//! timeout, retries and the breaker, so it sees the final outcome of a call. When that outcome is one of the
 //! configured [`Triggers`], the caller gets the configured [`FallbackAction`] instead:
 //! a static answer, the answer of an alternate (degraded) service, or the last good
 //! answer to the same GET. Every such answer carries `x-remora-fallback: <trigger>`;
 //! any other outcome, `Err` included, passes through unchanged.
 //!
-//! `RateLimited` reaches this layer only where a limiter sits below it (the outbound
-//! limiter sits above by design, so its refusals are never degraded; an integrator can
-//! place one below, or an inbound stack can use it).
+//! The rate limit sits below this layer (see [`crate::policy`]), so its refusals reach
+//! it as `RateLimited` and can be degraded, while the limit still counts calls, not
+//! retries.
 
 mod respond;
 mod stale;
