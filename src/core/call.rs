@@ -52,6 +52,24 @@ impl CallInfo {
 #[derive(Debug, Clone, Default)]
 pub struct AvoidEndpoints(pub Vec<SocketAddr>);
 
+/// Request extension of an attempt bounded by a per-try timeout: set when that timeout
+/// cut the attempt short. The layers below see their future dropped without an outcome;
+/// this tells a timeout (a failure of the endpoint) from a caller that went away.
+#[derive(Debug, Clone, Default)]
+pub struct TryExpiry(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl TryExpiry {
+    /// Marks the attempt as cut short by its per-try timeout.
+    pub fn expire(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the per-try timeout cut the attempt short.
+    pub fn expired(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// Response extension: the endpoint that answered, and how long it took to answer (from
 /// sending the request to the response head).
 #[derive(Debug, Clone, Copy)]

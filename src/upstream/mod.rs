@@ -37,7 +37,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::balance::{Endpoint, EndpointSet};
 use crate::core::body::ProxyBody;
-use crate::core::call::{AvoidEndpoints, EndpointUsed};
+use crate::core::call::{AvoidEndpoints, EndpointUsed, TryExpiry};
 use crate::core::error::{ProxyError, Unsent};
 use crate::core::protocol::UpstreamProtocol;
 
@@ -73,6 +73,27 @@ pub trait EndpointObserver: Send + Sync + 'static {
         result: &Result<Response<ProxyBody>, ProxyError>,
         elapsed: Duration,
     );
+}
+
+/// While a try is in flight: if its future is dropped because its per-try timeout
+/// expired, the endpoint's observers are told of a timeout.
+struct Unanswered<'a> {
+    expiry: Option<TryExpiry>,
+    observers: &'a [Arc<dyn EndpointObserver>],
+    endpoint: &'a Endpoint,
+    started: std::time::Instant,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.expiry.as_ref().is_some_and(TryExpiry::expired) {
+            return;
+        }
+        let timeout = Err(ProxyError::Timeout(Duration::ZERO));
+        for observer in self.observers {
+            observer.observe(self.endpoint, &timeout, self.started.elapsed());
+        }
+    }
 }
 
 /// The innermost service of a target's stack: one attempt, to one endpoint.
@@ -186,6 +207,14 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                 to_origin_form(&mut request, &endpoint);
             }
 
+            // Endpoint breakers and outlier ejection see a try that a per-try timeout
+            // cuts short (this future dropped) as a timeout of this endpoint.
+            let mut unanswered = Unanswered {
+                expiry: request.extensions().get::<TryExpiry>().cloned(),
+                observers: &this.observers,
+                endpoint: &endpoint,
+                started: std::time::Instant::now(),
+            };
             let pool = this.clients.endpoint(endpoint.addr, tls);
             // Balancing: counts the attempt in flight and samples its RTT at response
             // headers; dropped with this future (timeout, cancel), it still ends.
@@ -202,6 +231,7 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                     .await
             };
             let elapsed = load.finish(result.is_ok());
+            unanswered.expiry = None;
             let mut result = result.map_err(|error| {
                 let endpoint = endpoint.addr.to_string();
                 match error {

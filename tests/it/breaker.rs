@@ -144,3 +144,62 @@ async fn an_open_endpoint_breaker_takes_the_endpoint_out_of_balancing() {
     let (_, _, breakers) = get(&format!("http://{admin}/breakers")).await;
     assert!(breakers.contains(&bad.to_string()), "{breakers}");
 }
+
+/// A try cut short by its per-try timeout is a failure of `try_timeout` for the service
+/// breaker and for the endpoint breakers below the retry layer, not a call that vanished.
+#[tokio::test]
+async fn per_try_timeouts_count_as_try_timeout_failures() {
+    let hung = serve(|_r| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        http::Response::new(full("late"))
+    })
+    .await;
+    let policies = "  retries:
+    once:
+      attempts: 1
+      per_try_timeout: 100ms
+  breakers:
+    slow:
+      consecutive_failures: 2
+      open_for: 1m
+      max_open_for: 1m
+      failure_on: [try_timeout]";
+    let proxy = with_policies(policies, "    retry: once\n    breaker: slow", &[hung]).await;
+    for _ in 0..2 {
+        let (status, headers, _) = get(&url(&proxy)).await;
+        assert_eq!(
+            (status.as_u16(), headers["x-remora-error"].to_str().unwrap()),
+            (504, "timeout")
+        );
+    }
+    let (status, headers, _) = get(&url(&proxy)).await;
+    assert_eq!(
+        (status.as_u16(), headers["x-remora-error"].to_str().unwrap()),
+        (503, "breaker-open"),
+        "two per-try timeouts opened the breaker"
+    );
+
+    // Endpoint breakers: the hung endpoint leaves the rotation, the good one serves.
+    let (good, good_log) = scripted(|_| 200).await;
+    let policies = "  retries:
+    once:
+      attempts: 1
+      per_try_timeout: 100ms
+  breakers:
+    replica:
+      consecutive_failures: 1
+      open_for: 1m
+      max_open_for: 1m
+      failure_on: [try_timeout]";
+    let extra =
+        "    retry: once\n    endpoint_breaker: replica\n    balancer: { algorithm: round_robin }";
+    let proxy = with_policies(policies, extra, &[hung, good]).await;
+    for _ in 0..4 {
+        get(&url(&proxy)).await;
+    }
+    let before = good_log.len();
+    for _ in 0..6 {
+        assert_eq!(get(&url(&proxy)).await.0, 200, "the hung endpoint is out");
+    }
+    assert_eq!(good_log.len(), before + 6);
+}

@@ -34,6 +34,7 @@ use tower::{Layer, Service};
 use super::state::{Breaker, BreakerState, Ticket, Transition};
 use super::{log_transition, BreakerConfig, BreakerMetrics, BreakerView};
 use crate::core::body::ProxyBody;
+use crate::core::call::TryExpiry;
 use crate::core::error::ProxyError;
 
 /// Wraps a service's stack in its circuit breaker. Every service made from one layer
@@ -140,7 +141,7 @@ where
 
     #[inline]
     fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
-        let Some(permit) = self.shared.admit() else {
+        let Some(mut permit) = self.shared.admit() else {
             self.shared.rejected.inc();
             return ResponseFuture {
                 inner: Inner::Refused {
@@ -148,6 +149,7 @@ where
                 },
             };
         };
+        permit.expiry = request.extensions().get::<TryExpiry>().cloned();
         ResponseFuture {
             inner: Inner::Called {
                 future: self.inner.call(request),
@@ -203,12 +205,16 @@ where
     }
 }
 
-/// A call's leave to go through; dropped without an outcome, it gives a probe slot back.
+/// A call's leave to go through; dropped without an outcome, it gives a probe slot back,
+/// or records a timeout when a per-try timeout cut the call short.
 #[derive(Debug)]
 struct Permit {
     shared: Arc<Shared>,
     /// `None` once the outcome is recorded.
     ticket: Option<Ticket>,
+    /// Set when the retry layer above bounds the try: tells a per-try timeout from a
+    /// caller that went away.
+    expiry: Option<TryExpiry>,
 }
 
 impl Permit {
@@ -225,7 +231,15 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some(ticket) = self.ticket.take().filter(Ticket::is_probe) {
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        if self.expiry.as_ref().is_some_and(TryExpiry::expired) {
+            // `try_timeout` in `failure_on`: the try ran out of its per-try timeout.
+            let timeout = Err(ProxyError::Timeout(std::time::Duration::ZERO));
+            let failed = self.shared.config.failure_on().matches(&timeout);
+            self.shared.record(ticket, failed);
+        } else if ticket.is_probe() {
             let mut breaker = self.shared.lock();
             breaker.release(ticket);
         }
@@ -259,6 +273,7 @@ impl Shared {
             return Some(Permit {
                 shared: self.clone(),
                 ticket: Some(Ticket::closed(published >> STATE_BITS)),
+                expiry: None,
             });
         }
         let mut breaker = self.lock();
@@ -271,6 +286,7 @@ impl Shared {
         Some(Permit {
             shared: self.clone(),
             ticket: Some(ticket),
+            expiry: None,
         })
     }
 

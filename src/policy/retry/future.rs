@@ -22,7 +22,7 @@ use super::decide::failed_endpoint;
 use super::layer::Shared;
 use super::resend::Resend;
 use crate::core::body::ProxyBody;
-use crate::core::call::AvoidEndpoints;
+use crate::core::call::{AvoidEndpoints, TryExpiry};
 use crate::core::error::ProxyError;
 
 pin_project! {
@@ -122,6 +122,8 @@ pin_project! {
         attempt: u32,
         // The next attempt's request, between a decision and its sending.
         next: Option<Request<ProxyBody>>,
+        // The attempt in flight's per-try expiry mark (with a per-try timeout only).
+        expiry: Option<TryExpiry>,
     }
 }
 
@@ -157,28 +159,39 @@ where
             avoid: Vec::new(),
             attempt: 0,
             next: None,
+            expiry: None,
         }
     }
 
     /// Sends the call's next attempt, `request`, bounded by the per-try timeout.
-    pub(super) fn send(self: Pin<&mut Self>, request: Request<ProxyBody>) -> S::Future {
+    pub(super) fn send(self: Pin<&mut Self>, mut request: Request<ProxyBody>) -> S::Future {
         let this = self.project();
         *this.attempt += 1;
         *this.phase = Phase::Sending;
         if let Some(limit) = this.shared.config.per_try_timeout {
             arm(this.timer, Instant::now() + limit);
+            let expiry = TryExpiry::default();
+            request.extensions_mut().insert(expiry.clone());
+            *this.expiry = Some(expiry);
         }
         this.shared.send(this.inner, request, *this.attempt)
     }
 
-    /// Whether the attempt in flight ran past its per-try bound.
+    /// Whether the attempt in flight ran past its per-try bound; if so it is marked
+    /// expired, so that the layers below count it as a timeout when it is dropped.
     fn per_try_expired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
         let this = self.project();
-        this.shared.config.per_try_timeout.is_some()
+        let expired = this.shared.config.per_try_timeout.is_some()
             && this
                 .timer
                 .as_pin_mut()
-                .is_some_and(|timer| timer.poll(cx).is_ready())
+                .is_some_and(|timer| timer.poll(cx).is_ready());
+        if expired {
+            if let Some(expiry) = this.expiry.take() {
+                expiry.expire();
+            }
+        }
+        expired
     }
 
     /// After the last attempt ended with `result`: `Some(result)` when the call is over,
