@@ -124,7 +124,10 @@ impl State {
         }
         let mut discovery = HashMap::new();
         let mut cores = Vec::new();
-        let clients = UpstreamClients::new(crate::build::resolve::pool(&config.upstream));
+        let clients = UpstreamClients::with_metrics(
+            crate::build::resolve::pool(&config.upstream),
+            metrics.pools.clone(),
+        );
         let builder = StackBuilder::new(&config.policies, &metrics.policy, clients);
         let mut probe_tls = Vec::new();
         for (name, service) in &config.services {

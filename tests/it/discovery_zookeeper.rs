@@ -180,7 +180,15 @@ async fn curator_and_remora_find_each_other() {
 
     // Curator reads remora's registration, payload and metadata included.
     let listed = curator.list(&zk.server(), "inventory").await;
-    let inbound = remora.handle().config().register.as_ref().unwrap().address.addr().expect("registered at an address");
+    let inbound = remora
+        .handle()
+        .config()
+        .register
+        .as_ref()
+        .unwrap()
+        .address
+        .addr()
+        .expect("registered at an address");
     assert_eq!(
         listed,
         [
@@ -219,7 +227,15 @@ async fn registration_is_an_ephemeral_curator_instance_kept_by_reloads_deleted_o
 
     let (stat, document) = znode(&client, "one").await.expect("registered");
     assert_ne!(stat.ephemeral_owner, 0, "an ephemeral znode");
-    let inbound = one.handle().config().register.as_ref().unwrap().address.addr().expect("registered at an address");
+    let inbound = one
+        .handle()
+        .config()
+        .register
+        .as_ref()
+        .unwrap()
+        .address
+        .addr()
+        .expect("registered at an address");
     assert_eq!(document["name"], "inventory");
     assert_eq!(document["id"], "one");
     assert_eq!(document["address"], inbound.ip().to_string());

@@ -41,6 +41,7 @@ mod mtls_mesh;
 mod mtls_outbound;
 mod names;
 mod otlp_export;
+mod pool;
 mod rate_limit;
 mod reload;
 mod retry;
