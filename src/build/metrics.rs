@@ -100,6 +100,8 @@ pub struct Metrics {
     pub tcp: crate::upstream::TcpMetrics,
     /// Tries and latency per endpoint.
     pub endpoints: crate::upstream::EndpointMetrics,
+    /// Calls waiting for an upstream connection, refused or timed out there.
+    pub pools: crate::upstream::PoolMetrics,
     /// Copies sent to mirrors, and those dropped.
     pub mirror: crate::routing::MirrorMetrics,
 }
@@ -164,6 +166,7 @@ impl Metrics {
         let health = crate::health::HealthMetrics::register(&mut registry);
         let tcp = crate::upstream::TcpMetrics::register(&mut registry);
         let endpoints = crate::upstream::EndpointMetrics::register(&mut registry);
+        let pools = crate::upstream::PoolMetrics::register(&mut registry);
         let mirror = crate::routing::MirrorMetrics::register(&mut registry);
         registry.register_collector(Box::new(DroppedLogLines));
         registry.register_collector(Box::new(super::process_metrics::ProcessMetrics));
@@ -179,6 +182,7 @@ impl Metrics {
         Self {
             tcp,
             endpoints,
+            pools,
             mirror,
             policy,
             discovery,

@@ -132,7 +132,10 @@ impl State {
         let mut cores = Vec::new();
         let clients = match previous.filter(|p| p.config.upstream == config.upstream) {
             Some(previous) => previous.clients.clone(),
-            None => UpstreamClients::new(crate::build::resolve::pool(&config.upstream)),
+            None => UpstreamClients::with_metrics(
+                crate::build::resolve::pool(&config.upstream),
+                metrics.pools.clone(),
+            ),
         };
         let builder = StackBuilder::new(&config.policies, &metrics.policy, clients.clone())
             .carrying(previous.map(|p| &p.carry));

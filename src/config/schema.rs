@@ -251,6 +251,16 @@ pub struct UpstreamSection {
     /// limit applies too).
     #[serde(default = "default_http2_streams")]
     pub http2_streams_per_connection: usize,
+    /// Connections being established to one endpoint at once, at most; calls beyond
+    /// wait in the endpoint's pending queue.
+    #[serde(default = "default_max_connecting")]
+    pub max_connecting_per_endpoint: usize,
+    /// Calls waiting for a connection to one endpoint, at most; more are refused at once.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_per_endpoint: usize,
+    /// How long a call waits in the pending queue before it fails.
+    #[serde(default = "default_pending_timeout", with = "super::scalar::duration")]
+    pub pending_timeout: Duration,
 }
 
 /// Logging.
@@ -320,6 +330,15 @@ fn default_http2_connections() -> usize {
 fn default_http2_streams() -> usize {
     100
 }
+fn default_max_connecting() -> usize {
+    16
+}
+fn default_max_pending() -> usize {
+    4096
+}
+fn default_pending_timeout() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_log_level() -> String {
     "info".to_string()
 }
@@ -351,6 +370,9 @@ impl Default for UpstreamSection {
             pool_max_idle_per_endpoint: default_pool_max_idle(),
             http2_connections_per_endpoint: default_http2_connections(),
             http2_streams_per_connection: default_http2_streams(),
+            max_connecting_per_endpoint: default_max_connecting(),
+            max_pending_per_endpoint: default_max_pending(),
+            pending_timeout: default_pending_timeout(),
         }
     }
 }

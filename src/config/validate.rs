@@ -379,6 +379,24 @@ fn check_limits(config: &Config, issues: &mut Vec<Issue>) {
             "must be longer than zero",
         ));
     }
+    if config.upstream.max_connecting_per_endpoint == 0 {
+        issues.push(Issue::at(
+            upstream.key("max_connecting_per_endpoint"),
+            "must be at least 1",
+        ));
+    }
+    if config.upstream.max_pending_per_endpoint == 0 {
+        issues.push(Issue::at(
+            upstream.key("max_pending_per_endpoint"),
+            "must be at least 1",
+        ));
+    }
+    if config.upstream.pending_timeout.is_zero() {
+        issues.push(Issue::at(
+            upstream.key("pending_timeout"),
+            "must be longer than zero",
+        ));
+    }
 }
 
 fn check_log(config: &Config, issues: &mut Vec<Issue>) {
@@ -578,6 +596,23 @@ mod tests {
         let found = messages(&config);
         assert_eq!(found.len(), 5, "{found:?}");
         assert!(found[1].starts_with("limits.max_header_bytes: must be at least 8192"));
+    }
+
+    #[test]
+    fn pending_queue_settings_have_floors() {
+        let mut config = base();
+        config.upstream.max_connecting_per_endpoint = 0;
+        config.upstream.max_pending_per_endpoint = 0;
+        config.upstream.pending_timeout = std::time::Duration::ZERO;
+        let found = messages(&config);
+        assert_eq!(
+            found,
+            [
+                "upstream.max_connecting_per_endpoint: must be at least 1",
+                "upstream.max_pending_per_endpoint: must be at least 1",
+                "upstream.pending_timeout: must be longer than zero",
+            ],
+        );
     }
 
     #[test]

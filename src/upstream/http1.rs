@@ -1,9 +1,16 @@
-//! One endpoint's idle HTTP/1.1 keep-alive connections: a bounded LIFO stack.
+//! One endpoint's idle HTTP/1.1 keep-alive connections: a bounded LIFO stack, and the
+//! calls waiting for a connection.
 //!
 //! Check-out pops the most recently used connection that is ready (the warmest, and it
 //! leaves the coldest ones to time out); check-in happens when a response body ends
 //! (see [`PooledBody`](super::PooledBody)). A connection whose dispatcher is closed or
 //! busy is dropped, not returned.
+//!
+//! A call that finds no idle connection connects, holding one of the endpoint's few
+//! connect slots meanwhile; with every slot taken it waits in the endpoint's
+//! [`PendingQueue`] for a checked-in connection or a slot. So a burst on a cold pool
+//! opens connections a few at a time, reusing those that free up, instead of sending
+//! the endpoint one SYN per call at once.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,7 +20,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
-use super::pool::{PoolConfig, Pools, SendError};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
+
+use super::pending::{PendingQueue, PoolMetrics};
+use super::pool::{ConnectError, PoolConfig, Pools, SendError};
 use super::tls::UpstreamTls;
 use crate::core::body::{ConnectionHome, Lease, ProxyBody};
 
@@ -24,21 +34,51 @@ struct Idle {
     since: Instant,
 }
 
-/// Idle HTTP/1.1 connections to one endpoint.
+/// What trying the idle connections came to.
+enum Tried {
+    /// The request went out on one (or failed after it was sent).
+    Done(Result<Response<ProxyBody>, SendError>),
+    /// None was ready: the request is given back.
+    NoIdle(Request<ProxyBody>),
+}
+
+/// What waiting in the pending queue came to.
+enum Queued<'a> {
+    /// Sent on a released connection, or failed (queue full, timed out).
+    Done(Result<Response<ProxyBody>, SendError>),
+    /// A connect slot: connect, and send the request on the new connection.
+    Connect(SemaphorePermit<'a>, Request<ProxyBody>),
+}
+
+/// Idle HTTP/1.1 connections to one endpoint, and the calls waiting for one.
 #[derive(Debug)]
 pub(crate) struct Http1Pool {
     /// Most recently returned last; never longer than `max_idle`.
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// Connect slots: a call holds one while its connection is being established.
+    connects: Semaphore,
+    /// Calls that found no idle connection and no free slot.
+    pending: PendingQueue,
+    /// Woken (one waiter per connection) when a connection is checked in while calls
+    /// wait.
+    released: Notify,
 }
 
 impl Http1Pool {
-    pub(super) fn new(config: &PoolConfig) -> Self {
+    pub(super) fn new(config: &PoolConfig, metrics: &PoolMetrics) -> Self {
         Self {
             idle: Mutex::new(Vec::new()),
             max_idle: config.max_idle_per_endpoint,
             idle_timeout: config.idle_timeout,
+            connects: Semaphore::new(config.max_connecting_per_endpoint.max(1)),
+            pending: PendingQueue::new(
+                config.max_pending_per_endpoint,
+                config.pending_timeout,
+                metrics,
+            ),
+            released: Notify::new(),
         }
     }
 
@@ -50,33 +90,90 @@ impl Http1Pool {
     }
 
     /// Sends `request` on an idle connection, or on a new one (over `tls`, when given)
-    /// when none is ready.
+    /// when none is ready and a connect slot is free; else it waits in the endpoint's
+    /// pending queue for either.
     ///
     /// A request that a pooled connection gave back unsent (it closed as the request
-    /// arrived) is sent on the next one; only a failure to connect is a `Connect` error.
+    /// arrived) is sent on the next one; only a failure to connect (or to get a
+    /// connection from the queue) is a `Connect` error.
     pub(super) async fn send(
         self: &Arc<Self>,
         pools: &Arc<Pools>,
         addr: SocketAddr,
         tls: Option<&UpstreamTls>,
-        mut request: Request<ProxyBody>,
+        request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
-        while let Some(mut sender) = self.checkout() {
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.lease(response, sender)),
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(SendError::Upstream(error.into_error())),
-                },
-            }
-        }
-        let mut sender = match pools.connect_http1(addr, tls).await {
+        let request = match self.send_on_idle(request).await {
+            Tried::Done(result) => return result,
+            Tried::NoIdle(request) => request,
+        };
+        let (permit, request) = match self.connects.try_acquire() {
+            Ok(permit) => (permit, request),
+            Err(_) => match self.wait(request).await {
+                Queued::Done(result) => return result,
+                Queued::Connect(permit, request) => (permit, request),
+            },
+        };
+        let connected = pools.connect_http1(addr, tls).await;
+        drop(permit);
+        let mut sender = match connected {
             Ok(sender) => sender,
             Err(error) => return Err(SendError::Connect(error, Box::new(request))),
         };
         match sender.send_request(request).await {
             Ok(response) => Ok(self.lease(response, sender)),
             Err(error) => Err(SendError::Upstream(error)),
+        }
+    }
+
+    /// Sends `request` on the most recently returned connection that takes it, if any.
+    async fn send_on_idle(self: &Arc<Self>, mut request: Request<ProxyBody>) -> Tried {
+        while let Some(mut sender) = self.checkout() {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Tried::Done(Ok(self.lease(response, sender))),
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Tried::Done(Err(SendError::Upstream(error.into_error()))),
+                },
+            }
+        }
+        Tried::NoIdle(request)
+    }
+
+    /// Waits in the pending queue until a connection is released (and sends `request`
+    /// on it) or a connect slot frees up, whichever comes first, within the pending
+    /// timeout.
+    async fn wait(self: &Arc<Self>, mut request: Request<ProxyBody>) -> Queued<'_> {
+        let _place = match self.pending.enter() {
+            Ok(place) => place,
+            Err(error) => return Queued::Done(Err(SendError::Connect(error, Box::new(request)))),
+        };
+        // Both kept across wake-ups: the connect slot is granted in arrival order.
+        let slot = self.connects.acquire();
+        tokio::pin!(slot);
+        let deadline = tokio::time::sleep(self.pending.timeout());
+        tokio::pin!(deadline);
+        loop {
+            // Looked for after taking a place: a connection checked in before it, while
+            // nobody was counted as waiting, woke nobody.
+            request = match self.send_on_idle(request).await {
+                Tried::Done(result) => return Queued::Done(result),
+                Tried::NoIdle(request) => request,
+            };
+            tokio::select! {
+                biased;
+                permit = &mut slot => {
+                    // The semaphore is never closed.
+                    if let Ok(permit) = permit {
+                        return Queued::Connect(permit, request);
+                    }
+                }
+                () = self.released.notified() => {}
+                () = &mut deadline => {
+                    let error = ConnectError::QueueTimeout(self.pending.timeout());
+                    return Queued::Done(Err(SendError::Connect(error, Box::new(request))));
+                }
+            }
         }
     }
 
@@ -111,12 +208,20 @@ impl Http1Pool {
     }
 
     fn push(&self, sender: SendRequest<ProxyBody>) {
-        let mut idle = self.lock();
-        if idle.len() < self.max_idle {
+        {
+            let mut idle = self.lock();
+            if idle.len() >= self.max_idle {
+                return;
+            }
             idle.push(Idle {
                 sender,
                 since: Instant::now(),
             });
+        }
+        // After the push: a call that takes its place in the queue after this load
+        // looks at the idle connections before it waits.
+        if self.pending.has_waiters() {
+            self.released.notify_one();
         }
     }
 

@@ -7,6 +7,8 @@
 //! whichever is lower; at the maximum, the least loaded connection queues the stream
 //! until the server allows it. Connections closed by the peer (GOAWAY, failure) are
 //! dropped from the set at the next request, so the one after opens a new connection.
+//! While the first connections are being made, requests wait for them (at most the
+//! maximum is ever being opened at once) in the endpoint's bounded [`PendingQueue`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +19,8 @@ use http::{Request, Response};
 use hyper::client::conn::http2::SendRequest;
 use tokio::sync::Notify;
 
-use super::pool::{PoolConfig, Pools, SendError};
+use super::pending::{PendingQueue, PoolMetrics};
+use super::pool::{ConnectError, PoolConfig, Pools, SendError};
 use super::tls::UpstreamTls;
 use crate::core::body::{Lease, ProxyBody, StreamSlot};
 
@@ -80,13 +83,20 @@ pub(crate) struct Http2Pool {
     connected: Notify,
     max_connections: usize,
     streams_per_connection: usize,
+    /// Requests waiting for a connect under way.
+    pending: PendingQueue,
 }
 
 impl Http2Pool {
-    pub(super) fn new(config: &PoolConfig) -> Self {
+    pub(super) fn new(config: &PoolConfig, metrics: &PoolMetrics) -> Self {
         Self {
             connections: Mutex::new(Connections::default()),
             connected: Notify::new(),
+            pending: PendingQueue::new(
+                config.max_pending_per_endpoint,
+                config.pending_timeout,
+                metrics,
+            ),
             max_connections: config.http2_max_connections,
             streams_per_connection: config.http2_streams_per_connection,
         }
@@ -109,6 +119,8 @@ impl Http2Pool {
         request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
         let mut request = request;
+        // A place in the pending queue, and until when, once the request waits.
+        let mut queued = None;
         loop {
             let next = {
                 let mut connections = self.lock();
@@ -132,7 +144,21 @@ impl Http2Pool {
                 Next::Sent(sent, slot) => return answered(sent.await, slot),
                 Next::Wait(unsent, notified) => {
                     request = unsent;
-                    notified.await;
+                    if queued.is_none() {
+                        let place = match self.pending.enter() {
+                            Ok(place) => place,
+                            Err(error) => return Err(SendError::Connect(error, Box::new(request))),
+                        };
+                        let until = tokio::time::Instant::now() + self.pending.timeout();
+                        queued = Some((place, until));
+                    }
+                    let until = queued
+                        .as_ref()
+                        .map_or_else(tokio::time::Instant::now, |(_, until)| *until);
+                    if tokio::time::timeout_at(until, notified).await.is_err() {
+                        let error = ConnectError::QueueTimeout(self.pending.timeout());
+                        return Err(SendError::Connect(error, Box::new(request)));
+                    }
                 }
                 Next::Connect(unsent) => {
                     request = unsent;

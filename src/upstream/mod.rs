@@ -3,7 +3,9 @@
 //!
 //! - `pool`: [`UpstreamClients`], the per-endpoint pools, how connections are made, and
 //!   [`PooledBody`], which gives a connection back when its response body ends;
-//! - `http1`: an endpoint's idle HTTP/1.1 keep-alive connections (a LIFO stack);
+//! - `http1`: an endpoint's idle HTTP/1.1 keep-alive connections (a LIFO stack) and its
+//!   bounded connects;
+//! - `pending`: the bounded queue of calls waiting for an endpoint's connection;
 //! - `http2`: an endpoint's few multiplexed HTTP/2 connections (least loaded first);
 //! - `hygiene`: hop-by-hop headers, `x-forwarded-*`, upgrade requests;
 //! - `tls`: TLS origination: [`UpstreamTls`] (a client config per pool, keyed apart from
@@ -18,6 +20,7 @@ mod endpoint_metrics;
 mod http1;
 mod http2;
 mod hygiene;
+mod pending;
 mod pool;
 mod tcp;
 #[cfg(test)]
@@ -43,6 +46,7 @@ use crate::core::protocol::UpstreamProtocol;
 
 pub use endpoint_metrics::{EndpointMetrics, EndpointStats, MAX_ENDPOINTS};
 pub use hygiene::{requested_upgrade, set_forwarded, strip_hop_by_hop, ForwardedFor};
+pub use pending::PoolMetrics;
 use pool::SendError;
 pub use pool::{ConnectError, PoolConfig, PoolConfigError, UpstreamClients};
 pub use tcp::{
@@ -232,21 +236,33 @@ impl tower::Service<Request<ProxyBody>> for Forward {
             };
             let elapsed = load.finish(result.is_ok());
             unanswered.expiry = None;
+            // A call that waited in this sidecar's own pending queue never reached the
+            // endpoint: its failure says nothing of the endpoint's health.
+            let queued_out = matches!(
+                &result,
+                Err(SendError::Connect(
+                    ConnectError::QueueFull(_) | ConnectError::QueueTimeout(_),
+                    _
+                ))
+            );
             let mut result = result.map_err(|error| {
                 let endpoint = endpoint.addr.to_string();
                 match error {
-                    SendError::Connect(source, unsent) => ProxyError::Connect {
-                        endpoint,
-                        source: source.into(),
-                        unsent: Some(Unsent(unsent)),
-                    },
+                    SendError::Connect(source, unsent) => {
+                        this.clients.pools().metrics.record(&this.service, &source);
+                        ProxyError::Connect {
+                            endpoint,
+                            source: source.into(),
+                            unsent: Some(Unsent(unsent)),
+                        }
+                    }
                     SendError::Upstream(source) => ProxyError::Upstream {
                         endpoint,
                         source: source.into(),
                     },
                 }
             });
-            if !this.observers.is_empty() {
+            if !this.observers.is_empty() && !queued_out {
                 for observer in this.observers.iter() {
                     observer.observe(&endpoint, &result, elapsed);
                 }

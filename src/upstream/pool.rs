@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 
 use super::http1::Http1Pool;
 use super::http2::Http2Pool;
+use super::pending::PoolMetrics;
 use super::tls::{TlsError, UpstreamTls};
 use crate::core::body::{Lease, PooledBody, ProxyBody};
 
@@ -49,6 +50,14 @@ pub struct PoolConfig {
     pub http2_streams_per_connection: usize,
     /// How often an HTTP/2 connection with streams in flight is pinged.
     pub http2_keep_alive_interval: Duration,
+    /// Connects under way to one endpoint at once, at most (a burst on a cold pool
+    /// must not flood the endpoint's accept queue); 0 counts as 1.
+    pub max_connecting_per_endpoint: usize,
+    /// Calls of one endpoint waiting for a connection, at most; more are refused at once.
+    pub max_pending_per_endpoint: usize,
+    /// How long a call waits for a connection (one released by another call, or a
+    /// connect slot) before it fails.
+    pub pending_timeout: Duration,
 }
 
 /// A pool setting that cannot work.
@@ -96,6 +105,13 @@ pub enum ConnectError {
     /// The TLS handshake failed or timed out.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// No connection was tried: the endpoint's pending queue already held this many
+    /// calls.
+    #[error("no connection free and the endpoint's pending queue is full ({0} calls waiting)")]
+    QueueFull(usize),
+    /// No connection was free, nor a connect slot, within the pending timeout.
+    #[error("no connection free within the pending timeout ({0:?})")]
+    QueueTimeout(Duration),
 }
 
 /// Why one exchange with an endpoint failed.
@@ -124,6 +140,8 @@ pub(super) struct Pools {
     /// Whether the reaper task runs (started with the first connection, inside the
     /// runtime).
     reaper: AtomicBool,
+    /// The pending queues' metrics.
+    pub(super) metrics: PoolMetrics,
 }
 
 /// The pools of every endpoint: plaintext ones by address, TLS ones by address and
@@ -151,8 +169,9 @@ impl EndpointPools {
         addr: SocketAddr,
         tls: Option<&Arc<UpstreamTls>>,
         config: &PoolConfig,
+        metrics: &PoolMetrics,
     ) -> Arc<EndpointPool> {
-        let make = || Arc::new(EndpointPool::new(addr, tls.cloned(), config));
+        let make = || Arc::new(EndpointPool::new(addr, tls.cloned(), config, metrics));
         match tls {
             None => self.plaintext.entry(addr).or_insert_with(make).clone(),
             Some(tls) => self
@@ -186,8 +205,14 @@ pub(super) struct EndpointPool {
 }
 
 impl UpstreamClients {
-    /// Pools with `config`.
+    /// Pools with `config`, their queues counted in metrics of their own (see
+    /// [`Self::with_metrics`]).
     pub fn new(config: PoolConfig) -> Self {
+        Self::with_metrics(config, PoolMetrics::default())
+    }
+
+    /// Pools with `config`, their queues counted in `metrics`.
+    pub fn with_metrics(config: PoolConfig, metrics: PoolMetrics) -> Self {
         let http1 = http1::Builder::new();
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         // NOTE: fixed, large windows rather than the adaptive window. Besides flow
@@ -209,6 +234,7 @@ impl UpstreamClients {
                 http2,
                 endpoints: RwLock::new(EndpointPools::default()),
                 reaper: AtomicBool::new(false),
+                metrics,
             }),
         }
     }
@@ -233,7 +259,7 @@ impl UpstreamClients {
             Ok(endpoints) => endpoints,
             Err(poisoned) => poisoned.into_inner(),
         };
-        endpoints.get_or_insert(addr, tls, &self.pools.config)
+        endpoints.get_or_insert(addr, tls, &self.pools.config, &self.pools.metrics)
     }
 
     /// The pools, for sending.
@@ -256,12 +282,17 @@ impl UpstreamClients {
 }
 
 impl EndpointPool {
-    fn new(addr: SocketAddr, tls: Option<Arc<UpstreamTls>>, config: &PoolConfig) -> Self {
+    fn new(
+        addr: SocketAddr,
+        tls: Option<Arc<UpstreamTls>>,
+        config: &PoolConfig,
+        metrics: &PoolMetrics,
+    ) -> Self {
         Self {
             addr,
             tls,
-            http1: Arc::new(Http1Pool::new(config)),
-            http2: Http2Pool::new(config),
+            http1: Arc::new(Http1Pool::new(config, metrics)),
+            http2: Http2Pool::new(config, metrics),
         }
     }
 }

@@ -93,6 +93,9 @@ fn config() -> PoolConfig {
         http2_max_connections: 4,
         http2_streams_per_connection: 100,
         http2_keep_alive_interval: Duration::from_secs(30),
+        max_connecting_per_endpoint: 16,
+        max_pending_per_endpoint: 4096,
+        pending_timeout: Duration::from_secs(5),
     }
 }
 

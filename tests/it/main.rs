@@ -42,6 +42,7 @@ mod mtls_mesh;
 mod mtls_outbound;
 mod names;
 mod otlp_export;
+mod pool;
 mod rate_limit;
 mod rate_limit_shared;
 mod reload;

@@ -244,7 +244,8 @@ pub fn outlier(
     .here()
 }
 
-/// The connection pools' settings of `upstream` (validation keeps the HTTP/2 spread ≥ 1).
+/// The connection pools' settings of `upstream` (validation keeps the HTTP/2 spread and
+/// the connect slots ≥ 1).
 pub fn pool(upstream: &crate::config::UpstreamSection) -> crate::upstream::PoolConfig {
     crate::upstream::PoolConfig {
         connect_timeout: upstream.connect_timeout,
@@ -253,6 +254,9 @@ pub fn pool(upstream: &crate::config::UpstreamSection) -> crate::upstream::PoolC
         http2_max_connections: upstream.http2_connections_per_endpoint.max(1),
         http2_streams_per_connection: upstream.http2_streams_per_connection.max(1),
         http2_keep_alive_interval: std::time::Duration::from_secs(30),
+        max_connecting_per_endpoint: upstream.max_connecting_per_endpoint.max(1),
+        max_pending_per_endpoint: upstream.max_pending_per_endpoint,
+        pending_timeout: upstream.pending_timeout,
     }
 }
 
