@@ -54,5 +54,6 @@ mod timeout;
 mod tls;
 mod tls_client;
 mod tracing;
+mod upstream_faults;
 mod validate_is_building;
 mod websocket;
