@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::support::*;
@@ -55,5 +57,83 @@ async fn sigterm_drains_an_in_flight_request_then_exits_zero() {
     let (status, _, body) = in_flight.await.unwrap();
     assert_eq!((status.as_u16(), body.as_str()), (200, "slow but complete"));
     let exit = process.wait(Duration::from_secs(5)).await;
+    assert!(exit.success(), "{exit:?}: {}", process.log());
+}
+
+/// Writes a config with a `slow` service whose upstream answers after `delay`, and runs
+/// the binary on it: (process, admin port, service port).
+async fn slow_sidecar(delay: Duration, drain_timeout: &str) -> (Process, u16, tempfile::TempDir) {
+    let upstream = serve(move |_r: Request<Incoming>| async move {
+        tokio::time::sleep(delay).await;
+        Response::new(full("slow but complete"))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("remora.yaml");
+    let (admin, port) = (free_port(), free_port());
+    std::fs::write(
+        &path,
+        format!(
+            "admin: {{ listen: 127.0.0.1:{admin} }}\ndrain_timeout: {drain_timeout}\n\
+             services:\n  slow:\n    listen: 127.0.0.1:{port}\n    protocol: http1\n    endpoints: [{upstream}]\n"
+        ),
+    )
+    .unwrap();
+    let process = Process::run(&path, SocketAddr::from(([127, 0, 0, 1], admin))).await;
+    (process, port, dir)
+}
+
+/// A request still in flight when `drain_timeout` runs out does not hold the process:
+/// its connection is closed (the caller sees an error, not a made-up answer), remora
+/// says so and exits 0.
+#[tokio::test]
+async fn drain_timeout_cuts_what_is_still_in_flight_and_exits_zero() {
+    let (mut process, port, _dir) = slow_sidecar(Duration::from_secs(30), "1s").await;
+    let url = format!("http://127.0.0.1:{port}/");
+    let in_flight = tokio::spawn(async move {
+        let request = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+        http1_client().request(request).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    process.signal("TERM");
+    let exit = process.wait(Duration::from_secs(10)).await;
+    assert!(exit.success(), "{exit:?}: {}", process.log());
+    let answered = tokio::time::timeout(Duration::from_secs(5), in_flight)
+        .await
+        .expect("the caller is not left hanging")
+        .unwrap();
+    assert!(answered.is_err(), "no answer was made up: {answered:?}");
+    assert!(process.log().contains("drain timeout"), "{}", process.log());
+}
+
+/// HTTP/2 callers: streams in flight when SIGTERM arrives complete on their connection
+/// (the sidecar sends GOAWAY and lets them finish).
+#[tokio::test]
+async fn h2_streams_in_flight_finish_during_drain() {
+    let (mut process, port, _dir) = slow_sidecar(Duration::from_millis(1500), "10s").await;
+    let client = http2_client();
+    let mut calls = Vec::new();
+    for _ in 0..5 {
+        let request = Request::get(format!("http://127.0.0.1:{port}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let client = client.clone();
+        calls.push(tokio::spawn(async move {
+            let response = client.request(request).await?;
+            let status = response.status();
+            let body = http_body_util::BodyExt::collect(response.into_body()).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body.to_bytes()))
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    process.signal("TERM");
+    for call in calls {
+        let (status, body) = call.await.unwrap().expect("the stream finished");
+        assert_eq!(
+            (status.as_u16(), &body[..]),
+            (200, &b"slow but complete"[..])
+        );
+    }
+    let exit = process.wait(Duration::from_secs(10)).await;
     assert!(exit.success(), "{exit:?}: {}", process.log());
 }
