@@ -101,6 +101,7 @@ fn http_harness() -> &'static HttpHarness {
                 draining: AtomicBool::new(false),
                 tracing: Tracing::new(&tracing, TracingMetrics::default())
                     .expect("tracing without export"),
+                tunnels: Default::default(),
             })
         });
         HttpHarness { runtime, shared }

@@ -166,7 +166,11 @@ fn unknown_service() -> Arc<str> {
 }
 
 impl ProxyService {
-    async fn handle(self, request: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+        if request.headers().contains_key(header::UPGRADE) {
+            // A tunnel it may become is counted by the drain.
+            request.extensions_mut().insert(self.shared.tunnels.clone());
+        }
         // tokio's clock (the same as std's outside tests): the call's arrival for the
         // layers (`CallInfo`) and the start of its metrics' durations.
         let started = tokio::time::Instant::now();

@@ -20,4 +20,6 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// This sidecar's tracer, propagators and access log (bound at start).
     pub tracing: crate::trace::Tracing,
+    /// Upgraded connections (WebSocket) spliced into tunnels, which a drain waits for.
+    pub tunnels: crate::upstream::Tunnels,
 }

@@ -128,6 +128,7 @@ impl Sidecar {
             metrics,
             draining: AtomicBool::new(false),
             tracing,
+            tunnels: Default::default(),
         });
         listeners.apply(pending, &shared);
         let listeners = Arc::new(Mutex::new(listeners));
@@ -174,12 +175,21 @@ impl Sidecar {
             registration.deregister().await;
         }
         tracing::info!("shutting down: draining connections");
+        let deadline = tokio::time::Instant::now() + self.shared.state.load().config.drain_timeout;
         let mut draining = self
             .listeners
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .stop_all();
         while draining.join_next().await.is_some() {}
+        // Upgraded connections left the HTTP servers: they get the same deadline.
+        let left = self.shared.tunnels.drain(deadline).await;
+        if left > 0 {
+            tracing::warn!(
+                open = left,
+                "drain timeout: closing the upgraded connections still open"
+            );
+        }
         self.admin.abort();
         self.shared.tracing.flush().await;
         tracing::info!("stopped");

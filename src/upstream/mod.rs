@@ -26,6 +26,7 @@ mod tcp;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod tunnels;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -54,6 +55,7 @@ pub use tcp::{
     TcpConnectError, TcpForward, TcpMetrics, TcpSeries, UpstreamStream,
 };
 pub use tls::{Advertised, EndpointTls, TlsError, UpstreamTls};
+pub use tunnels::{TunnelGuard, Tunnels};
 
 /// Whether a request to a service of `protocol` leaves over HTTP/2, given what the
 /// caller spoke.
@@ -195,6 +197,11 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                 .headers()
                 .contains_key(header::UPGRADE)
                 .then(|| hyper::upgrade::on(&mut request));
+            // Counted by the sidecar's drain (the caller's proxy service put it there).
+            let tunnel_guard = client_upgrade
+                .as_ref()
+                .and_then(|_| request.extensions().get::<Tunnels>())
+                .map(Tunnels::open);
             // The deadline as it stands now, after queueing, backoff and injected delays.
             crate::core::grpc::set_grpc_timeout(&mut request);
             let http2 = uses_http2(this.protocol, request.version());
@@ -276,7 +283,7 @@ impl tower::Service<Request<ProxyBody>> for Forward {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(client_upgrade) = client_upgrade {
                     let upstream_upgrade = hyper::upgrade::on(&mut response);
-                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade, tunnel_guard));
                     return Ok(response.map(|_| ProxyBody::empty()));
                 }
             }
@@ -318,7 +325,11 @@ fn to_origin_form(request: &mut Request<ProxyBody>, endpoint: &Endpoint) {
 }
 
 /// Copies bytes both ways between an upgraded client and upstream connection.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    mut guard: Option<TunnelGuard>,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(error) => {
@@ -328,7 +339,18 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     };
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(%error, "upgraded connection ended");
+    let closing = async {
+        match guard.as_mut() {
+            Some(guard) => guard.closing().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(error) = copied {
+                tracing::debug!(%error, "upgraded connection ended");
+            }
+        }
+        () = closing => tracing::debug!("upgraded connection closed: drain timeout"),
     }
 }

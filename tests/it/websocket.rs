@@ -70,3 +70,47 @@ async fn websocket_session_through_the_shared_port() {
         Message::text("echo:hello")
     );
 }
+
+/// A drain waits for an open WebSocket session (it left the HTTP server when it was
+/// upgraded) until `drain_timeout`, then closes it: the session works during the drain
+/// and ends at its deadline, and the shutdown returns.
+#[tokio::test]
+async fn a_drain_waits_for_websocket_sessions_then_closes_them() {
+    let upstream = websocket_echo().await;
+    let proxy = support::sidecar(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\ndrain_timeout: 3s\n\
+         services:\n  svc:\n    listen: 127.0.0.1:0\n    protocol: http1\n    endpoints: [{upstream}]\n"
+    ))
+    .await;
+    let svc = proxy.addrs().service("svc").unwrap();
+    let stream = TcpStream::connect(svc).await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::client_async("ws://svc/chat", stream)
+        .await
+        .unwrap();
+    socket.send(Message::text("before")).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::text("echo:before")
+    );
+
+    let shutdown = tokio::spawn(proxy.shutdown());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !shutdown.is_finished(),
+        "the drain waits for the open session"
+    );
+    socket.send(Message::text("during")).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::text("echo:during"),
+        "the session still works while draining"
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(10), shutdown)
+        .await
+        .expect("the shutdown ends at the drain deadline")
+        .unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), socket.next())
+        .await
+        .expect("the session is closed, not left hanging");
+    assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
+}
