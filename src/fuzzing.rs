@@ -210,6 +210,22 @@ pub fn etcd_value(value: &[u8]) -> Result<Instance, String> {
     Instance::from_json(value).map_err(|e| e.to_string())
 }
 
+/// A ZooKeeper znode's value in Curator's ServiceInstance JSON: `Ok(None)` for an
+/// instance that takes no traffic.
+pub fn curator_instance(data: &[u8]) -> Result<Option<Instance>, String> {
+    crate::discovery::curator_from_json("fuzzed", data)
+}
+
+/// `instance` as remora registers it in Curator's layout (Spring Cloud's payload).
+pub fn curator_registration(instance: &Instance) -> String {
+    crate::discovery::curator_to_json(
+        "orders",
+        instance,
+        crate::discovery::ZookeeperPayload::default(),
+        std::time::SystemTime::UNIX_EPOCH,
+    )
+}
+
 /// A Consul health answer's passing instances.
 pub fn consul_health(body: &[u8]) -> Result<Vec<Instance>, String> {
     crate::discovery::consul_health(body)

@@ -1,6 +1,8 @@
 //! What registries answer, read as the watches read it: an etcd value (also a discovery
 //! file record), a Consul health answer, a Nacos instance list, a discovery file (JSON
-//! or YAML), and a Eureka full fetch followed by a delta (split at the first 0xff byte).
+//! or YAML), a Eureka full fetch followed by a delta (split at the first 0xff byte), and a
+//! ZooKeeper znode in Curator's ServiceInstance JSON (which, written back as remora
+//! registers it, reads back to the same address, weight and metadata).
 //! The first byte picks the reader. Never panics; an etcd value read writes back to
 //! one that reads the same; every instance that takes traffic has a weight of at least 1
 //! (where the reader promises one).
@@ -20,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&pick, body)) = data.split_first() else {
         return;
     };
-    match pick % 6 {
+    match pick % 7 {
         0 => {
             if let Ok(instance) = fuzzing::etcd_value(body) {
                 let written = instance.to_json();
@@ -43,7 +45,21 @@ fuzz_target!(|data: &[u8]| {
             let Ok(text) = std::str::from_utf8(body) else {
                 return;
             };
-            let _ = fuzzing::discovery_file(text, pick % 6 == 3, "orders");
+            let _ = fuzzing::discovery_file(text, pick % 7 == 3, "orders");
+        }
+        6 => {
+            if let Ok(Some(instance)) = fuzzing::curator_instance(body) {
+                weighted(std::slice::from_ref(&instance));
+                let written = fuzzing::curator_registration(&instance);
+                let again = fuzzing::curator_instance(written.as_bytes())
+                    .unwrap_or_else(|e| panic!("{written} does not read back: {e}"))
+                    .unwrap_or_else(|| panic!("{written} reads back as taking no traffic"));
+                assert_eq!(
+                    (again.addr, again.weight, &again.metadata),
+                    (instance.addr, instance.weight, &instance.metadata),
+                    "{written}"
+                );
+            }
         }
         _ => {
             let (full, delta) = match body.iter().position(|b| *b == 0xff) {

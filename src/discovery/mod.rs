@@ -72,6 +72,7 @@ pub(crate) use consul::parse_health as consul_health;
 pub(crate) use eureka::apps as eureka_apps;
 pub(crate) use file::instances as file_instances;
 pub(crate) use nacos::parse_list as nacos_list;
+pub(crate) use zookeeper::{curator_from_json, curator_to_json};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -35,6 +35,7 @@ use super::{Backoff, DiscoveryError, Instance, Registration, Registry};
 use curator::Payload;
 
 pub use curator::Payload as ZookeeperPayload;
+pub(crate) use curator::{from_json as curator_from_json, to_json as curator_to_json};
 
 const NAME: &str = "zookeeper";
 
