@@ -150,7 +150,25 @@ impl EndpointObserver for EndpointStats {
         result: &Result<Response<ProxyBody>, ProxyError>,
         elapsed: Duration,
     ) {
+        // The common case: the endpoint's handles exist; used under the read lock, no
+        // reference count touched.
+        let known = self.handles.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(handles) = known.get(&endpoint.addr) {
+            return self.record(handles, result, elapsed);
+        }
+        drop(known);
         let handles = self.handles(endpoint.addr);
+        self.record(&handles, result, elapsed);
+    }
+}
+
+impl EndpointStats {
+    fn record(
+        &self,
+        handles: &Handles,
+        result: &Result<Response<ProxyBody>, ProxyError>,
+        elapsed: Duration,
+    ) {
         match result {
             Ok(response) => {
                 let class = usize::from(response.status().as_u16() / 100);
