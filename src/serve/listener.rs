@@ -228,22 +228,7 @@ impl Connection {
 /// What the first bytes of `tcp` are, without reading them; `None` when the peer
 /// closed or sent too little by `deadline`.
 pub(crate) async fn first_bytes(tcp: &TcpStream, deadline: Instant) -> Option<Detected> {
-    let peek = async {
-        let mut buf = [0u8; DETECT_LEN];
-        loop {
-            let n = tcp.peek(&mut buf).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            match detect(&buf[..n]) {
-                Detected::NeedMore => {
-                    // A ClientHello split before its sixth byte: rare; peeking again at
-                    // once would return the same bytes, so wait a little for more.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                detected => return Some(detected),
-            }
-        }
-    };
-    tokio::time::timeout_at(deadline, peek).await.ok().flatten()
+    // A ClientHello split before its sixth byte is rare: then more is waited for.
+    let classify = |first: &[u8]| Some(detect(first)).filter(|d| *d != Detected::NeedMore);
+    super::preface::peek_until::<_, DETECT_LEN>(tcp, deadline, classify).await
 }

@@ -62,33 +62,42 @@ pub(crate) fn opening(first: &[u8]) -> Opening {
 /// `deadline` (the header read timeout, which the server would apply next), is done too:
 /// `false`.
 pub(crate) async fn admit(tcp: &mut TcpStream, deadline: Instant) -> bool {
+    let classify = |first: &[u8]| Some(opening(first)).filter(|o| *o != Opening::NeedMore);
+    match peek_until::<_, { PREFACE.len() }>(tcp, deadline, classify).await {
+        Some(Opening::BadPreface) => {
+            let _ = tcp.write_all(&GOAWAY_PROTOCOL_ERROR).await;
+            let _ = tcp.shutdown().await;
+            false
+        }
+        Some(_) => true,
+        // Closed, or silent for the whole header read timeout (which the server would
+        // apply next): done.
+        None => false,
+    }
+}
+
+/// Peeks at up to `N` first bytes of `tcp` until `classify` tells what they are
+/// (`None`: it needs more); `None` when the peer closed or `deadline` passed first.
+pub(crate) async fn peek_until<T, const N: usize>(
+    tcp: &TcpStream,
+    deadline: Instant,
+    classify: impl Fn(&[u8]) -> Option<T>,
+) -> Option<T> {
     let peek = async {
-        let mut buf = [0u8; PREFACE.len()];
+        let mut buf = [0u8; N];
         loop {
             let n = tcp.peek(&mut buf).await.ok()?;
             if n == 0 {
                 return None;
             }
-            match opening(&buf[..n]) {
-                Opening::NeedMore => {
-                    // Peeking again at once would return the same bytes.
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                }
-                settled => return Some(settled),
+            match classify(&buf[..n]) {
+                Some(settled) => return Some(settled),
+                // Peeking again at once would return the same bytes: wait for more.
+                None => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
             }
         }
     };
-    match tokio::time::timeout_at(deadline, peek).await {
-        Ok(Some(Opening::BadPreface)) => {
-            let _ = tcp.write_all(&GOAWAY_PROTOCOL_ERROR).await;
-            let _ = tcp.shutdown().await;
-            false
-        }
-        Ok(Some(_)) => true,
-        // Closed, or silent for the whole header read timeout (which the server would
-        // apply next): done.
-        Ok(None) | Err(_) => false,
-    }
+    tokio::time::timeout_at(deadline, peek).await.ok().flatten()
 }
 
 #[cfg(test)]
