@@ -10,7 +10,8 @@
 # kernel's share of a request (sockets, epoll) is the same for every variant and is
 # not in these figures, so a ratio here overstates what the variant costs in time.
 #
-# Usage: bash bench/instructions.sh   (VARIANTS="plain policies", N=5000 by default)
+# Usage: bash bench/instructions.sh   (VARIANTS="plain policies", N=5000 by default;
+# REMORA_BIN=path measures that build of remora)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +26,13 @@ fi
 source bench/common.sh
 install_missing valgrind=valgrind h2load=nghttp2-client protoc=protobuf-compiler
 
-cargo build --release --locked --bin remora --example bench_upstream >&2
+cargo build --release --locked --example bench_upstream >&2
 BIN=${CARGO_TARGET_DIR:-target}/release
+# REMORA_BIN measures a prebuilt remora (say, the build of another commit) instead.
+if [ -z "${REMORA_BIN:-}" ]; then
+    cargo build --release --locked --bin remora >&2
+    REMORA_BIN=$BIN/remora
+fi
 with_work_dir
 
 UPSTREAM_PORT=${UPSTREAM_PORT:-28480}
@@ -61,7 +67,7 @@ count() {
         -e "s/@OTLP_PORT@/28483/" >"$WORK/remora.yaml"
     rm -f "$WORK"/callgrind.*
     valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
-        "$BIN/remora" run --config "$WORK/remora.yaml" >"$WORK/remora.log" 2>&1 &
+        "$REMORA_BIN" run --config "$WORK/remora.yaml" >"$WORK/remora.log" 2>&1 &
     local pid=$!
     for _ in $(seq 1 200); do
         curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break

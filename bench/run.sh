@@ -121,9 +121,20 @@ cpu_ticks() {
 }
 
 rss_kib() {
+    status_kib "$1" VmRSS
+}
+
+# The private part of it (RssAnon: heap, stacks), without the pages of the binary and
+# its libraries, which are page cache shared with every process running the same file.
+anon_kib() {
+    status_kib "$1" RssAnon
+}
+
+# `status_kib TARGET FIELD` sums FIELD of /proc/PID/status over the target's processes.
+status_kib() {
     local total=0 pid kib
     for pid in $(pids_of "$1"); do
-        kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        kib=$(awk -v field="$2:" '$1 == field {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
         total=$((total + ${kib:-0}))
     done
     echo "$total"
@@ -429,10 +440,11 @@ measure() {
 
 # Idle RSS of every proxy, then RSS with $IDLE_CONNECTIONS keep-alive connections held.
 memory() {
-    local target port idle held
+    local target port idle held anon
     for target in remora nginx haproxy; do
         [[ " $TARGETS " == *" $target "* ]] || continue
         idle=$(rss_kib "${PID[$target]}")
+        anon=$(anon_kib "${PID[$target]}")
         port=$(port_for http1 "$target")
         start_pinned "$LOAD_CPU" "hold-$target" \
             "$UPSTREAM_BIN" hold "127.0.0.1:$port" "$IDLE_CONNECTIONS" 120
@@ -448,7 +460,7 @@ memory() {
         kill -TERM "$holder" 2>/dev/null || true
         wait "$holder" 2>/dev/null || true
         forget "$holder"
-        echo "$idle $held" >"$WORK/results/memory.$target"
+        echo "$idle $held $anon" >"$WORK/results/memory.$target"
         log "memory $target: idle ${idle} KiB, with $IDLE_CONNECTIONS connections ${held} KiB"
         sleep 1
     done
@@ -540,14 +552,14 @@ report() {
     echo
     echo "### Memory (VmRSS; nginx counts master + worker)"
     echo
-    echo "| proxy | idle MiB | with $IDLE_CONNECTIONS idle keep-alive connections MiB | KiB per idle connection |"
-    echo "| --- | ---: | ---: | ---: |"
+    echo "| proxy | idle MiB | idle private (RssAnon) MiB | with $IDLE_CONNECTIONS idle keep-alive connections MiB | KiB per idle connection |"
+    echo "| --- | ---: | ---: | ---: | ---: |"
     for target in remora nginx haproxy; do
-        local file=$WORK/results/memory.$target idle held
+        local file=$WORK/results/memory.$target idle held anon
         [[ -s $file ]] || continue
-        read -r idle held <"$file"
-        printf '| %s | %s | %s | %s |\n' "$target" \
-            "$(calc "$idle / 1024" "%.1f")" "$(calc "$held / 1024" "%.1f")" \
+        read -r idle held anon <"$file"
+        printf '| %s | %s | %s | %s | %s |\n' "$target" \
+            "$(calc "$idle / 1024" "%.1f")" "$(calc "$anon / 1024" "%.1f")" "$(calc "$held / 1024" "%.1f")" \
             "$(calc "($held - $idle) / $IDLE_CONNECTIONS" "%.1f")"
     done
     echo
@@ -591,10 +603,11 @@ targets_report() {
         v=$(calc "$(val "$test.remora.p99") - $(val "$test.direct.p99")" "%.3f")
         verdict "$label p99 added" "$v ms" "≤ 1.000 ms" "$v <= 1.0"
     done
-    local file=$WORK/results/memory.remora idle held
+    local file=$WORK/results/memory.remora idle held anon
     if [[ -s $file ]]; then
-        read -r idle held <"$file"
+        read -r idle held anon <"$file"
         verdict "idle RSS" "$(calc "$idle / 1024" "%.1f") MiB" "≤ 8 MB (7.6 MiB)" "$idle * 1024 <= 8000000"
+        verdict "idle private memory (RssAnon)" "$(calc "$anon / 1024" "%.1f") MiB" "≤ 8 MB (7.6 MiB)" "$anon * 1024 <= 8000000"
         v=$(calc "($held - $idle) / $IDLE_CONNECTIONS" "%.1f")
         verdict "per idle keep-alive connection" "$v KiB" "≤ 10 KiB" "$v <= 10"
     fi

@@ -181,9 +181,12 @@ impl Connection {
                 tracing::debug!(peer = %self.peer, "closed, silent, or a bad HTTP/2 preface (GOAWAY sent)");
                 return;
             }
-            return self.serve(tcp, None).await;
+            // Boxed, as the handshake and the TLS connection below: the task then holds
+            // only the state its own connection needs for as long as it lives, not the
+            // largest of the three (a plaintext connection would carry room for TLS).
+            return Box::pin(self.serve(tcp, None)).await;
         };
-        let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await;
+        let handshake = tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))).await;
         let tls = match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => return self.refused(&error),
@@ -192,7 +195,7 @@ impl Connection {
         // Once per connection: every call on it shares the one string.
         let identity = crate::tls::peer_identity(tls.get_ref().1)
             .map(|identity| Arc::<str>::from(identity.to_string()));
-        self.serve(tls, identity).await;
+        Box::pin(self.serve(tls, identity)).await;
     }
 
     fn refused(&self, error: &dyn std::fmt::Display) {

@@ -42,17 +42,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` + `Upgrade`).
 pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
+    // `Upgrade` first: most requests have none, and then `Connection` is not read.
+    let protocol = headers.get(header::UPGRADE)?;
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        .then(|| protocol.clone())
 }
 
 /// A client connection's address as an `x-forwarded-for` element, formatted once per

@@ -261,6 +261,12 @@ where
             }
             Poll::Pending => {
                 self.read_blocked = true;
+                // PATCH (remora): a connection waiting with nothing buffered gives its
+                // read buffer back instead of holding INIT_BUFFER_SIZE bytes while it
+                // idles; the next read allocates a new one.
+                if self.read_buf.is_empty() && self.read_buf.capacity() != 0 {
+                    self.read_buf = BytesMut::new();
+                }
                 Poll::Pending
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -535,7 +541,9 @@ pub(super) struct WriteBuf<B> {
 impl<B: Buf> WriteBuf<B> {
     fn new(strategy: WriteStrategy) -> WriteBuf<B> {
         WriteBuf {
-            headers: Cursor::new(Vec::with_capacity(INIT_BUFFER_SIZE)),
+            // PATCH (remora): grown to what the first head needs (encode reserves it)
+            // rather than INIT_BUFFER_SIZE bytes up front for every connection.
+            headers: Cursor::new(Vec::new()),
             max_buf_size: DEFAULT_MAX_BUFFER_SIZE,
             queue: BufList::new(),
             strategy,
@@ -902,7 +910,6 @@ mod tests {
 
         assert_eq!(write_buf.chunk(), b", ");
         assert_eq!(write_buf.headers.pos, 11);
-        assert_eq!(write_buf.headers.bytes.capacity(), INIT_BUFFER_SIZE);
 
         // there's still room in the headers buffer, so just push on the end
         write_buf.buffer(b("it's hyper!"));
