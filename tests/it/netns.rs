@@ -20,6 +20,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+use crate::support::metrics_text::{value, value_or_zero};
 use crate::support::netns::{Host, Network};
 use crate::support::{self, otlp_receiver, Process};
 
@@ -37,6 +38,8 @@ const INVENTORY_INBOUND: u16 = 15026;
 /// Requests in flight at once, so that in-flight counts spread load across replicas.
 const CONCURRENCY: usize = 6;
 const WAIT: Duration = Duration::from_secs(15);
+/// Orders' sidecar's count of failed tries to inventory that were retried.
+const RETRIES: &str = "remora_retries_total{service=\"inventory\"}";
 
 /// The outcome of one checkout: status and the inventory instance that answered.
 #[derive(Debug)]
@@ -217,6 +220,15 @@ impl Topology {
             found.insert(service["service"].as_str().unwrap().to_string(), addresses);
         }
         found
+    }
+
+    /// Orders' sidecar's `/metrics` text.
+    async fn orders_metrics(&self) -> String {
+        let url = format!("http://{}:{ADMIN}/metrics", self.network.address("orders"));
+        let answer = self.loadgen.run(try_get(url)).await;
+        let (status, _, text) = answer.expect("orders' sidecar answers /metrics");
+        assert_eq!(status, 200, "GET /metrics: {text}");
+        text
     }
 
     /// Waits until orders' sidecar lists exactly these instances of `inventory`.
@@ -422,6 +434,10 @@ async fn compose_hosts_reach_each_other_by_name_and_survive_a_pulled_cable() {
 
     // inventory-2's cable is pulled: its sidecar neither answers nor refuses. Calls
     // that meet it time out per try and are retried on the others; none fails.
+    // Absent means zero: a labelled counter appears once something counts in it, and
+    // the reading after the cut is of the same spelling and must be there.
+    let retries = |text: &str| value_or_zero(text, RETRIES);
+    let retried_before = retries(&topology.orders_metrics().await);
     topology.network.link("inventory-2", false);
     let served_before = topology.served("inventory-2");
     let cut = topology.checkouts(60, false).await;
@@ -434,6 +450,11 @@ async fn compose_hosts_reach_each_other_by_name_and_survive_a_pulled_cable() {
         topology.logs()
     );
     assert_eq!(topology.served("inventory-2"), served_before);
+    let retried = value(&topology.orders_metrics().await, RETRIES);
+    assert!(
+        retried > retried_before,
+        "calls met the unplugged replica and were retried: {retried_before} -> {retried}"
+    );
 
     // Cut off from etcd, its registration expires (ttl 5s) and orders drops it.
     let reachable = ["inventory-1", "inventory-3"];
