@@ -14,6 +14,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # The TCP passthrough and shared rate-limit tests start a real Redis.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# The network namespace test (tests/it/netns.rs) runs `ip netns` and `ip link`.
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # The ZooKeeper discovery tests start a real ZooKeeper (the package brings a Java runtime).
 [ -f /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
 # ... and check what remora writes and reads with Apache Curator itself, compiled there.

@@ -1,7 +1,8 @@
 //! The example services of `examples/compose` and `examples/local`: `frontend` (HTTP)
 //! calls `orders` (HTTP), which calls `inventory` (gRPC), each through its own remora
 //! sidecar. The cargo examples `frontend`, `orders`, `inventory` and `loadgen` are thin
-//! `main`s over these modules; `tests/it/local_topology.rs` runs the same code in-process.
+//! `main`s over these modules; `tests/it/local_topology.rs` and `tests/it/netns.rs` run the
+//! same code in-process.
 //!
 //! Every service forwards the trace headers it received ([`propagate`]) and takes the
 //! same fault knobs ([`knobs`]) so that remora's retries, breakers and fallbacks have

@@ -17,11 +17,8 @@ use tokio::net::TcpListener;
 
 use crate::support::{self, etcd_harness, otlp_receiver};
 
-#[path = "../../examples/services/mod.rs"]
-mod services;
-
-use services::knobs::Knobs;
-use services::INVENTORY_INSTANCE;
+use crate::services::INVENTORY_INSTANCE;
+use crate::services::{self, knobs::Knobs};
 
 const REPLICAS: [&str; 3] = ["inventory-1", "inventory-2", "inventory-3"];
 /// Requests in flight at once, so that in-flight counts spread load across replicas.

@@ -8,6 +8,11 @@
 
 mod support;
 
+/// The example services of `examples/compose` and `examples/local` (`frontend`, `orders`,
+/// `inventory`), run in-process by the topology tests.
+#[path = "../../examples/services/mod.rs"]
+mod services;
+
 mod access_log;
 mod admin;
 mod balance;
@@ -41,6 +46,7 @@ mod mtls_inbound;
 mod mtls_mesh;
 mod mtls_outbound;
 mod names;
+mod netns;
 mod otlp_export;
 mod pool;
 mod rate_limit;

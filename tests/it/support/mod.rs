@@ -4,7 +4,8 @@
 //! [`otlp_receiver`] (an OTLP collector) and [`redis_harness`] (a real Redis) are the
 //! heavier pieces, each in its own module;
 //! [`tls_front`] makes certificates and terminates TLS in front of plaintext upstreams;
-//! [`dns`] serves a DNS zone the test changes; [`zk_harness`] runs a real ZooKeeper, [`curator_probe`] Apache Curator against it.
+//! [`dns`] serves a DNS zone the test changes; [`zk_harness`] runs a real ZooKeeper, [`curator_probe`] Apache Curator against it;
+//! [`netns`] puts hosts of their own on one machine (network namespaces).
 
 pub mod certs;
 pub mod curator_probe;
@@ -14,6 +15,7 @@ pub mod etcd_harness;
 pub mod fake_server;
 pub mod log_lines;
 pub mod metrics_text;
+pub mod netns;
 pub mod otlp_receiver;
 pub mod pki;
 pub mod redis_harness;

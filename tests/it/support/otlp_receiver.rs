@@ -146,6 +146,11 @@ impl TraceService for Collector {
 pub async fn grpc() -> (SocketAddr, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    (addr, grpc_on(listener))
+}
+
+/// An OTLP/gRPC collector on `listener` (it takes gzip-compressed exports).
+pub fn grpc_on(listener: TcpListener) -> Received {
     let received = Received::default();
     let service = TraceServiceServer::new(Collector(received.clone()))
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
@@ -154,7 +159,7 @@ pub async fn grpc() -> (SocketAddr, Received) {
             .add_service(service)
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    (addr, received)
+    received
 }
 
 /// An OTLP/gRPC collector over TLS (`tls` offers ALPN `h2`) on an ephemeral port.
