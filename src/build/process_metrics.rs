@@ -1,6 +1,7 @@
 //! The process's own resources, read from `/proc/self` when Prometheus scrapes: CPU
 //! time, memory, threads, open and allowed file descriptors, start time (the names of
-//! Prometheus's client libraries' `process_*` metrics, under remora's prefix).
+//! Prometheus's client libraries' `process_*` metrics, under remora's prefix), and the
+//! tasks alive on its runtime (what a leak of connections or timers would grow).
 //! Nothing is sampled between scrapes; on a system without `/proc` nothing is written.
 
 use prometheus_client::collector::Collector;
@@ -107,6 +108,13 @@ impl Collector for ProcessMetrics {
                     .ok()
                     .as_deref()
                     .and_then(max_fds),
+            ),
+            (
+                "runtime_tasks",
+                "Tasks alive on the tokio runtime (one per connection, plus remora's own)",
+                tokio::runtime::Handle::try_current()
+                    .ok()
+                    .map(|runtime| runtime.metrics().num_alive_tasks() as i64),
             ),
             (
                 "process_start_time_seconds",

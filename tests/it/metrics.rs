@@ -251,6 +251,59 @@ async fn build_info_names_the_version() {
     assert_eq!(metric(admin, &series).await, 1.0);
 }
 
+/// `remora_runtime_tasks` counts a task per open connection: it rises with idle
+/// keep-alive connections and falls back when they close.
+#[tokio::test]
+async fn runtime_tasks_follow_open_connections() {
+    let (upstream, _) = recording("up").await;
+    let proxy = outbound_to(&[upstream], "http1").await;
+    let admin = proxy.addrs().admin.unwrap();
+    let addr = proxy.addrs().service("svc").unwrap();
+    // A first call opens the upstream connection the pool keeps (a task of its own).
+    let mut warm = tokio::net::TcpStream::connect(addr).await.unwrap();
+    read_answer(&mut warm).await;
+    drop(warm);
+    let before = metric(admin, "remora_runtime_tasks").await;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let answer = read_answer(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        held.push(stream);
+    }
+    let open = metric(admin, "remora_runtime_tasks").await;
+    assert!(
+        open >= before + 20.0,
+        "{before} tasks before, {open} with 20 connections"
+    );
+    drop(held);
+    let closed = eventually(std::time::Duration::from_secs(5), || async {
+        metric(admin, "remora_runtime_tasks").await <= before
+    })
+    .await;
+    assert!(
+        closed,
+        "tasks stayed above {before} after the connections closed"
+    );
+}
+
+/// One keep-alive GET on `stream` and its answer, read up to its (short) body.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /t HTTP/1.1\r\nhost: svc\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).ends_with("echo:/t") {
+        let read = stream.read(&mut buffer).await.unwrap();
+        assert!(read > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// The process's resources, read at the scrape: memory, CPU, threads, descriptors.
 #[tokio::test]
 async fn process_resources_are_exported() {
