@@ -14,6 +14,9 @@ use crate::common::buf::BufList;
 /// The initial buffer size allocated before trying to read from IO.
 pub(crate) const INIT_BUFFER_SIZE: usize = 8192;
 
+/// PATCH (remora): the size of a read buffer allocated anew (see `poll_read_from_io`).
+const FIRST_READ_SIZE: usize = 1024;
+
 /// The minimum value that can be set to max buffer size.
 pub(crate) const MINIMUM_MAX_BUFFER_SIZE: usize = INIT_BUFFER_SIZE;
 
@@ -232,12 +235,19 @@ where
         self.read_blocked = false;
         // Get the next amount to allocate, but make sure we don't go over
         // the max read buf size configured.
-        let next = cmp::min(
+        let mut next = cmp::min(
             self.read_buf_strategy.next(),
             self.read_buf_strategy
                 .max()
                 .saturating_sub(self.read_buf.len()),
         );
+        // PATCH (remora): a buffer given back while idling (below) comes back small,
+        // since most heads fit in it; an allocation of this size is the allocator's
+        // cheapest (a per-thread cache), where one of INIT_BUFFER_SIZE costs thousands
+        // of instructions each time. A read that fills it grows it as before.
+        if self.read_buf.capacity() == 0 {
+            next = cmp::min(next, FIRST_READ_SIZE);
+        }
         if self.read_buf_remaining_mut() < next {
             self.read_buf.reserve(next);
         }
