@@ -104,8 +104,9 @@ run_case() {
     else
         through=$bytes
     fi
-    [ "$code" = 200 ] && [ "$through" = "$SIZE" ] ||
+    if [ "$code" != 200 ] || [ "$through" != "$SIZE" ]; then
         die "$name: status $code, $through of $SIZE bytes through"
+    fi
     awk -v name="$name" -v size="$SIZE" -v s="$seconds" -v idle="$idle" -v hwm="$hwm" \
         -v sampled="$peak_sampled" -v goal="$GOAL_KIB" 'BEGIN {
             printf "| %s | %d | %.1f | %.0f | %.1f | %.1f | %.1f | %s |\n", name, size, s,
