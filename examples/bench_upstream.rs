@@ -7,10 +7,21 @@
 //! It runs on a current-thread runtime unless `BENCH_UPSTREAM_THREADS` asks for more
 //! workers (the benchmark pins it to one core either way).
 //!
+//! For big bodies (`scripts/big-bodies.sh`), both streamed, never held whole: `GET
+//! /bytes/N` answers N zero bytes (with their `content-length`), and `/discard` reads the
+//! request body to its end and answers `received N` (its length).
+//!
 //! `bench_upstream hold ADDR COUNT SECONDS` opens `COUNT` HTTP/1.1 keep-alive
 //! connections to `ADDR`, sends one request on each, prints `ready` once every answer
 //! arrived, then keeps them open and idle for `SECONDS` (or until killed). `bench/run.sh`
 //! reads a proxy's memory while they are held.
+//!
+//! `bench_upstream crowd ADDR COUNT SECONDS` opens `COUNT` such connections at once (a
+//! few hundred connecting at a time) and tolerates refusals: it prints one line,
+//! `answered=A refused=R other_status=S failed=F` (refused: closed or reset before any
+//! answer; other_status: answered but not 200), then `ready`, and holds the answered
+//! ones idle for `SECONDS`. `scripts/many-connections.sh` runs it against a capped
+//! listener.
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
@@ -22,7 +33,7 @@ use futures_util::stream;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -42,7 +53,12 @@ fn main() {
         ["serve", port] => parse_port(port).and_then(serve),
         ["hold", addr, count, seconds] => parse_hold(addr, count, seconds)
             .and_then(|(addr, count, seconds)| hold(addr, count, seconds)),
-        _ => Err("usage: bench_upstream serve PORT | hold ADDR COUNT SECONDS".to_string()),
+        ["crowd", addr, count, seconds] => parse_hold(addr, count, seconds)
+            .and_then(|(addr, count, seconds)| crowd(addr, count, seconds)),
+        _ => Err(
+            "usage: bench_upstream serve PORT | hold ADDR COUNT SECONDS | crowd ADDR COUNT SECONDS"
+                .to_string(),
+        ),
     };
     if let Err(message) = outcome {
         eprintln!("bench_upstream: {message}");
@@ -115,10 +131,18 @@ async fn answer(request: Request<Incoming>) -> Result<Response<ReplyBody>, Infal
         .headers()
         .get(CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let path = request.uri().path().to_string();
     // Read the request to its end so that HTTP/1 connections stay reusable.
-    let _ = request.into_body().collect().await;
+    let received = discard(request.into_body()).await;
     if grpc {
         return Ok(grpc_reply());
+    }
+    if path == "/discard" {
+        let text = format!("received {received}\n");
+        return Ok(Response::new(Full::new(Bytes::from(text)).boxed()));
+    }
+    if let Some(size) = path.strip_prefix("/bytes/").and_then(|n| n.parse().ok()) {
+        return Ok(zeros(size));
     }
     let mut response = Response::new(Full::new(Bytes::from_static(PLAIN_BODY)).boxed());
     response.headers_mut().insert(
@@ -126,6 +150,34 @@ async fn answer(request: Request<Incoming>) -> Result<Response<ReplyBody>, Infal
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     Ok(response)
+}
+
+/// Reads `body` to its end, a frame at a time; returns its length.
+async fn discard(mut body: Incoming) -> u64 {
+    let mut received = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        received += frame.data_ref().map_or(0, |data| data.len() as u64);
+    }
+    received
+}
+
+/// The chunk `/bytes/N` answers are made of.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// `size` zero bytes, streamed in 64 KiB chunks.
+fn zeros(size: u64) -> Response<ReplyBody> {
+    let chunks = stream::unfold(size, |left| async move {
+        let n = left.min(ZEROS.len() as u64);
+        (n > 0).then(|| {
+            let chunk = Bytes::from_static(&ZEROS[..n as usize]);
+            (Ok(Frame::data(chunk)), left - n)
+        })
+    });
+    let mut response = Response::new(StreamBody::new(chunks).boxed());
+    response
+        .headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(size));
+    response
 }
 
 /// A unary gRPC answer: one length-prefixed `EchoReply`, then `grpc-status: 0`.
@@ -173,9 +225,103 @@ fn hold(addr: SocketAddr, count: usize, seconds: u64) -> Result<(), String> {
     })
 }
 
+/// How one connection of a crowd ended up.
+enum Member {
+    /// Answered: the status, and the connection, kept open.
+    Answered(u16, TcpStream),
+    /// Closed or reset before any answer: refused at accept.
+    Refused,
+    /// Anything else (connect failed, timed out): the error.
+    Failed(std::io::Error),
+}
+
+/// Connections opening at once in a crowd: more would overflow the listen backlog.
+const CROWD_CONNECTING: usize = 256;
+
+fn crowd(addr: SocketAddr, count: usize, seconds: u64) -> Result<(), String> {
+    runtime()?.block_on(async move {
+        let connecting = std::sync::Arc::new(tokio::sync::Semaphore::new(CROWD_CONNECTING));
+        let mut members = tokio::task::JoinSet::new();
+        for _ in 0..count {
+            let permit = connecting
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            members.spawn(async move {
+                let member = crowd_member(addr).await;
+                drop(permit);
+                member
+            });
+        }
+        let (mut held, mut refused, mut other_status, mut failed) = (Vec::new(), 0, 0, 0);
+        let mut first_failure = None;
+        while let Some(member) = members.join_next().await {
+            match member.map_err(|e| format!("connection task: {e}"))? {
+                Member::Answered(200, stream) => held.push(stream),
+                Member::Answered(_, stream) => {
+                    other_status += 1;
+                    held.push(stream);
+                }
+                Member::Refused => refused += 1,
+                Member::Failed(error) => {
+                    failed += 1;
+                    first_failure.get_or_insert(error);
+                }
+            }
+        }
+        let answered = held.len() - other_status;
+        println!(
+            "answered={answered} refused={refused} other_status={other_status} failed={failed}"
+        );
+        if let Some(error) = first_failure {
+            eprintln!("bench_upstream: first failure: {error}");
+        }
+        println!("ready");
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        drop(held);
+        Ok(())
+    })
+}
+
+/// One connection of a crowd: a keep-alive GET, and what came of it.
+async fn crowd_member(addr: SocketAddr) -> Member {
+    let mut stream = match TcpStream::connect(addr).await {
+        Ok(stream) => stream,
+        Err(error) => return Member::Failed(error),
+    };
+    match read_answer(&mut stream).await {
+        Ok(answer) => {
+            let status = String::from_utf8_lossy(&answer)
+                .split_whitespace()
+                .nth(1)
+                .and_then(|code| code.parse().ok())
+                .unwrap_or(0);
+            Member::Answered(status, stream)
+        }
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            Member::Refused
+        }
+        Err(error) => Member::Failed(error),
+    }
+}
+
 /// Connects, sends one keep-alive GET and reads the whole answer.
 async fn one_request(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let mut stream = TcpStream::connect(addr).await?;
+    read_answer(&mut stream).await?;
+    Ok(stream)
+}
+
+/// Sends one keep-alive GET on `stream` and reads its whole answer.
+async fn read_answer(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     stream
         .write_all(b"GET /hold HTTP/1.1\r\nhost: bench\r\n\r\n")
         .await?;
@@ -190,7 +336,7 @@ async fn one_request(addr: SocketAddr) -> std::io::Result<TcpStream> {
         }
         answer.extend_from_slice(&buffer[..read]);
         if answer_complete(&answer) {
-            return Ok(stream);
+            return Ok(answer);
         }
     }
 }

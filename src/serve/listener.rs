@@ -12,7 +12,9 @@
 //! handshake runs in the connection's task, bounded by `limits.header_read_timeout`; a
 //! failed one is logged at debug and counted, and never reaches the app. The caller's
 //! SPIFFE ID is read from its certificate once per connection and handed to the proxy
-//! service. Outbound listeners are always plaintext: the local app talks to its own
+//! service. A TLS caller that negotiated ALPN `h2` must then open with the HTTP/2
+//! preface, or gets GOAWAY(PROTOCOL_ERROR) (`preface::admit_h2`), as a plaintext caller
+//! whose preface goes wrong does. Outbound listeners are always plaintext: the local app talks to its own
 //! sidecar over loopback.
 
 use std::net::SocketAddr;
@@ -195,6 +197,13 @@ impl Connection {
         // Once per connection: every call on it shares the one string.
         let identity = crate::tls::peer_identity(tls.get_ref().1)
             .map(|identity| Arc::<str>::from(identity.to_string()));
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let Some(tls) = Box::pin(super::preface::admit_h2(tls, deadline)).await else {
+                tracing::debug!(peer = %self.peer, "ALPN h2, then closed, silent, or no HTTP/2 preface (GOAWAY sent)");
+                return;
+            };
+            return Box::pin(self.serve(tls, identity)).await;
+        }
         Box::pin(self.serve(tls, identity)).await;
     }
 

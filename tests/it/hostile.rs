@@ -415,3 +415,100 @@ async fn a_wrong_h2_preface_gets_goaway_protocol_error() {
     }
     assert_eq!(log.len(), 0);
 }
+
+/// The same over TLS: a caller that negotiated ALPN `h2` on a mutual-TLS inbound has
+/// agreed on HTTP/2, so anything but the exact preface gets GOAWAY(PROTOCOL_ERROR), an
+/// HTTP/1.1 request included; the app sees none of them. The exact preface is served.
+#[tokio::test]
+async fn a_wrong_h2_preface_after_alpn_h2_over_tls_gets_goaway_protocol_error() {
+    let (upstream, log) = recording("app").await;
+    let mesh = certs::issue_mesh("example.org", &["orders", "frontend"]);
+    let file = |name: &str| mesh.path().join(name).display().to_string();
+    let proxy = sidecar(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         tls: {{ cert: {}, key: {}, bundle: {} }}\n\
+         inbound: {{ listen: 127.0.0.1:0, app: {upstream}, tls: strict }}\n\
+         limits: {{ header_read_timeout: 1s }}\n",
+        file("orders.pem"),
+        file("orders-key.pem"),
+        file("ca.pem"),
+    ))
+    .await;
+    let inbound = proxy.addrs().inbound.unwrap();
+    let client = tls_client(&mesh.path().join("ca.pem"), &file("frontend"), b"h2");
+
+    for first in [
+        &b"PRI * HTTP/2.0\r\n\r\nXY\r\n\r\n"[..],
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\r"[..],
+        &b"GET / HTTP/1.1\r\nhost: app\r\n\r\n"[..],
+    ] {
+        let mut tls = tls_connect(inbound, &client).await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        tls.write_all(first).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut answer),
+        )
+        .await;
+        assert!(read.is_ok(), "the connection stayed open after {first:?}");
+        assert!(
+            has_protocol_error_goaway(&answer),
+            "{:?} got {:?}",
+            String::from_utf8_lossy(first),
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    assert_eq!(log.len(), 0, "the app saw {:?}", log.all());
+
+    // A real HTTP/2 client on the same terms is served.
+    let tls = tls_connect(inbound, &client).await;
+    let (mut send, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get("https://orders/ok")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = send.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(log.len(), 1);
+}
+
+/// A client trusting `ca`, presenting `<service>.pem` and offering `alpn` only.
+fn tls_client(ca: &std::path::Path, service: &str, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_file_iter(format!("{service}.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(format!("{service}-key.pem")).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(remora::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(config)
+}
+
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("orders").unwrap();
+    tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}

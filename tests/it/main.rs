@@ -61,5 +61,6 @@ mod tls;
 mod tls_client;
 mod tracing;
 mod upstream_faults;
+mod upstream_faults_h2;
 mod validate_is_building;
 mod websocket;
