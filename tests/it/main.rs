@@ -54,6 +54,7 @@ mod timeout;
 mod tls;
 mod tls_client;
 mod tracing;
+mod traffic_metrics;
 mod upstream_faults;
 mod validate_is_building;
 mod websocket;
