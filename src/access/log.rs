@@ -26,10 +26,10 @@ pub struct Entry<'a> {
     pub host: Option<&'a str>,
     /// The caller's address (the connection's peer).
     pub client: Option<SocketAddr>,
-    /// The request body's declared length (`Content-Length`), when it declared one.
-    pub request_bytes: Option<u64>,
-    /// The response body's declared length, when it declared one.
-    pub response_bytes: Option<u64>,
+    /// Request body bytes read from the caller (by the time the answer ended).
+    pub request_bytes: u64,
+    /// Response body bytes sent back to the caller.
+    pub response_bytes: u64,
     /// Tries made upstream (0 when remora answered without calling: no endpoint, an
     /// open breaker, a rate limit, a fixed route answer...).
     pub attempts: u32,
@@ -44,7 +44,7 @@ pub struct Entry<'a> {
     pub status: u16,
     /// The gRPC status sent back, for gRPC calls.
     pub grpc_status: Option<u32>,
-    /// From arrival to the answer (to the end of the body for a status in trailers).
+    /// From arrival to the end of the answer's body.
     pub duration_ms: f64,
     /// The endpoint that answered, if one did.
     pub upstream: Option<SocketAddr>,

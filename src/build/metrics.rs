@@ -3,7 +3,8 @@
 //! The request path does not build label values per request: a [`ServiceMetrics`] held
 //! by each service's target caches the handle of its latency histogram, and a
 //! [`RouteMetrics`] held by each of its routes caches its request counters for the
-//! common statuses and for every gRPC code, looked up in the families once per config.
+//! common statuses and for every gRPC code and its body byte counters, looked up in the
+//! families once per config.
 //! Every mechanism registers its own metrics here, once per process.
 
 use std::fmt::Write as _;
@@ -47,6 +48,26 @@ pub struct ServiceLabels {
     pub service: ServiceLabel,
 }
 
+/// Labels of the body byte counters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Inbound or outbound.
+    pub direction: Direction,
+    /// The service the request was for.
+    pub service: ServiceLabel,
+    /// The service's route that took it ([`DEFAULT_ROUTE`] when none did).
+    pub route: RouteLabel,
+}
+
+/// The body byte counters of one route: what its callers sent, what they got back.
+#[derive(Debug, Clone)]
+pub struct BodyBytes {
+    /// `remora_request_bytes_total`: request body bytes read from callers.
+    pub request: Counter,
+    /// `remora_response_bytes_total`: response body bytes sent back to them.
+    pub response: Counter,
+}
+
 /// Labels naming a listener.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ListenerLabels {
@@ -77,6 +98,8 @@ pub struct Metrics {
     registry: MetricsRegistry,
     requests: Family<RequestLabels, Counter>,
     duration: Family<ServiceLabels, Histogram>,
+    request_bytes: Family<RouteLabels, Counter>,
+    response_bytes: Family<RouteLabels, Counter>,
     /// Connections open per listener.
     pub connections: Family<ListenerLabels, Gauge>,
     /// Connections refused at accept because the listener was at its cap.
@@ -129,6 +152,18 @@ impl Metrics {
             "request_duration_seconds",
             "Time from request to response headers, by direction and service",
             duration.clone(),
+        );
+        let request_bytes = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "request_bytes",
+            "Request body bytes read from callers as they streamed, by direction, service and route",
+            request_bytes.clone(),
+        );
+        let response_bytes = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "response_bytes",
+            "Response body bytes sent back to callers as they streamed, by direction, service and route",
+            response_bytes.clone(),
         );
         let connections = Family::<ListenerLabels, Gauge>::default();
         registry.register(
@@ -191,6 +226,8 @@ impl Metrics {
             registry,
             requests,
             duration,
+            request_bytes,
+            response_bytes,
             connections,
             connections_rejected,
             reloads,
@@ -281,6 +318,31 @@ impl Metrics {
                 .clone()
         })
         .inc();
+    }
+
+    /// The body byte counters of `series`, through its route's cache.
+    pub fn body_bytes(&self, series: &Series<'_>) -> BodyBytes {
+        if self.handles(series).direction != series.direction {
+            // As in `observe_duration`: never taken, but never wrong either.
+            return self.look_up_body_bytes(series);
+        }
+        series
+            .route
+            .bytes
+            .get_or_init(|| self.look_up_body_bytes(series))
+            .clone()
+    }
+
+    fn look_up_body_bytes(&self, series: &Series<'_>) -> BodyBytes {
+        let labels = RouteLabels {
+            direction: series.direction,
+            service: ServiceLabel(series.service.clone()),
+            route: RouteLabel(series.route.label.clone()),
+        };
+        BodyBytes {
+            request: self.request_bytes.get_or_create(&labels).clone(),
+            response: self.response_bytes.get_or_create(&labels).clone(),
+        }
     }
 
     /// The service's cached handles, made for the direction of its first request.
@@ -400,6 +462,8 @@ pub struct RouteMetrics {
     by_status: [OnceLock<Counter>; COMMON_STATUSES.len()],
     /// Counters of HTTP 200 gRPC answers, by gRPC code.
     by_grpc_code: [OnceLock<Counter>; GrpcCode::MAX as usize + 1],
+    /// Its body byte counters.
+    bytes: OnceLock<BodyBytes>,
 }
 
 impl RouteMetrics {
@@ -409,6 +473,7 @@ impl RouteMetrics {
             label,
             by_status: Default::default(),
             by_grpc_code: Default::default(),
+            bytes: OnceLock::new(),
         }
     }
 
@@ -469,6 +534,31 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains(r#"status="404""#), "{text}");
+    }
+
+    #[test]
+    fn body_bytes_count_per_route_through_the_cache() {
+        let metrics = Metrics::new();
+        let cache = ServiceMetrics::default();
+        let name: Arc<str> = Arc::from("shop");
+        let route = RouteMetrics::new(Arc::from("quotes"));
+        let series = Series {
+            direction: Direction::Outbound,
+            service: &name,
+            cache: &cache,
+            route: &route,
+        };
+        for (up, down) in [(10, 300), (5, 0)] {
+            let bytes = metrics.body_bytes(&series);
+            bytes.request.inc_by(up);
+            bytes.response.inc_by(down);
+        }
+        let text = metrics.encode();
+        let labels = r#"{direction="outbound",service="shop",route="quotes"}"#;
+        for (name, value) in [("request", 15), ("response", 300)] {
+            let sample = format!("remora_{name}_bytes_total{labels} {value}\n");
+            assert!(text.contains(&sample), "{sample} in {text}");
+        }
     }
 
     #[test]

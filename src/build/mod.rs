@@ -6,12 +6,14 @@
 //! - `pump`: discovery feeds that keep endpoint sets current;
 //! - `route`: the route table the proxy looks a request's service up in;
 //! - `metrics`: the Prometheus registry, aggregating every mechanism's metrics;
+//! - `connections`: each service's upstream connections, counted at scrape time;
 //! - `state`: one config's whole snapshot (targets, discovery, breakers);
 //! - `tcp`: the targets of `protocol: tcp` services and of a TCP inbound listener.
 //!
 //! Config flows down through here and nowhere else: no mechanism names a YAML type.
 
 pub mod carry;
+pub mod connections;
 pub mod metrics;
 mod process_metrics;
 pub mod pump;

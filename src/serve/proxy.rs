@@ -20,8 +20,7 @@ use tower::ServiceExt;
 use crate::build::metrics::{DeniedLabels, Metrics, Series};
 use crate::build::route::{RouteId, Target};
 use crate::build::state::State;
-use crate::core::body::ProxyBody;
-use crate::core::body::{watch, BodyEnd, StatusWaiter};
+use crate::core::body::{watch, BodyEnd, BodyMeter, MeteredBody, ProxyBody, StatusWaiter};
 use crate::core::call::CallInfo;
 use crate::core::error::ProxyError;
 use crate::core::grpc::{grpc_status_at, is_grpc, GrpcStatusAt};
@@ -83,10 +82,11 @@ impl ProxyService {
     }
 }
 
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<MeteredBody>, Infallible>> + Send>>;
 
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
-    type Response = Response<ProxyBody>;
+    type Response = Response<MeteredBody>;
     type Error = Infallible;
     type Future = ResponseFuture;
 
@@ -102,7 +102,12 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             .start(&mut request, this.entry.direction())
             .with_peer_identity(this.peer_identity.as_ref())
             .with_client(this.peer);
-        Box::pin(async move { Ok(trace.run(this.handle(request)).await) })
+        Box::pin(async move {
+            // The response body's byte counter, once the call is routed.
+            let mut sent = None;
+            let response = trace.run(this.handle(request, &mut sent)).await;
+            Ok(response.map(|body| MeteredBody::new(body, sent)))
+        })
     }
 }
 
@@ -166,7 +171,13 @@ fn unknown_service() -> Arc<str> {
 }
 
 impl ProxyService {
-    async fn handle(self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+    /// Routes and forwards `request`; `sent` gets the counter of the response body's
+    /// bytes once a route takes it.
+    async fn handle(
+        self,
+        mut request: Request<Incoming>,
+        sent: &mut Option<prometheus_client::metrics::counter::Counter>,
+    ) -> Response<ProxyBody> {
         if request.headers().contains_key(header::UPGRADE) {
             // A tunnel it may become is counted by the drain.
             request.extensions_mut().insert(self.shared.tunnels.clone());
@@ -217,6 +228,20 @@ impl ProxyService {
         }
         let route_id = target.route_for(&request);
         let route = target.route(route_id);
+        let series = Series {
+            direction,
+            service: &target.name,
+            cache: &target.metrics,
+            route: &route.metrics,
+        };
+        let metrics = &self.shared.metrics;
+        let bytes = metrics.body_bytes(&series);
+        *sent = Some(bytes.response);
+        let read = request
+            .extensions()
+            .get::<crate::trace::CallTrace>()
+            .and_then(crate::trace::CallTrace::request_bytes);
+        let meter = BodyMeter::new(Some(bytes.request), read);
         let call = CallInfo {
             client: self.peer,
             arrived: started,
@@ -225,8 +250,21 @@ impl ProxyService {
             peer_identity: self.peer_identity.clone(),
         };
         let forwarded = match &route.action {
-            None => send_through(&route.stack, request, call, &self.forwarded_for, None).await,
-            Some(action) => act(action, &route.stack, request, call, &self.forwarded_for).await,
+            None => {
+                let (stack, forwarded_for) = (&route.stack, &self.forwarded_for);
+                send_through(stack, request, meter, call, forwarded_for, None).await
+            }
+            Some(action) => {
+                act(
+                    action,
+                    &route.stack,
+                    request,
+                    meter,
+                    call,
+                    &self.forwarded_for,
+                )
+                .await
+            }
         };
         let mut response = match forwarded {
             Ok(response) => {
@@ -267,13 +305,6 @@ impl ProxyService {
         if let Some(action) = &route.action {
             action.edit_response(&mut response);
         }
-        let series = Series {
-            direction,
-            service: &target.name,
-            cache: &target.metrics,
-            route: &route.metrics,
-        };
-        let metrics = &self.shared.metrics;
         let status = response.status().as_u16();
         let Some(grpc_code) = grpc_code_in_headers(response.headers()) else {
             // Counted once the trailers say how the call ended.
@@ -362,7 +393,7 @@ pub struct RequestCount {
 
 impl StatusWaiter for RequestCount {
     /// Counts the request with the gRPC status its body ended with.
-    fn settle(self: Box<Self>, end: BodyEnd<'_>) {
+    fn settle(self: Box<Self>, end: BodyEnd<'_>, _sent: u64) {
         let grpc_code = GrpcCode::of(end.grpc_status());
         let route = self.target.route(self.route);
         let series = Series {
@@ -415,13 +446,14 @@ fn route<B>(state: &State, entry: &Entry, request: &Request<B>) -> Result<Arc<Ta
     found.map_err(ProxyError::UnknownDestination)
 }
 
-/// Does what a route's `action` says with `request`: answers it, or edits it and sends
-/// it through the backend the action picks (`own`, the route's stack, without a split),
-/// mirroring a share of it.
+/// Does what a route's `action` says with `request` (its body counted by `meter`):
+/// answers it, or edits it and sends it through the backend the action picks (`own`,
+/// the route's stack, without a split), mirroring a share of it.
 async fn act(
     action: &RouteAction<Stack>,
     own: &Stack,
     mut request: Request<Incoming>,
+    meter: BodyMeter,
     call: CallInfo,
     forwarded_for: &ForwardedFor,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -430,14 +462,16 @@ async fn act(
     }
     action.edit_request(&mut request);
     let leg = action.leg(&request, own);
-    send_through(leg, request, call, forwarded_for, action.mirror.as_ref()).await
+    let mirror = action.mirror.as_ref();
+    send_through(leg, request, meter, call, forwarded_for, mirror).await
 }
 
-/// Cleans `request` for its hop and sends it through `stack`; a copy goes to `mirror`
-/// when it takes one.
+/// Cleans `request` for its hop and sends it through `stack`, its body's bytes counted
+/// by `meter` as they are read; a copy goes to `mirror` when it takes one.
 async fn send_through(
     stack: &Stack,
     request: Request<Incoming>,
+    meter: BodyMeter,
     call: CallInfo,
     forwarded_for: &ForwardedFor,
     mirror: Option<&Mirror<Stack>>,
@@ -450,9 +484,9 @@ async fn send_through(
 
     let (mut parts, body) = request.into_parts();
     let body = if chunked {
-        read_first_chunk(body).await?
+        read_first_chunk(body, meter).await?
     } else {
-        ProxyBody::streamed(body)
+        ProxyBody::metered(None, body, meter)
     };
     if parts.headers.get(header::HOST).is_none() {
         if let Some(authority) = parts.uri.authority() {
@@ -498,11 +532,18 @@ fn is_chunked(headers: &http::HeaderMap) -> bool {
 
 /// Reads the first frame of a chunked body so that broken framing is refused (400)
 /// before anything reaches the upstream.
-async fn read_first_chunk(mut body: Incoming) -> Result<ProxyBody, ProxyError> {
+async fn read_first_chunk(mut body: Incoming, meter: BodyMeter) -> Result<ProxyBody, ProxyError> {
     match body.frame().await {
-        Some(Ok(frame)) => Ok(ProxyBody::streamed_after(frame, body)),
+        Some(Ok(frame)) => match frame.into_data() {
+            Ok(data) => Ok(ProxyBody::metered(Some(data), body, meter)),
+            // Trailers end a body: an empty one that had some.
+            Err(frame) => Ok(frame.into_trailers().map_or_else(
+                |_| ProxyBody::empty(),
+                |trailers| ProxyBody::with_trailers(bytes::Bytes::new(), trailers),
+            )),
+        },
         Some(Err(error)) => Err(ProxyError::BadRequest(format!("request body: {error}"))),
-        None => Ok(ProxyBody::streamed(body)),
+        None => Ok(ProxyBody::metered(None, body, meter)),
     }
 }
 

@@ -14,6 +14,7 @@ use std::sync::{Mutex, PoisonError};
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
+use crate::build::connections::UpstreamConnections;
 use crate::build::metrics::{Metrics, ReloadLabels};
 use crate::build::state::State;
 use crate::config::Config;
@@ -120,6 +121,7 @@ impl Sidecar {
 
         let mut metrics = Metrics::new();
         let tracing_metrics = crate::trace::TracingMetrics::register(metrics.registry_mut());
+        let current = UpstreamConnections::register(metrics.registry_mut());
         let tracing = crate::trace::Tracing::new(&tracing, tracing_metrics)?;
         let metrics = Arc::new(metrics);
         let state = State::build(config, &metrics, None).await?;
@@ -130,6 +132,8 @@ impl Sidecar {
             tracing,
             tunnels: Default::default(),
         });
+        let weak = Arc::downgrade(&shared);
+        let _ = current.set(Box::new(move || Some(weak.upgrade()?.state.load_full())));
         listeners.apply(pending, &shared);
         let listeners = Arc::new(Mutex::new(listeners));
         let admin = tokio::spawn(crate::serve::admin::serve(admin_tcp, shared.clone()));

@@ -2,7 +2,7 @@
 //! and what the answer records on it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
@@ -12,8 +12,7 @@ use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::Context;
 
-use crate::core::body::watch;
-use crate::core::body::ProxyBody;
+use crate::core::body::{watch, ProxyBody, RunningBytes};
 use crate::core::call::EndpointUsed;
 use crate::core::error::{ProxyError, ERROR_HEADER, FALLBACK_HEADER};
 use crate::core::grpc::{grpc_status, grpc_status_at, GrpcStatusAt};
@@ -42,6 +41,14 @@ pub(super) struct CallInner {
     /// The parent of tries after the first, once the first try took over the call
     /// span's id (`AttemptSpans::Retries`): the call span under its new id.
     pub(super) retried: OnceLock<Context>,
+    /// Request body bytes read from the caller so far, for the access log line.
+    pub(super) request_bytes: AtomicU64,
+}
+
+impl RunningBytes for CallInner {
+    fn show(&self, bytes: u64) {
+        self.request_bytes.store(bytes, Ordering::Relaxed);
+    }
 }
 
 /// What is kept of a call's first try, to record its span if the call is retried.
@@ -108,6 +115,13 @@ impl CallTrace {
     pub fn context(&self) -> &Context {
         &self.0.cx
     }
+
+    /// Where the request body shows the bytes read from the caller, when the access log
+    /// line will say them (the call's own trace: no allocation).
+    pub fn request_bytes(&self) -> Option<Arc<dyn RunningBytes>> {
+        let logged = self.0.tracing.0.access_log;
+        logged.then(|| self.0.clone() as Arc<dyn RunningBytes>)
+    }
 }
 
 /// Names the service `request` was routed to, on its span and in its access log line.
@@ -135,11 +149,10 @@ pub struct RequestTrace {
     pub(super) client: Option<SocketAddr>,
     /// The request's `Host` (or authority), for the access log.
     pub(super) host: Option<HeaderValue>,
-    /// The request body's declared length.
-    pub(super) request_bytes: Option<u64>,
 }
 
-/// What the access log line says of the answer, read from its head.
+/// What the access log line says of the answer, read from its head (its byte count
+/// comes at the end of its body).
 #[derive(Debug)]
 pub(super) struct Answer {
     pub(super) status: u16,
@@ -148,8 +161,6 @@ pub(super) struct Answer {
     pub(super) reason: Option<HeaderValue>,
     /// `x-remora-fallback`: the trigger of a fallback answer.
     pub(super) fallback: Option<HeaderValue>,
-    /// The declared body length.
-    pub(super) bytes: Option<u64>,
 }
 
 impl Answer {
@@ -160,7 +171,6 @@ impl Answer {
             endpoint: response.extensions().get::<EndpointUsed>().copied(),
             reason: headers.get(ERROR_HEADER).cloned(),
             fallback: headers.get(FALLBACK_HEADER).cloned(),
-            bytes: content_length(headers),
         }
     }
 }
@@ -168,16 +178,6 @@ impl Answer {
 /// A header's value as text, when it is set and visible ASCII.
 fn header_str(value: &Option<HeaderValue>) -> Option<&str> {
     value.as_ref().and_then(|v| v.to_str().ok())
-}
-
-/// A declared `Content-Length`.
-pub(super) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 impl RequestTrace {
@@ -210,10 +210,10 @@ impl RequestTrace {
         self.finish(response)
     }
 
-    /// Records the answer on the span, ends it, writes the access log line and returns
-    /// the response with `x-request-id` set. A gRPC answer whose status comes in its
-    /// trailers is recorded (and logged) when its body ends instead; its access log
-    /// `duration_ms` then runs to the end of the body.
+    /// Records the answer on the span, ends it and returns the response with
+    /// `x-request-id` set; the access log line is written when the response body ends
+    /// (its byte count and `duration_ms` run to the end). A gRPC answer whose status
+    /// comes in its trailers is recorded on the span when its body ends too.
     pub fn finish(self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
         if !response.headers().contains_key(&REQUEST_ID) {
             response
@@ -260,12 +260,24 @@ impl RequestTrace {
             span.end();
         }
         if call.tracing.0.access_log {
-            self.access_log(&Answer::of(&response), grpc_status);
+            let line = trailers::LineWaiting {
+                answer: Answer::of(&response),
+                trace: self,
+                grpc_status,
+            };
+            // Written at once when the body already ended.
+            watch(&mut response, Box::new(line));
         }
         response
     }
 
-    pub(super) fn access_log(&self, answer: &Answer, grpc_status: Option<u32>) {
+    /// Writes the call's access log line; `response_bytes` were sent back.
+    pub(super) fn access_log(
+        &self,
+        answer: &Answer,
+        grpc_status: Option<u32>,
+        response_bytes: u64,
+    ) {
         let call = &self.call.0;
         let span = call.cx.span();
         let context = span.span_context();
@@ -280,9 +292,9 @@ impl RequestTrace {
             path: self.uri.path(),
             host,
             client: self.client,
-            request_bytes: self.request_bytes,
-            response_bytes: answer.bytes,
-            attempts: call.attempts.load(std::sync::atomic::Ordering::Relaxed),
+            request_bytes: call.request_bytes.load(Ordering::Relaxed),
+            response_bytes,
+            attempts: call.attempts.load(Ordering::Relaxed),
             upstream_ms: answer.endpoint.map(|e| e.1.as_secs_f64() * 1000.0),
             reason: header_str(&answer.reason),
             fallback: header_str(&answer.fallback),

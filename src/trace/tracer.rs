@@ -144,6 +144,7 @@ impl Tracing {
             direction,
             first_try: std::sync::Mutex::new(None),
             retried: std::sync::OnceLock::new(),
+            request_bytes: std::sync::atomic::AtomicU64::new(0),
         }));
         request.extensions_mut().insert(call.clone());
         RequestTrace {
@@ -155,7 +156,6 @@ impl Tracing {
             peer_identity: None,
             client: None,
             host: request.headers().get(http::header::HOST).cloned(),
-            request_bytes: content_length(request.headers()),
         }
     }
 

@@ -1,12 +1,14 @@
-//! The tracing side of a gRPC response whose status arrives in its trailers.
+//! The tracing side of a response body's end: a gRPC status that arrives in trailers,
+//! and the access log line.
 //!
 //! The request span and access log line ([`RequestTrace::finish`](super::RequestTrace::finish))
 //! and the attempt span ([`Attempt::end`](super::Attempt::end)) cannot record a gRPC
 //! status the headers lack: they wait in the response body (see
-//! [`crate::core::body::watch`]) and record it when the body ends.
+//! [`crate::core::body::watch`]) and record it when the body ends. Only gRPC responses
+//! whose headers carry no `grpc-status` make spans wait (see [`grpc_status_at`]).
 //!
-//! Only gRPC responses whose headers carry no `grpc-status` wait (see
-//! [`grpc_status_at`]); every other response keeps its body and its plain path.
+//! The access log line of every other answer waits too ([`LineWaiting`]), for the bytes
+//! the body sent, as nginx's and Envoy's do: its span is ended at the head already.
 
 use std::sync::Arc;
 
@@ -33,8 +35,18 @@ pub struct RequestWaiting {
     pub(super) answer: Answer,
 }
 
+/// The access log line of an answer whose span is complete: it waits for the end of the
+/// body, and the count of the bytes sent.
+#[derive(Debug)]
+pub struct LineWaiting {
+    pub(super) trace: RequestTrace,
+    pub(super) answer: Answer,
+    /// The gRPC status its head carried.
+    pub(super) grpc_status: Option<u32>,
+}
+
 impl StatusWaiter for AttemptWaiting {
-    fn settle(self: Box<Self>, end: BodyEnd<'_>) {
+    fn settle(self: Box<Self>, end: BodyEnd<'_>, _sent: u64) {
         let Self { span, status } = *self;
         span.record(|recording| {
             record_end(recording, status, Direction::Outbound, None, end);
@@ -44,7 +56,7 @@ impl StatusWaiter for AttemptWaiting {
 }
 
 impl StatusWaiter for RequestWaiting {
-    fn settle(self: Box<Self>, end: BodyEnd<'_>) {
+    fn settle(self: Box<Self>, end: BodyEnd<'_>, sent: u64) {
         let Self { trace, answer } = *self;
         let call = &trace.call.0;
         let grpc_status = end.grpc_status();
@@ -56,8 +68,14 @@ impl StatusWaiter for RequestWaiting {
             span.end();
         }
         if call.tracing.0.access_log {
-            trace.access_log(&answer, grpc_status);
+            trace.access_log(&answer, grpc_status, sent);
         }
+    }
+}
+
+impl StatusWaiter for LineWaiting {
+    fn settle(self: Box<Self>, _end: BodyEnd<'_>, sent: u64) {
+        self.trace.access_log(&self.answer, self.grpc_status, sent);
     }
 }
 
@@ -139,7 +157,6 @@ mod tests {
                 endpoint: None,
                 reason: None,
                 fallback: None,
-                bytes: None,
             },
         };
         watch(&mut response, Box::new(waiting));

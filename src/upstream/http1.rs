@@ -13,6 +13,7 @@
 //! the endpoint one SYN per call at once.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use hyper::client::conn::http1::SendRequest;
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
 use super::pending::{PendingQueue, PoolMetrics};
-use super::pool::{ConnectError, PoolConfig, Pools, SendError};
+use super::pool::{ConnectError, ConnectionCount, PoolConfig, Pools, SendError};
 use super::tls::UpstreamTls;
 use crate::core::body::{ConnectionHome, Lease, ProxyBody};
 
@@ -64,6 +65,8 @@ pub(crate) struct Http1Pool {
     /// Woken (one waiter per connection) when a connection is checked in while calls
     /// wait.
     released: Notify,
+    /// Connections open, idle or not: each connection's task counts in it while it runs.
+    open: Arc<AtomicUsize>,
 }
 
 impl Http1Pool {
@@ -79,6 +82,7 @@ impl Http1Pool {
                 metrics,
             ),
             released: Notify::new(),
+            open: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -114,7 +118,7 @@ impl Http1Pool {
                 Queued::Connect(permit, request) => (permit, request),
             },
         };
-        let connected = pools.connect_http1(addr, tls).await;
+        let connected = pools.connect_http1(addr, tls, &self.open).await;
         drop(permit);
         let mut sender = match connected {
             Ok(sender) => sender,
@@ -231,6 +235,20 @@ impl Http1Pool {
         let mut idle = self.lock();
         idle.retain(|conn| conn.since.elapsed() <= timeout && !conn.sender.is_closed());
         idle.len()
+    }
+
+    /// Its connections now: the idle ones still open, and the other open ones.
+    pub(super) fn connections(&self) -> ConnectionCount {
+        let idle = self
+            .lock()
+            .iter()
+            .filter(|conn| !conn.sender.is_closed())
+            .count();
+        let open = self.open.load(Ordering::Relaxed);
+        ConnectionCount {
+            idle,
+            active: open.saturating_sub(idle),
+        }
     }
 
     /// Idle connections held now.

@@ -20,7 +20,7 @@ use hyper::client::conn::http2::SendRequest;
 use tokio::sync::Notify;
 
 use super::pending::{PendingQueue, PoolMetrics};
-use super::pool::{ConnectError, PoolConfig, Pools, SendError};
+use super::pool::{ConnectError, ConnectionCount, PoolConfig, Pools, SendError};
 use super::tls::UpstreamTls;
 use crate::core::body::{Lease, ProxyBody, StreamSlot};
 
@@ -225,6 +225,19 @@ impl Http2Pool {
             !idle && !c.sender.is_closed()
         });
         connections.open.len() + connections.connecting
+    }
+
+    /// Its open connections now: idle without a stream, active with one.
+    pub(super) fn connections(&self) -> ConnectionCount {
+        let connections = self.lock();
+        let mut count = ConnectionCount::default();
+        for connection in connections.open.iter().filter(|c| !c.sender.is_closed()) {
+            match connection.streams.load(Ordering::Relaxed) {
+                0 => count.idle += 1,
+                _ => count.active += 1,
+            }
+        }
+        count
     }
 
     /// Connections without a stream now.

@@ -49,7 +49,7 @@ pub use endpoint_metrics::{EndpointMetrics, EndpointStats, MAX_ENDPOINTS};
 pub use hygiene::{requested_upgrade, set_forwarded, strip_hop_by_hop, ForwardedFor};
 pub use pending::PoolMetrics;
 use pool::SendError;
-pub use pool::{ConnectError, PoolConfig, PoolConfigError, UpstreamClients};
+pub use pool::{ConnectError, ConnectionCount, PoolConfig, PoolConfigError, UpstreamClients};
 pub use tcp::{
     splice, ByteCounters, Connected, FailedReason, SpliceEnd, Spliced, TcpConfig, TcpConfigError,
     TcpConnectError, TcpForward, TcpMetrics, TcpSeries, UpstreamStream,

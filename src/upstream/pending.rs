@@ -1,5 +1,5 @@
 //! The calls of one endpoint that wait for a connection: a bounded queue with a time
-//! limit, and its metrics.
+//! limit, and the pools' metrics (the queue's, and failed connects by reason).
 //!
 //! A call that finds no idle connection and no connect slot free (see
 //! `PoolConfig::max_connecting_per_endpoint`) takes a place here and waits, at most
@@ -11,12 +11,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as MetricsRegistry;
 
 use super::pool::ConnectError;
-use crate::core::labels::{register_per_service, ByService, PerService};
+use crate::core::labels::{register_per_service, ByService, PerService, ServiceLabel};
 
 /// One endpoint's waiting calls (of one protocol).
 #[derive(Debug)]
@@ -77,7 +79,15 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// The pools' queue metrics, shared by every pool of the process.
+/// Labels of failed connects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConnectErrorLabels {
+    service: ServiceLabel,
+    /// [`ConnectError::reason`]: `refused`, `timeout`, `tls` or `other`.
+    reason: &'static str,
+}
+
+/// The pools' metrics, shared by every pool of the process.
 #[derive(Debug, Clone, Default)]
 pub struct PoolMetrics {
     /// `remora_upstream_pending`: calls waiting for a connection now.
@@ -86,10 +96,13 @@ pub struct PoolMetrics {
     overflow: PerService<Counter>,
     /// `remora_upstream_pending_timeouts_total{service}`: calls that waited too long.
     timeouts: PerService<Counter>,
+    /// `remora_upstream_connect_errors_total{service,reason}`: connections that could not
+    /// be made.
+    connect_errors: Family<ConnectErrorLabels, Counter>,
 }
 
 impl PoolMetrics {
-    /// Registers the pending-queue gauge and counters.
+    /// Registers the pending-queue gauge and counters, and the failed connects.
     pub fn register(registry: &mut MetricsRegistry) -> Self {
         let waiting = Gauge::default();
         registry.register(
@@ -107,20 +120,35 @@ impl PoolMetrics {
             "upstream_pending_timeouts",
             "Calls that waited longer than upstream.pending_timeout for a connection",
         );
+        let connect_errors = Family::default();
+        registry.register(
+            "upstream_connect_errors",
+            "Upstream connections that could not be made, by service and reason (refused, timeout, tls, other)",
+            connect_errors.clone(),
+        );
         Self {
             waiting,
             overflow,
             timeouts,
+            connect_errors,
         }
     }
 
-    /// Counts a call of `service` that failed in the queue with `error` (other errors
-    /// are not counted here).
+    /// Counts a call of `service` that got no connection: refused by the queue or timed
+    /// out in it, or its connect failed (one call makes at most one attempt, so this
+    /// counts the attempts).
     pub(super) fn record(&self, service: &Arc<str>, error: &ConnectError) {
         let family = match error {
             ConnectError::QueueFull(_) => &self.overflow,
             ConnectError::QueueTimeout(_) => &self.timeouts,
-            _ => return,
+            failed => {
+                let labels = ConnectErrorLabels {
+                    service: ServiceLabel(service.clone()),
+                    reason: failed.reason().unwrap_or("other"),
+                };
+                self.connect_errors.get_or_create(&labels).inc();
+                return;
+            }
         };
         family.get_or_create(&ByService::of(service)).inc();
     }

@@ -114,6 +114,55 @@ pub enum ConnectError {
     QueueTimeout(Duration),
 }
 
+impl ConnectError {
+    /// The `reason` label of a failed connect; `None` for a call the pending queue
+    /// refused, which tried none.
+    pub fn reason(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Timeout(_) => "timeout",
+            Self::Io(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
+            Self::Tls(_) => "tls",
+            Self::Io(_) | Self::Handshake(_) => "other",
+            Self::QueueFull(_) | Self::QueueTimeout(_) => return None,
+        })
+    }
+}
+
+/// An endpoint pool's connections at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionCount {
+    /// Waiting for a call: pooled HTTP/1.1 connections, HTTP/2 ones without a stream.
+    pub idle: usize,
+    /// Carrying a call: checked-out HTTP/1.1 connections, HTTP/2 ones with a stream.
+    pub active: usize,
+}
+
+impl ConnectionCount {
+    /// Adds `other`'s connections to these.
+    pub fn add(&mut self, other: Self) {
+        self.idle += other.idle;
+        self.active += other.active;
+    }
+}
+
+/// Counts a connection among its pool's open ones for as long as its task runs.
+#[derive(Debug)]
+pub(super) struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    /// One more of `open`.
+    pub(super) fn count(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Why one exchange with an endpoint failed.
 pub(super) enum SendError {
     /// No connection could be made: nothing was sent, and the request is given back.
@@ -267,6 +316,23 @@ impl UpstreamClients {
         &self.pools
     }
 
+    /// The connections of the pool of `addr` reached with `tls` (`None`: plaintext), if
+    /// it has a pool (a call to it made one). Read when metrics are scraped.
+    pub fn connections(
+        &self,
+        addr: SocketAddr,
+        tls: Option<&Arc<UpstreamTls>>,
+    ) -> Option<ConnectionCount> {
+        let endpoints = match self.pools.endpoints.read() {
+            Ok(endpoints) => endpoints,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let pool = endpoints.get(addr, tls)?;
+        let mut count = pool.http1.connections();
+        count.add(pool.http2.connections());
+        Some(count)
+    }
+
     /// Idle connections held now, HTTP/1 and HTTP/2.
     #[cfg(test)]
     pub(super) fn idle_connections(&self) -> usize {
@@ -299,19 +365,20 @@ impl EndpointPool {
 
 impl Pools {
     /// A new HTTP/1.1 connection to `addr` (over `tls`, when given), driven by its own
-    /// task.
+    /// task, which counts in `open` while it runs.
     pub(super) async fn connect_http1(
         self: &Arc<Self>,
         addr: SocketAddr,
         tls: Option<&UpstreamTls>,
+        open: &Arc<AtomicUsize>,
     ) -> Result<http1::SendRequest<ProxyBody>, ConnectError> {
         let stream = self.connect_tcp(addr).await?;
         let sender = match tls {
-            None => self.handshake_http1(addr, stream).await?,
+            None => self.handshake_http1(addr, stream, open).await?,
             Some(tls) => {
                 let timeout = self.config.connect_timeout;
                 let stream = tls.handshake(stream, false, timeout).await?;
-                self.handshake_http1(addr, stream).await?
+                self.handshake_http1(addr, stream, open).await?
             }
         };
         self.start_reaper();
@@ -322,6 +389,7 @@ impl Pools {
         &self,
         addr: SocketAddr,
         stream: T,
+        open: &Arc<AtomicUsize>,
     ) -> Result<http1::SendRequest<ProxyBody>, ConnectError>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -331,7 +399,9 @@ impl Pools {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)?;
+        let open = OpenConnection::count(open);
         tokio::spawn(async move {
+            let _open = open;
             // Upgrades: a 101 hands the connection's bytes to `hyper::upgrade::on`.
             if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(%addr, %error, "upstream connection ended with an error");
@@ -454,4 +524,29 @@ pub(super) fn leased(response: Response<Incoming>, lease: Lease) -> Response<Pro
     response.map(|body| ProxyBody::Pooled {
         body: PooledBody::new(body, lease),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_errors_name_a_bounded_reason() {
+        let io = |kind| ConnectError::Io(std::io::Error::from(kind));
+        let tls = ConnectError::Tls(TlsError::TimedOut(Duration::from_secs(1)));
+        let cases = [
+            (io(std::io::ErrorKind::ConnectionRefused), Some("refused")),
+            (
+                ConnectError::Timeout(Duration::from_secs(1)),
+                Some("timeout"),
+            ),
+            (tls, Some("tls")),
+            (io(std::io::ErrorKind::ConnectionReset), Some("other")),
+            (ConnectError::QueueFull(4), None),
+            (ConnectError::QueueTimeout(Duration::from_secs(1)), None),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(error.reason(), reason, "{error}");
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! The access log line says what a user asks of a call: who called (client address,
-//! Host), what went up and came back (declared bytes), how many tries it took and the
+//! Host), what went up and came back (body bytes as they streamed), how many tries it took and the
 //! answering endpoint's time, and, when remora answered itself, why (a rate limit, a
 //! fallback and its trigger).
 

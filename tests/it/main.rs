@@ -60,6 +60,7 @@ mod timeout;
 mod tls;
 mod tls_client;
 mod tracing;
+mod traffic_metrics;
 mod upstream_faults;
 mod upstream_faults_h2;
 mod validate_is_building;

@@ -4,8 +4,10 @@
 //! small and whole (`Full`, or `Trailed` when it ends in trailers). An enum rather than a
 //! boxed trait object keeps the hot path free of a per-request allocation; only a policy
 //! that must watch a body's frames pays for `Boxed`, and only where it applies, only a
-//! request that may be sent again pays for `Replay` (its recording), and only a gRPC
-//! response whose status comes in trailers pays for `Watched`.
+//! request that may be sent again pays for `Replay` (its recording), and only a
+//! response whose end someone waits for (a gRPC status in trailers, the access log line)
+//! pays for `Watched`. A caller's request body counts its bytes as it is read; the
+//! response the caller gets is a [`MeteredBody`], which counts them as they are sent.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,10 +19,12 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+mod meter;
 mod pooled;
 mod replay;
 mod watch;
 
+pub use meter::{BodyMeter, MeteredBody, RunningBytes};
 pub use pooled::{ConnectionHome, Lease, PooledBody, StreamSlot};
 pub use replay::{Replay, ReplayBody};
 pub use watch::{watch, BodyEnd, GrpcStatusBody, StatusWaiter};
@@ -32,12 +36,15 @@ pin_project! {
     /// A request or response body as remora forwards or produces it.
     #[project = ProxyBodyProj]
     pub enum ProxyBody {
-        /// A peer's body, streamed. `first` holds a frame already read ahead (to check a
-        /// chunked body's framing before anything reaches the upstream).
+        /// A peer's body, streamed. `first` holds data already read ahead (to check a
+        /// chunked body's framing before anything reaches the upstream; data, not a
+        /// frame, which would make every body larger); `meter` counts the bytes read (a
+        /// caller's request body is counted where it is read).
         Streamed {
-            first: Option<Frame<Bytes>>,
+            first: Option<Bytes>,
             #[pin]
             body: Incoming,
+            meter: BodyMeter,
         },
         /// A body remora wrote itself.
         Full { data: Option<Bytes> },
@@ -63,8 +70,9 @@ pin_project! {
             #[pin]
             body: PooledBody,
         },
-        /// A gRPC response whose status, in its trailers, someone waits for (the request
-        /// span, the access log, the request counter). Boxed: only such responses pay.
+        /// A response whose end someone waits for: a gRPC status in its trailers (the
+        /// request span, the access log, the request counter), or the access log line's
+        /// final byte count. Boxed: only such responses pay.
         Watched {
             body: Box<GrpcStatusBody>,
         },
@@ -106,15 +114,13 @@ impl ProxyBody {
 
     /// A peer's body, streamed as it arrives.
     pub fn streamed(body: Incoming) -> Self {
-        Self::Streamed { first: None, body }
+        Self::metered(None, body, BodyMeter::default())
     }
 
-    /// A peer's body of which `first` was already read.
-    pub fn streamed_after(first: Frame<Bytes>, body: Incoming) -> Self {
-        Self::Streamed {
-            first: Some(first),
-            body,
-        }
+    /// A peer's body (of which `first` was already read), streamed as it arrives, its
+    /// bytes counted by `meter`.
+    pub fn metered(first: Option<Bytes>, body: Incoming, meter: BodyMeter) -> Self {
+        Self::Streamed { first, body, meter }
     }
 }
 
@@ -133,11 +139,17 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            ProxyBodyProj::Streamed { first, body } => {
-                if let Some(frame) = first.take() {
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                body.poll_frame(cx).map_err(Into::into)
+            ProxyBodyProj::Streamed {
+                first,
+                mut body,
+                meter,
+            } => {
+                let polled = match first.take() {
+                    Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    None => body.as_mut().poll_frame(cx).map_err(Into::into),
+                };
+                meter.observe(&polled, body.is_end_stream());
+                polled
             }
             ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ProxyBodyProj::Trailed { data, trailers } => Poll::Ready(
@@ -155,7 +167,7 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Streamed { first, body } => first.is_none() && body.is_end_stream(),
+            Self::Streamed { first, body, .. } => first.is_none() && body.is_end_stream(),
             Self::Full { data } => data.is_none(),
             Self::Trailed { data, trailers } => data.is_none() && trailers.is_none(),
             Self::Boxed { body } => body.is_end_stream(),
@@ -167,7 +179,9 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Streamed { first: None, body } => body.size_hint(),
+            Self::Streamed {
+                first: None, body, ..
+            } => body.size_hint(),
             Self::Streamed { .. } => SizeHint::default(),
             Self::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))

@@ -1,11 +1,13 @@
-//! A response body whose gRPC status someone waits for.
+//! A response body whose end (and gRPC status) someone waits for.
 //!
 //! A gRPC answer carries its status in the trailers (only a trailers-only answer puts
 //! it in the headers), so whoever records that status (the request span and access log,
 //! the attempt span, the request counter) has to wait for the end of the body. [`watch`]
 //! hands such a [`StatusWaiter`] to a [`GrpcStatusBody`] wrapped around the response
 //! body, which settles every waiter once: at the trailers, at an end without trailers,
-//! at a read error, or when the body is dropped unfinished (the client went away).
+//! at a read error, or when the body is dropped unfinished (the client went away). It
+//! also counts the data bytes that passed, for the access log line, which waits for the
+//! end of every response body.
 //!
 //! The waiters are the business of the floors above (tracing, the proxy's counters);
 //! this floor only knows that they wait. One response gets one wrapper however many
@@ -45,8 +47,8 @@ impl BodyEnd<'_> {
 
 /// Someone waiting for the end of a response body (and its gRPC status).
 pub trait StatusWaiter: Send + Sync + std::fmt::Debug + 'static {
-    /// The body ended as `end` says; called exactly once.
-    fn settle(self: Box<Self>, end: BodyEnd<'_>);
+    /// The body ended as `end` says, after `sent` data bytes passed; called exactly once.
+    fn settle(self: Box<Self>, end: BodyEnd<'_>, sent: u64);
 }
 
 /// Most parties that wait on one response: the attempt span, the request span and log
@@ -59,13 +61,14 @@ const MAX_WAITERS: usize = 3;
 pub fn watch(response: &mut Response<ProxyBody>, waiter: Box<dyn StatusWaiter>) {
     let body = response.body_mut();
     if body.is_end_stream() {
-        waiter.settle(BodyEnd::Ended(None));
+        waiter.settle(BodyEnd::Ended(None), 0);
         return;
     }
     let mut watched = match std::mem::take(body) {
         ProxyBody::Watched { body } => body,
         inner => Box::new(GrpcStatusBody {
             inner,
+            sent: 0,
             waiters: Default::default(),
         }),
     };
@@ -77,6 +80,8 @@ pub fn watch(response: &mut Response<ProxyBody>, waiter: Box<dyn StatusWaiter>) 
 /// the trailers (or the end, or the drop) settle the waiters.
 pub struct GrpcStatusBody {
     inner: ProxyBody,
+    /// Data bytes passed so far.
+    sent: u64,
     waiters: [Option<Box<dyn StatusWaiter>>; MAX_WAITERS],
 }
 
@@ -100,7 +105,7 @@ impl GrpcStatusBody {
             Some(slot) => *slot = Some(waiter),
             // More parties than the stack has never happens; should it, the newcomer
             // learns nothing rather than displacing one that waited first.
-            None => waiter.settle(BodyEnd::Dropped),
+            None => waiter.settle(BodyEnd::Dropped, self.sent),
         }
     }
 
@@ -108,7 +113,7 @@ impl GrpcStatusBody {
     fn settle(&mut self, end: BodyEnd<'_>) {
         for slot in &mut self.waiters {
             if let Some(waiter) = slot.take() {
-                waiter.settle(end);
+                waiter.settle(end, self.sent);
             }
         }
     }
@@ -124,6 +129,11 @@ impl Body for GrpcStatusBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.sent += data.len() as u64;
+            }
+        }
         match &polled {
             Some(Ok(frame)) => match frame.trailers_ref() {
                 Some(trailers) => this.settle(BodyEnd::Ended(grpc_status(trailers))),
