@@ -10,10 +10,17 @@
 # seconds per target and test before the rounds (3), CONNECTIONS (64), STREAMS per h2
 # connection (10), IDLE_CONNECTIONS (1000), PORT_BASE (28000), LOAD_CPU (0),
 # PROXY_CPU (1), TESTS ("http1 h2c grpc"), TARGETS ("direct remora nginx haproxy"),
-# JOBS for cargo (2), REMORA_BIN (a prebuilt remora to measure instead of building one), NICE (-10) for every process of the benchmark, so that other
-# work on a shared machine disturbs all targets less, NO_INSTALL=1 to skip the apt-get step, QUIET_MAX (15) % of a CPU
-# that other processes may use before a run starts and QUIET_WAIT (20) seconds to wait
-# for that.
+# JOBS for cargo (2), REMORA_BIN (a prebuilt remora to measure instead of building one),
+# UPSTREAM_BIN (a prebuilt examples/bench_upstream, likewise), NICE (-10) for every
+# process of the benchmark, so that other work on a shared machine disturbs all targets
+# less, NO_INSTALL=1 to skip the apt-get step, QUIET_MAX (15) % of a CPU that other
+# processes may use before a run starts and QUIET_WAIT (20) seconds to wait for that.
+#
+# After the saturation rounds, a fixed-rate phase loads every target at one rate per
+# test (h2load --rps): FIXED_RATE_HTTP1, FIXED_RATE_H2C, FIXED_RATE_GRPC req/s in all,
+# else FIXED_RATE, else half of nginx's median saturation req/s for that test; 0 skips
+# the test (FIXED_RATE=0: the whole phase). The rate is spread over FIXED_CONNECTIONS
+# (32) connections, h2c and gRPC with up to FIXED_STREAMS (4) streams each.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -33,6 +40,9 @@ JOBS=${JOBS:-2}
 NICE=${NICE:--10}
 QUIET_MAX=${QUIET_MAX:-15}
 QUIET_WAIT=${QUIET_WAIT:-20}
+FIXED_RATE=${FIXED_RATE:-}
+FIXED_CONNECTIONS=${FIXED_CONNECTIONS:-32}
+FIXED_STREAMS=${FIXED_STREAMS:-4}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
@@ -48,6 +58,10 @@ NGINX_H2C_PORT=$((PORT_BASE + 4))
 NGINX_GRPC_PORT=$((PORT_BASE + 5))
 HAPROXY_H1_PORT=$((PORT_BASE + 6))
 HAPROXY_H2_PORT=$((PORT_BASE + 7))
+
+# The unary call of the gRPC test: its path and h2load's arguments to send one request.
+GRPC_PATH=/remora.echo.v1.Echo/Unary
+GRPC_ARGS=(-d "$WORK/echo-request.bin" -H 'content-type: application/grpc' -H 'te: trailers')
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() {
@@ -168,19 +182,25 @@ install_tools() {
 }
 
 build() {
-    log "building remora and the bench upstream (release, -j $JOBS)"
     # Separately, so that the remora binary measured is the one users build (no
     # dev-dependency features unified into it). REMORA_BIN measures a binary built
-    # elsewhere (an earlier commit, say) instead.
+    # elsewhere (an earlier commit, say) instead; UPSTREAM_BIN likewise.
     if [[ -n ${REMORA_BIN:-} ]]; then
         log "measuring REMORA_BIN=$REMORA_BIN"
     else
+        log "building remora (release, -j $JOBS)"
         (cd "$ROOT" && cargo build --release -j "$JOBS" --bin remora)
         REMORA_BIN=$TARGET_DIR/release/remora
     fi
-    (cd "$ROOT" && cargo build --release -j "$JOBS" --example bench_upstream)
-    UPSTREAM_BIN=$TARGET_DIR/release/examples/bench_upstream
-    [[ -x $REMORA_BIN && -x $UPSTREAM_BIN ]] || die "binaries not found under $TARGET_DIR"
+    if [[ -n ${UPSTREAM_BIN:-} ]]; then
+        log "upstream UPSTREAM_BIN=$UPSTREAM_BIN"
+    else
+        log "building the bench upstream (release, -j $JOBS)"
+        (cd "$ROOT" && cargo build --release -j "$JOBS" --example bench_upstream)
+        UPSTREAM_BIN=$TARGET_DIR/release/examples/bench_upstream
+    fi
+    [[ -x $REMORA_BIN ]] || die "remora binary $REMORA_BIN not found"
+    [[ -x $UPSTREAM_BIN ]] || die "bench upstream binary $UPSTREAM_BIN not found"
 }
 
 render() {
@@ -319,8 +339,8 @@ load() {
     h2c | grpc)
         local extra=()
         if [[ $test == grpc ]]; then
-            url=http://127.0.0.1:$port/remora.echo.v1.Echo/Unary
-            extra=(-d "$WORK/echo-request.bin" -H 'content-type: application/grpc' -H 'te: trailers')
+            url=http://127.0.0.1:$port$GRPC_PATH
+            extra=("${GRPC_ARGS[@]}")
         fi
         rm -f "$WORK/h2load.log"
         timeout "$limit" nice -n "$NICE" taskset -c "$LOAD_CPU" \
@@ -333,6 +353,30 @@ load() {
         ;;
     *) die "unknown test $test" ;;
     esac
+}
+
+# Runs one load of $3 seconds at $4 requests/s in all, a multiple of FIXED_CONNECTIONS
+# (h2load --rps is per connection); prints what load() prints.
+load_fixed() {
+    local test=$1 port=$2 seconds=$3 rate=$4 raw=$WORK/load.txt
+    local url=http://127.0.0.1:$port/
+    local args=(-t1 -c"$FIXED_CONNECTIONS" --rps="$((rate / FIXED_CONNECTIONS))" -D "$seconds")
+    case $test in
+    http1) args+=(--h1) ;;
+    h2c) args+=(-m"$FIXED_STREAMS") ;;
+    grpc)
+        url=http://127.0.0.1:$port$GRPC_PATH
+        args+=(-m"$FIXED_STREAMS" "${GRPC_ARGS[@]}")
+        ;;
+    *) die "unknown test $test" ;;
+    esac
+    rm -f "$WORK/h2load.log"
+    timeout "$((seconds + 30))" nice -n "$NICE" taskset -c "$LOAD_CPU" \
+        h2load "${args[@]}" --log-file="$WORK/h2load.log" "$url" >"$raw" 2>&1 ||
+        die "h2load failed: $(tail -n 5 "$raw")"
+    local cpu_seconds
+    cpu_seconds=$(children_cpu_seconds)
+    echo "$(parse_h2load "$raw" "$WORK/h2load.log") $cpu_seconds"
 }
 
 parse_wrk() {
@@ -384,8 +428,8 @@ smoke() {
     case $test in
     http1) args+=(--h1) ;;
     grpc)
-        url=http://127.0.0.1:$port/remora.echo.v1.Echo/Unary
-        args+=(-d "$WORK/echo-request.bin" -H 'content-type: application/grpc' -H 'te: trailers')
+        url=http://127.0.0.1:$port$GRPC_PATH
+        args+=("${GRPC_ARGS[@]}")
         ;;
     esac
     timeout 20 h2load "${args[@]}" "$url" >"$raw" 2>&1 || true
@@ -393,9 +437,15 @@ smoke() {
         die "$target does not answer $test: $(grep -E '^(requests|status codes):' "$raw" | tr '\n' ' ')"
 }
 
-# One measured run; appends "rps p50 p99 errors cpu% rss_kib" to the results file.
+# One measured run; appends "rps p50 p99 errors cpu% rss_kib other%" to the results
+# file: $test.$target at saturation, or, given a rate $3 (req/s in all), fixed.$test.$target.
 measure() {
-    local test=$1 target=$2 port pid ticks0 ticks1 t0 t1 peak=0 rss line cpu
+    local test=$1 target=$2 rate=${3:-} port pid ticks0 ticks1 t0 t1 peak=0 rss cpu
+    local file=$WORK/results/$test.$target what=$test
+    if [[ -n $rate ]]; then
+        file=$WORK/results/fixed.$test.$target
+        what="$test at $rate req/s"
+    fi
     port=$(port_for "$test" "$target")
     pid=${PID[$target]}
     wait_quiet
@@ -404,14 +454,18 @@ measure() {
     busy0=$(machine_busy_ticks)
     ticks0=$(cpu_ticks "$pid")
     t0=$(date +%s.%N)
-    load "$test" "$port" "$DURATION" >"$WORK/line.txt" &
+    if [[ -n $rate ]]; then
+        load_fixed "$test" "$port" "$DURATION" "$rate" >"$WORK/line.txt" &
+    else
+        load "$test" "$port" "$DURATION" >"$WORK/line.txt" &
+    fi
     local loader=$!
     while kill -0 "$loader" 2>/dev/null; do
         rss=$(rss_kib "$pid")
         ((rss > peak)) && peak=$rss
         sleep 0.5
     done
-    wait "$loader" || die "load on $target ($test) failed"
+    wait "$loader" || die "load on $target ($what) failed"
     t1=$(date +%s.%N)
     ticks1=$(cpu_ticks "$pid")
     busy1=$(machine_busy_ticks)
@@ -432,8 +486,47 @@ measure() {
     other=$(awk -v busy=$((busy1 - busy0)) -v ours=$((proxy_ticks + upstream1 - upstream0)) \
         -v load="$load_seconds" -v hz="$hz" -v t0="$t0" -v t1="$t1" \
         'BEGIN { x = 100 * ((busy - ours) / hz - load) / (t1 - t0); printf "%.1f", (x < 0 ? 0 : x) }')
-    echo "$rps $p50 $p99 $errors $cpu $peak $other" >>"$WORK/results/$test.$target"
-    log "$test $target: ${rps} req/s p50=${p50}ms p99=${p99}ms errors=$errors cpu=$cpu% rss=${peak}KiB other=$other%"
+    echo "$rps $p50 $p99 $errors $cpu $peak $other" >>"$file"
+    log "$what $target: ${rps} req/s p50=${p50}ms p99=${p99}ms errors=$errors cpu=$cpu% rss=${peak}KiB other=$other%"
+}
+
+# ---------------------------------------------------------------- fixed rate
+
+declare -A FIXED_RPS # test -> req/s in all of the fixed-rate phase (0: not run)
+
+# Sets FIXED_RPS for every test: FIXED_RATE_<TEST>, else FIXED_RATE, else half of nginx's
+# median saturation req/s, rounded to a whole number of requests per connection.
+fixed_rates() {
+    local test var rate per
+    for test in $TESTS; do
+        var=FIXED_RATE_${test^^}
+        rate=${!var:-$FIXED_RATE}
+        if [[ -z $rate ]]; then
+            if [[ ! -s $WORK/results/$test.nginx ]]; then
+                log "fixed rate: no nginx saturation figure for $test and no $var; skipping $test"
+                FIXED_RPS[$test]=0
+                continue
+            fi
+            rate=$(awk -v r="$(median "$WORK/results/$test.nginx" 1)" 'BEGIN { printf "%d", r / 2 }')
+        fi
+        [[ $rate =~ ^[0-9]+$ ]] || die "$var / FIXED_RATE must be a whole number of requests/s, not '$rate'"
+        if ((rate == 0)); then
+            FIXED_RPS[$test]=0
+            continue
+        fi
+        per=$(((rate + FIXED_CONNECTIONS / 2) / FIXED_CONNECTIONS))
+        ((per >= 1)) || per=1
+        FIXED_RPS[$test]=$((per * FIXED_CONNECTIONS))
+        log "fixed rate for $test: ${FIXED_RPS[$test]} req/s ($FIXED_CONNECTIONS connections × $per)"
+    done
+}
+
+# Whether the median achieved rate of "$test.$target" in the fixed-rate phase is below
+# 95 % of the rate asked.
+fixed_short() {
+    local rps
+    rps=$(val "fixed.$1.$2.rps")
+    [[ $rps != nan ]] && awk -v a="$rps" -v r="${FIXED_RPS[$1]:-0}" 'BEGIN { exit !(a < 0.95 * r) }'
 }
 
 # ---------------------------------------------------------------- memory
@@ -489,19 +582,23 @@ calc() {
 
 declare -A M # "$test.$target.$metric" -> median
 
+# Saturation medians under "$test.$target.$metric", fixed-rate ones under
+# "fixed.$test.$target.$metric".
 collect() {
-    local test target file
+    local test target file key
     for test in $TESTS; do
         for target in $TARGETS; do
-            file=$WORK/results/$test.$target
-            [[ -s $file ]] || continue
-            M[$test.$target.rps]=$(median "$file" 1)
-            M[$test.$target.p50]=$(median "$file" 2)
-            M[$test.$target.p99]=$(median "$file" 3)
-            M[$test.$target.errors]=$(awk '{ s += $4 } END { print s + 0 }' "$file")
-            M[$test.$target.cpu]=$(median "$file" 5)
-            M[$test.$target.rss]=$(median "$file" 6)
-            M[$test.$target.other]=$(awk '{ if ($7 > m) m = $7 } END { print m + 0 }' "$file")
+            for key in "$test.$target" "fixed.$test.$target"; do
+                file=$WORK/results/$key
+                [[ -s $file ]] || continue
+                M[$key.rps]=$(median "$file" 1)
+                M[$key.p50]=$(median "$file" 2)
+                M[$key.p99]=$(median "$file" 3)
+                M[$key.errors]=$(awk '{ s += $4 } END { print s + 0 }' "$file")
+                M[$key.cpu]=$(median "$file" 5)
+                M[$key.rss]=$(median "$file" 6)
+                M[$key.other]=$(awk '{ if ($7 > m) m = $7 } END { print m + 0 }' "$file")
+            done
         done
     done
 }
@@ -516,18 +613,22 @@ ratio() { # rps of $1 over rps of $2 in test $3
     calc "$a / $b" "%.2f×"
 }
 
+test_label() {
+    case $1 in
+    http1) echo "HTTP/1.1" ;;
+    h2c) echo "h2c" ;;
+    grpc) echo "gRPC unary" ;;
+    esac
+}
+
 report() {
     local test target label
-    echo "### Throughput and latency (median of $ROUNDS rounds of ${DURATION}s)"
+    echo "### Throughput and latency at saturation (median of $ROUNDS rounds of ${DURATION}s)"
     echo
     echo "| test | target | req/s | p50 ms | p99 ms | p99 added ms | × direct | × nginx | × HAProxy | proxy CPU % | proxy RSS under load MiB | errors | other CPU % (max) |"
     echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for test in $TESTS; do
-        case $test in
-        http1) label="HTTP/1.1" ;;
-        h2c) label="h2c" ;;
-        grpc) label="gRPC unary" ;;
-        esac
+        label=$(test_label "$test")
         for target in $TARGETS; do
             [[ -n ${M[$test.$target.rps]:-} ]] || continue
             local added="—"
@@ -550,6 +651,7 @@ report() {
         done
     done
     echo
+    fixed_report
     echo "### Memory (VmRSS; nginx counts master + worker)"
     echo
     echo "| proxy | idle MiB | idle private (RssAnon) MiB | with $IDLE_CONNECTIONS idle keep-alive connections MiB | KiB per idle connection |"
@@ -564,6 +666,56 @@ report() {
     done
     echo
     targets_report
+}
+
+fixed_report() {
+    local test target label rate achieved added
+    echo "### Latency at a fixed rate (median of $ROUNDS rounds of ${DURATION}s)"
+    echo
+    if [[ $FIXED_RATE == 0 ]]; then
+        echo "Not run (FIXED_RATE=0)."
+        echo
+        return
+    fi
+    echo "h2load --rps, the rate in all over $FIXED_CONNECTIONS connections (h2c and gRPC: up to" \
+        "$FIXED_STREAMS streams each); by default half of nginx's saturation req/s." \
+        "(!): achieved less than 95 % of the rate, so that row's latency is not at the rate."
+    echo
+    echo "| test | rate req/s | target | achieved req/s | p50 ms | p99 ms | p99 added ms | proxy CPU % | errors | other CPU % (max) |"
+    echo "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for test in $TESTS; do
+        label=$(test_label "$test")
+        rate=${FIXED_RPS[$test]:-0}
+        for target in $TARGETS; do
+            [[ -n ${M[fixed.$test.$target.rps]:-} ]] || continue
+            achieved=$(calc "$(val "fixed.$test.$target.rps")" "%.0f")
+            fixed_short "$test" "$target" && achieved="$achieved (!)"
+            added="—"
+            if [[ $target != direct ]]; then
+                added=$(calc "$(val "fixed.$test.$target.p99") - $(val "fixed.$test.direct.p99")" "%+.3f")
+            fi
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+                "$label" "$rate" "$target" "$achieved" \
+                "$(calc "$(val "fixed.$test.$target.p50")" "%.3f")" \
+                "$(calc "$(val "fixed.$test.$target.p99")" "%.3f")" \
+                "$added" \
+                "$(calc "$(val "fixed.$test.$target.cpu")" "%.0f")" \
+                "$(val "fixed.$test.$target.errors")" \
+                "$(calc "$(val "fixed.$test.$target.other")" "%.0f")"
+        done
+    done
+    echo
+}
+
+# The targets' "p99 added at a fixed rate" line for test $1 (label $2, at most $3 ms).
+fixed_verdict() {
+    local test=$1 label=$2 wanted=$3 rate=${FIXED_RPS[$1]:-0} v mark=""
+    v=$(calc "$(val "fixed.$test.remora.p99") - $(val "fixed.$test.direct.p99")" "%.3f")
+    if fixed_short "$test" remora || fixed_short "$test" direct; then mark=" (!)"; fi
+    local at="not run"
+    ((rate > 0)) && at="$rate req/s"
+    verdict "$label p99 added at a fixed rate ($at)" "$v ms$mark" \
+        "≤ $(printf '%.3f' "$wanted") ms" "$v <= $wanted"
 }
 
 # One line of the issue #3 targets: name, measured, wanted, met (1/0).
@@ -589,8 +741,7 @@ targets_report() {
         verdict "HTTP/1.1 req/s vs HAProxy" "$(calc "$r / $v" "%.2f×")" "≥ 1.00×" "$r >= $v"
         v=$(val http1.direct.rps)
         verdict "HTTP/1.1 req/s vs direct" "$(calc "$r / $v" "%.2f×")" "≥ 0.95×" "$r >= 0.95 * $v"
-        v=$(calc "$(val http1.remora.p99) - $(val http1.direct.p99)" "%.3f")
-        verdict "HTTP/1.1 p99 added" "$v ms" "≤ 0.300 ms" "$v <= 0.3"
+        fixed_verdict http1 HTTP/1.1 0.3
     fi
     local test label
     for test in h2c grpc; do
@@ -600,8 +751,7 @@ targets_report() {
         best=$(awk -v a="$(val "$test.nginx.rps")" -v b="$(val "$test.haproxy.rps")" \
             'BEGIN { if (a == "nan") a = 0; if (b == "nan") b = 0; print ((a > b) ? a : b) }')
         verdict "$label req/s vs better of nginx/HAProxy" "$(calc "$r / $best" "%.2f×")" "≥ 1.10×" "$r >= 1.1 * $best"
-        v=$(calc "$(val "$test.remora.p99") - $(val "$test.direct.p99")" "%.3f")
-        verdict "$label p99 added" "$v ms" "≤ 1.000 ms" "$v <= 1.0"
+        fixed_verdict "$test" "$label" 1.0
     done
     local file=$WORK/results/memory.remora idle held anon
     if [[ -s $file ]]; then
@@ -646,6 +796,21 @@ main() {
         # Rotate so that no target always runs first or right after another.
         order=("${order[@]:1}" "${order[0]}")
     done
+
+    # The p99 added at a moderate rate, which every target should sustain: at saturation
+    # latency is mostly queueing, so it says little about what a proxy adds per request.
+    if [[ $FIXED_RATE != 0 ]]; then
+        fixed_rates
+        read -r -a order <<<"$TARGETS"
+        for round in $(seq "$ROUNDS"); do
+            log "fixed rate: round $round of $ROUNDS"
+            for test in $TESTS; do
+                ((FIXED_RPS[$test] > 0)) || continue
+                for target in "${order[@]}"; do measure "$test" "$target" "${FIXED_RPS[$test]}"; done
+            done
+            order=("${order[@]:1}" "${order[0]}")
+        done
+    fi
 
     collect
     {
