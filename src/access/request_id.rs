@@ -7,18 +7,14 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A random UUID (version 4 layout), written without allocating a `String`.
 pub fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = fastrand::u128(..) & !(0xf000 << 64) & !(0xc << 60) | (0x4000 << 64) | (0x8 << 60);
-    let mut out = [0u8; 36];
-    let mut nibble = 0;
-    for (i, slot) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *slot = b'-';
-            continue;
-        }
-        *slot = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
-        nibble += 1;
-    }
+    let bytes = bits.to_be_bytes();
+    let mut out = *b"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";
+    crate::core::hex::write(&mut out[0..8], &bytes[0..4]);
+    crate::core::hex::write(&mut out[9..13], &bytes[4..6]);
+    crate::core::hex::write(&mut out[14..18], &bytes[6..8]);
+    crate::core::hex::write(&mut out[19..23], &bytes[8..10]);
+    crate::core::hex::write(&mut out[24..36], &bytes[10..16]);
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 

@@ -28,10 +28,14 @@ use super::Propagation;
 #[derive(Debug)]
 pub(crate) struct Propagators {
     extract: TextMapCompositePropagator,
-    inject: TextMapCompositePropagator,
+    /// The formats written besides W3C (which [`inject_w3c`] writes), if any.
+    inject: Option<TextMapCompositePropagator>,
     /// Every trace header any format reads (not `baggage`): removed before injecting.
     fields: Vec<HeaderName>,
 }
+
+/// W3C baggage's header.
+static BAGGAGE_HEADER: HeaderName = HeaderName::from_static(BAGGAGE);
 
 impl Propagators {
     /// Reads every format and baggage; writes W3C and those of `propagate`.
@@ -48,8 +52,7 @@ impl Propagators {
             .filter(|name| *name != BAGGAGE)
             .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
             .collect();
-        let mut writers: Vec<Box<dyn TextMapPropagator + Send + Sync>> =
-            vec![Box::new(TraceContextPropagator::new())];
+        let mut writers: Vec<Box<dyn TextMapPropagator + Send + Sync>> = Vec::new();
         if propagate.contains(&Propagation::B3) {
             writers.push(Box::new(B3Propagator));
         }
@@ -58,23 +61,67 @@ impl Propagators {
         }
         Self {
             extract,
-            inject: TextMapCompositePropagator::new(writers),
+            inject: (!writers.is_empty()).then(|| TextMapCompositePropagator::new(writers)),
             fields,
         }
     }
 
     /// The caller's context, or an empty one.
     pub(crate) fn extract(&self, headers: &HeaderMap) -> Context {
+        // Without any header a format reads, every format would find nothing: one pass
+        // over the names says so, where each format would look its names up one by one.
+        let carried = headers
+            .keys()
+            .any(|name| *name == BAGGAGE_HEADER || self.fields.contains(name));
+        if !carried {
+            return Context::new();
+        }
         self.extract
             .extract_with_context(&Context::new(), &HeaderExtractor(headers))
     }
 
     /// Replaces the trace headers of `headers` with `cx`'s.
     pub(crate) fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
-        for name in &self.fields {
+        // Only those present are removed: a removal hashes its name, a comparison does not.
+        let stale: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| self.fields.contains(name))
+            .cloned()
+            .collect();
+        for name in stale {
             headers.remove(name);
         }
-        self.inject.inject_context(cx, &mut HeaderInjector(headers));
+        inject_w3c(cx, headers);
+        if let Some(inject) = &self.inject {
+            inject.inject_context(cx, &mut HeaderInjector(headers));
+        }
+    }
+}
+
+/// W3C `traceparent` and a non-empty `tracestate`, as opentelemetry's writer puts them
+/// (only the sampled flag is passed on), without its formatting and `String`s.
+fn inject_w3c(cx: &Context, headers: &mut HeaderMap) {
+    static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+    let span = cx.span();
+    let context = span.span_context();
+    if !context.is_valid() {
+        return;
+    }
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    crate::core::hex::write(&mut value[3..35], &context.trace_id().to_bytes());
+    crate::core::hex::write(&mut value[36..52], &context.span_id().to_bytes());
+    let flags = (context.trace_flags() & TraceFlags::SAMPLED).to_u8();
+    crate::core::hex::write(&mut value[53..55], &[flags]);
+    if let Ok(value) = HeaderValue::from_bytes(&value) {
+        headers.insert(&TRACEPARENT, value);
+    }
+    // An empty `tracestate` says nothing: not sent (W3C allows that).
+    let state = context.trace_state().header();
+    if !state.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&state) {
+            headers.insert(&TRACESTATE, value);
+        }
     }
 }
 
@@ -94,21 +141,14 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// Writes propagation fields into request headers.
+/// Writes the B3 and Jaeger fields into request headers.
 struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        // The W3C names are static: parsing one would copy it, per request.
-        let name = match key {
-            "traceparent" => HeaderName::from_static("traceparent"),
-            "tracestate" => HeaderName::from_static("tracestate"),
-            _ => match HeaderName::from_bytes(key.as_bytes()) {
-                Ok(name) => name,
-                Err(_) => return,
-            },
+        let Ok(name) = HeaderName::from_bytes(key.as_bytes()) else {
+            return;
         };
-        // An empty `tracestate` says nothing: not sent (W3C allows that).
         if value.is_empty() {
             return;
         }
@@ -353,6 +393,42 @@ mod tests {
         );
         assert_eq!(map["x-b3-traceid"], "0af7651916cd43dd8448eb211c80319c");
         assert!(map.get("b3").is_none());
+    }
+
+    /// remora writes W3C itself (for speed): what it writes must be what opentelemetry's
+    /// writer would, flags masked to `sampled`, an empty `tracestate` left out.
+    #[test]
+    fn w3c_is_written_as_opentelemetry_writes_it() {
+        let propagators = Propagators::new(&[]);
+        let states = [
+            TraceState::default(),
+            TraceState::from_key_value([("rojo", "00f067aa0ba902b7"), ("congo", "t61rcWkgMzE")])
+                .unwrap(),
+        ];
+        for (flags, state) in [(0x01, 0), (0x00, 1), (0xff, 1), (0x02, 0)]
+            .map(|(f, s)| (TraceFlags::new(f), states[s].clone()))
+        {
+            let context = SpanContext::new(
+                TraceId::from_hex("00f7651916cd43dd8448eb211c80319c").unwrap(),
+                SpanId::from_hex("07ad6b716920333a").unwrap(),
+                flags,
+                true,
+                state,
+            );
+            let cx = Context::new().with_remote_span_context(context);
+            let mut ours = HeaderMap::new();
+            propagators.inject(&cx, &mut ours);
+            let mut theirs = std::collections::HashMap::<String, String>::new();
+            TraceContextPropagator::new().inject_context(&cx, &mut theirs);
+            assert_eq!(ours["traceparent"], theirs["traceparent"]);
+            match ours.get("tracestate") {
+                Some(state) => assert_eq!(state, theirs["tracestate"].as_str()),
+                None => assert_eq!(theirs["tracestate"], ""),
+            }
+        }
+        let mut none = HeaderMap::new();
+        propagators.inject(&Context::new(), &mut none);
+        assert!(none.is_empty());
     }
 
     /// Found by the `trace_context` fuzz target: rewritten by the opentelemetry writer, a
