@@ -15,6 +15,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use opentelemetry::context::FutureExt as _;
 use tower::ServiceExt;
 
 use crate::build::metrics::{DeniedLabels, Metrics, Series};
@@ -105,7 +106,9 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         Box::pin(async move {
             // The response body's byte counter, once the call is routed.
             let mut sent = None;
-            let response = trace.run(this.handle(request, &mut sent)).await;
+            let context = trace.context();
+            let response = this.handle(request, &mut sent).with_context(context).await;
+            let response = trace.finish(response);
             Ok(response.map(|body| MeteredBody::new(body, sent)))
         })
     }

@@ -8,7 +8,6 @@ use std::time::{Instant, SystemTime};
 
 use http::header::HeaderValue;
 use http::{Method, Request, Response, Uri};
-use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::Context;
 
@@ -200,14 +199,12 @@ impl RequestTrace {
         self
     }
 
-    /// Runs `future` with the request span current (so that [`event`] lands on it),
-    /// then [`finish`](Self::finish)es with its response.
-    pub async fn run<F>(self, future: F) -> Response<ProxyBody>
-    where
-        F: std::future::Future<Output = Response<ProxyBody>>,
-    {
-        let response = future.with_context(self.call.0.cx.clone()).await;
-        self.finish(response)
+    /// The request span's context: made current around the call's future (with
+    /// `opentelemetry::context::FutureExt::with_context`) so that [`event`] lands on the
+    /// span, before [`finish`](Self::finish). Not a method taking the future: each layer
+    /// of futures would copy the whole call's state once more.
+    pub fn context(&self) -> opentelemetry::Context {
+        self.call.0.cx.clone()
     }
 
     /// Records the answer on the span, ends it and returns the response with
