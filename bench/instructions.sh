@@ -10,8 +10,15 @@
 # kernel's share of a request (sockets, epoll) is the same for every variant and is
 # not in these figures, so a ratio here overstates what the variant costs in time.
 #
+# Traced variants export to a local OTLP sink (examples/otlp_sink.rs, a process of its
+# own, so not counted): without one, failed exports and their retries would be counted.
+#
 # Usage: bash bench/instructions.sh   (VARIANTS="plain policies", N=5000 by default;
-# REMORA_BIN=path measures that build of remora)
+# REMORA_BIN=path measures that build of remora; CARGO_FEATURES=... builds remora and the
+# helpers with those features; UPSTREAM_PORT, PORT, ADMIN_PORT and OTLP_PORT, 28480 to
+# 28483 by default, move it off ports another run holds). remora inherits the
+# environment: CARGO_FEATURES=otlp-sdk-exporter REMORA_OTLP_EXPORTER=sdk measures the
+# traced variants with opentelemetry-otlp's exporter instead of remora's encoder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,11 +33,13 @@ fi
 source bench/common.sh
 install_missing valgrind=valgrind h2load=nghttp2-client protoc=protobuf-compiler
 
-cargo build --release --locked --example bench_upstream >&2
+features=()
+[ -z "${CARGO_FEATURES:-}" ] || features=(--features "$CARGO_FEATURES")
+cargo build --release --locked "${features[@]}" --example bench_upstream --example otlp_sink >&2
 BIN=${CARGO_TARGET_DIR:-target}/release
 # REMORA_BIN measures a prebuilt remora (say, the build of another commit) instead.
 if [ -z "${REMORA_BIN:-}" ]; then
-    cargo build --release --locked --bin remora >&2
+    cargo build --release --locked "${features[@]}" --bin remora >&2
     REMORA_BIN=$BIN/remora
 fi
 with_work_dir
@@ -38,7 +47,10 @@ with_work_dir
 UPSTREAM_PORT=${UPSTREAM_PORT:-28480}
 PORT=${PORT:-28481}
 ADMIN_PORT=${ADMIN_PORT:-28482}
+OTLP_PORT=${OTLP_PORT:-28483}
 "$BIN/examples/bench_upstream" serve "$UPSTREAM_PORT" >"$WORK/upstream.log" 2>&1 &
+pids+=($!)
+"$BIN/examples/otlp_sink" "$OTLP_PORT" >"$WORK/sink.log" 2>&1 &
 pids+=($!)
 printf '\x00\x00\x00\x00\x07\x0a\x05hello' >"$WORK/echo-request.bin"
 
@@ -64,7 +76,7 @@ count() {
     local variant=$1 test=$2
     template "$variant" | sed -e "s/@REMORA_ADMIN_PORT@/$ADMIN_PORT/" \
         -e "s/@REMORA_PORT@/$PORT/" -e "s/@UPSTREAM_PORT@/$UPSTREAM_PORT/" \
-        -e "s/@OTLP_PORT@/28483/" >"$WORK/remora.yaml"
+        -e "s/@OTLP_PORT@/$OTLP_PORT/" >"$WORK/remora.yaml"
     rm -f "$WORK"/callgrind.*
     valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" \
         "$REMORA_BIN" run --config "$WORK/remora.yaml" >"$WORK/remora.log" 2>&1 &
@@ -84,6 +96,11 @@ count() {
         sleep 0.1
     done
     awk -v n="$N" '/^(summary|totals):/ {printf "%.0f\n", $2 / n; exit}' "$dump"
+    # What became of the spans (a traced variant must have exported, never dropped).
+    curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" |
+        grep -E '^remora_spans_(exported|dropped)_total' |
+        sed "s/^/instructions.sh: $variant $test: /" >&2 || true
+    grep -h REMORA_OTLP_EXPORTER "$WORK/remora.log" >&2 || true
     kill "$pid"
     wait "$pid" 2>/dev/null || true
 }

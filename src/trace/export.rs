@@ -134,11 +134,10 @@ impl Sink {
     }
 }
 
-/// Starts the batching task on the current tokio runtime, sending to `collector`; it
+/// Starts the batching task on the current tokio runtime, exporting through `backend`; it
 /// ends once the [`Sink`] and every span holding a clone of it are gone.
 pub(super) fn spawn(
-    collector: Collector,
-    encoder: Encoder,
+    backend: Backend,
     limits: QueueLimits,
     metrics: TracingMetrics,
 ) -> (Sink, Flusher) {
@@ -150,8 +149,7 @@ pub(super) fn spawn(
     }));
     let (control, commands) = mpsc::channel(4);
     let exporter = Exporter {
-        collector,
-        encoder,
+        backend,
         limits,
         metrics,
     };
@@ -207,10 +205,19 @@ async fn drain(
     }
 }
 
+/// What turns a batch into an export call.
+pub(super) enum Backend {
+    /// Remora's encoder and its collector connection.
+    Encoder(Collector, Encoder),
+    /// opentelemetry-otlp's exporter, for measurements (`sdk_export`); its own timeout
+    /// and retry policy apply, not remora's.
+    #[cfg(feature = "otlp-sdk-exporter")]
+    Sdk(super::sdk_export::SdkExporter),
+}
+
 /// Encodes batches and sends them, counting the outcome.
 struct Exporter {
-    collector: Collector,
-    encoder: Encoder,
+    backend: Backend,
     limits: QueueLimits,
     metrics: TracingMetrics,
 }
@@ -229,8 +236,22 @@ impl Exporter {
             return;
         }
         let count = batch.len() as u64;
-        let message = self.encoder.encode(batch, self.collector.prefix());
-        let message = match self.collector.compress(message) {
+        let (collector, encoder) = match &mut self.backend {
+            Backend::Encoder(collector, encoder) => (collector, encoder),
+            #[cfg(feature = "otlp-sdk-exporter")]
+            Backend::Sdk(exporter) => {
+                // The SDK's exporter applies its own timeout and retries.
+                if let Err(error) = exporter.export(batch).await {
+                    self.metrics.dropped.inc_by(count);
+                    tracing::debug!(%error, spans = count, "span export failed");
+                } else {
+                    self.metrics.exported.inc_by(count);
+                }
+                return;
+            }
+        };
+        let message = encoder.encode(batch, collector.prefix());
+        let message = match collector.compress(message) {
             Ok(message) => Bytes::from(message),
             Err(error) => {
                 self.metrics.dropped.inc_by(count);
@@ -241,7 +262,7 @@ impl Exporter {
         let deadline = tokio::time::Instant::now() + self.limits.export_timeout;
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let sent = tokio::time::timeout_at(deadline, self.collector.send(message.clone()));
+            let sent = tokio::time::timeout_at(deadline, collector.send(message.clone()));
             let error = match sent.await {
                 Ok(Ok(())) => {
                     self.metrics.exported.inc_by(count);
@@ -250,12 +271,12 @@ impl Exporter {
                 Ok(Err(error)) => error,
                 Err(_) => {
                     self.metrics.dropped.inc_by(count);
-                    self.collector.reset();
+                    collector.reset();
                     tracing::debug!(spans = count, "span export timed out");
                     return;
                 }
             };
-            self.collector.reset();
+            collector.reset();
             let wait = error.retry_after().unwrap_or_else(|| jittered(backoff));
             let transient = error.is_transient();
             if !retry || !transient || tokio::time::Instant::now() + wait >= deadline {

@@ -31,6 +31,8 @@ mod config;
 mod export;
 mod otlp;
 mod propagation;
+#[cfg(feature = "otlp-sdk-exporter")]
+mod sdk_export;
 mod semconv;
 mod span;
 #[cfg(test)]
@@ -49,7 +51,7 @@ pub use tracer::Tracing;
 use call::*;
 use config::*;
 pub use export::TracingMetrics;
-use export::{Collector, Flusher, QueueLimits, Sink};
+use export::{Backend, Collector, Flusher, QueueLimits, Sink};
 pub(crate) use propagation::Propagators;
 use semconv::*;
 use span::{Kind, LiveSpan, Recording, SpanHandle};

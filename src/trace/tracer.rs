@@ -90,7 +90,10 @@ impl Tracing {
             export_timeout: config.export_timeout,
         };
         let encoder = otlp::Encoder::new(&config.service_name, &config.resource);
-        let exporting = export::spawn(collector, encoder, limits, metrics.clone());
+        let backend = Backend::Encoder(collector, encoder);
+        #[cfg(feature = "otlp-sdk-exporter")]
+        let backend = sdk_backend(endpoint, config).unwrap_or(backend);
+        let exporting = export::spawn(backend, limits, metrics.clone());
         Ok(Self::with_sink(config, metrics, Some(exporting)))
     }
 
@@ -213,4 +216,33 @@ fn ratio_sampled(trace_id: TraceId, ratio: f64) -> bool {
     let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
     let low = u64::from_be_bytes(trace_id.to_bytes()[8..].try_into().unwrap_or_default());
     (low >> 1) < bound
+}
+
+/// opentelemetry-otlp's exporter when `REMORA_OTLP_EXPORTER=sdk` asks for it and it can
+/// serve `config`; otherwise `None` (remora's encoder), with a warning if it was asked.
+#[cfg(feature = "otlp-sdk-exporter")]
+fn sdk_backend(endpoint: &str, config: &TracingConfig) -> Option<Backend> {
+    if !sdk_export::chosen() {
+        return None;
+    }
+    match sdk_export::SdkExporter::new(endpoint, config) {
+        Ok(exporter) => {
+            // A warning: this variant is for measurements, not for production.
+            tracing::warn!(
+                collector = endpoint,
+                "span export through opentelemetry-otlp ({}=sdk), a measurement variant",
+                sdk_export::CHOICE
+            );
+            Some(Backend::Sdk(exporter))
+        }
+        Err(reason) => {
+            tracing::warn!(
+                collector = endpoint,
+                %reason,
+                "{}=sdk ignored: remora's encoder exports",
+                sdk_export::CHOICE
+            );
+            None
+        }
+    }
 }

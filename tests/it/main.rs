@@ -48,6 +48,8 @@ mod mtls_outbound;
 mod names;
 mod netns;
 mod otlp_export;
+#[cfg(feature = "otlp-sdk-exporter")]
+mod otlp_sdk_exporter;
 mod pool;
 mod rate_limit;
 mod rate_limit_shared;

@@ -252,11 +252,21 @@ impl Process {
 
     /// Like [`run`](Self::run), logging what `filter` (a `RUST_LOG` value) lets through.
     pub async fn run_logging(config: &std::path::Path, admin: SocketAddr, filter: &str) -> Process {
+        Self::run_with_env(config, admin, &[("RUST_LOG", filter)]).await
+    }
+
+    /// Like [`run`](Self::run), with `env` set for it.
+    pub async fn run_with_env(
+        config: &std::path::Path,
+        admin: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Process {
         let stderr = config.with_extension("stderr");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_remora"))
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", filter)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
