@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark of issue #3: remora beside nginx and HAProxy, with a direct connection
+# The benchmark of issues #3 and #17: remora beside nginx and HAProxy, with a direct connection
 # to the upstream as the limit, on HTTP/1.1, h2c and unary gRPC. See bench/README.md.
 #
 # Layout: load generator and upstream on CPU $LOAD_CPU, the proxy under test alone on
@@ -718,7 +718,7 @@ fixed_verdict() {
         "≤ $(printf '%.3f' "$wanted") ms" "$v <= $wanted"
 }
 
-# One line of the issue #3 targets: name, measured, wanted, met (1/0).
+# One line of the speed targets (issue #17): name, measured, wanted, met (1/0).
 verdict() {
     local met=n/a
     if [[ $4 != *nan* && $2 != *—* ]]; then
@@ -728,7 +728,7 @@ verdict() {
 }
 
 targets_report() {
-    echo "### Targets of issue #3 (remora)"
+    echo "### Targets of issue #17 (remora)"
     echo
     echo "| target | measured | wanted | verdict |"
     echo "| --- | ---: | ---: | --- |"
