@@ -42,7 +42,8 @@ struct Reading {
 pub struct SceneFigures {
     /// The service.
     pub name: String,
-    /// The calls made during the scene, as the load generator saw them.
+    /// The calls made during the scene, as the load generator saw them: their counts,
+    /// not their latencies (the whole run's are in the service's report).
     pub calls: Tally,
     /// What the frontend's policies did for the service during the scene.
     pub policy: PolicyCounts,
@@ -162,7 +163,7 @@ impl Monitor {
             .iter_mut()
             .map(|service| SceneFigures {
                 name: service.stats.name.to_string(),
-                calls: std::mem::take(&mut service.scene),
+                calls: std::mem::take(&mut service.scene).without_latency(),
                 policy: self
                     .latest
                     .service(&service.stats.name)
