@@ -116,10 +116,12 @@ growth=$(awk -v warm="$WARMUP" -v max="$GROWTH_MAX" '
     }' "$WORK/samples")
 echo "Growth, mean of the last quarter of the samples after ${WARMUP}s over the first quarter's: $(echo "$growth" | head -n1 | sed 's/, $//')"
 [ "$(echo "$growth" | tail -n1)" = 0 ] || verdict=1
-echo "Demo exit code: $exit_code; its summary:"
+echo "Demo exit code: $exit_code; its summary, and its first scenes (of $(grep -c '^ *[0-9.]*s-[0-9.]*s ' "$WORK/demo.out" || true)):"
 echo
 echo '```'
-sed -n '/^scenes:/,$p' "$WORK/demo.out" | head -n 40
+# awk reads to the end: a reader that stopped early would fail the pipeline (SIGPIPE).
+awk '/^summary over/ { on = 1 } /^scenes:/ { on = 2 } on == 1 { print } on == 2 && shown++ < 40 { print }' \
+    "$WORK/demo.out"
 echo '```'
 [ "$exit_code" = 0 ] || verdict=1
 exit "$verdict"
