@@ -52,20 +52,26 @@ fn proxy_yaml(upstream: SocketAddr) -> String {
     )
 }
 
-/// An upstream that promises 100 bytes and sends 10: the caller's connection is cut
-/// before a complete answer, so its client sees a truncated body, never a whole one.
-#[tokio::test]
-async fn a_body_shorter_than_its_content_length_is_never_passed_off_as_whole() {
-    let upstream = lying_upstream(
-        "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n",
-        b"0123456789",
-    )
-    .await;
+/// What a caller reads through a sidecar whose upstream answers `head` then `body`,
+/// then closes.
+async fn answer_from_lying_upstream(head: &'static str, body: &'static [u8]) -> String {
+    let upstream = lying_upstream(head, body).await;
     let proxy = sidecar(&proxy_yaml(upstream)).await;
     let answer = raw_answer(&proxy)
         .await
         .expect("the sidecar closed the connection");
-    let text = String::from_utf8_lossy(&answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// An upstream that promises 100 bytes and sends 10: the caller's connection is cut
+/// before a complete answer, so its client sees a truncated body, never a whole one.
+#[tokio::test]
+async fn a_body_shorter_than_its_content_length_is_never_passed_off_as_whole() {
+    let text = answer_from_lying_upstream(
+        "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n",
+        b"0123456789",
+    )
+    .await;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     if head.starts_with("HTTP/1.1 200") {
         assert!(
@@ -86,16 +92,11 @@ async fn a_body_shorter_than_its_content_length_is_never_passed_off_as_whole() {
 /// terminating chunk.
 #[tokio::test]
 async fn a_chunked_body_cut_short_never_gets_its_last_chunk() {
-    let upstream = lying_upstream(
+    let text = answer_from_lying_upstream(
         "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
         b"5\r\nhello\r\n",
     )
     .await;
-    let proxy = sidecar(&proxy_yaml(upstream)).await;
-    let answer = raw_answer(&proxy)
-        .await
-        .expect("the sidecar closed the connection");
-    let text = String::from_utf8_lossy(&answer);
     assert!(
         !text.ends_with("0\r\n\r\n"),
         "a clean end after a cut: {text:?}"
