@@ -97,11 +97,12 @@ for test in "${tests[@]}"; do
         -- sleep $((DURATION - 2)) >/dev/null 2>&1
     wait "$loader"
     rps=$(awk '/^finished in/ {print $4}' "$WORK/h2load.out")
-    perf report -i "$WORK/perf.$test" --no-children --sort symbol,dso -F overhead,sym,dso \
-        --stdio 2>/dev/null | awk '/^ +[0-9.]+%/ {
-            share = $1; sub(/%/, "", share); dso = $NF
-            $1 = ""; $NF = ""; sym = $0
-            sub(/^ +\[[.k]\] +/, "", sym); sub(/ +$/, "", sym)
+    # Tab-separated (share, library, symbol), flat (no call chains), hottest first.
+    perf report -i "$WORK/perf.$test" --no-children -g none --sort dso,sym --stdio \
+        -t "$(printf '\t')" 2>/dev/null | awk -F'\t' '!/^#/ && NF >= 3 {
+            share = $1; gsub(/[ %]/, "", share)
+            dso = $2; sub(/ +$/, "", dso)
+            sym = $3; sub(/^\[[.k]\] +/, "", sym); sub(/ +$/, "", sym)
             printf "%s\t%s\t%s\n", share, sym, dso }' >"$WORK/symbols.$test"
     echo
     echo "## $test ($VARIANT, ${rps:-?} req/s while profiled)"
