@@ -170,3 +170,82 @@ async fn an_etcd_outage_keeps_the_last_instances_serving() {
     );
     assert_eq!(answered_by(&caller).await.as_deref(), Some("one"));
 }
+
+/// Drain under load, in its order: a shutdown leaves the registry at once, keeps taking
+/// new connections for `deregister_delay` (callers that have not yet seen the departure
+/// still get answers), only then stops accepting, and every call in flight completes.
+#[tokio::test]
+async fn shutdown_deregisters_serves_through_the_delay_then_drains_every_call_in_flight() {
+    let etcd = etcd_harness::Etcd::start().await;
+    let endpoint = etcd.endpoint();
+    // Slower than the delay: the calls begun before the shutdown are still in flight
+    // when the listener stops.
+    let app = serve(|_request: http::Request<hyper::body::Incoming>| async {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        http::Response::new(full("done"))
+    })
+    .await;
+    let inbound = free_port();
+    let instance = sidecar(&format!(
+        "service: inventory\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         drain_timeout: 10s\n\
+         inbound: {{ listen: 127.0.0.1:{inbound}, app: {app} }}\n\
+         registries:\n  main: {{ etcd: {{ endpoints: [{endpoint}] }} }}\n\
+         register: {{ registry: main, address: 127.0.0.1:{inbound}, id: slow-1, ttl: 5s, deregister_delay: 3s }}\n"
+    ))
+    .await;
+    let caller = caller(&endpoint).await;
+    let endpoints = format!("http://{}/endpoints", caller.addrs().admin.unwrap());
+    let registered = format!("127.0.0.1:{inbound}");
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            get(&endpoints).await.2.contains(&registered)
+        })
+        .await,
+        "the instance registers"
+    );
+
+    // Load: 40 calls in flight on their own connections when the shutdown begins.
+    let url = format!("http://127.0.0.1:{inbound}/");
+    let in_flight: Vec<_> = (0..40)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let shutdown = tokio::spawn(instance.shutdown());
+
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            !get(&endpoints).await.2.contains(&registered)
+        })
+        .await,
+        "the registry forgets the instance at once, before its delay ends"
+    );
+    let during_delay = {
+        let url = url.clone();
+        tokio::spawn(async move { get(&url).await })
+    };
+    tokio::time::timeout(Duration::from_secs(15), shutdown)
+        .await
+        .expect("the drain ends within drain_timeout")
+        .unwrap();
+    let during_delay = during_delay.await.unwrap();
+    assert_eq!(
+        (during_delay.0.as_u16(), during_delay.2.as_str()),
+        (200, "done"),
+        "a new connection during deregister_delay is still served"
+    );
+    for call in in_flight {
+        let (status, _, body) = call.await.unwrap();
+        assert_eq!((status.as_u16(), body.as_str()), (200, "done"));
+    }
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", inbound))
+            .await
+            .is_err(),
+        "after the drain the listener is closed"
+    );
+}
