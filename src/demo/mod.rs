@@ -110,8 +110,8 @@ pub struct DemoReport {
     pub stopped_cleanly: bool,
     /// One entry per example service, in the order they were configured.
     pub services: Vec<ServiceReport>,
-    /// Every scene played, in order (a cycled script repeats its scenes); the last one
-    /// ends with the demo.
+    /// The scenes played, in order (a cycled script repeats its scenes), the last 64 of
+    /// a long run; the last one ends with the demo.
     pub scenes: Vec<SceneReport>,
 }
 
@@ -291,6 +291,7 @@ pub async fn run_with<W: Write>(
         scenes,
         probe,
         played: Vec::new(),
+        forgotten: 0,
     };
     let stop_reason = show_tables(&options, &banner, &mut live, out).await;
     let Live {
@@ -298,6 +299,7 @@ pub async fn run_with<W: Write>(
         scenes,
         probe,
         mut played,
+        forgotten,
     } = live;
     let elapsed = monitor.elapsed();
 
@@ -325,7 +327,7 @@ pub async fn run_with<W: Write>(
         "\nsummary over {:.1}s ({}):\n{summary}{}",
         elapsed.as_secs_f64(),
         describe_stop(stop_reason),
-        describe_scenes(&played),
+        describe_scenes(&played, forgotten),
     )
     .and_then(|()| out.flush());
 
@@ -352,9 +354,15 @@ struct Live {
     monitor: Monitor,
     scenes: SceneRunner,
     probe: Option<PolicyProbe>,
-    /// Scenes started so far; the last one is playing.
+    /// The last [`KEPT_SCENES`] scenes started; the last one is playing.
     played: Vec<SceneReport>,
+    /// Scenes played before those, counted only.
+    forgotten: usize,
 }
+
+/// The scenes a demo keeps for its summary: a run of hours cycles through hundreds,
+/// and one kept for each would grow its memory for as long as it runs.
+const KEPT_SCENES: usize = 64;
 
 impl SceneReport {
     fn start(title: &str, started: Duration) -> Self {
@@ -459,7 +467,11 @@ async fn next_scene_line(live: &mut Live) -> String {
         Some(scene) => {
             let title = scene.title.clone();
             let number = live.scenes.current().map_or(0, |(_, number, _)| number);
-            live.played.push(SceneReport::start(&title, now));
+            keep_scene(
+                &mut live.played,
+                &mut live.forgotten,
+                SceneReport::start(&title, now),
+            );
             format!("scene {number}/{count}: {title}\n")
         }
         None => String::new(),
@@ -479,13 +491,25 @@ fn scene_status(live: &Live) -> String {
     }
 }
 
+/// Adds `scene` to those kept, forgetting (and counting) the oldest beyond [`KEPT_SCENES`].
+fn keep_scene(played: &mut Vec<SceneReport>, forgotten: &mut usize, scene: SceneReport) {
+    played.push(scene);
+    if played.len() > KEPT_SCENES {
+        played.remove(0);
+        *forgotten += 1;
+    }
+}
+
 /// One line per scene played and per service: what the policies did in it.
-fn describe_scenes(played: &[SceneReport]) -> String {
+fn describe_scenes(played: &[SceneReport], forgotten: usize) -> String {
     let mut out = String::new();
     if played.is_empty() {
         return out;
     }
     let _ = writeln!(out, "\nscenes:");
+    if forgotten > 0 {
+        let _ = writeln!(out, "  ({forgotten} earlier scenes not kept)");
+    }
     for scene in played {
         let _ = writeln!(
             out,
@@ -530,5 +554,28 @@ fn describe_stop(reason: StopReason) -> &'static str {
         StopReason::Duration => "duration reached",
         StopReason::Interrupted => "interrupted",
         StopReason::OutputClosed => "output closed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run of hours keeps its last scenes and a count of the others, so its memory
+    /// stays flat (a one-hour soak grew about 2 KB per scene played before).
+    #[test]
+    fn a_long_run_keeps_its_last_scenes_and_counts_the_rest() {
+        let (mut played, mut forgotten) = (Vec::new(), 0);
+        for n in 0..KEPT_SCENES + 10 {
+            let scene = SceneReport::start(&format!("scene {n}"), Duration::from_secs(n as u64));
+            keep_scene(&mut played, &mut forgotten, scene);
+        }
+        assert_eq!((played.len(), forgotten), (KEPT_SCENES, 10));
+        assert_eq!(played[0].title, "scene 10");
+        let summary = describe_scenes(&played, forgotten);
+        assert!(
+            summary.contains("(10 earlier scenes not kept)"),
+            "{summary}"
+        );
     }
 }
