@@ -6,16 +6,17 @@
 
 use std::time::Duration;
 
-use http::{header, HeaderValue, Response, StatusCode};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
-use super::grpc::{grpc_code_for_http, percent_encode_grpc_message};
+use super::grpc::{grpc_code_for_http, percent_encode_grpc_message, GRPC_STATUS};
 
 /// Header naming why remora answered instead of the upstream.
-pub const ERROR_HEADER: &str = "x-remora-error";
+pub static ERROR_HEADER: HeaderName = HeaderName::from_static("x-remora-error");
 
 /// Header marking a fallback answer, with the trigger that chose it.
-pub const FALLBACK_HEADER: &str = "x-remora-fallback";
+pub static FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-remora-fallback");
 
 /// A request no connection took, given back with the error that stopped it.
 pub struct Unsent(pub Box<http::Request<ProxyBody>>);
@@ -144,11 +145,14 @@ impl ProxyError {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/grpc"),
             );
-            headers.insert("grpc-status", HeaderValue::from(self.grpc_code() as i32));
+            headers.insert(
+                GRPC_STATUS.clone(),
+                HeaderValue::from(self.grpc_code() as i32),
+            );
             if let Ok(value) = HeaderValue::from_str(&percent_encode_grpc_message(&message)) {
                 headers.insert("grpc-message", value);
             }
-            headers.insert(ERROR_HEADER, reason);
+            headers.insert(ERROR_HEADER.clone(), reason);
             return response;
         }
         let mut response = Response::new(ProxyBody::full(format!("{message}\n")));
@@ -158,7 +162,7 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        headers.insert(ERROR_HEADER, reason);
+        headers.insert(ERROR_HEADER.clone(), reason);
         if let Self::RateLimited { retry_after } = self {
             headers.insert(header::RETRY_AFTER, retry_after_seconds(*retry_after));
         }
@@ -198,14 +202,14 @@ mod tests {
         let response = ProxyError::UnknownDestination("x".into()).to_response(true);
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["grpc-status"], "12");
-        assert_eq!(response.headers()[ERROR_HEADER], "unknown-destination");
+        assert_eq!(response.headers()[&ERROR_HEADER], "unknown-destination");
     }
 
     #[test]
     fn http_errors_carry_status_and_reason() {
         let response = ProxyError::Timeout(Duration::from_secs(1)).to_response(false);
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(response.headers()[ERROR_HEADER], "timeout");
+        assert_eq!(response.headers()[&ERROR_HEADER], "timeout");
     }
 
     #[test]
@@ -213,7 +217,7 @@ mod tests {
         let error = ProxyError::Forbidden("spiffe://example.org/batch".into());
         let response = error.to_response(false);
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
-        assert_eq!(response.headers()[ERROR_HEADER], "forbidden");
+        assert_eq!(response.headers()[&ERROR_HEADER], "forbidden");
         let grpc = error.to_response(true);
         assert_eq!(grpc.status(), StatusCode::OK);
         assert_eq!(grpc.headers()["grpc-status"], "7");

@@ -11,6 +11,9 @@ use tokio::time::Instant;
 use super::body::ProxyBody;
 use super::call::CallInfo;
 
+/// The `grpc-status` header (and trailer).
+pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// The `grpc-timeout` header.
 pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
@@ -45,7 +48,7 @@ pub fn grpc_path<B>(request: &Request<B>) -> Option<(&str, &str)> {
 
 /// `grpc-status` of a trailers-only response (or of headers that carry it).
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    std::str::from_utf8(headers.get("grpc-status")?.as_bytes())
+    std::str::from_utf8(headers.get(&GRPC_STATUS)?.as_bytes())
         .ok()?
         .parse()
         .ok()
@@ -74,7 +77,7 @@ pub fn grpc_status_at(headers: &HeaderMap) -> GrpcStatusAt {
     if !is_grpc_content(headers) {
         return GrpcStatusAt::NotGrpc;
     }
-    match headers.get("grpc-status") {
+    match headers.get(&GRPC_STATUS) {
         Some(_) => GrpcStatusAt::Headers(grpc_status(headers)),
         None => GrpcStatusAt::Trailers,
     }

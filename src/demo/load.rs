@@ -172,7 +172,7 @@ impl HttpCaller {
             .get(INSTANCE_HEADER)
             .and_then(|value| value.to_str().ok())
             .map(Arc::from);
-        let degraded = response.headers().contains_key(FALLBACK_HEADER);
+        let degraded = response.headers().contains_key(&FALLBACK_HEADER);
         // Read the body to the end so the connection goes back to the pool.
         if response.into_body().collect().await.is_err() {
             return Outcome::failed("body");
@@ -217,13 +217,13 @@ impl GrpcCaller {
         match client.unary(request).await {
             Ok(reply) => Outcome {
                 status: CallStatus::Grpc(tonic::Code::Ok),
-                degraded: reply.metadata().contains_key(FALLBACK_HEADER),
+                degraded: reply.metadata().contains_key(FALLBACK_HEADER.as_str()),
                 instance: Some(Arc::from(reply.into_inner().instance)),
             },
             Err(status) => Outcome {
                 status: CallStatus::Grpc(status.code()),
                 instance: None,
-                degraded: status.metadata().contains_key(FALLBACK_HEADER),
+                degraded: status.metadata().contains_key(FALLBACK_HEADER.as_str()),
             },
         }
     }

@@ -273,7 +273,7 @@ impl ProxyService {
             Ok(response) => {
                 if let Some(trigger) = response
                     .headers()
-                    .get(crate::policy::fallback::FALLBACK_HEADER)
+                    .get(&crate::policy::fallback::FALLBACK_HEADER)
                 {
                     // A decision, recorded on the request's span.
                     if crate::trace::recording() {

@@ -95,9 +95,9 @@ fn attempt_attributes(
 ) {
     let attributes = &mut recording.attributes;
     attributes.str("http.request.method", method);
-    attributes.display("server.address", endpoint.ip());
+    attributes.ip("server.address", endpoint.ip());
     attributes.int("server.port", i64::from(endpoint.port()));
-    attributes.display("remora.endpoint", endpoint);
+    attributes.socket_addr("remora.endpoint", endpoint);
     attributes.int("remora.attempt", i64::from(number));
 }
 

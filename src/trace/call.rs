@@ -168,8 +168,8 @@ impl Answer {
         Self {
             status: response.status().as_u16(),
             endpoint: response.extensions().get::<EndpointUsed>().copied(),
-            reason: headers.get(ERROR_HEADER).cloned(),
-            fallback: headers.get(FALLBACK_HEADER).cloned(),
+            reason: headers.get(&ERROR_HEADER).cloned(),
+            fallback: headers.get(&FALLBACK_HEADER).cloned(),
         }
     }
 }
@@ -231,7 +231,7 @@ impl RequestTrace {
                 let attributes = &mut recording.attributes;
                 attributes.int("http.response.status_code", i64::from(status));
                 if let Some(endpoint) = endpoint {
-                    attributes.display("remora.endpoint", endpoint);
+                    attributes.socket_addr("remora.endpoint", endpoint);
                 }
                 if waits_for_trailers {
                     return;
@@ -239,7 +239,7 @@ impl RequestTrace {
                 if let Some(code) = grpc_status {
                     attributes.int("rpc.grpc.status_code", i64::from(code));
                 }
-                let reason = response.headers().get(ERROR_HEADER).map(header_text);
+                let reason = response.headers().get(&ERROR_HEADER).map(header_text);
                 if let Some(error) = error_status(status, grpc_status, call.direction, reason) {
                     recording.set_status(error);
                 }

@@ -581,7 +581,7 @@ async fn grpc_call(
         });
     }
     let (head, body) = response.into_parts();
-    let trailers = match head.headers.get("grpc-status") {
+    let trailers = match head.headers.get(&crate::core::grpc::GRPC_STATUS) {
         Some(_) => head.headers,
         None => body
             .collect()

@@ -39,6 +39,7 @@ mod span;
 mod tests;
 mod tracer;
 pub mod trailers;
+mod wire;
 
 pub use attempt::{attempt, Attempt};
 pub use call::{routed, CallTrace, RequestTrace};

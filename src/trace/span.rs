@@ -15,14 +15,16 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use opentelemetry::trace::{SpanContext, SpanId, Status};
 use opentelemetry::{Array, KeyValue, Value};
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+use prost::encoding::{encoded_len_varint, WireType};
 
 use super::export::Sink;
+use super::wire::{encode_key, encode_varint};
 
 /// OTLP field numbers of the messages remora writes (opentelemetry-proto's
 /// `trace/v1/trace.proto` and `common/v1/common.proto`).
@@ -81,6 +83,7 @@ pub(super) enum AttrValue<'a> {
 
 impl AttrValue<'_> {
     /// Length of the `AnyValue` message.
+    #[inline]
     fn len(self) -> usize {
         match self {
             Self::Str(s) => 1 + encoded_len_varint(s.len() as u64) + s.len(),
@@ -91,6 +94,7 @@ impl AttrValue<'_> {
     }
 
     /// Writes the `AnyValue` message's fields.
+    #[inline]
     fn write(self, out: &mut Vec<u8>) {
         match self {
             Self::Str(s) => {
@@ -157,6 +161,34 @@ impl Attributes {
         }
     }
 
+    /// Adds an address as text (`192.0.2.1:8080`, `[2001:db8::1]:8080`); an IPv4 one
+    /// without `Display`, whose formatting machinery costs about 1,200 instructions
+    /// for what is a few digits.
+    pub(super) fn socket_addr(&mut self, key: &str, addr: SocketAddr) {
+        match addr {
+            SocketAddr::V4(v4) => {
+                let mut text = Ipv4Text::default();
+                text.ip(*v4.ip());
+                text.byte(b':');
+                text.decimal(v4.port());
+                self.str(key, text.as_str());
+            }
+            SocketAddr::V6(_) => self.display(key, addr),
+        }
+    }
+
+    /// Adds an IP address as text, as [`Self::socket_addr`] does.
+    pub(super) fn ip(&mut self, key: &str, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut text = Ipv4Text::default();
+                text.ip(v4);
+                self.str(key, text.as_str());
+            }
+            IpAddr::V6(_) => self.display(key, ip),
+        }
+    }
+
     /// Adds an opentelemetry `KeyValue` (what the API's spans and events are given).
     pub(super) fn key_value(&mut self, attribute: &KeyValue) {
         let key = attribute.key.as_str();
@@ -197,9 +229,14 @@ impl Attributes {
 
     /// Writes the list field's key and a `KeyValue` up to its value field's length:
     /// `value_field` is the encoded size of field 2 without its key.
+    #[inline]
     fn open(&mut self, key: &str, value_field: usize) {
         let key_field = 1 + encoded_len_varint(key.len() as u64) + key.len();
         let message = key_field + value_field;
+        // One growth at most per attribute: the list's key (at most 2 bytes for the
+        // fields remora writes), the length, and the message.
+        self.wire
+            .reserve(2 + encoded_len_varint(message as u64) + message);
         encode_key(self.field, WireType::LengthDelimited, &mut self.wire);
         encode_varint(message as u64, &mut self.wire);
         encode_key(1, WireType::LengthDelimited, &mut self.wire);
@@ -238,6 +275,59 @@ impl std::fmt::Write for ShortText {
         slot.copy_from_slice(s.as_bytes());
         self.len = end;
         Ok(())
+    }
+}
+
+/// An IPv4 address and port written as text (at most `255.255.255.255:65535`).
+#[derive(Default)]
+struct Ipv4Text {
+    bytes: [u8; 21],
+    len: usize,
+}
+
+impl Ipv4Text {
+    fn byte(&mut self, byte: u8) {
+        self.bytes[self.len] = byte;
+        self.len += 1;
+    }
+
+    fn decimal(&mut self, value: u16) {
+        // Truncations intended: one decimal digit each.
+        let mut leading = true;
+        for divisor in [10_000, 1_000, 100, 10] {
+            let digit = (value / divisor % 10) as u8;
+            if digit != 0 || !leading {
+                self.byte(b'0' + digit);
+                leading = false;
+            }
+        }
+        self.byte(b'0' + (value % 10) as u8);
+    }
+
+    fn octet(&mut self, value: u8) {
+        if value >= 100 {
+            self.byte(b'0' + value / 100);
+        }
+        if value >= 10 {
+            self.byte(b'0' + value / 10 % 10);
+        }
+        self.byte(b'0' + value % 10);
+    }
+
+    fn ip(&mut self, ip: Ipv4Addr) {
+        let [a, b, c, d] = ip.octets();
+        self.octet(a);
+        self.byte(b'.');
+        self.octet(b);
+        self.byte(b'.');
+        self.octet(c);
+        self.byte(b'.');
+        self.octet(d);
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits, dots and colons are written.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
     }
 }
 
@@ -499,4 +589,41 @@ pub(super) fn test_span() -> (Arc<LiveSpan>, Sink) {
         0,
     );
     (span, sink)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The attribute list holding `key` = `text` as a string, written the general way.
+    fn expected(key: &str, text: &str) -> Vec<u8> {
+        let mut attributes = Attributes::new(field::SPAN_ATTRIBUTES, 0);
+        attributes.str(key, text);
+        attributes.wire
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let addresses: [SocketAddr; 5] = [
+            "0.0.0.0:0".parse().unwrap(),
+            "127.0.0.1:8080".parse().unwrap(),
+            "10.20.3.40:443".parse().unwrap(),
+            "255.255.255.255:65535".parse().unwrap(),
+            "[2001:db8::1]:9000".parse().unwrap(),
+        ];
+        for addr in addresses {
+            let mut attributes = Attributes::new(field::SPAN_ATTRIBUTES, 0);
+            attributes.socket_addr("remora.endpoint", addr);
+            assert_eq!(
+                attributes.wire,
+                expected("remora.endpoint", &addr.to_string())
+            );
+            let mut attributes = Attributes::new(field::SPAN_ATTRIBUTES, 0);
+            attributes.ip("server.address", addr.ip());
+            assert_eq!(
+                attributes.wire,
+                expected("server.address", &addr.ip().to_string())
+            );
+        }
+    }
 }

@@ -550,9 +550,10 @@ impl Policy {
         trigger: TriggerKind,
         mut response: Response<ProxyBody>,
     ) -> Response<ProxyBody> {
-        response
-            .headers_mut()
-            .insert(FALLBACK_HEADER, HeaderValue::from_static(trigger.as_str()));
+        response.headers_mut().insert(
+            FALLBACK_HEADER.clone(),
+            HeaderValue::from_static(trigger.as_str()),
+        );
         self.metrics
             .served
             .get_or_create(&FallbackLabels {
