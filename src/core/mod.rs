@@ -5,6 +5,7 @@
 //! label types, outcome classification and path matchers. This floor imports nothing of remora; the
 //! floors above (config, the mechanisms, build, serve) import it.
 
+pub mod addr_map;
 pub mod body;
 pub mod call;
 pub mod error;

@@ -30,7 +30,6 @@
 //! NOTE: `observe` takes one short lock per call (a map lookup and a counter); ejecting,
 //! which reads the endpoint set, happens under it too, but only on the N-th failure.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -41,6 +40,7 @@ use tokio::time::Instant;
 
 use super::HealthMetrics;
 use crate::balance::{Endpoint, EndpointSet};
+use crate::core::addr_map::AddrMap;
 use crate::core::body::ProxyBody;
 use crate::core::error::ProxyError;
 use crate::core::outcome::Conditions;
@@ -221,7 +221,7 @@ pub struct OutlierDetector {
 
 #[derive(Debug, Default)]
 struct Records {
-    by_addr: HashMap<SocketAddr, Record>,
+    by_addr: AddrMap<SocketAddr, Record>,
     /// Counts every ejection: a return timer ends only the ejection it was spawned for.
     generation: u64,
 }

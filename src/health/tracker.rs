@@ -12,11 +12,11 @@
 //! known by its address and its identity: one that discovery removed and added again is
 //! a new [`Endpoint`] and starts afresh.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::balance::Endpoint;
+use crate::core::addr_map::AddrMap;
 
 /// An endpoint's health as the checker sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub(super) struct HealthTracker {
     unhealthy_threshold: u32,
     /// Passed probes in a row that make an unhealthy endpoint healthy (at least 1).
     healthy_threshold: u32,
-    entries: HashMap<SocketAddr, Tracked>,
+    entries: AddrMap<SocketAddr, Tracked>,
 }
 
 #[derive(Debug)]
@@ -72,7 +72,7 @@ impl HealthTracker {
         Self {
             unhealthy_threshold,
             healthy_threshold,
-            entries: HashMap::new(),
+            entries: AddrMap::default(),
         }
     }
 

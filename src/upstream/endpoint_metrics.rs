@@ -6,7 +6,6 @@
 //! are bounded: at most [`MAX_ENDPOINTS`] endpoints per service get their own, the rest
 //! count under `endpoint="other"`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -20,6 +19,7 @@ use prometheus_client::registry::Registry as MetricsRegistry;
 
 use super::EndpointObserver;
 use crate::balance::Endpoint;
+use crate::core::addr_map::AddrMap;
 use crate::core::body::ProxyBody;
 use crate::core::error::ProxyError;
 use crate::core::labels::ServiceLabel;
@@ -81,7 +81,7 @@ impl EndpointMetrics {
         EndpointStats {
             service: ServiceLabel(service),
             metrics: self.clone(),
-            handles: RwLock::new(HashMap::new()),
+            handles: RwLock::new(AddrMap::default()),
         }
     }
 }
@@ -102,7 +102,7 @@ struct Handles {
 pub struct EndpointStats {
     service: ServiceLabel,
     metrics: EndpointMetrics,
-    handles: RwLock<HashMap<SocketAddr, Arc<Handles>>>,
+    handles: RwLock<AddrMap<SocketAddr, Arc<Handles>>>,
 }
 
 impl EndpointStats {

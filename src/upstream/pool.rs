@@ -11,7 +11,6 @@
 //! request; one task drives each connection, and one reaper per [`UpstreamClients`]
 //! closes connections idle for longer than the idle timeout.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
@@ -31,6 +30,7 @@ use super::http1::Http1Pool;
 use super::http2::Http2Pool;
 use super::pending::PoolMetrics;
 use super::tls::{TlsError, UpstreamTls};
+use crate::core::addr_map::AddrMap;
 use crate::core::body::{Lease, PooledBody, ProxyBody};
 
 /// How connections to upstream endpoints are made and kept.
@@ -201,8 +201,8 @@ pub(super) struct Pools {
 /// hashes the address alone, as it did before TLS existed (the hot path's cost).
 #[derive(Debug, Default)]
 struct EndpointPools {
-    plaintext: HashMap<SocketAddr, Arc<EndpointPool>>,
-    tls: HashMap<(SocketAddr, NonZeroU64), Arc<EndpointPool>>,
+    plaintext: AddrMap<SocketAddr, Arc<EndpointPool>>,
+    tls: AddrMap<(SocketAddr, NonZeroU64), Arc<EndpointPool>>,
 }
 
 impl EndpointPools {

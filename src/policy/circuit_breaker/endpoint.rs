@@ -34,7 +34,6 @@
 //! and withdraws the mark. A success racing that failure may then go unrecorded: the
 //! same as if it had finished just before the failure.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -46,6 +45,7 @@ use tokio::time::Instant;
 use super::state::{Breaker, BreakerState};
 use super::{log_transition, BreakerConfig, BreakerMetrics, BreakerView};
 use crate::balance::{Endpoint, EndpointSet};
+use crate::core::addr_map::AddrMap;
 use crate::core::body::ProxyBody;
 use crate::core::error::ProxyError;
 use crate::upstream::EndpointObserver;
@@ -68,7 +68,7 @@ pub struct EndpointBreakers {
     endpoints: Arc<EndpointSet>,
     metrics: BreakerMetrics,
     /// Held only to look up, add or prune an entry.
-    breakers: Mutex<HashMap<SocketAddr, Arc<EndpointBreaker>>>,
+    breakers: Mutex<AddrMap<SocketAddr, Arc<EndpointBreaker>>>,
 }
 
 /// One endpoint's breaker.
@@ -94,7 +94,7 @@ impl EndpointBreakers {
             config: Arc::new(config),
             endpoints,
             metrics,
-            breakers: Mutex::new(HashMap::new()),
+            breakers: Mutex::new(AddrMap::default()),
         }
     }
 
@@ -141,10 +141,10 @@ impl EndpointBreakers {
     /// Drops the breakers of endpoints not in `current`.
     fn prune(
         &self,
-        breakers: &mut HashMap<SocketAddr, Arc<EndpointBreaker>>,
+        breakers: &mut AddrMap<SocketAddr, Arc<EndpointBreaker>>,
         current: &[Arc<Endpoint>],
     ) {
-        let live: HashMap<SocketAddr, *const Endpoint> = current
+        let live: AddrMap<SocketAddr, *const Endpoint> = current
             .iter()
             .map(|endpoint| (endpoint.addr, Arc::as_ptr(endpoint)))
             .collect();
@@ -159,7 +159,7 @@ impl EndpointBreakers {
         });
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Arc<EndpointBreaker>>> {
+    fn lock(&self) -> MutexGuard<'_, AddrMap<SocketAddr, Arc<EndpointBreaker>>> {
         self.breakers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
