@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use http::{Request, Response};
 use opentelemetry::trace::TraceContextExt;
+use opentelemetry::Context;
 
 use crate::core::body::watch;
 use crate::core::body::ProxyBody;
@@ -54,7 +55,7 @@ pub fn attempt<B>(request: &mut Request<B>, endpoint: SocketAddr) -> Attempt {
     let number = inner.attempts.fetch_add(1, Ordering::Relaxed) + 1;
     if tracing.attempt_spans == AttemptSpans::Retries {
         if number == 1 {
-            tracing.propagators.inject(&inner.cx, request.headers_mut());
+            inner.write_context(&inner.cx, request);
             if inner.span.is_none() {
                 return Attempt(AttemptRecord::None);
             }
@@ -79,7 +80,7 @@ pub fn attempt<B>(request: &mut Request<B>, endpoint: SocketAddr) -> Attempt {
         SystemTime::now(),
         |recording| attempt_attributes(recording, method, endpoint, number),
     );
-    tracing.propagators.inject(&cx, request.headers_mut());
+    inner.write_context(&cx, request);
     match span {
         Some(span) => Attempt(AttemptRecord::Span(span)),
         None => Attempt(AttemptRecord::None),
@@ -102,6 +103,16 @@ fn attempt_attributes(
 }
 
 impl CallInner {
+    /// Writes `cx` into a try's request, in place of the caller's trace headers.
+    fn write_context<B>(&self, cx: &Context, request: &mut Request<B>) {
+        let propagators = &self.tracing.0.propagators;
+        if self.carried {
+            propagators.inject(cx, request.headers_mut());
+        } else {
+            propagators.write(cx, request.headers_mut());
+        }
+    }
+
     /// Records the kept first try as a span of its own (a retry is starting).
     ///
     /// The first try went upstream with the call span's id as its parent, so the spans

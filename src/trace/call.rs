@@ -34,6 +34,9 @@ pub(super) struct CallInner {
     /// Set once routing found the service.
     pub(super) service: OnceLock<Arc<str>>,
     pub(super) direction: Direction,
+    /// Whether the caller sent trace headers: only then does each try look for them to
+    /// remove before writing its own.
+    pub(super) carried: bool,
     /// The first try, kept while the call records and `AttemptSpans::Retries` folds it
     /// into the call span: recorded as a span of its own if a retry follows.
     pub(super) first_try: std::sync::Mutex<Option<FirstTry>>,

@@ -120,7 +120,7 @@ impl Tracing {
                 id
             }
         };
-        let parent = self.0.propagators.extract(request.headers());
+        let (parent, carried) = self.0.propagators.extract_carried(request.headers());
         let kind = match direction {
             Direction::Inbound => Kind::Server,
             Direction::Outbound => Kind::Client,
@@ -145,6 +145,7 @@ impl Tracing {
             attempts: AtomicU32::new(0),
             service: OnceLock::new(),
             direction,
+            carried,
             first_try: std::sync::Mutex::new(None),
             retried: std::sync::OnceLock::new(),
             request_bytes: std::sync::atomic::AtomicU64::new(0),
