@@ -96,8 +96,8 @@ where
     F: Future + Send + 'static,
 {
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Drain {
-        // Each round ends one future, and nothing is added while the set is polled (no
-        // set is current then): at most `len` rounds. Within a round,
+        // Each round ends one future, and nothing is added to this set while it is
+        // polled (it is not the current one then): at most `len` rounds. Within a round,
         // `FuturesUnordered` polls each future at most once and answers `Pending` (the
         // task woken to come back) when futures keep waking themselves: no spinning.
         let mut finished = 0;
