@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::build::metrics::Metrics;
 use crate::build::state::State;
 use crate::config::{Config, ConfigError};
+use crate::core::executor::ConnectionTask;
 use crate::discovery::Instance;
 use crate::serve::proxy::{Entry, ProxyService};
 use crate::serve::shared::Shared;
@@ -130,6 +131,8 @@ pub fn http_exchange(listener: Listener, input: &[u8]) -> Vec<u8> {
     builder.http1().half_close(true);
     let exchange = async move {
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(server), service);
+        // As the listeners run it: HTTP/2 streams in the connection's own task.
+        let connection = ConnectionTask::new(connection);
         let (mut reader, mut writer) = tokio::io::split(client);
         let talk = async {
             // The server may stop reading (an error, a close): what it left unread is

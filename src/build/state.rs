@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 
 use super::metrics::Metrics;
@@ -17,6 +17,7 @@ use super::resolve::{BuildError, ServiceTls};
 use super::route::{RouteTable, Target};
 use super::stack::{StackBuilder, StackTarget};
 use crate::config::{Config, FieldPath, InboundTlsMode, LimitsSection, MeshTlsSection};
+use crate::core::executor::ConnectionExecutor;
 use crate::discovery::Registry;
 use crate::policy::authorize::Authorization;
 use crate::policy::{BreakerSource, ServiceStack, Stack};
@@ -33,7 +34,7 @@ pub struct State {
     /// The local app, when an inbound listener is configured.
     pub inbound: Option<Arc<Target>>,
     /// HTTP server settings for new client connections.
-    pub server: auto::Builder<TokioExecutor>,
+    pub server: auto::Builder<ConnectionExecutor>,
     /// Every circuit breaker, for the admin listener.
     pub breakers: Vec<BreakerSource>,
     /// Each service's endpoints and their watch, by service name; shared with the next
@@ -379,8 +380,10 @@ async fn start_discovery(
 }
 
 /// The HTTP server settings every proxy listener uses, from `limits`.
-pub fn server_builder(limits: &LimitsSection) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+pub fn server_builder(limits: &LimitsSection) -> auto::Builder<ConnectionExecutor> {
+    // HTTP/2 streams run in their connection's task (`serve/listener.rs` wraps each
+    // connection in a `ConnectionTask`), not in a task each.
+    let mut builder = auto::Builder::new(ConnectionExecutor);
     builder
         .http1()
         .timer(TokioTimer::new())

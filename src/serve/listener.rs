@@ -5,6 +5,8 @@
 //! which tells HTTP/2 from HTTP/1 by the connection preface. On shutdown the loop stops
 //! accepting, asks every connection to finish (HTTP/1: close after the current response;
 //! HTTP/2: GOAWAY) and waits up to `drain_timeout` for them.
+//! An HTTP/2 connection's streams run in the connection's own task
+//! ([`ConnectionTask`]), not in a task each; the drain waits for them too.
 //!
 //! The inbound listener terminates mutual TLS per the state's mode (`State::inbound_tls`):
 //! `Strict` handshakes every connection, `Permissive` peeks at the first bytes and
@@ -32,6 +34,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::build::metrics::ListenerLabels;
 use crate::build::state::State;
+use crate::core::executor::ConnectionTask;
 use crate::serve::proxy::{Entry, ProxyService};
 use crate::serve::shared::Shared;
 use crate::tls::{detect, Detected, InboundTls, DETECT_LEN};
@@ -97,6 +100,7 @@ pub async fn serve(
             tls: Termination::of(&listener.entry, &state),
             state,
             watcher: graceful.watcher(),
+            streams_watcher: graceful.watcher(),
             handshake_failures: handshake_failures.clone(),
         };
         let open = open.clone();
@@ -158,6 +162,9 @@ struct Connection {
     state: Arc<State>,
     /// Held from accept, so a drain waits for handshakes in progress too.
     watcher: Watcher,
+    /// Held until the connection's HTTP/2 streams have ended too: `watcher` ends with
+    /// the connection future, which ends before the streams its task still runs.
+    streams_watcher: Watcher,
     handshake_failures: Counter,
 }
 
@@ -179,14 +186,14 @@ impl Connection {
             },
         };
         let Some(acceptor) = acceptor else {
-            if !super::preface::admit(&mut tcp, deadline).await {
+            let Some(http2) = super::preface::admit(&mut tcp, deadline).await else {
                 tracing::debug!(peer = %self.peer, "closed, silent, or a bad HTTP/2 preface (GOAWAY sent)");
                 return;
-            }
+            };
             // Boxed, as the handshake and the TLS connection below: the task then holds
             // only the state its own connection needs for as long as it lives, not the
             // largest of the three (a plaintext connection would carry room for TLS).
-            return Box::pin(self.serve(tcp, None)).await;
+            return Box::pin(self.serve(tcp, None, http2)).await;
         };
         let handshake = tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))).await;
         let tls = match handshake {
@@ -202,9 +209,9 @@ impl Connection {
                 tracing::debug!(peer = %self.peer, "ALPN h2, then closed, silent, or no HTTP/2 preface (GOAWAY sent)");
                 return;
             };
-            return Box::pin(self.serve(tls, identity)).await;
+            return Box::pin(self.serve(tls, identity, true)).await;
         }
-        Box::pin(self.serve(tls, identity)).await;
+        Box::pin(self.serve(tls, identity, false)).await;
     }
 
     fn refused(&self, error: &dyn std::fmt::Display) {
@@ -212,8 +219,9 @@ impl Connection {
         tracing::debug!(peer = %self.peer, %error, "TLS handshake failed");
     }
 
-    /// Serves HTTP/1.1 and HTTP/2 (with upgrades) over `io`, plaintext or TLS alike.
-    async fn serve<I>(self, io: I, identity: Option<Arc<str>>)
+    /// Serves HTTP/1.1 and HTTP/2 (with upgrades) over `io`, plaintext or TLS alike;
+    /// `http2`: the caller opened with the HTTP/2 preface.
+    async fn serve<I>(self, io: I, identity: Option<Arc<str>>, http2: bool)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -223,6 +231,7 @@ impl Connection {
             peer,
             state,
             watcher,
+            streams_watcher,
             ..
         } = self;
         let service = ProxyService::new(shared, entry, peer, identity);
@@ -231,9 +240,20 @@ impl Connection {
             .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
         drop(state);
-        if let Err(error) = watcher.watch(connection).await {
+        let connection = watcher.watch(connection);
+        // HTTP/2: its streams run in this task (`core::executor`), and the drain waits for
+        // them through `streams_watcher`. HTTP/1 spawns nothing and skips the wrapper's
+        // cost; an HTTP/2 connection not known as such here (TLS without ALPN) has its
+        // streams spawned on tokio, as the executor does outside a `ConnectionTask`.
+        let ended = if http2 {
+            ConnectionTask::new(connection).await
+        } else {
+            connection.await
+        };
+        if let Err(error) = ended {
             tracing::debug!(%peer, %error, "connection ended with an error");
         }
+        drop(streams_watcher);
     }
 }
 

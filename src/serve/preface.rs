@@ -66,22 +66,22 @@ pub(crate) fn opening(first: &[u8]) -> Opening {
     }
 }
 
-/// Peeks at `tcp` until its opening is known; `true`: serve it. On a bad HTTP/2
-/// preface answers `GOAWAY(PROTOCOL_ERROR)`; a peer that closes, or sends nothing by
-/// `deadline` (the header read timeout, which the server would apply next), is done too:
-/// `false`.
-pub(crate) async fn admit(tcp: &mut TcpStream, deadline: Instant) -> bool {
+/// Peeks at `tcp` until its opening is known; `Some`: serve it, `Some(true)` when it
+/// opened with the HTTP/2 preface. On a bad HTTP/2 preface answers
+/// `GOAWAY(PROTOCOL_ERROR)`; a peer that closes, or sends nothing by `deadline` (the
+/// header read timeout, which the server would apply next), is done too: `None`.
+pub(crate) async fn admit(tcp: &mut TcpStream, deadline: Instant) -> Option<bool> {
     let classify = |first: &[u8]| Some(opening(first)).filter(|o| *o != Opening::NeedMore);
     match peek_until::<_, { PREFACE.len() }>(tcp, deadline, classify).await {
         Some(Opening::BadPreface) => {
             let _ = tcp.write_all(&GOAWAY_PROTOCOL_ERROR).await;
             let _ = tcp.shutdown().await;
-            false
+            None
         }
-        Some(_) => true,
+        Some(opened) => Some(opened == Opening::Preface),
         // Closed, or silent for the whole header read timeout (which the server would
         // apply next): done.
-        None => false,
+        None => None,
     }
 }
 

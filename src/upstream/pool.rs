@@ -8,7 +8,8 @@
 //! checks a connection out, and gets back the response with
 //! a [`Lease`]: the HTTP/1 connection returns to its pool, or the HTTP/2 stream slot is
 //! freed, when the response body ends (see [`PooledBody`]). No task is spawned per
-//! request; one task drives each connection, and one reaper per [`UpstreamClients`]
+//! request; one task drives each connection (an HTTP/2 one with its I/O and its requests'
+//! futures, see [`crate::core::executor`]), and one reaper per [`UpstreamClients`]
 //! closes connections idle for longer than the idle timeout.
 
 use std::future::Future;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -32,6 +33,7 @@ use super::pending::PoolMetrics;
 use super::tls::{TlsError, UpstreamTls};
 use crate::core::addr_map::AddrMap;
 use crate::core::body::{Lease, PooledBody, ProxyBody};
+use crate::core::executor::{ConnectionExecutor, ConnectionTask, Handshake};
 
 /// How connections to upstream endpoints are made and kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +184,7 @@ pub struct UpstreamClients {
 pub(super) struct Pools {
     pub(super) config: PoolConfig,
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Builder<ConnectionExecutor>,
     /// Endpoint and TLS settings -> its pool. Entries are added on first use and removed
     /// by the reaper once they hold no connection.
     endpoints: RwLock<EndpointPools>,
@@ -263,7 +265,9 @@ impl UpstreamClients {
     /// Pools with `config`, their queues counted in `metrics`.
     pub fn with_metrics(config: PoolConfig, metrics: PoolMetrics) -> Self {
         let http1 = http1::Builder::new();
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        // A connection's I/O, and per request the futures awaiting the response and
+        // sending the body, run in the connection's task (`handshake_http2`).
+        let mut http2 = http2::Builder::new(ConnectionExecutor);
         // NOTE: fixed, large windows rather than the adaptive window. Besides flow
         // control, h2 budgets small unread DATA frames per connection at half the
         // connection window; with hundreds of gRPC streams multiplexed on one upstream
@@ -438,21 +442,23 @@ impl Pools {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (sender, mut connection) = self
-            .http2
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(ConnectError::Handshake)?;
+        // hyper spawns the connection's I/O in the handshake: kept, to run in the
+        // connection's task below with the request futures.
+        let (handshaken, spawned) =
+            Handshake::new(self.http2.handshake(TokioIo::new(stream))).await;
+        let (sender, mut connection) = handshaken.map_err(ConnectError::Handshake)?;
         let max_streams = Arc::new(AtomicUsize::new(usize::MAX));
         let published = max_streams.clone();
+        // Owned by the closure (`move`): the `ConnectionTask` drops it the moment it
+        // ends, which the I/O future in `spawned` waits for before it closes the socket.
+        let connection = std::future::poll_fn(move |cx| {
+            let polled = Pin::new(&mut connection).poll(cx);
+            // SETTINGS may change it at any time; the pool reads it per request.
+            published.store(connection.current_max_send_streams(), Ordering::Relaxed);
+            polled
+        });
         tokio::spawn(async move {
-            let ended = std::future::poll_fn(|cx| {
-                let polled = Pin::new(&mut connection).poll(cx);
-                // SETTINGS may change it at any time; the pool reads it per request.
-                published.store(connection.current_max_send_streams(), Ordering::Relaxed);
-                polled
-            })
-            .await;
+            let ended = ConnectionTask::with_spawned(connection, spawned).await;
             if let Err(error) = ended {
                 tracing::debug!(%addr, %error, "upstream connection ended with an error");
             }

@@ -197,6 +197,39 @@ async fn sequential_http2_streams_share_one_connection() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
+/// The connection's task ends, and the socket closes, once the pool lets the connection
+/// go: its I/O runs in that task and ends only after the dispatcher is dropped.
+#[tokio::test]
+async fn an_http2_connection_the_pool_lets_go_is_closed() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed, upstream_saw_close) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let service = hyper::service::service_fn(|_: Request<_>| async {
+            Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from("ok"))))
+        });
+        let _ = auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+        let _ = closed.send(());
+    });
+    let clients = UpstreamClients::new(config());
+    let forward = forward(addr, UpstreamProtocol::Http2, &clients);
+    let response = forward
+        .clone()
+        .oneshot(request("/", Version::HTTP_2))
+        .await
+        .unwrap();
+    assert_eq!(body_of(response).await, "ok");
+    drop((forward, clients));
+    // A bound so that a regression fails instead of hanging.
+    tokio::time::timeout(Duration::from_secs(10), upstream_saw_close)
+        .await
+        .expect("the upstream connection is closed")
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_refused_connection_is_a_connect_error_and_a_reset_is_not() {
     let closed = {

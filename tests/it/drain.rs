@@ -137,3 +137,45 @@ async fn h2_streams_in_flight_finish_during_drain() {
     let exit = process.wait(Duration::from_secs(10)).await;
     assert!(exit.success(), "{exit:?}: {}", process.log());
 }
+
+/// gRPC callers whose streams are open both ways when SIGTERM arrives: they still send,
+/// are answered and end with OK (the streams, and the request bodies sent upstream, run
+/// in their connections' tasks, which the drain waits for), then the process exits 0.
+#[tokio::test]
+async fn grpc_streams_open_both_ways_at_sigterm_finish_during_drain() {
+    let upstream = echo::serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("remora.yaml");
+    let (admin, port) = (free_port(), free_port());
+    std::fs::write(
+        &path,
+        format!(
+            "admin: {{ listen: 127.0.0.1:{admin} }}\ndrain_timeout: 10s\n\
+             services:\n  grpc:\n    listen: 127.0.0.1:{port}\n    protocol: http2\n    endpoints: [{upstream}]\n"
+        ),
+    )
+    .unwrap();
+    let mut process = Process::run(&path, SocketAddr::from(([127, 0, 0, 1], admin))).await;
+    let client = echo::client(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let mut calls = Vec::new();
+    for i in 0..5 {
+        let (sender, messages) = tokio::sync::mpsc::channel(4);
+        sender.send(echo::request(&format!("{i}-a"))).await.unwrap();
+        let messages = tokio_stream::wrappers::ReceiverStream::new(messages);
+        let mut replies = client.clone().bidi(messages).await.unwrap().into_inner();
+        // Answered: the call is open through the sidecar to the upstream and back.
+        let first = replies.message().await.unwrap().expect("a first answer");
+        assert_eq!(first.message, format!("re:{i}-a"));
+        calls.push((sender, replies));
+    }
+    process.signal("TERM");
+    for (i, (sender, mut replies)) in calls.into_iter().enumerate() {
+        sender.send(echo::request(&format!("{i}-b"))).await.unwrap();
+        drop(sender);
+        let second = replies.message().await.unwrap().expect("a second answer");
+        assert_eq!(second.message, format!("re:{i}-b"));
+        assert!(replies.message().await.unwrap().is_none(), "ends with OK");
+    }
+    let exit = process.wait(Duration::from_secs(10)).await;
+    assert!(exit.success(), "{exit:?}: {}", process.log());
+}

@@ -230,6 +230,44 @@ async fn a_thousand_concurrent_small_calls_share_one_upstream_connection() {
     );
 }
 
+/// Calls whose request streams stay open run, on the upstream connection, as futures of
+/// that connection's task: 100 concurrent client-streaming calls over one upstream
+/// connection, each still sending while the others are in flight, each get back their
+/// own messages.
+#[tokio::test]
+async fn a_hundred_concurrent_client_streams_share_one_upstream_connection() {
+    let (upstream, accepted) = counting_grpc_upstream().await;
+    let proxy = support::sidecar(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         upstream: {{ http2_connections_per_endpoint: 1 }}\n\
+         services:\n  svc:\n    listen: 127.0.0.1:0\n    protocol: http2\n    endpoints: [{upstream}]\n"
+    ))
+    .await;
+    let client = client(proxy.addrs().service("svc").unwrap()).await;
+    let mut senders = Vec::new();
+    let mut calls = Vec::new();
+    for i in 0..100 {
+        let (sender, messages) = tokio::sync::mpsc::channel(4);
+        sender.send(request(&format!("{i}-a"))).await.unwrap();
+        let mut client = client.clone();
+        let messages = tokio_stream::wrappers::ReceiverStream::new(messages);
+        calls.push(tokio::spawn(
+            async move { client.client_stream(messages).await },
+        ));
+        senders.push(sender);
+    }
+    // The second messages go once every call has been started; each call ends with its
+    // sender.
+    for (i, sender) in senders.into_iter().enumerate() {
+        sender.send(request(&format!("{i}-b"))).await.unwrap();
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let reply = call.await.unwrap().unwrap().into_inner();
+        assert_eq!(reply.message, format!("{i}-a,{i}-b"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "upstream connections");
+}
+
 #[tokio::test]
 async fn status_message_and_trailers_pass_through() {
     let (_proxy, mut client) = through_proxy().await;

@@ -2,8 +2,10 @@
 //! the caller's protocol by default, or the one a service is configured with.
 
 use bytes::Bytes;
-use http::{Request, Version};
+use http::{Request, Response, Version};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::support::*;
 
@@ -100,6 +102,62 @@ async fn many_concurrent_streams_on_one_h2_connection() {
     let results = futures_util::future::join_all(calls).await;
     assert!(results.iter().all(|(status, _)| *status == 200));
     assert_eq!(log.len(), 100);
+}
+
+/// Streams of one caller connection run in that connection's task, and calls of one
+/// upstream connection in its own: 200 streams on one connection, their request bodies
+/// still open while all are in flight, each get the answer to their own request, with
+/// the pool held to one upstream connection.
+#[tokio::test]
+async fn two_hundred_open_streams_on_one_connection_each_get_their_own_answer() {
+    let upstream = serve(|request: Request<hyper::body::Incoming>| async move {
+        let path = request.uri().path().to_string();
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        Response::new(full(format!("{path}:{}", String::from_utf8_lossy(&body))))
+    })
+    .await;
+    let proxy = sidecar(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         upstream: {{ http2_connections_per_endpoint: 1 }}\n\
+         services:\n  svc:\n    listen: 127.0.0.1:0\n    protocol: http2\n    endpoints: [{upstream}]\n"
+    ))
+    .await;
+    let svc = proxy.addrs().service("svc").unwrap();
+    let stream = tokio::net::TcpStream::connect(svc).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, TestBody>(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+
+    let mut bodies = Vec::new();
+    let mut calls = Vec::new();
+    for i in 0..200 {
+        let (body, request_body) = channel_body();
+        let request = Request::post(format!("http://svc/{i}"))
+            .body(request_body)
+            .unwrap();
+        let mut sender = sender.clone();
+        calls.push(tokio::spawn(async move {
+            sender.ready().await.unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }));
+        bodies.push(body);
+    }
+    // The bodies end only after every call has been started; the upstream answers a
+    // call once its body has ended.
+    for (i, body) in bodies.into_iter().enumerate() {
+        for part in [format!("{i}-a"), format!("{i}-b")] {
+            body.send(Ok(Frame::data(Bytes::from(part)))).await.unwrap();
+        }
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let (status, body) = call.await.unwrap();
+        assert_eq!((status.as_u16(), body), (200, format!("/{i}:{i}-a{i}-b")));
+    }
 }
 
 #[tokio::test]
