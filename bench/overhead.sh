@@ -11,7 +11,8 @@
 #
 # Layout as in run.sh: load generator, upstream and OTLP sink on CPU 0, the proxy
 # under test on CPU 1. Usage: bash bench/overhead.sh  (ROUNDS=3 DURATION=8 RATE=32000
-# by default; binaries from $CARGO_TARGET_DIR when set, else target/)
+# by default; binaries from $CARGO_TARGET_DIR when set, else target/; REMORA_BIN=path
+# measures that build of remora instead of building one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,8 +37,12 @@ if [ $((RATE % RATE_CONNECTIONS)) -ne 0 ] || [ "$RATE" -lt "$RATE_CONNECTIONS" ]
 fi
 CLK_TCK=$(getconf CLK_TCK)
 
-cargo build --release --locked --bin remora --example bench_upstream --example otlp_sink >&2
+cargo build --release --locked --example bench_upstream --example otlp_sink >&2
 BIN=${CARGO_TARGET_DIR:-target}/release
+if [ -z "${REMORA_BIN:-}" ]; then
+    cargo build --release --locked --bin remora >&2
+    REMORA_BIN=$BIN/remora
+fi
 with_work_dir
 
 taskset -c 0 "$BIN/examples/bench_upstream" serve "$UPSTREAM_PORT" >"$WORK/upstream.log" 2>&1 &
@@ -62,7 +67,7 @@ for variant in "${variants[@]}"; do
         -e "s/@REMORA_PORT@/${port[$variant]}/" \
         -e "s/@UPSTREAM_PORT@/$UPSTREAM_PORT/" \
         -e "s/@OTLP_PORT@/$OTLP_PORT/" >"$WORK/$variant.yaml"
-    taskset -c 1 "$BIN/remora" run --config "$WORK/$variant.yaml" >"$WORK/$variant.log" 2>&1 &
+    taskset -c 1 "$REMORA_BIN" run --config "$WORK/$variant.yaml" >"$WORK/$variant.log" 2>&1 &
     pids+=($!)
     proxy_pid[$variant]=$!
     i=$((i + 1))
