@@ -18,18 +18,7 @@ async fn sigterm_drains_an_in_flight_request_then_exits_zero() {
         Response::new(full("slow but complete"))
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("remora.yaml");
-    let (admin, port) = (free_port(), free_port());
-    std::fs::write(
-        &path,
-        format!(
-            "admin: {{ listen: 127.0.0.1:{admin} }}\ndrain_timeout: 10s\n\
-             services:\n  slow:\n    listen: 127.0.0.1:{port}\n    endpoints: [{upstream}]\n"
-        ),
-    )
-    .unwrap();
-    let mut process = Process::run(&path, SocketAddr::from(([127, 0, 0, 1], admin))).await;
+    let (mut process, admin, port, _dir) = sidecar_process(upstream, "auto", "10s").await;
     let (status, _, _) = get(&format!("http://127.0.0.1:{admin}/ready")).await;
     assert_eq!(status, 200);
 
@@ -68,6 +57,18 @@ async fn slow_sidecar(delay: Duration, drain_timeout: &str) -> (Process, u16, te
         Response::new(full("slow but complete"))
     })
     .await;
+    let (process, _admin, port, dir) = sidecar_process(upstream, "http1", drain_timeout).await;
+    (process, port, dir)
+}
+
+/// The remora binary serving one service on `upstream` with `protocol` and
+/// `drain_timeout`: the process, its admin and service ports, and the directory of its
+/// config (kept while the process runs).
+async fn sidecar_process(
+    upstream: SocketAddr,
+    protocol: &str,
+    drain_timeout: &str,
+) -> (Process, u16, u16, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("remora.yaml");
     let (admin, port) = (free_port(), free_port());
@@ -75,12 +76,12 @@ async fn slow_sidecar(delay: Duration, drain_timeout: &str) -> (Process, u16, te
         &path,
         format!(
             "admin: {{ listen: 127.0.0.1:{admin} }}\ndrain_timeout: {drain_timeout}\n\
-             services:\n  slow:\n    listen: 127.0.0.1:{port}\n    protocol: http1\n    endpoints: [{upstream}]\n"
+             services:\n  svc:\n    listen: 127.0.0.1:{port}\n    protocol: {protocol}\n    endpoints: [{upstream}]\n"
         ),
     )
     .unwrap();
     let process = Process::run(&path, SocketAddr::from(([127, 0, 0, 1], admin))).await;
-    (process, port, dir)
+    (process, admin, port, dir)
 }
 
 /// A request still in flight when `drain_timeout` runs out does not hold the process:
@@ -144,18 +145,7 @@ async fn h2_streams_in_flight_finish_during_drain() {
 #[tokio::test]
 async fn grpc_streams_open_both_ways_at_sigterm_finish_during_drain() {
     let upstream = echo::serve().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("remora.yaml");
-    let (admin, port) = (free_port(), free_port());
-    std::fs::write(
-        &path,
-        format!(
-            "admin: {{ listen: 127.0.0.1:{admin} }}\ndrain_timeout: 10s\n\
-             services:\n  grpc:\n    listen: 127.0.0.1:{port}\n    protocol: http2\n    endpoints: [{upstream}]\n"
-        ),
-    )
-    .unwrap();
-    let mut process = Process::run(&path, SocketAddr::from(([127, 0, 0, 1], admin))).await;
+    let (mut process, _admin, port, _dir) = sidecar_process(upstream, "http2", "10s").await;
     let client = echo::client(SocketAddr::from(([127, 0, 0, 1], port))).await;
     let mut calls = Vec::new();
     for i in 0..5 {

@@ -106,6 +106,24 @@ async fn counting_grpc_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
+/// A sidecar allowed one HTTP/2 connection to a counting upstream, a client of it, and
+/// the count of upstream connections accepted.
+async fn one_upstream_connection() -> (
+    remora::Sidecar,
+    Arc<AtomicUsize>,
+    EchoClient<tonic::transport::Channel>,
+) {
+    let (upstream, accepted) = counting_grpc_upstream().await;
+    let proxy = support::sidecar(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\n\
+         upstream: {{ http2_connections_per_endpoint: 1 }}\n\
+         services:\n  svc:\n    listen: 127.0.0.1:0\n    protocol: http2\n    endpoints: [{upstream}]\n"
+    ))
+    .await;
+    let client = client(proxy.addrs().service("svc").unwrap()).await;
+    (proxy, accepted, client)
+}
+
 async fn client(addr: SocketAddr) -> EchoClient<tonic::transport::Channel> {
     EchoClient::connect(format!("http://{addr}"))
         .await
@@ -203,14 +221,7 @@ async fn a_thousand_concurrent_small_calls_share_one_upstream_connection() {
     // carries 100 streams): all 1000 calls are multiplexed on it. Hundreds of streams
     // each holding a small unread message must not trip h2's small-DATA-frame budget on
     // that connection.
-    let (upstream, accepted) = counting_grpc_upstream().await;
-    let proxy = support::sidecar(&format!(
-        "admin: {{ listen: 127.0.0.1:0 }}\n\
-         upstream: {{ http2_connections_per_endpoint: 1 }}\n\
-         services:\n  svc:\n    listen: 127.0.0.1:0\n    protocol: http2\n    endpoints: [{upstream}]\n"
-    ))
-    .await;
-    let client = client(proxy.addrs().service("svc").unwrap()).await;
+    let (_proxy, accepted, client) = one_upstream_connection().await;
     let calls = (0..1000).map(|i| {
         let mut client = client.clone();
         async move { client.unary(request(&i.to_string())).await }
@@ -236,14 +247,7 @@ async fn a_thousand_concurrent_small_calls_share_one_upstream_connection() {
 /// own messages.
 #[tokio::test]
 async fn a_hundred_concurrent_client_streams_share_one_upstream_connection() {
-    let (upstream, accepted) = counting_grpc_upstream().await;
-    let proxy = support::sidecar(&format!(
-        "admin: {{ listen: 127.0.0.1:0 }}\n\
-         upstream: {{ http2_connections_per_endpoint: 1 }}\n\
-         services:\n  svc:\n    listen: 127.0.0.1:0\n    protocol: http2\n    endpoints: [{upstream}]\n"
-    ))
-    .await;
-    let client = client(proxy.addrs().service("svc").unwrap()).await;
+    let (_proxy, accepted, client) = one_upstream_connection().await;
     let mut senders = Vec::new();
     let mut calls = Vec::new();
     for i in 0..100 {
