@@ -73,6 +73,11 @@ impl<S> RouteAction<S> {
         }
     }
 
+    /// Whether [`Self::edit_request`] edits headers.
+    pub fn edits_request_headers(&self) -> bool {
+        !self.request_headers.is_empty()
+    }
+
     /// Rewrites the request's path and edits its headers.
     pub fn edit_request<B>(&self, request: &mut Request<B>) {
         if let Some(uri) = self.rewrite.as_ref().and_then(|r| r.apply(request.uri())) {

@@ -463,6 +463,9 @@ async fn act(
     if let Some(reply) = &action.reply {
         return Ok(reply.answer(&request));
     }
+    if action.edits_request_headers() {
+        crate::trace::headers_edited(&request);
+    }
     action.edit_request(&mut request);
     let leg = action.leg(&request, own);
     let mirror = action.mirror.as_ref();

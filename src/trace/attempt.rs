@@ -106,7 +106,7 @@ impl CallInner {
     /// Writes `cx` into a try's request, in place of the caller's trace headers.
     fn write_context<B>(&self, cx: &Context, request: &mut Request<B>) {
         let propagators = &self.tracing.0.propagators;
-        if self.carried {
+        if self.carried.load(Ordering::Relaxed) {
             propagators.inject(cx, request.headers_mut());
         } else {
             propagators.write(cx, request.headers_mut());

@@ -34,9 +34,10 @@ pub(super) struct CallInner {
     /// Set once routing found the service.
     pub(super) service: OnceLock<Arc<str>>,
     pub(super) direction: Direction,
-    /// Whether the caller sent trace headers: only then does each try look for them to
-    /// remove before writing its own.
-    pub(super) carried: bool,
+    /// Whether the request may hold trace headers (the caller sent some, or a route
+    /// edited its headers): only then does each try look for them to remove before
+    /// writing its own.
+    pub(super) carried: std::sync::atomic::AtomicBool,
     /// The first try, kept while the call records and `AttemptSpans::Retries` folds it
     /// into the call span: recorded as a span of its own if a retry follows.
     pub(super) first_try: std::sync::Mutex<Option<FirstTry>>,
@@ -134,6 +135,15 @@ pub fn routed<B>(request: &Request<B>, service: &Arc<str>) {
     let _ = call.0.service.set(service.clone());
     if let Some(span) = &call.0.span {
         span.record(|recording| recording.attributes.str("remora.service", service));
+    }
+}
+
+/// Says that a route edited the request's headers after its trace began: each try then
+/// looks for trace headers to replace, as for a caller that sent some (a route may set
+/// one, and no stale trace header reaches the upstream).
+pub fn headers_edited<B>(request: &Request<B>) {
+    if let Some(call) = request.extensions().get::<CallTrace>() {
+        call.0.carried.store(true, Ordering::Relaxed);
     }
 }
 

@@ -42,7 +42,7 @@ pub mod trailers;
 mod wire;
 
 pub use attempt::{attempt, Attempt};
-pub use call::{routed, CallTrace, RequestTrace};
+pub use call::{headers_edited, routed, CallTrace, RequestTrace};
 pub use config::{
     AttemptSpans, CollectorTls, Compression, OtlpProtocol, Propagation, TracingConfig, TracingError,
 };

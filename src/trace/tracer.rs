@@ -145,7 +145,7 @@ impl Tracing {
             attempts: AtomicU32::new(0),
             service: OnceLock::new(),
             direction,
-            carried,
+            carried: std::sync::atomic::AtomicBool::new(carried),
             first_try: std::sync::Mutex::new(None),
             retried: std::sync::OnceLock::new(),
             request_bytes: std::sync::atomic::AtomicU64::new(0),

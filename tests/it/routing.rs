@@ -300,6 +300,28 @@ async fn header_edits_are_seen_by_the_app_and_by_the_client() {
     assert!(seen.get("x-secret").is_none());
 }
 
+/// A route that sets a trace header does not send it beside remora's own context: the
+/// upstream sees one trace, remora's, whatever the caller sent.
+#[tokio::test]
+async fn a_trace_header_a_route_sets_is_replaced_like_a_callers() {
+    let (v1, log) = recording("v1").await;
+    let routes = "      - match: { path_prefix: / }\n\
+                  \x20       request_headers: { set: { x-b3-traceid: 80f198ee56343ba864fe8b2a57d3eff7, x-env: prod } }\n";
+    let proxy = front(routes, &[("v1", v1)]).await;
+    let (status, _, _) = call(&url(&proxy, "/h"), &[]).await;
+    assert_eq!(status, 200);
+    let seen = &log.all()[0].headers;
+    assert_eq!(seen["x-env"], "prod");
+    assert!(
+        seen.get("traceparent").is_some(),
+        "remora's context is sent"
+    );
+    assert!(
+        seen.get("x-b3-traceid").is_none(),
+        "the route's trace header is replaced: {seen:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_prefix_rewrite_changes_the_path_the_app_sees() {
     let (v1, log) = recording("v1").await;
