@@ -72,6 +72,15 @@ fn forward(addr: SocketAddr, protocol: UpstreamProtocol, clients: &UpstreamClien
     Forward::new(Arc::from("svc"), endpoints, protocol, clients.clone())
 }
 
+/// `forward`'s answer to a request for `path` over `version`.
+async fn send(forward: &Forward, path: &str, version: Version) -> Response<ProxyBody> {
+    forward
+        .clone()
+        .oneshot(request(path, version))
+        .await
+        .unwrap()
+}
+
 fn request(path: &str, version: Version) -> Request<ProxyBody> {
     Request::builder()
         .uri(path)
@@ -105,11 +114,7 @@ async fn http1_connections_go_back_to_the_pool_when_the_body_ends() {
     let clients = UpstreamClients::new(config());
     let forward = forward(addr, UpstreamProtocol::Http1, &clients);
     for _ in 0..5 {
-        let response = forward
-            .clone()
-            .oneshot(request("/", Version::HTTP_11))
-            .await
-            .unwrap();
+        let response = send(&forward, "/", Version::HTTP_11).await;
         assert_eq!(body_of(response).await, "ok");
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection, reused");
@@ -121,21 +126,13 @@ async fn an_http1_body_dropped_before_its_end_closes_its_connection() {
     let (addr, accepted) = upstream().await;
     let clients = UpstreamClients::new(config());
     let forward = forward(addr, UpstreamProtocol::Http1, &clients);
-    let response = forward
-        .clone()
-        .oneshot(request("/endless", Version::HTTP_11))
-        .await
-        .unwrap();
+    let response = send(&forward, "/endless", Version::HTTP_11).await;
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap();
     assert_eq!(first.into_data().unwrap(), "part");
     drop(body);
     assert_eq!(clients.idle_connections(), 0, "not reusable mid-body");
-    let response = forward
-        .clone()
-        .oneshot(request("/", Version::HTTP_11))
-        .await
-        .unwrap();
+    let response = send(&forward, "/", Version::HTTP_11).await;
     assert_eq!(body_of(response).await, "ok");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
@@ -166,11 +163,7 @@ async fn http2_streams_spread_over_connections_up_to_the_maximum() {
         "two connections at most"
     );
     for _ in 0..3 {
-        let response = forward
-            .clone()
-            .oneshot(request("/", Version::HTTP_2))
-            .await
-            .unwrap();
+        let response = send(&forward, "/", Version::HTTP_2).await;
         assert_eq!(body_of(response).await, "ok");
     }
     assert_eq!(
@@ -187,11 +180,7 @@ async fn sequential_http2_streams_share_one_connection() {
     let clients = UpstreamClients::new(config());
     let forward = forward(addr, UpstreamProtocol::Http2, &clients);
     for _ in 0..5 {
-        let response = forward
-            .clone()
-            .oneshot(request("/", Version::HTTP_2))
-            .await
-            .unwrap();
+        let response = send(&forward, "/", Version::HTTP_2).await;
         assert_eq!(body_of(response).await, "ok");
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
@@ -216,11 +205,7 @@ async fn an_http2_connection_the_pool_lets_go_is_closed() {
     });
     let clients = UpstreamClients::new(config());
     let forward = forward(addr, UpstreamProtocol::Http2, &clients);
-    let response = forward
-        .clone()
-        .oneshot(request("/", Version::HTTP_2))
-        .await
-        .unwrap();
+    let response = send(&forward, "/", Version::HTTP_2).await;
     assert_eq!(body_of(response).await, "ok");
     drop((forward, clients));
     // A bound so that a regression fails instead of hanging.
