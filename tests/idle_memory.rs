@@ -1,6 +1,7 @@
-//! What an idle keep-alive HTTP/1.1 connection costs the sidecar in heap, counted by a
-//! global allocator that keeps the number of live bytes: its own test binary, because
-//! the allocator counts everything the process allocates.
+//! What an idle keep-alive HTTP/1.1 connection costs the sidecar in heap, and what a
+//! call on a warm one allocates, counted by a global allocator that keeps the number of
+//! live bytes and of large allocations: its own test binary, because the allocator
+//! counts everything the process allocates (its tests take turns for the same reason).
 //!
 //! A sidecar runs on a runtime of its own; the clients are blocking sockets of the
 //! test's thread, which allocate nothing per connection, so the heap that grows while
@@ -10,12 +11,28 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+/// Allocations (and growths) of read buffers at hyper's sizes so far: powers of two
+/// from 8 KiB (its initial read buffer) up. Other large blocks (a debug build's boxed
+/// futures) come in other sizes.
+static LARGE_ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+const LARGE: usize = 8192;
+
+/// Held by each test for its whole run: the counters are the process's.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn count(size: usize) {
+    if size >= LARGE && size.is_power_of_two() {
+        LARGE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 // SAFETY: every call is forwarded to `System` unchanged; the counter only observes.
 unsafe impl GlobalAlloc for Counting {
@@ -23,6 +40,7 @@ unsafe impl GlobalAlloc for Counting {
         let pointer = unsafe { System.alloc(layout) };
         if !pointer.is_null() {
             LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            count(layout.size());
         }
         pointer
     }
@@ -31,6 +49,7 @@ unsafe impl GlobalAlloc for Counting {
         let pointer = unsafe { System.alloc_zeroed(layout) };
         if !pointer.is_null() {
             LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            count(layout.size());
         }
         pointer
     }
@@ -47,6 +66,9 @@ unsafe impl GlobalAlloc for Counting {
                 new_size as isize - layout.size() as isize,
                 Ordering::Relaxed,
             );
+            if new_size > layout.size() {
+                count(new_size);
+            }
         }
         moved
     }
@@ -60,8 +82,9 @@ const BUDGET_PER_CONNECTION: isize = 10 * 1024;
 const CONNECTIONS: usize = 300;
 const REQUEST: &[u8] = b"GET /item HTTP/1.1\r\nhost: shop\r\nuser-agent: idle-test\r\n\r\n";
 
-#[test]
-fn an_idle_keep_alive_connection_costs_at_most_ten_kib_of_heap() {
+/// A sidecar for service `shop` in front of [`fixed_upstream`], on a runtime of its own,
+/// and the address of its listener.
+fn shop_sidecar() -> (tokio::runtime::Runtime, remora::Sidecar, SocketAddr) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -77,6 +100,15 @@ fn an_idle_keep_alive_connection_costs_at_most_ten_kib_of_heap() {
         remora::Sidecar::start(config).await.unwrap()
     });
     let addr = sidecar.addrs().service("shop").expect("shop listens");
+    (runtime, sidecar, addr)
+}
+
+#[test]
+fn an_idle_keep_alive_connection_costs_at_most_ten_kib_of_heap() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (runtime, sidecar, addr) = shop_sidecar();
 
     // Warm up: the pool's upstream connection, lazily built state and the allocator's
     // first chunks are paid once, not per connection.
@@ -104,6 +136,49 @@ fn an_idle_keep_alive_connection_costs_at_most_ten_kib_of_heap() {
     runtime.shutdown_timeout(Duration::from_secs(5));
 }
 
+/// Calls on a warm keep-alive connection read their small heads without allocating a
+/// read buffer of hyper's default size (8 KiB) each time: one caught up with its peer
+/// reads on the stack, and allocates only for what came (the patch to hyper's read
+/// buffer in `third_party`). Before it, every call allocated at least two such buffers,
+/// one for the caller's connection and one for the upstream's, and freed them again.
+/// A head longer than the stack's read still arrives whole.
+#[test]
+fn calls_on_a_warm_keep_alive_connection_allocate_no_large_read_buffer() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (runtime, sidecar, addr) = shop_sidecar();
+    let mut stream = one_call(addr);
+    for _ in 0..20 {
+        call(&mut stream);
+    }
+    const CALLS: usize = 200;
+    let before = LARGE_ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..CALLS {
+        call(&mut stream);
+    }
+    let large = LARGE_ALLOCATIONS.load(Ordering::Relaxed) - before;
+    eprintln!("read buffers of {LARGE} bytes or more over {CALLS} calls: {large}");
+    assert!(
+        large < CALLS / 10,
+        "{large} read buffers of {LARGE} bytes or more over {CALLS} calls on a warm connection"
+    );
+
+    // A head longer than a read on the stack takes, and calls after it.
+    let long = format!(
+        "GET /item HTTP/1.1\r\nhost: shop\r\nx-long: {}\r\n\r\n",
+        "v".repeat(6000)
+    );
+    stream.write_all(long.as_bytes()).unwrap();
+    read_answer(&mut stream);
+    for _ in 0..3 {
+        call(&mut stream);
+    }
+    drop(stream);
+    drop(sidecar);
+    runtime.shutdown_timeout(Duration::from_secs(5));
+}
+
 /// Opens a connection, makes one call on it and returns it idle.
 fn one_call(addr: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(addr).unwrap();
@@ -117,6 +192,11 @@ fn one_call(addr: SocketAddr) -> TcpStream {
 /// One request and its whole answer (a head with `content-length: 2` and "ok").
 fn call(stream: &mut TcpStream) {
     stream.write_all(REQUEST).unwrap();
+    read_answer(stream);
+}
+
+/// Reads one answer: a 200 head with `content-length: 2`, and "ok".
+fn read_answer(stream: &mut TcpStream) {
     let mut answer = [0u8; 2048];
     let mut filled = 0;
     loop {

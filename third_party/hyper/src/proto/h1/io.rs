@@ -17,6 +17,14 @@ pub(crate) const INIT_BUFFER_SIZE: usize = 8192;
 /// PATCH (remora): the size of a read buffer allocated anew (see `poll_read_from_io`).
 const FIRST_READ_SIZE: usize = 1024;
 
+/// PATCH (remora): the most a read into a connection's absent buffer takes (on the
+/// stack, see `poll_read_fresh`); a head this long or longer is read on in the buffer.
+const FRESH_READ_MAX: usize = 2048;
+
+/// PATCH (remora): the least room left in the read buffer that a read at a message
+/// boundary takes as it is, rather than reserving more (see `poll_read_from_io`).
+const BOUNDARY_READ_MIN: usize = 512;
+
 /// The minimum value that can be set to max buffer size.
 pub(crate) const MINIMUM_MAX_BUFFER_SIZE: usize = INIT_BUFFER_SIZE;
 
@@ -39,6 +47,10 @@ pub(crate) struct Buffered<T, B> {
     read_blocked: bool,
     read_buf: BytesMut,
     read_buf_strategy: ReadStrategy,
+    // PATCH (remora): whether the connection is caught up with its peer (its last
+    // read found the socket empty, or read less than the room it had), so that a read
+    // at a message boundary is likely one small message (see `poll_read_from_io`).
+    read_caught_up: bool,
     write_buf: WriteBuf<B>,
 }
 
@@ -73,6 +85,7 @@ where
             read_blocked: false,
             read_buf: BytesMut::with_capacity(0),
             read_buf_strategy: ReadStrategy::default(),
+            read_caught_up: true,
             write_buf,
         }
     }
@@ -241,20 +254,33 @@ where
                 .max()
                 .saturating_sub(self.read_buf.len()),
         );
-        // PATCH (remora): a buffer given back while idling (below) comes back small,
-        // since most heads fit in it; an allocation of this size is the allocator's
-        // cheapest (a per-thread cache), where one of INIT_BUFFER_SIZE costs thousands
-        // of instructions each time. A read that fills it grows it as before.
+        // PATCH (remora): a connection whose buffer was given back while it waited
+        // (below) reads on the stack first, and allocates only for what came.
         if self.read_buf.capacity() == 0 {
+            return self.poll_read_fresh(cx, next);
+        }
+        // PATCH (remora): at every message boundary of a connection caught up with its
+        // peer (nothing buffered, the last read did not fill its room): what comes next
+        // is most likely one small head, or nothing yet. Such a read takes the room the
+        // buffer has left after the message before (a parsed head keeps the rest of its
+        // allocation alive anyway) instead of reserving INIT_BUFFER_SIZE anew, which
+        // allocated 8 KiB and freed it again on nearly every request. It is not
+        // recorded by the adaptive strategy; one that fills its room marks the
+        // connection as behind, and reads size themselves as before until the socket
+        // is found empty again.
+        let boundary = self.read_caught_up && self.read_buf.is_empty();
+        if boundary {
             next = cmp::min(next, FIRST_READ_SIZE);
         }
-        if self.read_buf_remaining_mut() < next {
+        let room = self.read_buf_remaining_mut();
+        if room < next && !(boundary && room >= BOUNDARY_READ_MIN) {
             self.read_buf.reserve(next);
         }
 
         // SAFETY: ReadBuf and poll_read promise not to set any uninitialized
         // bytes onto `dst`.
         let dst = unsafe { self.read_buf.chunk_mut().as_uninit_slice_mut() };
+        let room = dst.len();
         let mut buf = ReadBuf::uninit(dst);
         match Pin::new(&mut self.io).poll_read(cx, buf.unfilled()) {
             Poll::Ready(Ok(())) => {
@@ -266,17 +292,53 @@ where
                 unsafe {
                     self.read_buf.advance_mut(n);
                 }
-                self.read_buf_strategy.record(n);
+                if !boundary {
+                    self.read_buf_strategy.record(n);
+                }
+                self.read_caught_up = n < room;
                 Poll::Ready(Ok(n))
             }
             Poll::Pending => {
                 self.read_blocked = true;
+                self.read_caught_up = true;
                 // PATCH (remora): a connection waiting with nothing buffered gives its
                 // read buffer back instead of holding INIT_BUFFER_SIZE bytes while it
                 // idles; the next read allocates a new one.
                 if self.read_buf.is_empty() && self.read_buf.capacity() != 0 {
                     self.read_buf = BytesMut::new();
                 }
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// PATCH (remora): a read into a connection that holds no read buffer (it gave it
+    /// back when it found the socket empty): into a scratch buffer on the stack, at most
+    /// `next` bytes, copied into a buffer allocated for what came (at least
+    /// `FIRST_READ_SIZE`, the allocator's cheapest size). A connection is polled for a
+    /// read several times per message with nothing to read; allocating the buffer
+    /// before each of those reads and freeing it after cost a few hundred instructions
+    /// every time.
+    fn poll_read_fresh(&mut self, cx: &mut Context<'_>, next: usize) -> Poll<io::Result<usize>> {
+        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); FRESH_READ_MAX];
+        let room = cmp::min(next, FRESH_READ_MAX).max(1);
+        let mut buf = ReadBuf::uninit(&mut scratch[..room]);
+        match Pin::new(&mut self.io).poll_read(cx, buf.unfilled()) {
+            Poll::Ready(Ok(())) => {
+                let filled = buf.filled();
+                let n = filled.len();
+                trace!("received {} bytes", n);
+                if n > 0 {
+                    self.read_buf.reserve(cmp::max(n, FIRST_READ_SIZE));
+                    self.read_buf.extend_from_slice(filled);
+                }
+                self.read_caught_up = n < room;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                self.read_blocked = true;
+                self.read_caught_up = true;
                 Poll::Pending
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
