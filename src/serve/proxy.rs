@@ -257,15 +257,17 @@ impl ProxyService {
                 let (stack, forwarded_for) = (&route.stack, &self.forwarded_for);
                 send_through(stack, request, meter, call, forwarded_for, None).await
             }
+            // Boxed: a route with an action would otherwise make every call's future
+            // as large as its own.
             Some(action) => {
-                act(
+                Box::pin(act(
                     action,
                     &route.stack,
                     request,
                     meter,
                     call,
                     &self.forwarded_for,
-                )
+                ))
                 .await
             }
         };
@@ -490,7 +492,7 @@ async fn send_through(
 
     let (mut parts, body) = request.into_parts();
     let body = if chunked {
-        read_first_chunk(body, meter).await?
+        Box::pin(read_first_chunk(body, meter)).await?
     } else {
         ProxyBody::metered(None, body, meter)
     };

@@ -113,12 +113,14 @@ impl Http1Pool {
         };
         let (permit, request) = match self.connects.try_acquire() {
             Ok(permit) => (permit, request),
-            Err(_) => match self.wait(request).await {
+            // Boxed, as the connect below: the rare ways keep the future of every call
+            // small (its allocation a cheap one).
+            Err(_) => match Box::pin(self.wait(request)).await {
                 Queued::Done(result) => return result,
                 Queued::Connect(permit, request) => (permit, request),
             },
         };
-        let connected = pools.connect_http1(addr, tls, &self.open).await;
+        let connected = Box::pin(pools.connect_http1(addr, tls, &self.open)).await;
         drop(permit);
         let mut sender = match connected {
             Ok(sender) => sender,

@@ -155,7 +155,10 @@ impl Http2Pool {
                     let until = queued
                         .as_ref()
                         .map_or_else(tokio::time::Instant::now, |(_, until)| *until);
-                    if tokio::time::timeout_at(until, notified).await.is_err() {
+                    // Boxed, as the connect below: the rare ways keep the future of
+                    // every call small (its allocation a cheap one).
+                    let waited = Box::pin(tokio::time::timeout_at(until, notified)).await;
+                    if waited.is_err() {
                         let error = ConnectError::QueueTimeout(self.pending.timeout());
                         return Err(SendError::Connect(error, Box::new(request)));
                     }
@@ -166,7 +169,7 @@ impl Http2Pool {
                 }
             }
         }
-        let connected = pools.connect_http2(addr, tls).await;
+        let connected = Box::pin(pools.connect_http2(addr, tls)).await;
         let sent = {
             let mut connections = self.lock();
             connections.connecting -= 1;
