@@ -124,6 +124,11 @@ enum CertCommand {
     },
 }
 
+/// mimalloc, built without transparent huge pages: a call's futures and header maps are
+/// mostly larger than glibc's per-thread cache takes (docs/dependencies.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
