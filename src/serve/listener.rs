@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,6 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::build::metrics::ListenerLabels;
 use crate::build::state::State;
 use crate::core::executor::ConnectionTask;
+use crate::serve::drain::{Drain, Watcher};
 use crate::serve::proxy::{Entry, ProxyService};
 use crate::serve::shared::Shared;
 use crate::tls::{detect, Detected, InboundTls, DETECT_LEN};
@@ -69,7 +69,7 @@ pub async fn serve(
         .tls_handshake_failures
         .get_or_create(&labels)
         .clone();
-    let graceful = GracefulShutdown::new();
+    let graceful = Drain::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.tcp.accept() => accepted,

@@ -3,6 +3,7 @@
 //! endpoints, config reload and logging.
 
 pub mod admin;
+mod drain;
 pub mod listener;
 pub mod listeners;
 mod preface;
