@@ -199,22 +199,13 @@ fn live_asks_the_admin_listener_the_config_names() {
 /// process's own choice counts (`madvise`, `never`).
 #[tokio::test]
 async fn the_heap_is_not_backed_by_transparent_huge_pages() {
-    use crate::support::{free_port, http1_client, Process};
+    use crate::support::{http1_client, sidecar_process};
     let mode =
         std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("remora.yaml");
-    let (admin, port) = (free_port(), free_port());
-    std::fs::write(
-        &path,
-        format!(
-            "admin: {{ listen: 127.0.0.1:{admin} }}\n\
-             services:\n  svc:\n    listen: 127.0.0.1:{port}\n    endpoints: [127.0.0.1:9]\n"
-        ),
-    )
-    .unwrap();
-    let process = Process::run(&path, std::net::SocketAddr::from(([127, 0, 0, 1], admin))).await;
-    // Some work first: a few calls (answered 502, nothing listens upstream).
+    // Nothing listens on the discard port: every call is answered 502.
+    let nowhere = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+    let (process, _admin, port, _dir) = sidecar_process(nowhere, "http1", "5s").await;
+    // Some work first.
     for _ in 0..20 {
         let request = http::Request::get(format!("http://127.0.0.1:{port}/"))
             .body(http_body_util::Full::new(bytes::Bytes::new()))

@@ -61,29 +61,6 @@ async fn slow_sidecar(delay: Duration, drain_timeout: &str) -> (Process, u16, te
     (process, port, dir)
 }
 
-/// The remora binary serving one service on `upstream` with `protocol` and
-/// `drain_timeout`: the process, its admin and service ports, and the directory of its
-/// config (kept while the process runs).
-async fn sidecar_process(
-    upstream: SocketAddr,
-    protocol: &str,
-    drain_timeout: &str,
-) -> (Process, u16, u16, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("remora.yaml");
-    let (admin, port) = (free_port(), free_port());
-    std::fs::write(
-        &path,
-        format!(
-            "admin: {{ listen: 127.0.0.1:{admin} }}\ndrain_timeout: {drain_timeout}\n\
-             services:\n  svc:\n    listen: 127.0.0.1:{port}\n    protocol: {protocol}\n    endpoints: [{upstream}]\n"
-        ),
-    )
-    .unwrap();
-    let process = Process::run(&path, SocketAddr::from(([127, 0, 0, 1], admin))).await;
-    (process, admin, port, dir)
-}
-
 /// A request still in flight when `drain_timeout` runs out does not hold the process:
 /// its connection is closed (the caller sees an error, not a made-up answer), remora
 /// says so and exits 0.
