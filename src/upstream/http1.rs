@@ -113,8 +113,8 @@ impl Http1Pool {
         };
         let (permit, request) = match self.connects.try_acquire() {
             Ok(permit) => (permit, request),
-            // Boxed, as the connect below: the rare ways keep the future of every call
-            // small (its allocation a cheap one).
+            // Boxed, as the connect below: room for the rare ways is not kept in the
+            // future of every call (8.4 KB with them, 2.6 KB without).
             Err(_) => match Box::pin(self.wait(request)).await {
                 Queued::Done(result) => return result,
                 Queued::Connect(permit, request) => (permit, request),

@@ -155,8 +155,8 @@ impl Http2Pool {
                     let until = queued
                         .as_ref()
                         .map_or_else(tokio::time::Instant::now, |(_, until)| *until);
-                    // Boxed, as the connect below: the rare ways keep the future of
-                    // every call small (its allocation a cheap one).
+                    // Boxed, as the connect below: room for the rare ways is not kept
+                    // in the future of every call.
                     let waited = Box::pin(tokio::time::timeout_at(until, notified)).await;
                     if waited.is_err() {
                         let error = ConnectError::QueueTimeout(self.pending.timeout());
