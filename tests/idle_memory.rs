@@ -82,9 +82,17 @@ const BUDGET_PER_CONNECTION: isize = 10 * 1024;
 const CONNECTIONS: usize = 300;
 const REQUEST: &[u8] = b"GET /item HTTP/1.1\r\nhost: shop\r\nuser-agent: idle-test\r\n\r\n";
 
-/// A sidecar for service `shop` in front of [`fixed_upstream`], on a runtime of its own,
-/// and the address of its listener.
-fn shop_sidecar() -> (tokio::runtime::Runtime, remora::Sidecar, SocketAddr) {
+/// The counters' turn (held for the whole test), a sidecar for service `shop` in front
+/// of [`fixed_upstream`] on a runtime of its own, and the address of its listener.
+fn shop_sidecar() -> (
+    std::sync::MutexGuard<'static, ()>,
+    tokio::runtime::Runtime,
+    remora::Sidecar,
+    SocketAddr,
+) {
+    let serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -100,15 +108,12 @@ fn shop_sidecar() -> (tokio::runtime::Runtime, remora::Sidecar, SocketAddr) {
         remora::Sidecar::start(config).await.unwrap()
     });
     let addr = sidecar.addrs().service("shop").expect("shop listens");
-    (runtime, sidecar, addr)
+    (serial, runtime, sidecar, addr)
 }
 
 #[test]
 fn an_idle_keep_alive_connection_costs_at_most_ten_kib_of_heap() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let (runtime, sidecar, addr) = shop_sidecar();
+    let (_serial, runtime, sidecar, addr) = shop_sidecar();
 
     // Warm up: the pool's upstream connection, lazily built state and the allocator's
     // first chunks are paid once, not per connection.
@@ -144,10 +149,7 @@ fn an_idle_keep_alive_connection_costs_at_most_ten_kib_of_heap() {
 /// A head longer than the stack's read still arrives whole.
 #[test]
 fn calls_on_a_warm_keep_alive_connection_allocate_no_large_read_buffer() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let (runtime, sidecar, addr) = shop_sidecar();
+    let (_serial, runtime, sidecar, addr) = shop_sidecar();
     let mut stream = one_call(addr);
     for _ in 0..20 {
         call(&mut stream);

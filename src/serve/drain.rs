@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -33,7 +33,7 @@ struct Shared {
     /// Watchers alive.
     live: AtomicUsize,
     /// Watchers made so far: each one's key in `wakers`.
-    made: AtomicUsize,
+    made: AtomicU64,
     /// Notified when the last watcher goes during a drain.
     gone: Notify,
 }
@@ -55,7 +55,7 @@ impl Drain {
     /// ends).
     pub(super) fn watcher(&self) -> Watcher {
         self.shared.live.fetch_add(1, Ordering::SeqCst);
-        let key = self.shared.made.fetch_add(1, Ordering::Relaxed) as u64;
+        let key = self.shared.made.fetch_add(1, Ordering::Relaxed);
         Watcher {
             shared: self.shared.clone(),
             key,
@@ -191,6 +191,13 @@ mod tests {
         }
     }
 
+    /// `future`'s output, failing the test with `what` if it takes over 5 s.
+    async fn within<F: Future>(what: &str, future: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(5), future)
+            .await
+            .unwrap_or_else(|_| panic!("{what}"))
+    }
+
     fn fake() -> (Fake, Arc<AtomicUsize>) {
         let polls = Arc::new(AtomicUsize::new(0));
         let fake = Fake {
@@ -218,17 +225,13 @@ mod tests {
         }
         let shutdown = tokio::spawn(drain.shutdown());
         for task in ended {
-            tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .expect("woken and ended")
-                .unwrap();
+            within("woken and ended", task).await.unwrap();
         }
         tokio::task::yield_now().await;
         assert!(!shutdown.is_finished(), "a watcher is still held");
         drop(handshaking);
-        tokio::time::timeout(Duration::from_secs(5), shutdown)
+        within("the drain ends once every watcher is gone", shutdown)
             .await
-            .expect("the drain ends once every watcher is gone")
             .unwrap();
     }
 
@@ -239,19 +242,12 @@ mod tests {
         let shutdown = tokio::spawn(drain.shutdown());
         tokio::task::yield_now().await;
         let (connection, _) = fake();
-        tokio::time::timeout(Duration::from_secs(5), watcher.watch(connection))
-            .await
-            .expect("told on its first poll");
-        tokio::time::timeout(Duration::from_secs(5), shutdown)
-            .await
-            .expect("the drain ends")
-            .unwrap();
+        within("told on its first poll", watcher.watch(connection)).await;
+        within("the drain ends", shutdown).await.unwrap();
     }
 
     #[tokio::test]
     async fn a_drain_with_no_watcher_ends_at_once() {
-        tokio::time::timeout(Duration::from_secs(5), Drain::new().shutdown())
-            .await
-            .expect("nothing to wait for");
+        within("nothing to wait for", Drain::new().shutdown()).await;
     }
 }
