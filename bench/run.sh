@@ -10,7 +10,8 @@
 # seconds per target and test before the rounds (3), CONNECTIONS (64), STREAMS per h2
 # connection (10), IDLE_CONNECTIONS (1000), PORT_BASE (28000), LOAD_CPU (0),
 # PROXY_CPU (1), TESTS ("http1 h2c grpc"), TARGETS ("direct remora nginx haproxy"),
-# JOBS for cargo (2), REMORA_BIN (a prebuilt remora to measure instead of building one),
+# JOBS for cargo (2), PGO (1: remora as the image builds it, with scripts/pgo.sh; 0: a
+# plain release build), REMORA_BIN (a prebuilt remora to measure instead of building one),
 # UPSTREAM_BIN (a prebuilt examples/bench_upstream, likewise), NICE (-10) for every
 # process of the benchmark, so that other work on a shared machine disturbs all targets
 # less, NO_INSTALL=1 to skip the apt-get step, QUIET_MAX (15) % of a CPU that other
@@ -187,6 +188,9 @@ build() {
     # elsewhere (an earlier commit, say) instead; UPSTREAM_BIN likewise.
     if [[ -n ${REMORA_BIN:-} ]]; then
         log "measuring REMORA_BIN=$REMORA_BIN"
+    elif [[ ${PGO:-1} == 1 ]]; then
+        log "building remora with profile-guided optimization (scripts/pgo.sh)"
+        REMORA_BIN=$(cd "$ROOT" && CARGO_BUILD_JOBS=$JOBS bash scripts/pgo.sh)
     else
         log "building remora (release, -j $JOBS)"
         (cd "$ROOT" && cargo build --release -j "$JOBS" --bin remora)

@@ -483,6 +483,61 @@ fn apps_are_the_cargo_examples_the_image_builds() {
     }
 }
 
+/// The image's remora is the build `scripts/pgo.sh` makes: the builder installs what the
+/// script runs, and the build context (the Dockerfile's copies, less `.dockerignore`)
+/// holds what it reads.
+#[test]
+fn the_image_builds_remora_with_the_profile_guided_script() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let script = std::fs::read_to_string(root().join("scripts/pgo.sh")).unwrap();
+    assert!(
+        dockerfile.contains(r#"cp "$(bash scripts/pgo.sh)" /out/remora"#),
+        "the image does not ship the PGO build"
+    );
+    // Each command the script runs that the slim Rust image lacks, and its package.
+    for (command, package) in [
+        ("llvm-profdata-19", "llvm-19"),
+        ("h2load", "nghttp2-client"),
+        ("curl", "curl"),
+    ] {
+        assert!(script.contains(command), "pgo.sh no longer runs {command}");
+        assert!(
+            dockerfile.contains(&format!(" {package}")),
+            "the builder does not install {package} for pgo.sh"
+        );
+    }
+    let ignored = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
+    let ignored: Vec<&str> = ignored
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    assert!(dockerfile.contains("COPY scripts/pgo.sh scripts/pgo.sh"));
+    assert!(ignored.contains(&"!scripts/pgo.sh"), "{ignored:?}");
+    // The files the script sources or trains on, as `bench/...` paths.
+    let read: Vec<&str> = script
+        .split(|c: char| c.is_whitespace() || c == '"')
+        .filter(|word| word.starts_with("bench/"))
+        .collect();
+    assert!(read.contains(&"bench/common.sh"), "{read:?}");
+    assert!(dockerfile.contains("COPY bench bench"));
+    assert!(!ignored.contains(&"bench/"), "{ignored:?}");
+    for file in read {
+        assert!(
+            root().join(file).exists(),
+            "pgo.sh reads {file}, which is gone"
+        );
+    }
+    // The configs it trains on, through bench/common.sh's `template`.
+    for variant in [
+        "remora",
+        "remora-policies",
+        "remora-traced",
+        "remora-logged",
+    ] {
+        assert!(root().join(format!("bench/{variant}.yaml.in")).exists());
+    }
+}
+
 #[test]
 fn local_configs_load_with_their_defaults() {
     let dir = root().join("examples/local/config");

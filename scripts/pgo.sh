@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Builds remora with profile-guided optimization (PGO): the release build the benchmarks
+# measure and the Dockerfile ships.
+#
+# 1. An instrumented build of remora (rustc -Cprofile-generate), in target/pgo-generate.
+# 2. Training: that build proxies the bench upstream's traffic in every way remora is
+#    commonly run (HTTP/1.1, h2c and unary gRPC; bare, with every policy, traced, with
+#    the access log on; between two sidecars over mutual TLS), each run started from a
+#    config and stopped with SIGTERM, as a user runs it. Each run writes its profile.
+# 3. llvm-profdata merges the profiles into target/pgo/remora.profdata.
+# 4. The release build with -Cprofile-use and the linker grouping the code by heat
+#    (-z keep-text-section-prefix): code the training never ran lands apart from the
+#    code it ran, so an idle remora maps fewer pages of its binary.
+#
+# The result is target/x86_64-unknown-linux-gnu/release/remora (its absolute path is the
+# last line printed). A plain `cargo build --release` stays as it was, without PGO; the
+# profile only steers optimization, so a stale one costs speed, never correctness
+# (functions changed since it was taken are optimized without it).
+#
+# Needs: h2load (nghttp2-client), protoc, curl, and an llvm-profdata of an LLVM at least
+# as new as rustc's (llvm-19 on Debian 12 reads rustc 1.95's profiles); installed when
+# missing. Usage: bash scripts/pgo.sh  (REQUESTS=20000 per run by default;
+# BASE_PORT=28600 and the 9 ports after it; CARGO_FEATURES=... builds with them;
+# PGO_TRAINEE=path trains an instrumented build made before instead of building one)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REQUESTS=${REQUESTS:-20000}
+BASE_PORT=${BASE_PORT:-28600}
+TARGET=x86_64-unknown-linux-gnu
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+
+# shellcheck source=bench/common.sh
+source bench/common.sh
+install_missing h2load=nghttp2-client protoc=protobuf-compiler curl=curl >&2
+
+# llvm-profdata: rustup's llvm-tools when installed, else Debian's llvm-19.
+profdata=$(find "$(rustc --print sysroot)" -name llvm-profdata -type f 2>/dev/null | head -n 1)
+if [ -z "$profdata" ]; then
+    install_missing llvm-profdata-19=llvm-19 >&2
+    profdata=llvm-profdata-19
+fi
+
+features=()
+[ -z "${CARGO_FEATURES:-}" ] || features=(--features "$CARGO_FEATURES")
+
+# --target keeps RUSTFLAGS off build scripts and proc macros: only remora's code (and
+# its dependencies') is instrumented and optimized with the profile.
+GENERATE_DIR=$TARGET_DIR/pgo-generate
+PROFILE_DIR=$(realpath -m "$TARGET_DIR/pgo")
+rm -rf "$PROFILE_DIR"
+mkdir -p "$PROFILE_DIR/raw"
+if [ -z "${PGO_TRAINEE:-}" ]; then
+    RUSTFLAGS="-Cprofile-generate=$PROFILE_DIR/raw" CARGO_TARGET_DIR=$GENERATE_DIR \
+        cargo build --release --locked "${features[@]}" --target "$TARGET" --bin remora >&2
+fi
+cargo build --release --locked "${features[@]}" --example bench_upstream \
+    --example otlp_sink >&2
+TRAINEE=${PGO_TRAINEE:-$GENERATE_DIR/$TARGET/release/remora}
+HELPERS=$TARGET_DIR/release/examples
+
+with_work_dir
+UPSTREAM_PORT=$BASE_PORT
+PORT=$((BASE_PORT + 1))
+ADMIN_PORT=$((BASE_PORT + 2))
+OTLP_PORT=$((BASE_PORT + 3))
+# The helpers are not trained on: their profiles go to the work directory.
+LLVM_PROFILE_FILE="$WORK/helper-%p.profraw" "$HELPERS/bench_upstream" serve "$UPSTREAM_PORT" \
+    >"$WORK/upstream.log" 2>&1 &
+pids+=($!)
+LLVM_PROFILE_FILE="$WORK/helper-%p.profraw" "$HELPERS/otlp_sink" "$OTLP_PORT" \
+    >"$WORK/sink.log" 2>&1 &
+pids+=($!)
+printf '\x00\x00\x00\x00\x07\x0a\x05hello' >"$WORK/echo-request.bin"
+# Every run of the trainee writes a profile of its own.
+export LLVM_PROFILE_FILE="$PROFILE_DIR/raw/remora-%p.profraw"
+
+# `load URL TEST` sends REQUESTS requests of TEST (http1, h2c or grpc) to URL and fails
+# unless every one succeeded.
+load() {
+    local url=$1 test=$2 args=()
+    case $test in
+        http1) args=(--h1 -c8) ;;
+        h2c) args=(-c8 -m10) ;;
+        grpc)
+            args=(-c8 -m10 -d "$WORK/echo-request.bin" -H 'content-type: application/grpc'
+                -H 'te: trailers')
+            url=$url/remora.echo.v1.Echo/Unary
+            ;;
+    esac
+    h2load "${args[@]}" -n "$REQUESTS" "$url" >"$WORK/h2load.out" 2>&1 || true
+    grep -q "$REQUESTS succeeded" "$WORK/h2load.out" || {
+        echo "pgo.sh: not every training request succeeded ($test, $url):" >&2
+        cat "$WORK/h2load.out" >&2
+        exit 1
+    }
+}
+
+# `start NAME CONFIG_FILE` runs the trainee on a config and waits for its admin port;
+# `stop PID` ends it with SIGTERM, so that it writes its profile on the way out.
+start() {
+    local name=$1 config=$2 admin
+    admin=$(sed -n 's/.*listen: "127.0.0.1:\([0-9]*\)".*/\1/p' "$config" | head -n 1)
+    "$TRAINEE" validate "$config" >/dev/null
+    TOKIO_WORKER_THREADS=1 "$TRAINEE" run --config "$config" >"$WORK/$name.log" 2>&1 &
+    started=$!
+    for _ in $(seq 1 100); do
+        curl -sf -o /dev/null "http://127.0.0.1:$admin/live" && return 0
+        sleep 0.1
+    done
+    echo "pgo.sh: remora ($name) did not start:" >&2
+    cat "$WORK/$name.log" >&2
+    exit 1
+}
+stop() {
+    kill -TERM "$1"
+    wait "$1" || {
+        echo "pgo.sh: remora did not exit cleanly; its profile may be missing" >&2
+        exit 1
+    }
+}
+
+# One sidecar in front of the upstream, in each benchmarked config.
+for variant in plain policies traced logged; do
+    template "$variant" | sed -e "s/@REMORA_ADMIN_PORT@/$ADMIN_PORT/" \
+        -e "s/@REMORA_PORT@/$PORT/" -e "s/@UPSTREAM_PORT@/$UPSTREAM_PORT/" \
+        -e "s/@OTLP_PORT@/$OTLP_PORT/" >"$WORK/$variant.yaml"
+    start "$variant" "$WORK/$variant.yaml"
+    for test in http1 h2c grpc; do
+        load "http://127.0.0.1:$PORT" "$test"
+    done
+    stop "$started"
+    echo "pgo.sh: trained on $variant" >&2
+done
+
+# Two sidecars over mutual TLS: a client sidecar's outbound to a server sidecar's
+# strict inbound, which forwards to the upstream.
+"$TRAINEE" cert ca --trust-domain pgo.example --out "$WORK/ca" >/dev/null
+for role in client server; do
+    "$TRAINEE" cert issue --ca "$WORK/ca" --service "$role" --out "$WORK" >/dev/null
+done
+tls="tls: { cert: $WORK/ROLE.pem, key: $WORK/ROLE-key.pem, bundle: $WORK/ca/ca.pem }"
+cat >"$WORK/server.yaml" <<EOF
+service: server
+admin: { listen: "127.0.0.1:$((BASE_PORT + 5))" }
+log: { level: warn }
+tracing: { access_log: false }
+${tls//ROLE/server}
+inbound:
+  listen: "127.0.0.1:$((BASE_PORT + 6))"
+  app: "127.0.0.1:$UPSTREAM_PORT"
+  protocol: auto
+  tls: strict
+EOF
+cat >"$WORK/client.yaml" <<EOF
+service: client
+admin: { listen: "127.0.0.1:$((BASE_PORT + 7))" }
+log: { level: warn }
+tracing: { access_log: false }
+${tls//ROLE/client}
+services:
+  server:
+    listen: "127.0.0.1:$((BASE_PORT + 8))"
+    protocol: auto
+    endpoints: ["127.0.0.1:$((BASE_PORT + 6))"]
+    tls: { mesh: true }
+EOF
+start server "$WORK/server.yaml"
+server=$started
+start client "$WORK/client.yaml"
+client=$started
+for test in http1 h2c grpc; do
+    load "http://127.0.0.1:$((BASE_PORT + 8))" "$test"
+done
+stop "$client"
+stop "$server"
+echo "pgo.sh: trained on mutual TLS" >&2
+
+"$profdata" merge -o "$PROFILE_DIR/remora.profdata" "$PROFILE_DIR"/raw/*.profraw >&2
+# -no-pgo-warn-mismatch: functions changed since the profile are built without it,
+# silently (they are many when the profile is stale, and none when it is fresh).
+RUSTFLAGS="-Cprofile-use=$PROFILE_DIR/remora.profdata -Cllvm-args=-no-pgo-warn-mismatch \
+-Clink-arg=-Wl,-z,keep-text-section-prefix" \
+    cargo build --release --locked "${features[@]}" --target "$TARGET" --bin remora >&2
+realpath "$TARGET_DIR/$TARGET/release/remora"
