@@ -124,8 +124,9 @@ enum CertCommand {
     },
 }
 
-/// mimalloc, built without transparent huge pages: a call's futures and header maps are
-/// mostly larger than glibc's per-thread cache takes (docs/dependencies.md).
+/// mimalloc 2, built without transparent huge pages: a call's futures and header maps are
+/// mostly larger than glibc's per-thread cache takes, and mimalloc 3 over-allocates them
+/// (docs/dependencies.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
