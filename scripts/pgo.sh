@@ -7,19 +7,19 @@
 #    commonly run (HTTP/1.1, h2c and unary gRPC; bare, with every policy, traced, with
 #    the access log on; between two sidecars over mutual TLS), each run started from a
 #    config and stopped with SIGTERM, as a user runs it. Each run writes its profile.
-# 3. llvm-profdata merges the profiles into target/pgo/remora.profdata.
+# 3. llvm-profdata merges the profiles into target/pgo/remora-<its hash>.profdata.
 # 4. The release build with -Cprofile-use and the linker grouping the code by heat
 #    (-z keep-text-section-prefix): code the training never ran lands apart from the
 #    code it ran, so an idle remora maps fewer pages of its binary.
 #
-# The result is target/x86_64-unknown-linux-gnu/release/remora (its absolute path is the
-# last line printed). A plain `cargo build --release` stays as it was, without PGO; the
+# The result is target/<host triple>/release/remora (its absolute path is the last line
+# printed). A plain `cargo build --release` stays as it was, without PGO; the
 # profile only steers optimization, so a stale one costs speed, never correctness
 # (functions changed since it was taken are optimized without it).
 #
-# Needs: h2load (nghttp2-client), protoc, curl, and an llvm-profdata of an LLVM at least
-# as new as rustc's (llvm-19 on Debian 12 reads rustc 1.95's profiles); installed when
-# missing. Usage: bash scripts/pgo.sh  (REQUESTS=20000 per run by default;
+# Needs: h2load (nghttp2-client), protoc, curl, and an llvm-profdata that reads the
+# profiles of rustc's LLVM (Debian 12's llvm-19 reads those of rustc 1.95, built on LLVM
+# 22); installed when missing. Usage: bash scripts/pgo.sh  (REQUESTS=20000 per run by default;
 # BASE_PORT=28600 and the 9 ports after it; CARGO_FEATURES=... builds with them;
 # PGO_TRAINEE=path trains an instrumented build made before instead of building one)
 set -euo pipefail
@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 
 REQUESTS=${REQUESTS:-20000}
 BASE_PORT=${BASE_PORT:-28600}
-TARGET=x86_64-unknown-linux-gnu
+TARGET=$(rustc -vV | sed -n 's/^host: //p')
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 # shellcheck source=bench/common.sh
@@ -64,12 +64,9 @@ UPSTREAM_PORT=$BASE_PORT
 PORT=$((BASE_PORT + 1))
 ADMIN_PORT=$((BASE_PORT + 2))
 OTLP_PORT=$((BASE_PORT + 3))
-# The helpers are not trained on: their profiles go to the work directory.
-LLVM_PROFILE_FILE="$WORK/helper-%p.profraw" "$HELPERS/bench_upstream" serve "$UPSTREAM_PORT" \
-    >"$WORK/upstream.log" 2>&1 &
+"$HELPERS/bench_upstream" serve "$UPSTREAM_PORT" >"$WORK/upstream.log" 2>&1 &
 pids+=($!)
-LLVM_PROFILE_FILE="$WORK/helper-%p.profraw" "$HELPERS/otlp_sink" "$OTLP_PORT" \
-    >"$WORK/sink.log" 2>&1 &
+"$HELPERS/otlp_sink" "$OTLP_PORT" >"$WORK/sink.log" 2>&1 &
 pids+=($!)
 printf '\x00\x00\x00\x00\x07\x0a\x05hello' >"$WORK/echo-request.bin"
 # Every run of the trainee writes a profile of its own.
@@ -176,10 +173,14 @@ stop "$client"
 stop "$server"
 echo "pgo.sh: trained on mutual TLS" >&2
 
-"$profdata" merge -o "$PROFILE_DIR/remora.profdata" "$PROFILE_DIR"/raw/*.profraw >&2
+"$profdata" merge -o "$PROFILE_DIR/merged.profdata" "$PROFILE_DIR"/raw/*.profraw >&2
+# Named by its content: cargo tracks RUSTFLAGS, not the file they name, so a new profile
+# under an old name would leave the dependencies built with the old one.
+profile=$PROFILE_DIR/remora-$(sha256sum "$PROFILE_DIR/merged.profdata" | cut -c1-16).profdata
+mv "$PROFILE_DIR/merged.profdata" "$profile"
 # -no-pgo-warn-mismatch: functions changed since the profile are built without it,
 # silently (they are many when the profile is stale, and none when it is fresh).
-RUSTFLAGS="-Cprofile-use=$PROFILE_DIR/remora.profdata -Cllvm-args=-no-pgo-warn-mismatch \
+RUSTFLAGS="-Cprofile-use=$profile -Cllvm-args=-no-pgo-warn-mismatch \
 -Clink-arg=-Wl,-z,keep-text-section-prefix" \
     cargo build --release --locked "${features[@]}" --target "$TARGET" --bin remora >&2
 realpath "$TARGET_DIR/$TARGET/release/remora"
