@@ -93,13 +93,16 @@ load() {
     }
 }
 
-# `start NAME CONFIG_FILE` runs the trainee on a config and waits for its admin port;
-# `stop PID` ends it with SIGTERM, so that it writes its profile on the way out.
+# `start NAME CONFIG_FILE RUNTIME` runs the trainee on a config with that runtime
+# (current-thread, as remora runs when it may use one CPU, or multi-thread, on two
+# workers) and waits for its admin port; `stop PID` ends it with SIGTERM, so that it
+# writes its profile on the way out.
 start() {
-    local name=$1 config=$2 admin
+    local name=$1 config=$2 runtime=$3 admin
     admin=$(sed -n 's/.*listen: "127.0.0.1:\([0-9]*\)".*/\1/p' "$config" | head -n 1)
     "$TRAINEE" validate "$config" >/dev/null
-    TOKIO_WORKER_THREADS=1 "$TRAINEE" run --config "$config" >"$WORK/$name.log" 2>&1 &
+    REMORA_RUNTIME=$runtime TOKIO_WORKER_THREADS=2 "$TRAINEE" run --config "$config" \
+        >"$WORK/$name.log" 2>&1 &
     started=$!
     for _ in $(seq 1 100); do
         curl -sf -o /dev/null "http://127.0.0.1:$admin/live" && return 0
@@ -117,17 +120,20 @@ stop() {
     }
 }
 
-# One sidecar in front of the upstream, in each benchmarked config.
-for variant in plain policies traced logged; do
-    template "$variant" | sed -e "s/@REMORA_ADMIN_PORT@/$ADMIN_PORT/" \
-        -e "s/@REMORA_PORT@/$PORT/" -e "s/@UPSTREAM_PORT@/$UPSTREAM_PORT/" \
-        -e "s/@OTLP_PORT@/$OTLP_PORT/" >"$WORK/$variant.yaml"
-    start "$variant" "$WORK/$variant.yaml"
-    for test in http1 h2c grpc; do
-        load "http://127.0.0.1:$PORT" "$test"
+# One sidecar in front of the upstream, in each benchmarked config, on each runtime: code
+# the training never runs is optimized for size, as cold.
+for runtime in current-thread multi-thread; do
+    for variant in plain policies traced logged; do
+        template "$variant" | sed -e "s/@REMORA_ADMIN_PORT@/$ADMIN_PORT/" \
+            -e "s/@REMORA_PORT@/$PORT/" -e "s/@UPSTREAM_PORT@/$UPSTREAM_PORT/" \
+            -e "s/@OTLP_PORT@/$OTLP_PORT/" >"$WORK/$variant.yaml"
+        start "$variant" "$WORK/$variant.yaml" "$runtime"
+        for test in http1 h2c grpc; do
+            load "http://127.0.0.1:$PORT" "$test"
+        done
+        stop "$started"
+        echo "pgo.sh: trained on $variant, $runtime" >&2
     done
-    stop "$started"
-    echo "pgo.sh: trained on $variant" >&2
 done
 
 # Two sidecars over mutual TLS: a client sidecar's outbound to a server sidecar's
@@ -162,9 +168,9 @@ services:
     endpoints: ["127.0.0.1:$((BASE_PORT + 6))"]
     tls: { mesh: true }
 EOF
-start server "$WORK/server.yaml"
+start server "$WORK/server.yaml" current-thread
 server=$started
-start client "$WORK/client.yaml"
+start client "$WORK/client.yaml" multi-thread
 client=$started
 for test in http1 h2c grpc; do
     load "http://127.0.0.1:$((BASE_PORT + 8))" "$test"
