@@ -49,3 +49,47 @@ template() {
         *) cat "bench/remora-$1.yaml.in" ;;
     esac
 }
+
+# `mesh_config ROLE BASE CERT_DIR UPSTREAM_PORT [mtls]` prints the config of the client
+# or server sidecar of a mesh call: client outbound -> server inbound -> the upstream.
+# Ports: BASE the client's outbound, +1 its admin, +2 the server's inbound, +3 its
+# admin. With mtls, the sidecars speak mutual TLS (strict inbound, the client checking
+# the server's identity) with CERT_DIR/ROLE.pem, CERT_DIR/ROLE-key.pem and
+# CERT_DIR/ca.pem, as `remora cert` issues them.
+mesh_config() {
+    local role=$1 b=$2 certs=$3 upstream=$4 variant=${5:-plain}
+    local tls="" inbound_tls="tls: off" service_tls=""
+    if [ "$variant" = mtls ]; then
+        tls="tls: { cert: $certs/$role.pem, key: $certs/$role-key.pem, bundle: $certs/ca.pem }"
+        inbound_tls="tls: strict"
+        service_tls="tls: { mesh: true }"
+    fi
+    if [ "$role" = client ]; then
+        cat <<EOF
+service: client
+admin: { listen: "127.0.0.1:$((b + 1))" }
+log: { level: warn }
+tracing: { access_log: false }
+$tls
+services:
+  server:
+    listen: "127.0.0.1:$b"
+    protocol: auto
+    endpoints: ["127.0.0.1:$((b + 2))"]
+    $service_tls
+EOF
+    else
+        cat <<EOF
+service: server
+admin: { listen: "127.0.0.1:$((b + 3))" }
+log: { level: warn }
+tracing: { access_log: false }
+$tls
+inbound:
+  listen: "127.0.0.1:$((b + 2))"
+  app: "127.0.0.1:$upstream"
+  protocol: auto
+  $inbound_tls
+EOF
+    fi
+}

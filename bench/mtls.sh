@@ -57,41 +57,7 @@ declare -A base
 base[plain]=$BASE_PORT
 base[mtls]=$((BASE_PORT + 10))
 config() {
-    local variant=$1 role=$2 b=${base[$1]}
-    local tls="" inbound_tls="tls: off" service_tls=""
-    if [ "$variant" = mtls ]; then
-        tls="tls: { cert: $WORK/$role.pem, key: $WORK/$role-key.pem, bundle: $WORK/ca.pem }"
-        inbound_tls="tls: strict"
-        service_tls="tls: { mesh: true }"
-    fi
-    if [ "$role" = client ]; then
-        cat <<EOF
-service: client
-admin: { listen: "127.0.0.1:$((b + 1))" }
-log: { level: warn }
-tracing: { access_log: false }
-$tls
-services:
-  server:
-    listen: "127.0.0.1:$b"
-    protocol: auto
-    endpoints: ["127.0.0.1:$((b + 2))"]
-    $service_tls
-EOF
-    else
-        cat <<EOF
-service: server
-admin: { listen: "127.0.0.1:$((b + 3))" }
-log: { level: warn }
-tracing: { access_log: false }
-$tls
-inbound:
-  listen: "127.0.0.1:$((b + 2))"
-  app: "127.0.0.1:$UPSTREAM_PORT"
-  protocol: auto
-  $inbound_tls
-EOF
-    fi
+    mesh_config "$2" "${base[$1]}" "$WORK" "$UPSTREAM_PORT" "$1"
 }
 
 variants=(plain mtls)

@@ -136,44 +136,24 @@ for runtime in current-thread multi-thread; do
     done
 done
 
-# Two sidecars over mutual TLS: a client sidecar's outbound to a server sidecar's
-# strict inbound, which forwards to the upstream.
+# Two sidecars over mutual TLS (bench/common.sh's mesh_config, as bench/mtls.sh runs
+# them): a client sidecar's outbound to a server sidecar's strict inbound, which
+# forwards to the upstream.
 "$TRAINEE" cert ca --trust-domain pgo.example --out "$WORK/ca" >/dev/null
 for role in client server; do
     "$TRAINEE" cert issue --ca "$WORK/ca" --service "$role" --out "$WORK" >/dev/null
 done
-tls="tls: { cert: $WORK/ROLE.pem, key: $WORK/ROLE-key.pem, bundle: $WORK/ca/ca.pem }"
-cat >"$WORK/server.yaml" <<EOF
-service: server
-admin: { listen: "127.0.0.1:$((BASE_PORT + 5))" }
-log: { level: warn }
-tracing: { access_log: false }
-${tls//ROLE/server}
-inbound:
-  listen: "127.0.0.1:$((BASE_PORT + 6))"
-  app: "127.0.0.1:$UPSTREAM_PORT"
-  protocol: auto
-  tls: strict
-EOF
-cat >"$WORK/client.yaml" <<EOF
-service: client
-admin: { listen: "127.0.0.1:$((BASE_PORT + 7))" }
-log: { level: warn }
-tracing: { access_log: false }
-${tls//ROLE/client}
-services:
-  server:
-    listen: "127.0.0.1:$((BASE_PORT + 8))"
-    protocol: auto
-    endpoints: ["127.0.0.1:$((BASE_PORT + 6))"]
-    tls: { mesh: true }
-EOF
+cp "$WORK/ca/ca.pem" "$WORK/ca.pem"
+MESH_PORT=$((BASE_PORT + 5))
+for role in client server; do
+    mesh_config "$role" "$MESH_PORT" "$WORK" "$UPSTREAM_PORT" mtls >"$WORK/$role.yaml"
+done
 start server "$WORK/server.yaml" current-thread
 server=$started
 start client "$WORK/client.yaml" multi-thread
 client=$started
 for test in http1 h2c grpc; do
-    load "http://127.0.0.1:$((BASE_PORT + 8))" "$test"
+    load "http://127.0.0.1:$MESH_PORT" "$test"
 done
 stop "$client"
 stop "$server"
