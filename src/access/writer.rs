@@ -6,8 +6,13 @@ use std::sync::OnceLock;
 
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 
-/// Lines the queue holds before new ones are dropped.
-pub const QUEUED_LINES: usize = 64 * 1024;
+/// Lines the queue holds before new ones are dropped: a quarter of a second of lines at
+/// 30,000 calls a second, while the writer thread takes one `write` per line.
+///
+/// NOTE: the queue's slots (32 bytes each) are all written when it is made, so they are
+/// resident from the start: 256 KiB here, where 65,536 lines made 2 MiB, two thirds of
+/// an idle remora's heap (`bench/RESULTS.md`, "Idle memory").
+pub const QUEUED_LINES: usize = 8 * 1024;
 
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
