@@ -7,10 +7,13 @@
 #    commonly run (HTTP/1.1, h2c and unary gRPC; bare, with every policy, traced, with
 #    the access log on; between two sidecars over mutual TLS), each run started from a
 #    config and stopped with SIGTERM, as a user runs it. Each run writes its profile.
-# 3. llvm-profdata merges the profiles into target/pgo/remora-<its hash>.profdata.
+# 3. llvm-profdata merges the profiles into target/pgo/remora-<its hash>.profdata, and
+#    orders the functions by when the runs first called them (.order, next to it).
 # 4. The release build with -Cprofile-use and the linker grouping the code by heat
-#    (-z keep-text-section-prefix): code the training never ran lands apart from the
-#    code it ran, so an idle remora maps fewer pages of its binary.
+#    (-z keep-text-section-prefix) and in that order (--symbol-ordering-file): the code
+#    an idle remora has run sits together, apart from code the training never ran, so
+#    it maps fewer pages of its binary. Relative relocations are packed (DT_RELR) when
+#    the C library reads them (glibc 2.36 on).
 #
 # The result is target/<host triple>/release/remora (its absolute path is the last line
 # printed). A plain `cargo build --release` stays as it was, without PGO; the
@@ -41,6 +44,13 @@ if [ -z "$profdata" ]; then
     profdata=llvm-profdata-19
 fi
 
+# `glibc_at_least MAJOR MINOR`: whether this machine's C library is that version or newer.
+glibc_at_least() {
+    local have
+    have=$(getconf GNU_LIBC_VERSION 2>/dev/null | sed -n 's/^glibc //p')
+    [ -n "$have" ] && [ "$(printf '%s\n%s\n' "$1.$2" "$have" | sort -V | head -n 1)" = "$1.$2" ]
+}
+
 features=()
 [ -z "${CARGO_FEATURES:-}" ] || features=(--features "$CARGO_FEATURES")
 
@@ -51,7 +61,10 @@ PROFILE_DIR=$(realpath -m "$TARGET_DIR/pgo")
 rm -rf "$PROFILE_DIR"
 mkdir -p "$PROFILE_DIR/raw"
 if [ -z "${PGO_TRAINEE:-}" ]; then
-    RUSTFLAGS="-Cprofile-generate=$PROFILE_DIR/raw" CARGO_TARGET_DIR=$GENERATE_DIR \
+    # -pgo-temporal-instrumentation: each run also records the order in which its
+    # functions were first called, from which the linker's function order is made.
+    RUSTFLAGS="-Cprofile-generate=$PROFILE_DIR/raw -Cllvm-args=-pgo-temporal-instrumentation" \
+        CARGO_TARGET_DIR=$GENERATE_DIR \
         cargo build --release --locked "${features[@]}" --target "$TARGET" --bin remora >&2
 fi
 cargo build --release --locked "${features[@]}" --example bench_upstream \
@@ -101,7 +114,8 @@ start() {
     local name=$1 config=$2 runtime=$3 admin
     admin=$(sed -n 's/.*listen: "127.0.0.1:\([0-9]*\)".*/\1/p' "$config" | head -n 1)
     "$TRAINEE" validate "$config" >/dev/null
-    REMORA_RUNTIME=$runtime TOKIO_WORKER_THREADS=2 "$TRAINEE" run --config "$config" \
+    LLVM_PROFILE_FILE="$PROFILE_DIR/raw/remora-$name-$runtime-%p.profraw" \
+        REMORA_RUNTIME=$runtime TOKIO_WORKER_THREADS=2 "$TRAINEE" run --config "$config" \
         >"$WORK/$name.log" 2>&1 &
     started=$!
     for _ in $(seq 1 100); do
@@ -164,9 +178,25 @@ echo "pgo.sh: trained on mutual TLS" >&2
 # under an old name would leave the dependencies built with the old one.
 profile=$PROFILE_DIR/remora-$(sha256sum "$PROFILE_DIR/merged.profdata" | cut -c1-16).profdata
 mv "$PROFILE_DIR/merged.profdata" "$profile"
+# The function order, so that an idle remora maps as few pages of its code as can be:
+# first the functions in the order the first run (the bare config on the current-thread
+# runtime, remora's choice on one CPU) called them, startup then the request paths;
+# then those the other runs called, in llvm-profdata's order for all the runs.
+order=${profile%.profdata}.order
+"$profdata" merge -o "$PROFILE_DIR/first.profdata" \
+    "$PROFILE_DIR"/raw/remora-plain-current-thread-*.profraw >&2
+"$profdata" order "$PROFILE_DIR/first.profdata" --output="$PROFILE_DIR/first.order" >&2
+"$profdata" order "$profile" --output="$PROFILE_DIR/all.order" >&2
+grep -hv '^#' "$PROFILE_DIR/first.order" "$PROFILE_DIR/all.order" | awk '!seen[$0]++' >"$order"
+link="-Clink-arg=-Wl,-z,keep-text-section-prefix -Clink-arg=-Wl,--symbol-ordering-file=$order \
+-Clink-arg=-Wl,--no-warn-symbol-ordering"
+# Relative relocations packed (DT_RELR: 10 KB instead of 640 KB of .rela.dyn, read at
+# every start) where the C library loads them, from glibc 2.36 (Debian 12) on.
+if glibc_at_least 2 36; then
+    link="$link -Clink-arg=-Wl,-z,pack-relative-relocs"
+fi
 # -no-pgo-warn-mismatch: functions changed since the profile are built without it,
 # silently (they are many when the profile is stale, and none when it is fresh).
-RUSTFLAGS="-Cprofile-use=$profile -Cllvm-args=-no-pgo-warn-mismatch \
--Clink-arg=-Wl,-z,keep-text-section-prefix" \
+RUSTFLAGS="-Cprofile-use=$profile -Cllvm-args=-no-pgo-warn-mismatch $link" \
     cargo build --release --locked "${features[@]}" --target "$TARGET" --bin remora >&2
 realpath "$TARGET_DIR/$TARGET/release/remora"

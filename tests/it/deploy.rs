@@ -527,6 +527,18 @@ fn the_image_builds_remora_with_the_profile_guided_script() {
             "pgo.sh reads {file}, which is gone"
         );
     }
+    // Where the builder's C library reads packed relocations (DT_RELR, glibc 2.36), the
+    // script packs them, and the binary then starts only on a glibc as new: the image
+    // that runs it must be of the builder's Debian release.
+    assert!(script.contains("pack-relative-relocs") && script.contains("glibc_at_least 2 36"));
+    assert!(
+        dockerfile.contains("-slim-bookworm AS builder"),
+        "the builder moved"
+    );
+    assert!(
+        dockerfile.contains("FROM debian:bookworm-slim AS base"),
+        "remora runs on another release than it is built on"
+    );
     // The configs it trains on, through bench/common.sh's `template`.
     for variant in [
         "remora",
