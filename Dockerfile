@@ -16,10 +16,11 @@ ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS builder
 # protoc: build.rs generates the example gRPC service's code from proto/echo.proto.
-# llvm-19 (llvm-profdata), nghttp2-client (h2load) and curl: scripts/pgo.sh, which
-# builds remora with profile-guided optimization.
+# llvm-19 (llvm-profdata), nghttp2-client (h2load), curl and valgrind: scripts/pgo.sh,
+# which builds remora with profile-guided optimization and a function order.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends protobuf-compiler llvm-19 nghttp2-client curl \
+      valgrind \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Symbols and line tables stripped: the binary is ~18 MB instead of ~86 MB.

@@ -14,13 +14,16 @@
 #    an idle remora has run sits together, apart from code the training never ran, so
 #    it maps fewer pages of its binary. Relative relocations are packed (DT_RELR) when
 #    the C library reads them (glibc 2.36 on).
+# 5. That build runs once more, idle, under callgrind: the functions it runs that the
+#    profile could not order (the standard library's, C's) go first, and remora's crate
+#    is linked again (a few minutes; its dependencies are not rebuilt).
 #
 # The result is target/<host triple>/release/remora (its absolute path is the last line
 # printed). A plain `cargo build --release` stays as it was, without PGO; the
 # profile only steers optimization, so a stale one costs speed, never correctness
 # (functions changed since it was taken are optimized without it).
 #
-# Needs: h2load (nghttp2-client), protoc, curl, and an llvm-profdata that reads the
+# Needs: h2load (nghttp2-client), protoc, curl, valgrind, and an llvm-profdata that reads the
 # profiles of rustc's LLVM (Debian 12's llvm-19 reads those of rustc 1.95, built on LLVM
 # 22); installed when missing. Usage: bash scripts/pgo.sh  (REQUESTS=20000 per run by default;
 # BASE_PORT=28600 and the 9 ports after it; CARGO_FEATURES=... builds with them;
@@ -188,15 +191,69 @@ order=${profile%.profdata}.order
 "$profdata" order "$PROFILE_DIR/first.profdata" --output="$PROFILE_DIR/first.order" >&2
 "$profdata" order "$profile" --output="$PROFILE_DIR/all.order" >&2
 grep -hv '^#' "$PROFILE_DIR/first.order" "$PROFILE_DIR/all.order" | awk '!seen[$0]++' >"$order"
-link="-Clink-arg=-Wl,-z,keep-text-section-prefix -Clink-arg=-Wl,--symbol-ordering-file=$order \
--Clink-arg=-Wl,--no-warn-symbol-ordering"
-# Relative relocations packed (DT_RELR: 10 KB instead of 640 KB of .rela.dyn, read at
-# every start) where the C library loads them, from glibc 2.36 (Debian 12) on.
-if glibc_at_least 2 36; then
-    link="$link -Clink-arg=-Wl,-z,pack-relative-relocs"
-fi
+# The release build, with the profile and with the linker keeping hot, ordinary and
+# never-run code apart (-z keep-text-section-prefix) and ordering functions as the
+# file given says. The link arguments go to remora's crate alone (`cargo rustc ... --`),
+# so a build with another order rebuilds only it, not its dependencies.
 # -no-pgo-warn-mismatch: functions changed since the profile are built without it,
 # silently (they are many when the profile is stale, and none when it is fresh).
-RUSTFLAGS="-Cprofile-use=$profile -Cllvm-args=-no-pgo-warn-mismatch $link" \
-    cargo build --release --locked "${features[@]}" --target "$TARGET" --bin remora >&2
+link=(-Clink-arg=-Wl,-z,keep-text-section-prefix -Clink-arg=-Wl,--no-warn-symbol-ordering)
+# Relative relocations packed (DT_RELR: 8 KB instead of 640 KB of .rela.dyn, read at
+# every start) where the C library loads them, from glibc 2.36 (Debian 12) on.
+if glibc_at_least 2 36; then
+    link+=(-Clink-arg=-Wl,-z,pack-relative-relocs)
+fi
+release_build() {
+    RUSTFLAGS="-Cprofile-use=$profile -Cllvm-args=-no-pgo-warn-mismatch" \
+        cargo rustc --release --locked "${features[@]}" --target "$TARGET" --bin remora \
+        -- "${link[@]}" "-Clink-arg=-Wl,--symbol-ordering-file=$1" >&2
+}
+release_build "$order"
+binary=$(realpath "$TARGET_DIR/$TARGET/release/remora")
+
+# What the profile cannot order: the standard library and the C code (built without
+# instrumentation), and functions the build renamed (`.1234`). So the build just made
+# runs as before bench/run.sh's idle measurement (the bare config on the current-thread
+# runtime, 20 calls of each protocol on one connection) under callgrind, which names every function it
+# runs as that build does; those functions go first, and remora's crate is linked again.
+install_missing valgrind=valgrind >&2
+REMORA_RUNTIME=current-thread valgrind --tool=callgrind --demangle=no \
+    --callgrind-out-file="$WORK/idle.callgrind" "$binary" run --config "$WORK/plain.yaml" \
+    >"$WORK/idle.log" 2>&1 &
+idle=$!
+for _ in $(seq 1 600); do
+    curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/live" && break
+    sleep 0.1
+done
+for test in http1 h2c grpc; do
+    args=(-n 20 -c 1 -t 1)
+    url=http://127.0.0.1:$PORT/
+    case $test in
+        http1) args+=(--h1) ;;
+        grpc)
+            args+=(-d "$WORK/echo-request.bin" -H 'content-type: application/grpc'
+                -H 'te: trailers')
+            url=${url}remora.echo.v1.Echo/Unary
+            ;;
+    esac
+    h2load "${args[@]}" "$url" >"$WORK/h2load.out" 2>&1 || true
+    grep -q "20 succeeded" "$WORK/h2load.out" || {
+        echo "pgo.sh: remora under callgrind did not answer $test:" >&2
+        cat "$WORK/h2load.out" "$WORK/idle.log" >&2
+        exit 1
+    }
+done
+stop "$idle"
+idle_order=${profile%.profdata}.idle.order
+# Those functions in the profile's order (the ones it lacks after them), then the rest.
+sed -n 's/^c\{0,1\}fn=([0-9]*) //p' "$WORK/idle.callgrind" \
+    | awk 'NR == FNR { at[$0] = NR; next } !seen[$0]++ { print ($0 in at ? at[$0] : 1e9) "\t" $0 }' \
+        "$order" - \
+    | sort -s -n -k1,1 | cut -f2- >"$PROFILE_DIR/idle.functions"
+[ -s "$PROFILE_DIR/idle.functions" ] || {
+    echo "pgo.sh: callgrind named no function" >&2
+    exit 1
+}
+cat "$PROFILE_DIR/idle.functions" "$order" | awk '!seen[$0]++' >"$idle_order"
+release_build "$idle_order"
 realpath "$TARGET_DIR/$TARGET/release/remora"

@@ -499,6 +499,7 @@ fn the_image_builds_remora_with_the_profile_guided_script() {
         ("llvm-profdata-19", "llvm-19"),
         ("h2load", "nghttp2-client"),
         ("curl", "curl"),
+        ("valgrind", "valgrind"),
     ] {
         assert!(script.contains(command), "pgo.sh no longer runs {command}");
         assert!(
