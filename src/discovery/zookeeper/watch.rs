@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 
-use zookeeper_client::{AddWatchMode, Client, EventType, SessionState};
+use zookeeper_client::{AddWatchMode, Client, EventType, PersistentWatcher, SessionState};
 
 use super::{curator, ZkFailure, ZookeeperRegistry, NAME};
 use crate::discovery::feed::{Closed, Feed};
@@ -97,18 +97,7 @@ impl ServiceWatch {
         feed: &Feed,
         backoff: &mut Backoff,
     ) -> Result<Infallible, WatchEnd> {
-        let watch = client.watch(&self.path, AddWatchMode::PersistentRecursive);
-        let mut watcher = match self.registry.timed("watch", &self.path, watch).await {
-            Ok(watcher) => watcher,
-            Err(failure) if failure.code() == Some(&zookeeper_client::Error::Unimplemented) => {
-                let message = format!(
-                    "watch {}: the server has no persistent watches (ZooKeeper 3.6 or later is needed)",
-                    self.path
-                );
-                return Err(WatchEnd::Failed(DiscoveryError::new(NAME, message)));
-            }
-            Err(failure) => return Err(failure.into()),
-        };
+        let mut watcher = self.add_watch(client).await?;
         self.list(client).await?;
         backoff.reset();
         feed.snapshot(self.snapshot()).await?;
@@ -137,6 +126,12 @@ impl ServiceWatch {
                 | (EventType::Session, SessionState::ConnectedReadOnly) => {
                     disconnected = false;
                     tracing::info!(registry = NAME, znode = %self.path, session = %client.session_id(), "reconnected; listing again");
+                    // NOTE: zookeeper-client 0.11 does not send persistent watches again
+                    // when it reconnects within the session (its `resend_watches` keeps
+                    // the kind index of the first watch only, so it sends `SetWatches`
+                    // without them): the server has lost this one. A new one is added
+                    // before the old is dropped, so that dropping it removes nothing.
+                    watcher = self.add_watch(client).await?;
                     self.list(client).await?;
                     feed.snapshot(self.snapshot()).await?;
                 }
@@ -154,6 +149,22 @@ impl ServiceWatch {
                     }
                 }
             }
+        }
+    }
+
+    /// A persistent recursive watch on the service's znode.
+    async fn add_watch(&self, client: &Client) -> Result<PersistentWatcher, WatchEnd> {
+        let watch = client.watch(&self.path, AddWatchMode::PersistentRecursive);
+        match self.registry.timed("watch", &self.path, watch).await {
+            Ok(watcher) => Ok(watcher),
+            Err(failure) if failure.code() == Some(&zookeeper_client::Error::Unimplemented) => {
+                let message = format!(
+                    "watch {}: the server has no persistent watches (ZooKeeper 3.6 or later is needed)",
+                    self.path
+                );
+                Err(WatchEnd::Failed(DiscoveryError::new(NAME, message)))
+            }
+            Err(failure) => Err(failure.into()),
         }
     }
 
