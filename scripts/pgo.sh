@@ -213,9 +213,10 @@ binary=$(realpath "$TARGET_DIR/$TARGET/release/remora")
 
 # What the profile cannot order: the standard library and the C code (built without
 # instrumentation), and functions the build renamed (`.1234`). So the build just made
-# runs as before bench/run.sh's idle measurement (the bare config on the current-thread
-# runtime, 20 calls of each protocol on one connection) under callgrind, which names every function it
-# runs as that build does; those functions go first, and remora's crate is linked again.
+# runs under callgrind as bench/run.sh runs it before it measures idle memory (the bare
+# config on the current-thread runtime, 20 calls of each protocol on one connection);
+# callgrind names every function it runs as that build does. Those functions go first,
+# and remora's crate is linked again.
 install_missing valgrind=valgrind >&2
 REMORA_RUNTIME=current-thread valgrind --tool=callgrind --demangle=no \
     --callgrind-out-file="$WORK/idle.callgrind" "$binary" run --config "$WORK/plain.yaml" \
