@@ -50,6 +50,19 @@ template() {
     esac
 }
 
+# `mesh_certs REMORA CERT_DIR TRUST_DOMAIN` issues, as a user does with `remora cert`,
+# a trust domain's CA (CERT_DIR/ca, its certificate copied to CERT_DIR/ca.pem) and the
+# certificates of the mesh's two sidecars (CERT_DIR/client.pem, CERT_DIR/server.pem and
+# their keys), which mesh_config's mtls configs read.
+mesh_certs() {
+    local remora=$1 dir=$2 domain=$3 role
+    "$remora" cert ca --trust-domain "$domain" --out "$dir/ca" >/dev/null
+    for role in client server; do
+        "$remora" cert issue --ca "$dir/ca" --service "$role" --out "$dir" >/dev/null
+    done
+    cp "$dir/ca/ca.pem" "$dir/ca.pem"
+}
+
 # `mesh_config ROLE BASE CERT_DIR UPSTREAM_PORT [mtls]` prints the config of the client
 # or server sidecar of a mesh call: client outbound -> server inbound -> the upstream.
 # Ports: BASE the client's outbound, +1 its admin, +2 the server's inbound, +3 its

@@ -41,11 +41,7 @@ BIN=${CARGO_TARGET_DIR:-target}/release
 with_work_dir
 
 # A trust domain and the two sidecars' certificates, as a user makes them.
-"$BIN/remora" cert ca --trust-domain bench.example --out "$WORK/ca" >/dev/null
-for service in client server; do
-    "$BIN/remora" cert issue --ca "$WORK/ca" --service "$service" --out "$WORK" >/dev/null
-done
-cp "$WORK/ca/ca.pem" "$WORK/ca.pem"
+mesh_certs "$BIN/remora" "$WORK" bench.example
 
 taskset -c 0 "$BIN/examples/bench_upstream" serve "$UPSTREAM_PORT" >"$WORK/upstream.log" 2>&1 &
 pids+=($!)

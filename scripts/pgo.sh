@@ -156,11 +156,7 @@ done
 # Two sidecars over mutual TLS (bench/common.sh's mesh_config, as bench/mtls.sh runs
 # them): a client sidecar's outbound to a server sidecar's strict inbound, which
 # forwards to the upstream.
-"$TRAINEE" cert ca --trust-domain pgo.example --out "$WORK/ca" >/dev/null
-for role in client server; do
-    "$TRAINEE" cert issue --ca "$WORK/ca" --service "$role" --out "$WORK" >/dev/null
-done
-cp "$WORK/ca/ca.pem" "$WORK/ca.pem"
+mesh_certs "$TRAINEE" "$WORK" pgo.example
 MESH_PORT=$((BASE_PORT + 5))
 for role in client server; do
     mesh_config "$role" "$MESH_PORT" "$WORK" "$UPSTREAM_PORT" mtls >"$WORK/$role.yaml"
