@@ -88,25 +88,40 @@ printf '\x00\x00\x00\x00\x07\x0a\x05hello' >"$WORK/echo-request.bin"
 # Every run of the trainee writes a profile of its own.
 export LLVM_PROFILE_FILE="$PROFILE_DIR/raw/remora-%p.profraw"
 
-# `load URL TEST` sends REQUESTS requests of TEST (http1, h2c or grpc) to URL and fails
-# unless every one succeeded.
+# `load URL TEST [N [CONNECTIONS [STREAMS]]]` sends N requests (REQUESTS by default) of
+# TEST (http1, h2c or grpc) to URL over CONNECTIONS connections (8), h2c and gRPC with
+# up to STREAMS streams on each (10), and fails unless every one succeeded.
 load() {
-    local url=$1 test=$2 args=()
+    local url=$1 test=$2 n=${3:-$REQUESTS} connections=${4:-8} streams=${5:-10} args
+    args=(-c "$connections")
     case $test in
-        http1) args=(--h1 -c8) ;;
-        h2c) args=(-c8 -m10) ;;
+        http1) args+=(--h1) ;;
+        h2c) args+=(-m "$streams") ;;
         grpc)
-            args=(-c8 -m10 -d "$WORK/echo-request.bin" -H 'content-type: application/grpc'
-                -H 'te: trailers')
+            args+=(-m "$streams" -d "$WORK/echo-request.bin"
+                -H 'content-type: application/grpc' -H 'te: trailers')
             url=$url/remora.echo.v1.Echo/Unary
             ;;
     esac
-    h2load "${args[@]}" -n "$REQUESTS" "$url" >"$WORK/h2load.out" 2>&1 || true
-    grep -q "$REQUESTS succeeded" "$WORK/h2load.out" || {
-        echo "pgo.sh: not every training request succeeded ($test, $url):" >&2
+    h2load "${args[@]}" -n "$n" "$url" >"$WORK/h2load.out" 2>&1 || true
+    grep -q "$n succeeded" "$WORK/h2load.out" || {
+        echo "pgo.sh: not every request succeeded ($test, $url):" >&2
         cat "$WORK/h2load.out" >&2
         exit 1
     }
+}
+
+# `wait_live NAME ADMIN_PORT SECONDS` waits until the remora NAME (its log in
+# WORK/NAME.log) answers on its admin port, and fails after SECONDS.
+wait_live() {
+    local name=$1 admin=$2 seconds=$3
+    for _ in $(seq 1 $((seconds * 10))); do
+        curl -sf -o /dev/null "http://127.0.0.1:$admin/live" && return 0
+        sleep 0.1
+    done
+    echo "pgo.sh: remora ($name) did not start:" >&2
+    cat "$WORK/$name.log" >&2
+    exit 1
 }
 
 # `start NAME CONFIG_FILE RUNTIME` runs the trainee on a config with that runtime
@@ -121,13 +136,7 @@ start() {
         REMORA_RUNTIME=$runtime TOKIO_WORKER_THREADS=2 "$TRAINEE" run --config "$config" \
         >"$WORK/$name.log" 2>&1 &
     started=$!
-    for _ in $(seq 1 100); do
-        curl -sf -o /dev/null "http://127.0.0.1:$admin/live" && return 0
-        sleep 0.1
-    done
-    echo "pgo.sh: remora ($name) did not start:" >&2
-    cat "$WORK/$name.log" >&2
-    exit 1
+    wait_live "$name" "$admin" 10
 }
 stop() {
     kill -TERM "$1"
@@ -218,27 +227,9 @@ REMORA_RUNTIME=current-thread valgrind --tool=callgrind --demangle=no \
     --callgrind-out-file="$WORK/idle.callgrind" "$binary" run --config "$WORK/plain.yaml" \
     >"$WORK/idle.log" 2>&1 &
 idle=$!
-for _ in $(seq 1 600); do
-    curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/live" && break
-    sleep 0.1
-done
+wait_live idle "$ADMIN_PORT" 60
 for test in http1 h2c grpc; do
-    args=(-n 20 -c 1 -t 1)
-    url=http://127.0.0.1:$PORT/
-    case $test in
-        http1) args+=(--h1) ;;
-        grpc)
-            args+=(-d "$WORK/echo-request.bin" -H 'content-type: application/grpc'
-                -H 'te: trailers')
-            url=${url}remora.echo.v1.Echo/Unary
-            ;;
-    esac
-    h2load "${args[@]}" "$url" >"$WORK/h2load.out" 2>&1 || true
-    grep -q "20 succeeded" "$WORK/h2load.out" || {
-        echo "pgo.sh: remora under callgrind did not answer $test:" >&2
-        cat "$WORK/h2load.out" "$WORK/idle.log" >&2
-        exit 1
-    }
+    load "http://127.0.0.1:$PORT" "$test" 20 1 1
 done
 stop "$idle"
 idle_order=${profile%.profdata}.idle.order
