@@ -200,14 +200,15 @@ grep -hv '^#' "$PROFILE_DIR/first.order" "$PROFILE_DIR/all.order" | awk '!seen[$
 # never-run code apart (-z keep-text-section-prefix) and ordering functions as the
 # file given says. The link arguments go to remora's crate alone (`cargo rustc ... --`),
 # so a build with another order rebuilds only it, not its dependencies.
-# -no-pgo-warn-mismatch: functions changed since the profile are built without it,
-# silently (they are many when the profile is stale, and none when it is fresh).
 link=(-Clink-arg=-Wl,-z,keep-text-section-prefix -Clink-arg=-Wl,--no-warn-symbol-ordering)
 # Relative relocations packed (DT_RELR: 8 KB instead of 640 KB of .rela.dyn, read at
 # every start) where the C library loads them, from glibc 2.36 (Debian 12) on.
 if glibc_at_least 2 36; then
     link+=(-Clink-arg=-Wl,-z,pack-relative-relocs)
 fi
+# `release_build ORDER_FILE`. -no-pgo-warn-mismatch: functions changed since the profile
+# are built without it, silently (they are many when the profile is stale, and none when
+# it is fresh).
 release_build() {
     RUSTFLAGS="-Cprofile-use=$profile -Cllvm-args=-no-pgo-warn-mismatch" \
         cargo rustc --release --locked "${features[@]}" --target "$TARGET" --bin remora \
@@ -244,4 +245,4 @@ sed -n 's/^c\{0,1\}fn=([0-9]*) //p' "$WORK/idle.callgrind" \
 }
 cat "$PROFILE_DIR/idle.functions" "$order" | awk '!seen[$0]++' >"$idle_order"
 release_build "$idle_order"
-realpath "$TARGET_DIR/$TARGET/release/remora"
+echo "$binary"
