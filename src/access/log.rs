@@ -1,17 +1,52 @@
 //! The access log: one line per answered call, on its own `tracing` target so that a
 //! log filter can route or silence it.
+//!
+//! remora writes the line itself, as `tracing_subscriber`'s formatter would write the
+//! same event in the process's format (plain `key=value`, or a JSON object), and queues
+//! it for the log writer: the formatter walks twenty fields through the formatting
+//! machinery, its styling and its escaping one character at a time, which cost an
+//! HTTP/1.1 call three quarters again of its own instructions in the plain format and
+//! more in JSON (`bench/RESULTS.md`, "The access log's line"). On a terminal the
+//! formatter colors its level and target; access lines stay uncolored. Where the process's
+//! logging was not set up by remora (tests capturing lines), the line is an event
+//! whose message holds the plain format's fields.
 
+use std::cell::RefCell;
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use super::writer::LogWriter;
+use crate::core::addr_text::AddrText;
 
 /// The `tracing` target of access log lines.
 pub const ACCESS_LOG_TARGET: &str = "remora::access";
 
+/// Where the lines go, once the process's logging says.
+static OUTPUT: OnceLock<Output> = OnceLock::new();
+
+/// Where access log lines go: set once, when remora installs the process's subscriber.
+#[derive(Debug)]
+pub enum Output {
+    /// Written in the plain format and queued on the log writer.
+    Plain(LogWriter),
+    /// Written as a JSON object and queued on the log writer.
+    Json(LogWriter),
+}
+
+/// Sends the process's access log lines to `output` from now on; only the first call
+/// counts.
+pub fn set_output(output: Output) {
+    let _ = OUTPUT.set(output);
+}
+
 /// One answered call, as its line says it.
 pub struct Entry<'a> {
     /// The call's trace id (all zeros when unsampled and untraced).
-    pub trace_id: &'a dyn std::fmt::Display,
+    pub trace_id: [u8; 16],
     /// The request span's id.
-    pub span_id: &'a dyn std::fmt::Display,
+    pub span_id: [u8; 8],
     /// The request's `x-request-id`.
     pub request_id: &'a str,
     /// `inbound` or `outbound`.
@@ -34,7 +69,7 @@ pub struct Entry<'a> {
     /// open breaker, a rate limit, a fixed route answer...).
     pub attempts: u32,
     /// The answering endpoint's time to the response head, for the try that answered.
-    pub upstream_ms: Option<f64>,
+    pub upstream_time: Option<Duration>,
     /// Why remora answered itself or failed the call (`x-remora-error`:
     /// `no-healthy-endpoint`, `breaker-open`, `rate-limited`, `timeout`, ...).
     pub reason: Option<&'a str>,
@@ -45,7 +80,7 @@ pub struct Entry<'a> {
     /// The gRPC status sent back, for gRPC calls.
     pub grpc_status: Option<u32>,
     /// From arrival to the end of the answer's body.
-    pub duration_ms: f64,
+    pub duration: Duration,
     /// The endpoint that answered, if one did.
     pub upstream: Option<SocketAddr>,
     /// The caller's SPIFFE ID, when it came over mutual TLS (the field is left out of
@@ -53,30 +88,313 @@ pub struct Entry<'a> {
     pub peer_identity: Option<&'a str>,
 }
 
-/// Writes `entry`'s line.
+/// Writes `entry`'s line, unless the log filter leaves the access log out.
 pub fn log(entry: &Entry<'_>) {
-    tracing::info!(
-        target: ACCESS_LOG_TARGET,
-        trace_id = %entry.trace_id,
-        span_id = %entry.span_id,
-        request_id = entry.request_id,
-        direction = entry.direction,
-        service = entry.service,
-        method = %entry.method,
-        host = entry.host,
-        path = entry.path,
-        client = entry.client.map(tracing::field::display),
-        status = entry.status,
-        grpc_status = entry.grpc_status,
-        reason = entry.reason,
-        fallback = entry.fallback,
-        duration_ms = entry.duration_ms,
-        upstream = entry.upstream.map(tracing::field::display),
-        upstream_ms = entry.upstream_ms,
-        attempts = entry.attempts,
-        request_bytes = entry.request_bytes,
-        response_bytes = entry.response_bytes,
-        peer_identity = entry.peer_identity,
-        "access"
-    );
+    if !tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO) {
+        return;
+    }
+    thread_local! {
+        /// The line being written, kept for the next one.
+        static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    LINE.with(|line| {
+        let Ok(mut line) = line.try_borrow_mut() else {
+            // Only a subscriber logging access lines while it writes one gets here.
+            return;
+        };
+        line.clear();
+        let (mut writer, json) = match OUTPUT.get() {
+            Some(Output::Plain(writer)) => (writer, false),
+            Some(Output::Json(writer)) => (writer, true),
+            None => {
+                Fields::plain(&mut line).entry(entry);
+                // Whole `str`s only went in.
+                let text = String::from_utf8_lossy(&line);
+                tracing::info!(target: ACCESS_LOG_TARGET, "{text}");
+                return;
+            }
+        };
+        let now = SystemTime::now();
+        if json {
+            line.extend_from_slice(b"{\"timestamp\":\"");
+            super::timestamp::write(&mut line, now);
+            line.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"access\"");
+            Fields::json(&mut line).entry(entry);
+            line.extend_from_slice(b",\"target\":\"remora::access\"}\n");
+        } else {
+            // As the formatter starts a line: time, level (right-aligned), target.
+            super::timestamp::write(&mut line, now);
+            line.extend_from_slice(b"  INFO remora::access: ");
+            Fields::plain(&mut line).entry(entry);
+            line.push(b'\n');
+        }
+        // The writer queues whole lines and never fails.
+        let _ = writer.write(&line);
+    });
+}
+
+/// A field's name as each format writes it before the value: ` name=` and `,"name":`.
+macro_rules! key {
+    ($name:literal) => {
+        Key {
+            plain: concat!(" ", $name, "=").as_bytes(),
+            json: concat!(",\"", $name, "\":").as_bytes(),
+        }
+    };
+}
+
+struct Key {
+    plain: &'static [u8],
+    json: &'static [u8],
+}
+
+/// Writes fields as the formatter writes them: ` key=value` (text quoted and escaped
+/// as `Debug` does), or `,"key":value` (text as JSON strings); absent fields left out.
+struct Fields<'a> {
+    line: &'a mut Vec<u8>,
+    json: bool,
+}
+
+impl<'a> Fields<'a> {
+    fn plain(line: &'a mut Vec<u8>) -> Self {
+        Self { line, json: false }
+    }
+
+    fn json(line: &'a mut Vec<u8>) -> Self {
+        Self { line, json: true }
+    }
+
+    /// The entry's fields; in the plain format, after the message `access`.
+    fn entry(mut self, entry: &Entry<'_>) {
+        if !self.json {
+            self.line.extend_from_slice(b"access");
+        }
+        let mut trace_id = [0; 32];
+        crate::core::hex::write(&mut trace_id, &entry.trace_id);
+        let mut span_id = [0; 16];
+        crate::core::hex::write(&mut span_id, &entry.span_id);
+        self.bare(&key!("trace_id"), Some(&trace_id));
+        self.bare(&key!("span_id"), Some(&span_id));
+        self.text(&key!("request_id"), Some(entry.request_id));
+        self.text(&key!("direction"), Some(entry.direction));
+        self.text(&key!("service"), Some(entry.service));
+        self.bare(&key!("method"), Some(entry.method.as_str().as_bytes()));
+        self.text(&key!("host"), entry.host);
+        self.text(&key!("path"), Some(entry.path));
+        self.address(&key!("client"), entry.client);
+        self.number(&key!("status"), Some(entry.status.into()));
+        self.number(&key!("grpc_status"), entry.grpc_status.map(u64::from));
+        self.text(&key!("reason"), entry.reason);
+        self.text(&key!("fallback"), entry.fallback);
+        self.millis(&key!("duration_ms"), Some(entry.duration));
+        self.address(&key!("upstream"), entry.upstream);
+        self.millis(&key!("upstream_ms"), entry.upstream_time);
+        self.number(&key!("attempts"), Some(entry.attempts.into()));
+        self.number(&key!("request_bytes"), Some(entry.request_bytes));
+        self.number(&key!("response_bytes"), Some(entry.response_bytes));
+        self.text(&key!("peer_identity"), entry.peer_identity);
+    }
+
+    fn key(&mut self, key: &Key) {
+        let name = if self.json { key.json } else { key.plain };
+        self.line.extend_from_slice(name);
+    }
+
+    /// Text that needs no escaping (ids, a method, an address): bare in the plain
+    /// format, a string in JSON.
+    fn bare(&mut self, key: &Key, value: Option<&[u8]>) {
+        let Some(value) = value else { return };
+        self.key(key);
+        if self.json {
+            self.line.push(b'"');
+            self.line.extend_from_slice(value);
+            self.line.push(b'"');
+        } else {
+            self.line.extend_from_slice(value);
+        }
+    }
+
+    /// Text from the request or the answer, quoted and escaped.
+    fn text(&mut self, key: &Key, value: Option<&str>) {
+        let Some(value) = value else { return };
+        self.key(key);
+        if self.json {
+            json_string(self.line, value);
+        } else {
+            debug_string(self.line, value);
+        }
+    }
+
+    fn number(&mut self, key: &Key, value: Option<u64>) {
+        let Some(value) = value else { return };
+        self.key(key);
+        self.line
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    fn address(&mut self, key: &Key, value: Option<SocketAddr>) {
+        let Some(value) = value else { return };
+        self.bare(key, Some(AddrText::socket(value).as_str().as_bytes()));
+    }
+
+    /// Milliseconds with three decimals (`12.345`): to the microsecond.
+    fn millis(&mut self, key: &Key, value: Option<Duration>) {
+        let Some(value) = value else { return };
+        let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
+        self.key(key);
+        self.line
+            .extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
+        let fraction = micros % 1000;
+        // Truncations intended: one decimal digit each.
+        self.line.extend_from_slice(&[
+            b'.',
+            b'0' + (fraction / 100) as u8,
+            b'0' + (fraction / 10 % 10) as u8,
+            b'0' + (fraction % 10) as u8,
+        ]);
+    }
+}
+
+/// `value` quoted and escaped as `Debug` writes a `str`.
+fn debug_string(line: &mut Vec<u8>, value: &str) {
+    let plain = value
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+    if plain {
+        line.push(b'"');
+        line.extend_from_slice(value.as_bytes());
+        line.push(b'"');
+    } else {
+        let _ = write!(line, "{value:?}");
+    }
+}
+
+/// `value` as a JSON string, escaped as `serde_json` escapes it: quotes, backslashes
+/// and control characters; the rest as it is.
+fn json_string(line: &mut Vec<u8>, value: &str) {
+    line.push(b'"');
+    let mut start = 0;
+    for (at, byte) in value.bytes().enumerate() {
+        let escape: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        line.extend_from_slice(&value.as_bytes()[start..at]);
+        if escape.is_empty() {
+            let _ = write!(line, "\\u{byte:04x}");
+        } else {
+            line.extend_from_slice(escape);
+        }
+        start = at + 1;
+    }
+    line.extend_from_slice(&value.as_bytes()[start..]);
+    line.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            trace_id: [0xab; 16],
+            span_id: [0x01; 8],
+            request_id: "7d0c-\"quoted\"\\",
+            direction: "outbound",
+            service: "orders",
+            method: &http::Method::POST,
+            path: "/orders/7",
+            host: Some("orders"),
+            client: Some("10.0.0.7:50123".parse().unwrap()),
+            request_bytes: 12,
+            response_bytes: 3456,
+            attempts: 2,
+            upstream_time: Some(Duration::from_micros(1_250)),
+            reason: None,
+            fallback: Some("5xx"),
+            status: 200,
+            grpc_status: Some(14),
+            duration: Duration::from_nanos(12_345_678),
+            upstream: Some("[2001:db8::1]:8080".parse().unwrap()),
+            peer_identity: Some("spiffe://example.org/ns/shop/sa/checkout\n"),
+        }
+    }
+
+    #[test]
+    fn a_line_reads_as_the_plain_format_writes_the_same_fields() {
+        let mut line = Vec::new();
+        Fields::plain(&mut line).entry(&entry());
+        assert_eq!(
+            String::from_utf8(line).unwrap(),
+            "access trace_id=abababababababababababababababab span_id=0101010101010101 \
+             request_id=\"7d0c-\\\"quoted\\\"\\\\\" direction=\"outbound\" service=\"orders\" \
+             method=POST host=\"orders\" path=\"/orders/7\" client=10.0.0.7:50123 status=200 \
+             grpc_status=14 fallback=\"5xx\" duration_ms=12.345 upstream=[2001:db8::1]:8080 \
+             upstream_ms=1.250 attempts=2 request_bytes=12 response_bytes=3456 \
+             peer_identity=\"spiffe://example.org/ns/shop/sa/checkout\\n\""
+        );
+        // Text is escaped exactly as the formatter's `Debug` would.
+        for text in TEXTS {
+            let mut line = Vec::new();
+            debug_string(&mut line, text);
+            assert_eq!(String::from_utf8(line).unwrap(), format!("{text:?}"));
+        }
+    }
+
+    #[test]
+    fn a_json_line_holds_each_field_as_a_key() {
+        let mut line = b"{\"message\":\"access\"".to_vec();
+        Fields::json(&mut line).entry(&entry());
+        line.push(b'}');
+        let object: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        let expected = serde_json::json!({
+            "message": "access",
+            "trace_id": "abababababababababababababababab",
+            "span_id": "0101010101010101",
+            "request_id": "7d0c-\"quoted\"\\",
+            "direction": "outbound",
+            "service": "orders",
+            "method": "POST",
+            "host": "orders",
+            "path": "/orders/7",
+            "client": "10.0.0.7:50123",
+            "status": 200,
+            "grpc_status": 14,
+            "fallback": "5xx",
+            "duration_ms": 12.345,
+            "upstream": "[2001:db8::1]:8080",
+            "upstream_ms": 1.25,
+            "attempts": 2,
+            "request_bytes": 12,
+            "response_bytes": 3456,
+            "peer_identity": "spiffe://example.org/ns/shop/sa/checkout\n",
+        });
+        assert_eq!(object, expected);
+        // Strings are escaped exactly as serde_json escapes them.
+        for text in TEXTS {
+            let mut line = Vec::new();
+            json_string(&mut line, text);
+            assert_eq!(
+                String::from_utf8(line).unwrap(),
+                serde_json::to_string(text).unwrap()
+            );
+        }
+    }
+
+    const TEXTS: [&str; 7] = [
+        "7d0c-\"quoted\"\\",
+        "tab\there\r\n",
+        "é and ✓",
+        "\u{7f}\u{1b}[31m",
+        "\u{0}\u{8}\u{c}\u{1f}",
+        "",
+        "plain",
+    ];
 }

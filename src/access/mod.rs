@@ -7,8 +7,11 @@
 
 mod log;
 mod request_id;
+mod timestamp;
 mod writer;
 
-pub use log::{log, Entry, ACCESS_LOG_TARGET};
+pub use log::{log, set_output, Entry, Output, ACCESS_LOG_TARGET};
 pub use request_id::{new_request_id, REQUEST_ID};
-pub use writer::{dropped_lines, stderr_writer, QUEUED_LINES};
+pub use writer::{
+    dropped_lines, stderr_writer, FlushGuard, LogWriter, FLUSH_INTERVAL, QUEUED_LINES,
+};

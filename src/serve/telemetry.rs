@@ -1,18 +1,20 @@
 //! Logging: a `tracing` subscriber, plain or JSON, filtered by the config or `RUST_LOG`.
 //!
-//! Access log lines are events of target `remora::access` at info level, written by
+//! Access log lines are of target `remora::access` at info level, written by
 //! [`crate::trace`] once per request; `RUST_LOG=info,remora::access=off` (or the
-//! tracing config's `access_log: false`) silences them. Span export lives in
+//! tracing config's `access_log: false`) silences them. In the plain format remora
+//! writes them itself, in the subscriber's format (see [`crate::access::log`]). Span export lives in
 //! [`crate::trace`], one tracer per sidecar, not in this process-wide subscriber.
 
 use tracing_subscriber::EnvFilter;
 
+use crate::access::Output;
 use crate::config::{LogFormat, LogSection};
 
 /// Flushes the queued log lines when dropped: keep it until the process ends.
 #[must_use = "log lines still queued are lost when the guard is dropped"]
 pub struct LogGuard {
-    _flush: tracing_appender::non_blocking::WorkerGuard,
+    _flush: crate::access::FlushGuard,
 }
 
 /// Installs the global subscriber, filtered by `flag` (`--log-level`) when given, else
@@ -35,10 +37,16 @@ pub fn init_logging(
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(writer);
-    let _ = match config.format {
-        LogFormat::Plain => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        .with_writer(writer.clone());
+    let (installed, output) = match config.format {
+        LogFormat::Plain => (builder.try_init(), Output::Plain(writer)),
+        LogFormat::Json => (
+            builder.json().flatten_event(true).try_init(),
+            Output::Json(writer),
+        ),
     };
+    if installed.is_ok() {
+        crate::access::set_output(output);
+    }
     Ok(LogGuard { _flush: guard })
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
-use http::header::HeaderValue;
+use http::header::{HeaderMap, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::Context;
@@ -14,7 +14,7 @@ use opentelemetry::Context;
 use crate::core::body::{watch, ProxyBody, RunningBytes};
 use crate::core::call::EndpointUsed;
 use crate::core::error::{ProxyError, ERROR_HEADER, FALLBACK_HEADER};
-use crate::core::grpc::{grpc_status, grpc_status_at, GrpcStatusAt};
+use crate::core::grpc::{grpc_status, GrpcStatusAt, GRPC_STATUS};
 use crate::core::labels::Direction;
 
 use super::*;
@@ -176,13 +176,65 @@ pub(super) struct Answer {
 }
 
 impl Answer {
-    fn of(response: &Response<ProxyBody>) -> Self {
-        let headers = response.headers();
+    fn of(response: &Response<ProxyBody>, head: &AnswerHead<'_>) -> Self {
         Self {
             status: response.status().as_u16(),
             endpoint: response.extensions().get::<EndpointUsed>().copied(),
-            reason: headers.get(&ERROR_HEADER).cloned(),
-            fallback: headers.get(&FALLBACK_HEADER).cloned(),
+            reason: head.reason.cloned(),
+            fallback: head.fallback.cloned(),
+        }
+    }
+}
+
+/// The headers of an answer that its trace reads, found in one pass over its headers:
+/// a lookup by name hashes the name, and an answer carries few headers, most of them
+/// standard ones that compare to these names by a tag.
+#[derive(Debug, Default)]
+struct AnswerHead<'a> {
+    request_id: bool,
+    /// A `content-type` of `application/grpc...`.
+    grpc: bool,
+    grpc_status: Option<&'a HeaderValue>,
+    /// `x-remora-error`: why remora answered itself.
+    reason: Option<&'a HeaderValue>,
+    /// `x-remora-fallback`: the trigger of a fallback answer.
+    fallback: Option<&'a HeaderValue>,
+}
+
+impl<'a> AnswerHead<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        let mut head = Self::default();
+        // The first value of a name, as `HeaderMap::get` gives.
+        for (name, value) in headers {
+            if name == http::header::CONTENT_TYPE {
+                head.grpc = head.grpc || value.as_bytes().starts_with(b"application/grpc");
+            } else if name == REQUEST_ID {
+                head.request_id = true;
+            } else if name == GRPC_STATUS {
+                head.grpc_status = head.grpc_status.or(Some(value));
+            } else if name == ERROR_HEADER {
+                head.reason = head.reason.or(Some(value));
+            } else if name == FALLBACK_HEADER {
+                head.fallback = head.fallback.or(Some(value));
+            }
+        }
+        head
+    }
+
+    /// `grpc-status`, when present and a number (as [`grpc_status`] reads it).
+    fn grpc_status(&self) -> Option<u32> {
+        std::str::from_utf8(self.grpc_status?.as_bytes())
+            .ok()?
+            .parse()
+            .ok()
+    }
+
+    /// Where the gRPC status is (as [`crate::core::grpc::grpc_status_at`] says).
+    fn grpc_status_at(&self) -> GrpcStatusAt {
+        match (self.grpc, self.grpc_status) {
+            (false, _) => GrpcStatusAt::NotGrpc,
+            (true, Some(_)) => GrpcStatusAt::Headers(self.grpc_status()),
+            (true, None) => GrpcStatusAt::Trailers,
         }
     }
 }
@@ -225,19 +277,21 @@ impl RequestTrace {
     /// (its byte count and `duration_ms` run to the end). A gRPC answer whose status
     /// comes in its trailers is recorded on the span when its body ends too.
     pub fn finish(self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
-        if !response.headers().contains_key(&REQUEST_ID) {
+        let head = AnswerHead::of(response.headers());
+        let call = &self.call.0;
+        let status = response.status().as_u16();
+        let grpc_status = head.grpc_status();
+        let endpoint = response.extensions().get::<EndpointUsed>().map(|e| e.0);
+        let observed = call.span.is_some() || call.tracing.0.access_log;
+        let waits_for_trailers =
+            observed && grpc_status.is_none() && head.grpc_status_at() == GrpcStatusAt::Trailers;
+        // Owned (the headers' values are reference-counted): the request id goes in next.
+        let answer = observed.then(|| Answer::of(&response, &head));
+        if !head.request_id {
             response
                 .headers_mut()
                 .insert(&REQUEST_ID, self.request_id.clone());
         }
-        let call = &self.call.0;
-        let status = response.status().as_u16();
-        let grpc_status = grpc_status(response.headers());
-        let endpoint = response.extensions().get::<EndpointUsed>().map(|e| e.0);
-        let observed = call.span.is_some() || call.tracing.0.access_log;
-        let waits_for_trailers = observed
-            && grpc_status.is_none()
-            && grpc_status_at(response.headers()) == GrpcStatusAt::Trailers;
         if let Some(span) = &call.span {
             // One record: the answer's head now; its outcome too unless trailers bring it.
             span.record(|recording| {
@@ -252,16 +306,22 @@ impl RequestTrace {
                 if let Some(code) = grpc_status {
                     attributes.int("rpc.grpc.status_code", i64::from(code));
                 }
-                let reason = response.headers().get(&ERROR_HEADER).map(header_text);
+                let reason = answer
+                    .as_ref()
+                    .and_then(|a| a.reason.as_ref())
+                    .map(header_text);
                 if let Some(error) = error_status(status, grpc_status, call.direction, reason) {
                     recording.set_status(error);
                 }
             });
         }
+        let Some(answer) = answer else {
+            return response;
+        };
         if waits_for_trailers {
             let waiting = trailers::RequestWaiting {
                 trace: self,
-                answer: Answer::of(&response),
+                answer,
             };
             watch(&mut response, Box::new(waiting));
             return response;
@@ -271,7 +331,7 @@ impl RequestTrace {
         }
         if call.tracing.0.access_log {
             let line = trailers::LineWaiting {
-                answer: Answer::of(&response),
+                answer,
                 trace: self,
                 grpc_status,
             };
@@ -293,8 +353,8 @@ impl RequestTrace {
         let context = span.span_context();
         let host = header_str(&self.host).or_else(|| self.uri.authority().map(|a| a.as_str()));
         crate::access::log(&crate::access::Entry {
-            trace_id: &context.trace_id(),
-            span_id: &context.span_id(),
+            trace_id: context.trace_id().to_bytes(),
+            span_id: context.span_id().to_bytes(),
             request_id: &header_text(&self.request_id),
             direction: call.direction.as_str(),
             service: call.service.get().map_or("unknown", |s| &**s),
@@ -305,12 +365,12 @@ impl RequestTrace {
             request_bytes: call.request_bytes.load(Ordering::Relaxed),
             response_bytes,
             attempts: call.attempts.load(Ordering::Relaxed),
-            upstream_ms: answer.endpoint.map(|e| e.1.as_secs_f64() * 1000.0),
+            upstream_time: answer.endpoint.map(|e| e.1),
             reason: header_str(&answer.reason),
             fallback: header_str(&answer.fallback),
             status: answer.status,
             grpc_status,
-            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            duration: self.started.elapsed(),
             upstream: answer.endpoint.map(|e| e.0),
             peer_identity: self.peer_identity.as_deref(),
         });

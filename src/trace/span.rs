@@ -15,7 +15,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
@@ -25,6 +25,7 @@ use prost::encoding::{encoded_len_varint, WireType};
 
 use super::export::Sink;
 use super::wire::{encode_key, encode_varint};
+use crate::core::addr_text::AddrText;
 
 /// OTLP field numbers of the messages remora writes (opentelemetry-proto's
 /// `trace/v1/trace.proto` and `common/v1/common.proto`).
@@ -161,32 +162,14 @@ impl Attributes {
         }
     }
 
-    /// Adds an address as text (`192.0.2.1:8080`, `[2001:db8::1]:8080`); an IPv4 one
-    /// without `Display`, whose formatting machinery costs about 1,200 instructions
-    /// for what is a few digits.
+    /// Adds an address as text (`192.0.2.1:8080`, `[2001:db8::1]:8080`).
     pub(super) fn socket_addr(&mut self, key: &str, addr: SocketAddr) {
-        match addr {
-            SocketAddr::V4(v4) => {
-                let mut text = Ipv4Text::default();
-                text.ip(*v4.ip());
-                text.byte(b':');
-                text.decimal(v4.port());
-                self.str(key, text.as_str());
-            }
-            SocketAddr::V6(_) => self.display(key, addr),
-        }
+        self.str(key, AddrText::socket(addr).as_str());
     }
 
-    /// Adds an IP address as text, as [`Self::socket_addr`] does.
+    /// Adds an IP address as text.
     pub(super) fn ip(&mut self, key: &str, ip: IpAddr) {
-        match ip {
-            IpAddr::V4(v4) => {
-                let mut text = Ipv4Text::default();
-                text.ip(v4);
-                self.str(key, text.as_str());
-            }
-            IpAddr::V6(_) => self.display(key, ip),
-        }
+        self.str(key, AddrText::ip(ip).as_str());
     }
 
     /// Adds an opentelemetry `KeyValue` (what the API's spans and events are given).
@@ -275,59 +258,6 @@ impl std::fmt::Write for ShortText {
         slot.copy_from_slice(s.as_bytes());
         self.len = end;
         Ok(())
-    }
-}
-
-/// An IPv4 address and port written as text (at most `255.255.255.255:65535`).
-#[derive(Default)]
-struct Ipv4Text {
-    bytes: [u8; 21],
-    len: usize,
-}
-
-impl Ipv4Text {
-    fn byte(&mut self, byte: u8) {
-        self.bytes[self.len] = byte;
-        self.len += 1;
-    }
-
-    fn decimal(&mut self, value: u16) {
-        // Truncations intended: one decimal digit each.
-        let mut leading = true;
-        for divisor in [10_000, 1_000, 100, 10] {
-            let digit = (value / divisor % 10) as u8;
-            if digit != 0 || !leading {
-                self.byte(b'0' + digit);
-                leading = false;
-            }
-        }
-        self.byte(b'0' + (value % 10) as u8);
-    }
-
-    fn octet(&mut self, value: u8) {
-        if value >= 100 {
-            self.byte(b'0' + value / 100);
-        }
-        if value >= 10 {
-            self.byte(b'0' + value / 10 % 10);
-        }
-        self.byte(b'0' + value % 10);
-    }
-
-    fn ip(&mut self, ip: Ipv4Addr) {
-        let [a, b, c, d] = ip.octets();
-        self.octet(a);
-        self.byte(b'.');
-        self.octet(b);
-        self.byte(b'.');
-        self.octet(c);
-        self.byte(b'.');
-        self.octet(d);
-    }
-
-    fn as_str(&self) -> &str {
-        // Only ASCII digits, dots and colons are written.
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
     }
 }
 

@@ -102,3 +102,100 @@ async fn a_fallback_answer_logs_its_trigger() {
         &["status=200", "fallback=\"connect_failure\"", "attempts=1"],
     );
 }
+
+/// The access line of the binary's own subscriber and writer (the tests above capture
+/// lines in-process): remora writes the plain format's fields itself, and in the JSON
+/// format each field is a key of the line's object.
+#[tokio::test]
+async fn the_binary_writes_the_line_in_the_plain_format_and_as_a_json_object() {
+    let (upstream, _) = scripted(|_| 200).await;
+    for format in ["plain", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("remora.yaml");
+        let (admin, port) = (free_port(), free_port());
+        std::fs::write(
+            &path,
+            format!(
+                "admin: {{ listen: 127.0.0.1:{admin} }}\nlog: {{ format: {format} }}\n\
+                 services:\n  svc:\n    listen: 127.0.0.1:{port}\n    endpoints: [{upstream}]\n"
+            ),
+        )
+        .unwrap();
+        let process =
+            Process::run(&path, std::net::SocketAddr::from(([127, 0, 0, 1], admin))).await;
+        assert_eq!(get(&format!("http://127.0.0.1:{port}/logged")).await.0, 200);
+        let mut line = None;
+        for _ in 0..100 {
+            line = process
+                .log()
+                .lines()
+                .find(|line| line.contains("remora::access"))
+                .map(str::to_owned);
+            if line.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let line = line.unwrap_or_else(|| panic!("no access line: {}", process.log()));
+        if format == "plain" {
+            // Written by remora, not by the subscriber's formatter: laid out as the
+            // formatter lays out the process's other lines (time, level, target).
+            let log = process.log();
+            let other = log
+                .lines()
+                .find(|l| l.contains(" INFO remora::serve"))
+                .unwrap();
+            let digits =
+                |l: &str| -> Vec<bool> { l.bytes().take(27).map(|b| b.is_ascii_digit()).collect() };
+            assert_eq!(digits(&line), digits(other), "{line}\n{other}");
+            assert!(
+                line[26..].starts_with("Z  INFO remora::access: access trace_id="),
+                "{line}"
+            );
+            assert_has(
+                &line,
+                &[
+                    " direction=\"outbound\" service=\"svc\" method=GET ",
+                    &format!(" host=\"127.0.0.1:{port}\" path=\"/logged\" client=127.0.0.1:"),
+                    " status=200 duration_ms=",
+                    &format!(" upstream={upstream} upstream_ms="),
+                    " attempts=1 request_bytes=0 response_bytes=",
+                ],
+            );
+            // Milliseconds to the microsecond.
+            let duration = line.split(" duration_ms=").nth(1).unwrap();
+            let duration = duration.split(' ').next().unwrap();
+            let (whole, fraction) = duration.split_once('.').unwrap();
+            assert!(
+                whole.parse::<u64>().is_ok() && fraction.len() == 3,
+                "{line}"
+            );
+        } else {
+            // Laid out as the formatter lays out the process's other lines.
+            let log = process.log();
+            let other = log.lines().find(|l| l.contains("remora::serve")).unwrap();
+            assert_eq!(line[..14], other[..14], "{line}\n{other}");
+            assert!(line.ends_with(r#","target":"remora::access"}"#), "{line}");
+            let object: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let other: serde_json::Value = serde_json::from_str(other).unwrap();
+            let shape = |v: &serde_json::Value| -> Vec<bool> {
+                v["timestamp"]
+                    .as_str()
+                    .unwrap()
+                    .bytes()
+                    .map(|b| b.is_ascii_digit())
+                    .collect()
+            };
+            assert_eq!(shape(&object), shape(&other), "{line}");
+            assert_eq!(object["level"], "INFO", "{line}");
+            assert_eq!(object["target"], "remora::access", "{line}");
+            assert_eq!(object["message"], "access", "{line}");
+            assert_eq!(object["status"], 200, "{line}");
+            assert_eq!(object["path"], "/logged", "{line}");
+            assert_eq!(object["upstream"], upstream.to_string(), "{line}");
+            assert_eq!(object["attempts"], 1, "{line}");
+            assert_eq!(object["trace_id"].as_str().unwrap().len(), 32, "{line}");
+            assert!(object["duration_ms"].as_f64().unwrap() > 0.0, "{line}");
+        }
+    }
+}
