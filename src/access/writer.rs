@@ -12,7 +12,7 @@
 //! an idle remora's memory at 8,192 lines, 2 MiB at its default of 65,536), and its
 //! thread writes each line with a system call of its own, woken for it. The queue here
 //! is a linked list of small blocks, allocated as lines arrive and freed as they go out,
-//! bounded by a count. Measured in `bench/RESULTS.md` ("The log writer").
+//! bounded by a count. Measured in `bench/RESULTS.md` ("The access log's line").
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
