@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use super::writer::LogWriter;
-use crate::core::addr_text::AddrText;
+use crate::core::short_text::ShortText;
 
 /// The `tracing` target of access log lines.
 pub const ACCESS_LOG_TARGET: &str = "remora::access";
@@ -234,7 +234,7 @@ impl<'a> Fields<'a> {
 
     fn address(&mut self, key: &Key, value: Option<SocketAddr>) {
         let Some(value) = value else { return };
-        self.bare(key, Some(AddrText::socket(value).as_str().as_bytes()));
+        self.bare(key, Some(ShortText::socket_addr(value).as_str().as_bytes()));
     }
 
     /// Milliseconds with three decimals (`12.345`): to the microsecond.

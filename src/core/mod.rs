@@ -2,13 +2,12 @@
 //!
 //! Bodies (streamed, pooled, watched for their gRPC status), the error a call fails
 //! with and the answer it becomes, the executor HTTP/2 connections run their streams
-//! on, the per-call extensions, gRPC on the wire, hex ids, addresses as text, maps keyed by endpoint
+//! on, the per-call extensions, gRPC on the wire, hex ids, short texts (addresses), maps keyed by endpoint
 //! address, metric label types, outcome classification and path matchers. This floor
 //! imports nothing of remora; the floors above (config, the mechanisms, build, serve)
 //! import it.
 
 pub mod addr_map;
-pub mod addr_text;
 pub mod body;
 pub mod call;
 pub mod error;
@@ -19,3 +18,4 @@ pub mod labels;
 pub mod matcher;
 pub mod outcome;
 pub mod protocol;
+pub mod short_text;

@@ -25,7 +25,7 @@ use prost::encoding::{encoded_len_varint, WireType};
 
 use super::export::Sink;
 use super::wire::{encode_key, encode_varint};
-use crate::core::addr_text::AddrText;
+use crate::core::short_text::ShortText;
 
 /// OTLP field numbers of the messages remora writes (opentelemetry-proto's
 /// `trace/v1/trace.proto` and `common/v1/common.proto`).
@@ -164,12 +164,12 @@ impl Attributes {
 
     /// Adds an address as text (`192.0.2.1:8080`, `[2001:db8::1]:8080`).
     pub(super) fn socket_addr(&mut self, key: &str, addr: SocketAddr) {
-        self.str(key, AddrText::socket(addr).as_str());
+        self.str(key, ShortText::socket_addr(addr).as_str());
     }
 
     /// Adds an IP address as text.
     pub(super) fn ip(&mut self, key: &str, ip: IpAddr) {
-        self.str(key, AddrText::ip(ip).as_str());
+        self.str(key, ShortText::ip(ip).as_str());
     }
 
     /// Adds an opentelemetry `KeyValue` (what the API's spans and events are given).
@@ -226,38 +226,6 @@ impl Attributes {
         encode_varint(key.len() as u64, &mut self.wire);
         self.wire.extend_from_slice(key.as_bytes());
         encode_key(2, WireType::LengthDelimited, &mut self.wire);
-    }
-}
-
-/// A short text written on the stack; writing more than it holds fails.
-struct ShortText {
-    bytes: [u8; 64],
-    len: usize,
-}
-
-impl Default for ShortText {
-    fn default() -> Self {
-        Self {
-            bytes: [0; 64],
-            len: 0,
-        }
-    }
-}
-
-impl ShortText {
-    fn as_str(&self) -> &str {
-        // Only whole `str`s are ever written in.
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
-    }
-}
-
-impl std::fmt::Write for ShortText {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
-        slot.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
     }
 }
 

@@ -110,19 +110,8 @@ async fn a_fallback_answer_logs_its_trigger() {
 async fn the_binary_writes_the_line_in_the_plain_format_and_as_a_json_object() {
     let (upstream, _) = scripted(|_| 200).await;
     for format in ["plain", "json"] {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("remora.yaml");
-        let (admin, port) = (free_port(), free_port());
-        std::fs::write(
-            &path,
-            format!(
-                "admin: {{ listen: 127.0.0.1:{admin} }}\nlog: {{ format: {format} }}\n\
-                 services:\n  svc:\n    listen: 127.0.0.1:{port}\n    endpoints: [{upstream}]\n"
-            ),
-        )
-        .unwrap();
-        let process =
-            Process::run(&path, std::net::SocketAddr::from(([127, 0, 0, 1], admin))).await;
+        let settings = format!("log: {{ format: {format} }}");
+        let (process, _, port, _dir) = sidecar_process_with(upstream, "auto", &settings).await;
         assert_eq!(get(&format!("http://127.0.0.1:{port}/logged")).await.0, 200);
         let mut line = None;
         for _ in 0..100 {

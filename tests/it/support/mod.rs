@@ -245,13 +245,27 @@ pub async fn sidecar_process(
     protocol: &str,
     drain_timeout: &str,
 ) -> (Process, u16, u16, tempfile::TempDir) {
+    sidecar_process_with(
+        upstream,
+        protocol,
+        &format!("drain_timeout: {drain_timeout}"),
+    )
+    .await
+}
+
+/// Like [`sidecar_process`], with `settings` (top-level YAML) in its config.
+pub async fn sidecar_process_with(
+    upstream: SocketAddr,
+    protocol: &str,
+    settings: &str,
+) -> (Process, u16, u16, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("remora.yaml");
     let (admin, port) = (free_port(), free_port());
     std::fs::write(
         &path,
         format!(
-            "admin: {{ listen: 127.0.0.1:{admin} }}\ndrain_timeout: {drain_timeout}\n\
+            "admin: {{ listen: 127.0.0.1:{admin} }}\n{settings}\n\
              services:\n  svc:\n    listen: 127.0.0.1:{port}\n    protocol: {protocol}\n    endpoints: [{upstream}]\n"
         ),
     )
