@@ -19,9 +19,12 @@ pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// Whether `headers` say gRPC (an `application/grpc...` content type).
 pub fn is_grpc_content(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    headers.get(header::CONTENT_TYPE).is_some_and(is_grpc_type)
+}
+
+/// Whether a `content-type` value is gRPC's (`application/grpc`, `+proto`, ...).
+pub fn is_grpc_type(content_type: &HeaderValue) -> bool {
+    content_type.as_bytes().starts_with(b"application/grpc")
 }
 
 /// Whether a call's caller speaks gRPC, as the proxy noted it in the call's
@@ -48,10 +51,12 @@ pub fn grpc_path<B>(request: &Request<B>) -> Option<(&str, &str)> {
 
 /// `grpc-status` of a trailers-only response (or of headers that carry it).
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    std::str::from_utf8(headers.get(&GRPC_STATUS)?.as_bytes())
-        .ok()?
-        .parse()
-        .ok()
+    grpc_status_code(headers.get(&GRPC_STATUS)?)
+}
+
+/// A `grpc-status` value's code, when it is a number.
+pub fn grpc_status_code(value: &HeaderValue) -> Option<u32> {
+    std::str::from_utf8(value.as_bytes()).ok()?.parse().ok()
 }
 
 /// The gRPC code in a response's headers, when present and a number.

@@ -14,7 +14,7 @@ use opentelemetry::Context;
 use crate::core::body::{watch, ProxyBody, RunningBytes};
 use crate::core::call::EndpointUsed;
 use crate::core::error::{ProxyError, ERROR_HEADER, FALLBACK_HEADER};
-use crate::core::grpc::{grpc_status, GrpcStatusAt, GRPC_STATUS};
+use crate::core::grpc::{grpc_status, grpc_status_code, is_grpc_type, GrpcStatusAt, GRPC_STATUS};
 use crate::core::labels::Direction;
 
 use super::*;
@@ -207,7 +207,7 @@ impl<'a> AnswerHead<'a> {
         // The first value of a name, as `HeaderMap::get` gives.
         for (name, value) in headers {
             if name == http::header::CONTENT_TYPE {
-                head.grpc = head.grpc || value.as_bytes().starts_with(b"application/grpc");
+                head.grpc = head.grpc || is_grpc_type(value);
             } else if name == REQUEST_ID {
                 head.request_id = true;
             } else if name == GRPC_STATUS {
@@ -221,12 +221,9 @@ impl<'a> AnswerHead<'a> {
         head
     }
 
-    /// `grpc-status`, when present and a number (as [`grpc_status`] reads it).
+    /// `grpc-status`, when present and a number.
     fn grpc_status(&self) -> Option<u32> {
-        std::str::from_utf8(self.grpc_status?.as_bytes())
-            .ok()?
-            .parse()
-            .ok()
+        grpc_status_code(self.grpc_status?)
     }
 
     /// Where the gRPC status is (as [`crate::core::grpc::grpc_status_at`] says).
