@@ -163,17 +163,38 @@ pub fn dropped_lines() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex, PoisonError};
 
     use super::*;
 
-    /// An `out` that keeps what is written, and how many writes there were.
+    /// An `out` that keeps what is written and counts the writes, each of which waits
+    /// until the gate opens; `writing` says that one has begun.
     #[derive(Clone, Default)]
-    struct Kept(Arc<Mutex<(Vec<u8>, usize)>>);
+    struct Gated {
+        kept: Arc<Mutex<(Vec<u8>, usize)>>,
+        gate: Arc<Mutex<()>>,
+        writing: Arc<AtomicBool>,
+    }
 
-    impl Write for Kept {
+    impl Gated {
+        /// Writes `first` through `writer` and returns once its write waits at the
+        /// closed gate: lines written after it queue up behind it.
+        fn hold(&self, writer: &LogWriter, first: &[u8]) -> std::sync::MutexGuard<'_, ()> {
+            let closed = self.gate.lock().unwrap();
+            (&*writer).write_all(first).unwrap();
+            while !self.writing.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            closed
+        }
+    }
+
+    impl Write for Gated {
         fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            let mut kept = self.0.lock().unwrap();
+            self.writing.store(true, Ordering::SeqCst);
+            drop(self.gate.lock().unwrap_or_else(PoisonError::into_inner));
+            let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
             kept.0.extend_from_slice(bytes);
             kept.1 += 1;
             Ok(bytes.len())
@@ -185,52 +206,43 @@ mod tests {
     }
 
     #[test]
-    fn lines_come_out_whole_and_in_order_and_the_guard_writes_what_is_queued() {
-        let kept = Kept::default();
-        let (writer, guard) = writer_to(kept.clone());
-        for n in 0..1000 {
+    fn lines_come_out_whole_in_order_gathered_and_the_guard_writes_what_is_queued() {
+        let out = Gated::default();
+        let (writer, guard) = writer_to(out.clone());
+        let closed = out.hold(&writer, b"line 0\n");
+        for n in 1..1000 {
             (&writer)
                 .write_all(format!("line {n}\n").as_bytes())
                 .unwrap();
         }
+        drop(closed);
         drop(guard);
-        let (bytes, writes) = kept.0.lock().unwrap().clone();
+        let (bytes, writes) = out.kept.lock().unwrap().clone();
         let text = String::from_utf8(bytes).unwrap();
         let expected: String = (0..1000).map(|n| format!("line {n}\n")).collect();
         assert_eq!(text, expected);
-        // Gathered: far fewer writes than lines.
-        assert!(writes < 100, "{writes} writes for 1000 lines");
+        // The first line, then the 999 that gathered behind it in one write.
+        assert_eq!(writes, 2);
     }
 
     #[test]
     fn a_full_queue_drops_and_counts_lines_instead_of_waiting() {
-        /// An `out` that blocks until released, so that the queue fills behind it.
-        struct Blocked(Arc<Mutex<()>>);
-        impl Write for Blocked {
-            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-                drop(self.0.lock().unwrap());
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let gate = Arc::new(Mutex::new(()));
-        let closed = gate.lock().unwrap();
-        let (writer, guard) = writer_to(Blocked(gate.clone()));
-        // The first line is taken and its write blocks; then the queue fills.
-        (&writer).write_all(b"first\n").unwrap();
-        while writer.queued.load(Ordering::Relaxed) > 0 {
-            std::thread::yield_now();
-        }
+        let out = Gated::default();
+        let (writer, guard) = writer_to(out.clone());
+        let closed = out.hold(&writer, b"first\n");
         let before = dropped_lines();
         for _ in 0..QUEUED_LINES + 10 {
             (&writer).write_all(b"line\n").unwrap();
         }
-        // Other tests may drop lines of their own meanwhile: at least these ten.
-        assert!(dropped_lines() - before >= 10);
-        assert_eq!(writer.queued.load(Ordering::Relaxed), QUEUED_LINES);
+        let dropped = dropped_lines() - before;
+        let queued = writer.queued.load(Ordering::Relaxed);
         drop(closed);
         drop(guard);
+        // Other tests may drop lines of their own meanwhile: at least these ten.
+        assert!(dropped >= 10, "{dropped} dropped");
+        assert_eq!(queued, QUEUED_LINES);
+        // The queued ones were written when the gate opened.
+        let written = out.kept.lock().unwrap().0.len();
+        assert_eq!(written, "first\n".len() + QUEUED_LINES * "line\n".len());
     }
 }
