@@ -244,14 +244,9 @@ impl<'a> Fields<'a> {
         self.key(key);
         self.line
             .extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
-        let fraction = micros % 1000;
-        // Truncations intended: one decimal digit each.
-        self.line.extend_from_slice(&[
-            b'.',
-            b'0' + (fraction / 100) as u8,
-            b'0' + (fraction / 10 % 10) as u8,
-            b'0' + (fraction % 10) as u8,
-        ]);
+        let mut fraction = *b".000";
+        super::timestamp::digits(&mut fraction[1..], micros % 1000);
+        self.line.extend_from_slice(&fraction);
     }
 }
 

@@ -12,6 +12,4 @@ mod writer;
 
 pub use log::{log, set_output, Entry, Output, ACCESS_LOG_TARGET};
 pub use request_id::{new_request_id, REQUEST_ID};
-pub use writer::{
-    dropped_lines, stderr_writer, FlushGuard, LogWriter, FLUSH_INTERVAL, QUEUED_LINES,
-};
+pub use writer::{dropped_lines, stderr_writer, FlushGuard, LogWriter, QUEUED_LINES};

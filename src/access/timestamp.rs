@@ -28,7 +28,7 @@ pub(super) fn write(line: &mut Vec<u8>, time: SystemTime) {
 }
 
 /// Writes the last `out.len()` decimal digits of `value`, zero-padded.
-fn digits(out: &mut [u8], mut value: u64) {
+pub(super) fn digits(out: &mut [u8], mut value: u64) {
     for slot in out.iter_mut().rev() {
         // Truncation intended: one decimal digit.
         *slot = b'0' + (value % 10) as u8;

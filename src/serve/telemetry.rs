@@ -2,8 +2,8 @@
 //!
 //! Access log lines are of target `remora::access` at info level, written by
 //! [`crate::trace`] once per request; `RUST_LOG=info,remora::access=off` (or the
-//! tracing config's `access_log: false`) silences them. In the plain format remora
-//! writes them itself, in the subscriber's format (see [`crate::access::log`]). Span export lives in
+//! tracing config's `access_log: false`) silences them. remora writes them itself, in
+//! the subscriber's format, plain or JSON (see [`crate::access::log`]). Span export lives in
 //! [`crate::trace`], one tracer per sidecar, not in this process-wide subscriber.
 
 use tracing_subscriber::EnvFilter;
