@@ -12,18 +12,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-targets=(config http1 trace_context timing_headers registry)
+targets=(config http1 http1_answer trace_context timing_headers registry)
 which=${1:-all}
 seconds=${2:-600}
 sanitizer=${FUZZ_SANITIZER:-none}
 rss_mb=${FUZZ_RSS_MB:-2048}
 
-# Longest input each target is given: a config file, a request head with some body, a
-# few trace headers, one header value, one registry answer.
+# Longest input each target is given: a config file, a request head with some body, an
+# upstream's answer head with some body, a few trace headers, one header value, one
+# registry answer.
 max_len() {
     case $1 in
         config) echo 65536 ;;
         http1) echo 8192 ;;
+        http1_answer) echo 4096 ;;
         trace_context) echo 4096 ;;
         timing_headers) echo 64 ;;
         registry) echo 16384 ;;

@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::BytesMut;
 use http::HeaderMap;
 use hyper_util::rt::TokioIo;
 use opentelemetry::baggage::BaggageExt;
@@ -150,6 +151,155 @@ pub fn http_exchange(listener: Listener, input: &[u8]) -> Vec<u8> {
         .runtime
         .block_on(async { tokio::time::timeout(Duration::from_secs(5), exchange).await })
         .expect("the sidecar ends a closed connection within 5 s")
+}
+
+/// Feeds `input` to remora's HTTP/1.1 answer parser as an upstream connection's reads
+/// would bring it, then, when the head says the body is chunked, the rest to the chunked
+/// decoder the same way. The first byte picks the reads' size (its low 7 bits: 1 to 127
+/// bytes, or all at once for 127) and whether the request was a `HEAD` (its high bit).
+///
+/// Panics, besides on a panic of the parser, when: the outcome depends on where the
+/// reads split the input; a head's framing is not what its status and its
+/// `Content-Length` and `Transfer-Encoding` headers say (RFC 9112 6.3); a connection is
+/// kept after a body delimited by the close or an answer saying `close`; the decoded
+/// chunk data is longer than the body it came from.
+pub fn http1_answer(input: &[u8]) {
+    use crate::core::http1::{decode_chunked_for_fuzzing, parse_response};
+
+    let Some((&pick, input)) = input.split_first() else {
+        return;
+    };
+    let head_request = pick & 0x80 != 0;
+    let step = match pick & 0x7f {
+        0x7f => input.len().max(1),
+        size => usize::from(size) + 1,
+    };
+    let mut whole = BytesMut::from(input);
+    let at_once = parse_response(&mut whole, head_request);
+    // As a connection reads: the parser runs after every read, on all that is unparsed.
+    let mut buf = BytesMut::new();
+    let mut fed = 0;
+    let in_reads = loop {
+        if fed == input.len() {
+            break Ok(None);
+        }
+        let end = input.len().min(fed + step);
+        buf.extend_from_slice(&input[fed..end]);
+        fed = end;
+        match parse_response(&mut buf, head_request) {
+            Ok(None) => {}
+            parsed => break parsed,
+        }
+    };
+    buf.extend_from_slice(&input[fed..]);
+    let parsed = match (at_once, in_reads) {
+        (Err(once), Err(read)) => {
+            assert_eq!(
+                once.to_string(),
+                read.to_string(),
+                "the error depends on reads"
+            );
+            return;
+        }
+        (Ok(None), Ok(None)) => {
+            assert_eq!(whole, buf, "what is left depends on reads");
+            return;
+        }
+        (Ok(Some(once)), Ok(Some(read))) => {
+            assert_eq!(once.response.status(), read.response.status());
+            assert_eq!(once.response.version(), read.response.version());
+            assert_eq!(once.response.headers(), read.response.headers());
+            assert_eq!(once.framing, read.framing);
+            assert_eq!(once.keep_alive, read.keep_alive);
+            assert_eq!(whole, buf, "the body's first bytes depend on reads");
+            read
+        }
+        (once, read) => panic!("parsed at once: {once:?}; in reads of {step}: {read:?}"),
+    };
+    check_answer_framing(&parsed, head_request);
+    if parsed.framing != crate::core::http1::Framing::Chunked {
+        return;
+    }
+    let in_reads = decode_chunked_for_fuzzing(&buf, step);
+    let at_once = decode_chunked_for_fuzzing(&buf, buf.len());
+    match (at_once, in_reads) {
+        (Ok(once), Ok(read)) => {
+            assert_eq!(once, read, "the chunked body depends on reads");
+            assert!(read.0.len() <= buf.len(), "more data than body bytes");
+        }
+        (Err(once), Err(read)) => {
+            assert_eq!(
+                once.to_string(),
+                read.to_string(),
+                "the error depends on reads"
+            );
+        }
+        (once, read) => panic!("decoded at once: {once:?}; in reads of {step}: {read:?}"),
+    }
+}
+
+/// Asserts that an answer's framing and keep-alive follow its status and headers, read
+/// here apart from the parser's own reading.
+fn check_answer_framing(parsed: &crate::core::http1::ParsedHead, head_request: bool) {
+    use crate::core::http1::Framing;
+    use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+
+    let status = parsed.response.status();
+    let headers = parsed.response.headers();
+    let bodiless = head_request
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED;
+    let last_coding = headers.get_all(TRANSFER_ENCODING).iter().next_back();
+    let chunked_last = last_coding.is_some_and(|value| {
+        let last = value.as_bytes().rsplit(|&byte| byte == b',').next();
+        last.is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    });
+    let lengths: Vec<Option<u64>> = headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .map(|element| {
+            let digits = element.trim_ascii();
+            let decimal = !digits.is_empty() && digits.iter().all(u8::is_ascii_digit);
+            decimal
+                .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+                .flatten()
+        })
+        .collect();
+    let expected = if bodiless {
+        Framing::Empty
+    } else if last_coding.is_some() {
+        if chunked_last {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else if let Some(&Some(length)) = lengths.first() {
+        assert!(
+            lengths.iter().all(|other| *other == Some(length)),
+            "conflicting or bad lengths {lengths:?} parsed as {:?}",
+            parsed.framing
+        );
+        Framing::Length(length)
+    } else {
+        assert!(lengths.is_empty(), "a bad length {lengths:?} was accepted");
+        Framing::UntilClose
+    };
+    assert_eq!(parsed.framing, expected, "{headers:?}");
+    if parsed.keep_alive {
+        assert!(
+            parsed.framing != Framing::UntilClose,
+            "kept after a close-delimited body"
+        );
+        let close = headers.get_all(CONNECTION).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|&byte| byte == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+        });
+        assert!(!close, "kept after `connection: close`");
+    }
 }
 
 /// What the propagators read from request headers.
@@ -307,6 +457,22 @@ mod tests {
         assert_eq!(status(&refused), "HTTP/1.1 400");
         let forwarded = http_exchange(Listener::Inbound, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(status(&forwarded), "HTTP/1.1 502");
+    }
+
+    #[test]
+    fn the_http1_answer_entry_point_reads_answers_in_any_reads() {
+        let answers: [&[u8]; 4] = [
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+            b"HTTP/1.0 200 OK\r\ncontent-length: 5, 5\r\n\r\nhel",
+        ];
+        for answer in answers {
+            // Reads of 1, 2 and 8 bytes, all at once; as the answer to GET and to HEAD.
+            for pick in [0x00, 0x01, 0x07, 0x7f, 0x80, 0xff] {
+                http1_answer(&[&[pick][..], answer].concat());
+            }
+        }
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! One endpoint's idle HTTP/1.1 keep-alive connections: a bounded LIFO stack, and the
 //! calls waiting for a connection.
 //!
-//! Check-out pops the most recently used connection that is ready (the warmest, and it
-//! leaves the coldest ones to time out); check-in happens when a response body ends
-//! (see [`PooledBody`](super::PooledBody)). A connection whose dispatcher is closed or
-//! busy is dropped, not returned.
+//! The connections are remora's own ([`Connection`]): no task drives them; the call
+//! that checks one out writes its request and reads the answer's head, and the answer's
+//! body ([`ResponseBody`](crate::core::http1::ResponseBody)) reads the rest and checks
+//! the connection back in at its clean end. Check-out pops the most recently used
+//! connection (the warmest, and it leaves the coldest ones to time out) that the
+//! upstream has neither closed nor written to since. A request asking for an upgrade
+//! goes out on a hyper connection of its own, never pooled: once switched, the bytes
+//! are a tunnel's.
 //!
 //! A call that finds no idle connection connects, holding one of the endpoint's few
 //! connect slots meanwhile; with every slot taken it waits in the endpoint's
@@ -17,21 +21,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-
+use http::{header, Request, Response};
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
 use super::pending::{PendingQueue, PoolMetrics};
 use super::pool::{ConnectError, ConnectionCount, PoolConfig, Pools, SendError};
 use super::tls::UpstreamTls;
-use crate::core::body::{ConnectionHome, Lease, ProxyBody};
+use crate::core::body::{ConnectionHome, ProxyBody};
+use crate::core::http1::{Connection, SendFailure};
 
 /// An idle connection and since when it is idle.
 #[derive(Debug)]
 struct Idle {
-    sender: SendRequest<ProxyBody>,
+    connection: Connection,
     since: Instant,
 }
 
@@ -65,7 +67,7 @@ pub(crate) struct Http1Pool {
     /// Woken (one waiter per connection) when a connection is checked in while calls
     /// wait.
     released: Notify,
-    /// Connections open, idle or not: each connection's task counts in it while it runs.
+    /// Connections open, idle or not: each connection counts in it while it lives.
     open: Arc<AtomicUsize>,
 }
 
@@ -107,6 +109,10 @@ impl Http1Pool {
         tls: Option<&UpstreamTls>,
         request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
+        // A scan of the names, not a hashed lookup: almost no request asks.
+        if request.headers().keys().any(|name| name == header::UPGRADE) {
+            return Box::pin(self.send_upgrade(pools, addr, tls, request)).await;
+        }
         let request = match self.send_on_idle(request).await {
             Tried::Done(result) => return result,
             Tried::NoIdle(request) => request,
@@ -122,25 +128,52 @@ impl Http1Pool {
         };
         let connected = Box::pin(pools.connect_http1(addr, tls, &self.open)).await;
         drop(permit);
-        let mut sender = match connected {
+        let connection = match connected {
+            Ok(connection) => connection,
+            Err(error) => return Err(SendError::Connect(error, Box::new(request))),
+        };
+        match connection.send(request, self.home()).await {
+            Ok(response) => Ok(response),
+            Err(SendFailure::Unsent(request)) => Err(SendError::Upstream(
+                format!("connection closed before {} was sent", request.method()).into(),
+            )),
+            Err(SendFailure::Failed(error)) => Err(SendError::Upstream(error.into())),
+        }
+    }
+
+    /// Sends `request`, which asks for an upgrade, on a new hyper connection that never
+    /// returns to the pool.
+    async fn send_upgrade(
+        &self,
+        pools: &Arc<Pools>,
+        addr: SocketAddr,
+        tls: Option<&UpstreamTls>,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, SendError> {
+        let mut sender = match pools.connect_upgrade(addr, tls, &self.open).await {
             Ok(sender) => sender,
             Err(error) => return Err(SendError::Connect(error, Box::new(request))),
         };
         match sender.send_request(request).await {
-            Ok(response) => Ok(self.lease(response, sender)),
-            Err(error) => Err(SendError::Upstream(error)),
+            Ok(response) => Ok(response.map(ProxyBody::streamed)),
+            Err(error) => Err(SendError::Upstream(error.into())),
         }
+    }
+
+    /// Where this pool's connections go back: the pool itself.
+    fn home(self: &Arc<Self>) -> Arc<dyn ConnectionHome> {
+        self.clone()
     }
 
     /// Sends `request` on the most recently returned connection that takes it, if any.
     async fn send_on_idle(self: &Arc<Self>, mut request: Request<ProxyBody>) -> Tried {
-        while let Some(mut sender) = self.checkout() {
-            match sender.try_send_request(request).await {
-                Ok(response) => return Tried::Done(Ok(self.lease(response, sender))),
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Tried::Done(Err(SendError::Upstream(error.into_error()))),
-                },
+        while let Some(connection) = self.checkout() {
+            match connection.send(request, self.home()).await {
+                Ok(response) => return Tried::Done(Ok(response)),
+                Err(SendFailure::Unsent(unsent)) => request = *unsent,
+                Err(SendFailure::Failed(error)) => {
+                    return Tried::Done(Err(SendError::Upstream(error.into())))
+                }
             }
         }
         Tried::NoIdle(request)
@@ -183,44 +216,30 @@ impl Http1Pool {
         }
     }
 
-    fn lease(
-        self: &Arc<Self>,
-        response: Response<Incoming>,
-        sender: SendRequest<ProxyBody>,
-    ) -> Response<ProxyBody> {
-        super::pool::leased(
-            response,
-            Lease::Http1 {
-                sender,
-                home: self.clone(),
-            },
-        )
-    }
-
     /// The most recently returned connection that can take a request now.
-    fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
+    fn checkout(&self) -> Option<Connection> {
         let mut idle = self.lock();
-        while let Some(candidate) = idle.pop() {
+        while let Some(mut candidate) = idle.pop() {
             if candidate.since.elapsed() > self.idle_timeout {
                 // Every connection below it has been idle longer still.
                 idle.clear();
                 return None;
             }
-            if candidate.sender.is_ready() {
-                return Some(candidate.sender);
+            if candidate.connection.is_reusable() {
+                return Some(candidate.connection);
             }
         }
         None
     }
 
-    fn push(&self, sender: SendRequest<ProxyBody>) {
+    fn push(&self, connection: Connection) {
         {
             let mut idle = self.lock();
             if idle.len() >= self.max_idle {
                 return;
             }
             idle.push(Idle {
-                sender,
+                connection,
                 since: Instant::now(),
             });
         }
@@ -231,21 +250,22 @@ impl Http1Pool {
         }
     }
 
-    /// Closes connections idle for longer than `timeout` or closed by the peer; returns
-    /// how many stay.
+    /// Closes connections idle for longer than `timeout` or closed by the peer, and
+    /// has those that stay give back their read buffers (the reaper calls this every
+    /// half idle timeout: a connection in use takes a buffer again at once); returns how
+    /// many stay.
     pub(super) fn close_idle(&self, timeout: Duration) -> usize {
         let mut idle = self.lock();
-        idle.retain(|conn| conn.since.elapsed() <= timeout && !conn.sender.is_closed());
+        idle.retain_mut(|conn| conn.since.elapsed() <= timeout && conn.connection.is_reusable());
+        for conn in idle.iter_mut() {
+            conn.connection.release_buffer();
+        }
         idle.len()
     }
 
     /// Its connections now: the idle ones still open, and the other open ones.
     pub(super) fn connections(&self) -> ConnectionCount {
-        let idle = self
-            .lock()
-            .iter()
-            .filter(|conn| !conn.sender.is_closed())
-            .count();
+        let idle = self.lock().len();
         let open = self.open.load(Ordering::Relaxed);
         ConnectionCount {
             idle,
@@ -261,25 +281,8 @@ impl Http1Pool {
 }
 
 impl ConnectionHome for Http1Pool {
-    /// Returns a connection whose exchange is complete. One not ready yet (its task has
-    /// not yet seen the end of the exchange) is waited for off the request path, at most
-    /// the idle timeout; a closed one is dropped.
-    fn checkin(self: Arc<Self>, mut sender: SendRequest<ProxyBody>) {
-        if sender.is_ready() {
-            self.push(sender);
-            return;
-        }
-        if sender.is_closed() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let pool = self;
-        runtime.spawn(async move {
-            if let Ok(Ok(())) = tokio::time::timeout(pool.idle_timeout, sender.ready()).await {
-                pool.push(sender);
-            }
-        });
+    /// Takes back a connection whose exchange is complete.
+    fn checkin(self: Arc<Self>, connection: Connection) {
+        self.push(connection);
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use super::pending::{PendingQueue, PoolMetrics};
 use super::pool::{ConnectError, ConnectionCount, PoolConfig, Pools, SendError};
 use super::tls::UpstreamTls;
-use crate::core::body::{Lease, ProxyBody, StreamSlot};
+use crate::core::body::{PooledBody, ProxyBody, StreamSlot};
 
 /// One HTTP/2 connection of the set.
 #[derive(Debug)]
@@ -50,8 +50,10 @@ fn answered(
     slot: StreamSlot,
 ) -> Result<Response<ProxyBody>, SendError> {
     match sent {
-        Ok(response) => Ok(super::pool::leased(response, Lease::Http2(slot))),
-        Err(error) => Err(SendError::Upstream(error)),
+        Ok(response) => Ok(response.map(|body| ProxyBody::Pooled {
+            body: PooledBody::new(body, slot),
+        })),
+        Err(error) => Err(SendError::Upstream(error.into())),
     }
 }
 

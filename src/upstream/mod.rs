@@ -263,10 +263,7 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                             unsent: Some(Unsent(unsent)),
                         }
                     }
-                    SendError::Upstream(source) => ProxyError::Upstream {
-                        endpoint,
-                        source: source.into(),
-                    },
+                    SendError::Upstream(source) => ProxyError::Upstream { endpoint, source },
                 }
             });
             if !this.observers.is_empty() && !queued_out {

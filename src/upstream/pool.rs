@@ -5,12 +5,14 @@
 //! [`UpstreamClients`] owns the pools of one config. A request looks its endpoint's pool
 //! up (a read lock on a map, keyed by the address and the TLS settings, so plaintext and
 //! TLS connections, or connections of two TLS configs, to one address never mix),
-//! checks a connection out, and gets back the response with
-//! a [`Lease`]: the HTTP/1 connection returns to its pool, or the HTTP/2 stream slot is
-//! freed, when the response body ends (see [`PooledBody`]). No task is spawned per
-//! request; one task drives each connection (an HTTP/2 one with its I/O and its requests'
-//! futures, see [`crate::core::executor`]), and one reaper per [`UpstreamClients`]
-//! closes connections idle for longer than the idle timeout.
+//! checks a connection out, and gets back the response whose body frees what it holds:
+//! the HTTP/1 connection returns to its pool
+//! ([`ResponseBody`](crate::core::http1::ResponseBody)), or the HTTP/2 stream slot is
+//! freed ([`PooledBody`]), when the response body ends. No task is spawned per request.
+//! An HTTP/1 connection has no task: the call that checked it out drives it. An HTTP/2
+//! connection has one task, with its I/O and its requests' futures (see
+//! [`crate::core::executor`]). One reaper per [`UpstreamClients`] closes connections
+//! idle for longer than the idle timeout.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,8 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
+use http::Request;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -32,8 +33,9 @@ use super::http2::Http2Pool;
 use super::pending::PoolMetrics;
 use super::tls::{TlsError, UpstreamTls};
 use crate::core::addr_map::AddrMap;
-use crate::core::body::{Lease, PooledBody, ProxyBody};
+use crate::core::body::{BoxError, ProxyBody};
 use crate::core::executor::{ConnectionExecutor, ConnectionTask, Handshake};
+use crate::core::http1::{Connection, Io};
 
 /// How connections to upstream endpoints are made and kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,7 +172,7 @@ pub(super) enum SendError {
     /// No connection could be made: nothing was sent, and the request is given back.
     Connect(ConnectError, Box<Request<ProxyBody>>),
     /// The exchange broke after the connection was made.
-    Upstream(hyper::Error),
+    Upstream(BoxError),
 }
 
 /// The pools of one config, shared by every service's [`Forward`](super::Forward).
@@ -368,9 +370,30 @@ impl EndpointPool {
 }
 
 impl Pools {
-    /// A new HTTP/1.1 connection to `addr` (over `tls`, when given), driven by its own
-    /// task, which counts in `open` while it runs.
+    /// A new HTTP/1.1 connection to `addr` (over `tls`, when given), counted in `open`
+    /// while it lives.
     pub(super) async fn connect_http1(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        tls: Option<&UpstreamTls>,
+        open: &Arc<AtomicUsize>,
+    ) -> Result<Connection, ConnectError> {
+        let stream = self.connect_tcp(addr).await?;
+        let io = match tls {
+            None => Io::Plain(stream),
+            Some(tls) => {
+                let timeout = self.config.connect_timeout;
+                Io::Tls(Box::new(tls.handshake(stream, false, timeout).await?))
+            }
+        };
+        self.start_reaper();
+        Ok(Connection::new(io, open))
+    }
+
+    /// A new hyper HTTP/1.1 connection to `addr` (over `tls`, when given) for a request
+    /// that asks for an upgrade, driven by its own task, which counts in `open` while it
+    /// runs.
+    pub(super) async fn connect_upgrade(
         self: &Arc<Self>,
         addr: SocketAddr,
         tls: Option<&UpstreamTls>,
@@ -518,18 +541,6 @@ async fn reap(pools: Weak<Pools>, every: Duration) {
             http1 + http2 > 0 || Arc::strong_count(pool) > 1 || Arc::strong_count(&pool.http1) > 1
         });
     }
-}
-
-/// `response` with its body wrapped to release `lease` at the body's end.
-pub(super) fn leased(response: Response<Incoming>, lease: Lease) -> Response<ProxyBody> {
-    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-        // The connection now belongs to the upgrade: it never returns to the pool.
-        lease.release(false);
-        return response.map(ProxyBody::streamed);
-    }
-    response.map(|body| ProxyBody::Pooled {
-        body: PooledBody::new(body, lease),
-    })
 }
 
 #[cfg(test)]

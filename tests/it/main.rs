@@ -65,5 +65,6 @@ mod tracing;
 mod traffic_metrics;
 mod upstream_faults;
 mod upstream_faults_h2;
+mod upstream_http1;
 mod validate_is_building;
 mod websocket;

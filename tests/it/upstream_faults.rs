@@ -64,7 +64,8 @@ async fn answer_from_lying_upstream(head: &'static str, body: &'static [u8]) -> 
 }
 
 /// An upstream that promises 100 bytes and sends 10: the caller's connection is cut
-/// before a complete answer, so its client sees a truncated body, never a whole one.
+/// before a complete answer, so its client sees a truncated body (or, when the cut was
+/// read before the answer's head went out, no answer at all), never a whole one.
 #[tokio::test]
 async fn a_body_shorter_than_its_content_length_is_never_passed_off_as_whole() {
     let text = answer_from_lying_upstream(
@@ -84,7 +85,10 @@ async fn a_body_shorter_than_its_content_length_is_never_passed_off_as_whole() {
         // Framed as 100 bytes (or chunked): fewer than framed, then the close.
         assert!(body.len() < 100 && !body.ends_with("0\r\n\r\n"), "{text:?}");
     } else {
-        assert!(head.starts_with("HTTP/1.1 502"), "{text:?}");
+        assert!(
+            text.is_empty() || head.starts_with("HTTP/1.1 502"),
+            "{text:?}"
+        );
     }
 }
 

@@ -19,13 +19,15 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::core::http1::ResponseBody;
+
 mod meter;
 mod pooled;
 mod replay;
 mod watch;
 
 pub use meter::{BodyMeter, MeteredBody, RunningBytes};
-pub use pooled::{ConnectionHome, Lease, PooledBody, StreamSlot};
+pub use pooled::{ConnectionHome, PooledBody, StreamSlot};
 pub use replay::{Replay, ReplayBody};
 pub use watch::{watch, BodyEnd, GrpcStatusBody, StatusWaiter};
 
@@ -64,11 +66,17 @@ pin_project! {
         Replay {
             body: ReplayBody,
         },
-        /// An upstream's response, streamed; its connection goes back to the pool (or
-        /// its HTTP/2 stream slot is freed) when the body ends.
+        /// An upstream's HTTP/2 response, streamed; its stream slot is freed when the
+        /// body ends.
         Pooled {
             #[pin]
             body: PooledBody,
+        },
+        /// An upstream's HTTP/1 response on a connection of remora's own, read from
+        /// the socket as it is polled; the connection goes back to its pool when the
+        /// body ends.
+        Http1 {
+            body: ResponseBody,
         },
         /// A response whose end someone waits for: a gRPC status in its trailers (the
         /// request span, the access log, the request counter), or the access log line's
@@ -161,6 +169,7 @@ impl Body for ProxyBody {
             ProxyBodyProj::Boxed { body } => body.poll_frame(cx),
             ProxyBodyProj::Replay { body } => Pin::new(body).poll_frame(cx),
             ProxyBodyProj::Pooled { body } => body.poll_frame(cx),
+            ProxyBodyProj::Http1 { body } => Pin::new(body).poll_frame(cx),
             ProxyBodyProj::Watched { body } => Pin::new(body.as_mut()).poll_frame(cx),
         }
     }
@@ -173,6 +182,7 @@ impl Body for ProxyBody {
             Self::Boxed { body } => body.is_end_stream(),
             Self::Replay { body } => body.is_end_stream(),
             Self::Pooled { body } => body.is_end_stream(),
+            Self::Http1 { body } => body.is_end_stream(),
             Self::Watched { body } => body.is_end_stream(),
         }
     }
@@ -192,6 +202,7 @@ impl Body for ProxyBody {
             Self::Boxed { body } => body.size_hint(),
             Self::Replay { body } => body.size_hint(),
             Self::Pooled { body } => body.size_hint(),
+            Self::Http1 { body } => body.size_hint(),
             Self::Watched { body } => body.size_hint(),
         }
     }
