@@ -21,3 +21,4 @@ pub mod matcher;
 pub mod outcome;
 pub mod protocol;
 pub mod short_text;
+pub mod stream;

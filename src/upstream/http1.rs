@@ -27,8 +27,8 @@ use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use super::pending::{PendingQueue, PoolMetrics};
 use super::pool::{ConnectError, ConnectionCount, PoolConfig, Pools, SendError};
 use super::tls::UpstreamTls;
-use crate::core::body::{ConnectionHome, ProxyBody};
-use crate::core::http1::{Connection, SendFailure};
+use crate::core::body::ProxyBody;
+use crate::core::http1::{Connection, ConnectionHome, SendFailure};
 
 /// An idle connection and since when it is idle.
 #[derive(Debug)]
@@ -133,7 +133,7 @@ impl Http1Pool {
             Err(error) => return Err(SendError::Connect(error, Box::new(request))),
         };
         match connection.send(request, self.home()).await {
-            Ok(response) => Ok(response),
+            Ok(response) => Ok(response.map(|body| ProxyBody::Http1 { body })),
             Err(SendFailure::Unsent(request)) => Err(SendError::Upstream(
                 format!("connection closed before {} was sent", request.method()).into(),
             )),
@@ -169,7 +169,9 @@ impl Http1Pool {
     async fn send_on_idle(self: &Arc<Self>, mut request: Request<ProxyBody>) -> Tried {
         while let Some(connection) = self.checkout() {
             match connection.send(request, self.home()).await {
-                Ok(response) => return Tried::Done(Ok(response)),
+                Ok(response) => {
+                    return Tried::Done(Ok(response.map(|body| ProxyBody::Http1 { body })))
+                }
                 Err(SendFailure::Unsent(unsent)) => request = *unsent,
                 Err(SendFailure::Failed(error)) => {
                     return Tried::Done(Err(SendError::Upstream(error.into())))

@@ -35,7 +35,8 @@ use super::tls::{TlsError, UpstreamTls};
 use crate::core::addr_map::AddrMap;
 use crate::core::body::{BoxError, ProxyBody};
 use crate::core::executor::{ConnectionExecutor, ConnectionTask, Handshake};
-use crate::core::http1::{Connection, Io};
+use crate::core::http1::Connection;
+use crate::core::stream::UpstreamStream;
 
 /// How connections to upstream endpoints are made and kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,10 +381,10 @@ impl Pools {
     ) -> Result<Connection, ConnectError> {
         let stream = self.connect_tcp(addr).await?;
         let io = match tls {
-            None => Io::Plain(stream),
+            None => UpstreamStream::Plain(stream),
             Some(tls) => {
                 let timeout = self.config.connect_timeout;
-                Io::Tls(Box::new(tls.handshake(stream, false, timeout).await?))
+                UpstreamStream::Tls(Box::new(tls.handshake(stream, false, timeout).await?))
             }
         };
         self.start_reaper();

@@ -27,7 +27,7 @@ mod replay;
 mod watch;
 
 pub use meter::{BodyMeter, MeteredBody, RunningBytes};
-pub use pooled::{ConnectionHome, PooledBody, StreamSlot};
+pub use pooled::{PooledBody, StreamSlot};
 pub use replay::{Replay, ReplayBody};
 pub use watch::{watch, BodyEnd, GrpcStatusBody, StatusWaiter};
 
@@ -76,7 +76,7 @@ pin_project! {
         /// the socket as it is polled; the connection goes back to its pool when the
         /// body ends.
         Http1 {
-            body: ResponseBody,
+            body: ResponseBody<ProxyBody>,
         },
         /// A response whose end someone waits for: a gRPC status in its trailers (the
         /// request span, the access log, the request counter), or the access log line's

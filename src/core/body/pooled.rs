@@ -1,11 +1,9 @@
 //! An upstream's response body that frees what it holds of its connection when it ends.
 //!
-//! The pools live in `upstream`; what a response body holds of them lives here, behind
-//! [`ConnectionHome`] (where an HTTP/1 connection of remora's own goes back, see
-//! [`crate::core::http1::ResponseBody`]) and [`StreamSlot`] (an HTTP/2 stream), so that
-//! the body type every layer names needs nothing above the core floor. Handing the pool
-//! over as an `Arc<dyn ConnectionHome>` is a coercion of the pool's own `Arc`: no
-//! allocation per response.
+//! The pools live in `upstream`; what a response body holds of them lives here, a
+//! [`StreamSlot`] (an HTTP/2 stream), so that the body type every layer names needs
+//! nothing above the core floor. An HTTP/1 answer's body is
+//! [`crate::core::http1::ResponseBody`], which gives its connection back itself.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,14 +15,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::BoxError;
-use crate::core::http1::Connection;
-
-/// Where an HTTP/1 connection goes back once an exchange on it completed (an endpoint's
-/// pool of idle keep-alive connections).
-pub trait ConnectionHome: Send + Sync + std::fmt::Debug {
-    /// Takes `connection` back for the next request.
-    fn checkin(self: Arc<Self>, connection: Connection);
-}
 
 /// A stream in flight on an HTTP/2 connection; dropping it frees the slot.
 #[derive(Debug)]

@@ -11,14 +11,24 @@ use std::task::{ready, Context, Poll, Waker};
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
+use tokio::io::{AsyncRead, ReadBuf};
 
 use super::chunked::{Chunked, Decoded};
 use super::head::{encode_request, parse_response, Framing, ParsedHead};
 use super::writer::BodyWriter;
-use crate::core::body::{BoxError, ConnectionHome, ProxyBody};
+use crate::core::stream::UpstreamStream;
+
+/// Any error a body can fail with.
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where an HTTP/1 connection goes back once an exchange on it completed (an endpoint's
+/// pool of idle keep-alive connections). Handing the pool over as an
+/// `Arc<dyn ConnectionHome>` is a coercion of the pool's own `Arc`: no allocation per
+/// call.
+pub trait ConnectionHome: Send + Sync + std::fmt::Debug {
+    /// Takes `connection` back for the next request.
+    fn checkin(self: Arc<Self>, connection: Connection);
+}
 
 /// Bytes a read asks for, at least.
 const READ_SIZE: usize = 8 * 1024;
@@ -71,86 +81,19 @@ pub enum Http1Error {
 }
 
 /// Why [`Connection::send`] did not bring an answer.
-pub enum SendFailure {
+pub enum SendFailure<B> {
     /// Nothing of the request reached the connection (it was closed): the request can
     /// go out on another one.
-    Unsent(Box<Request<ProxyBody>>),
+    Unsent(Box<Request<B>>),
     /// The exchange failed after the request (or part of it) went out.
     Failed(Http1Error),
 }
 
-impl std::fmt::Debug for SendFailure {
+impl<B> std::fmt::Debug for SendFailure<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Unsent(request) => write!(f, "Unsent({} {})", request.method(), request.uri()),
             Self::Failed(error) => write!(f, "Failed({error})"),
-        }
-    }
-}
-
-/// An upstream connection's byte stream: plaintext or TLS.
-#[derive(Debug)]
-pub enum Io {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Plain(stream) => stream.is_write_vectored(),
-            Self::Tls(stream) => stream.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -168,7 +111,7 @@ impl Drop for OpenCount {
 /// An HTTP/1.1 connection to an upstream, between exchanges.
 #[derive(Debug)]
 pub struct Connection {
-    io: Io,
+    io: UpstreamStream,
     /// Bytes read and not yet taken; empty between exchanges. A request's head is
     /// written into it first and split off, and the answer is read into the rest: one
     /// allocation serves both, and is taken back whole once what was split off of it is
@@ -179,7 +122,7 @@ pub struct Connection {
 
 impl Connection {
     /// A connection over `io`, counted in `open` while it lives.
-    pub fn new(io: Io, open: &Arc<AtomicUsize>) -> Self {
+    pub fn new(io: UpstreamStream, open: &Arc<AtomicUsize>) -> Self {
         open.fetch_add(1, Ordering::Relaxed);
         Self {
             io,
@@ -210,11 +153,15 @@ impl Connection {
 
     /// Sends `request` and waits for the answer's head; the answer's body reads the
     /// rest, and gives the connection to `home` at its clean end.
-    pub async fn send(
+    pub async fn send<B>(
         mut self,
-        request: Request<ProxyBody>,
+        request: Request<B>,
         home: Arc<dyn ConnectionHome>,
-    ) -> Result<Response<ProxyBody>, SendFailure> {
+    ) -> Result<Response<ResponseBody<B>>, SendFailure<B>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
         let (mut parts, body) = request.into_parts();
         let head_request = parts.method == Method::HEAD;
         // Empty between exchanges (a connection with bytes left over never comes back).
@@ -252,11 +199,11 @@ impl Connection {
         } = match answered {
             Ok(parsed) => parsed,
             Err(error) => {
-                if writer.nothing_written() && writer.body_untouched() {
-                    return Err(SendFailure::Unsent(Box::new(Request::from_parts(
-                        parts,
-                        ProxyBody::empty(),
-                    ))));
+                if writer.nothing_written() {
+                    if let Some(body) = writer.into_untouched_body() {
+                        let request = Request::from_parts(parts, body);
+                        return Err(SendFailure::Unsent(Box::new(request)));
+                    }
                 }
                 return Err(SendFailure::Failed(write_error.unwrap_or(error)));
             }
@@ -264,7 +211,7 @@ impl Connection {
         let writer = writing.then(|| Box::new(writer));
         let reusable = keep_alive && write_error.is_none();
         let body = ResponseBody::new(self, framing, writer, reusable, home);
-        Ok(response.map(|()| ProxyBody::Http1 { body }))
+        Ok(response.map(|()| body))
     }
 
     /// Reads until the answer's head is whole.
@@ -318,23 +265,37 @@ enum Remaining {
 /// it is polled. At its clean end the connection goes back to its pool, when the
 /// upstream keeps it open and the request was written whole; dropped before, the
 /// connection closes (the rest of an answer cannot be skipped).
-#[derive(Debug)]
-pub struct ResponseBody {
+pub struct ResponseBody<B> {
     /// `None` once the body has ended (the connection went home or closed).
     conn: Option<Connection>,
     remaining: Remaining,
     /// The request's body, when the answer came before it was all written (an echo,
     /// an early answer): written on as this body is read.
-    writer: Option<Box<BodyWriter>>,
+    writer: Option<Box<BodyWriter<B>>>,
     reusable: bool,
     home: Option<Arc<dyn ConnectionHome>>,
 }
 
-impl ResponseBody {
+impl<B> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("conn", &self.conn)
+            .field("remaining", &self.remaining)
+            .field("writer", &self.writer)
+            .field("reusable", &self.reusable)
+            .finish()
+    }
+}
+
+impl<B> ResponseBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     fn new(
         conn: Connection,
         framing: Framing,
-        writer: Option<Box<BodyWriter>>,
+        writer: Option<Box<BodyWriter<B>>>,
         reusable: bool,
         home: Arc<dyn ConnectionHome>,
     ) -> Self {
@@ -425,7 +386,11 @@ impl ResponseBody {
     }
 }
 
-impl Body for ResponseBody {
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 

@@ -8,7 +8,6 @@ use http::{request, Response, StatusCode, Version};
 use http_body::Body;
 
 use super::conn::Http1Error;
-use crate::core::body::ProxyBody;
 
 /// Headers an answer's head may carry, at most (hyper's default).
 pub const MAX_HEADERS: usize = 100;
@@ -63,7 +62,7 @@ pub struct ParsedHead {
 /// caller's chunked body) is sent chunked, where hyper drops it.
 pub(super) fn encode_request(
     parts: &mut request::Parts,
-    body: &ProxyBody,
+    body: &impl Body,
     out: &mut BytesMut,
 ) -> Result<BodyFraming, Http1Error> {
     let framing = request_framing(&mut parts.headers, body)?;
@@ -87,7 +86,7 @@ pub(super) fn encode_request(
 }
 
 /// The framing of a request with `body`; the headers are made to say it.
-fn request_framing(headers: &mut HeaderMap, body: &ProxyBody) -> Result<BodyFraming, Http1Error> {
+fn request_framing(headers: &mut HeaderMap, body: &impl Body) -> Result<BodyFraming, Http1Error> {
     if body.is_end_stream() {
         // A scan of the names, not a hashed removal: the header is almost never there.
         if headers.keys().any(|name| name == header::TRANSFER_ENCODING) {

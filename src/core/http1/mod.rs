@@ -8,7 +8,8 @@
 //! ([`writer`]), reads the answer's head ([`head`]) and the answer's body reads the rest
 //! ([`chunked`] or a length) from the socket as the caller's side polls it; at the
 //! body's clean end the connection goes back to its pool
-//! ([`ConnectionHome`](crate::core::body::ConnectionHome)).
+//! ([`ConnectionHome`]). The request's body is any body: this module knows nothing of
+//! remora's own body type.
 //!
 //! The parsing is strict where a lying upstream could make remora pass off a broken
 //! answer as whole: a body shorter than its length, a chunked body without its last
@@ -21,7 +22,7 @@ mod conn;
 mod head;
 mod writer;
 
-pub use conn::{Connection, Http1Error, Io, ResponseBody, SendFailure};
+pub use conn::{Connection, ConnectionHome, Http1Error, ResponseBody, SendFailure};
 pub use head::{parse_response, Framing, ParsedHead, MAX_HEADERS, MAX_HEAD_BYTES};
 
 /// A chunked answer body as the body of a connection decodes it: `body` reaches the

@@ -12,18 +12,20 @@ use http::HeaderMap;
 use http_body::Body;
 use tokio::io::AsyncWrite;
 
+use super::conn::BoxError;
 use super::conn::Http1Error;
 use super::head::BodyFraming;
-use crate::core::body::ProxyBody;
 
 /// Buffers waiting to go out, at most: a chunk takes three (size line, data, CRLF), so
 /// the head and a first chunk fit. Kept small: the writer lives in every call's future.
 const SLOTS: usize = 4;
 
 /// The request being written.
-pub(super) struct BodyWriter {
-    /// The body still to be read; `None` once it has ended (its end is queued).
-    body: Option<ProxyBody>,
+pub(super) struct BodyWriter<B> {
+    /// The body; `None` once it has ended (its end is queued).
+    body: Option<B>,
+    /// The body is read no further: it ended, or the framing sends none of it.
+    read_all: bool,
     framing: BodyFraming,
     /// Bytes a `Content-Length` body may still send.
     remaining: u64,
@@ -35,10 +37,10 @@ pub(super) struct BodyWriter {
     written: u64,
 }
 
-impl std::fmt::Debug for BodyWriter {
+impl<B> std::fmt::Debug for BodyWriter<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BodyWriter")
-            .field("body_ended", &self.body.is_none())
+            .field("read_all", &self.read_all)
             .field("framing", &self.framing)
             .field("queued", &self.len)
             .field("written", &self.written)
@@ -46,16 +48,20 @@ impl std::fmt::Debug for BodyWriter {
     }
 }
 
-impl BodyWriter {
+impl<B> BodyWriter<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     /// Writes `head`, then `body` as `framing` says.
-    pub(super) fn new(head: Bytes, body: ProxyBody, framing: BodyFraming) -> Self {
-        let (body, remaining) = match framing {
-            BodyFraming::Empty => (None, 0),
-            BodyFraming::Length(length) => (Some(body), length),
-            BodyFraming::Chunked => (Some(body), 0),
+    pub(super) fn new(head: Bytes, body: B, framing: BodyFraming) -> Self {
+        let remaining = match framing {
+            BodyFraming::Length(length) => length,
+            BodyFraming::Empty | BodyFraming::Chunked => 0,
         };
         let mut writer = Self {
-            body,
+            body: Some(body),
+            read_all: framing == BodyFraming::Empty,
             framing,
             remaining,
             queue: Default::default(),
@@ -76,6 +82,15 @@ impl BodyWriter {
     /// be sent elsewhere whole.
     pub(super) fn body_untouched(&self) -> bool {
         self.framing == BodyFraming::Empty
+    }
+
+    /// The body, when it was not read at all.
+    pub(super) fn into_untouched_body(self) -> Option<B> {
+        if self.body_untouched() {
+            self.body
+        } else {
+            None
+        }
     }
 
     fn push(&mut self, bytes: Bytes) {
@@ -101,7 +116,7 @@ impl BodyWriter {
     {
         loop {
             // Gather what the body has ready, as long as a chunk's three buffers fit.
-            while self.room() >= 3 {
+            while self.room() >= 3 && !self.read_all {
                 let Some(body) = self.body.as_mut() else {
                     break;
                 };
@@ -111,7 +126,7 @@ impl BodyWriter {
                 }
             }
             if self.len == 0 {
-                if self.body.is_some() {
+                if !self.read_all {
                     return Poll::Pending;
                 }
                 ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(Http1Error::Io)?;
@@ -150,12 +165,12 @@ impl BodyWriter {
     /// Queues a frame of the body (or its end) as the framing says.
     fn take(
         &mut self,
-        frame: Option<Result<http_body::Frame<Bytes>, crate::core::body::BoxError>>,
+        frame: Option<Result<http_body::Frame<Bytes>, B::Error>>,
     ) -> Result<(), Http1Error> {
         let frame = match frame {
             // The terminating chunk must never follow a body that failed: the upstream
             // would take a cut request for a whole one.
-            Some(Err(error)) => return Err(Http1Error::RequestBody(error)),
+            Some(Err(error)) => return Err(Http1Error::RequestBody(error.into())),
             Some(Ok(frame)) => frame,
             None => return self.end(None),
         };
@@ -195,6 +210,7 @@ impl BodyWriter {
     /// The body ended (with `trailers`, when it has some).
     fn end(&mut self, trailers: Option<HeaderMap>) -> Result<(), Http1Error> {
         self.body = None;
+        self.read_all = true;
         match self.framing {
             BodyFraming::Length(_) if self.remaining != 0 => Err(Http1Error::RequestLength),
             BodyFraming::Chunked => {

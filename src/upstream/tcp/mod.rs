@@ -17,17 +17,11 @@
 mod metrics;
 mod splice;
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Response;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 use super::pool::{connect_tcp, ConnectError};
 use super::tls::EndpointTls;
@@ -36,6 +30,7 @@ use crate::balance::{Endpoint, EndpointSet, OpenConnection};
 use crate::core::body::ProxyBody;
 use crate::core::error::ProxyError;
 
+pub use crate::core::stream::UpstreamStream;
 pub use metrics::{ByteCounters, FailedReason, TcpMetrics, TcpSeries};
 pub use splice::{splice, SpliceEnd, Spliced};
 
@@ -142,15 +137,6 @@ pub struct Connected {
     pub stream: UpstreamStream,
     /// Counts the connection on its endpoint while held.
     pub open: OpenConnection,
-}
-
-/// A stream to an endpoint, in plaintext or TLS.
-#[derive(Debug)]
-pub enum UpstreamStream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP, ALPN `remora-tcp`.
-    Tls(Box<TlsStream<TcpStream>>),
 }
 
 /// Forwards a service's TCP connections: one endpoint per connection, tried again on
@@ -281,46 +267,6 @@ impl TcpForward {
         };
         for observer in observers.iter() {
             observer.observe(endpoint, &result, elapsed);
-        }
-    }
-}
-
-impl AsyncRead for UpstreamStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            Self::Tls(stream) => Pin::new(stream).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            Self::Tls(stream) => Pin::new(stream).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            Self::Tls(stream) => Pin::new(stream).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
-            Self::Tls(stream) => Pin::new(stream).poll_shutdown(cx),
         }
     }
 }
