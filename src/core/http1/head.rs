@@ -101,11 +101,10 @@ fn request_framing(headers: &mut HeaderMap, body: &impl Body) -> Result<BodyFram
         headers.remove(header::CONTENT_LENGTH);
         return Ok(BodyFraming::Chunked);
     }
-    if headers.contains_key(header::CONTENT_LENGTH) {
-        return match content_length(headers) {
-            Ok(Some(length)) => Ok(BodyFraming::Length(length)),
-            _ => Err(Http1Error::RequestFraming),
-        };
+    match content_length(headers) {
+        Ok(Some(length)) => return Ok(BodyFraming::Length(length)),
+        Ok(None) => {}
+        Err(_) => return Err(Http1Error::RequestFraming),
     }
     if let Some(length) = body.size_hint().exact() {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));

@@ -24,8 +24,6 @@ const SLOTS: usize = 4;
 pub(super) struct BodyWriter<B> {
     /// The body; `None` once it has ended (its end is queued).
     body: Option<B>,
-    /// The body is read no further: it ended, or the framing sends none of it.
-    read_all: bool,
     framing: BodyFraming,
     /// Bytes a `Content-Length` body may still send.
     remaining: u64,
@@ -40,7 +38,7 @@ pub(super) struct BodyWriter<B> {
 impl<B> std::fmt::Debug for BodyWriter<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BodyWriter")
-            .field("read_all", &self.read_all)
+            .field("body_ended", &self.body.is_none())
             .field("framing", &self.framing)
             .field("queued", &self.len)
             .field("written", &self.written)
@@ -61,7 +59,6 @@ where
         };
         let mut writer = Self {
             body: Some(body),
-            read_all: framing == BodyFraming::Empty,
             framing,
             remaining,
             queue: Default::default(),
@@ -93,6 +90,11 @@ where
         }
     }
 
+    /// Whether the body is read no further: it ended, or the framing sends none of it.
+    fn read_all(&self) -> bool {
+        self.body.is_none() || self.body_untouched()
+    }
+
     fn push(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
             self.queue[(self.first + self.len) % SLOTS] = bytes;
@@ -116,7 +118,7 @@ where
     {
         loop {
             // Gather what the body has ready, as long as a chunk's three buffers fit.
-            while self.room() >= 3 && !self.read_all {
+            while self.room() >= 3 && !self.read_all() {
                 let Some(body) = self.body.as_mut() else {
                     break;
                 };
@@ -126,7 +128,7 @@ where
                 }
             }
             if self.len == 0 {
-                if !self.read_all {
+                if !self.read_all() {
                     return Poll::Pending;
                 }
                 ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(Http1Error::Io)?;
@@ -210,7 +212,6 @@ where
     /// The body ended (with `trailers`, when it has some).
     fn end(&mut self, trailers: Option<HeaderMap>) -> Result<(), Http1Error> {
         self.body = None;
-        self.read_all = true;
         match self.framing {
             BodyFraming::Length(_) if self.remaining != 0 => Err(Http1Error::RequestLength),
             BodyFraming::Chunked => {
