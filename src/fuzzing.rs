@@ -22,6 +22,7 @@ use crate::build::metrics::Metrics;
 use crate::build::state::State;
 use crate::config::{Config, ConfigError};
 use crate::core::executor::ConnectionTask;
+use crate::core::http1::{ServerConnection, ServerLimits};
 use crate::discovery::Instance;
 use crate::serve::proxy::{Entry, ProxyService};
 use crate::serve::shared::Shared;
@@ -125,15 +126,27 @@ pub fn http_exchange(listener: Listener, input: &[u8]) -> Vec<u8> {
     let service = ProxyService::new(harness.shared.clone(), entry, peer, None);
     let (client, server) = tokio::io::duplex(64 * 1024);
     let state = harness.shared.state.load_full();
-    // NOTE: the listeners' settings, but a client's end of input does not abort the
-    // answers to what it sent: a fuzz input is the whole of what a client writes
-    // before it waits for answers, and a closed side is how the harness says so.
-    let mut builder = state.server.clone();
-    builder.http1().half_close(true);
+    // As the listeners choose: HTTP/2 (its preface) through hyper, HTTP/1.1 through
+    // remora's own server. A client's end of input does not abort the answers to what
+    // it sent: a fuzz input is the whole of what a client writes before it waits for
+    // answers, and a closed side is how the harness says so.
+    let http2 = input.starts_with(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    let builder = state.server.clone();
+    let limits = ServerLimits {
+        header_read_timeout: state.config.limits.header_read_timeout,
+        max_head_bytes: state.config.limits.max_header_bytes.max(8192),
+    };
     let exchange = async move {
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(server), service);
-        // As the listeners run it: HTTP/2 streams in the connection's own task.
-        let connection = ConnectionTask::new(connection);
+        let connection = async move {
+            if http2 {
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(server), service);
+                // As the listeners run it: HTTP/2 streams in the connection's own task.
+                let _ = ConnectionTask::new(connection).await;
+            } else {
+                let _ = ServerConnection::new(server, service, limits).await;
+            }
+        };
         let (mut reader, mut writer) = tokio::io::split(client);
         let talk = async {
             // The server may stop reading (an error, a close): what it left unread is

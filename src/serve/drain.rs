@@ -123,6 +123,12 @@ impl<C: GracefulConnection> Graceful for C {
     }
 }
 
+impl<H: crate::core::http1::Handler> Graceful for crate::core::http1::ServerConnection<H> {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        crate::core::http1::ServerConnection::graceful_shutdown(self);
+    }
+}
+
 pin_project! {
     /// A connection under a drain's watch (see [`Watcher::watch`]).
     pub(super) struct Watched<C> {

@@ -34,6 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::build::metrics::ListenerLabels;
 use crate::build::state::State;
 use crate::core::executor::ConnectionTask;
+use crate::core::http1::{ServerConnection, ServerLimits, SplitIo};
 use crate::serve::drain::{Drain, Watcher};
 use crate::serve::proxy::{Entry, ProxyService};
 use crate::serve::shared::Shared;
@@ -151,6 +152,10 @@ impl Termination {
     }
 }
 
+/// A request head may always take this many bytes, whatever `limits.max_header_bytes`
+/// says (as hyper's smallest buffer did).
+const MIN_HEAD_LIMIT: usize = 8192;
+
 /// One accepted connection, until its task serves it.
 struct Connection {
     shared: Arc<Shared>,
@@ -193,7 +198,10 @@ impl Connection {
             // Boxed, as the handshake and the TLS connection below: the task then holds
             // only the state its own connection needs for as long as it lives, not the
             // largest of the three (a plaintext connection would carry room for TLS).
-            return Box::pin(self.serve(tcp, None, http2)).await;
+            if http2 {
+                return Box::pin(self.serve(tcp, None, true)).await;
+            }
+            return Box::pin(self.serve_http1(tcp, None)).await;
         };
         let handshake = tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))).await;
         let tls = match handshake {
@@ -211,6 +219,10 @@ impl Connection {
             };
             return Box::pin(self.serve(tls, identity, true)).await;
         }
+        if tls.get_ref().1.alpn_protocol() == Some(b"http/1.1") {
+            return Box::pin(self.serve_http1(tls, identity)).await;
+        }
+        // Without ALPN the caller may still speak HTTP/2: hyper tells by the preface.
         Box::pin(self.serve(tls, identity, false)).await;
     }
 
@@ -219,7 +231,33 @@ impl Connection {
         tracing::debug!(peer = %self.peer, %error, "TLS handshake failed");
     }
 
-    /// Serves HTTP/1.1 and HTTP/2 (with upgrades) over `io`, plaintext or TLS alike;
+    /// Serves HTTP/1.1 over `io`, plaintext or TLS alike, with remora's own server
+    /// (`core::http1`).
+    async fn serve_http1<I: SplitIo>(self, io: I, identity: Option<Arc<str>>) {
+        let Self {
+            shared,
+            entry,
+            peer,
+            state,
+            watcher,
+            streams_watcher,
+            ..
+        } = self;
+        let limits = ServerLimits {
+            header_read_timeout: state.config.limits.header_read_timeout,
+            max_head_bytes: state.config.limits.max_header_bytes.max(MIN_HEAD_LIMIT),
+        };
+        drop(state);
+        let service = ProxyService::new(shared, entry, peer, identity);
+        let connection = watcher.watch(ServerConnection::new(io, service, limits));
+        if let Err(error) = connection.await {
+            tracing::debug!(%peer, %error, "connection ended with an error");
+        }
+        drop(streams_watcher);
+    }
+
+    /// Serves HTTP/1.1 and HTTP/2 (with upgrades) over `io` through hyper, plaintext or
+    /// TLS alike (HTTP/2, and TLS without ALPN, which may be either);
     /// `http2`: the caller opened with the HTTP/2 preface.
     async fn serve<I>(self, io: I, identity: Option<Arc<str>>, http2: bool)
     where

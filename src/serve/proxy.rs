@@ -21,7 +21,9 @@ use tower::ServiceExt;
 use crate::build::metrics::{DeniedLabels, Metrics, Series};
 use crate::build::route::{RouteId, Target};
 use crate::build::state::State;
-use crate::core::body::{watch, BodyEnd, BodyMeter, MeteredBody, ProxyBody, StatusWaiter};
+use crate::core::body::{
+    watch, BodyEnd, BodyMeter, CallerBody, MeteredBody, ProxyBody, StatusWaiter,
+};
 use crate::core::call::CallInfo;
 use crate::core::error::ProxyError;
 use crate::core::grpc::{grpc_status_at, is_grpc, GrpcStatusAt};
@@ -83,15 +85,45 @@ impl ProxyService {
     }
 }
 
-type ResponseFuture =
-    Pin<Box<dyn Future<Output = Result<Response<MeteredBody>, Infallible>> + Send>>;
+/// An answer on its way to the caller.
+type ResponseFuture = Pin<Box<dyn Future<Output = Response<MeteredBody>> + Send>>;
 
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Response = Response<MeteredBody>;
     type Error = Infallible;
+    type Future = Answered;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        Answered(self.respond(request.map(CallerBody::Hyper)))
+    }
+}
+
+impl crate::core::http1::Handler for ProxyService {
+    type Body = MeteredBody;
     type Future = ResponseFuture;
 
-    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: Request<crate::core::http1::RequestBody>) -> ResponseFuture {
+        self.respond(request.map(CallerBody::Http1))
+    }
+}
+
+/// An answer on its way to a caller hyper serves, which never fails.
+pub struct Answered(ResponseFuture);
+
+impl Future for Answered {
+    type Output = Result<Response<MeteredBody>, Infallible>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.0.as_mut().poll(cx).map(Ok)
+    }
+}
+
+impl ProxyService {
+    /// The answer to `request`, traced and logged.
+    fn respond(&self, mut request: Request<CallerBody>) -> ResponseFuture {
         // Room for the headers remora adds on the way (request id, forwarding, trace
         // context, attempt, grpc-timeout): the map grows once here, not step by step.
         request.headers_mut().reserve(ADDED_HEADERS);
@@ -109,7 +141,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
             let context = trace.context();
             let response = this.handle(request, &mut sent).with_context(context).await;
             let response = trace.finish(response);
-            Ok(response.map(|body| MeteredBody::new(body, sent)))
+            response.map(|body| MeteredBody::new(body, sent))
         })
     }
 }
@@ -178,7 +210,7 @@ impl ProxyService {
     /// bytes once a route takes it.
     async fn handle(
         self,
-        mut request: Request<Incoming>,
+        mut request: Request<CallerBody>,
         sent: &mut Option<prometheus_client::metrics::counter::Counter>,
     ) -> Response<ProxyBody> {
         if request.headers().contains_key(header::UPGRADE) {
@@ -457,7 +489,7 @@ fn route<B>(state: &State, entry: &Entry, request: &Request<B>) -> Result<Arc<Ta
 async fn act(
     action: &RouteAction<Stack>,
     own: &Stack,
-    mut request: Request<Incoming>,
+    mut request: Request<CallerBody>,
     meter: BodyMeter,
     call: CallInfo,
     forwarded_for: &ForwardedFor,
@@ -478,7 +510,7 @@ async fn act(
 /// by `meter` as they are read; a copy goes to `mirror` when it takes one.
 async fn send_through(
     stack: &Stack,
-    request: Request<Incoming>,
+    request: Request<CallerBody>,
     meter: BodyMeter,
     call: CallInfo,
     forwarded_for: &ForwardedFor,
@@ -540,7 +572,7 @@ fn is_chunked(headers: &http::HeaderMap) -> bool {
 
 /// Reads the first frame of a chunked body so that broken framing is refused (400)
 /// before anything reaches the upstream.
-async fn read_first_chunk(mut body: Incoming, meter: BodyMeter) -> Result<ProxyBody, ProxyError> {
+async fn read_first_chunk(mut body: CallerBody, meter: BodyMeter) -> Result<ProxyBody, ProxyError> {
     match body.frame().await {
         Some(Ok(frame)) => match frame.into_data() {
             Ok(data) => Ok(ProxyBody::metered(Some(data), body, meter)),

@@ -196,7 +196,7 @@ impl tower::Service<Request<ProxyBody>> for Forward {
             let client_upgrade = request
                 .headers()
                 .contains_key(header::UPGRADE)
-                .then(|| hyper::upgrade::on(&mut request));
+                .then(|| ClientUpgrade::of(&mut request));
             // Counted by the sidecar's drain (the caller's proxy service put it there).
             let tunnel_guard = client_upgrade
                 .as_ref()
@@ -321,20 +321,52 @@ fn to_origin_form(request: &mut Request<ProxyBody>, endpoint: &Endpoint) {
     }
 }
 
+/// The caller's side of an upgrade: its connection once the `101` is written to it.
+enum ClientUpgrade {
+    /// A caller remora serves itself (HTTP/1.1).
+    Own(Option<tokio::sync::oneshot::Receiver<crate::core::http1::Upgraded>>),
+    /// A caller hyper serves (TLS without ALPN).
+    Hyper(hyper::upgrade::OnUpgrade),
+}
+
+impl ClientUpgrade {
+    /// The upgrade `request`'s caller asked for.
+    fn of<B>(request: &mut Request<B>) -> Self {
+        match request.extensions().get::<crate::core::http1::OnUpgrade>() {
+            Some(upgrade) => Self::Own(upgrade.take()),
+            None => Self::Hyper(hyper::upgrade::on(request)),
+        }
+    }
+
+    /// The caller's connection, once upgraded.
+    async fn connection(self) -> Result<Box<dyn Io>, crate::core::body::BoxError> {
+        match self {
+            Self::Own(Some(receiver)) => Ok(Box::new(receiver.await?)),
+            Self::Own(None) => Err("the upgrade was taken by another try".into()),
+            Self::Hyper(upgrade) => Ok(Box::new(TokioIo::new(upgrade.await?))),
+        }
+    }
+}
+
+/// A connection's byte stream, either way.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// Copies bytes both ways between an upgraded client and upstream connection.
 async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
+    client: ClientUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     mut guard: Option<TunnelGuard>,
 ) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
+    let upstream = async { upstream.await.map_err(crate::core::body::BoxError::from) };
+    let (mut client, upstream) = match tokio::try_join!(client.connection(), upstream) {
         Ok(pair) => pair,
         Err(error) => {
             tracing::debug!(%error, "upgrade failed");
             return;
         }
     };
-    let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
     let closing = async {
         match guard.as_mut() {

@@ -326,8 +326,30 @@ async fn grpc_call(svc: SocketAddr) -> Outcome {
     }
 }
 
-async fn open_fds(admin: SocketAddr) -> f64 {
-    metric(admin, "remora_process_open_fds").await
+/// The open sockets (those a descriptor holds: a nonzero inode in `/proc/net/tcp`) with
+/// an end on one of `ports`, listeners included. The process's descriptor count would
+/// count the sockets of the tests running beside this one.
+fn open_sockets(ports: &[u16]) -> usize {
+    let mut open = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = |field: &str| {
+                field
+                    .rsplit(':')
+                    .next()
+                    .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+            };
+            let ours = [fields[1], fields[2]]
+                .iter()
+                .any(|end| port(end).is_some_and(|port| ports.contains(&port)));
+            if ours && fields[9] != "0" {
+                open += 1;
+            }
+        }
+    }
+    open
 }
 
 /// Runs one call of `caller` through a sidecar to an upstream failing per `fault`;
@@ -345,7 +367,8 @@ async fn scenario(fault: Fault, caller: Caller) -> Outcome {
     .await;
     let admin = proxy.addrs().admin.unwrap();
     let svc = proxy.addrs().service("svc").unwrap();
-    let baseline = open_fds(admin).await;
+    let ports = [svc.port(), upstream.addr.port()];
+    let baseline = open_sockets(&ports);
 
     let call = async {
         match caller {
@@ -358,18 +381,18 @@ async fn scenario(fault: Fault, caller: Caller) -> Outcome {
         .await
         .unwrap_or_else(|_| panic!("{fault:?} / {caller:?}: the call hung"));
 
-    // The caller's client is gone: what remains open is the sidecar's listener state and
-    // pooled upstream connections, two descriptors each (both ends are in this process).
+    // The caller's client is gone: what remains open is the two listeners and pooled
+    // upstream connections, two sockets each (both ends are in this process).
     let settled = eventually(Duration::from_secs(5), || async {
-        let expected = baseline + 2.0 * upstream.open.load(Ordering::SeqCst) as f64;
-        open_fds(admin).await == expected && metric(admin, "remora_upstream_pending").await == 0.0
+        let expected = baseline + 2 * upstream.open.load(Ordering::SeqCst);
+        open_sockets(&ports) == expected && metric(admin, "remora_upstream_pending").await == 0.0
     })
     .await;
-    let fds = open_fds(admin).await;
+    let fds = open_sockets(&ports);
     let pooled = upstream.open.load(Ordering::SeqCst);
     assert!(
         settled,
-        "{fault:?} / {caller:?}: {fds} descriptors open, {baseline} before the call and \
+        "{fault:?} / {caller:?}: {fds} sockets open, {baseline} before the call and \
          {pooled} upstream connection(s) left; outcome {outcome:?}"
     );
     outcome

@@ -19,7 +19,7 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use crate::core::http1::ResponseBody;
+use crate::core::http1::{RequestBody, ResponseBody};
 
 mod meter;
 mod pooled;
@@ -45,7 +45,7 @@ pin_project! {
         Streamed {
             first: Option<Bytes>,
             #[pin]
-            body: Incoming,
+            body: CallerBody,
             meter: BodyMeter,
         },
         /// A body remora wrote itself.
@@ -121,13 +121,13 @@ impl ProxyBody {
     }
 
     /// A peer's body, streamed as it arrives.
-    pub fn streamed(body: Incoming) -> Self {
-        Self::metered(None, body, BodyMeter::default())
+    pub fn streamed(body: impl Into<CallerBody>) -> Self {
+        Self::metered(None, body.into(), BodyMeter::default())
     }
 
     /// A peer's body (of which `first` was already read), streamed as it arrives, its
     /// bytes counted by `meter`.
-    pub fn metered(first: Option<Bytes>, body: Incoming, meter: BodyMeter) -> Self {
+    pub fn metered(first: Option<Bytes>, body: CallerBody, meter: BodyMeter) -> Self {
         Self::Streamed { first, body, meter }
     }
 }
@@ -154,7 +154,7 @@ impl Body for ProxyBody {
             } => {
                 let polled = match first.take() {
                     Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
-                    None => body.as_mut().poll_frame(cx).map_err(Into::into),
+                    None => body.as_mut().poll_frame(cx),
                 };
                 meter.observe(&polled, body.is_end_stream());
                 polled
@@ -204,6 +204,58 @@ impl Body for ProxyBody {
             Self::Pooled { body } => body.size_hint(),
             Self::Http1 { body } => body.size_hint(),
             Self::Watched { body } => body.size_hint(),
+        }
+    }
+}
+
+/// A peer's body as it arrives: from a connection hyper serves (HTTP/2, and the
+/// upstreams' HTTP/2 answers), or from a caller's HTTP/1.1 connection remora serves
+/// itself.
+#[derive(Debug)]
+pub enum CallerBody {
+    /// hyper's.
+    Hyper(Incoming),
+    /// remora's own HTTP/1.1 server's.
+    Http1(RequestBody),
+}
+
+impl From<Incoming> for CallerBody {
+    fn from(body: Incoming) -> Self {
+        Self::Hyper(body)
+    }
+}
+
+impl From<RequestBody> for CallerBody {
+    fn from(body: RequestBody) -> Self {
+        Self::Http1(body)
+    }
+}
+
+impl Body for CallerBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Http1(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(body) => body.is_end_stream(),
+            Self::Http1(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Hyper(body) => body.size_hint(),
+            Self::Http1(body) => body.size_hint(),
         }
     }
 }

@@ -66,15 +66,19 @@ pub enum Http1Error {
     /// The upstream closed the connection before the body's end.
     #[error("connection closed before the answer's body ended")]
     IncompleteBody,
+    /// The caller closed its connection before its request's body ended.
+    #[error("connection closed before the request's body ended")]
+    IncompleteRequest,
     /// A `101` to a request that asked for no upgrade.
     #[error("upstream switched protocols unasked")]
     UnaskedUpgrade,
     /// The request's framing headers cannot be sent as they are.
     #[error("request framing: transfer-encoding not ending in chunked, or a bad content-length")]
     RequestFraming,
-    /// The request's body is longer or shorter than its `Content-Length`.
-    #[error("request body does not match its content-length")]
-    RequestLength,
+    /// A body going out (a request's, an answer's) is longer or shorter than its
+    /// `Content-Length`.
+    #[error("body does not match its content-length")]
+    BodyLength,
     /// The caller's request body failed; the request was cut, never completed.
     #[error("request body: {0}")]
     RequestBody(#[source] BoxError),

@@ -19,15 +19,19 @@ pub const MAX_HEAD_BYTES: usize = 400 * 1024;
 /// grow on the way back.
 const ADDED_HEADERS: usize = 2;
 
-/// How a request's body goes out.
+/// How a message's body goes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum BodyFraming {
     /// No body: the body is not polled.
     Empty,
     /// Exactly this many bytes (`Content-Length`).
     Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked,
+    /// `Transfer-Encoding: chunked`; `trailers`: a trailers frame goes out (else it is
+    /// dropped: a caller that did not say `TE: trailers`).
+    Chunked { trailers: bool },
+    /// Everything until the connection closes (an answer of unknown length to an
+    /// HTTP/1.0 caller).
+    UntilClose,
 }
 
 /// How an answer's body is delimited.
@@ -99,7 +103,7 @@ fn request_framing(headers: &mut HeaderMap, body: &impl Body) -> Result<BodyFram
             return Err(Http1Error::RequestFraming);
         }
         headers.remove(header::CONTENT_LENGTH);
-        return Ok(BodyFraming::Chunked);
+        return Ok(BodyFraming::Chunked { trailers: true });
     }
     match content_length(headers) {
         Ok(Some(length)) => return Ok(BodyFraming::Length(length)),
@@ -114,11 +118,11 @@ fn request_framing(headers: &mut HeaderMap, body: &impl Body) -> Result<BodyFram
         header::TRANSFER_ENCODING,
         HeaderValue::from_static("chunked"),
     );
-    Ok(BodyFraming::Chunked)
+    Ok(BodyFraming::Chunked { trailers: true })
 }
 
 /// Whether a `Transfer-Encoding` value's last coding is `chunked`.
-fn ends_in_chunked(value: &[u8]) -> bool {
+pub(super) fn ends_in_chunked(value: &[u8]) -> bool {
     let last = value.rsplit(|&byte| byte == b',').next().unwrap_or(value);
     last.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }

@@ -20,10 +20,17 @@
 mod chunked;
 mod conn;
 mod head;
+mod io;
+mod request;
+mod response;
+mod server;
 mod writer;
 
 pub use conn::{Connection, ConnectionHome, Http1Error, ResponseBody, SendFailure};
 pub use head::{parse_response, Framing, ParsedHead, MAX_HEADERS, MAX_HEAD_BYTES};
+pub use io::{CallerRead, CallerWrite, SplitIo};
+pub use request::{HeadError, RequestBody};
+pub use server::{Handler, OnUpgrade, ServeError, ServerConnection, ServerLimits, Upgraded};
 
 /// A chunked answer body as the body of a connection decodes it: `body` reaches the
 /// decoder in reads of `step` bytes (at least 1). Returns the data, the trailers and
@@ -50,5 +57,7 @@ pub fn decode_chunked_for_fuzzing(
     Ok((data, None, false))
 }
 
+#[cfg(test)]
+mod server_tests;
 #[cfg(test)]
 mod tests;

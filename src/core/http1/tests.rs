@@ -274,5 +274,5 @@ fn a_request_body_is_framed_by_its_length_or_in_chunks() {
     let unknown = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
     let (head, framing) = encoded(Request::get("/").body(unknown).unwrap());
     assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
-    assert_eq!(framing, BodyFraming::Chunked);
+    assert_eq!(framing, BodyFraming::Chunked { trailers: true });
 }

@@ -1,4 +1,5 @@
-//! A request going out: its head, then its body framed by a length or in chunks.
+//! A message going out (a request to an upstream, an answer to a caller): its head,
+//! then its body framed by a length, in chunks or until the connection closes.
 //!
 //! What is ready goes out together: the head with the body's first frame (a request with
 //! a small body is one `writev`), and every frame the body has ready with the next.
@@ -55,7 +56,7 @@ where
     pub(super) fn new(head: Bytes, body: B, framing: BodyFraming) -> Self {
         let remaining = match framing {
             BodyFraming::Length(length) => length,
-            BodyFraming::Empty | BodyFraming::Chunked => 0,
+            BodyFraming::Empty | BodyFraming::Chunked { .. } | BodyFraming::UntilClose => 0,
         };
         let mut writer = Self {
             body: Some(body),
@@ -194,12 +195,13 @@ where
             BodyFraming::Length(_) => {
                 let length = data.len() as u64;
                 if length > self.remaining {
-                    return Err(Http1Error::RequestLength);
+                    return Err(Http1Error::BodyLength);
                 }
                 self.remaining -= length;
                 self.push(data);
             }
-            BodyFraming::Chunked => {
+            BodyFraming::UntilClose => self.push(data),
+            BodyFraming::Chunked { .. } => {
                 self.push(size_line(data.len()));
                 self.push(data);
                 self.push(Bytes::from_static(b"\r\n"));
@@ -213,9 +215,9 @@ where
     fn end(&mut self, trailers: Option<HeaderMap>) -> Result<(), Http1Error> {
         self.body = None;
         match self.framing {
-            BodyFraming::Length(_) if self.remaining != 0 => Err(Http1Error::RequestLength),
-            BodyFraming::Chunked => {
-                match trailers {
+            BodyFraming::Length(_) if self.remaining != 0 => Err(Http1Error::BodyLength),
+            BodyFraming::Chunked { trailers: send } => {
+                match trailers.filter(|_| send) {
                     Some(trailers) if !trailers.is_empty() => {
                         let mut end = BytesMut::with_capacity(64);
                         end.extend_from_slice(b"0\r\n");
@@ -232,7 +234,7 @@ where
                 }
                 Ok(())
             }
-            BodyFraming::Length(_) | BodyFraming::Empty => Ok(()),
+            BodyFraming::Length(_) | BodyFraming::Empty | BodyFraming::UntilClose => Ok(()),
         }
     }
 }
