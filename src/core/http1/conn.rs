@@ -13,7 +13,8 @@ use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::chunked::{Chunked, Decoded};
+use super::chunked::Chunked;
+use super::framed::Remaining;
 use super::head::{encode_request, parse_response, Framing, ParsedHead};
 use super::writer::BodyWriter;
 use crate::core::stream::UpstreamStream;
@@ -250,21 +251,6 @@ impl Connection {
     }
 }
 
-/// Where an answer's body stands.
-#[derive(Debug)]
-enum Remaining {
-    /// This many bytes are still to come.
-    Length(u64),
-    /// Chunks.
-    Chunked(Chunked),
-    /// Everything until the upstream closes.
-    UntilClose,
-    /// The body has ended.
-    Done,
-    /// The body failed.
-    Failed,
-}
-
 /// An upstream's answer body on a connection of remora's own: read from the socket as
 /// it is polled. At its clean end the connection goes back to its pool, when the
 /// upstream keeps it open and the request was written whole; dropped before, the
@@ -353,40 +339,11 @@ where
         let Some(conn) = self.conn.as_mut() else {
             return Ok(Some(None));
         };
-        let buf = &mut conn.read;
-        match &mut self.remaining {
-            Remaining::Done | Remaining::Failed => Ok(Some(None)),
-            Remaining::Length(left) => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
-                *left -= take as u64;
-                let data = buf.split_to(take).freeze();
-                if *left == 0 {
-                    self.finish();
-                }
-                Ok(Some(Some(Frame::data(data))))
-            }
-            Remaining::Chunked(chunked) => match chunked.decode(buf)? {
-                None => Ok(None),
-                Some(Decoded::Data(data)) => Ok(Some(Some(Frame::data(data)))),
-                Some(Decoded::Trailers(trailers)) => {
-                    self.finish();
-                    Ok(Some(Some(Frame::trailers(trailers))))
-                }
-                Some(Decoded::End) => {
-                    self.finish();
-                    Ok(Some(None))
-                }
-            },
-            Remaining::UntilClose => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                Ok(Some(Some(Frame::data(buf.split().freeze()))))
-            }
+        let taken = self.remaining.take(&mut conn.read)?;
+        if self.remaining.is_done() {
+            self.finish();
         }
+        Ok(taken)
     }
 }
 
@@ -437,16 +394,10 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.remaining, Remaining::Done)
+        self.remaining.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Remaining::Done => SizeHint::with_exact(0),
-            Remaining::Length(left) => SizeHint::with_exact(left),
-            Remaining::Chunked(_) | Remaining::UntilClose | Remaining::Failed => {
-                SizeHint::default()
-            }
-        }
+        self.remaining.size_hint()
     }
 }

@@ -19,6 +19,7 @@
 
 mod chunked;
 mod conn;
+mod framed;
 mod head;
 mod io;
 mod request;

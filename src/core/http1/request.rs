@@ -12,8 +12,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 
-use super::chunked::{Chunked, Decoded};
+use super::chunked::Chunked;
 use super::conn::{BoxError, Http1Error};
+use super::framed::Remaining;
 use super::head::MAX_HEADERS;
 use super::io::Reader;
 
@@ -272,15 +273,6 @@ impl ReaderHome {
     }
 }
 
-/// Where a request body stands.
-#[derive(Debug)]
-enum Remaining {
-    Length(u64),
-    Chunked(Chunked),
-    Done,
-    Failed,
-}
-
 /// A caller's request body on a connection of remora's own, read from the socket as it
 /// is polled. At its end, or when it is dropped, the connection's reading side goes
 /// back to the connection.
@@ -345,43 +337,17 @@ impl RequestBody {
         let Some(reader) = self.reader.as_mut() else {
             return Ok(Some(None));
         };
-        let buf = &mut reader.buf;
-        match &mut self.remaining {
-            Remaining::Done | Remaining::Failed => Ok(Some(None)),
-            Remaining::Length(left) => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
-                *left -= take as u64;
-                let data = buf.split_to(take).freeze();
-                if *left == 0 {
-                    self.remaining = Remaining::Done;
-                    self.give_back(true);
-                }
-                Ok(Some(Some(Frame::data(data))))
-            }
-            Remaining::Chunked(chunked) => match chunked.decode(buf)? {
-                None => Ok(None),
-                Some(Decoded::Data(data)) => Ok(Some(Some(Frame::data(data)))),
-                Some(Decoded::Trailers(trailers)) => {
-                    self.remaining = Remaining::Done;
-                    self.give_back(true);
-                    Ok(Some(Some(Frame::trailers(trailers))))
-                }
-                Some(Decoded::End) => {
-                    self.remaining = Remaining::Done;
-                    self.give_back(true);
-                    Ok(Some(None))
-                }
-            },
+        let taken = self.remaining.take(&mut reader.buf)?;
+        if self.remaining.is_done() {
+            self.give_back(true);
         }
+        Ok(taken)
     }
 }
 
 impl Drop for RequestBody {
     fn drop(&mut self) {
-        let clean = matches!(self.remaining, Remaining::Done);
+        let clean = self.remaining.is_done();
         self.give_back(clean);
     }
 }
@@ -419,14 +385,10 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.remaining, Remaining::Done)
+        self.remaining.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Remaining::Done => SizeHint::with_exact(0),
-            Remaining::Length(left) => SizeHint::with_exact(left),
-            Remaining::Chunked(_) | Remaining::Failed => SizeHint::default(),
-        }
+        self.remaining.size_hint()
     }
 }
