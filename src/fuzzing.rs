@@ -135,6 +135,7 @@ pub fn http_exchange(listener: Listener, input: &[u8]) -> Vec<u8> {
     let limits = ServerLimits {
         header_read_timeout: state.config.limits.header_read_timeout,
         max_head_bytes: state.config.limits.max_header_bytes.max(8192),
+        half_close: true,
     };
     let exchange = async move {
         let connection = async move {

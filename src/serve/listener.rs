@@ -246,6 +246,7 @@ impl Connection {
         let limits = ServerLimits {
             header_read_timeout: state.config.limits.header_read_timeout,
             max_head_bytes: state.config.limits.max_header_bytes.max(MIN_HEAD_LIMIT),
+            half_close: false,
         };
         drop(state);
         let service = ProxyService::new(shared, entry, peer, identity);

@@ -40,6 +40,10 @@ pub struct ServerLimits {
     pub header_read_timeout: Duration,
     /// Bytes a request's head may take, at most (431 beyond).
     pub max_head_bytes: usize,
+    /// A caller that closes its writing side still gets the answers to what it sent
+    /// (the fuzz harness's clients do); otherwise its calls are dropped, as nobody
+    /// waits for them.
+    pub half_close: bool,
 }
 
 /// What answers the requests of a connection.
@@ -65,6 +69,9 @@ pub enum ServeError {
     /// The caller closed the connection within a request's head.
     #[error("connection closed within a request head")]
     IncompleteHead,
+    /// The caller closed its connection while its call ran: the call was dropped.
+    #[error("the caller closed its connection while its call ran")]
+    CallerLeft,
     /// Reading or writing failed, or an answer's body failed (the answer was cut).
     #[error("{0}")]
     Exchange(Http1Error),
@@ -254,6 +261,22 @@ impl<H: Handler> ServerConnection<H> {
         Some(returned.clean)
     }
 
+    /// Whether the caller closed its connection while its call runs: looked at when the
+    /// connection holds its reading side with nothing read ahead (as hyper's server
+    /// did), which costs no system call unless the socket became readable. Bytes that
+    /// came (a pipelined request) stay for the next head.
+    fn caller_left(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.limits.half_close {
+            return false;
+        }
+        match self.reader.as_mut() {
+            Some(reader) if reader.buf.is_empty() => {
+                matches!(reader.poll_read(cx), Poll::Ready(Ok(0) | Err(_)))
+            }
+            _ => false,
+        }
+    }
+
     /// Writes what is left of a `100 Continue`.
     fn poll_interim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.interim.is_empty() {
@@ -351,6 +374,12 @@ impl<H: Handler> Future for ServerConnection<H> {
                         }
                     }
                     let Poll::Ready(response) = polled else {
+                        if this.caller_left(cx) {
+                            // Nobody waits for the answer: the call is dropped (its
+                            // upstream exchange cancelled) and the connection closes.
+                            this.phase = Phase::Done;
+                            return Poll::Ready(Err(ServeError::CallerLeft));
+                        }
                         return Poll::Pending;
                     };
                     let Phase::Calling { mut exchange, .. } =

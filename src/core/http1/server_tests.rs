@@ -279,6 +279,12 @@ impl Handler for Echo {
             if path == "/slow" {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            if path == "/forever" {
+                // Says when the call is dropped (its caller left).
+                let _dropped = request.extensions().get::<Dropped>().cloned();
+                let _guard = DropGuard(_dropped);
+                std::future::pending::<()>().await;
+            }
             let method = request.method().to_string();
             let body = match request.into_body().collect().await {
                 Ok(body) => body.to_bytes(),
@@ -295,9 +301,24 @@ impl Handler for Echo {
     }
 }
 
+/// A sender told when a `/forever` call is dropped.
+#[derive(Clone)]
+struct Dropped(tokio::sync::mpsc::UnboundedSender<()>);
+
+struct DropGuard(Option<Dropped>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if let Some(Dropped(sender)) = self.0.take() {
+            let _ = sender.send(());
+        }
+    }
+}
+
 const LIMITS: ServerLimits = ServerLimits {
     header_read_timeout: Duration::from_millis(300),
     max_head_bytes: 8192,
+    half_close: false,
 };
 
 /// A listener whose connections the echo handler serves; `draining` asks every
@@ -504,4 +525,51 @@ async fn a_drain_closes_idle_connections_and_finishes_the_exchange_in_flight() {
     assert!(all.starts_with("HTTP/1.1 200"), "{all}");
     assert!(all.contains("connection: close\r\n"), "{all}");
     assert!(all.ends_with("GET /slow "), "{all}");
+}
+
+/// Echo, but a `/forever` call carries a sender that says when the call is dropped.
+struct Telling(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl Handler for Telling {
+    type Body = Full<Bytes>;
+    type Future = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
+
+    fn call(&mut self, mut request: Request<RequestBody>) -> Self::Future {
+        request.extensions_mut().insert(Dropped(self.0.clone()));
+        Echo.call(request)
+    }
+}
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_mid_call_cancels_the_call() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (sender, mut dropped) = tokio::sync::mpsc::unbounded_channel();
+    let served = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        ServerConnection::new(stream, Telling(sender), LIMITS).await
+    });
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /forever HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        dropped.try_recv().is_err(),
+        "the call runs while its caller waits"
+    );
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(5), dropped.recv())
+        .await
+        .expect("the call is dropped once its caller left")
+        .expect("told");
+    let ended = tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("the connection ends")
+        .unwrap();
+    assert!(
+        matches!(ended, Err(super::ServeError::CallerLeft)),
+        "{ended:?}"
+    );
 }
