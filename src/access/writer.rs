@@ -2,22 +2,25 @@
 //! on stderr. A line that finds the queue full is dropped and counted
 //! ([`dropped_lines`]) rather than blocking the call that logs it.
 //!
-//! The thread writes what has queued up in one `write` and then rests for
-//! [`FLUSH_INTERVAL`] before it looks again, so that under load a line costs a copy
-//! rather than a wake-up of the thread and a system call of its own; an idle process
-//! keeps the thread blocked on the queue, and a line arriving then is written at once.
+//! The queue is one buffer that lines are copied onto, end to end, under a lock held
+//! for that copy alone; the thread swaps it for an empty one, writes what it took in
+//! one `write`, and then rests for [`FLUSH_INTERVAL`] before it looks again. Under load
+//! a line thus costs one copy, with no allocation, no message and no wake-up of the
+//! thread; an idle process keeps the thread waiting, and the line that arrives then
+//! wakes it and is written at once.
 //!
 //! NOTE: why not `tracing_appender`'s non-blocking writer (which this replaced): its
 //! queue is a crossbeam array whose slots are all written when it is made (256 KiB of
 //! an idle remora's memory at 8,192 lines, 2 MiB at its default of 65,536), and its
-//! thread writes each line with a system call of its own, woken for it. The queue here
-//! is a linked list of small blocks, allocated as lines arrive and freed as they go out,
-//! bounded by a count. Measured in `bench/RESULTS.md` ("The access log's line").
+//! thread writes each line with a system call of its own, woken for it. Nor a channel
+//! of lines (which replaced that): each line was copied into a `Vec` of its own, sent,
+//! and copied again into the batch written, at about 600 instructions a line of
+//! allocation, messaging and copying (`bench/RESULTS.md`, "The access log's line").
 
+use std::fmt;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// Lines the queue holds before new ones are dropped: a quarter of a second of lines at
@@ -28,8 +31,9 @@ pub const QUEUED_LINES: usize = 8 * 1024;
 /// meanwhile: the longest a line waits for its write while lines keep coming.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 
-/// A write is made at the latest when this many bytes are gathered.
-const BATCH_BYTES: usize = 64 * 1024;
+/// The capacity a buffer keeps between writes: a burst's larger buffer is given back
+/// rather than held for the life of the process.
+const KEPT_BYTES: usize = 64 * 1024;
 
 /// How long the guard waits, when dropped, for the queued lines to be written.
 const FLUSH_ON_EXIT: Duration = Duration::from_secs(1);
@@ -38,28 +42,77 @@ const FLUSH_ON_EXIT: Duration = Duration::from_secs(1);
 /// thread had stopped.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-enum Message {
-    Line(Vec<u8>),
-    /// Write what is queued, then answer on the sender and stop.
-    Stop(Sender<()>),
+/// What the writing ends, the guard and the thread share.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the thread when it waits for lines (or for the word to stop).
+    wake: Condvar,
+    /// Tells the guard that the thread has written its last lines.
+    stopped: Condvar,
+}
+
+/// The lines waiting for the thread, and what the thread is doing.
+#[derive(Default)]
+struct Queue {
+    /// Whole lines, end to end.
+    bytes: Vec<u8>,
+    /// How many lines `bytes` holds.
+    lines: usize,
+    /// The thread waits on `wake`: the next line must wake it.
+    idle: bool,
+    /// The guard asked the thread to write what is queued and stop.
+    stop: bool,
+    /// No thread takes lines any more (it stopped, or never started): lines are dropped.
+    closed: bool,
+    /// The thread stopped, having written its last lines (or there never was one).
+    done: bool,
+}
+
+impl Shared {
+    /// The queue; a panic elsewhere while it was held left nothing half-done that
+    /// matters here (at worst a line cut short), so a poisoned lock is taken as it is.
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The writing end: `tracing_subscriber`'s writer (one `write` per line, as its `fmt`
 /// layer makes them), and the access log's (see [`super::log::Output`]).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LogWriter {
-    queue: Sender<Message>,
-    /// Lines sent and not yet taken by the thread.
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for LogWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogWriter").finish_non_exhaustive()
+    }
+}
+
+impl LogWriter {
+    /// Copies `line` onto the queue, or drops and counts it when the queue is full or
+    /// its thread gone; wakes the thread if it waits.
+    fn queue(&self, line: &[u8]) {
+        let mut queue = self.shared.lock();
+        if queue.closed || queue.lines >= QUEUED_LINES {
+            drop(queue);
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        queue.bytes.extend_from_slice(line);
+        queue.lines += 1;
+        // Only a waiting thread is signalled: a signal costs a system call.
+        let wake = std::mem::take(&mut queue.idle);
+        drop(queue);
+        if wake {
+            self.shared.wake.notify_one();
+        }
+    }
 }
 
 impl Write for &LogWriter {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        let full = self.queued.fetch_add(1, Ordering::Relaxed) >= QUEUED_LINES;
-        if full || self.queue.send(Message::Line(line.to_vec())).is_err() {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-        }
+        self.queue(line);
         Ok(line.len())
     }
 
@@ -78,18 +131,28 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
 
 /// Stops the writer thread when dropped, once it has written what was queued (waiting
 /// at most a second): keep it for the life of the process.
-#[derive(Debug)]
 #[must_use = "log lines still queued are lost when the guard is dropped"]
 pub struct FlushGuard {
-    queue: Sender<Message>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for FlushGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlushGuard").finish_non_exhaustive()
+    }
 }
 
 impl Drop for FlushGuard {
     fn drop(&mut self) {
-        let (done, written) = mpsc::channel();
-        if self.queue.send(Message::Stop(done)).is_ok() {
-            let _ = written.recv_timeout(FLUSH_ON_EXIT);
-        }
+        let mut queue = self.shared.lock();
+        queue.stop = true;
+        drop(queue);
+        self.shared.wake.notify_one();
+        let queue = self.shared.lock();
+        let _ = self
+            .shared
+            .stopped
+            .wait_timeout_while(queue, FLUSH_ON_EXIT, |queue| !queue.done);
     }
 }
 
@@ -101,59 +164,72 @@ pub fn stderr_writer() -> (LogWriter, FlushGuard) {
 
 /// A writer to `out` through a queue of its own and a thread that writes it out.
 fn writer_to(out: impl Write + Send + 'static) -> (LogWriter, FlushGuard) {
-    let (queue, lines) = mpsc::channel();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let taken = queued.clone();
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue::default()),
+        wake: Condvar::new(),
+        stopped: Condvar::new(),
+    });
+    let taken = shared.clone();
     let spawned = std::thread::Builder::new()
         .name("remora-log".into())
-        .spawn(move || write_out(&lines, &taken, out));
+        .spawn(move || write_out(&taken, out));
     if spawned.is_err() {
-        // No thread: the receiver is gone with the closure, so every line is counted as
-        // dropped rather than queued for nobody.
+        // No thread: every line is counted as dropped rather than queued for nobody.
         eprintln!("remora: could not start the log writer thread; log lines are dropped");
+        let mut queue = shared.lock();
+        queue.closed = true;
+        queue.done = true;
     }
     let guard = FlushGuard {
-        queue: queue.clone(),
+        shared: shared.clone(),
     };
-    (LogWriter { queue, queued }, guard)
+    (LogWriter { shared }, guard)
 }
 
-/// The writer thread: waits for a line, gathers what else has queued, writes it in one
-/// call, rests, and again; until told to stop or every sender is gone.
-fn write_out(lines: &Receiver<Message>, queued: &AtomicUsize, mut out: impl Write) {
+/// The writer thread: waits for lines, takes all that have queued, writes them in one
+/// call, rests, and again; until told to stop.
+fn write_out(shared: &Shared, mut out: impl Write) {
     let mut batch = Vec::new();
-    while let Ok(first) = lines.recv() {
-        let mut next = Some(first);
-        while let Some(message) = next {
-            match message {
-                Message::Line(line) => {
-                    queued.fetch_sub(1, Ordering::Relaxed);
-                    batch.extend_from_slice(&line);
-                    if batch.len() >= BATCH_BYTES {
-                        write_batch(&mut out, &mut batch);
-                    }
-                }
-                Message::Stop(done) => {
-                    write_batch(&mut out, &mut batch);
-                    let _ = done.send(());
-                    return;
-                }
-            }
-            next = lines.try_recv().ok();
-        }
+    loop {
+        let stop = take_lines(shared, &mut batch);
         write_batch(&mut out, &mut batch);
+        if stop {
+            shared.lock().done = true;
+            shared.stopped.notify_all();
+            return;
+        }
         std::thread::sleep(FLUSH_INTERVAL);
     }
-    write_batch(&mut out, &mut batch);
 }
 
-fn write_batch(out: &mut impl Write, batch: &mut Vec<u8>) {
-    if batch.is_empty() {
-        return;
+/// Waits until lines are queued or the guard says stop, then swaps the queue's buffer
+/// for `batch` (empty): the lines are written without the lock held, and the next
+/// lines go into the buffer just written. Says whether to stop; once told, the queue
+/// is closed as its last lines are taken, so that a later line is counted as dropped.
+fn take_lines(shared: &Shared, batch: &mut Vec<u8>) -> bool {
+    let mut queue = shared.lock();
+    while queue.lines == 0 && !queue.stop {
+        queue.idle = true;
+        queue = shared
+            .wake
+            .wait(queue)
+            .unwrap_or_else(PoisonError::into_inner);
     }
-    // A failed write (stderr closed) loses these lines; there is nowhere to report it.
-    let _ = out.write_all(batch).and_then(|()| out.flush());
-    batch.clear();
+    queue.idle = false;
+    std::mem::swap(&mut queue.bytes, batch);
+    queue.lines = 0;
+    queue.closed = queue.stop;
+    queue.stop
+}
+
+/// Writes `batch` out and empties it, keeping at most [`KEPT_BYTES`] of its capacity.
+fn write_batch(out: &mut impl Write, batch: &mut Vec<u8>) {
+    if !batch.is_empty() {
+        // A failed write (stderr closed) loses these lines; there is nowhere to report it.
+        let _ = out.write_all(batch).and_then(|()| out.flush());
+        batch.clear();
+    }
+    batch.shrink_to(KEPT_BYTES);
 }
 
 /// Log lines dropped so far because the queue was full.
@@ -235,7 +311,7 @@ mod tests {
             (&writer).write_all(b"line\n").unwrap();
         }
         let dropped = dropped_lines() - before;
-        let queued = writer.queued.load(Ordering::Relaxed);
+        let queued = writer.shared.lock().lines;
         drop(closed);
         drop(guard);
         // Other tests may drop lines of their own meanwhile: at least these ten.
@@ -244,5 +320,51 @@ mod tests {
         // The queued ones were written when the gate opened.
         let written = out.kept.lock().unwrap().0.len();
         assert_eq!(written, "first\n".len() + QUEUED_LINES * "line\n".len());
+    }
+
+    #[test]
+    fn lines_from_several_threads_all_arrive_whole() {
+        let out = Gated::default();
+        let (writer, guard) = writer_to(out.clone());
+        let threads: Vec<_> = (0..4)
+            .map(|thread| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    for n in 0..500 {
+                        // Lines of different lengths, so that a cut or a mix shows.
+                        let line = format!("{thread} {n} {}\n", "x".repeat(n % 97));
+                        (&writer).write_all(line.as_bytes()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        drop(guard);
+        let text = String::from_utf8(out.kept.lock().unwrap().0.clone()).unwrap();
+        let mut next = [0usize; 4];
+        for line in text.lines() {
+            let mut fields = line.split(' ');
+            let thread: usize = fields.next().unwrap().parse().unwrap();
+            let n: usize = fields.next().unwrap().parse().unwrap();
+            assert_eq!(fields.next().unwrap(), "x".repeat(n % 97), "{line}");
+            // Each thread's lines in the order it wrote them, none missing.
+            assert_eq!(n, next[thread], "{line}");
+            next[thread] += 1;
+        }
+        assert_eq!(next, [500; 4]);
+    }
+
+    #[test]
+    fn a_line_after_the_guard_is_dropped_is_counted_as_dropped() {
+        let out = Gated::default();
+        let (writer, guard) = writer_to(out.clone());
+        (&writer).write_all(b"before\n").unwrap();
+        drop(guard);
+        let before = dropped_lines();
+        (&writer).write_all(b"after\n").unwrap();
+        assert!(dropped_lines() > before);
+        assert_eq!(out.kept.lock().unwrap().0, b"before\n");
     }
 }
