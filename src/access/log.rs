@@ -47,8 +47,10 @@ pub struct Entry<'a> {
     pub trace_id: [u8; 16],
     /// The request span's id.
     pub span_id: [u8; 8],
-    /// The request's `x-request-id`.
-    pub request_id: &'a str,
+    /// The request's `x-request-id`, as the header holds it (bytes that are no UTF-8
+    /// are written as `from_utf8_lossy` replaces them): most ids are printable ASCII,
+    /// checked once, as the line is written.
+    pub request_id: &'a [u8],
     /// `inbound` or `outbound`.
     pub direction: &'static str,
     /// The service that took it (`unknown` when none did).
@@ -150,62 +152,75 @@ struct Key {
 
 /// Writes fields as the formatter writes them: ` key=value` (text quoted and escaped
 /// as `Debug` does), or `,"key":value` (text as JSON strings); absent fields left out.
-struct Fields<'a> {
+///
+/// The format is a constant (`JSON`) and the field writers are inlined into
+/// [`Fields::entry`], so that each key, and each choice between the formats, is known
+/// where it is written: a key is then copied by a store or two rather than by a call
+/// to copy bytes of a length found at run time.
+struct Fields<'a, const JSON: bool> {
     line: &'a mut Vec<u8>,
-    json: bool,
 }
 
-impl<'a> Fields<'a> {
+impl<'a> Fields<'a, false> {
     fn plain(line: &'a mut Vec<u8>) -> Self {
-        Self { line, json: false }
+        Self { line }
     }
+}
 
+impl<'a> Fields<'a, true> {
     fn json(line: &'a mut Vec<u8>) -> Self {
-        Self { line, json: true }
+        Self { line }
     }
+}
 
+impl<const JSON: bool> Fields<'_, JSON> {
     /// The entry's fields; in the plain format, after the message `access`.
     fn entry(mut self, entry: &Entry<'_>) {
-        if !self.json {
+        if !JSON {
             self.line.extend_from_slice(b"access");
         }
         let mut trace_id = [0; 32];
         crate::core::hex::write(&mut trace_id, &entry.trace_id);
         let mut span_id = [0; 16];
         crate::core::hex::write(&mut span_id, &entry.span_id);
-        self.bare(&key!("trace_id"), Some(&trace_id));
-        self.bare(&key!("span_id"), Some(&span_id));
-        self.text(&key!("request_id"), Some(entry.request_id));
-        self.text(&key!("direction"), Some(entry.direction));
-        self.text(&key!("service"), Some(entry.service));
-        self.bare(&key!("method"), Some(entry.method.as_str().as_bytes()));
-        self.text(&key!("host"), entry.host);
-        self.text(&key!("path"), Some(entry.path));
-        self.address(&key!("client"), entry.client);
-        self.number(&key!("status"), Some(entry.status.into()));
-        self.number(&key!("grpc_status"), entry.grpc_status.map(u64::from));
-        self.text(&key!("reason"), entry.reason);
-        self.text(&key!("fallback"), entry.fallback);
-        self.millis(&key!("duration_ms"), Some(entry.duration));
-        self.address(&key!("upstream"), entry.upstream);
-        self.millis(&key!("upstream_ms"), entry.upstream_time);
-        self.number(&key!("attempts"), Some(entry.attempts.into()));
-        self.number(&key!("request_bytes"), Some(entry.request_bytes));
-        self.number(&key!("response_bytes"), Some(entry.response_bytes));
-        self.text(&key!("peer_identity"), entry.peer_identity);
+        self.bare(key!("trace_id"), Some(&trace_id));
+        self.bare(key!("span_id"), Some(&span_id));
+        self.text(key!("request_id"), Some(entry.request_id));
+        self.text(key!("direction"), Some(entry.direction.as_bytes()));
+        self.text(key!("service"), Some(entry.service.as_bytes()));
+        self.bare(key!("method"), Some(entry.method.as_str().as_bytes()));
+        self.text(key!("host"), entry.host.map(str::as_bytes));
+        self.text(key!("path"), Some(entry.path.as_bytes()));
+        self.address(key!("client"), entry.client);
+        self.number(key!("status"), Some(entry.status.into()));
+        self.number(key!("grpc_status"), entry.grpc_status.map(u64::from));
+        self.text(key!("reason"), entry.reason.map(str::as_bytes));
+        self.text(key!("fallback"), entry.fallback.map(str::as_bytes));
+        self.millis(key!("duration_ms"), Some(entry.duration));
+        self.address(key!("upstream"), entry.upstream);
+        self.millis(key!("upstream_ms"), entry.upstream_time);
+        self.number(key!("attempts"), Some(entry.attempts.into()));
+        self.number(key!("request_bytes"), Some(entry.request_bytes));
+        self.number(key!("response_bytes"), Some(entry.response_bytes));
+        self.text(
+            key!("peer_identity"),
+            entry.peer_identity.map(str::as_bytes),
+        );
     }
 
-    fn key(&mut self, key: &Key) {
-        let name = if self.json { key.json } else { key.plain };
-        self.line.extend_from_slice(name);
+    #[inline(always)]
+    fn key(&mut self, key: Key) {
+        self.line
+            .extend_from_slice(if JSON { key.json } else { key.plain });
     }
 
     /// Text that needs no escaping (ids, a method, an address): bare in the plain
     /// format, a string in JSON.
-    fn bare(&mut self, key: &Key, value: Option<&[u8]>) {
+    #[inline(always)]
+    fn bare(&mut self, key: Key, value: Option<&[u8]>) {
         let Some(value) = value else { return };
         self.key(key);
-        if self.json {
+        if JSON {
             self.line.push(b'"');
             self.line.extend_from_slice(value);
             self.line.push(b'"');
@@ -214,31 +229,50 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// Text from the request or the answer, quoted and escaped.
-    fn text(&mut self, key: &Key, value: Option<&str>) {
+    /// Text from the request or the answer, quoted and escaped; bytes that are no
+    /// UTF-8 are written as `from_utf8_lossy` replaces them.
+    #[inline(always)]
+    fn text(&mut self, key: Key, value: Option<&[u8]>) {
         let Some(value) = value else { return };
         self.key(key);
-        if self.json {
-            json_string(self.line, value);
+        if is_printable_ascii(value) {
+            // What both formats write as it is, between quotes.
+            self.line.push(b'"');
+            self.line.extend_from_slice(value);
+            self.line.push(b'"');
         } else {
-            debug_string(self.line, value);
+            self.escaped(value);
         }
     }
 
-    fn number(&mut self, key: &Key, value: Option<u64>) {
+    /// Text with something to escape, or no ASCII: rare, so left to the slow writers.
+    #[cold]
+    fn escaped(&mut self, value: &[u8]) {
+        let value = String::from_utf8_lossy(value);
+        if JSON {
+            json_string(self.line, &value);
+        } else {
+            let _ = write!(self.line, "{value:?}");
+        }
+    }
+
+    #[inline(always)]
+    fn number(&mut self, key: Key, value: Option<u64>) {
         let Some(value) = value else { return };
         self.key(key);
         self.line
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
-    fn address(&mut self, key: &Key, value: Option<SocketAddr>) {
+    #[inline(always)]
+    fn address(&mut self, key: Key, value: Option<SocketAddr>) {
         let Some(value) = value else { return };
-        self.bare(key, Some(ShortText::socket_addr(value).as_str().as_bytes()));
+        self.bare(key, Some(ShortText::socket_addr(value).as_bytes()));
     }
 
     /// Milliseconds with three decimals (`12.345`): to the microsecond.
-    fn millis(&mut self, key: &Key, value: Option<Duration>) {
+    #[inline(always)]
+    fn millis(&mut self, key: Key, value: Option<Duration>) {
         let Some(value) = value else { return };
         let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
         self.key(key);
@@ -247,17 +281,6 @@ impl<'a> Fields<'a> {
         let mut fraction = *b".000";
         super::timestamp::digits(&mut fraction[1..], micros % 1000);
         self.line.extend_from_slice(&fraction);
-    }
-}
-
-/// `value` quoted and escaped as `Debug` writes a `str`.
-fn debug_string(line: &mut Vec<u8>, value: &str) {
-    if is_printable_ascii(value.as_bytes()) {
-        line.push(b'"');
-        line.extend_from_slice(value.as_bytes());
-        line.push(b'"');
-    } else {
-        let _ = write!(line, "{value:?}");
     }
 }
 
@@ -353,7 +376,7 @@ mod tests {
         Entry {
             trace_id: [0xab; 16],
             span_id: [0x01; 8],
-            request_id: "7d0c-\"quoted\"\\",
+            request_id: b"7d0c-\"quoted\"\\",
             direction: "outbound",
             service: "orders",
             method: &http::Method::POST,
@@ -390,9 +413,13 @@ mod tests {
         // Text is escaped exactly as the formatter's `Debug` would.
         for text in TEXTS {
             let mut line = Vec::new();
-            debug_string(&mut line, text);
-            assert_eq!(String::from_utf8(line).unwrap(), format!("{text:?}"));
+            Fields::plain(&mut line).text(key!("k"), Some(text.as_bytes()));
+            assert_eq!(String::from_utf8(line).unwrap(), format!(" k={text:?}"));
         }
+        // Bytes that are no UTF-8 (a header may hold them), as `from_utf8_lossy` has them.
+        let mut line = Vec::new();
+        Fields::plain(&mut line).text(key!("k"), Some(b"a\xffb"));
+        assert_eq!(String::from_utf8(line).unwrap(), " k=\"a\u{fffd}b\"");
     }
 
     #[test]
@@ -427,10 +454,10 @@ mod tests {
         // Strings are escaped exactly as serde_json escapes them.
         for text in TEXTS {
             let mut line = Vec::new();
-            json_string(&mut line, text);
+            Fields::json(&mut line).text(key!("k"), Some(text.as_bytes()));
             assert_eq!(
                 String::from_utf8(line).unwrap(),
-                serde_json::to_string(text).unwrap()
+                format!(",\"k\":{}", serde_json::to_string(text).unwrap())
             );
         }
     }

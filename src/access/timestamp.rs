@@ -1,15 +1,39 @@
 //! The time of a log line as the plain format writes it: RFC 3339 in UTC, to the
 //! microsecond (`2026-12-07T09:25:32.176070Z`).
 
+use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Appends `time` to `line`; a time before 1970 is written as 1970's first instant.
+/// The date and time to the second are kept from the thread's last line and only
+/// written anew when the second changed: the calls of one second share them, so that
+/// the calendar's arithmetic is done once a second rather than once a line.
 pub(super) fn write(line: &mut Vec<u8>, time: SystemTime) {
+    thread_local! {
+        /// The second of this thread's last line, and its text up to the `.`.
+        static SECOND: Cell<Option<(u64, [u8; 20])>> = const { Cell::new(None) };
+    }
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since.as_secs();
+    let prefix = match SECOND.get() {
+        Some((second, prefix)) if second == seconds => prefix,
+        _ => {
+            let prefix = to_the_second(seconds);
+            SECOND.set(Some((seconds, prefix)));
+            prefix
+        }
+    };
+    line.extend_from_slice(&prefix);
+    let mut micros = *b"000000Z";
+    digits(&mut micros[..6], u64::from(since.subsec_micros()));
+    line.extend_from_slice(&micros);
+}
+
+/// `2026-12-07T09:25:32.`: the time `seconds` after 1970 up to its fraction.
+fn to_the_second(seconds: u64) -> [u8; 20] {
     let (year, month, day) = civil(seconds / 86_400);
     let of_day = seconds % 86_400;
-    let mut text = [0u8; 27];
+    let mut text = [0u8; 20];
     digits(&mut text[0..4], year);
     text[4] = b'-';
     digits(&mut text[5..7], month);
@@ -22,9 +46,7 @@ pub(super) fn write(line: &mut Vec<u8>, time: SystemTime) {
     text[16] = b':';
     digits(&mut text[17..19], of_day % 60);
     text[19] = b'.';
-    digits(&mut text[20..26], u64::from(since.subsec_micros()));
-    text[26] = b'Z';
-    line.extend_from_slice(&text);
+    text
 }
 
 /// Writes the last `out.len()` decimal digits of `value`, zero-padded.
@@ -77,6 +99,20 @@ mod tests {
         assert_eq!(text(leap_day), "2000-02-29T01:02:03.004005Z");
         let new_year = UNIX_EPOCH + Duration::new(1_798_761_599, 999_999_999);
         assert_eq!(text(new_year), "2026-12-31T23:59:59.999999Z");
+    }
+
+    /// A thread's cached second is not reused for another second, earlier or later.
+    #[test]
+    fn each_line_is_written_with_its_own_second() {
+        let at = |seconds: u64, micros: u32| UNIX_EPOCH + Duration::new(seconds, micros * 1_000);
+        assert_eq!(text(at(1_798_761_599, 5)), "2026-12-31T23:59:59.000005Z");
+        assert_eq!(
+            text(at(1_798_761_599, 999_999)),
+            "2026-12-31T23:59:59.999999Z"
+        );
+        assert_eq!(text(at(1_798_761_600, 0)), "2027-01-01T00:00:00.000000Z");
+        assert_eq!(text(at(1_798_761_599, 1)), "2026-12-31T23:59:59.000001Z");
+        assert_eq!(text(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
     }
 
     #[test]

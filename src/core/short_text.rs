@@ -54,6 +54,11 @@ impl ShortText {
         std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
     }
 
+    /// The text's bytes: what a line of bytes takes, without `as_str`'s UTF-8 check.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
     fn display(&mut self, value: impl std::fmt::Display) {
         if write!(self, "{value}").is_err() {
             // Longer than any address: nothing rather than a part.

@@ -352,7 +352,7 @@ impl RequestTrace {
         crate::access::log(&crate::access::Entry {
             trace_id: context.trace_id().to_bytes(),
             span_id: context.span_id().to_bytes(),
-            request_id: &header_text(&self.request_id),
+            request_id: self.request_id.as_bytes(),
             direction: call.direction.as_str(),
             service: call.service.get().map_or("unknown", |s| &**s),
             method: &self.method,
