@@ -61,8 +61,8 @@ pub struct Entry<'a> {
     pub path: &'a str,
     /// The `Host` (or the authority of an absolute-form or HTTP/2 request).
     pub host: Option<&'a str>,
-    /// The caller's address (the connection's peer).
-    pub client: Option<SocketAddr>,
+    /// The caller's address (the connection's peer), written once per connection.
+    pub client: Option<&'a str>,
     /// Request body bytes read from the caller (by the time the answer ended).
     pub request_bytes: u64,
     /// Response body bytes sent back to the caller.
@@ -191,7 +191,7 @@ impl<const JSON: bool> Fields<'_, JSON> {
         self.bare(key!("method"), Some(entry.method.as_str().as_bytes()));
         self.text(key!("host"), entry.host.map(str::as_bytes));
         self.text(key!("path"), Some(entry.path.as_bytes()));
-        self.address(key!("client"), entry.client);
+        self.bare(key!("client"), entry.client.map(str::as_bytes));
         self.number(key!("status"), Some(entry.status.into()));
         self.number(key!("grpc_status"), entry.grpc_status.map(u64::from));
         self.text(key!("reason"), entry.reason.map(str::as_bytes));
@@ -382,7 +382,7 @@ mod tests {
             method: &http::Method::POST,
             path: "/orders/7",
             host: Some("orders"),
-            client: Some("10.0.0.7:50123".parse().unwrap()),
+            client: Some("10.0.0.7:50123"),
             request_bytes: 12,
             response_bytes: 3456,
             attempts: 2,

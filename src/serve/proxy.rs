@@ -28,6 +28,7 @@ use crate::core::call::CallInfo;
 use crate::core::error::ProxyError;
 use crate::core::grpc::{grpc_status_at, is_grpc, GrpcStatusAt};
 use crate::core::labels::{Direction, GrpcCode};
+use crate::core::short_text::ShortText;
 use crate::policy::Stack;
 use crate::routing::{Mirror, RouteAction};
 use crate::serve::shared::Shared;
@@ -59,6 +60,9 @@ pub struct ProxyService {
     shared: Arc<Shared>,
     entry: Entry,
     peer: SocketAddr,
+    /// `peer` as the access log writes it, formatted once per connection (when the
+    /// access log is on).
+    client: Option<Arc<str>>,
     /// `peer`'s `x-forwarded-for` element, formatted once per connection.
     forwarded_for: ForwardedFor,
     /// The caller's SPIFFE ID, read from its certificate once per connection (`None`
@@ -75,9 +79,14 @@ impl ProxyService {
         peer: SocketAddr,
         peer_identity: Option<Arc<str>>,
     ) -> Self {
+        let client = shared
+            .tracing
+            .logs_access()
+            .then(|| Arc::from(ShortText::socket_addr(peer).as_str()));
         Self {
             shared,
             entry,
+            client,
             forwarded_for: ForwardedFor::new(peer.ip()),
             peer,
             peer_identity,
@@ -134,7 +143,7 @@ impl ProxyService {
             .tracing
             .start(&mut request, this.entry.direction())
             .with_peer_identity(this.peer_identity.as_ref())
-            .with_client(this.peer);
+            .with_client(this.client.as_ref());
         Box::pin(async move {
             // The response body's byte counter, once the call is routed.
             let mut sent = None;

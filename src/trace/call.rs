@@ -157,8 +157,8 @@ pub struct RequestTrace {
     pub(super) uri: Uri,
     /// The caller's SPIFFE ID, when it came over mutual TLS.
     pub(super) peer_identity: Option<Arc<str>>,
-    /// The caller's address.
-    pub(super) client: Option<SocketAddr>,
+    /// The caller's address, as text.
+    pub(super) client: Option<Arc<str>>,
     /// The request's `Host` (or authority), for the access log.
     pub(super) host: Option<HeaderValue>,
 }
@@ -255,9 +255,10 @@ impl RequestTrace {
         self
     }
 
-    /// Names the caller's address in the access log line.
-    pub fn with_client(mut self, client: SocketAddr) -> Self {
-        self.client = Some(client);
+    /// Names the caller's address (as its connection wrote it once, see
+    /// [`Tracing::logs_access`]) in the access log line. A reference count, no more.
+    pub fn with_client(mut self, client: Option<&Arc<str>>) -> Self {
+        self.client = client.cloned();
         self
     }
 
@@ -358,7 +359,7 @@ impl RequestTrace {
             method: &self.method,
             path: self.uri.path(),
             host,
-            client: self.client,
+            client: self.client.as_deref(),
             request_bytes: call.request_bytes.load(Ordering::Relaxed),
             response_bytes,
             attempts: call.attempts.load(Ordering::Relaxed),

@@ -50,6 +50,12 @@ impl Default for Tracing {
 }
 
 impl Tracing {
+    /// Whether calls are written to the access log: a connection formats what its
+    /// lines share (the caller's address) once, and only then.
+    pub fn logs_access(&self) -> bool {
+        self.0.access_log
+    }
+
     /// Context propagation (W3C) and access logs, no span export.
     pub fn disabled() -> Self {
         Self::with_sink(&TracingConfig::default(), TracingMetrics::default(), None)
