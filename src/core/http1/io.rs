@@ -62,6 +62,9 @@ const MIN_BUFFER: usize = 1024;
 pub(super) struct Reader {
     io: ReadSide,
     pub(super) buf: BytesMut,
+    /// The last read filled the room it had: more is likely waiting (a long body), so
+    /// the next read goes to a buffer of [`READ_SIZE`], not the stack.
+    behind: bool,
 }
 
 /// The reading side, named for `Debug`.
@@ -78,6 +81,7 @@ impl Reader {
         Self {
             io: ReadSide(io),
             buf: BytesMut::new(),
+            behind: false,
         }
     }
 
@@ -94,26 +98,39 @@ impl Reader {
         }
     }
 
-    /// Reads what the socket has into the buffer: the count, 0 at its end. Without a
-    /// buffer (a connection between requests), the read goes to the stack and a buffer
-    /// just large enough is allocated for what came, so that a connection whose caller
-    /// has not sent yet allocates nothing.
+    /// Reads what the socket has into the buffer: the count, 0 at its end.
+    ///
+    /// With nothing buffered and the caller caught up (a connection between requests,
+    /// or one whose call runs), the read goes to the stack and what came is kept in the
+    /// room the buffer has, or in a buffer just large enough: a connection whose caller
+    /// has not sent yet allocates nothing, and one that has sent a small head allocates
+    /// no more than it needs. A read that fills its room reads next into a large
+    /// buffer, so a long body is still read in large reads.
     pub(super) fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() == 0 {
+        if self.buf.is_empty() && !self.behind {
             let mut scratch = [MaybeUninit::<u8>::uninit(); STACK_READ];
             let mut read = ReadBuf::uninit(&mut scratch);
             ready!(Pin::new(&mut self.io.0).poll_read(cx, &mut read))?;
             let came = read.filled();
             if !came.is_empty() {
-                let mut buf = BytesMut::with_capacity(came.len().max(MIN_BUFFER));
-                buf.extend_from_slice(came);
-                self.buf = buf;
+                if self.buf.capacity() < came.len() {
+                    self.buf = BytesMut::with_capacity(came.len().max(MIN_BUFFER));
+                }
+                self.buf.extend_from_slice(came);
             }
+            self.behind = came.len() == STACK_READ;
             return Poll::Ready(Ok(came.len()));
         }
         if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
             self.buf.reserve(READ_SIZE);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io.0), cx, &mut self.buf)
+        let room = self.buf.capacity() - self.buf.len();
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io.0),
+            cx,
+            &mut self.buf
+        ))?;
+        self.behind = read == room;
+        Poll::Ready(Ok(read))
     }
 }

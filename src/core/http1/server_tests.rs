@@ -573,3 +573,29 @@ async fn a_caller_that_hangs_up_mid_call_cancels_the_call() {
         "{ended:?}"
     );
 }
+
+#[tokio::test]
+async fn a_long_body_arrives_whole_across_reads_of_every_size() {
+    let (addr, _drain) = echo_server().await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let body: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let head = format!(
+        "POST /long HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // In pieces of several sizes, some larger than a read on the stack takes.
+    for piece in body.chunks(7_001) {
+        stream.write_all(piece).await.unwrap();
+    }
+    let answer = read_answers(&mut stream, 1).await.remove(0);
+    let echoed = answer.split_once("POST /long ").unwrap().1;
+    assert_eq!(echoed.len(), body.len());
+    assert!(echoed.as_bytes() == &body[..], "the body came back changed");
+    // And the connection serves the next request.
+    stream
+        .write_all(b"GET /after HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_answers(&mut stream, 1).await[0].ends_with("GET /after "));
+}
