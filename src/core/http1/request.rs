@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 
@@ -241,10 +241,17 @@ fn framing(seen: &Seen, version: Version) -> Result<RequestFraming, HeadError> {
 #[derive(Debug, Default)]
 pub(super) struct ReaderHome {
     returned: Mutex<Option<Returned>>,
-    /// Set by a body's first read when the caller waits for `100 Continue`; the
-    /// connection writes it.
-    wants_continue: AtomicBool,
+    /// Where the exchange's `100 Continue` stands ([`NO_CONTINUE`], [`CONTINUE_EXPECTED`],
+    /// [`CONTINUE_WANTED`]): kept here, not in the body, which every request carries.
+    continue_state: AtomicU8,
 }
+
+/// No `100 Continue` to send.
+const NO_CONTINUE: u8 = 0;
+/// The caller waits for a `100 Continue` before its body; the body has not been read.
+const CONTINUE_EXPECTED: u8 = 1;
+/// The body's first read found nothing: the connection writes the `100 Continue`.
+const CONTINUE_WANTED: u8 = 2;
 
 /// The reading side, given back by a request body.
 #[derive(Debug)]
@@ -266,10 +273,29 @@ impl ReaderHome {
         self.slot().take()
     }
 
-    /// Whether a body asked for `100 Continue` since the last call.
+    /// Says whether the next exchange's caller waits for `100 Continue`.
+    pub(super) fn expect_continue(&self, expected: bool) {
+        let state = if expected {
+            CONTINUE_EXPECTED
+        } else {
+            NO_CONTINUE
+        };
+        self.continue_state.store(state, Ordering::Relaxed);
+    }
+
+    /// Whether the body asked for `100 Continue` since the last call.
     pub(super) fn take_continue(&self) -> bool {
-        self.wants_continue.load(Ordering::Relaxed)
-            && self.wants_continue.swap(false, Ordering::Relaxed)
+        self.continue_state.load(Ordering::Relaxed) == CONTINUE_WANTED
+            && self.continue_state.swap(NO_CONTINUE, Ordering::Relaxed) == CONTINUE_WANTED
+    }
+
+    /// A body's read found nothing buffered: a `100 Continue` the caller waits for is
+    /// asked for (once).
+    fn reading(&self) {
+        if self.continue_state.load(Ordering::Relaxed) == CONTINUE_EXPECTED {
+            self.continue_state
+                .store(CONTINUE_WANTED, Ordering::Relaxed);
+        }
     }
 }
 
@@ -283,8 +309,6 @@ pub struct RequestBody {
     remaining: Remaining,
     /// Where the reading side goes back (`None`: a request without a body).
     home: Option<Arc<ReaderHome>>,
-    /// The caller waits for `100 Continue`, not yet asked for.
-    expects_continue: bool,
 }
 
 impl RequestBody {
@@ -294,18 +318,12 @@ impl RequestBody {
             reader: None,
             remaining: Remaining::Done,
             home: None,
-            expects_continue: false,
         }
     }
 
     /// A body read from `reader` as `framing` says, which gives `reader` back to
-    /// `home`.
-    pub(super) fn new(
-        reader: Reader,
-        framing: RequestFraming,
-        home: Arc<ReaderHome>,
-        expects_continue: bool,
-    ) -> Self {
+    /// `home` (and asks it for a `100 Continue` when its caller waits for one).
+    pub(super) fn new(reader: Reader, framing: RequestFraming, home: Arc<ReaderHome>) -> Self {
         let remaining = match framing {
             RequestFraming::Empty | RequestFraming::Length(0) => Remaining::Done,
             RequestFraming::Length(length) => Remaining::Length(length),
@@ -315,7 +333,6 @@ impl RequestBody {
             reader: Some(reader),
             remaining,
             home: Some(home),
-            expects_continue,
         }
     }
 
@@ -367,11 +384,9 @@ impl Body for RequestBody {
                 Ok(None) => {}
                 Err(error) => return this.fail(error),
             }
-            if std::mem::take(&mut this.expects_continue) {
-                if let Some(home) = this.home.as_ref() {
-                    // The connection writes it once this poll returns to it.
-                    home.wants_continue.store(true, Ordering::Relaxed);
-                }
+            if let Some(home) = this.home.as_ref() {
+                // The connection writes it once this poll returns to it.
+                home.reading();
             }
             let Some(reader) = this.reader.as_mut() else {
                 return Poll::Ready(None);

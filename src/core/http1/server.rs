@@ -222,7 +222,8 @@ impl<H: Handler> ServerConnection<H> {
         let body_out = framing != RequestFraming::Empty;
         let body = match self.reader.take() {
             Some(reader) if body_out => {
-                RequestBody::new(reader, framing, self.home.clone(), expects_continue)
+                self.home.expect_continue(expects_continue);
+                RequestBody::new(reader, framing, self.home.clone())
             }
             reader => {
                 self.reader = reader;
