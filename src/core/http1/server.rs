@@ -280,14 +280,7 @@ impl<H: Handler> ServerConnection<H> {
 
     /// Writes what is left of a `100 Continue`.
     fn poll_interim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.interim.is_empty() {
-            let written = ready!(Pin::new(&mut self.write).poll_write(cx, &self.interim))?;
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.interim.advance(written);
-        }
-        Pin::new(&mut self.write).poll_flush(cx)
+        poll_write_all(&mut self.write, &mut self.interim, cx)
     }
 
     /// What follows a written answer: the next request, an upgrade, or the close.
@@ -430,12 +423,9 @@ impl<H: Handler> Future for ServerConnection<H> {
                     }
                 }
                 Phase::Refusing { answer, error } => {
-                    while !answer.is_empty() {
-                        match ready!(Pin::new(&mut this.write).poll_write(cx, answer)) {
-                            Ok(0) | Err(_) => break,
-                            Ok(written) => answer.advance(written),
-                        }
-                    }
+                    // A caller gone meanwhile misses its refusal; the connection closes
+                    // either way.
+                    let _ = ready!(poll_write_all(&mut this.write, answer, cx));
                     tracing::debug!(%error, "request head refused");
                     this.phase = Phase::Closing;
                 }
@@ -448,6 +438,22 @@ impl<H: Handler> Future for ServerConnection<H> {
             }
         }
     }
+}
+
+/// Writes what is left of `bytes` (taking it off as it goes), then flushes.
+fn poll_write_all(
+    write: &mut CallerWrite,
+    bytes: &mut Bytes,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while !bytes.is_empty() {
+        let written = ready!(Pin::new(&mut *write).poll_write(cx, bytes))?;
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        bytes.advance(written);
+    }
+    Pin::new(write).poll_flush(cx)
 }
 
 /// A caller's connection after a `101`: the bytes it sent past its request's head
