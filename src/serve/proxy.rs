@@ -95,10 +95,13 @@ impl ProxyService {
 }
 
 /// An answer on its way to the caller.
-type ResponseFuture = Pin<Box<dyn Future<Output = Response<MeteredBody>> + Send>>;
+type ResponseFuture = Pin<Box<dyn Future<Output = Response<Answering>> + Send>>;
+
+/// The body of an answer on its way to the caller: the request's trace waits for its end.
+pub type Answering = MeteredBody<crate::trace::AnswerEnd>;
 
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
-    type Response = Response<MeteredBody>;
+    type Response = Response<Answering>;
     type Error = Infallible;
     type Future = Answered;
 
@@ -108,7 +111,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 }
 
 impl crate::core::http1::Handler for ProxyService {
-    type Body = MeteredBody;
+    type Body = Answering;
     type Future = ResponseFuture;
 
     fn call(&mut self, request: Request<crate::core::http1::RequestBody>) -> ResponseFuture {
@@ -120,7 +123,7 @@ impl crate::core::http1::Handler for ProxyService {
 pub struct Answered(ResponseFuture);
 
 impl Future for Answered {
-    type Output = Result<Response<MeteredBody>, Infallible>;
+    type Output = Result<Response<Answering>, Infallible>;
 
     fn poll(
         mut self: Pin<&mut Self>,
@@ -149,8 +152,8 @@ impl ProxyService {
             let mut sent = None;
             let context = trace.context();
             let response = this.handle(request, &mut sent).with_context(context).await;
-            let response = trace.finish(response);
-            response.map(|body| MeteredBody::new(body, sent))
+            let (response, end) = trace.finish(response);
+            response.map(|body| MeteredBody::waited(body, sent, end))
         })
     }
 }

@@ -11,7 +11,7 @@ use http::{Method, Request, Response, Uri};
 use opentelemetry::trace::{Status, TraceContextExt};
 use opentelemetry::Context;
 
-use crate::core::body::{watch, ProxyBody, RunningBytes};
+use crate::core::body::{ProxyBody, RunningBytes};
 use crate::core::call::EndpointUsed;
 use crate::core::error::{ProxyError, ERROR_HEADER, FALLBACK_HEADER};
 use crate::core::grpc::{grpc_status, grpc_status_code, is_grpc_type, GrpcStatusAt, GRPC_STATUS};
@@ -271,10 +271,14 @@ impl RequestTrace {
     }
 
     /// Records the answer on the span, ends it and returns the response with
-    /// `x-request-id` set; the access log line is written when the response body ends
-    /// (its byte count and `duration_ms` run to the end). A gRPC answer whose status
-    /// comes in its trailers is recorded on the span when its body ends too.
-    pub fn finish(self, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    /// `x-request-id` set, and what waits for its body's end: the access log line (its
+    /// byte count and `duration_ms` run to the end), and the span of a gRPC answer whose
+    /// status comes in its trailers. The caller settles it at the end of the body
+    /// (`MeteredBody::waited`).
+    pub fn finish(
+        self,
+        mut response: Response<ProxyBody>,
+    ) -> (Response<ProxyBody>, Option<Box<trailers::AnswerEnd>>) {
         let head = AnswerHead::of(response.headers());
         let call = &self.call.0;
         let status = response.status().as_u16();
@@ -314,29 +318,23 @@ impl RequestTrace {
             });
         }
         let Some(answer) = answer else {
-            return response;
+            return (response, None);
         };
-        if waits_for_trailers {
-            let waiting = trailers::RequestWaiting {
-                trace: self,
-                answer,
-            };
-            watch(&mut response, Box::new(waiting));
-            return response;
+        if !waits_for_trailers {
+            if let Some(span) = &call.span {
+                span.end();
+            }
+            if !call.tracing.0.access_log {
+                return (response, None);
+            }
         }
-        if let Some(span) = &call.span {
-            span.end();
-        }
-        if call.tracing.0.access_log {
-            let line = trailers::LineWaiting {
-                answer,
-                trace: self,
-                grpc_status,
-            };
-            // Written at once when the body already ended.
-            watch(&mut response, Box::new(line));
-        }
-        response
+        let end = trailers::AnswerEnd {
+            trace: self,
+            answer,
+            grpc_status,
+            span_waits: waits_for_trailers,
+        };
+        (response, Some(Box::new(end)))
     }
 
     /// Writes the call's access log line; `response_bytes` were sent back.

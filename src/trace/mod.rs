@@ -48,6 +48,7 @@ pub use config::{
 };
 pub use semconv::{event, recording, PEER_IDENTITY};
 pub use tracer::Tracing;
+pub use trailers::AnswerEnd;
 
 use call::*;
 use config::*;

@@ -81,6 +81,10 @@ fn propagate_only_continues_the_callers_trace() {
     attempt.end(&mut Err(ProxyError::Timeout(
         std::time::Duration::from_secs(1),
     )));
-    let response = trace.finish(Response::new(ProxyBody::empty()));
+    let (response, end) = trace.finish(Response::new(ProxyBody::empty()));
+    assert!(
+        end.is_some(),
+        "the access log line waits for the end of the body"
+    );
     assert!(response.headers().contains_key(&REQUEST_ID));
 }

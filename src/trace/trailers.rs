@@ -1,14 +1,13 @@
 //! The tracing side of a response body's end: a gRPC status that arrives in trailers,
 //! and the access log line.
 //!
-//! The request span and access log line ([`RequestTrace::finish`](super::RequestTrace::finish))
-//! and the attempt span ([`Attempt::end`](super::Attempt::end)) cannot record a gRPC
-//! status the headers lack: they wait in the response body (see
-//! [`crate::core::body::watch`]) and record it when the body ends. Only gRPC responses
-//! whose headers carry no `grpc-status` make spans wait (see [`grpc_status_at`]).
-//!
-//! The access log line of every other answer waits too ([`LineWaiting`]), for the bytes
-//! the body sent, as nginx's and Envoy's do: its span is ended at the head already.
+//! The attempt span ([`Attempt::end`](super::Attempt::end)) cannot record a gRPC status
+//! the headers lack: it waits in the response body (see [`crate::core::body::watch`])
+//! and records it when the body ends. So do the request span and the access log line
+//! ([`RequestTrace::finish`](super::RequestTrace::finish) hands back an [`AnswerEnd`],
+//! which waits in the body the caller gets). Only gRPC responses whose headers carry no
+//! `grpc-status` make spans wait (see [`grpc_status_at`]); the access log line of every
+//! answer waits, for the bytes the body sent, as nginx's and Envoy's do.
 
 use std::sync::Arc;
 
@@ -16,7 +15,7 @@ use opentelemetry::trace::Status;
 
 use super::span::{LiveSpan, Recording};
 use super::{error_status, header_text, Answer, RequestTrace};
-use crate::core::body::{BodyEnd, StatusWaiter};
+use crate::core::body::{BodyEnd, EndWaiter, StatusWaiter};
 use crate::core::labels::Direction;
 
 /// An attempt span whose response status arrives in trailers.
@@ -27,22 +26,19 @@ pub struct AttemptWaiting {
     pub(super) status: u16,
 }
 
-/// A request span and access log line whose response status arrives in trailers.
+/// What the request's trace still records when the answer's body ends: its span, when
+/// the gRPC status comes in trailers, and its access log line, which says the bytes sent
+/// and the time to the end. It waits inline in the body the caller gets
+/// ([`MeteredBody`](crate::core::body::MeteredBody)), not boxed.
 #[derive(Debug)]
-pub struct RequestWaiting {
+pub struct AnswerEnd {
     pub(super) trace: RequestTrace,
     /// The answer's head (its HTTP status is on the span already).
     pub(super) answer: Answer,
-}
-
-/// The access log line of an answer whose span is complete: it waits for the end of the
-/// body, and the count of the bytes sent.
-#[derive(Debug)]
-pub struct LineWaiting {
-    pub(super) trace: RequestTrace,
-    pub(super) answer: Answer,
     /// The gRPC status its head carried.
     pub(super) grpc_status: Option<u32>,
+    /// Whether the span is still open, for the status the trailers bring.
+    pub(super) span_waits: bool,
 }
 
 impl StatusWaiter for AttemptWaiting {
@@ -55,12 +51,16 @@ impl StatusWaiter for AttemptWaiting {
     }
 }
 
-impl StatusWaiter for RequestWaiting {
-    fn settle(self: Box<Self>, end: BodyEnd<'_>, sent: u64) {
-        let Self { trace, answer } = *self;
+impl EndWaiter for AnswerEnd {
+    fn settle(self, end: BodyEnd<'_>, sent: u64) {
+        let Self {
+            trace,
+            answer,
+            grpc_status,
+            span_waits,
+        } = self;
         let call = &trace.call.0;
-        let grpc_status = end.grpc_status();
-        if let Some(span) = &call.span {
+        if let (true, Some(span)) = (span_waits, &call.span) {
             span.record(|recording| {
                 let reason = answer.reason.as_ref().map(header_text);
                 record_end(recording, answer.status, call.direction, reason, end);
@@ -68,14 +68,8 @@ impl StatusWaiter for RequestWaiting {
             span.end();
         }
         if call.tracing.0.access_log {
-            trace.access_log(&answer, grpc_status, sent);
+            trace.access_log(&answer, grpc_status.or(end.grpc_status()), sent);
         }
-    }
-}
-
-impl StatusWaiter for LineWaiting {
-    fn settle(self: Box<Self>, _end: BodyEnd<'_>, sent: u64) {
-        self.trace.access_log(&self.answer, self.grpc_status, sent);
     }
 }
 
@@ -147,40 +141,42 @@ mod tests {
     async fn one_wrapper_holds_every_waiter_and_passes_frames_through() {
         let body = ProxyBody::with_trailers("message", trailers("7"));
         let mut response = grpc_response(body);
-        let tracing = super::super::Tracing::disabled();
-        let mut request = http::Request::new(());
-        let trace = tracing.start(&mut request, Direction::Outbound);
-        let waiting = RequestWaiting {
-            trace,
-            answer: Answer {
+        let (first, first_ended) = super::super::span::test_span();
+        watch(
+            &mut response,
+            Box::new(AttemptWaiting {
+                span: first,
                 status: 200,
-                endpoint: None,
-                reason: None,
-                fallback: None,
-            },
-        };
-        watch(&mut response, Box::new(waiting));
-        let (span, ended) = super::super::span::test_span();
-        let attempt = AttemptWaiting { span, status: 200 };
-        watch(&mut response, Box::new(attempt));
+            }),
+        );
+        let (second, second_ended) = super::super::span::test_span();
+        watch(
+            &mut response,
+            Box::new(AttemptWaiting {
+                span: second,
+                status: 200,
+            }),
+        );
         let ProxyBody::Watched { body } = response.body() else {
             panic!("not watched");
         };
         assert_eq!(body.waiting(), 2);
         assert!(
-            ended.take().is_empty(),
-            "the attempt waits for the trailers"
+            first_ended.take().is_empty() && second_ended.take().is_empty(),
+            "the attempts wait for the trailers"
         );
         let collected = response.into_body().collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["grpc-status"], "7");
         assert_eq!(collected.to_bytes(), "message");
-        let [span] = &ended.take()[..] else {
-            panic!("the attempt span ended at the trailers");
-        };
-        assert_eq!(
-            span.recording.status,
-            opentelemetry::trace::Status::error("gRPC status 7")
-        );
+        for ended in [first_ended, second_ended] {
+            let [span] = &ended.take()[..] else {
+                panic!("the attempt span ended at the trailers");
+            };
+            assert_eq!(
+                span.recording.status,
+                opentelemetry::trace::Status::error("gRPC status 7")
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,8 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::counter::Counter;
 
-use super::{BoxError, ProxyBody};
+use super::{BodyEnd, BoxError, ProxyBody};
+use crate::core::grpc::grpc_status;
 
 /// Where the access log reads a request body's running byte count.
 pub trait RunningBytes: Send + Sync {
@@ -98,31 +99,93 @@ impl Drop for BodyMeter {
     }
 }
 
-pin_project! {
-    /// A response body with its bytes counted on the way to the caller.
-    #[derive(Default)]
-    pub struct MeteredBody {
-        #[pin]
-        inner: ProxyBody,
-        meter: BodyMeter,
+/// Someone waiting in a [`MeteredBody`] for the end of the body the caller gets: the
+/// request's own trace (its span when a gRPC status comes in trailers, its access log
+/// line). One box and no wrapper, where a [`StatusWaiter`](super::StatusWaiter) deeper in
+/// the body takes a box and a wrapping body (two allocations). Boxed rather than inline:
+/// a waiter is large, and every answer's body is moved a few times, waiter or not.
+pub trait EndWaiter: Send + 'static {
+    /// The body ended as `end` says, after `sent` data bytes passed; called exactly once.
+    fn settle(self, end: BodyEnd<'_>, sent: u64);
+}
+
+/// No one waits.
+#[derive(Debug)]
+pub enum NoWaiter {}
+
+impl EndWaiter for NoWaiter {
+    fn settle(self, _end: BodyEnd<'_>, _sent: u64) {
+        match self {}
     }
 }
 
-impl std::fmt::Debug for MeteredBody {
+pin_project! {
+    /// A response body with its bytes counted on the way to the caller, and the one
+    /// party (`W`) waiting for its end.
+    pub struct MeteredBody<W: EndWaiter = NoWaiter> {
+        #[pin]
+        inner: ProxyBody,
+        // After `inner`: fields drop in order, so the waiters inside `inner` (the attempt,
+        // added deeper) settle before this one, as they do at a normal end.
+        end: Ending<W>,
+    }
+}
+
+/// A body's meter and its waiter, which settles when the body is dropped unfinished.
+struct Ending<W: EndWaiter> {
+    meter: BodyMeter,
+    waiter: Option<Box<W>>,
+}
+
+impl<W: EndWaiter> Ending<W> {
+    /// Settles the waiter, once, when a poll that returned `polled` ended the body.
+    fn observe(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, BoxError>>>, ended: bool) {
+        let end = match polled {
+            Poll::Ready(Some(Ok(frame))) => match frame.trailers_ref() {
+                Some(trailers) => BodyEnd::Ended(grpc_status(trailers)),
+                // The last data frame: the server may not poll again before dropping us.
+                None if ended => BodyEnd::Ended(None),
+                None => return,
+            },
+            Poll::Ready(Some(Err(error))) => BodyEnd::Failed(error),
+            Poll::Ready(None) => BodyEnd::Ended(None),
+            Poll::Pending => return,
+        };
+        self.settle(end);
+    }
+
+    fn settle(&mut self, end: BodyEnd<'_>) {
+        if let Some(waiter) = self.waiter.take() {
+            (*waiter).settle(end, self.meter.bytes());
+        }
+    }
+}
+
+impl<W: EndWaiter> Drop for Ending<W> {
+    fn drop(&mut self) {
+        self.settle(BodyEnd::Dropped);
+    }
+}
+
+impl<W: EndWaiter> std::fmt::Debug for MeteredBody<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MeteredBody")
-            .field("meter", &self.meter)
+            .field("meter", &self.end.meter)
+            .field("waiting", &self.end.waiter.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+impl Default for MeteredBody {
+    fn default() -> Self {
+        Self::unmetered(ProxyBody::default())
     }
 }
 
 impl MeteredBody {
     /// `inner`, its bytes added to `counter` (when given) at its end.
     pub fn new(inner: ProxyBody, counter: Option<Counter>) -> Self {
-        Self {
-            inner,
-            meter: BodyMeter::new(counter, None),
-        }
+        Self::waited(inner, counter, None)
     }
 
     /// `inner`, counted nowhere.
@@ -131,7 +194,23 @@ impl MeteredBody {
     }
 }
 
-impl Body for MeteredBody {
+impl<W: EndWaiter> MeteredBody<W> {
+    /// `inner`, its bytes added to `counter` (when given) at its end, which `waiter`
+    /// (when given) waits for. A body already at its end settles the waiter at once (it
+    /// has no trailers to wait for, and may never be polled).
+    pub fn waited(inner: ProxyBody, counter: Option<Counter>, waiter: Option<Box<W>>) -> Self {
+        let mut end = Ending {
+            meter: BodyMeter::new(counter, None),
+            waiter,
+        };
+        if inner.is_end_stream() {
+            end.settle(BodyEnd::Ended(None));
+        }
+        Self { inner, end }
+    }
+}
+
+impl<W: EndWaiter> Body for MeteredBody<W> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -142,7 +221,10 @@ impl Body for MeteredBody {
         let mut this = self.project();
         let polled = this.inner.as_mut().poll_frame(cx);
         let ended = this.inner.is_end_stream();
-        this.meter.observe(&polled, ended);
+        this.end.meter.observe(&polled, ended);
+        if this.end.waiter.is_some() {
+            this.end.observe(&polled, ended);
+        }
         polled
     }
 
@@ -197,5 +279,109 @@ mod tests {
         assert_eq!(counter.get(), 0, "nothing is added before the end");
         drop(meter);
         assert_eq!(counter.get(), 6);
+    }
+
+    /// What waiters saw, in order: name, how the body ended, its gRPC status, the bytes
+    /// sent.
+    type Seen = Arc<std::sync::Mutex<Vec<(&'static str, &'static str, Option<u32>, u64)>>>;
+
+    /// Records its end in `seen`, under its name.
+    #[derive(Debug)]
+    struct Recorder(&'static str, Seen);
+
+    impl Recorder {
+        fn record(self, end: BodyEnd<'_>, sent: u64) {
+            let (how, code) = match end {
+                BodyEnd::Ended(code) => ("ended", code),
+                BodyEnd::Failed(_) => ("failed", None),
+                BodyEnd::Dropped => ("dropped", None),
+            };
+            self.1.lock().unwrap().push((self.0, how, code, sent));
+        }
+    }
+
+    impl EndWaiter for Recorder {
+        fn settle(self, end: BodyEnd<'_>, sent: u64) {
+            self.record(end, sent);
+        }
+    }
+
+    impl crate::core::body::StatusWaiter for Recorder {
+        fn settle(self: Box<Self>, end: BodyEnd<'_>, sent: u64) {
+            self.record(end, sent);
+        }
+    }
+
+    /// One data frame, then nothing ever again.
+    struct Stalled(Option<Bytes>);
+
+    impl Body for Stalled {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            match self.0.take() {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_waiter_settles_at_the_trailers_with_their_status_and_the_bytes_sent() {
+        let seen = Seen::default();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("5"));
+        let inner = ProxyBody::with_trailers("twelve bytes", trailers);
+        let waiter = Box::new(Recorder("end", seen.clone()));
+        let body = MeteredBody::waited(inner, None, Some(waiter));
+        assert!(seen.lock().unwrap().is_empty(), "it waits for the end");
+        body.collect().await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), [("end", "ended", Some(5), 12)]);
+    }
+
+    #[tokio::test]
+    async fn the_waiter_settles_at_the_last_data_frame_of_a_body_without_trailers() {
+        let seen = Seen::default();
+        let waiter = Box::new(Recorder("end", seen.clone()));
+        let mut body = MeteredBody::waited(ProxyBody::full("abc"), None, Some(waiter));
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "abc");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [("end", "ended", None, 3)],
+            "settled before the server polls again (it may not)"
+        );
+    }
+
+    #[test]
+    fn a_body_already_at_its_end_settles_its_waiter_at_once() {
+        let seen = Seen::default();
+        let waiter = Box::new(Recorder("end", seen.clone()));
+        let body = MeteredBody::waited(ProxyBody::empty(), None, Some(waiter));
+        assert_eq!(*seen.lock().unwrap(), [("end", "ended", None, 0)]);
+        drop(body);
+        assert_eq!(seen.lock().unwrap().len(), 1, "once");
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_unfinished_settles_the_waiters_inside_it_first() {
+        let seen = Seen::default();
+        let inner = ProxyBody::boxed(Stalled(Some(Bytes::from_static(b"four"))));
+        let mut response = http::Response::new(inner);
+        let deeper = Box::new(Recorder("inner", seen.clone()));
+        crate::core::body::watch(&mut response, deeper);
+        let waiter = Box::new(Recorder("outer", seen.clone()));
+        let mut body = MeteredBody::waited(response.into_body(), None, Some(waiter));
+        body.frame().await.unwrap().unwrap();
+        assert!(seen.lock().unwrap().is_empty());
+        drop(body);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [("inner", "dropped", None, 4), ("outer", "dropped", None, 4)]
+        );
     }
 }

@@ -26,7 +26,7 @@ mod pooled;
 mod replay;
 mod watch;
 
-pub use meter::{BodyMeter, MeteredBody, RunningBytes};
+pub use meter::{BodyMeter, EndWaiter, MeteredBody, NoWaiter, RunningBytes};
 pub use pooled::{PooledBody, StreamSlot};
 pub use replay::{Replay, ReplayBody};
 pub use watch::{watch, BodyEnd, GrpcStatusBody, StatusWaiter};
