@@ -103,6 +103,38 @@ async fn a_fallback_answer_logs_its_trigger() {
     );
 }
 
+/// The log filter leaves the access log out when it says so (read once, when the
+/// process installs its subscriber, not at every line): the call is served, logged
+/// nowhere.
+#[tokio::test]
+async fn a_filter_that_turns_the_access_target_off_leaves_no_line() {
+    let (upstream, _) = scripted(|_| 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("remora.yaml");
+    let (admin, port) = (free_port(), free_port());
+    std::fs::write(
+        &path,
+        format!(
+            "admin: {{ listen: 127.0.0.1:{admin} }}\n\
+             services:\n  svc:\n    listen: 127.0.0.1:{port}\n    endpoints: [{upstream}]\n"
+        ),
+    )
+    .unwrap();
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    let process = Process::run_logging(&path, admin, "info,remora::access=off").await;
+    for _ in 0..3 {
+        assert_eq!(get(&format!("http://127.0.0.1:{port}/quiet")).await.0, 200);
+    }
+    // Lines reach the log within milliseconds (the test below waits for one).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let log = process.log();
+    assert!(
+        log.contains(" INFO remora::serve"),
+        "the process logs: {log}"
+    );
+    assert!(!log.contains("remora::access"), "{log}");
+}
+
 /// The access line of the binary's own subscriber and writer (the tests above capture
 /// lines in-process): remora writes the plain format's fields itself, and in the JSON
 /// format each field is a key of the line's object.
