@@ -5,8 +5,7 @@
 //! boxed trait object keeps the hot path free of a per-request allocation; only a policy
 //! that must watch a body's frames pays for `Boxed`, and only where it applies, only a
 //! request that may be sent again pays for `Replay` (its recording), and only a
-//! response whose end someone waits for (a gRPC status in trailers, the access log line)
-//! pays for `Watched`. A caller's request body counts its bytes as it is read; the
+//! response whose gRPC status in trailers a layer waits for pays for `Watched`. A caller's request body counts its bytes as it is read; the
 //! response the caller gets is a [`MeteredBody`], which counts them as they are sent.
 
 use std::pin::Pin;
@@ -78,9 +77,10 @@ pin_project! {
         Http1 {
             body: ResponseBody<ProxyBody>,
         },
-        /// A response whose end someone waits for: a gRPC status in its trailers (the
-        /// request span, the access log, the request counter), or the access log line's
-        /// final byte count. Boxed: only such responses pay.
+        /// A response whose gRPC status, in its trailers, someone deeper in the stack
+        /// waits for (the attempt span, the request counter). Boxed: only such
+        /// responses pay. (The request's own trace waits in the caller's
+        /// [`MeteredBody`].)
         Watched {
             body: Box<GrpcStatusBody>,
         },

@@ -1,18 +1,18 @@
 //! A response body whose end (and gRPC status) someone waits for.
 //!
 //! A gRPC answer carries its status in the trailers (only a trailers-only answer puts
-//! it in the headers), so whoever records that status (the request span and access log,
-//! the attempt span, the request counter) has to wait for the end of the body. [`watch`]
-//! hands such a [`StatusWaiter`] to a [`GrpcStatusBody`] wrapped around the response
-//! body, which settles every waiter once: at the trailers, at an end without trailers,
-//! at a read error, or when the body is dropped unfinished (the client went away). It
-//! also counts the data bytes that passed, for the access log line, which waits for the
-//! end of every response body.
+//! it in the headers), so whoever records that status deeper in the stack (the attempt
+//! span, the request counter) has to wait for the end of the body. [`watch`] hands such
+//! a [`StatusWaiter`] to a [`GrpcStatusBody`] wrapped around the response body, which
+//! settles every waiter once: at the trailers, at an end without trailers, at a read
+//! error, or when the body is dropped unfinished (the client went away). It also counts
+//! the data bytes that passed. The request's own trace waits in the body the caller
+//! gets instead ([`MeteredBody`](super::MeteredBody)), which every answer has anyway.
 //!
 //! The waiters are the business of the floors above (tracing, the proxy's counters);
 //! this floor only knows that they wait. One response gets one wrapper however many
 //! parties wait on it, and waiters settle in the order they were added: the attempt
-//! (a child span, added deepest in the stack) before the request.
+//! (a child span, added deepest in the stack) before the request counter.
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
