@@ -1,0 +1,234 @@
+//! The time as a connection's task sees it while it is polled: the clock is read once,
+//! on first use, and that reading is kept until the poll returns, as nginx keeps its
+//! time per turn of its event loop.
+//!
+//! A proxied call read the clock some seventeen times: its start and the durations of
+//! its metrics and access log line, the balancer's pick and RTT sample, the pool's idle
+//! stamps, the try's start. Each read is a `clock_gettime` (~27 ns on a VM), which came
+//! to ~8% of remora's own CPU per call. Within one poll the readings differ by
+//! microseconds, which no timeout, duration or balancer needs.
+//!
+//! The listeners spawn each connection's future [`scoped`]: while it is polled, [`now`]
+//! and [`std_now`] return the poll's reading (HTTP/2 streams run in their connection's
+//! task, so they share it). Anywhere else, in background tasks and in tests calling a
+//! function directly, they read the clock, so nothing off the request path changes.
+//!
+//! Two clocks, each read and kept apart: tokio's ([`now`]), which timers and
+//! `CallInfo::arrived` count in and tests may pause, and std's ([`std_now`]), for
+//! instants compared with others read from std's clock (a paused tokio clock's instant
+//! is not one of those). Outside tests, tokio's clock is std's.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+
+/// The readings of the poll in progress, each `None` until first asked for.
+#[derive(Clone, Copy, Default)]
+struct Readings {
+    tokio: Option<tokio::time::Instant>,
+    std: Option<std::time::Instant>,
+}
+
+thread_local! {
+    /// `Some` while a [`Scoped`] future is polled on this thread.
+    static SCOPE: Cell<Option<Readings>> = const { Cell::new(None) };
+}
+
+/// Now by tokio's clock: the poll's reading inside a scope, the clock's outside.
+#[inline]
+pub fn now() -> tokio::time::Instant {
+    read(|readings| &mut readings.tokio, tokio::time::Instant::now)
+}
+
+/// Now by std's clock: the poll's reading inside a scope, the clock's outside.
+#[inline]
+pub fn std_now() -> std::time::Instant {
+    read(|readings| &mut readings.std, std::time::Instant::now)
+}
+
+/// How long since `earlier` by [`now`]; zero when `earlier` is later (read after this
+/// poll's reading, by another task).
+#[inline]
+pub fn elapsed(earlier: tokio::time::Instant) -> Duration {
+    now().saturating_duration_since(earlier)
+}
+
+/// How long since `earlier` by [`std_now`]; zero when `earlier` is later.
+#[inline]
+pub fn std_elapsed(earlier: std::time::Instant) -> Duration {
+    std_now().saturating_duration_since(earlier)
+}
+
+/// The scope's reading in `slot`, taken from `clock` on first use; `clock` itself
+/// outside a scope.
+#[inline]
+fn read<T: Copy>(slot: fn(&mut Readings) -> &mut Option<T>, clock: fn() -> T) -> T {
+    SCOPE.with(|scope| {
+        let Some(mut readings) = scope.get() else {
+            return clock();
+        };
+        if let Some(now) = *slot(&mut readings) {
+            return now;
+        }
+        let now = clock();
+        *slot(&mut readings) = Some(now);
+        scope.set(Some(readings));
+        now
+    })
+}
+
+/// Runs `f` in a scope of its own (no reading yet), then puts back the enclosing
+/// scope, or none, also when `f` unwinds.
+fn in_scope<T>(f: impl FnOnce() -> T) -> T {
+    /// The scope to put back.
+    struct Restore(Option<Readings>);
+
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SCOPE.with(|scope| scope.set(self.0));
+        }
+    }
+
+    let _restore = Restore(SCOPE.with(|scope| scope.replace(Some(Readings::default()))));
+    f()
+}
+
+pin_project! {
+    /// A future whose every poll is a scope: [`now`] and [`std_now`] read the clock at
+    /// most once each per poll.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Scoped<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+/// Polls `future` in a scope each time (see [`Scoped`]).
+pub fn scoped<F: Future>(future: F) -> Scoped<F> {
+    Scoped { future }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let future = self.project().future;
+        in_scope(|| future.poll(cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+    use std::task::Waker;
+    use std::thread::sleep;
+
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Pending on its first poll, ready on the next.
+    async fn yield_once() {
+        let mut yielded = false;
+        std::future::poll_fn(|_| {
+            if std::mem::replace(&mut yielded, true) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    #[test]
+    fn outside_a_scope_every_read_is_the_clocks() {
+        let (first, tokio_first) = (std_now(), now());
+        sleep(MS);
+        assert!(std_now() >= first + MS);
+        assert!(now() >= tokio_first + MS);
+        assert!(std_elapsed(first) >= MS);
+        assert!(elapsed(tokio_first) >= MS);
+    }
+
+    #[test]
+    fn in_a_scope_the_clock_is_read_on_first_use_and_kept() {
+        in_scope(|| {
+            let entered = std::time::Instant::now();
+            sleep(MS);
+            // Read now, not when the scope began.
+            let (first, tokio_first) = (std_now(), now());
+            assert!(first >= entered + MS);
+            assert!(tokio_first.into_std() >= entered + MS);
+            sleep(MS);
+            assert_eq!(std_now(), first);
+            assert_eq!(now(), tokio_first);
+            assert_eq!(std_elapsed(first), Duration::ZERO);
+            assert_eq!(elapsed(tokio_first), Duration::ZERO);
+        });
+        // A reading later than the scope's counts as no time at all.
+        in_scope(|| {
+            let kept = std_now();
+            sleep(MS);
+            assert_eq!(std_elapsed(std::time::Instant::now()), Duration::ZERO);
+            assert_eq!(std_now(), kept);
+        });
+    }
+
+    #[test]
+    fn a_nested_scope_has_its_own_reading_and_restores_the_enclosing_one() {
+        in_scope(|| {
+            let outer = std_now();
+            sleep(MS);
+            let inner = in_scope(|| {
+                let inner = std_now();
+                assert_eq!(std_now(), inner);
+                inner
+            });
+            assert!(inner >= outer + MS);
+            assert_eq!(std_now(), outer);
+        });
+        // Outside again.
+        let first = std_now();
+        sleep(MS);
+        assert!(std_now() >= first + MS);
+    }
+
+    #[test]
+    fn a_scoped_future_reads_once_per_poll_and_only_while_polled() {
+        let mut future = pin!(scoped(async {
+            let first = (std_now(), std_now());
+            yield_once().await;
+            (first, std_now())
+        }));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+        // Between polls the thread is outside any scope.
+        let between = std_now();
+        sleep(MS);
+        assert!(std_now() >= between + MS);
+        let Poll::Ready(((first, again), second)) = future.poll(&mut cx) else {
+            panic!("the future ends on its second poll");
+        };
+        assert_eq!(first, again);
+        assert!(second >= between + MS, "the second poll reads again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokio_readings_follow_a_paused_clock_and_std_readings_the_real_one() {
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        scoped(async {
+            let started = now();
+            // The paused clock is an hour ahead of std's.
+            assert!(started.into_std() > std::time::Instant::now() + Duration::from_secs(1800));
+            assert!(std_now() <= std::time::Instant::now());
+            // Advancing yields: the next poll takes a new reading.
+            tokio::time::advance(Duration::from_secs(2)).await;
+            assert_eq!(elapsed(started), Duration::from_secs(2));
+        })
+        .await;
+    }
+}
