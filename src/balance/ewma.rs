@@ -29,6 +29,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::core::clock;
+
 /// Bits of the estimate before the first sample (a NaN no arithmetic produces here).
 const UNMEASURED: u64 = u64::MAX;
 
@@ -88,7 +90,7 @@ impl PeakEwma {
 
     /// Records that an attempt answered after `rtt`.
     pub(crate) fn record(&self, rtt: Duration, params: EwmaParams) {
-        self.record_at(rtt.as_nanos() as f64, Instant::now(), params);
+        self.record_at(rtt.as_nanos() as f64, clock::now(), params);
     }
 
     /// Records that an attempt failed after `elapsed`: it counts as twice the current
@@ -106,7 +108,7 @@ impl PeakEwma {
             .max(params.default_rtt_ns)
             .min(MAX_FAILURE_SAMPLE_NS)
             .max(elapsed.as_nanos() as f64);
-        self.record_at(sample, Instant::now(), params);
+        self.record_at(sample, clock::now(), params);
     }
 
     /// Records a sample of `sample_ns` taken at `now`.

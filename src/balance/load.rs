@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::ewma::EwmaParams;
 use super::Endpoint;
+use crate::core::clock;
 
 /// One attempt in flight on an endpoint; dropping it ends the attempt.
 ///
@@ -37,7 +38,7 @@ impl<'e> InFlight<'e> {
         Self {
             endpoint,
             params,
-            started: Instant::now(),
+            started: clock::now(),
             finished: false,
         }
     }
@@ -46,7 +47,7 @@ impl<'e> InFlight<'e> {
     /// reset). A failure counts as a slow answer so a black hole does not attract load.
     /// Returns how long the attempt took.
     pub fn finish(mut self, answered: bool) -> std::time::Duration {
-        let elapsed = self.started.elapsed();
+        let elapsed = clock::elapsed(self.started);
         if answered {
             self.endpoint.rtt.record(elapsed, self.params);
         } else {
@@ -64,7 +65,7 @@ impl Drop for InFlight<'_> {
             // Abandoned (timed out, cancelled): it took at least this long.
             self.endpoint
                 .rtt
-                .record(self.started.elapsed(), self.params);
+                .record(clock::elapsed(self.started), self.params);
         }
     }
 }

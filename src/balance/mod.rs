@@ -57,6 +57,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::core::clock;
 use crate::discovery::Instance;
 use eligible::Choice;
 use ewma::EwmaParams;
@@ -428,7 +429,7 @@ impl EndpointSet {
         let endpoints = &snapshot.endpoints[..];
         let picked = match (&snapshot.plan, key) {
             (Plan::P2cPeakEwma, _) => {
-                let now = Instant::now();
+                let now = clock::now();
                 let params = self.ewma;
                 p2c::pick(endpoints, choice, rng, |e| {
                     p2c::peak_ewma_cost(e, now, params)

@@ -33,6 +33,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::build::metrics::ListenerLabels;
 use crate::build::state::State;
+use crate::core::clock;
 use crate::core::executor::ConnectionTask;
 use crate::core::http1::{ServerConnection, ServerLimits, SplitIo};
 use crate::serve::drain::{Drain, Watcher};
@@ -106,10 +107,11 @@ pub async fn serve(
         };
         let open = open.clone();
         open.inc();
-        tokio::spawn(async move {
+        // Its every poll reads the clock at most once (`core::clock`).
+        tokio::spawn(clock::scoped(async move {
             connection.run(stream).await;
             open.dec();
-        });
+        }));
     }
     drop(listener.tcp);
     let drain_timeout = shared.state.load().config.drain_timeout;

@@ -25,6 +25,7 @@ use crate::core::body::{
     watch, BodyEnd, BodyMeter, CallerBody, MeteredBody, ProxyBody, StatusWaiter,
 };
 use crate::core::call::CallInfo;
+use crate::core::clock;
 use crate::core::error::ProxyError;
 use crate::core::grpc::{grpc_status_at, is_grpc, GrpcStatusAt};
 use crate::core::labels::{Direction, GrpcCode};
@@ -230,8 +231,9 @@ impl ProxyService {
             request.extensions_mut().insert(self.shared.tunnels.clone());
         }
         // tokio's clock (the same as std's outside tests): the call's arrival for the
-        // layers (`CallInfo`) and the start of its metrics' durations.
-        let started = tokio::time::Instant::now();
+        // layers (`CallInfo`) and the start of its metrics' durations. The poll's
+        // reading (`core::clock`), as are the durations below.
+        let started = clock::now();
         let state = self.shared.state.load_full();
         let grpc = is_grpc(&request);
         let direction = self.entry.direction();
@@ -260,7 +262,7 @@ impl ProxyService {
                     &service,
                     response.status().as_u16(),
                     grpc_code.unwrap_or(GrpcCode::Unknown),
-                    started.elapsed(),
+                    clock::elapsed(started),
                 );
                 tracing::debug!(peer = %self.peer, %error, "refused");
                 return response;
@@ -357,7 +359,7 @@ impl ProxyService {
         let status = response.status().as_u16();
         let Some(grpc_code) = grpc_code_in_headers(response.headers()) else {
             // Counted once the trailers say how the call ended.
-            metrics.observe_duration(&series, started.elapsed());
+            metrics.observe_duration(&series, clock::elapsed(started));
             let count = RequestCount {
                 metrics: metrics.clone(),
                 target: target.clone(),
@@ -368,7 +370,7 @@ impl ProxyService {
             watch(&mut response, Box::new(count));
             return response;
         };
-        metrics.record_request_cached(&series, status, grpc_code, started.elapsed());
+        metrics.record_request_cached(&series, status, grpc_code, clock::elapsed(started));
         response
     }
 }
@@ -411,7 +413,7 @@ impl ProxyService {
             &target.name,
             response.status().as_u16(),
             grpc_code_in_headers(response.headers()).unwrap_or(GrpcCode::Unknown),
-            started.elapsed(),
+            clock::elapsed(started),
         );
         response
     }

@@ -33,6 +33,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::build::metrics::{DeniedLabels, ListenerLabels};
 use crate::build::state::State;
 use crate::build::tcp::TcpTarget;
+use crate::core::clock;
 use crate::serve::listener::first_bytes;
 use crate::serve::shared::Shared;
 use crate::tls::{Detected, InboundTls};
@@ -131,10 +132,11 @@ pub async fn serve(
             listener: series.clone(),
         };
         let open = OpenGuard::new(&series.open);
-        connections.spawn(async move {
+        // Its every poll reads the clock at most once (`core::clock`).
+        connections.spawn(clock::scoped(async move {
             let _open = open;
             connection.run(stream).await;
-        });
+        }));
     }
     drop(listener.tcp);
     drain(&series.label, connections, &shared).await;

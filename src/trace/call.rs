@@ -13,6 +13,7 @@ use opentelemetry::Context;
 
 use crate::core::body::{ProxyBody, RunningBytes};
 use crate::core::call::EndpointUsed;
+use crate::core::clock;
 use crate::core::error::{ProxyError, ERROR_HEADER, FALLBACK_HEADER};
 use crate::core::grpc::{grpc_status, grpc_status_code, is_grpc_type, GrpcStatusAt, GRPC_STATUS};
 use crate::core::labels::Direction;
@@ -366,7 +367,7 @@ impl RequestTrace {
             fallback: header_str(&answer.fallback),
             status: answer.status,
             grpc_status,
-            duration: self.started.elapsed(),
+            duration: clock::std_elapsed(self.started),
             upstream: answer.endpoint.map(|e| e.0),
             peer_identity: self.peer_identity.as_deref(),
         });

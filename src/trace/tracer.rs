@@ -4,12 +4,13 @@
 use std::borrow::Cow;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use http::Request;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::Context;
 
+use crate::core::clock;
 use crate::core::grpc::grpc_path;
 use crate::core::labels::Direction;
 
@@ -159,7 +160,7 @@ impl Tracing {
         request.extensions_mut().insert(call.clone());
         RequestTrace {
             call,
-            started: Instant::now(),
+            started: clock::std_now(),
             request_id,
             method: request.method().clone(),
             uri: request.uri().clone(),

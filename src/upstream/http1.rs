@@ -28,6 +28,7 @@ use super::pending::{PendingQueue, PoolMetrics};
 use super::pool::{ConnectError, ConnectionCount, PoolConfig, Pools, SendError};
 use super::tls::UpstreamTls;
 use crate::core::body::ProxyBody;
+use crate::core::clock;
 use crate::core::http1::{Connection, ConnectionHome, SendFailure};
 
 /// An idle connection and since when it is idle.
@@ -222,7 +223,7 @@ impl Http1Pool {
     fn checkout(&self) -> Option<Connection> {
         let mut idle = self.lock();
         while let Some(mut candidate) = idle.pop() {
-            if candidate.since.elapsed() > self.idle_timeout {
+            if clock::std_elapsed(candidate.since) > self.idle_timeout {
                 // Every connection below it has been idle longer still.
                 idle.clear();
                 return None;
@@ -242,7 +243,7 @@ impl Http1Pool {
             }
             idle.push(Idle {
                 connection,
-                since: Instant::now(),
+                since: clock::std_now(),
             });
         }
         // After the push: a call that takes its place in the queue after this load

@@ -23,6 +23,7 @@ use super::pending::{PendingQueue, PoolMetrics};
 use super::pool::{ConnectError, ConnectionCount, PoolConfig, Pools, SendError};
 use super::tls::UpstreamTls;
 use crate::core::body::{PooledBody, ProxyBody, StreamSlot};
+use crate::core::clock;
 
 /// One HTTP/2 connection of the set.
 #[derive(Debug)]
@@ -129,7 +130,7 @@ impl Http2Pool {
                 match self.choose(&mut connections) {
                     Choice::Use(index) => {
                         let connection = &mut connections.open[index];
-                        connection.last_used = Instant::now();
+                        connection.last_used = clock::std_now();
                         let slot = StreamSlot::take(&connection.streams);
                         // Queues the request on the connection's task at once.
                         Next::Sent(connection.sender.send_request(request), slot)

@@ -42,6 +42,7 @@ use hyper_util::rt::TokioIo;
 use crate::balance::{Endpoint, EndpointSet};
 use crate::core::body::ProxyBody;
 use crate::core::call::{AvoidEndpoints, EndpointUsed, TryExpiry};
+use crate::core::clock;
 use crate::core::error::{ProxyError, Unsent};
 use crate::core::protocol::UpstreamProtocol;
 
@@ -224,7 +225,7 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                 expiry: request.extensions().get::<TryExpiry>().cloned(),
                 observers: &this.observers,
                 endpoint: &endpoint,
-                started: std::time::Instant::now(),
+                started: clock::std_now(),
             };
             let pool = this.clients.endpoint(endpoint.addr, tls);
             // Balancing: counts the attempt in flight and samples its RTT at response

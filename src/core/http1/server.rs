@@ -30,6 +30,7 @@ use super::request::{
 };
 use super::response::{encode_response, Asked};
 use super::writer::BodyWriter;
+use crate::core::clock;
 
 /// What bounds the reading of a request's head.
 #[derive(Debug, Clone, Copy)]
@@ -184,7 +185,7 @@ impl<H: Handler> ServerConnection<H> {
                     return Poll::Ready(Err(ServeError::Exchange(Http1Error::Io(error))))
                 }
                 Poll::Pending => {
-                    let since = *self.waiting_since.get_or_insert_with(Instant::now);
+                    let since = *self.waiting_since.get_or_insert_with(clock::now);
                     let deadline = since + self.limits.header_read_timeout;
                     let timer = self
                         .timer
