@@ -26,28 +26,44 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 
-/// The readings of the poll in progress, each `None` until first asked for.
-#[derive(Clone, Copy, Default)]
+/// One clock's reading for the thread.
+#[derive(Clone, Copy)]
+enum Reading<T> {
+    /// No scope: every read is the clock's.
+    Outside,
+    /// In a scope, the clock not read yet.
+    Unread,
+    /// In a scope, the clock read.
+    Read(T),
+}
+
+/// The thread's reading of each clock, a cell each: a read copies out its own clock's
+/// reading only.
 struct Readings {
-    tokio: Option<tokio::time::Instant>,
-    std: Option<std::time::Instant>,
+    tokio: Cell<Reading<tokio::time::Instant>>,
+    std: Cell<Reading<std::time::Instant>>,
 }
 
 thread_local! {
-    /// `Some` while a [`Scoped`] future is polled on this thread.
-    static SCOPE: Cell<Option<Readings>> = const { Cell::new(None) };
+    /// `Unread` or `Read` while a [`Scoped`] future is polled on this thread.
+    static READINGS: Readings = const {
+        Readings {
+            tokio: Cell::new(Reading::Outside),
+            std: Cell::new(Reading::Outside),
+        }
+    };
 }
 
 /// Now by tokio's clock: the poll's reading inside a scope, the clock's outside.
 #[inline]
 pub fn now() -> tokio::time::Instant {
-    read(|readings| &mut readings.tokio, tokio::time::Instant::now)
+    read(|readings| &readings.tokio, tokio::time::Instant::now)
 }
 
 /// Now by std's clock: the poll's reading inside a scope, the clock's outside.
 #[inline]
 pub fn std_now() -> std::time::Instant {
-    read(|readings| &mut readings.std, std::time::Instant::now)
+    read(|readings| &readings.std, std::time::Instant::now)
 }
 
 /// How long since `earlier` by [`now`]; zero when `earlier` is later (read after this
@@ -63,37 +79,45 @@ pub fn std_elapsed(earlier: std::time::Instant) -> Duration {
     std_now().saturating_duration_since(earlier)
 }
 
-/// The scope's reading in `slot`, taken from `clock` on first use; `clock` itself
-/// outside a scope.
+/// The reading in `cell`, taken from `clock` on first use in a scope; `clock` itself
+/// outside one.
 #[inline]
-fn read<T: Copy>(slot: fn(&mut Readings) -> &mut Option<T>, clock: fn() -> T) -> T {
-    SCOPE.with(|scope| {
-        let Some(mut readings) = scope.get() else {
-            return clock();
-        };
-        if let Some(now) = *slot(&mut readings) {
-            return now;
+fn read<T: Copy>(cell: fn(&Readings) -> &Cell<Reading<T>>, clock: fn() -> T) -> T {
+    READINGS.with(|readings| {
+        let cell = cell(readings);
+        match cell.get() {
+            Reading::Read(now) => now,
+            Reading::Unread => {
+                let now = clock();
+                cell.set(Reading::Read(now));
+                now
+            }
+            Reading::Outside => clock(),
         }
-        let now = clock();
-        *slot(&mut readings) = Some(now);
-        scope.set(Some(readings));
-        now
     })
 }
 
 /// Runs `f` in a scope of its own (no reading yet), then puts back the enclosing
-/// scope, or none, also when `f` unwinds.
+/// scope's readings, or none, also when `f` unwinds.
 fn in_scope<T>(f: impl FnOnce() -> T) -> T {
-    /// The scope to put back.
-    struct Restore(Option<Readings>);
+    /// The readings to put back.
+    struct Restore(Reading<tokio::time::Instant>, Reading<std::time::Instant>);
 
     impl Drop for Restore {
         fn drop(&mut self) {
-            SCOPE.with(|scope| scope.set(self.0));
+            READINGS.with(|readings| {
+                readings.tokio.set(self.0);
+                readings.std.set(self.1);
+            });
         }
     }
 
-    let _restore = Restore(SCOPE.with(|scope| scope.replace(Some(Readings::default()))));
+    let _restore = READINGS.with(|readings| {
+        Restore(
+            readings.tokio.replace(Reading::Unread),
+            readings.std.replace(Reading::Unread),
+        )
+    });
     f()
 }
 
