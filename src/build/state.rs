@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 
 use super::metrics::Metrics;
@@ -17,6 +16,7 @@ use super::resolve::{BuildError, ServiceTls};
 use super::route::{RouteTable, Target};
 use super::stack::{StackBuilder, StackTarget};
 use crate::config::{Config, FieldPath, InboundTlsMode, LimitsSection, MeshTlsSection};
+use crate::core::clock::HyperTimer;
 use crate::core::executor::ConnectionExecutor;
 use crate::discovery::Registry;
 use crate::policy::authorize::Authorization;
@@ -386,14 +386,14 @@ pub fn server_builder(limits: &LimitsSection) -> auto::Builder<ConnectionExecuto
     let mut builder = auto::Builder::new(ConnectionExecutor);
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(HyperTimer::default())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true)
         .half_close(false);
     builder
         .http2()
-        .timer(TokioTimer::new())
+        .timer(HyperTimer::default())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         // Fixed windows: see the note on the upstream clients' windows.

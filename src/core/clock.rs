@@ -12,6 +12,7 @@
 //! and [`std_now`] return the poll's reading (HTTP/2 streams run in their connection's
 //! task, so they share it). Anywhere else, in background tasks and in tests calling a
 //! function directly, they read the clock, so nothing off the request path changes.
+//! hyper's connections read theirs through [`HyperTimer`].
 //!
 //! Two clocks, each read and kept apart: tokio's ([`now`]), which timers and
 //! `CallInfo::arrived` count in and tests may pause, and std's ([`std_now`]), for
@@ -24,6 +25,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper_util::rt::TokioTimer;
 use pin_project_lite::pin_project;
 
 /// One clock's reading for the thread.
@@ -145,6 +147,31 @@ impl<F: Future> Future for Scoped<F> {
     }
 }
 
+/// hyper's timer (tokio's), whose clock is [`now`]: hyper reads it per HTTP/2 DATA frame
+/// that comes in (the keep-alive's last read, the window's pings), ~8 times per gRPC
+/// call, and per HTTP/1 head it waits for.
+#[derive(Clone, Debug, Default)]
+pub struct HyperTimer(TokioTimer);
+
+impl hyper::rt::Timer for HyperTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.0.sleep(duration)
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.0.sleep_until(deadline)
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: std::time::Instant) {
+        self.0.reset(sleep, new_deadline);
+    }
+
+    /// tokio's clock, as `TokioTimer`'s.
+    fn now(&self) -> std::time::Instant {
+        now().into_std()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::pin::pin;
@@ -254,5 +281,21 @@ mod tests {
             assert_eq!(elapsed(started), Duration::from_secs(2));
         })
         .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hypers_timer_reads_tokios_clock_through_the_scope() {
+        use hyper::rt::Timer;
+
+        let timer = HyperTimer::default();
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        // tokio's clock, paused an hour ahead, as `TokioTimer` reads it.
+        assert_eq!(timer.now(), tokio::time::Instant::now().into_std());
+        in_scope(|| {
+            let first = timer.now();
+            assert_eq!(first, now().into_std());
+            sleep(MS);
+            assert_eq!(timer.now(), first);
+        });
     }
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use http::Request;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -34,6 +34,7 @@ use super::pending::PoolMetrics;
 use super::tls::{TlsError, UpstreamTls};
 use crate::core::addr_map::AddrMap;
 use crate::core::body::{BoxError, ProxyBody};
+use crate::core::clock::HyperTimer;
 use crate::core::executor::{ConnectionExecutor, ConnectionTask, Handshake};
 use crate::core::http1::Connection;
 use crate::core::stream::UpstreamStream;
@@ -278,7 +279,7 @@ impl UpstreamClients {
         // tear the connection down ("too_many_data_frames"). Windows are credit, not
         // memory: nothing is allocated until a peer sends.
         http2
-            .timer(TokioTimer::new())
+            .timer(HyperTimer::default())
             .initial_stream_window_size(1024 * 1024)
             .initial_connection_window_size(16 * 1024 * 1024)
             .keep_alive_interval(config.http2_keep_alive_interval)
