@@ -8,9 +8,9 @@
 //! to ~8% of remora's own CPU per call. Within one poll the readings differ by
 //! microseconds, which no timeout, duration or balancer needs.
 //!
-//! The listeners spawn each connection's future [`scoped`]: while it is polled, [`now`]
-//! and [`std_now`] return the poll's reading (HTTP/2 streams run in their connection's
-//! task, so they share it). Anywhere else, in background tasks and in tests calling a
+//! The listeners spawn each connection's future [`scoped`], and the pools each upstream
+//! HTTP/2 connection's: while it is polled, [`now`] and [`std_now`] return the poll's
+//! reading (HTTP/2 streams run in their connection's task, so they share it). Anywhere else, in background tasks and in tests calling a
 //! function directly, they read the clock, so nothing off the request path changes.
 //! hyper's connections read theirs through [`HyperTimer`].
 //!

@@ -34,7 +34,7 @@ use super::pending::PoolMetrics;
 use super::tls::{TlsError, UpstreamTls};
 use crate::core::addr_map::AddrMap;
 use crate::core::body::{BoxError, ProxyBody};
-use crate::core::clock::HyperTimer;
+use crate::core::clock::{self, HyperTimer};
 use crate::core::executor::{ConnectionExecutor, ConnectionTask, Handshake};
 use crate::core::http1::Connection;
 use crate::core::stream::UpstreamStream;
@@ -482,12 +482,14 @@ impl Pools {
             published.store(connection.current_max_send_streams(), Ordering::Relaxed);
             polled
         });
-        tokio::spawn(async move {
+        // Its every poll reads the clock at most once (`core::clock`): hyper reads it per
+        // DATA frame.
+        tokio::spawn(clock::scoped(async move {
             let ended = ConnectionTask::with_spawned(connection, spawned).await;
             if let Err(error) = ended {
                 tracing::debug!(%addr, %error, "upstream connection ended with an error");
             }
-        });
+        }));
         Ok((sender, max_streams))
     }
 
