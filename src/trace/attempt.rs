@@ -77,7 +77,7 @@ pub fn attempt<B>(request: &mut Request<B>, endpoint: SocketAddr) -> Attempt {
         parent,
         Cow::Borrowed("attempt"),
         Kind::Client,
-        SystemTime::now(),
+        SystemTime::now,
         |recording| attempt_attributes(recording, method, endpoint, number),
     );
     inner.write_context(&cx, request);

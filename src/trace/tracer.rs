@@ -137,7 +137,7 @@ impl Tracing {
             Some((service, method)) => Cow::Owned(format!("{service}/{method}")),
             None => Cow::Borrowed(method_name(request.method())),
         };
-        let (cx, span) = self.start_span(&parent, name, kind, SystemTime::now(), |recording| {
+        let (cx, span) = self.start_span(&parent, name, kind, SystemTime::now, |recording| {
             call_attributes(&mut recording.attributes, request, direction, grpc);
             recording
                 .attributes
@@ -178,7 +178,8 @@ impl Tracing {
         parent: &Context,
         name: Cow<'static, str>,
         kind: Kind,
-        start: SystemTime,
+        // Read only for a span that is recorded: most calls' spans only propagate.
+        start: impl FnOnce() -> SystemTime,
         describe: impl FnOnce(&mut Recording),
     ) -> (Context, Option<Arc<LiveSpan>>) {
         let parent_span = parent.span();
@@ -206,7 +207,7 @@ impl Tracing {
         );
         match &self.0.sink {
             Some(sink) if sampled => {
-                let span = LiveSpan::start(sink, context, parent_context, kind, name, start, 384);
+                let span = LiveSpan::start(sink, context, parent_context, kind, name, start(), 384);
                 span.record(describe);
                 (parent.with_span(SpanHandle(span.clone())), Some(span))
             }
