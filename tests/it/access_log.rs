@@ -109,19 +109,8 @@ async fn a_fallback_answer_logs_its_trigger() {
 #[tokio::test]
 async fn a_filter_that_turns_the_access_target_off_leaves_no_line() {
     let (upstream, _) = scripted(|_| 200).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("remora.yaml");
-    let (admin, port) = (free_port(), free_port());
-    std::fs::write(
-        &path,
-        format!(
-            "admin: {{ listen: 127.0.0.1:{admin} }}\n\
-             services:\n  svc:\n    listen: 127.0.0.1:{port}\n    endpoints: [{upstream}]\n"
-        ),
-    )
-    .unwrap();
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
-    let process = Process::run_logging(&path, admin, "info,remora::access=off").await;
+    let filter = "info,remora::access=off";
+    let (process, _, port, _dir) = sidecar_process_logging(upstream, "auto", "", filter).await;
     for _ in 0..3 {
         assert_eq!(get(&format!("http://127.0.0.1:{port}/quiet")).await.0, 200);
     }

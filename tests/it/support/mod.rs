@@ -259,6 +259,17 @@ pub async fn sidecar_process_with(
     protocol: &str,
     settings: &str,
 ) -> (Process, u16, u16, tempfile::TempDir) {
+    sidecar_process_logging(upstream, protocol, settings, "info").await
+}
+
+/// Like [`sidecar_process_with`], logging what `filter` (a `RUST_LOG` value) lets
+/// through.
+pub async fn sidecar_process_logging(
+    upstream: SocketAddr,
+    protocol: &str,
+    settings: &str,
+    filter: &str,
+) -> (Process, u16, u16, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("remora.yaml");
     let (admin, port) = (free_port(), free_port());
@@ -270,7 +281,8 @@ pub async fn sidecar_process_with(
         ),
     )
     .unwrap();
-    let process = Process::run(&path, SocketAddr::from(([127, 0, 0, 1], admin))).await;
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    let process = Process::run_logging(&path, admin_addr, filter).await;
     (process, admin, port, dir)
 }
 
