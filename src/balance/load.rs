@@ -47,7 +47,9 @@ impl<'e> InFlight<'e> {
     /// reset). A failure counts as a slow answer so a black hole does not attract load.
     /// Returns how long the attempt took.
     pub fn finish(mut self, answered: bool) -> std::time::Duration {
-        let elapsed = clock::elapsed(self.started);
+        // The clock itself at the answer: an upstream that answered within the poll
+        // that sent the request would otherwise sample 0 (and the log's upstream time).
+        let elapsed = self.started.elapsed();
         if answered {
             self.endpoint.rtt.record(elapsed, self.params);
         } else {

@@ -13,7 +13,6 @@ use opentelemetry::Context;
 
 use crate::core::body::{ProxyBody, RunningBytes};
 use crate::core::call::EndpointUsed;
-use crate::core::clock;
 use crate::core::error::{ProxyError, ERROR_HEADER, FALLBACK_HEADER};
 use crate::core::grpc::{grpc_status, grpc_status_code, is_grpc_type, GrpcStatusAt, GRPC_STATUS};
 use crate::core::labels::Direction;
@@ -367,7 +366,9 @@ impl RequestTrace {
             fallback: header_str(&answer.fallback),
             status: answer.status,
             grpc_status,
-            duration: clock::std_elapsed(self.started),
+            // The clock itself at the end (one read per logged call): a call served
+            // within one poll would otherwise log 0 ms.
+            duration: self.started.elapsed(),
             upstream: answer.endpoint.map(|e| e.0),
             peer_identity: self.peer_identity.as_deref(),
         });
