@@ -67,7 +67,7 @@ impl Drop for InFlight<'_> {
             // Abandoned (timed out, cancelled): it took at least this long.
             self.endpoint
                 .rtt
-                .record(clock::elapsed(self.started), self.params);
+                .record(self.started.elapsed(), self.params);
         }
     }
 }

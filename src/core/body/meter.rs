@@ -20,7 +20,6 @@ use pin_project_lite::pin_project;
 use prometheus_client::metrics::counter::Counter;
 
 use super::{BodyEnd, BoxError, ProxyBody};
-use crate::core::grpc::grpc_status;
 
 /// Where the access log reads a request body's running byte count.
 pub trait RunningBytes: Send + Sync {
@@ -140,18 +139,9 @@ struct Ending<W: EndWaiter> {
 impl<W: EndWaiter> Ending<W> {
     /// Settles the waiter, once, when a poll that returned `polled` ended the body.
     fn observe(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, BoxError>>>, ended: bool) {
-        let end = match polled {
-            Poll::Ready(Some(Ok(frame))) => match frame.trailers_ref() {
-                Some(trailers) => BodyEnd::Ended(grpc_status(trailers)),
-                // The last data frame: the server may not poll again before dropping us.
-                None if ended => BodyEnd::Ended(None),
-                None => return,
-            },
-            Poll::Ready(Some(Err(error))) => BodyEnd::Failed(error),
-            Poll::Ready(None) => BodyEnd::Ended(None),
-            Poll::Pending => return,
-        };
-        self.settle(end);
+        if let Some(end) = BodyEnd::of(polled, ended) {
+            self.settle(end);
+        }
     }
 
     fn settle(&mut self, end: BodyEnd<'_>) {

@@ -35,7 +35,26 @@ pub enum BodyEnd<'a> {
     Dropped,
 }
 
-impl BodyEnd<'_> {
+impl<'a> BodyEnd<'a> {
+    /// How a poll that returned `polled` ended its body, if it did; `ended` says whether
+    /// the body is at its end after it (the last data frame: the server may not poll
+    /// again before dropping the body).
+    pub fn of(
+        polled: &'a Poll<Option<Result<Frame<Bytes>, BoxError>>>,
+        ended: bool,
+    ) -> Option<Self> {
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => match frame.trailers_ref() {
+                Some(trailers) => Some(Self::Ended(grpc_status(trailers))),
+                None if ended => Some(Self::Ended(None)),
+                None => None,
+            },
+            Poll::Ready(Some(Err(error))) => Some(Self::Failed(error)),
+            Poll::Ready(None) => Some(Self::Ended(None)),
+            Poll::Pending => None,
+        }
+    }
+
     /// The gRPC status the body ended with, if it ended with one.
     pub fn grpc_status(self) -> Option<u32> {
         match self {
@@ -128,23 +147,16 @@ impl Body for GrpcStatusBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let Some(Ok(frame)) = &polled {
+        let polled = Poll::Ready(ready!(Pin::new(&mut this.inner).poll_frame(cx)));
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 this.sent += data.len() as u64;
             }
         }
-        match &polled {
-            Some(Ok(frame)) => match frame.trailers_ref() {
-                Some(trailers) => this.settle(BodyEnd::Ended(grpc_status(trailers))),
-                // The last data frame: the server may not poll again before dropping us.
-                None if this.inner.is_end_stream() => this.settle(BodyEnd::Ended(None)),
-                None => {}
-            },
-            Some(Err(error)) => this.settle(BodyEnd::Failed(error)),
-            None => this.settle(BodyEnd::Ended(None)),
+        if let Some(end) = BodyEnd::of(&polled, this.inner.is_end_stream()) {
+            this.settle(end);
         }
-        Poll::Ready(polled)
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
