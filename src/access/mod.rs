@@ -11,5 +11,5 @@ mod timestamp;
 mod writer;
 
 pub use log::{log, set_output, Entry, Output, ACCESS_LOG_TARGET};
-pub use request_id::{new_request_id, REQUEST_ID};
+pub use request_id::{never_indexed, new_request_id, REQUEST_ID};
 pub use writer::{dropped_lines, stderr_writer, FlushGuard, LogWriter, QUEUED_LINES};

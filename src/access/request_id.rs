@@ -2,6 +2,20 @@
 
 use http::header::{HeaderName, HeaderValue};
 
+/// Marks `value` as one HTTP/2's header compression must not index: a value new with
+/// every call (a request id, a `traceparent`).
+///
+/// NOTE: the `h2` crate's encoder puts every value it does not know into the
+/// connection's dynamic table. A value that is never sent twice then only evicts
+/// entries that could have been reused, and every later value of that header is compared
+/// with each one still held before it is inserted in turn: with a request id on the
+/// request and on the answer, that cost a unary gRPC call through remora about 9,000
+/// instructions (`bench/RESULTS.md`, "Values HPACK must not index"). A value marked
+/// this way is sent as a literal "never indexed" (RFC 7541, 6.2.3) and skips the table.
+pub fn never_indexed(value: &mut HeaderValue) {
+    value.set_sensitive(true);
+}
+
 /// The header carrying a request's id; generated when the caller sent none.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -15,7 +29,10 @@ pub fn new_request_id() -> HeaderValue {
     crate::core::hex::write(&mut out[14..18], &bytes[6..8]);
     crate::core::hex::write(&mut out[19..23], &bytes[8..10]);
     crate::core::hex::write(&mut out[24..36], &bytes[10..16]);
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    let mut value =
+        HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    never_indexed(&mut value);
+    value
 }
 
 #[cfg(test)]

@@ -137,7 +137,9 @@ fn inject_w3c(cx: &Context, headers: &mut HeaderMap) {
     crate::core::hex::write(&mut value[36..52], &context.span_id().to_bytes());
     let flags = (context.trace_flags() & TraceFlags::SAMPLED).to_u8();
     crate::core::hex::write(&mut value[53..55], &[flags]);
-    if let Ok(value) = HeaderValue::from_bytes(&value) {
+    if let Ok(mut value) = HeaderValue::from_bytes(&value) {
+        // A new span id with every call.
+        crate::access::never_indexed(&mut value);
         headers.insert(&TRACEPARENT, value);
     }
     // An empty `tracestate` says nothing: not sent (W3C allows that).

@@ -87,4 +87,25 @@ fn propagate_only_continues_the_callers_trace() {
         "the access log line waits for the end of the body"
     );
     assert!(response.headers().contains_key(&REQUEST_ID));
+    // Values new with every call, which HTTP/2's header compression must not index.
+    assert!(request.headers()["traceparent"].is_sensitive());
+    assert!(request.headers()[&REQUEST_ID].is_sensitive());
+    assert!(response.headers()[&REQUEST_ID].is_sensitive());
+}
+
+/// A request id the caller sent is passed on as it came, and not indexed by HTTP/2's
+/// header compression either.
+#[test]
+fn a_callers_request_id_is_kept_and_never_indexed() {
+    let tracing = Tracing::disabled();
+    let mut request = Request::builder()
+        .uri("/x")
+        .header("x-request-id", "caller-1")
+        .body(())
+        .unwrap();
+    let trace = tracing.start(&mut request, Direction::Inbound);
+    assert_eq!(request.headers()[&REQUEST_ID], "caller-1");
+    assert!(request.headers()[&REQUEST_ID].is_sensitive());
+    let (response, _) = trace.finish(Response::new(ProxyBody::empty()));
+    assert_eq!(response.headers()[&REQUEST_ID], "caller-1");
 }

@@ -15,7 +15,7 @@ use crate::core::grpc::grpc_path;
 use crate::core::labels::Direction;
 
 use super::*;
-use crate::access::{new_request_id, REQUEST_ID};
+use crate::access::{never_indexed, new_request_id, REQUEST_ID};
 
 /// One sidecar's tracer, propagators and access-log switch; cheap to clone.
 #[derive(Clone)]
@@ -119,8 +119,11 @@ impl Tracing {
     /// Starts the trace of one request arriving in `direction`: request id, caller's
     /// context, the request span (in the request's extensions as a [`CallTrace`]).
     pub fn start<B>(&self, request: &mut Request<B>, direction: Direction) -> RequestTrace {
-        let request_id = match request.headers().get(&REQUEST_ID) {
-            Some(id) => id.clone(),
+        let request_id = match request.headers_mut().get_mut(&REQUEST_ID) {
+            Some(id) => {
+                never_indexed(id);
+                id.clone()
+            }
             None => {
                 let id = new_request_id();
                 request.headers_mut().insert(&REQUEST_ID, id.clone());

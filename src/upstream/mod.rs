@@ -208,7 +208,13 @@ impl tower::Service<Request<ProxyBody>> for Forward {
             let http2 = uses_http2(this.protocol, request.version());
             let tls = this.tls.of(&endpoint);
             let uri = std::mem::take(request.uri_mut());
-            *request.uri_mut() = absolute_uri(&endpoint.authority, tls.is_some(), uri)?;
+            let host = if http2 {
+                host_as_authority(request.headers_mut())
+            } else {
+                None
+            };
+            let authority = host.as_ref().unwrap_or(&endpoint.authority);
+            *request.uri_mut() = absolute_uri(authority, tls.is_some(), uri)?;
             *request.version_mut() = if http2 {
                 Version::HTTP_2
             } else {
@@ -305,6 +311,17 @@ fn absolute_uri(
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
     }
     Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))
+}
+
+/// For a try over HTTP/2: the caller's `Host`, taken out of the headers to become the
+/// request's `:authority`, as an HTTP/1.1 upstream would have got it in `Host`. An
+/// HTTP/2 server may refuse a request whose `Host` names another authority than its
+/// `:authority` (RFC 9113, 8.3.1), and would otherwise see the endpoint's address in
+/// `:authority`. `None` when the caller named no host, or one that is no authority
+/// (the endpoint's address is sent then).
+fn host_as_authority(headers: &mut http::HeaderMap) -> Option<http::uri::Authority> {
+    let host = headers.remove(header::HOST)?;
+    http::uri::Authority::try_from(host.as_bytes()).ok()
 }
 
 /// Turns an HTTP/1.1 request's target into origin form (`/path?query`), and names the

@@ -92,6 +92,48 @@ async fn http1_caller_to_http2_upstream() {
     assert_eq!(log.all()[0].version, Version::HTTP_2);
 }
 
+/// An HTTP/2 upstream gets the caller's host as `:authority` and no `host` header that
+/// could disagree with it (RFC 9113, 8.3.1: a strict server refuses such a request).
+#[tokio::test]
+async fn http2_upstream_gets_the_callers_host_as_its_authority() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let upstream = serve(move |request: Request<hyper::body::Incoming>| {
+        let log = log.clone();
+        async move {
+            log.lock().unwrap().push((
+                request.uri().authority().map(|a| a.to_string()),
+                request.headers().get("host").cloned(),
+            ));
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    let proxy = outbound_to(&[upstream], "http2").await;
+    let svc = proxy.addrs().service("svc").unwrap();
+    let (status, _) = send(&http1_client(), format!("http://{svc}/")).await;
+    assert_eq!(status, 200);
+    let shared = proxy.addrs().outbound.unwrap();
+    let response = http1_client()
+        .request(
+            Request::get(format!("http://{shared}/"))
+                .header("host", "svc:8080")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            (Some(svc.to_string()), None),
+            (Some("svc:8080".to_string()), None)
+        ]
+    );
+}
+
 #[tokio::test]
 async fn many_concurrent_streams_on_one_h2_connection() {
     let (upstream, log) = recording("a").await;
