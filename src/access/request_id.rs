@@ -9,7 +9,7 @@ use http::header::{HeaderName, HeaderValue};
 /// connection's dynamic table. A value that is never sent twice then only evicts
 /// entries that could have been reused, and every later value of that header is compared
 /// with each one still held before it is inserted in turn: with a request id on the
-/// request and on the answer, that cost a unary gRPC call through remora about 9,000
+/// request and on the answer, that cost a unary gRPC call through remora about 4,700
 /// instructions (`bench/RESULTS.md`, "Values HPACK must not index"). A value marked
 /// this way is sent as a literal "never indexed" (RFC 7541, 6.2.3) and skips the table.
 pub fn never_indexed(value: &mut HeaderValue) {

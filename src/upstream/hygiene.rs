@@ -5,8 +5,11 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+/// How many [`HOP_BY_HOP`] names.
+const HOPS: usize = 6;
+
 /// Headers that describe one connection and must not be forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -18,15 +21,23 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Removes hop-by-hop headers, those the `Connection` header names among them.
 /// `TE: trailers` survives (gRPC needs it); any other `TE` is dropped.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass over the names (a comparison each, no
-    // hashing) says so, where a removal per name would hash every one of them.
-    if !headers
-        .keys()
-        .any(|name| name == header::TE || HOP_BY_HOP.contains(name))
-    {
+    // One pass over the names (a comparison each, no hashing) says which of them came:
+    // most messages carry none, a gRPC call only `TE`, and a removal or a lookup per
+    // name would hash each name again.
+    const TE: u8 = 1 << HOPS;
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if name == header::TE {
+            present |= TE;
+        } else if let Some(at) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << at;
+        }
+    }
+    if present == 0 {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    // `HOP_BY_HOP[0]` is `Connection`.
+    if present & 1 != 0 {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -38,12 +49,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (at, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << at) != 0 {
+            headers.remove(name);
+        }
     }
-    if let Some(te) = headers.get(header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            headers.remove(header::TE);
+    if present & TE != 0 {
+        if let Some(te) = headers.get(header::TE) {
+            if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+                headers.remove(header::TE);
+            }
         }
     }
 }
@@ -116,6 +131,20 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["te", "x-kept"]);
+    }
+
+    /// Each hop-by-hop header is removed when it comes alone, whatever else came.
+    #[test]
+    fn strips_each_hop_by_hop_header_alone() {
+        for hop in &HOP_BY_HOP {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-kept", "1".parse().unwrap());
+            headers.insert(hop, "x".parse().unwrap());
+            headers.insert(header::TE, "trailers".parse().unwrap());
+            strip_hop_by_hop(&mut headers);
+            let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, ["x-kept", "te"], "{hop}");
+        }
     }
 
     #[test]

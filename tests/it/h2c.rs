@@ -134,6 +134,41 @@ async fn http2_upstream_gets_the_callers_host_as_its_authority() {
     );
 }
 
+/// `TE: trailers` (which gRPC needs) reaches an HTTP/2 upstream; a `TE` that asks for
+/// anything else and the caller's connection headers do not.
+#[tokio::test]
+async fn only_te_trailers_reaches_an_http2_upstream() {
+    let (upstream, log) = recording("a").await;
+    let proxy = outbound_to(&[upstream], "http2").await;
+    let svc = proxy.addrs().service("svc").unwrap();
+    for te in ["trailers", "gzip"] {
+        let response = http1_client()
+            .request(
+                Request::get(format!("http://{svc}/"))
+                    .header("te", te)
+                    .header("connection", "x-hop")
+                    .header("x-hop", "1")
+                    .header("keep-alive", "timeout=5")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let seen = log.all();
+    let te: Vec<_> = seen.iter().map(|s| s.headers.get("te").cloned()).collect();
+    assert_eq!(te, [Some("trailers".parse().unwrap()), None]);
+    for seen in &seen {
+        for hop in ["connection", "x-hop", "keep-alive"] {
+            assert!(
+                !seen.headers.contains_key(hop),
+                "{hop} reached the upstream"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn many_concurrent_streams_on_one_h2_connection() {
     let (upstream, log) = recording("a").await;

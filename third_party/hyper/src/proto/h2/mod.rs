@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use bytes::Buf;
 use futures_core::ready;
 use h2::SendStream;
-use http::header::{HeaderName, CONNECTION, TRANSFER_ENCODING, UPGRADE};
+use http::header::{HeaderName, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
 use http::HeaderMap;
 use pin_project_lite::pin_project;
 
@@ -48,16 +48,37 @@ enum MessageKind {
 }
 
 fn strip_connection_headers(headers: &mut HeaderMap, kind: MessageKind) {
-    for header in &CONNECTION_HEADERS {
-        if headers.remove(header).is_some() {
-            warn!("Connection header illegal in HTTP/2: {}", header.as_str());
+    // PATCH (remora): one pass over the names says which kinds of them came, and only
+    // those are looked up and removed. Most messages carry none (a gRPC request only
+    // `TE`), and each removal hashed the name again: six lookups per message.
+    let (mut listed, mut te, mut connection) = (false, false, false);
+    for name in headers.keys() {
+        if name == CONNECTION {
+            connection = true;
+        } else if name == TE {
+            te = true;
+        } else if CONNECTION_HEADERS.contains(name) {
+            listed = true;
+        }
+    }
+    if listed {
+        for header in &CONNECTION_HEADERS {
+            if headers.remove(header).is_some() {
+                warn!("Connection header illegal in HTTP/2: {}", header.as_str());
+            }
         }
     }
 
     #[cfg(not(feature = "client"))]
-    let _ = kind;
+    let request = {
+        let _ = kind;
+        false
+    };
     #[cfg(feature = "client")]
-    if matches!(kind, MessageKind::Request) {
+    let request = matches!(kind, MessageKind::Request);
+    if !te {
+        // PATCH (remora): no `TE` came.
+    } else if request {
         if headers
             .get(http::header::TE)
             .map_or(false, |te_header| te_header != "trailers")
@@ -69,7 +90,8 @@ fn strip_connection_headers(headers: &mut HeaderMap, kind: MessageKind) {
         warn!("TE headers illegal in HTTP/2 responses");
     }
 
-    if let Some(header) = headers.remove(CONNECTION) {
+    // PATCH (remora): `connection &&`.
+    if let Some(header) = connection.then(|| headers.remove(CONNECTION)).flatten() {
         warn!(
             "Connection header illegal in HTTP/2: {}",
             CONNECTION.as_str()
