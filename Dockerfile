@@ -29,7 +29,7 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY src src
 COPY examples examples
-# hyper, patched (third_party/README.md), through [patch.crates-io].
+# hyper and h2, patched (third_party/README.md), through [patch.crates-io].
 COPY third_party third_party
 # scripts/pgo.sh trains remora on the benchmarks' configs (bench/*.yaml.in).
 COPY scripts/pgo.sh scripts/pgo.sh

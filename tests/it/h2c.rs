@@ -169,6 +169,57 @@ async fn only_te_trailers_reaches_an_http2_upstream() {
     }
 }
 
+/// The request id remora gives an answer goes out as a literal that HPACK must never
+/// index, with its text as it is (not Huffman-coded): each id is new, so indexing it
+/// only churned the connection's table, and coding it cost more than the bytes it
+/// saved (third_party/README.md). Read off the wire of a hand-written HTTP/2 client.
+#[tokio::test]
+async fn a_request_id_goes_out_as_a_raw_never_indexed_literal() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (upstream, _log) = recording("a").await;
+    let proxy = outbound_to(&[upstream], "auto").await;
+    let svc = proxy.addrs().service("svc").unwrap();
+    let mut stream = tokio::net::TcpStream::connect(svc).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS, empty.
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    // HEADERS on stream 1, END_STREAM | END_HEADERS: GET, http, /, :authority "svc".
+    let block = [0x82, 0x86, 0x84, 0x01, 3, b's', b'v', b'c'];
+    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x5, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    stream.write_all(&out).await.unwrap();
+    // Frames until the answer's HEADERS on stream 1.
+    let mut answer = None;
+    while answer.is_none() {
+        let mut head = [0u8; 9];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_exact(&mut head),
+        )
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+        let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; length];
+        stream.read_exact(&mut payload).await.unwrap();
+        let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        if head[3] == 1 && stream_id == 1 {
+            answer = Some(payload);
+        }
+    }
+    let block = answer.unwrap();
+    // Never indexed, new name (0x10), the name's length and text, the value's length
+    // (36, no Huffman bit), then the id itself.
+    let prefix = b"\x10\x0cx-request-id\x24";
+    let at = block
+        .windows(prefix.len())
+        .position(|window| window == prefix)
+        .unwrap_or_else(|| panic!("no raw never-indexed x-request-id in {block:02x?}"));
+    let id = std::str::from_utf8(&block[at + prefix.len()..at + prefix.len() + 36]).unwrap();
+    let groups: Vec<_> = id.split('-').map(str::len).collect();
+    assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+}
+
 #[tokio::test]
 async fn many_concurrent_streams_on_one_h2_connection() {
     let (upstream, log) = recording("a").await;
