@@ -29,6 +29,16 @@ async fn send(
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// An HTTP/1.1 GET of `url` with `headers`; its status.
+async fn get_with(url: String, headers: &[(&str, &str)]) -> http::StatusCode {
+    let mut request = Request::get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::new())).unwrap();
+    http1_client().request(request).await.unwrap().status()
+}
+
 #[tokio::test]
 async fn h2c_reaches_the_upstream_as_h2_with_auto() {
     let (upstream, log) = recording("a").await;
@@ -114,16 +124,8 @@ async fn http2_upstream_gets_the_callers_host_as_its_authority() {
     let (status, _) = send(&http1_client(), format!("http://{svc}/")).await;
     assert_eq!(status, 200);
     let shared = proxy.addrs().outbound.unwrap();
-    let response = http1_client()
-        .request(
-            Request::get(format!("http://{shared}/"))
-                .header("host", "svc:8080")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let status = get_with(format!("http://{shared}/"), &[("host", "svc:8080")]).await;
+    assert_eq!(status, 200);
     let seen = seen.lock().unwrap().clone();
     assert_eq!(
         seen,
@@ -142,19 +144,13 @@ async fn only_te_trailers_reaches_an_http2_upstream() {
     let proxy = outbound_to(&[upstream], "http2").await;
     let svc = proxy.addrs().service("svc").unwrap();
     for te in ["trailers", "gzip"] {
-        let response = http1_client()
-            .request(
-                Request::get(format!("http://{svc}/"))
-                    .header("te", te)
-                    .header("connection", "x-hop")
-                    .header("x-hop", "1")
-                    .header("keep-alive", "timeout=5")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        let headers = [
+            ("te", te),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+        ];
+        assert_eq!(get_with(format!("http://{svc}/"), &headers).await, 200);
     }
     let seen = log.all();
     let te: Vec<_> = seen.iter().map(|s| s.headers.get("te").cloned()).collect();
