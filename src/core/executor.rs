@@ -1,10 +1,9 @@
-//! The executor hyper's HTTP/2 connections spawn their streams through: each stream runs
-//! inside its connection's task rather than in a task of its own.
+//! The executor hyper's HTTP/2 server connections spawn their streams through: each
+//! stream runs inside its connection's task rather than in a task of its own.
 //!
-//! hyper hands every HTTP/2 stream to an executor: a server connection one future per
-//! incoming stream, a client connection its I/O task (at the handshake) and, per
-//! request, a future awaiting the response and one sending a request body that is not
-//! yet complete. Spawned on tokio, each is a task: allocated, entered in the runtime's
+//! hyper hands every incoming HTTP/2 stream to an executor as a future. (Upstream
+//! HTTP/2 connections do not go through hyper: `upstream::exchange` speaks `h2`
+//! directly, each call in its own task.) Spawned on tokio, each stream is a task: allocated, entered in the runtime's
 //! list of tasks (a lock), scheduled, and woken across tasks by its connection. Here a
 //! [`ConnectionTask`] wraps the connection future and owns a set of what it spawned;
 //! while it polls the connection, the set is the thread's current one, and
@@ -30,7 +29,7 @@ use pin_project_lite::pin_project;
 
 /// Spawns into the set of the connection being polled on this thread, or on tokio.
 ///
-/// Given to hyper's HTTP/2 builders (server and client) in place of `TokioExecutor`.
+/// Given to hyper's HTTP/2 server builder in place of `TokioExecutor`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConnectionExecutor;
 
@@ -200,8 +199,7 @@ pin_project! {
     /// driven together in one task.
     ///
     /// Completes with the connection's output once the connection and every future in
-    /// its set have ended. The connection future is dropped as soon as it ends: hyper's
-    /// client I/O future ends only once the connection's dispatcher is dropped. What
+    /// its set have ended. The connection future is dropped as soon as it ends. What
     /// must outlive the streams too (a drain's watcher) is held by the caller until
     /// this completes.
     pub struct ConnectionTask<C: Future> {
@@ -217,14 +215,9 @@ pin_project! {
 impl<C: Future> ConnectionTask<C> {
     /// Wraps `connection`, with an empty set.
     pub fn new(connection: C) -> Self {
-        Self::with_spawned(connection, Spawned::default())
-    }
-
-    /// Wraps `connection`, with what its handshake spawned (see [`Handshake`]).
-    pub fn with_spawned(connection: C, spawned: Spawned) -> Self {
         Self {
             connection: Some(connection),
-            spawned,
+            spawned: Spawned::default(),
             ended: None,
         }
     }
@@ -258,46 +251,6 @@ impl<C: Future> Future for ConnectionTask<C> {
             // streams keep ending still yields to the other tasks.
             if drain.finished == 0 || this.connection.is_none() || turns == 2 {
                 return Poll::Pending;
-            }
-        }
-    }
-}
-
-pin_project! {
-    /// A handshake that spawns through [`ConnectionExecutor`] (hyper's HTTP/2 client
-    /// spawns the connection's I/O task), with what it spawned kept for the
-    /// connection's [`ConnectionTask`] rather than given to tokio.
-    ///
-    /// What it spawned is polled while the handshake is pending, so a handshake that
-    /// awaited its own spawned future would still end; dropped with it if it never does.
-    pub struct Handshake<H> {
-        #[pin]
-        handshake: H,
-        spawned: Spawned,
-    }
-}
-
-impl<H: Future> Handshake<H> {
-    /// Wraps `handshake`.
-    pub fn new(handshake: H) -> Self {
-        Self {
-            handshake,
-            spawned: Spawned::default(),
-        }
-    }
-}
-
-impl<H: Future> Future for Handshake<H> {
-    type Output = (H::Output, Spawned);
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let handshake = this.handshake;
-        match poll_in_scope(this.spawned, || handshake.poll(cx)) {
-            Poll::Ready(output) => Poll::Ready((output, std::mem::take(this.spawned))),
-            Poll::Pending => {
-                this.spawned.poll_drain(cx);
-                Poll::Pending
             }
         }
     }

@@ -17,6 +17,7 @@
 //! [`EndpointTls`] whether the connection under it is TLS.
 
 mod endpoint_metrics;
+mod exchange;
 mod http1;
 mod http2;
 mod hygiene;

@@ -10,32 +10,29 @@
 //! ([`ResponseBody`](crate::core::http1::ResponseBody)), or the HTTP/2 stream slot is
 //! freed ([`PooledBody`]), when the response body ends. No task is spawned per request.
 //! An HTTP/1 connection has no task: the call that checked it out drives it. An HTTP/2
-//! connection has one task, with its I/O and its requests' futures (see
-//! [`crate::core::executor`]). One reaper per [`UpstreamClients`] closes connections
-//! idle for longer than the idle timeout.
+//! connection has one task for its I/O (and one asleep for its keep-alive); each call
+//! sends its request and pipes its body from its own task (`exchange`), spawning only a
+//! request body still streaming when the answer arrives. One reaper per
+//! [`UpstreamClients`] closes connections idle for longer than the idle timeout.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use http::Request;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::http1::Http1Pool;
-use super::http2::Http2Pool;
+use super::http2::{handshake as http2_handshake, Connection as Http2Connection, Http2Pool};
 use super::pending::PoolMetrics;
 use super::tls::{TlsError, UpstreamTls};
 use crate::core::addr_map::AddrMap;
 use crate::core::body::{BoxError, ProxyBody};
-use crate::core::clock::{self, HyperTimer};
-use crate::core::executor::{ConnectionExecutor, ConnectionTask, Handshake};
 use crate::core::http1::Connection;
 use crate::core::stream::UpstreamStream;
 
@@ -105,9 +102,16 @@ pub enum ConnectError {
     /// The TCP connection failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// The HTTP/2 handshake failed.
+    /// The HTTP/1 handshake failed.
     #[error("handshake: {0}")]
     Handshake(#[source] hyper::Error),
+    /// The HTTP/2 handshake failed.
+    #[error("HTTP/2 handshake: {0}")]
+    Http2Handshake(#[source] h2::Error),
+    /// The endpoint's HTTP/2 connections refused the request this many times in a row
+    /// (each had closed, or the server had sent GOAWAY): nothing was sent.
+    #[error("refused by {0} closing HTTP/2 connections in a row")]
+    Refused(usize),
     /// The TLS handshake failed or timed out.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -128,7 +132,9 @@ impl ConnectError {
             Self::Timeout(_) => "timeout",
             Self::Io(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
             Self::Tls(_) => "tls",
-            Self::Io(_) | Self::Handshake(_) => "other",
+            Self::Io(_) | Self::Handshake(_) | Self::Http2Handshake(_) | Self::Refused(_) => {
+                "other"
+            }
             Self::QueueFull(_) | Self::QueueTimeout(_) => return None,
         })
     }
@@ -188,7 +194,7 @@ pub struct UpstreamClients {
 pub(super) struct Pools {
     pub(super) config: PoolConfig,
     http1: http1::Builder,
-    http2: http2::Builder<ConnectionExecutor>,
+    http2: h2::client::Builder,
     /// Endpoint and TLS settings -> its pool. Entries are added on first use and removed
     /// by the reaper once they hold no connection.
     endpoints: RwLock<EndpointPools>,
@@ -269,21 +275,7 @@ impl UpstreamClients {
     /// Pools with `config`, their queues counted in `metrics`.
     pub fn with_metrics(config: PoolConfig, metrics: PoolMetrics) -> Self {
         let http1 = http1::Builder::new();
-        // A connection's I/O, and per request the futures awaiting the response and
-        // sending the body, run in the connection's task (`handshake_http2`).
-        let mut http2 = http2::Builder::new(ConnectionExecutor);
-        // NOTE: fixed, large windows rather than the adaptive window. Besides flow
-        // control, h2 budgets small unread DATA frames per connection at half the
-        // connection window; with hundreds of gRPC streams multiplexed on one upstream
-        // connection, each holding one small unread message, a small window makes h2
-        // tear the connection down ("too_many_data_frames"). Windows are credit, not
-        // memory: nothing is allocated until a peer sends.
-        http2
-            .timer(HyperTimer::default())
-            .initial_stream_window_size(1024 * 1024)
-            .initial_connection_window_size(16 * 1024 * 1024)
-            .keep_alive_interval(config.http2_keep_alive_interval)
-            .keep_alive_while_idle(false);
+        let http2 = super::http2::builder();
         Self {
             pools: Arc::new(Pools {
                 config,
@@ -445,52 +437,19 @@ impl Pools {
         self: &Arc<Self>,
         addr: SocketAddr,
         tls: Option<&UpstreamTls>,
-    ) -> Result<(http2::SendRequest<ProxyBody>, Arc<AtomicUsize>), ConnectError> {
+    ) -> Result<Http2Connection, ConnectError> {
         let stream = self.connect_tcp(addr).await?;
+        let keep_alive = self.config.http2_keep_alive_interval;
         let connected = match tls {
-            None => self.handshake_http2(addr, stream).await?,
+            None => http2_handshake(&self.http2, keep_alive, addr, stream).await?,
             Some(tls) => {
                 let timeout = self.config.connect_timeout;
                 let stream = tls.handshake(stream, true, timeout).await?;
-                self.handshake_http2(addr, stream).await?
+                http2_handshake(&self.http2, keep_alive, addr, stream).await?
             }
         };
         self.start_reaper();
         Ok(connected)
-    }
-
-    async fn handshake_http2<T>(
-        &self,
-        addr: SocketAddr,
-        stream: T,
-    ) -> Result<(http2::SendRequest<ProxyBody>, Arc<AtomicUsize>), ConnectError>
-    where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        // hyper spawns the connection's I/O in the handshake: kept, to run in the
-        // connection's task below with the request futures.
-        let (handshaken, spawned) =
-            Handshake::new(self.http2.handshake(TokioIo::new(stream))).await;
-        let (sender, mut connection) = handshaken.map_err(ConnectError::Handshake)?;
-        let max_streams = Arc::new(AtomicUsize::new(usize::MAX));
-        let published = max_streams.clone();
-        // Owned by the closure (`move`): the `ConnectionTask` drops it the moment it
-        // ends, which the I/O future in `spawned` waits for before it closes the socket.
-        let connection = std::future::poll_fn(move |cx| {
-            let polled = Pin::new(&mut connection).poll(cx);
-            // SETTINGS may change it at any time; the pool reads it per request.
-            published.store(connection.current_max_send_streams(), Ordering::Relaxed);
-            polled
-        });
-        // Its every poll reads the clock at most once (`core::clock`): hyper reads it per
-        // DATA frame.
-        tokio::spawn(clock::scoped(async move {
-            let ended = ConnectionTask::with_spawned(connection, spawned).await;
-            if let Err(error) = ended {
-                tracing::debug!(%addr, %error, "upstream connection ended with an error");
-            }
-        }));
-        Ok((sender, max_streams))
     }
 
     async fn connect_tcp(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {

@@ -324,3 +324,116 @@ async fn a_silent_tls_server_times_out_as_a_connect_error() {
         );
     }
 }
+
+/// An HTTP/2 upstream written by hand that answers its first stream's HEADERS with a
+/// head and one chunk, keeps the stream open, and never answers a PING. `pinged` is set
+/// once a PING (not an ack) arrives.
+async fn deaf_http2_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// A frame: 24-bit length, type, flags, stream id.
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let length = (payload.len() as u32).to_be_bytes();
+        let mut out = vec![length[1], length[2], length[3], kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pings = Arc::new(AtomicUsize::new(0));
+    let seen = pings.clone();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        // Empty SETTINGS, and the ack of the client's.
+        socket.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+        socket.write_all(&frame(0x4, 0x1, 0, &[])).await.unwrap();
+        let mut read = Vec::new();
+        let mut at = 24; // the client's preface
+        let mut answered = false;
+        loop {
+            let mut chunk = [0u8; 4096];
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read.extend_from_slice(&chunk[..n]),
+            }
+            while read.len() >= at + 9 {
+                let length = u32::from_be_bytes([0, read[at], read[at + 1], read[at + 2]]) as usize;
+                if read.len() < at + 9 + length {
+                    break;
+                }
+                let (kind, flags) = (read[at + 3], read[at + 4]);
+                at += 9 + length;
+                if kind == 0x6 && flags & 0x1 == 0 {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                if kind == 0x1 && !answered {
+                    answered = true;
+                    // `:status: 200` (static index 8), END_HEADERS; then one chunk.
+                    socket
+                        .write_all(&frame(0x1, 0x4, 1, &[0x88]))
+                        .await
+                        .unwrap();
+                    socket.write_all(&frame(0x0, 0, 1, b"part")).await.unwrap();
+                }
+            }
+        }
+    });
+    (addr, pings)
+}
+
+/// A connection whose server stops answering PINGs is closed once a PING waited past
+/// `KEEP_ALIVE_TIMEOUT`, and the stream open on it fails instead of hanging.
+#[tokio::test(start_paused = true)]
+async fn an_http2_upstream_that_answers_no_ping_is_closed_and_its_stream_fails() {
+    let (addr, pings) = deaf_http2_upstream().await;
+    let mut settings = config();
+    settings.http2_keep_alive_interval = Duration::from_secs(5);
+    let clients = UpstreamClients::new(settings);
+    let forward = forward(addr, UpstreamProtocol::Http2, &clients);
+    let started = tokio::time::Instant::now();
+    let mut body = send(&forward, "/", Version::HTTP_2).await.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "part");
+    let next = tokio::time::timeout(Duration::from_secs(120), body.frame())
+        .await
+        .expect("the stream fails rather than hang");
+    assert!(matches!(next, Some(Err(_))), "{next:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) + super::http2::KEEP_ALIVE_TIMEOUT,
+        "closed after {waited:?}"
+    );
+    assert_eq!(pings.load(Ordering::SeqCst), 1, "one PING, never answered");
+    assert_eq!(
+        clients.connections(addr, None),
+        Some(ConnectionCount::default())
+    );
+}
+
+#[test]
+fn a_request_body_of_known_size_declares_its_length_where_http_gives_it_meaning() {
+    let declared = |method: http::Method, body: ProxyBody, given: Option<&str>| {
+        let mut head = Request::builder().method(method);
+        if let Some(length) = given {
+            head = head.header(http::header::CONTENT_LENGTH, length);
+        }
+        let mut head = head.body(()).unwrap();
+        super::exchange::declare_length(&mut head, &body);
+        let values: Vec<_> = head
+            .headers()
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        values
+    };
+    let full = || ProxyBody::full(Bytes::from_static(b"hello"));
+    assert_eq!(declared(http::Method::POST, full(), None), ["5"]);
+    assert_eq!(declared(http::Method::GET, full(), None), ["5"]);
+    assert_eq!(
+        declared(http::Method::POST, ProxyBody::empty(), None),
+        ["0"]
+    );
+    assert!(declared(http::Method::GET, ProxyBody::empty(), None).is_empty());
+    assert_eq!(declared(http::Method::POST, full(), Some("5")), ["5"]);
+}

@@ -8,11 +8,11 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
+use h2::RecvStream;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::BoxError;
 
@@ -34,23 +34,31 @@ impl Drop for StreamSlot {
     }
 }
 
-/// An upstream's HTTP/2 response body. When it ends (or is dropped) the stream's slot
-/// on its connection is freed.
+/// An upstream's HTTP/2 response body, read from its `h2` stream. Each chunk read gives
+/// its bytes back to the stream's flow-control window; when the body ends (or is
+/// dropped) the stream's slot on its connection is freed.
 #[derive(Debug)]
 pub struct PooledBody {
-    body: Incoming,
+    recv: RecvStream,
+    /// Bytes still to come, when the answer declared a `content-length`.
+    remaining: Option<u64>,
+    /// Whether the DATA frames have ended (the trailers, if any, come next).
+    data_done: bool,
     slot: Option<StreamSlot>,
 }
 
 impl PooledBody {
-    /// `body`, holding `slot` until it ends.
-    pub fn new(body: Incoming, slot: StreamSlot) -> Self {
+    /// The body of an answer whose headers declared `content_length` (if any), holding
+    /// `slot` until it ends.
+    pub fn new(recv: RecvStream, content_length: Option<u64>, slot: StreamSlot) -> Self {
         let mut this = Self {
-            body,
+            recv,
+            remaining: content_length,
+            data_done: false,
             slot: Some(slot),
         };
         // Bodiless answers (204, 304, HEAD) may never be polled: release now.
-        if this.body.is_end_stream() {
+        if this.recv.is_end_stream() {
             this.release();
         }
         this
@@ -58,6 +66,39 @@ impl PooledBody {
 
     fn release(&mut self) {
         self.slot = None;
+    }
+
+    /// The next frame: data while DATA frames come, then the trailers, if any.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.data_done {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // The window is given back as the data is handed on, not when the
+                    // caller has written it: as hyper's client does.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some(remaining) = &mut self.remaining {
+                        *remaining = remaining.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(error)) => return Poll::Ready(early_end(error)),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.recv.poll_trailers(cx)) {
+            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
+            Err(error) => Poll::Ready(early_end(error)),
+        }
+    }
+}
+
+/// A stream error while reading: a reset with `NO_ERROR` ends the body cleanly (the
+/// server answered before reading the whole request, RFC 9113 section 8.1); any other
+/// fails it.
+fn early_end(error: h2::Error) -> Option<Result<Frame<Bytes>, BoxError>> {
+    match error.reason() {
+        Some(h2::Reason::NO_ERROR) => None,
+        _ => Some(Err(error.into())),
     }
 }
 
@@ -69,20 +110,23 @@ impl Body for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let polled = self.poll_next(cx);
         match &polled {
             Poll::Ready(None | Some(Err(_))) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.recv.is_end_stream() => self.release(),
             Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
         }
-        polled.map_err(Into::into)
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.recv.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self.remaining {
+            Some(remaining) => SizeHint::with_exact(remaining),
+            None => SizeHint::default(),
+        }
     }
 }
