@@ -171,39 +171,8 @@ async fn only_te_trailers_reaches_an_http2_upstream() {
 /// saved (third_party/README.md). Read off the wire of a hand-written HTTP/2 client.
 #[tokio::test]
 async fn a_request_id_goes_out_as_a_raw_never_indexed_literal() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (upstream, _log) = recording("a").await;
-    let proxy = outbound_to(&[upstream], "auto").await;
-    let svc = proxy.addrs().service("svc").unwrap();
-    let mut stream = tokio::net::TcpStream::connect(svc).await.unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    // SETTINGS, empty.
-    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-    // HEADERS on stream 1, END_STREAM | END_HEADERS: GET, http, /, :authority "svc".
-    let block = [0x82, 0x86, 0x84, 0x01, 3, b's', b'v', b'c'];
-    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x5, 0, 0, 0, 1]);
-    out.extend_from_slice(&block);
-    stream.write_all(&out).await.unwrap();
-    // Frames until the answer's HEADERS on stream 1.
-    let mut answer = None;
-    while answer.is_none() {
-        let mut head = [0u8; 9];
-        tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            stream.read_exact(&mut head),
-        )
-        .await
-        .expect("an answer within 10 s")
-        .unwrap();
-        let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0u8; length];
-        stream.read_exact(&mut payload).await.unwrap();
-        let stream_id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        if head[3] == 1 && stream_id == 1 {
-            answer = Some(payload);
-        }
-    }
-    let block = answer.unwrap();
+    let blocks = answer_blocks(1).await;
+    let block = &blocks[0];
     // Never indexed, new name (0x10), the name's length and text, the value's length
     // (36, no Huffman bit), then the id itself.
     let prefix = b"\x10\x0cx-request-id\x24";
@@ -214,6 +183,67 @@ async fn a_request_id_goes_out_as_a_raw_never_indexed_literal() {
     let id = std::str::from_utf8(&block[at + prefix.len()..at + prefix.len() + 36]).unwrap();
     let groups: Vec<_> = id.split('-').map(str::len).collect();
     assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+}
+
+/// `date` changes every second: it goes out as a literal the decoder does not index,
+/// on every answer, rather than filling the caller's table with one entry a second.
+#[tokio::test]
+async fn the_date_goes_out_as_a_literal_that_is_not_indexed() {
+    for block in answer_blocks(2).await {
+        // Without indexing (0x0f), the static table's `date` (33 = 15 + 0x12), the
+        // value's length (29, no Huffman bit), then an IMF-fixdate.
+        let prefix = b"\x0f\x12\x1d";
+        let at = block
+            .windows(prefix.len())
+            .position(|window| window == prefix)
+            .unwrap_or_else(|| panic!("no unindexed literal date in {block:02x?}"));
+        let date = std::str::from_utf8(&block[at + 3..at + 3 + 29]).unwrap();
+        assert!(date.ends_with(" GMT"), "{date}");
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
+    }
+}
+
+/// The header blocks of the answers to `count` GETs sent one after the other on one
+/// HTTP/2 connection (streams 1, 3, ...) of a hand-written client, as they came.
+async fn answer_blocks(count: u32) -> Vec<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (upstream, _log) = recording("a").await;
+    let proxy = outbound_to(&[upstream], "auto").await;
+    let svc = proxy.addrs().service("svc").unwrap();
+    let mut stream = tokio::net::TcpStream::connect(svc).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS, empty.
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    stream.write_all(&out).await.unwrap();
+    let mut blocks = Vec::new();
+    for id in (0..count).map(|n| 2 * n + 1) {
+        // HEADERS, END_STREAM | END_HEADERS: GET, http, /, :authority "svc".
+        let block = [0x82, 0x86, 0x84, 0x01, 3, b's', b'v', b'c'];
+        let mut out = vec![0, 0, block.len() as u8, 1, 0x5];
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&block);
+        stream.write_all(&out).await.unwrap();
+        // Frames until the answer's HEADERS on this stream.
+        loop {
+            let mut head = [0u8; 9];
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                stream.read_exact(&mut head),
+            )
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+            let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; length];
+            stream.read_exact(&mut payload).await.unwrap();
+            let on = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            if head[3] == 1 && on == id {
+                blocks.push(payload);
+                break;
+            }
+        }
+    }
+    blocks
 }
 
 #[tokio::test]

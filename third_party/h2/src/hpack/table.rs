@@ -149,6 +149,13 @@ impl Table {
             return Index::Indexed(n, header);
         }
 
+        // PATCH (remora): a value marked sensitive is never inserted, so the table is
+        // not searched for it (a hash and a probe per header): its name comes from the
+        // static table when there, else it is written as a literal.
+        if header.is_sensitive() {
+            return Index::new(statik, header);
+        }
+
         // Don't index large headers
         if header.len() * 4 > self.max_size * 3 {
             return Index::new(statik, header);
@@ -160,10 +167,8 @@ impl Table {
     fn index_dynamic(&mut self, header: Header, statik: Option<(usize, bool)>) -> Index {
         debug_assert!(self.assert_valid_state("one"));
 
-        if header.len() + self.size < self.max_size || !header.is_sensitive() {
-            // Only grow internal storage if needed
-            self.reserve_one();
-        }
+        // PATCH (remora): sensitive headers no longer reach here (see `index`).
+        self.reserve_one();
 
         if self.indices.is_empty() {
             // If `indices` is not empty, then it is impossible for all
