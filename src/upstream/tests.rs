@@ -325,67 +325,156 @@ async fn a_silent_tls_server_times_out_as_a_connect_error() {
     }
 }
 
-/// An HTTP/2 upstream written by hand that answers its first stream's HEADERS with a
-/// head and one chunk, keeps the stream open, and never answers a PING. `pinged` is set
-/// once a PING (not an ack) arrives.
-async fn deaf_http2_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+/// A frame: 24-bit length, type, flags, stream id, payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = (payload.len() as u32).to_be_bytes();
+    let mut out = vec![length[1], length[2], length[3], kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// HEADERS with `:status: 200` (static index 8), END_HEADERS, and END_STREAM if `last`.
+fn status_200(stream: u32, last: bool) -> Vec<u8> {
+    frame(0x1, if last { 0x5 } else { 0x4 }, stream, &[0x88])
+}
+
+/// An HTTP/2 upstream written by hand. For each request's HEADERS it writes the bytes
+/// `answer` gives for the connection (numbered from 0 as accepted) and the stream; it
+/// never answers a PING. Gives its address, how many connections it accepted and how
+/// many PINGs (not acks) came.
+async fn scripted_http2_upstream(
+    answer: fn(usize, u32) -> Vec<u8>,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    /// A frame: 24-bit length, type, flags, stream id.
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let length = (payload.len() as u32).to_be_bytes();
-        let mut out = vec![length[1], length[2], length[3], kind, flags];
-        out.extend_from_slice(&stream.to_be_bytes());
-        out.extend_from_slice(payload);
-        out
-    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let pings = Arc::new(AtomicUsize::new(0));
-    let seen = pings.clone();
+    let (accepted, pings) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (count, seen) = (accepted.clone(), pings.clone());
     tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
-        // Empty SETTINGS, and the ack of the client's.
-        socket.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
-        socket.write_all(&frame(0x4, 0x1, 0, &[])).await.unwrap();
-        let mut read = Vec::new();
-        let mut at = 24; // the client's preface
-        let mut answered = false;
-        loop {
-            let mut chunk = [0u8; 4096];
-            match socket.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => read.extend_from_slice(&chunk[..n]),
-            }
-            while read.len() >= at + 9 {
-                let length = u32::from_be_bytes([0, read[at], read[at + 1], read[at + 2]]) as usize;
-                if read.len() < at + 9 + length {
-                    break;
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let connection = count.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                // Empty SETTINGS, and the ack of the client's.
+                let mut hello = frame(0x4, 0, 0, &[]);
+                hello.extend(frame(0x4, 0x1, 0, &[]));
+                socket.write_all(&hello).await.unwrap();
+                let mut read = Vec::new();
+                let mut at = 24; // the client's preface
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read.extend_from_slice(&chunk[..n]),
+                    }
+                    while read.len() >= at + 9 {
+                        let length =
+                            u32::from_be_bytes([0, read[at], read[at + 1], read[at + 2]]) as usize;
+                        if read.len() < at + 9 + length {
+                            break;
+                        }
+                        let (kind, flags) = (read[at + 3], read[at + 4]);
+                        let stream = u32::from_be_bytes([
+                            read[at + 5],
+                            read[at + 6],
+                            read[at + 7],
+                            read[at + 8],
+                        ]) & 0x7fff_ffff;
+                        at += 9 + length;
+                        if kind == 0x6 && flags & 0x1 == 0 {
+                            seen.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if kind == 0x1 {
+                            let out = answer(connection, stream);
+                            if socket.write_all(&out).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
                 }
-                let (kind, flags) = (read[at + 3], read[at + 4]);
-                at += 9 + length;
-                if kind == 0x6 && flags & 0x1 == 0 {
-                    seen.fetch_add(1, Ordering::SeqCst);
-                }
-                if kind == 0x1 && !answered {
-                    answered = true;
-                    // `:status: 200` (static index 8), END_HEADERS; then one chunk.
-                    socket
-                        .write_all(&frame(0x1, 0x4, 1, &[0x88]))
-                        .await
-                        .unwrap();
-                    socket.write_all(&frame(0x0, 0, 1, b"part")).await.unwrap();
-                }
-            }
+            });
         }
     });
-    (addr, pings)
+    (addr, accepted, pings)
+}
+
+/// The first stream gets a head and one chunk, and stays open.
+fn head_and_one_chunk(connection: usize, stream: u32) -> Vec<u8> {
+    match (connection, stream) {
+        (0, 1) => [status_200(1, false), frame(0x0, 0, 1, b"part")].concat(),
+        _ => Vec::new(),
+    }
+}
+
+/// Every request gets an empty 200; the first connection then sends GOAWAY (last stream
+/// 1, NO_ERROR) and stays open.
+fn goaway_after_the_first_answer(connection: usize, stream: u32) -> Vec<u8> {
+    let mut out = status_200(stream, true);
+    if connection == 0 {
+        out.extend(frame(0x7, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]));
+    }
+    out
+}
+
+/// On the first connection, the first answer's head without its end, then GOAWAY (last
+/// stream 1, NO_ERROR): the connection lives on for that stream but takes no new one.
+/// Every other request gets an empty 200.
+fn goaway_with_the_first_answer_open(connection: usize, stream: u32) -> Vec<u8> {
+    match connection {
+        0 => [
+            status_200(stream, false),
+            frame(0x7, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]),
+        ]
+        .concat(),
+        _ => status_200(stream, true),
+    }
+}
+
+/// A call that finds its connection refusing new streams (GOAWAY came while a stream
+/// still runs on it) is sent on a new connection instead of failing.
+#[tokio::test]
+async fn a_call_refused_by_a_connection_going_away_goes_out_on_a_new_one() {
+    let (addr, accepted, _) = scripted_http2_upstream(goaway_with_the_first_answer_open).await;
+    let clients = UpstreamClients::new(config());
+    let forward = forward(addr, UpstreamProtocol::Http2, &clients);
+    let open = send(&forward, "/", Version::HTTP_2).await;
+    assert_eq!(open.status(), 200);
+    // Time for the GOAWAY to be read.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let response = send(&forward, "/", Version::HTTP_2).await;
+    assert_eq!(response.status(), 200);
+    assert!(body_of(response).await.is_empty());
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    drop(open);
+}
+
+/// A connection whose server sent GOAWAY takes no new call: the next call opens another
+/// connection and goes out on it, and no call fails.
+#[tokio::test]
+async fn after_a_goaway_the_next_call_goes_out_on_a_new_connection() {
+    let (addr, accepted, _) = scripted_http2_upstream(goaway_after_the_first_answer).await;
+    let clients = UpstreamClients::new(config());
+    let forward = forward(addr, UpstreamProtocol::Http2, &clients);
+    for _ in 0..3 {
+        let response = send(&forward, "/", Version::HTTP_2).await;
+        assert_eq!(response.status(), 200);
+        assert!(body_of(response).await.is_empty());
+        // Time for the GOAWAY to be read before the next call.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the first connection, then one that lasts"
+    );
 }
 
 /// A connection whose server stops answering PINGs is closed once a PING waited past
 /// `KEEP_ALIVE_TIMEOUT`, and the stream open on it fails instead of hanging.
 #[tokio::test(start_paused = true)]
 async fn an_http2_upstream_that_answers_no_ping_is_closed_and_its_stream_fails() {
-    let (addr, pings) = deaf_http2_upstream().await;
+    let (addr, _, pings) = scripted_http2_upstream(head_and_one_chunk).await;
     let mut settings = config();
     settings.http2_keep_alive_interval = Duration::from_secs(5);
     let clients = UpstreamClients::new(settings);
