@@ -26,6 +26,7 @@ use http_body::Body;
 
 use crate::core::body::{BoxError, PooledBody, ProxyBody, StreamSlot};
 use crate::core::clock;
+use crate::core::http1::content_length;
 
 /// Why a call did not get an answer.
 pub(super) enum Failed {
@@ -71,7 +72,8 @@ pub(super) async fn send(
         // task of its own, the caller reading the answer meanwhile.
         tokio::spawn(clock::scoped(sending));
     }
-    let length = content_length(response.headers());
+    // `h2` has already refused an answer whose lengths disagree.
+    let length = content_length(response.headers()).ok().flatten();
     Ok(response.map(|recv| ProxyBody::Pooled {
         body: PooledBody::new(recv, length, slot),
     }))
@@ -88,16 +90,6 @@ pub(super) fn declare_length(head: &mut Request<()>, body: &ProxyBody) {
         head.headers_mut()
             .insert(CONTENT_LENGTH, HeaderValue::from(length));
     }
-}
-
-/// The `content-length` an answer declares, when it is one number.
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(CONTENT_LENGTH).iter();
-    let first = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    first.to_str().ok()?.parse().ok()
 }
 
 /// A request body going out on its stream, frame by frame, as the stream's window

@@ -129,7 +129,7 @@ pub(super) fn ends_in_chunked(value: &[u8]) -> bool {
 
 /// The one length every `Content-Length` value (and list element) says; `Ok(None)`
 /// without any; an error when one is not a number or two disagree.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Http1Error> {
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Http1Error> {
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         add_length(value.as_bytes(), &mut length)?;

@@ -28,7 +28,7 @@ mod server;
 mod writer;
 
 pub use conn::{Connection, ConnectionHome, Http1Error, ResponseBody, SendFailure};
-pub use head::{parse_response, Framing, ParsedHead, MAX_HEADERS, MAX_HEAD_BYTES};
+pub use head::{content_length, parse_response, Framing, ParsedHead, MAX_HEADERS, MAX_HEAD_BYTES};
 pub use io::{CallerRead, CallerWrite, SplitIo};
 pub use request::{HeadError, RequestBody};
 pub use server::{Handler, OnUpgrade, ServeError, ServerConnection, ServerLimits, Upgraded};
